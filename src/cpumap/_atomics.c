@@ -119,6 +119,17 @@ static PyObject *fetch_add_u64(PyObject *self, PyObject *const *args, Py_ssize_t
     return PyLong_FromUnsignedLongLong(atomic_fetch_add((_Atomic uint64_t *)p, v));
 }
 
+/* fetch_add_u32(addr, delta) -> old value, sequentially consistent */
+static PyObject *fetch_add_u32(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    void *p;
+    uint64_t v;
+    CHECK_NARGS(2);
+    if (get_addr(args[0], &p) < 0 || get_u64(args[1], &v) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(atomic_fetch_add((_Atomic uint32_t *)p, (uint32_t)v));
+}
+
 /* cas_u32(addr, expected, desired) -> bool, sequentially consistent */
 static PyObject *cas_u32(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -260,6 +271,7 @@ static PyMethodDef methods[] = {
     {"store_u64", (PyCFunction)(void (*)(void))store_u64, METH_FASTCALL, "store_u64(addr, v) (release)"},
     {"store_u32", (PyCFunction)(void (*)(void))store_u32, METH_FASTCALL, "store_u32(addr, v) (release)"},
     {"fetch_add_u64", (PyCFunction)(void (*)(void))fetch_add_u64, METH_FASTCALL, "fetch_add_u64(addr, d) -> old"},
+    {"fetch_add_u32", (PyCFunction)(void (*)(void))fetch_add_u32, METH_FASTCALL, "fetch_add_u32(addr, d) -> old"},
     {"cas_u32", (PyCFunction)(void (*)(void))cas_u32, METH_FASTCALL, "cas_u32(addr, expected, desired) -> bool"},
     {"fence", (PyCFunction)(void (*)(void))fence, METH_FASTCALL, "fence(): full memory fence"},
     {"store_fence_load", (PyCFunction)(void (*)(void))store_fence_load, METH_FASTCALL,

@@ -1,0 +1,74 @@
+"""cpumap: the Linux kernel's XDP cpumap in user space.
+
+A multi-core packet-steering engine with the kernel's semantics: an XDP-style program on
+the RX side redirects each frame to a map entry; each entry is a worker process pinned
+to a CPU, fed through a bounded ring, running your handler.
+
+    >>> import cpumap
+    >>> with cpumap.CpuMap(2, handler=my_handler) as cmap:   # doctest: +SKIP
+    ...     cmap.update(0, 256); cmap.update(1, 256)
+    ...     stats = cmap.run(batches, cpumap.FlowHash(cmap, [0, 1]))
+"""
+
+from .map import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    QSIZE_MAX,
+    CpuMap,
+    HandlerSetupError,
+    WorkerResult,
+    nr_cpus,
+    possible_cpus,
+)
+from .packets import Packet, PacketBatch
+from .program import (
+    XDP_ABORTED,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+    FlowHash,
+    Verdict,
+    XdpBatch,
+    XdpContext,
+    redirect_map,
+    vectorized,
+)
+from .rx import RxProducer
+from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
+from .worker import WorkerInfo, batch_handler
+
+__all__ = [
+    "BPF_ANY",
+    "BPF_EXIST",
+    "BPF_NOEXIST",
+    "QSIZE_MAX",
+    "XDP_ABORTED",
+    "XDP_DROP",
+    "XDP_PASS",
+    "XDP_REDIRECT",
+    "XDP_TX",
+    "CpuMap",
+    "EnqueueEvent",
+    "EntryStats",
+    "FlowHash",
+    "HandlerSetupError",
+    "KthreadEvent",
+    "MapStats",
+    "Packet",
+    "PacketBatch",
+    "RxProducer",
+    "Verdict",
+    "WorkerInfo",
+    "WorkerResult",
+    "XdpBatch",
+    "XdpContext",
+    "batch_handler",
+    "nr_cpus",
+    "possible_cpus",
+    "redirect_map",
+    "vectorized",
+]
+
+__version__ = "0.1.0"

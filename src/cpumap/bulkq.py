@@ -1,0 +1,139 @@
+"""Bulk queues: per-producer staging per destination, flushed at the end of each RX batch.
+
+The kernel stages up to CPU_MAP_BULK_SIZE (8) frames per destination per CPU ("8 == one
+cacheline on 64-bit archs") and flushes them into the destination's ptr_ring under one
+producer-lock acquisition: when the bulk queue fills, and for every destination touched
+at the end of the driver's poll.  It is guaranteed that queueing and flushing happen on
+the same CPU, so the staging needs no lock.
+
+Ours is the same structure with a different argument for its size.  In Python the cost
+is per call, not per byte: one flush costs the ring lock, two numpy slice stores, a tail
+store with a fence and a stats update (~10 us here) whether it carries 8 frames or 256.
+So the bulk size trades flush overhead against latency and fairness between producers;
+``benchmarks/bench_engine.py --sweep-bulk`` measures it, and the default
+(:data:`DEFAULT_BULK_SIZE`) is the knee of that curve on our machines.
+
+Invariant: a producer's staged frames are all flushed before it reports a quiescent
+state (see rcu.py), so after a grace period no staging anywhere refers to a retired
+entry.  (The kernel needs ``__cpu_map_entry_free`` to flush leftovers after the grace
+period because its flush may come after the RCU read section; ours never does.)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .frame_pool import TAG_QUEUED, FramePool
+from .ring import Ring
+
+CPU_MAP_BULK_SIZE = 8  # the kernel's
+DEFAULT_BULK_SIZE = 256  # ours: see the module docstring
+
+FlushHook = Callable[[int, int, int], None]  # (slot, processed, drops)
+
+
+class BulkQueues:
+    """One producer's staging area: a bulk queue per destination slot.
+
+    Concurrency: owned by one producer (one thread of one process); never shared.
+    Invariant: ``0 <= self._count[s] < bulk_size`` between calls, and
+    ``self._count[s] > 0`` iff ``s`` is in ``self._pending``.
+    """
+
+    def __init__(
+        self,
+        pool: FramePool,
+        rings: Callable[[int], Ring],
+        drop: Callable[[np.ndarray], None],
+        on_flush: FlushHook,
+        n_slots: int,
+        bulk_size: int = DEFAULT_BULK_SIZE,
+        backpressure: float = 0.0,
+    ) -> None:
+        if bulk_size < 1:
+            raise ValueError(f"bulk_size must be >= 1, not {bulk_size}")
+        self.pool = pool
+        self.bulk_size = bulk_size
+        self.backpressure = backpressure
+        self._rings = rings
+        self._drop = drop
+        self._on_flush = on_flush
+        self._buf = np.empty((n_slots, bulk_size), dtype=np.uint32)
+        self._count = [0] * n_slots
+        self._pending: list[int] = []
+
+    def enqueue(self, slot: int, frames: np.ndarray) -> None:
+        """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once."""
+        n = len(frames)
+        if n == 0:
+            return
+        count = self._count[slot]
+        size = self.bulk_size
+        if count == 0:
+            self._pending.append(slot)
+        pos = 0
+        while pos < n:
+            take = min(size - count, n - pos)
+            if count == 0 and take == size:
+                # A whole bulk straight from the caller's array: no staging copy.
+                self._flush(slot, frames[pos : pos + size])
+            else:
+                self._buf[slot, count : count + take] = frames[pos : pos + take]
+                count += take
+                if count == size:
+                    self._flush(slot, self._buf[slot])
+                    count = 0
+            pos += take
+        self._count[slot] = count
+        if count == 0:
+            self._pending.remove(slot)
+
+    def flush_all(self) -> None:
+        """Flush every destination with staged frames: the end of the driver's poll."""
+        for slot in self._pending:
+            count = self._count[slot]
+            self._count[slot] = 0
+            self._flush(slot, self._buf[slot, :count])
+        self._pending.clear()
+
+    @property
+    def staged(self) -> int:
+        return sum(self._count)
+
+    def _flush(self, slot: int, frames: np.ndarray) -> None:
+        """The kernel's bq_flush_to_queue: publish what fits, drop the rest, report."""
+        # Hand-over: tag before publishing (the ring's tail store orders it).
+        self.pool.tag[frames] = TAG_QUEUED + slot
+        ring = self._rings(slot)
+        done = ring.produce(frames)
+        if done < len(frames) and self.backpressure > 0:
+            done += self._wait_and_produce(ring, frames[done:])
+        drops = len(frames) - done
+        if drops:
+            self._drop(frames[done:])
+        self._on_flush(slot, len(frames), drops)
+
+    def _wait_and_produce(self, ring: Ring, frames: np.ndarray) -> int:
+        """Lossless mode: wait (at most ``backpressure`` seconds) for the consumer to make
+        room instead of dropping.  Not the kernel's behaviour -- a full ring drops there --
+        but what offline processing of a capture wants.  The wait is inside the producer's
+        read-side section, which only delays grace periods (the ring's worker drains
+        regardless of them)."""
+        done, n = 0, len(frames)
+        deadline = time.monotonic() + self.backpressure
+        pause = 0.0
+        while done < n and time.monotonic() < deadline:
+            if pause:
+                time.sleep(pause)
+            else:
+                os.sched_yield()
+            pause = min(max(pause * 2, 1e-5), 1e-3)
+            got = ring.produce(frames[done:])
+            if got:
+                done += got
+                pause = 0.0
+        return done

@@ -1,0 +1,251 @@
+"""The frame pool: packet buffers in shared memory that move between processes by index.
+
+The kernel's xdp_frame lives in a page owned by the driver's RX ring; cpumap moves a
+pointer to it.  Here a frame is a fixed-size row of one shared array, and what moves
+between processes is its index (a uint32) -- never the bytes, never a pickle.
+
+Layout of a frame (``frame_size`` bytes)::
+
+    | headroom ...................| packet (length bytes) ....... | tailroom |
+    0             headroom-meta_len  headroom
+                  [metadata area ]
+
+Descriptor columns, one entry per frame (structure of arrays, so a batch reads a
+column with one numpy call): ``length`` (captured bytes), ``wire_len``, ``headroom``
+(where the packet starts in the row), ``meta_len`` (metadata bytes just before the
+packet, as bpf_xdp_adjust_meta leaves them), ``ifindex``, ``rx_queue``, ``ts_ns``,
+``linktype`` and ``tag``.
+
+Ownership: who holds a frame is always written down
+-----------------------------------------------------
+``tag[i]`` says who holds frame ``i``:
+
+* ``TAG_FREE``      -- in its allocator's free stack;
+* ``TAG_RX``        -- held by the RX producer that allocated it (being filled, run
+  through the program, staged);
+* ``TAG_QUEUED + s`` -- published into the ring of map slot ``s`` (or in the hands of
+  that slot's worker);
+* ``TAG_RETURNED``  -- released by whoever held it last; its allocator takes it back.
+
+Invariant: only the current holder writes a frame's tag or bytes.  A holder hands a
+frame over by writing the new tag *before* the hand-over is published (ring tail store,
+or nothing at all for RETURNED: the allocator only ever looks at RETURNED frames), so
+the next holder never sees a stale tag.  At any quiescent point every frame is FREE or
+RETURNED, and ``audit()`` proves the pool whole.
+
+Why tags instead of a shared free list: frees come from every worker process, allocations
+from every RX producer, and a worker may be killed with SIGKILL at any instruction.  A
+shared free list needs a lock that a dead process can hold forever, or a lock-free
+structure Python cannot express.  With tags, a worker's release is one numpy store per
+batch; each allocator owns a *partition* of the pool (like an AF_XDP UMEM per socket)
+and reclaims its RETURNED frames with one vectorised scan when its private free stack
+runs low.  And after a crash the tags still say exactly where every frame is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .shm import Layout, Segment
+
+TAG_FREE = 0
+TAG_RX = 1
+TAG_RETURNED = 2
+TAG_QUEUED = 0x100  # + map slot number
+
+DEFAULT_FRAME_SIZE = 2048
+DEFAULT_HEADROOM = 256  # XDP_PACKET_HEADROOM
+DEFAULT_FRAMES = 4096
+
+
+@dataclass(frozen=True)
+class PoolAudit:
+    """Where every frame of a pool is."""
+
+    total: int
+    free: int  # in an allocator's free stack
+    returned: int  # released, not yet reclaimed: as good as free
+    rx: int  # held by RX producers
+    queued: int  # in rings or in workers' hands
+
+    @property
+    def whole(self) -> bool:
+        """True when no frame is held by anyone: free + returned == total."""
+        return self.free + self.returned == self.total
+
+
+class FramePool:
+    """``count`` frames of ``frame_size`` bytes in one shared segment, split into
+    ``partitions`` equal allocator partitions (one per RX producer)."""
+
+    def __init__(
+        self,
+        count: int = DEFAULT_FRAMES,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        headroom: int = DEFAULT_HEADROOM,
+        partitions: int = 1,
+    ) -> None:
+        if count <= 0 or count >= 2**31:
+            raise ValueError(f"frame count must be in 1..2**31-1, not {count}")
+        if frame_size < 64 or frame_size % 64:
+            raise ValueError(f"frame_size must be a multiple of 64 and >= 64, not {frame_size}")
+        if not 0 <= headroom < frame_size - 60:
+            raise ValueError(f"headroom {headroom} leaves no room for a packet in {frame_size}")
+        if partitions < 1 or partitions > count:
+            raise ValueError(f"partitions must be in 1..{count}, not {partitions}")
+        self.count = count
+        self.frame_size = frame_size
+        self.headroom = headroom
+        self.partitions = partitions
+        layout = Layout("frames")
+        layout.add("data", np.uint8, (count, frame_size), align=4096)
+        for name, dt in (
+            ("length", np.uint32),
+            ("wire_len", np.uint32),
+            ("headroom", np.uint16),
+            ("meta_len", np.uint16),
+            ("ifindex", np.uint32),
+            ("rx_queue", np.uint32),
+            ("ts_ns", np.int64),
+            ("linktype", np.uint16),
+            ("tag", np.uint32),
+        ):
+            layout.add(name, dt, count)
+        self.segment: Segment = layout.create()
+        seg = self.segment
+        self.data = seg.view("data")
+        self.flat = seg.view("data").reshape(-1)
+        self.length = seg.view("length")
+        self.wire_len = seg.view("wire_len")
+        self.headroom_col = seg.view("headroom")
+        self.meta_len = seg.view("meta_len")
+        self.ifindex = seg.view("ifindex")
+        self.rx_queue = seg.view("rx_queue")
+        self.ts_ns = seg.view("ts_ns")
+        self.linktype = seg.view("linktype")
+        self.tag = seg.view("tag")
+        self.headroom_col[:] = headroom
+        self.linktype[:] = 1
+        self._mv = seg.memoryview()
+
+    # -- partitions -----------------------------------------------------------------
+    def partition_range(self, p: int) -> tuple[int, int]:
+        """Frames ``[lo, hi)`` belonging to allocator partition ``p``."""
+        if not 0 <= p < self.partitions:
+            raise ValueError(f"partition {p} not in 0..{self.partitions - 1}")
+        per = self.count // self.partitions
+        lo = p * per
+        hi = self.count if p == self.partitions - 1 else lo + per
+        return lo, hi
+
+    def allocator(self, p: int) -> FrameAllocator:
+        """A private allocator over partition ``p``: one per RX producer, never shared."""
+        return FrameAllocator(self, p)
+
+    # -- frame access -----------------------------------------------------------------
+    @property
+    def max_packet(self) -> int:
+        """The most packet bytes a frame holds with the default headroom."""
+        return self.frame_size - self.headroom
+
+    def packet(self, i: int) -> memoryview:
+        """Zero-copy view of frame ``i``'s packet bytes (valid while you hold the frame)."""
+        start = i * self.frame_size + int(self.headroom_col[i])
+        return self._mv[start : start + int(self.length[i])]
+
+    def metadata(self, i: int) -> bytes:
+        """The metadata area of frame ``i`` (bytes just before the packet)."""
+        h = int(self.headroom_col[i])
+        m = int(self.meta_len[i])
+        start = i * self.frame_size + h
+        return bytes(self._mv[start - m : start])
+
+    def release(self, idx: np.ndarray) -> None:
+        """Give frames back to their allocators (any holder may call this for the
+        frames it holds).  The caller must not touch them afterwards."""
+        self.tag[idx] = TAG_RETURNED
+
+    def audit(self) -> PoolAudit:
+        """Count frames by holder (exact only at a quiescent point)."""
+        tags = self.tag
+        free = int(np.count_nonzero(tags == TAG_FREE))
+        ret = int(np.count_nonzero(tags == TAG_RETURNED))
+        rx = int(np.count_nonzero(tags == TAG_RX))
+        return PoolAudit(self.count, free, ret, rx, self.count - free - ret - rx)
+
+    def close(self) -> None:
+        self._mv.release()
+        self.segment.close()
+
+
+class FrameAllocator:
+    """Allocates frames of one partition.  Owned by one RX producer: not thread-safe,
+    not shared between processes (its free stack is private memory).
+
+    Invariant: ``self._stack[:self._nfree]`` are exactly the partition's frames whose tag
+    is TAG_FREE.
+    """
+
+    def __init__(self, pool: FramePool, partition: int) -> None:
+        self.pool = pool
+        self.partition = partition
+        self.lo, self.hi = pool.partition_range(partition)
+        tags = pool.tag[self.lo : self.hi]
+        # Take over whatever was left free or returned (a previous owner may have died).
+        free = np.flatnonzero((tags == TAG_FREE) | (tags == TAG_RETURNED)).astype(np.uint32)
+        free += self.lo
+        pool.tag[free] = TAG_FREE
+        self._stack = np.empty(self.hi - self.lo, dtype=np.uint32)
+        # Reversed so that the first allocations take the lowest indices (easier to read).
+        self._stack[: len(free)] = free[::-1]
+        self._nfree = len(free)
+        self.reclaims = 0
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def available(self) -> int:
+        """Frames in the free stack (not counting RETURNED ones not yet reclaimed)."""
+        return self._nfree
+
+    def reclaim(self) -> int:
+        """Move this partition's RETURNED frames to the free stack; returns how many.
+
+        Safe against concurrent releases: a worker writes RETURNED only after its last
+        access to a frame, and this scan either sees that store or picks the frame up
+        next time.  Only this allocator ever changes RETURNED to FREE in its partition.
+        """
+        tags = self.pool.tag[self.lo : self.hi]
+        got = np.flatnonzero(tags == TAG_RETURNED)
+        n = len(got)
+        if n:
+            got = got.astype(np.uint32)
+            got += self.lo
+            self.pool.tag[got] = TAG_FREE
+            self._stack[self._nfree : self._nfree + n] = got
+            self._nfree += n
+        self.reclaims += 1
+        return n
+
+    def alloc(self, n: int) -> np.ndarray:
+        """Up to ``n`` frames (fewer when the partition is exhausted), tagged TAG_RX."""
+        if self._nfree < n:
+            self.reclaim()
+        take = min(n, self._nfree)
+        self._nfree -= take
+        idx = self._stack[self._nfree : self._nfree + take].copy()
+        self.pool.tag[idx] = TAG_RX
+        return idx
+
+    def free(self, idx: np.ndarray) -> None:
+        """Return frames this allocator handed out and that never left the producer."""
+        n = len(idx)
+        if n == 0:
+            return
+        self.pool.tag[idx] = TAG_FREE
+        self._stack[self._nfree : self._nfree + n] = idx
+        self._nfree += n

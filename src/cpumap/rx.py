@@ -1,0 +1,355 @@
+"""The RX producer: the driver's poll loop, where the XDP program runs.
+
+One :class:`RxProducer` plays one RX queue of a NIC driver: it receives packets, puts
+them in frames, runs the XDP program on every frame, stages redirected frames in bulk
+queues per destination, and flushes them at the end of the batch.  One call of
+:meth:`RxProducer.poll` is one NAPI poll::
+
+    alloc frames, copy packets in       (the NIC's DMA)
+    read_lock()                         (rcu.py: the XDP program's RCU section begins)
+      run the program                   -> a verdict per frame
+      DROP/ABORTED/TX/PASS: count, give the frame back (PASS: pass_handler first)
+      REDIRECT: look the key up (a missing entry: redirect_err), stage (bulkq.py)
+      flush every staged destination    (xdp_do_flush)
+    read_unlock()                       (quiescent: a grace period may end)
+    publish the counters of the batch
+
+Frames are allocated *outside* the read-side section, because waiting for free frames
+(every frame is in flight) must not hold up a grace period.
+
+A producer belongs to one thread of one process.  Producers in other processes are
+created there (after fork) from the same :class:`~cpumap.CpuMap`; each claims its own
+producer slot, which is also its frame-pool partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
+from .frame_pool import FrameAllocator
+from .packets import Packet, PacketBatch
+from .program import (
+    N_VERDICTS,
+    NO_KEY,
+    XDP_ABORTED,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XdpBatch,
+    XdpContext,
+    _set_current,
+    is_vectorized,
+    normalize_verdicts,
+)
+from .stats import (
+    E_DROPS,
+    E_FLUSHES,
+    E_PROCESSED,
+    P_ENQ_PROCESSED,
+    P_FLUSHES,
+    P_NO_FRAME,
+    P_POLLS,
+    P_QUEUE_FULL,
+    P_REDIRECT_ERR,
+    P_RX,
+    P_TRUNCATED,
+    P_WORDS,
+    P_XDP_ABORTED,
+    P_XDP_REDIRECT,
+    EventLog,
+)
+
+if TYPE_CHECKING:
+    from .map import CpuMap
+
+DEFAULT_POLL_SIZE = 256  # packets per poll (NAPI's weight is 64; ours: per-call costs)
+DEFAULT_FRAME_WAIT = 10.0  # seconds to wait for free frames before dropping (no_frame)
+
+
+class RxProducer:
+    """An RX queue running ``program`` and redirecting into ``cmap``.
+
+    Options: ``index`` (producer slot, default: any free one), ``poll_size`` (packets
+    per poll), ``bulk_size`` (frames per bulk-queue flush), ``pass_handler`` (called with
+    an ``Skb`` for frames the program PASSes, on the RX side), ``frame_wait`` (seconds to
+    wait for free frames before counting packets as ``no_frame``), ``backpressure``
+    (seconds a flush may wait for room in a full ring before dropping; 0, the default,
+    is the kernel's behaviour: a full ring drops at once -- use a positive value for
+    lossless offline processing).
+    """
+
+    def __init__(
+        self,
+        cmap: CpuMap,
+        program: Any,
+        *,
+        index: int | None = None,
+        poll_size: int = DEFAULT_POLL_SIZE,
+        bulk_size: int = DEFAULT_BULK_SIZE,
+        pass_handler: Callable[[Any], Any] | None = None,
+        frame_wait: float = DEFAULT_FRAME_WAIT,
+        backpressure: float = 0.0,
+    ) -> None:
+        if poll_size < 1:
+            raise ValueError(f"poll_size must be >= 1, not {poll_size}")
+        if not callable(program):
+            raise TypeError(f"program must be callable, not {type(program).__name__}")
+        self.cmap = cmap
+        self.program = program
+        self.poll_size = poll_size
+        self.pass_handler = pass_handler
+        self.frame_wait = frame_wait
+        self._vectorized = is_vectorized(program)
+        self.index = cmap.registry.claim(index)
+        self._closed = False
+        pool = cmap.pool
+        self.pool = pool
+        self.allocator: FrameAllocator = pool.allocator(self.index)
+        seg = cmap._seg
+        self._ctr = seg.view("prod")[self.index]
+        self._enq = seg.view("enq")[self.index]
+        self._events: EventLog = cmap._enq_log(self.index)
+        self._local = np.zeros(P_WORDS, dtype=np.uint64)
+        self._table = cmap._table
+        self._max_entries = cmap.max_entries
+        self._bulk = BulkQueues(
+            pool,
+            cmap._ring,
+            self.allocator.free,
+            self._on_flush,
+            cmap.n_slots,
+            bulk_size,
+            backpressure,
+        )
+        self._ctx = XdpContext(pool)
+        self._room = pool.frame_size - pool.headroom
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Give up the producer slot.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cmap.registry.unclaim(self.index)
+
+    def __enter__(self) -> RxProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- receiving -----------------------------------------------------------------------------
+    def receive(self, batch: PacketBatch) -> None:
+        """Run every packet of ``batch`` through the program, ``poll_size`` at a time."""
+        n = len(batch)
+        step = self.poll_size
+        for lo in range(0, n, step):
+            self.poll(batch.slice(lo, min(lo + step, n)) if n > step else batch)
+
+    def receive_packets(self, packets: Iterable[Packet | bytes]) -> None:
+        """Like :meth:`receive`, for packets one by one (slow path)."""
+        chunk: list[Packet | bytes] = []
+        for p in packets:
+            chunk.append(p)
+            if len(chunk) == self.poll_size:
+                self.poll(PacketBatch.from_packets(chunk))
+                chunk = []
+        if chunk:
+            self.poll(PacketBatch.from_packets(chunk))
+
+    def poll(self, batch: PacketBatch) -> None:
+        """One NAPI poll over ``batch`` (any size; see the module docstring)."""
+        if self._closed:
+            raise ValueError("producer is closed")
+        n = len(batch)
+        if n == 0:
+            return
+        local = self._local
+        local[:] = 0
+        local[P_RX] = n
+        local[P_POLLS] = 1
+        idx = self._alloc(n)
+        got = len(idx)
+        if got < n:
+            local[P_NO_FRAME] = n - got
+            batch = batch.slice(0, got)
+        if got:
+            self._fill(idx, batch)
+            registry = self.cmap.registry
+            registry.read_lock(self.index)
+            try:
+                verdicts, keys = self._run_program(idx)
+                self._dispatch(idx, verdicts, keys)
+                self._bulk.flush_all()
+            finally:
+                registry.read_unlock(self.index)
+        self._ctr += local
+
+    def flush(self) -> None:
+        """Nothing is ever left staged between polls; kept for API symmetry."""
+        self._bulk.flush_all()
+
+    # -- the steps of a poll ----------------------------------------------------------------------
+    def _alloc(self, n: int) -> np.ndarray:
+        idx = self.allocator.alloc(n)
+        if len(idx) == n:
+            return idx
+        # Every frame is in flight: wait for workers to give some back (backpressure).
+        parts = [idx]
+        have = len(idx)
+        deadline = time.monotonic() + self.frame_wait
+        pause = 2e-5
+        while have < n and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+            more = self.allocator.alloc(n - have)
+            if len(more):
+                parts.append(more)
+                have += len(more)
+        return np.concatenate(parts) if len(parts) > 1 else idx
+
+    def _fill(self, idx: np.ndarray, batch: PacketBatch) -> None:
+        """Copy the packets into their frames and write the descriptors."""
+        pool = self.pool
+        h = pool.headroom
+        room = self._room
+        caplen = batch.caplen
+        uniform = batch.uniform_length()
+        if uniform is not None and uniform <= room:
+            s0 = int(batch.start[0])
+            rows = batch.buf[s0 : s0 + uniform * len(idx)].reshape(len(idx), uniform)
+            pool.data[idx, h : h + uniform] = rows
+        else:
+            if int(caplen.max()) > room:
+                self._local[P_TRUNCATED] += int(np.count_nonzero(caplen > room))
+                caplen = np.minimum(caplen, room)
+            flat = pool.flat
+            buf = batch.buf
+            fs = pool.frame_size
+            for i, s, c in zip(idx.tolist(), batch.start.tolist(), caplen.tolist(), strict=True):
+                d = i * fs + h
+                flat[d : d + c] = buf[s : s + c]
+        pool.length[idx] = caplen
+        pool.wire_len[idx] = batch.wire_len
+        pool.ts_ns[idx] = batch.ts_ns
+        pool.ifindex[idx] = batch.ifindex
+        pool.rx_queue[idx] = batch.rx_queue
+        pool.linktype[idx] = batch.linktype
+        pool.meta_len[idx] = 0
+
+    def _run_program(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(idx)
+        if self._vectorized:
+            try:
+                out = self.program(XdpBatch(self.pool, idx))
+            except Exception:
+                return np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32)
+            verdicts, keys, _invalid = normalize_verdicts(out, n)
+            return verdicts, keys
+        return self._run_per_frame(idx)
+
+    def _run_per_frame(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pool, prog, ctx = self.pool, self.program, self._ctx
+        ifs = pool.ifindex[idx].tolist()
+        rxq = pool.rx_queue[idx].tolist()
+        lts = pool.linktype[idx].tolist()
+        verdicts: list[int] = []
+        keys: list[int] = []
+        _set_current(ctx)
+        try:
+            for j, i in enumerate(idx.tolist()):
+                ctx._load(i, ifs[j], rxq[j], lts[j])
+                try:
+                    v = prog(ctx)
+                except Exception:
+                    v = XDP_ABORTED
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < N_VERDICTS:
+                    v = XDP_ABORTED
+                verdicts.append(int(v))
+                keys.append(ctx.redirect_key if v == XDP_REDIRECT else NO_KEY)
+        finally:
+            _set_current(None)
+        return np.array(verdicts, dtype=np.uint8), np.array(keys, dtype=np.uint32)
+
+    def _dispatch(self, idx: np.ndarray, verdicts: np.ndarray, keys: np.ndarray) -> None:
+        local = self._local
+        counts = np.bincount(verdicts, minlength=N_VERDICTS)
+        local[P_XDP_ABORTED : P_XDP_ABORTED + N_VERDICTS - 1] += counts[:4].astype(np.uint64)
+        n_red = int(counts[XDP_REDIRECT])
+        if n_red == len(idx):
+            ridx, rkeys = idx, keys
+        else:
+            red = verdicts == XDP_REDIRECT
+            if counts[XDP_PASS] and self.pass_handler is not None:
+                self._run_pass_handler(idx[verdicts == XDP_PASS])
+            self.allocator.free(idx[~red])
+            if n_red == 0:
+                return
+            ridx, rkeys = idx[red], keys[red]
+        # Look the keys up: the table load happens inside the read-side section.
+        inrange = rkeys < self._max_entries
+        if inrange.all():
+            slots = self._table[rkeys]
+        else:
+            slots = np.full(len(rkeys), -1, dtype=np.int32)
+            slots[inrange] = self._table[rkeys[inrange]]
+        lo, hi = int(slots.min()), int(slots.max())
+        if lo < 0:
+            bad = slots < 0
+            local[P_REDIRECT_ERR] += int(np.count_nonzero(bad))
+            self.allocator.free(ridx[bad])
+            good = ~bad
+            ridx, slots = ridx[good], slots[good]
+            if len(ridx) == 0:
+                return
+            lo = int(slots.min())
+        local[P_XDP_REDIRECT] += len(ridx)
+        if lo == hi:
+            self._bulk.enqueue(lo, ridx)
+            return
+        # Several destinations: group by slot, keeping each flow's frames in order.
+        order = np.argsort(slots, kind="stable")
+        sslots = slots[order]
+        sidx = ridx[order]
+        cuts = np.flatnonzero(sslots[1:] != sslots[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), len(sidx)]
+        for a, b in zip(starts, ends, strict=True):
+            self._bulk.enqueue(int(sslots[a]), sidx[a:b])
+
+    def _run_pass_handler(self, idx: np.ndarray) -> None:
+        from .skb import Skb
+
+        pool = self.pool
+        for i in idx.tolist():
+            # The local stack's failures are its own: the frame is counted xdp_pass.
+            with contextlib.suppress(Exception):
+                self.pass_handler(  # type: ignore[misc]
+                    Skb(
+                        pool.packet(i),
+                        wire_len=int(pool.wire_len[i]),
+                        linktype=int(pool.linktype[i]),
+                        ifindex=int(pool.ifindex[i]),
+                        index=i,
+                    )
+                )
+
+    def _on_flush(self, slot: int, processed: int, drops: int) -> None:
+        """The enqueue tracepoint: one record per flush."""
+        enq = self._enq[slot]
+        enq[E_PROCESSED] += processed
+        enq[E_DROPS] += drops
+        enq[E_FLUSHES] += 1
+        local = self._local
+        local[P_ENQ_PROCESSED] += processed
+        local[P_QUEUE_FULL] += drops
+        local[P_FLUSHES] += 1
+        if self._events.enabled:
+            self._events.emit(
+                (time.monotonic_ns(), self.cmap.map_id, processed, drops, self.cmap._slot_cpu(slot))
+            )

@@ -1,0 +1,296 @@
+"""The worker: one process per map entry, pinned to its CPU -- the kernel's cpumap kthread.
+
+Theory of operation
+-------------------
+The worker consumes its entry's ring in batches of up to ``batch_size`` frames (the
+kernel's CPUMAP_BATCH is 8; ours is chosen by measurement, see bench_engine.py), builds
+the skb (skb.py), and hands it to the user's handler -- our "network stack" -- which
+accepts it or drops it.  The frames then go back to the pool.  With the ring empty the
+worker sleeps and is woken by a producer's flush (ring.py argues why no wake-up is lost).
+
+It exits only when told to stop *and* its ring is empty, like the kernel's::
+
+    while (!kthread_should_stop() || !__ptr_ring_empty(rcpu->queue))
+
+The stop request comes after a grace period (rcu.py): no producer can publish into this
+ring any more, so once the worker has seen ``stop`` a final emptiness check is exact.
+
+Crash-safe commit protocol (why a SIGKILL loses no frame)
+---------------------------------------------------------
+Per batch, in this order::
+
+    1. take(n)      ring.claimed += n         frames [c, c+n) now in our hands
+    2. build skbs, call the handler, count outcomes locally
+    3. commit       kthread record {committed = c+n, counters += outcomes}  -- one store
+    4. release      tag[frames] = RETURNED    frames go back to their allocators
+    5. advance      ring.cons_tail = c+n      slots may be reused
+
+A supervisor that finds the worker dead reads the last committed record and the ring's
+three positions: frames in ``[cons_tail, committed)`` have their outcome counted and only
+need releasing (unless already RETURNED); frames in ``[committed, claimed)`` were in the
+worker's hands with no outcome counted: they are released and counted as ``lost``.  At
+most one of the two ranges is non-empty (claimed == committed between 3 and 5, and
+cons_tail == committed between 1 and 3).  Frames after ``claimed`` were never touched;
+a new worker takes over from there.  See ``CpuMap._recover``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _atomics as at
+from .frame_pool import TAG_RETURNED, FramePool
+from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT, Ring
+from .stats import (
+    K_BATCHES,
+    K_BUILD_FAILED,
+    K_COMMITTED,
+    K_DELIVERED,
+    K_DROPS,
+    K_HANDLER_DROP,
+    K_HANDLER_ERROR,
+    K_LATE_WAKEUPS,
+    K_PROCESSED,
+    K_SCHED,
+    K_SLEEPS,
+    K_WORDS,
+    EventLog,
+    KthreadRecord,
+)
+
+DEFAULT_BATCH = 256  # CPUMAP_BATCH is 8 in the kernel; see the module docstring
+DEFAULT_IDLE_TIMEOUT = 2.0  # seconds a sleeping worker waits before re-checking anyway
+
+
+def batch_handler(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as a batch handler: called once per worker batch with an ``SkbBatch``.
+
+    It returns ``None`` (all accepted) or a boolean array, True = accepted, one per frame.
+    """
+    fn.batch = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_batch_handler(handler: object) -> bool:
+    return bool(getattr(handler, "batch", False))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a handler's optional ``setup(info)`` is told about where it runs."""
+
+    map_id: int
+    key: int
+    cpu: int
+    qsize: int
+    slot: int
+    generation: int
+    pinned: bool
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs; inherited through fork, never pickled."""
+
+    pool: FramePool
+    ring: Ring
+    record: KthreadRecord
+    events: EventLog
+    info: WorkerInfo
+    handler: Any
+    batch_size: int = DEFAULT_BATCH
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    resume_counters: np.ndarray | None = None  # a replacement worker continues these
+
+
+def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
+    """Entry point of the worker process (after fork)."""
+    from . import _atomics
+
+    # Die with the controlling process: nothing may outlive it (see shm.py).
+    _atomics.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before we armed the signal
+        os._exit(1)
+    # Ctrl-C goes to the whole process group; the controller decides how to stop us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pinned = _pin(spec.info.cpu)
+    info = WorkerInfo(**{**spec.info.__dict__, "pinned": pinned})
+    handler = spec.handler
+    result: dict[str, Any] = {"pinned": pinned}
+    try:
+        if hasattr(handler, "setup"):
+            handler.setup(info)
+    except BaseException as e:
+        result_conn.send({"ready": False, "error": "".join(traceback.format_exception(e))})
+        result_conn.close()
+        return
+    result_conn.send({"ready": True, "pinned": pinned})
+    try:
+        Worker(spec).run()
+        if hasattr(handler, "finish"):
+            result["result"] = handler.finish()
+    except BaseException as e:  # report, never hang: the controller reaps us
+        result["error"] = "".join(traceback.format_exception(e))
+    try:
+        result_conn.send(result)
+    except Exception as e:  # an unpicklable result must not lose the error report
+        result_conn.send({"pinned": pinned, "error": f"cannot send result: {e!r}"})
+    result_conn.close()
+
+
+def _pin(cpu: int) -> bool:
+    try:
+        os.sched_setaffinity(0, {cpu})
+        return True
+    except OSError:
+        # Possible but not allowed to us (offline, cpuset): run unpinned, say so.
+        return False
+
+
+class Worker:
+    """The consume loop.  Runs in the worker process only."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.pool = spec.pool
+        self.ring = spec.ring
+        self.handler = spec.handler
+        self.batch_size = spec.batch_size
+        self.counters = np.zeros(K_WORDS, dtype=np.uint64)
+        if spec.resume_counters is not None:
+            self.counters[:] = spec.resume_counters
+        self.counters[K_COMMITTED] = self.ring.positions()[1]
+        self._sched = 0
+        self._deliver = (
+            self._deliver_batch if is_batch_handler(self.handler) else self._deliver_each
+        )
+        self._mv = spec.pool._mv
+
+    def run(self) -> None:
+        ring = self.ring
+        while True:
+            avail = ring.available()
+            if avail:
+                self._process(ring.take(min(avail, self.batch_size)))
+                continue
+            if ring.stop_requested():
+                # stop is set after the grace period: the tail is final, recheck once.
+                if ring.available() == 0:
+                    return
+                continue
+            self._sleep()
+
+    def _sleep(self) -> None:
+        ring = self.ring
+        seq = at.load_u32(ring.hdr + OFF_WAKE_SEQ)
+        rc = ring.wait(self.spec.idle_timeout)
+        if rc == WAIT_NOT_SLEPT:
+            return
+        self._sched = 1
+        self.counters[K_SLEEPS] += 1
+        if rc == WAIT_TIMEOUT and ring.available():
+            # Work waited while we slept.  Legitimate only if a producer is between its
+            # publish and its wake (it saw us sleeping): then wake_seq moves very soon.
+            deadline = time.monotonic() + 0.2
+            while at.load_u32(ring.hdr + OFF_WAKE_SEQ) == seq and time.monotonic() < deadline:
+                os.sched_yield()
+            if at.load_u32(ring.hdr + OFF_WAKE_SEQ) == seq:
+                self.counters[K_LATE_WAKEUPS] += 1
+
+    def _process(self, idx: np.ndarray) -> None:
+        n = len(idx)
+        c = self.counters
+        delivered, hdrop, herr, bfail = self._deliver(idx)
+        c[K_PROCESSED] += n
+        c[K_BATCHES] += 1
+        c[K_DELIVERED] += delivered
+        c[K_HANDLER_DROP] += hdrop
+        c[K_HANDLER_ERROR] += herr
+        c[K_BUILD_FAILED] += bfail
+        c[K_DROPS] += hdrop + herr + bfail
+        c[K_SCHED] += self._sched
+        c[K_COMMITTED] += n
+        self.spec.record.publish(c)  # 3. commit
+        self.pool.tag[idx] = TAG_RETURNED  # 4. release
+        self.ring.release(n)  # 5. advance
+        if self.spec.events.enabled:
+            info = self.spec.info
+            self.spec.events.emit(
+                (time.monotonic_ns(), info.map_id, n, hdrop + herr + bfail, self._sched, info.cpu)
+            )
+        self._sched = 0
+
+    # -- delivery: (delivered, handler_drop, handler_error, build_failed) -------------------
+    def _deliver_each(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        from .skb import Skb
+
+        pool = self.pool
+        fs = pool.frame_size
+        mv = self._mv
+        handler = self.handler
+        heads = pool.headroom_col[idx].tolist()
+        lens = pool.length[idx].tolist()
+        wls = pool.wire_len[idx].tolist()
+        lts = pool.linktype[idx].tolist()
+        ifs = pool.ifindex[idx].tolist()
+        rxq = pool.rx_queue[idx].tolist()
+        tss = pool.ts_ns[idx].tolist()
+        metas = pool.meta_len[idx]
+        has_meta = bool(metas.any())
+        delivered = hdrop = herr = bfail = 0
+        for j, i in enumerate(idx.tolist()):
+            start = i * fs + heads[j]
+            try:
+                meta = pool.metadata(i) if has_meta else b""
+                skb = Skb(
+                    mv[start : start + lens[j]],
+                    wire_len=wls[j],
+                    linktype=lts[j],
+                    ifindex=ifs[j],
+                    rx_queue=rxq[j],
+                    ts_ns=tss[j],
+                    metadata=meta,
+                    index=i,
+                )
+            except Exception:
+                bfail += 1
+                continue
+            try:
+                r = handler(skb)
+            except Exception:
+                herr += 1
+                continue
+            if r is False:
+                hdrop += 1
+            else:
+                delivered += 1
+        return delivered, hdrop, herr, bfail
+
+    def _deliver_batch(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        from .program import skb_batch
+        from .skb import SkbBatch
+
+        n = len(idx)
+        try:
+            batch = skb_batch(self.pool, idx, SkbBatch)
+        except Exception:
+            return 0, 0, 0, n
+        try:
+            r = self.handler(batch)
+        except Exception:
+            return 0, 0, n, 0
+        if r is None:
+            return n, 0, 0, 0
+        accepted = np.asarray(r)
+        if accepted.shape != (n,) or accepted.dtype != np.bool_:
+            return 0, 0, n, 0  # not a verdict per frame: a handler error
+        ok = int(np.count_nonzero(accepted))
+        return ok, n - ok, 0, 0
