@@ -286,6 +286,7 @@ class CpuMap:
         layout.add("slot_info", np.uint32, (self.n_slots, _SLOT_INFO_WORDS))
         layout.add("ring_hdr", np.uint8, (self.n_slots, _RING_HDR_STRIDE))
         layout.add("ring_slots", np.uint32, (self.n_slots, MAX_CAPACITY), align=4096)
+        layout.add("hand", np.uint32, (self.n_slots, batch_size))
         add_registry(layout, producers)
         add_counters(layout, producers, self.n_slots, trace_events)
         self._seg: Segment = layout.create()
@@ -299,6 +300,7 @@ class CpuMap:
             )
             for s in range(self.n_slots)
         ]
+        self._hands = self._seg.view("hand")
         self._free_slots = list(range(self.n_slots - 1, -1, -1))
         self._entries: dict[int, _Entry] = {}
         self._retiring: list[_Entry] = []
@@ -617,6 +619,7 @@ class CpuMap:
         spec = WorkerSpec(
             pool=self.pool,
             ring=e.ring,
+            hand=self._hands[e.slot],
             record=e.record,
             events=self._kth_log(e.slot),
             info=info,
@@ -716,32 +719,30 @@ class CpuMap:
             self._recover(e, drop_queued=True)
 
     def _recover(self, e: _Entry, *, drop_queued: bool) -> None:
-        """Return the frames a dead worker held (see worker.py's commit protocol).
+        """Return the frames a dead worker held (worker.py's commit protocol).
 
-        Frames in ``[cons_tail, committed)`` have an outcome: release those still ours.
-        Frames in ``[committed, claimed)`` have none: release them and count them
-        ``lost``.  With ``drop_queued`` (no worker will come: a broken entry, or one
-        being retired), frames queued behind them are lost too.
-        Precondition: the entry's worker is dead.
+        With ``drop_queued`` (no worker will come: a broken entry, or one being retired
+        after its worker died), the frames queued in its ring are released and counted
+        ``lost`` too.  Precondition: the entry's worker is dead.
         """
         ring, pool = e.ring, self.pool
         rec = e.record.read()
-        cons, claimed, prod = ring.positions()
+        cons, prod = ring.positions()
         committed = int(rec[K_COMMITTED])
-        mine = TAG_QUEUED + e.slot
-        later = ring.contents(claimed, prod) if prod > claimed else np.zeros(0, np.uint32)
-        if committed > cons:
-            done = ring.contents(cons, committed)
-            done = done[pool.tag[done] == mine]
-            pool.release(np.setdiff1d(done, later))
-        if claimed > committed:
-            held = ring.contents(committed, claimed)
-            e.lost += len(held)
-            pool.release(held)
-        end = claimed
-        if drop_queued and prod > claimed:
-            e.lost += len(later)
-            pool.release(later)
+        queued = ring.contents(cons, prod) if prod > cons else np.zeros(0, np.uint32)
+        n_hand = ring.hand_count()
+        if n_hand:
+            hand = self._hands[e.slot, :n_hand].copy()
+            if committed < cons:  # died before committing: no outcome for these
+                e.lost += n_hand
+                pool.release(hand)
+            else:  # outcomes counted (or frames not taken yet): release what is ours
+                hand = hand[pool.tag[hand] == TAG_QUEUED + e.slot]
+                pool.release(np.setdiff1d(hand, queued))
+        end = cons
+        if drop_queued and len(queued):
+            e.lost += len(queued)
+            pool.release(queued)
             end = prod
         ring.reset_consumer(end)
         rec[K_COMMITTED] = end
@@ -753,8 +754,8 @@ class CpuMap:
         if msg is not None:
             e.results.append(msg)
         e.proc.join()
-        cons, claimed, prod = e.ring.positions()
-        if prod != cons or claimed != int(e.record.read()[K_COMMITTED]):
+        cons, prod = e.ring.positions()
+        if prod != cons or e.ring.hand_count() or cons != int(e.record.read()[K_COMMITTED]):
             self._recover(e, drop_queued=True)  # not after a clean exit; never lose frames
         rec = e.record.read()
         enq = self._seg.view("enq")[:, e.slot].sum(axis=0)

@@ -7,8 +7,8 @@ Theory of operation
 -------------------
 Two free-running 64-bit counters, each on its own cache line::
 
-    prod_tail  frames ever published         (written by producers, under the lock)
-    cons_tail  frames ever consumed+released (written by the consumer only)
+    prod_tail  frames ever published   (written by producers, under the producer lock)
+    cons_tail  frames ever taken       (written by the consumer only)
 
     0 <= prod_tail - cons_tail <= capacity       # Invariant
     slot of position p = p % capacity
@@ -29,12 +29,14 @@ stores with stores, and the tail is stored with release semantics (``_atomics``)
 consumer that sees the new tail sees the slots.  Pairs with: ``available`` (acquire load
 of ``prod_tail``) before ``take``.
 
-*Consumer side*: ``take(n)`` copies the indices at ``cons_tail`` and records the claimed
-position (so a supervisor can tell, after a crash, which frames were in the worker's
-hands); ``release(n)`` advances ``cons_tail`` after the worker is done with them.  Slots
-are reused only after ``release``: the consumer's loads of the slots precede its store
-of ``cons_tail`` (x86 never lets a store pass an earlier load), which pairs with the
-producer's acquire load of ``cons_tail``.
+*Consumer side*: ``take(n, hand)`` copies the next ``n`` indices into ``hand`` -- the
+worker's in-hand buffer, itself in shared memory so that a supervisor can see what a
+crashed worker held -- records ``n`` in the header's ``hand_n`` word, and then advances
+``cons_tail``, which frees the slots at once, as ``ptr_ring_consume_batched`` does: the
+ring's capacity is exactly ``qsize`` however long the worker keeps its batch.  The
+consumer's loads of the slots precede its store of ``cons_tail`` (x86 never lets a store
+pass an earlier load), which pairs with the producer's acquire load of ``cons_tail``
+before it overwrites them.
 
 Sleep and wake-up (no wake-up is ever lost)
 --------------------------------------------
@@ -85,8 +87,8 @@ from . import _atomics as at
 # different parties sit on different cache lines.
 OFF_PROD_LOCK = 0  # u32: 0 free, else the owner's pid             (producers)
 OFF_PROD_TAIL = 8  # u64: frames ever published                    (producers)
-OFF_CONS_TAIL = 64  # u64: frames ever released by the consumer     (consumer)
-OFF_CLAIMED = 72  # u64: frames ever taken by the consumer           (consumer)
+OFF_CONS_TAIL = 64  # u64: frames ever taken by the consumer        (consumer)
+OFF_HAND_N = 72  # u64: frames in the consumer's hand buffer         (consumer)
 OFF_SLEEPING = 128  # u32: consumer announced it is about to sleep   (consumer)
 OFF_WAKE_SEQ = 192  # u32: futex word, bumped to wake the consumer   (producers)
 OFF_STOP = 256  # u32: stop requested                                (controller)
@@ -112,8 +114,8 @@ class Ring:
     """
 
     __slots__ = (
-        "_claimed",
         "_cons",
+        "_hand_n",
         "_lock",
         "_prod",
         "_sleeping",
@@ -130,7 +132,7 @@ class Ring:
         self._lock = hdr_addr + OFF_PROD_LOCK
         self._prod = hdr_addr + OFF_PROD_TAIL
         self._cons = hdr_addr + OFF_CONS_TAIL
-        self._claimed = hdr_addr + OFF_CLAIMED
+        self._hand_n = hdr_addr + OFF_HAND_N
         self._sleeping = hdr_addr + OFF_SLEEPING
         self._wake = hdr_addr + OFF_WAKE_SEQ
         self._stop = hdr_addr + OFF_STOP
@@ -141,7 +143,7 @@ class Ring:
         """Reset the ring to empty with ``capacity`` slots.  Only while nobody uses it."""
         if not 1 <= capacity <= min(MAX_CAPACITY, len(self.slots)):
             raise ValueError(f"ring capacity {capacity} out of range")
-        for off in (OFF_PROD_TAIL, OFF_CONS_TAIL, OFF_CLAIMED):
+        for off in (OFF_PROD_TAIL, OFF_CONS_TAIL, OFF_HAND_N):
             at.store_u64(self.hdr + off, 0)
         for off in (OFF_PROD_LOCK, OFF_SLEEPING, OFF_WAKE_SEQ, OFF_STOP):
             at.store_u32(self.hdr + off, 0)
@@ -206,31 +208,36 @@ class Ring:
     # -- consumer side (one process only) ---------------------------------------------
     def available(self) -> int:
         """Frames published and not yet taken."""
-        return at.load_u64(self._prod) - at.load_u64(self._claimed)
+        return at.load_u64(self._prod) - at.load_u64(self._cons)
 
-    def take(self, n: int) -> np.ndarray:
-        """Copy out the next ``n`` indices (n <= available()) and record them as in hand."""
-        pos = at.load_u64(self._claimed)
+    def take(self, n: int, hand: np.ndarray) -> np.ndarray:
+        """Move the next ``n`` indices (n <= available()) into ``hand[:n]`` and free their
+        slots; returns ``hand[:n]``.  Order: hand written, ``hand_n`` stored, then
+        ``cons_tail`` -- a supervisor relies on it (worker.py)."""
+        pos = at.load_u64(self._cons)
         cap = self.capacity
         s = pos % cap
         first = min(n, cap - s)
-        if first == n:
-            out = self.slots[s : s + n].copy()
-        else:
-            out = np.concatenate((self.slots[s:cap], self.slots[: n - first]))
-        at.store_u64(self._claimed, pos + n)
-        return out
+        hand[:first] = self.slots[s : s + first]
+        if first < n:
+            hand[first:n] = self.slots[: n - first]
+        at.store_u64(self._hand_n, n)
+        at.store_u64(self._cons, pos + n)
+        return hand[:n]
 
-    def release(self, n: int) -> None:
-        """Done with the ``n`` oldest taken frames: their slots may be reused."""
-        at.store_u64(self._cons, at.load_u64(self._cons) + n)
+    def drop_hand(self) -> None:
+        """The consumer is done with its hand buffer (every frame in it released)."""
+        at.store_u64(self._hand_n, 0)
+
+    def hand_count(self) -> int:
+        return at.load_u64(self._hand_n)
 
     def wait(self, timeout: float) -> int:
         """Sleep until a producer publishes or a stop is requested (at most ``timeout``
         seconds).  Returns one of the WAIT_* codes.  Steps (1)-(3) of the docstring."""
         seq = at.load_u32(self._wake)  # (1)
         tail = at.store32_fence_load64(self._sleeping, 1, self._prod)  # (2)
-        if tail != at.load_u64(self._claimed) or at.load_u32(self._stop):
+        if tail != at.load_u64(self._cons) or at.load_u32(self._stop):
             at.store_u32(self._sleeping, 0)
             return WAIT_NOT_SLEPT
         rc = at.futex_wait(self._wake, seq, timeout)  # (3)
@@ -248,9 +255,9 @@ class Ring:
         return bool(at.load_u32(self._stop))
 
     # -- inspection ------------------------------------------------------------------------
-    def positions(self) -> tuple[int, int, int]:
-        """(cons_tail, claimed, prod_tail)."""
-        return at.load_u64(self._cons), at.load_u64(self._claimed), at.load_u64(self._prod)
+    def positions(self) -> tuple[int, int]:
+        """(cons_tail, prod_tail)."""
+        return at.load_u64(self._cons), at.load_u64(self._prod)
 
     def contents(self, lo: int, hi: int) -> np.ndarray:
         """Indices at positions [lo, hi) (for recovery after a crash; hi - lo <= capacity)."""
@@ -259,8 +266,9 @@ class Ring:
         return self.slots[pos.astype(np.int64)].copy()
 
     def reset_consumer(self, pos: int) -> None:
-        """Set both consumer positions to ``pos`` (a supervisor, after its consumer died)."""
-        at.store_u64(self._claimed, pos)
+        """Set the consumer position to ``pos`` and empty the hand (a supervisor, after
+        its consumer died)."""
+        at.store_u64(self._hand_n, 0)
         at.store_u64(self._cons, pos)
 
     def __len__(self) -> int:

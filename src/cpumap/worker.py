@@ -17,21 +17,28 @@ ring any more, so once the worker has seen ``stop`` a final emptiness check is e
 
 Crash-safe commit protocol (why a SIGKILL loses no frame)
 ---------------------------------------------------------
-Per batch, in this order::
+The worker's batch sits in a *hand* buffer in shared memory.  Per batch, in this order::
 
-    1. take(n)      ring.claimed += n         frames [c, c+n) now in our hands
+    1. take(n)    hand[:n] = next n indices; hand_n = n; cons_tail += n   (ring.py)
     2. build skbs, call the handler, count outcomes locally
-    3. commit       kthread record {committed = c+n, counters += outcomes}  -- one store
-    4. release      tag[frames] = RETURNED    frames go back to their allocators
-    5. advance      ring.cons_tail = c+n      slots may be reused
+    3. commit     kthread record {committed = cons_tail, counters += outcomes}: one store
+    4. release    tag[hand] = RETURNED            frames go back to their allocators
+    5. hand_n = 0
 
-A supervisor that finds the worker dead reads the last committed record and the ring's
-three positions: frames in ``[cons_tail, committed)`` have their outcome counted and only
-need releasing (unless already RETURNED); frames in ``[committed, claimed)`` were in the
-worker's hands with no outcome counted: they are released and counted as ``lost``.  At
-most one of the two ranges is non-empty (claimed == committed between 3 and 5, and
-cons_tail == committed between 1 and 3).  Frames after ``claimed`` were never touched;
-a new worker takes over from there.  See ``CpuMap._recover``.
+A supervisor that finds the worker dead reads the last committed record, ``hand_n`` and
+the ring's positions (``CpuMap._recover``):
+
+* ``hand_n > 0`` and ``committed < cons_tail``: died between 1 and 3.  The hand's frames
+  have no outcome: they are released and counted ``lost``.
+* ``hand_n > 0`` and ``committed == cons_tail``: died between 3 and 5 (outcomes counted,
+  release perhaps partial), or between storing ``hand_n`` and ``cons_tail`` in 1 (the
+  frames are still queued).  Either way the frames that still carry this ring's tag and
+  are not queued in the ring are released; the queued ones stay for the next worker.
+* ``hand_n == 0``: nothing was in hand.
+
+A frame released in 4 may already have been reclaimed, reused and queued again into the
+same ring: it then sits in the ring after ``cons_tail``, which is why queued frames are
+excluded.  Frames in the ring were never touched; a replacement worker takes them.
 """
 
 from __future__ import annotations
@@ -102,6 +109,7 @@ class WorkerSpec:
 
     pool: FramePool
     ring: Ring
+    hand: np.ndarray  # uint32[batch_size] in shared memory: the batch in the worker's hands
     record: KthreadRecord
     events: EventLog
     info: WorkerInfo
@@ -167,7 +175,8 @@ class Worker:
         self.counters = np.zeros(K_WORDS, dtype=np.uint64)
         if spec.resume_counters is not None:
             self.counters[:] = spec.resume_counters
-        self.counters[K_COMMITTED] = self.ring.positions()[1]
+        self.counters[K_COMMITTED] = self.ring.positions()[0]
+        self._hand = spec.hand
         self._sched = 0
         self._deliver = (
             self._deliver_batch if is_batch_handler(self.handler) else self._deliver_each
@@ -179,7 +188,7 @@ class Worker:
         while True:
             avail = ring.available()
             if avail:
-                self._process(ring.take(min(avail, self.batch_size)))
+                self._process(ring.take(min(avail, self.batch_size), self._hand))
                 continue
             if ring.stop_requested():
                 # stop is set after the grace period: the tail is final, recheck once.
@@ -218,15 +227,16 @@ class Worker:
         c[K_DROPS] += hdrop + herr + bfail
         c[K_SCHED] += self._sched
         c[K_COMMITTED] += n
-        self.spec.record.publish(c)  # 3. commit
-        self.pool.tag[idx] = TAG_RETURNED  # 4. release
-        self.ring.release(n)  # 5. advance
         if self.spec.events.enabled:
+            # Before the commit: whoever sees the outcomes can see the event too.
             info = self.spec.info
             self.spec.events.emit(
                 (time.monotonic_ns(), info.map_id, n, hdrop + herr + bfail, self._sched, info.cpu)
             )
         self._sched = 0
+        self.spec.record.publish(c)  # 3. commit
+        self.pool.tag[idx] = TAG_RETURNED  # 4. release
+        self.ring.drop_hand()  # 5.
 
     # -- delivery: (delivered, handler_drop, handler_error, build_failed) -------------------
     def _deliver_each(self, idx: np.ndarray) -> tuple[int, int, int, int]:
