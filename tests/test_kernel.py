@@ -334,19 +334,15 @@ def test_second_stage_program_on_an_entry() -> None:
 @pytest.mark.parametrize(
     ("call", "exc", "msg"),
     [
-        (lambda m: m.update(-1, 1), ValueError, r"^key must be in \[0, 2\*\*32\), got -1$"),
-        (
-            lambda m: m.update(2**32, 1),
-            ValueError,
-            r"^key must be in \[0, 2\*\*32\), got 4294967296$",
-        ),
-        (lambda m: m.update(0, 2**32), ValueError, r"^qsize must be in \[0, 2\*\*32\)"),
-        (lambda m: m.update(0, 1, -1), ValueError, r"^flags must be in \[0, 2\*\*64\), got -1$"),
+        (lambda m: m.update(-1, 1), OverflowError, r"^key -1 does not fit in u32$"),
+        (lambda m: m.update(2**32, 1), OverflowError, r"^key 4294967296 does not fit in u32$"),
+        (lambda m: m.update(0, 2**32), OverflowError, r"^qsize 4294967296 does not fit in u32$"),
+        (lambda m: m.update(0, 1, -1), OverflowError, r"^flags -1 does not fit in u64$"),
         (lambda m: m.update(0, "1"), TypeError, r"^qsize must be an int, not str$"),
         (lambda m: m.update(True, 1), TypeError, r"^key must be an int, not bool$"),
         (lambda m: m.lookup(1.0), TypeError, r"^key must be an int, not float$"),
-        (lambda m: m.delete(-5), ValueError, r"^key must be in \[0, 2\*\*32\), got -5$"),
-        (lambda m: m.get_next_key(-1), ValueError, r"^key must be in \[0, 2\*\*32\), got -1$"),
+        (lambda m: m.delete(-5), OverflowError, r"^key -5 does not fit in u32$"),
+        (lambda m: m.get_next_key(2**32), OverflowError, r"^key 4294967296 does not fit in u32$"),
         (lambda m: m.update(0, 1, prog_fd=-1), ValueError, r"^prog_fd must be a file descriptor"),
     ],
 )
@@ -360,12 +356,12 @@ def test_bad_arguments_raise_before_the_syscall(call, exc: type, msg: str) -> No
 @pytest.mark.parametrize(
     ("kwargs", "msg"),
     [
-        ({"max_entries": -1}, r"^max_entries must be in \[0, 2\*\*32\), got -1$"),
+        ({"max_entries": -1}, r"^max_entries -1 does not fit in u32$"),
         ({"max_entries": 4, "name": "x" * 16}, r"^name must be shorter than 16 bytes"),
     ],
 )
 def test_bad_create_arguments(kwargs: dict, msg: str) -> None:
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises((ValueError, OverflowError), match=msg):
         KernelCpuMap(**kwargs)
 
 

@@ -17,9 +17,10 @@ long ``BPF_PROG_TEST_RUN`` in one thread does not stop the others.
 Errors: the kernel's errno is the contract (see ``docs/kernel-differences.md`` for the
 errnos this kernel returns), so every failed call raises ``OSError(errno, message)`` with
 the errno exactly as the kernel returned it, never translated.  Python-side argument
-errors (a key that does not fit the u32 the kernel reads, a program fd on a 4-byte map)
-raise ``ValueError``/``TypeError`` before any syscall, because the kernel never sees
-them.
+errors raise before any syscall, because the kernel never sees them: ``TypeError`` for
+a non-integer, ``OverflowError`` for an integer that does not fit the u32/u64 the kernel
+reads (as the engine's ``CpuMap`` does), ``ValueError`` for anything else (a program fd
+on a 4-byte map).
 
 File descriptors: the kernel creates map and program fds with ``O_CLOEXEC``.  Each
 object that owns one closes it in ``close()`` (idempotent), in ``__exit__``, and, as a
@@ -32,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import numbers
 import os
 import platform
 import weakref
@@ -259,20 +261,26 @@ class CpumapVal(ctypes.Structure):
     _fields_ = (("qsize", ctypes.c_uint32), ("bpf_prog", ctypes.c_int32))
 
 
-def _check_u32(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _check_uint(name: str, value: object, bits: int) -> int:
+    """``value`` as the kernel's u32/u64 argument: an int that fits, never wrapped.
+
+    The same errors, with the same words, as the engine's ``CpuMap`` (``TypeError``,
+    ``OverflowError``), so that code switching between the two sees one contract.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= U32_MAX:
-        raise ValueError(f"{name} must be in [0, 2**32), got {value}")
-    return value
+    v = int(value)
+    if not 0 <= v < (1 << bits):
+        raise OverflowError(f"{name} {v} does not fit in u{bits}")
+    return v
+
+
+def _check_u32(name: str, value: object) -> int:
+    return _check_uint(name, value, 32)
 
 
 def _check_u64(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= U64_MAX:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
+    return _check_uint(name, value, 64)
 
 
 def _obj_info(fd: int, info: ctypes.Structure) -> None:
@@ -360,7 +368,7 @@ class KernelCpuMap(_FdOwner):
 
     Every operation is one ``bpf(2)`` call and raises the kernel's errno as ``OSError``;
     nothing is checked or cached on our side except that arguments fit the C types the
-    kernel reads (``ValueError``/``TypeError``).  ``value_size`` is 8 (``struct
+    kernel reads (``TypeError``/``OverflowError``).  ``value_size`` is 8 (``struct
     bpf_cpumap_val``, which can carry a second-stage program) or 4 (``qsize`` only, the
     2017 ABI); any other size is the kernel's ``EINVAL``.
 
