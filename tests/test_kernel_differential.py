@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,10 +33,14 @@ from cpumap.kernel import (
     CPUMAP_QSIZE_MAX,
     XDP_DROP,
     KernelCpuMap,
+    KernelCpumapRun,
     bpf_unavailable_reason,
+    live_frames_unavailable_reason,
     load_xdp,
     nr_cpus,
     possible_cpus,
+    tracing_unavailable_reason,
+    udp_frame,
     verdict_program,
 )
 
@@ -399,3 +404,34 @@ def test_documented_d5_unprivileged_create_is_eperm_in_the_kernel_only() -> None
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.stdout.split("\n")[:2] == ["kernel EPERM", "ours created"], out.stderr
+
+
+def _drop_everything(skb: object) -> bool:
+    return False
+
+
+def test_documented_d6_kthread_drops_counts_netstack_drops_in_ours_only() -> None:
+    """D6: on this kernel the kthread event's ``drops`` is SKB-allocation failures only:
+    a frame the netstack then drops is not counted (6.x hands SKBs over as a list and gets
+    no verdict back); a second stage's XDP_DROP is in ``xdp_drop``.  Ours keeps the 2019
+    meaning: ``drops`` includes frames the handler (our netstack) dropped."""
+    reason = live_frames_unavailable_reason() or tracing_unavailable_reason()
+    if reason is not None or not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip(reason or "needs CPUs 0 and 1")
+    cpu_map = _engine()
+    from cpumap import FlowHash, PacketBatch  # type: ignore[attr-defined]
+
+    for stage in (None, "drop"):
+        with KernelCpumapRun(256, 1, frames=4000, second_stage=stage) as run:
+            kt = run.run().kthread
+        assert kt.processed > 0 and kt.drops == 0
+        assert kt.xdp_drop == (kt.processed if stage == "drop" else 0)
+
+    frame = np.frombuffer(udp_frame(64), dtype=np.uint8)
+    batch = PacketBatch.from_array(np.tile(frame, (64, 1)))
+    with cpu_map(2, handler=_drop_everything, trace_events=1024) as ours:
+        ours.update(1, 256)
+        ours.run(batch, FlowHash(ours, [1]))
+        _, kth = ours.events()
+    assert sum(e.processed for e in kth) == 64
+    assert sum(e.drops for e in kth) == 64
