@@ -177,7 +177,10 @@ class Ring:
         n = len(idx)
         if n == 0:
             return 0
-        cap = self.capacity
+        # Read from shared memory, not cached: this producer may have been forked before
+        # the slot was (re)initialised.  The map publishes the slot after init (a store
+        # ordered after these), and we found the slot through that store.
+        cap = at.load_u32(self.hdr + OFF_CAPACITY)
         self._lock_producers()
         try:
             tail = at.load_u64(self._prod)
