@@ -1,0 +1,153 @@
+"""The kernel's own cpumap throughput, the anchor our engine is measured against.
+
+64-byte UDP frames enter with ``BPF_PROG_TEST_RUN`` in live-frames mode on the RX CPU
+(0), an XDP program redirects each one to the cpumap entry of the target CPU (1), and
+the ``xdp_cpumap_*`` tracepoints say what happened there.  Paths measured:
+
+* ``rx-drop``: the RX program drops every frame, no redirect: what the sender can do.
+* ``xdp-drop``: redirect; the entry's second-stage XDP program drops on the target CPU.
+* ``netstack``: redirect; no second stage: the target CPU builds an SKB per frame and
+  runs the real receive path (``ip_rcv`` → ``udp_rcv`` → a socket whose buffer is full).
+
+frames/s is what the *target* CPU processed (kthread ``processed``) per second from the
+first enqueue to the last kthread batch; the RX side usually outruns it, and the rest are
+queue-full drops (shown).  Needs root.  Other benchmarks import :func:`kernel_cpumap_fps`
+to print the kernel's figure beside ours, on the same machine in the same run.
+
+    .venv/bin/python benchmarks/bench_kernel_cpumap.py [--frames N] [--repeat N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+from cpumap.kernel import (
+    KernelCpumapRun,
+    bpf_unavailable_reason,
+    live_frames_unavailable_reason,
+    rx_drop_ceiling,
+    tracing_unavailable_reason,
+)
+
+Path = Literal["xdp-drop", "netstack"]
+_SECOND_STAGE = {"xdp-drop": "drop", "netstack": None}
+
+
+@dataclass(frozen=True)
+class KernelFigure:
+    """One configuration's result: medians over ``repeat`` runs."""
+
+    path: str
+    qsize: int
+    frames_per_s: float
+    """Median frames/s processed on the target CPU."""
+    min_fps: float
+    max_fps: float
+    drop_ratio: float
+    """Queue-full drops / frames redirected (0 for rx-drop)."""
+    frames: int
+    repeat: int
+    complete: bool
+    """Every run's tracepoint totals were whole (no lost events, kthread caught up)."""
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernel's cpumap cannot be measured here (None if it can)."""
+    return (
+        bpf_unavailable_reason() or live_frames_unavailable_reason() or tracing_unavailable_reason()
+    )
+
+
+def kernel_cpumap_fps(
+    path: Path = "xdp-drop",
+    qsize: int = 192,
+    *,
+    frames: int = 1_000_000,
+    repeat: int = 3,
+    cpu: int = 1,
+    rx_cpu: int = 0,
+) -> KernelFigure:
+    """Measure the kernel's cpumap on one path; a warm-up run is done and discarded."""
+    with KernelCpumapRun(
+        qsize,
+        cpu,
+        frames=frames,
+        repeat=repeat,
+        second_stage=_SECOND_STAGE[path],  # type: ignore[arg-type]
+        rx_cpu=rx_cpu,
+    ) as run:
+        run.run_once()  # warm-up: the test run's page pool, the kthread, the caches
+        res = run.run()
+    fps = [s.frames_per_s for s in res.samples]
+    return KernelFigure(
+        path=path,
+        qsize=qsize,
+        frames_per_s=statistics.median(fps),
+        min_fps=min(fps),
+        max_fps=max(fps),
+        drop_ratio=res.drop_ratio,
+        frames=frames,
+        repeat=repeat,
+        complete=all(s.complete and s.lost_events == 0 for s in res.samples),
+    )
+
+
+def rx_drop_fps(*, frames: int = 1_000_000, repeat: int = 3, rx_cpu: int = 0) -> KernelFigure:
+    """Frames/s of the RX side alone (XDP_DROP, no redirect): the sender's ceiling."""
+    rx_drop_ceiling(frames // 10, rx_cpu=rx_cpu)  # warm-up
+    fps = [rx_drop_ceiling(frames, rx_cpu=rx_cpu) for _ in range(repeat)]
+    return KernelFigure(
+        path="rx-drop",
+        qsize=0,
+        frames_per_s=statistics.median(fps),
+        min_fps=min(fps),
+        max_fps=max(fps),
+        drop_ratio=0.0,
+        frames=frames,
+        repeat=repeat,
+        complete=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=1_000_000, help="frames per run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration")
+    ap.add_argument("--qsize", type=int, action="append", help="ring sizes (default 192, 2048)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object per line")
+    args = ap.parse_args(argv)
+    reason = unavailable_reason()
+    if reason is not None:
+        print(f"kernel cpumap not measurable here: {reason}", file=sys.stderr)
+        return 2
+    qsizes = args.qsize or [192, 2048]
+    figures = [rx_drop_fps(frames=args.frames, repeat=args.repeat)]
+    for path in ("xdp-drop", "netstack"):
+        for q in qsizes:
+            figures.append(
+                kernel_cpumap_fps(path, q, frames=args.frames, repeat=args.repeat)  # type: ignore[arg-type]
+            )
+    if args.json:
+        for f in figures:
+            print(json.dumps(f.__dict__))
+        return 0
+    print(f"kernel cpumap, 64-byte UDP frames, {args.frames:,} frames x {args.repeat} runs")
+    print(f"{'path':<10} {'qsize':>6} {'frames/s on CPU 1':>18} {'range':>17} {'drops':>7}")
+    for f in figures:
+        q = f"{f.qsize}" if f.qsize else "-"
+        rng = f"{f.min_fps / 1e6:.2f}-{f.max_fps / 1e6:.2f} M"
+        note = "" if f.complete else "  (partial: events lost or kthread late)"
+        print(
+            f"{f.path:<10} {q:>6} {f.frames_per_s / 1e6:>16.2f} M {rng:>17}"
+            f" {f.drop_ratio:>6.0%}{note}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
