@@ -278,8 +278,6 @@ class PcapWriter:
         nanosecond: bool = True,
         snaplen: int | None = None,
     ) -> None:
-        if linktype is not None and not 0 <= linktype <= LT_LINKTYPE_MASK:
-            raise ValueError(f"linktype must be in 0..65535, not {linktype}")
         if isinstance(path, str | os.PathLike):
             self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by close())
             self._owns = True
@@ -298,6 +296,8 @@ class PcapWriter:
             self._header(linktype)
 
     def _header(self, linktype: int) -> None:
+        if not 0 <= linktype <= LT_LINKTYPE_MASK:
+            raise ValueError(f"linktype must be in 0..65535, not {linktype}")
         self.linktype = linktype
         if self.snaplen is None:
             self.snaplen = max_caplen(linktype)

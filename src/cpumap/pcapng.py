@@ -515,11 +515,8 @@ class PcapngReader(CaptureReader):
             return -(pos + 1)
         self._flush(buf, epb)
         what = "block header" if need <= 12 else "block"
-        self._damaged(
-            self._base + pos,
-            f"{what} cut short: {need} bytes needed, {left} left at end of file",
-        )
-        return -(pos + left + 1)
+        # The file is cut short, or the length lies; a resync scan tells which (with skip_bad).
+        raise _Framing(pos, f"{what} cut short: {need} bytes needed, {left} left at end of file")
 
     def _section(self, buf: bytes, pos: int, blen: int, order: str) -> None:
         major, minor = struct.unpack_from(order + "HH", buf, pos + 12)
@@ -528,10 +525,8 @@ class PcapngReader(CaptureReader):
         self._sec = sec
         if (major, minor) not in _SUPPORTED_VERSIONS:
             sec.skipping = True
-            self._damaged(
-                self._base + pos,
-                f"unsupported pcapng version {major}.{minor} (readable: 1.0, 1.2); section skipped",
-            )
+            why = f"unsupported pcapng version {major}.{minor} (readable: 1.0, 1.2)"
+            self._damaged(self._base + pos, why + "; section skipped" if self.skip_bad else why)
             self._scan = "shb"
             return
         problem = self._options(buf, pos + 24, pos + blen - 4, order, {})
@@ -702,8 +697,8 @@ class PcapngWriter:
     """Write a pcapng file: one little-endian section, IDBs as needed, EPBs.
 
     The interface id of a packet is its ``ifindex``: the writer declares interfaces
-    ``0..ifindex`` (an id without packets of its own takes the link type of the packet that
-    made it needed) up to :data:`MAX_INTERFACE_ID`.  An interface has one link type: a packet
+    ``0..ifindex`` as they are needed, up to :data:`MAX_INTERFACE_ID`; an id declared only
+    to fill a gap takes ``linktype``.  An interface has one link type: a packet
     whose ``(ifindex, linktype)`` contradicts an earlier one is a ``ValueError``, as are a
     negative timestamp (the format's is unsigned), a caplen above the link type's maximum or
     above the wire length.  ``nanosecond=True`` writes ``if_tsresol`` = 9 in every IDB;
@@ -734,7 +729,7 @@ class PcapngWriter:
         self._closed = False
         self._div = 1 if nanosecond else 1000
         opts = _option(4, application.encode()) + _option(0, b"") if application else b""
-        blen = 28 + len(opts) + 4
+        blen = _SHB.size + len(opts) + 4
         self._f.write(
             _SHB.pack(BT_SHB, blen, 0x1A2B3C4D, 1, 0, -1) + opts + struct.pack("<I", blen)
         )
@@ -753,12 +748,12 @@ class PcapngWriter:
         if not 0 <= linktype <= 0xFFFF:
             raise ValueError(f"linktype must be in 0..65535, not {linktype}")
         opts = (_option(9, b"\x09") if self.nanosecond else b"") + _option(0, b"")
-        blen = 20 + len(opts) + 4
-        idb = _IDB.pack(BT_IDB, blen, linktype, 0, max_caplen(linktype))
-        idb += opts + struct.pack("<I", blen)
+        blen = _IDB.size + len(opts) + 4
+        tail = struct.pack("<I", blen)
         while len(self.interfaces) <= ifindex:
-            self._f.write(idb)
-            self.interfaces.append(linktype)
+            lt = linktype if len(self.interfaces) == ifindex else self.linktype
+            self._f.write(_IDB.pack(BT_IDB, blen, lt, 0, max_caplen(lt)) + opts + tail)
+            self.interfaces.append(lt)
 
     def _check_open(self) -> None:
         if self._closed:
