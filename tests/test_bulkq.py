@@ -45,7 +45,7 @@ def test_full_bulks_flush_at_once_the_rest_at_the_end() -> None:
 
 
 def test_full_ring_drops_at_flush_and_returns_frames() -> None:
-    pool, alloc, rings, bq, flushes = _setup(capacity=6, bulk=4)
+    pool, alloc, _rings, bq, flushes = _setup(capacity=6, bulk=4)
     frames = alloc.alloc(10)
     bq.enqueue(0, frames)
     bq.flush_all()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cpumap
+from conftest import flow_batch, payload_ids, udp_frame
 from cpumap import (
     XDP_ABORTED,
     XDP_DROP,
@@ -24,7 +25,6 @@ from cpumap import (
     redirect_map,
     vectorized,
 )
-from conftest import flow_batch, payload_ids, udp_frame
 
 CPUS = sorted(possible_cpus())
 CPU = CPUS[0]
@@ -271,7 +271,7 @@ def test_frames_reach_the_handler_intact_and_in_order() -> None:
     seen = [t for r in m.results for t in r.result]
     assert sorted((f, q) for f, q, _ in seen) == [(f, q) for f in range(16) for q in range(40)]
     cpu_of = {}
-    for flow, seq, cpu in seen:
+    for flow, _seq, cpu in seen:
         assert cpu_of.setdefault(flow, cpu) == cpu  # one flow, one CPU
     for r in m.results:
         last = {}

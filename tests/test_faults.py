@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
+from conftest import flow_batch
 from cpumap import CpuMap, possible_cpus, redirect_map
 from cpumap.frame_pool import TAG_QUEUED, TAG_RETURNED
 from cpumap.stats import K_COMMITTED, K_DELIVERED, K_PROCESSED
-from conftest import flow_batch
 from test_engine import Gate, wait_for
 
 CPU = min(possible_cpus())
@@ -158,7 +158,7 @@ def test_killing_the_controller_leaves_nothing_behind(tmp_path) -> None:
         line = proc.stdout.readline()
         workers = [int(p) for p in line.split()]
         assert workers, "the controller did not start"
-        memfds_before = _memfd_holders(workers + [proc.pid])
+        memfds_before = _memfd_holders([*workers, proc.pid])
         assert memfds_before, "the processes should map cpumap memfds"
     finally:
         proc.kill()
@@ -169,7 +169,7 @@ def test_killing_the_controller_leaves_nothing_behind(tmp_path) -> None:
         time.sleep(0.01)
     assert not [n for n in os.listdir("/dev/shm") if "cpumap" in n]
     # No process on the machine maps a cpumap segment from that run any more.
-    assert not _memfd_holders(workers + [proc.pid])
+    assert not _memfd_holders([*workers, proc.pid])
 
 
 def _memfd_holders(pids: list[int]) -> set[int]:

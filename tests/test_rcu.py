@@ -35,10 +35,10 @@ def test_grace_period_waits_for_producers_inside_a_batch() -> None:
 def test_claiming() -> None:
     reg = make_registry(2)
     assert reg.claim(1) == 1
-    with pytest.raises(RuntimeError, match="^producer slot 1 is in use"):
+    with pytest.raises(RuntimeError, match=r"^producer slot 1 is in use"):
         reg.claim(1)
     assert reg.claim() == 0
-    with pytest.raises(RuntimeError, match="^any producer slot is in use"):
+    with pytest.raises(RuntimeError, match=r"^any producer slot is in use"):
         reg.claim()
     reg.unclaim(1)
     assert reg.claim() == 1

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from cpumap import XDP_DROP, XDP_REDIRECT, CpuMap, possible_cpus, vectorized
 from conftest import flow_batch
+from cpumap import XDP_DROP, XDP_REDIRECT, CpuMap, possible_cpus, vectorized
 
 pytestmark = pytest.mark.slow
 
