@@ -307,8 +307,15 @@ class FakeClock:
 
 def test_pacing_shows_in_timestamps_and_batches_wait_for_their_last_frame() -> None:
     fc = FakeClock()
-    gen = Generator(flows=3, sizes=100, rate=1000.0, count=50, clock=fc.clock, sleep=fc.sleep,
-                    start_ns=1_700_000_000_000_000_000)  # fmt: skip
+    gen = Generator(
+        flows=3,
+        sizes=100,
+        rate=1000.0,
+        count=50,
+        clock=fc.clock,
+        sleep=fc.sleep,
+        start_ns=1_700_000_000_000_000_000,
+    )
     ts = []
     for b in gen.batches(8):
         # handed out no earlier than its last frame's due time (on the monotonic clock)
@@ -321,8 +328,9 @@ def test_pacing_shows_in_timestamps_and_batches_wait_for_their_last_frame() -> N
 
 def test_a_stall_longer_than_the_burst_shows_as_a_gap() -> None:
     fc = FakeClock()
-    gen = Generator(flows=1, sizes=100, rate=1e6, burst=10, count=40, clock=fc.clock,
-                    sleep=fc.sleep, start_ns=0)  # fmt: skip
+    gen = Generator(
+        flows=1, sizes=100, rate=1e6, burst=10, count=40, clock=fc.clock, sleep=fc.sleep, start_ns=0
+    )
     ts = []
     for k, b in enumerate(gen.batches(10)):
         ts.extend(b.ts_ns.tolist())

@@ -631,8 +631,7 @@ class LiveSource:
 
         c0 = int(caplen[0])
         if (
-            step
-            and (src == src[0] + step * np.arange(n)).all()
+            (n == 1 or (step and (src == src[0] + step * np.arange(n)).all()))
             and (caplen == c0).all()
             and (not any_tag or bool(tagged.all()))
         ):

@@ -314,12 +314,16 @@ class Injector:
     """An AF_PACKET socket that transmits whole Ethernet frames out of one interface.
 
     The socket is created in ``netns`` (by name; ``None`` = the caller's) and stays there.
-    It is opened with protocol 0, so it receives nothing.  Frames go out exactly as given;
+    It is opened with protocol 0, so it receives nothing.  ``qdisc_bypass`` sends straight to
+    the driver (PACKET_QDISC_BYPASS): a little faster, but packet sockets on the sending
+    interface then do not see the frames leave.  Frames go out exactly as given;
     on a veth they arrive at the other end as sent (the receiving stack may strip a VLAN tag
     into metadata; :class:`~cpumap.live.LiveSource` puts it back).
     """
 
-    def __init__(self, ifname: str, *, netns: str | None = None) -> None:
+    def __init__(
+        self, ifname: str, *, netns: str | None = None, qdisc_bypass: bool = False
+    ) -> None:
         self.ifname = ifname
         self.netns = netns
         with entered(netns):
@@ -333,8 +337,9 @@ class Injector:
                         errno.ENODEV, f"no interface named {ifname!r} in namespace {netns!r}"
                     ) from None
                 raise
-        with contextlib.suppress(OSError):  # an optimisation only (Linux >= 3.14)
-            sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        if qdisc_bypass:  # faster, but such frames skip the taps: egress captures miss them
+            with contextlib.suppress(OSError):  # an optimisation only (Linux >= 3.14)
+                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
         self._sock: socket.socket | None = sock
 
     def __enter__(self) -> Injector:
