@@ -41,11 +41,18 @@ from cpumap.kernel import (
     run_pinned,
     sum_enqueue,
     sum_kthread,
+    tracefs_root,
     tracing_unavailable_reason,
     udp_frame,
     verdict_program,
 )
-from cpumap.kernel_bpf import BPF_F_LOCK, BPF_F_TEST_XDP_LIVE_FRAMES, syscall_number
+from cpumap.kernel_bpf import (
+    BPF_F_LOCK,
+    BPF_F_TEST_XDP_LIVE_FRAMES,
+    MapType,
+    map_create,
+    syscall_number,
+)
 from cpumap.kernel_xdp import R0, R1, parse_trace_line
 
 _BPF_REASON = bpf_unavailable_reason()
@@ -184,6 +191,15 @@ def test_create_errnos(max_entries: int | str, value_size: int, map_flags: int, 
     else:
         m.close()
         assert want is None
+
+
+@needs_bpf
+@pytest.mark.root
+@pytest.mark.parametrize("key_size", [0, 1, 2, 8])
+def test_create_key_size_other_than_4_is_einval(key_size: int) -> None:
+    with pytest.raises(OSError) as ei:
+        os.close(map_create(MapType.CPUMAP, key_size, 8, 4))
+    assert ei.value.errno == errno.EINVAL
 
 
 def _impossible_cpu() -> int:
@@ -567,6 +583,27 @@ def test_trace_instance_is_removed_even_when_the_body_fails() -> None:
         assert os.path.isdir(path)
         raise RuntimeError("body failed")
     assert not os.path.exists(path)
+
+
+def _our_instances() -> set[str]:
+    root = tracefs_root()
+    return {d for d in os.listdir(f"{root}/instances") if d.startswith(f"cpumap-{os.getpid()}-")}
+
+
+@needs_traffic
+@pytest.mark.root
+def test_runner_releases_every_kernel_object() -> None:
+    before_fds, before_inst = _open_fds(), _our_instances()
+    with pytest.raises(OSError) as ei:
+        KernelCpumapRun(CPUMAP_QSIZE_MAX + 1, 1)  # the update fails after the loads
+    assert ei.value.errno == errno.EOVERFLOW
+    with KernelCpumapRun(8, 1, frames=100, second_stage=None) as run:
+        run.run()
+    run.close()  # idempotent
+    with pytest.raises(RuntimeError), KernelCpumapRun(8, 1, frames=100) as run:
+        raise RuntimeError("body failed")
+    assert _open_fds() == before_fds
+    assert _our_instances() == before_inst
 
 
 def test_runner_rejects_bad_arguments() -> None:
