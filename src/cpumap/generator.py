@@ -153,15 +153,21 @@ def _word_sum(rows: np.ndarray) -> np.ndarray:
 
 
 def _put16(out: np.ndarray, sel: slice | np.ndarray, col: int, v: np.ndarray) -> None:
-    out[sel, col] = v >> 8
-    out[sel, col + 1] = v & 0xFF
+    """Write ``v`` big-endian into bytes ``col, col+1`` of rows ``sel``.
+
+    Fields sit at even offsets; in rows of even width that is one column of a ``>u2`` view
+    (a single strided store per row, ~4x faster than two byte columns).
+    """
+    if col % 2 == 0 and out.shape[1] % 2 == 0:
+        out.view(">u2")[sel, col // 2] = v
+    else:
+        out[sel, col] = v >> 8
+        out[sel, col + 1] = v & 0xFF
 
 
 def _put32(out: np.ndarray, sel: slice | np.ndarray, col: int, v: np.ndarray) -> None:
-    out[sel, col] = v >> 24
-    out[sel, col + 1] = (v >> 16) & 0xFF
-    out[sel, col + 2] = (v >> 8) & 0xFF
-    out[sel, col + 3] = v & 0xFF
+    _put16(out, sel, col, v >> 16)
+    _put16(out, sel, col + 2, v & 0xFFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,9 +417,11 @@ class Generator:
                 f"{n_f} flows x {n_s} sizes x {self._lmax} bytes of templates exceed "
                 f"{TEMPLATE_BYTES_MAX} bytes: use fewer flows or sizes"
             )
-        self._tm = np.zeros((n_f * n_s, self._lmax), dtype=np.uint8)
-        self._ipsum = np.zeros(n_f * n_s, dtype=np.uint64)
-        self._l4sum = np.zeros(n_f * n_s, dtype=np.uint64)
+        # Mixed sizes sit in rows of the widest; make that width even (see _put16).
+        width = self._lmax if self.uniform_size is not None else self._lmax + self._lmax % 2
+        self._tm = np.zeros((n_f * n_s, width), dtype=np.uint8)
+        self._ipsum = np.zeros(n_f * n_s, dtype=np.uint32)  # folded, not complemented
+        self._l4sum = np.zeros(n_f * n_s, dtype=np.uint32)
         for lay, members in layouts.items():
             for si in range(n_s):
                 rows = members * n_s + si
@@ -504,10 +512,12 @@ class Generator:
         q = i // n_f
         s = (f + q) % n_s
         r = f * n_s + s
-        out = self._tm[r]  # gather: one row copy per frame
-        q32 = (q & 0xFFFFFFFF).astype(np.uint64)
-        f64 = f.astype(np.uint64)
-        stamp_sum = (f64 >> 16) + (f64 & 0xFFFF) + (q32 >> 16) + (q32 & 0xFFFF)
+        out = np.take(self._tm, r, axis=0)  # gather: one row copy per frame
+        # One's-complement arithmetic in uint32: a template sum (<= 0xFFFF) plus at most eight
+        # 16-bit words stays below 2**20, and _fold takes it back to 16 bits.
+        q32 = (q & 0xFFFFFFFF).astype(np.uint32)
+        f32 = f.astype(np.uint32)
+        stamp_sum = (f32 >> 16) + (f32 & 0xFFFF) + (q32 >> 16) + (q32 & 0xFFFF)
         lays = self._lay_of_flow[f]
         single = len(self._layouts) == 1
         for li, lay in enumerate(self._layouts):
@@ -530,13 +540,13 @@ class Generator:
                 qq = q if single else q[sel]
                 cyc, rem = np.divmod(qq, n_s)
                 sent = cyc * self._tcp_prefix[fs, n_s] + self._tcp_prefix[fs, rem]
-                seq = (self._isn[fs] + sent.astype(np.uint64)) & 0xFFFFFFFF
+                seq = ((self._isn[fs] + sent.astype(np.uint64)) & 0xFFFFFFFF).astype(np.uint32)
                 _put32(out, sel, l4 + 4, seq)
                 add = add + (seq >> 16) + (seq & 0xFFFF)
             elif lay.protocol == "icmp":
                 _put16(out, sel, l4 + 6, qs & 0xFFFF)
                 add = add + (qs & 0xFFFF)
-            _put32(out, sel, pay, fs.astype(np.uint64))
+            _put32(out, sel, pay, fs.astype(np.uint32))
             _put32(out, sel, pay + 4, qs)
             csum = ~_fold(self._l4sum[rs] + add) & 0xFFFF
             if lay.protocol == "udp":
