@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import functools
 import numbers
 import os
 import platform
@@ -120,13 +121,18 @@ def _ptr(obj: ctypes._CData | None) -> int:
     return 0 if obj is None else ctypes.addressof(obj)
 
 
+@functools.cache
+def _this_syscall_number() -> int:
+    return syscall_number()
+
+
 def bpf(cmd: Cmd, attr: ctypes.Structure, what: str = "") -> int:
     """Call ``bpf(cmd, &attr, sizeof(attr))``; return its result or raise the kernel's errno.
 
     ``what`` goes into the message after the command's name, for a reader of tracebacks.
     """
     ret = _syscall(
-        ctypes.c_long(syscall_number()),
+        ctypes.c_long(_this_syscall_number()),
         ctypes.c_int(int(cmd)),
         ctypes.byref(attr),
         ctypes.c_uint(ctypes.sizeof(attr)),

@@ -47,6 +47,7 @@ allocation failures.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import os
@@ -420,17 +421,13 @@ def tracefs_root(*, mount: bool = True) -> str:
         if os.path.exists(os.path.join(cand, "instances")):
             return cand
     if mount and os.path.isdir(_TRACEFS_CANDIDATES[0]):
-        import subprocess
-
-        res = subprocess.run(
-            ["mount", "-t", "tracefs", "nodev", _TRACEFS_CANDIDATES[0]],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if res.returncode == 0:
+        # mount(2) itself, not the mount(8) binary a minimal image may lack.
+        libc = ctypes.CDLL(None, use_errno=True)
+        target = _TRACEFS_CANDIDATES[0].encode()
+        if libc.mount(b"nodev", target, b"tracefs", ctypes.c_ulong(0), None) == 0:
             return _TRACEFS_CANDIDATES[0]
-        raise OSError(errno.ENODEV, f"cannot mount tracefs: {res.stderr.strip()}")
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot mount tracefs on {target.decode()}: {os.strerror(err)}")
     raise OSError(errno.ENODEV, "tracefs is not mounted and cannot be mounted here")
 
 
