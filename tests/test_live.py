@@ -177,6 +177,17 @@ def test_equal_frames_come_back_to_back(veth: VethPair) -> None:
         assert src.statistics().batches > 1
 
 
+def test_equal_tagged_frames_come_back_to_back_with_their_tags(veth: VethPair) -> None:
+    gen = Generator(flows=8, sizes=100, vlan=(12,), count=500, dst_mac=veth.local.mac_bytes)
+    sent = gen.frames(500)
+    with open_local(veth) as src:
+        veth.inject(sent)
+        got = receive(src, 500)
+        assert got.uniform_length() == 100
+        assert np.array_equal(got.buf.reshape(500, 100), sent)
+        assert (got.wire_len == 100).all()
+
+
 def test_snaplen_truncates_but_keeps_the_wire_length(veth: VethPair) -> None:
     sent = frames_of(Generator(flows=3, sizes=(200, 1000), count=12))
     with open_local(veth, snaplen=60) as src:
@@ -221,6 +232,21 @@ def test_outgoing_frames_are_ignored_unless_asked_for(veth: VethPair) -> None:
         veth.inject([marker(veth)])
         assert receive_until_marker(ingress_only, marker(veth)) == []
         assert [p.data for p in receive_until_marker(both, marker(veth))] == out_frames
+
+
+def test_interface_down_is_reported_and_the_source_survives_it(veth: VethPair) -> None:
+    with open_local(veth) as src:
+        ip("-n", veth.local.netns, "link", "set", "dev", veth.local.ifname, "down")
+        with pytest.raises(OSError, match=r"Network is down") as e:
+            src.poll_batch(DEADLINE_S)
+        assert e.value.errno == errno.ENETDOWN
+        ip("-n", veth.local.netns, "link", "set", "dev", veth.local.ifname, "up")
+        deadline = time.monotonic() + DEADLINE_S
+        while "LOWER_UP" not in ip("-n", veth.local.netns, "link", "show", veth.local.ifname):
+            assert time.monotonic() < deadline, "link never came back up"
+            time.sleep(0.01)
+        veth.inject([marker(veth, 7), marker(veth)])
+        assert [p.data for p in receive_until_marker(src, marker(veth))] == [marker(veth, 7)]
 
 
 def test_poll_batch_timeout(veth: VethPair) -> None:
