@@ -769,11 +769,14 @@ class KernelCpumapRun:
     Sets up a cpumap (max_entries = ``cpu + 1``) whose entry ``cpu`` has a ring of
     ``qsize`` and, with ``second_stage``, an XDP program returning DROP or PASS (None:
     no program, every frame becomes an SKB for the netstack); an RX program redirecting
-    every frame to that entry; and a tracefs instance.  :meth:`run` then does ``repeat``
-    live test runs of ``frames`` frames each.  Use as a context manager (or call
-    :meth:`close`): every kernel object is released, also on error.
+    every frame to that entry; for the SKB paths (``"pass"``, None) a :class:`UdpSink`
+    the frames are addressed to.  :meth:`run` then does ``repeat`` live test runs of
+    ``frames`` frames each, each observed through a tracefs instance of its own.  Use as
+    a context manager (or call :meth:`close`): every kernel object is released, also on
+    error::
 
-    ``KernelCpumapRun(192, 1, frames=100_000, second_stage="drop").run().frames_per_s``
+        with KernelCpumapRun(192, 1, frames=100_000, second_stage="drop") as run:
+            fps = run.run().frames_per_s
     """
 
     def __init__(
