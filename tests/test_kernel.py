@@ -613,3 +613,20 @@ def test_runner_rejects_bad_arguments() -> None:
         KernelCpumapRun(8, 1, frames=0)
     with pytest.raises(ValueError, match=r"^second_stage must be 'drop', 'pass' or None"):
         KernelCpumapRun(8, 1, second_stage="tx")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges in a child")
+def test_skip_reason_when_bpf_is_not_permitted() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        f"import os, sys; sys.path[:0] = {sys.path!r}\n"
+        "from cpumap.kernel import bpf_unavailable_reason\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "print(bpf_unavailable_reason())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.startswith("bpf(2) cannot create a cpumap here: [Errno 1]")
