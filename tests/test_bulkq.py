@@ -51,4 +51,4 @@ def test_full_ring_drops_at_flush_and_returns_frames() -> None:
     bq.flush_all()
     assert flushes == [(0, 4, 0), (0, 4, 2), (0, 2, 2)]  # processed includes drops
     audit = pool.audit()
-    assert audit.queued == 6 and audit.free == 64 - 6
+    assert audit.queued == 6 and audit.returned == 4  # dropped frames went back

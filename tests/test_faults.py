@@ -89,8 +89,9 @@ def _dead_entry(m: CpuMap):
 def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
     with CpuMap(1) as m:
         e = _dead_entry(m)
-        rx = m.producer(lambda ctx: redirect_map(m, CPU))
-        rx.poll(flow_batch(1, 10))  # 10 frames queued, nobody consumes
+        # Blocks of 4 frames, so that released frames come back (as a block) quickly.
+        rx = m.producer(lambda ctx: redirect_map(m, CPU), poll_size=4)
+        rx.receive(flow_batch(1, 10))  # 10 frames queued, nobody consumes
         rx.close()
         hand = m._hands[e.slot]
         ring, pool = e.ring, m.pool
@@ -108,8 +109,8 @@ def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
             pool.tag[got] = TAG_RETURNED
             # The allocator reclaims one of them and queues it again into the same ring:
             # recovery must not release it a second time.
-            rx2 = m.producer(lambda ctx: redirect_map(m, CPU))
-            rx2.poll(flow_batch(1, 5))
+            rx2 = m.producer(lambda ctx: redirect_map(m, CPU), poll_size=4)
+            rx2.receive(flow_batch(1, 5))
             rx2.close()
             cons, prod = ring.positions()
             assert set(got.tolist()) & set(ring.contents(cons, prod).tolist())

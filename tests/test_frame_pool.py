@@ -32,47 +32,69 @@ def test_bad_arguments(kwargs, message) -> None:
         FramePool(**kwargs)
 
 
-def test_alloc_free_reclaim_and_audit() -> None:
-    pool = FramePool(count=16, frame_size=128, headroom=32, partitions=2)
-    a = pool.allocator(0)
-    assert a.available == 8
-    got = a.alloc(5)
-    assert len(got) == 5 and np.all(pool.tag[got] == TAG_RX)
-    assert pool.audit().rx == 5 and not pool.audit().whole
+def test_blocks_alloc_release_reclaim_and_audit() -> None:
+    pool = FramePool(count=64, frame_size=128, headroom=32, partitions=2)
+    a = pool.allocator(1, block=8)
+    assert (a.block, a.nblocks, a.available) == (8, 4, 32)
+    start = a.alloc_range(5)
+    assert start == 32  # the partition's first block: consecutive frames
+    got = np.arange(start, start + 5)
+    assert np.all(pool.tag[got] == TAG_RX) and pool.audit().rx == 5
+    assert a.alloc_range(3) == 37  # the rest of the same block
+    assert a.alloc_range(9) is None  # more than a block: use alloc()
     pool.tag[got[:3]] = TAG_QUEUED + 1  # handed to a ring
     assert pool.audit().queued == 3
     pool.release(got[:3])  # a worker is done with them
-    a.free(got[3:])  # never left the producer
+    a.free(np.arange(got[3], 40))  # the producer drops the others
     audit = pool.audit()
-    assert audit.whole and audit.returned == 3
-    # Exhaustion: asking for more than the partition returns what there is, after a
-    # reclaim of the RETURNED frames.
-    everything = a.alloc(100)
-    assert sorted(everything.tolist()) == list(range(8))
-    assert a.alloc(1).size == 0
-    a.free(everything)
-    assert pool.audit().whole and pool.audit().free == 16
+    assert audit.whole and audit.returned == 8
+    assert a.reclaim() == 8  # the whole block came back
+    assert a.available == 32
+
+
+def test_alloc_spans_blocks_and_stops_when_exhausted() -> None:
+    pool = FramePool(count=32, frame_size=128, headroom=0, partitions=1)
+    a = pool.allocator(0, block=8)
+    assert a.alloc_range(6) == 0
+    # 6 of block 0 used; 20 more take the rest of... a fresh block each: block 0's last
+    # two frames are released when the next block is opened.
+    more = a.alloc(20)
+    assert len(more) == 20 and len(set(more.tolist())) == 20
+    assert a.alloc(100).size == 0  # 6 + 2 released + 20 + 4: nothing left
+    # Everything handed out plus released leftovers accounts for the whole partition.
+    assert pool.audit().rx + pool.audit().returned + pool.audit().free == 32
+
+
+def test_a_block_comes_back_only_when_every_frame_has(tmp_path) -> None:
+    pool = FramePool(count=16, frame_size=128, headroom=0, partitions=1)
+    a = pool.allocator(0, block=4)
+    frames = a.alloc(16)
+    assert a.alloc_range(1) is None  # exhausted
+    pool.release(frames[:7])  # block 0 whole, block 1 missing its last frame
+    assert a.reclaim() == 4
+    pool.release(frames[7:8])
+    assert a.reclaim() == 4
 
 
 def test_reclaim_sees_releases_from_another_process() -> None:
     pool = FramePool(count=64, frame_size=128, headroom=0, partitions=1)
-    a = pool.allocator(0)
+    a = pool.allocator(0, block=8)
     got = a.alloc(64)
     ctx = multiprocessing.get_context("fork")
-    p = ctx.Process(target=pool.release, args=(got[::2],))
+    p = ctx.Process(target=pool.release, args=(got[:32],))
     p.start()
     p.join()
     assert a.reclaim() == 32
-    assert np.all(pool.tag[got[::2]] == 0)
+    assert np.all(pool.tag[got[:32]] == 0)
 
 
-def test_a_new_allocator_takes_over_free_and_returned_frames() -> None:
-    pool = FramePool(count=8, frame_size=128, headroom=0, partitions=1)
-    a = pool.allocator(0)
-    got = a.alloc(8)
-    pool.tag[got[:2]] = TAG_RETURNED
-    b = pool.allocator(0)  # e.g. after the first owner died
-    assert b.available == 2
+def test_a_new_allocator_takes_over_free_and_returned_blocks() -> None:
+    pool = FramePool(count=16, frame_size=128, headroom=0, partitions=1)
+    a = pool.allocator(0, block=4)
+    got = a.alloc(16)
+    pool.tag[got[:6]] = TAG_RETURNED
+    b = pool.allocator(0, block=4)  # e.g. after the first owner died
+    assert b.available == 4  # block 0 only: block 1 is still half in use
 
 
 def test_packet_and_metadata_views_are_zero_copy() -> None:

@@ -140,9 +140,9 @@ class FramePool:
         hi = self.count if p == self.partitions - 1 else lo + per
         return lo, hi
 
-    def allocator(self, p: int) -> FrameAllocator:
+    def allocator(self, p: int, block: int | None = None) -> FrameAllocator:
         """A private allocator over partition ``p``: one per RX producer, never shared."""
-        return FrameAllocator(self, p)
+        return FrameAllocator(self, p, block or DEFAULT_BLOCK)
 
     # -- frame access -----------------------------------------------------------------
     @property
@@ -180,72 +180,111 @@ class FramePool:
         self.segment.close()
 
 
-class FrameAllocator:
-    """Allocates frames of one partition.  Owned by one RX producer: not thread-safe,
-    not shared between processes (its free stack is private memory).
+DEFAULT_BLOCK = 256
 
-    Invariant: ``self._stack[:self._nfree]`` are exactly the partition's frames whose tag
-    is TAG_FREE.
+
+class FrameAllocator:
+    """Allocates frames of one partition, in blocks of consecutive frames.
+
+    Owned by one RX producer: not thread-safe, not shared between processes (its free
+    list is private memory).
+
+    Why blocks: a poll that fills ``n`` consecutive frames writes the packets and every
+    descriptor column with slice assignments (a memcpy each) instead of fancy-indexed
+    scatters, and a vectorized program reads them through views.  In Python the cost is
+    per call, and a scattered write costs several times a contiguous one.  The price is
+    that a block returns to the free list only when every frame of it has been released,
+    so a frame stuck in a slow ring holds back its neighbours: size the pool for it.
+
+    The current block is used up by successive polls; what a poll cannot use of it is
+    released at once, so every block eventually comes back whole.
+
+    Invariant: blocks in ``self._free`` have every frame tagged TAG_FREE; frames of the
+    current block from ``self._next`` on are TAG_FREE and unused.
     """
 
-    def __init__(self, pool: FramePool, partition: int) -> None:
+    def __init__(self, pool: FramePool, partition: int, block: int = DEFAULT_BLOCK) -> None:
         self.pool = pool
         self.partition = partition
         self.lo, self.hi = pool.partition_range(partition)
-        tags = pool.tag[self.lo : self.hi]
-        # Take over whatever was left free or returned (a previous owner may have died).
-        free = np.flatnonzero((tags == TAG_FREE) | (tags == TAG_RETURNED)).astype(np.uint32)
-        free += self.lo
-        pool.tag[free] = TAG_FREE
-        self._stack = np.empty(self.hi - self.lo, dtype=np.uint32)
-        # Reversed so that the first allocations take the lowest indices (easier to read).
-        self._stack[: len(free)] = free[::-1]
-        self._nfree = len(free)
+        size = self.hi - self.lo
+        self.block = max(1, min(block, size // 4))  # at least 4 blocks per partition
+        self.nblocks = size // self.block
+        # Frames beyond the last whole block are never used (and stay TAG_FREE).
+        self._tags2d = pool.tag[self.lo : self.lo + self.nblocks * self.block].reshape(
+            self.nblocks, self.block
+        )
+        # Take over whatever is free or returned (a previous owner may have died).
+        t = self._tags2d
+        ok = np.flatnonzero(((t == TAG_FREE) | (t == TAG_RETURNED)).all(axis=1))
+        t[ok] = TAG_FREE
+        self._free: list[int] = ok[::-1].tolist()  # popped from the end: low blocks first
+        self._next = 0  # next unused frame of the current block
+        self._end = 0  # end of the current block
         self.reclaims = 0
 
     @property
     def size(self) -> int:
-        return self.hi - self.lo
+        return self.nblocks * self.block
 
     @property
     def available(self) -> int:
-        """Frames in the free stack (not counting RETURNED ones not yet reclaimed)."""
-        return self._nfree
+        """Frames ready to allocate (not counting RETURNED ones not yet reclaimed)."""
+        return len(self._free) * self.block + self._end - self._next
 
     def reclaim(self) -> int:
-        """Move this partition's RETURNED frames to the free stack; returns how many.
+        """Put blocks whose every frame is RETURNED back on the free list; returns frames.
 
         Safe against concurrent releases: a worker writes RETURNED only after its last
-        access to a frame, and this scan either sees that store or picks the frame up
+        access to a frame, and this scan either sees that store or picks the block up
         next time.  Only this allocator ever changes RETURNED to FREE in its partition.
         """
-        tags = self.pool.tag[self.lo : self.hi]
-        got = np.flatnonzero(tags == TAG_RETURNED)
-        n = len(got)
-        if n:
-            got = got.astype(np.uint32)
-            got += self.lo
-            self.pool.tag[got] = TAG_FREE
-            self._stack[self._nfree : self._nfree + n] = got
-            self._nfree += n
+        t = self._tags2d
+        done = np.flatnonzero((t == TAG_RETURNED).all(axis=1))
+        if len(done):
+            t[done] = TAG_FREE
+            self._free.extend(done[::-1].tolist())
         self.reclaims += 1
-        return n
+        return len(done) * self.block
+
+    def alloc_range(self, n: int) -> int | None:
+        """The first of ``n`` consecutive frames, tagged TAG_RX; None if no block has
+        room (after a reclaim) or ``n`` exceeds the block size."""
+        if n > self.block or n <= 0:
+            return None
+        if self._end - self._next < n:
+            if not self._free and not self.reclaim():
+                return None
+            self._retire_current()
+            b = self._free.pop()
+            self._next = self.lo + b * self.block
+            self._end = self._next + self.block
+        start = self._next
+        self._next += n
+        self.pool.tag[start : start + n] = TAG_RX
+        return start
 
     def alloc(self, n: int) -> np.ndarray:
         """Up to ``n`` frames (fewer when the partition is exhausted), tagged TAG_RX."""
-        if self._nfree < n:
-            self.reclaim()
-        take = min(n, self._nfree)
-        self._nfree -= take
-        idx = self._stack[self._nfree : self._nfree + take].copy()
-        self.pool.tag[idx] = TAG_RX
-        return idx
+        parts = []
+        have = 0
+        while have < n:
+            k = min(n - have, self.block)
+            start = self.alloc_range(k)
+            if start is None:
+                break
+            parts.append(np.arange(start, start + k, dtype=np.uint32))
+            have += k
+        if not parts:
+            return np.zeros(0, dtype=np.uint32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def free(self, idx: np.ndarray) -> None:
-        """Return frames this allocator handed out and that never left the producer."""
-        n = len(idx)
-        if n == 0:
-            return
-        self.pool.tag[idx] = TAG_FREE
-        self._stack[self._nfree : self._nfree + n] = idx
-        self._nfree += n
+        """Give back frames this allocator handed out (they return with their block)."""
+        self.pool.tag[idx] = TAG_RETURNED
+
+    def _retire_current(self) -> None:
+        """Release the unused rest of the current block so that the block can come back."""
+        if self._next < self._end:
+            self.pool.tag[self._next : self._end] = TAG_RETURNED
+        self._next = self._end = 0

@@ -79,6 +79,7 @@ class PacketBatch:
     ifindex: np.ndarray  # uint32[n]: ingress interface (pcapng interface id, or ifindex)
     linktype: np.ndarray  # uint16[n]: LINKTYPE_* of each packet
     rx_queue: np.ndarray  # uint32[n]: RX queue (fanout member) that received it
+    row_len: int = 0  # if > 0: packets are back-to-back rows of row_len bytes (a 2-D array)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -104,6 +105,8 @@ class PacketBatch:
 
         Such a batch is a 2-D array ``buf[start[0]:].reshape(n, L)``: the fast copy path.
         """
+        if self.row_len:
+            return self.row_len
         n = len(self)
         if n == 0:
             return None
@@ -126,6 +129,7 @@ class PacketBatch:
             self.ifindex[lo:hi],
             self.linktype[lo:hi],
             self.rx_queue[lo:hi],
+            self.row_len,
         )
 
     @classmethod
@@ -178,6 +182,7 @@ class PacketBatch:
             ifindex=np.full(n, ifindex, dtype=np.uint32),
             linktype=np.full(n, linktype, dtype=np.uint16),
             rx_queue=np.full(n, rx_queue, dtype=np.uint32),
+            row_len=length,
         )
 
     @classmethod

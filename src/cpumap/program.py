@@ -165,28 +165,34 @@ class XdpBatch:
     """What a vectorized program sees: a batch of frames as numpy columns.
 
     ``index`` are the frames' pool indices.  Columns come from the frame descriptors;
-    ``bytes_at(offset, width)`` gathers a window of every packet; ``skb`` parses them
-    (protocol, addresses, ports, flow hash...) in a few numpy calls.
+    ``bytes_at(offset, width)`` reads a window of every packet; ``skb`` parses them
+    (protocol, addresses, ports, flow hash...) in a few numpy calls.  When the frames are
+    consecutive in the pool (``start`` is not None: the usual case) columns and windows
+    are views, not copies -- writing to them writes the packets, as an XDP program may.
     """
 
-    def __init__(self, pool: FramePool, index: np.ndarray) -> None:
+    def __init__(self, pool: FramePool, index: np.ndarray, start: int | None = None) -> None:
         self.pool = pool
         self.index = index
+        self.start = start
+        self._where: slice | np.ndarray = (
+            index if start is None else slice(start, start + len(index))
+        )
 
     def __len__(self) -> int:
         return len(self.index)
 
     @cached_property
     def length(self) -> np.ndarray:
-        return self.pool.length[self.index]
+        return self.pool.length[self._where]
 
     @cached_property
     def ingress_ifindex(self) -> np.ndarray:
-        return self.pool.ifindex[self.index]
+        return self.pool.ifindex[self._where]
 
     @cached_property
     def rx_queue_index(self) -> np.ndarray:
-        return self.pool.rx_queue[self.index]
+        return self.pool.rx_queue[self._where]
 
     @cached_property
     def _base(self) -> np.ndarray:
@@ -196,6 +202,10 @@ class XdpBatch:
     def bytes_at(self, offset: int, width: int) -> np.ndarray:
         """``[n, width]`` uint8: bytes ``offset..offset+width`` of each packet.  Bytes
         past a packet's end read as whatever the frame holds: mask with ``length``."""
+        pool = self.pool
+        if self.start is not None and 0 <= offset and offset + width <= pool.max_packet:
+            h = pool.headroom + offset
+            return pool.data[self._where, h : h + width]
         cols = np.arange(offset, offset + width, dtype=np.int64)
         pos = self._base[:, None] + cols
         np.minimum(pos, len(self.pool.flat) - 1, out=pos)
@@ -206,27 +216,34 @@ class XdpBatch:
         """Parsed headers of every frame (lazy, vectorized)."""
         from .skb import SkbBatch
 
-        return skb_batch(self.pool, self.index, SkbBatch)
+        return skb_batch(self.pool, self.index, SkbBatch, self.start)
 
 
-def skb_batch(pool: FramePool, index: np.ndarray, cls: Any) -> Any:
-    """Build an ``SkbBatch`` over frames ``index`` of ``pool``: rows gathered up to the
-    longest packet (so parsing never misses captured bytes)."""
-    length = pool.length[index]
-    head = pool.headroom_col[index]
+def skb_batch(pool: FramePool, index: np.ndarray, cls: Any, start: int | None = None) -> Any:
+    """Build an ``SkbBatch`` over frames ``index`` of ``pool``.
+
+    The rows are one gather of the columns the packets occupy (from the smallest headroom
+    to the end of the longest packet), not whole frames: with the default headroom a batch
+    of 64-byte frames gathers 64 bytes a row, not 2048.  Parsing never misses a captured
+    byte, since every packet lies inside the gathered columns.
+    """
     n = len(index)
-    width = int((length.astype(np.int64) + head).max()) if n else 0
-    width = min(max(width, 1), pool.frame_size)
-    rows = pool.data[index, :width] if n else np.zeros((0, 1), np.uint8)
+    if n == 0:
+        return cls(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    where = index if start is None else slice(start, start + n)
+    length = pool.length[where]
+    head = pool.headroom_col[where]
+    lo = int(head.min())
+    hi = max(int((head + length).max()), lo + 1)
     return cls(
-        rows,
-        head.astype(np.int64),
-        length.astype(np.int64),
-        wire_len=pool.wire_len[index],
-        linktype=pool.linktype[index],
-        ifindex=pool.ifindex[index],
-        rx_queue=pool.rx_queue[index],
-        ts_ns=pool.ts_ns[index],
+        pool.data[where, lo:hi],
+        head - lo,
+        length,
+        wire_len=pool.wire_len[where],
+        linktype=pool.linktype[where],
+        ifindex=pool.ifindex[where],
+        rx_queue=pool.rx_queue[where],
+        ts_ns=pool.ts_ns[where],
         index=index,
     )
 

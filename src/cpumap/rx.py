@@ -109,7 +109,7 @@ class RxProducer:
         self._closed = False
         pool = cmap.pool
         self.pool = pool
-        self.allocator: FrameAllocator = pool.allocator(self.index)
+        self.allocator: FrameAllocator = pool.allocator(self.index, block=poll_size)
         seg = cmap._seg
         self._ctr = seg.view("prod")[self.index]
         self._enq = seg.view("enq")[self.index]
@@ -173,17 +173,23 @@ class RxProducer:
         local[:] = 0
         local[P_RX] = n
         local[P_POLLS] = 1
-        idx = self._alloc(n)
-        got = len(idx)
-        if got < n:
-            local[P_NO_FRAME] = n - got
-            batch = batch.slice(0, got)
-        if got:
-            self._fill(idx, batch)
+        start = self.allocator.alloc_range(n)
+        if start is not None:  # the common case: n consecutive frames
+            idx = np.arange(start, start + n, dtype=np.uint32)
+            where: slice | np.ndarray = slice(start, start + n)
+        else:
+            idx = self._alloc(n)
+            where = idx
+            got = len(idx)
+            if got < n:
+                local[P_NO_FRAME] = n - got
+                batch = batch.slice(0, got)
+        if len(idx):
+            self._fill(where, batch)
             registry = self.cmap.registry
             registry.read_lock(self.index)
             try:
-                verdicts, keys = self._run_program(idx)
+                verdicts, keys = self._run_program(idx, start)
                 self._dispatch(idx, verdicts, keys)
                 self._bulk.flush_all()
             finally:
@@ -213,17 +219,19 @@ class RxProducer:
                 have += len(more)
         return np.concatenate(parts) if len(parts) > 1 else idx
 
-    def _fill(self, idx: np.ndarray, batch: PacketBatch) -> None:
-        """Copy the packets into their frames and write the descriptors."""
+    def _fill(self, where: slice | np.ndarray, batch: PacketBatch) -> None:
+        """Copy the packets into their frames and write the descriptors.  ``where`` is
+        a slice for consecutive frames (plain memcpys) or an index array (scatters)."""
         pool = self.pool
         h = pool.headroom
         room = self._room
         caplen = batch.caplen
+        n = len(batch)
         uniform = batch.uniform_length()
         if uniform is not None and uniform <= room:
             s0 = int(batch.start[0])
-            rows = batch.buf[s0 : s0 + uniform * len(idx)].reshape(len(idx), uniform)
-            pool.data[idx, h : h + uniform] = rows
+            rows = batch.buf[s0 : s0 + uniform * n].reshape(n, uniform)
+            pool.data[where, h : h + uniform] = rows
         else:
             if int(caplen.max()) > room:
                 self._local[P_TRUNCATED] += int(np.count_nonzero(caplen > room))
@@ -231,22 +239,23 @@ class RxProducer:
             flat = pool.flat
             buf = batch.buf
             fs = pool.frame_size
-            for i, s, c in zip(idx.tolist(), batch.start.tolist(), caplen.tolist(), strict=True):
+            frames = range(where.start, where.stop) if isinstance(where, slice) else where.tolist()
+            for i, s, c in zip(frames, batch.start.tolist(), caplen.tolist(), strict=True):
                 d = i * fs + h
                 flat[d : d + c] = buf[s : s + c]
-        pool.length[idx] = caplen
-        pool.wire_len[idx] = batch.wire_len
-        pool.ts_ns[idx] = batch.ts_ns
-        pool.ifindex[idx] = batch.ifindex
-        pool.rx_queue[idx] = batch.rx_queue
-        pool.linktype[idx] = batch.linktype
-        pool.meta_len[idx] = 0
+        pool.length[where] = caplen
+        pool.wire_len[where] = batch.wire_len
+        pool.ts_ns[where] = batch.ts_ns
+        pool.ifindex[where] = batch.ifindex
+        pool.rx_queue[where] = batch.rx_queue
+        pool.linktype[where] = batch.linktype
+        pool.meta_len[where] = 0
 
-    def _run_program(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_program(self, idx: np.ndarray, start: int | None) -> tuple[np.ndarray, np.ndarray]:
         n = len(idx)
         if self._vectorized:
             try:
-                out = self.program(XdpBatch(self.pool, idx))
+                out = self.program(XdpBatch(self.pool, idx, start))
             except Exception:
                 return np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32)
             verdicts, keys, _invalid = normalize_verdicts(out, n)
