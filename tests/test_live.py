@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ import pytest
 from cpumap.generator import Generator, read_stamp
 from cpumap.live import ClosedResourceError, Fanout, FanoutMode, LiveSource
 from cpumap.netns import NETNS_RUN_DIR, Injector, NetnsError, VethPair, entered, ip, sweep_stale
-from cpumap.packets import LINKTYPE_ETHERNET, PacketBatch
+from cpumap.packets import LINKTYPE_ETHERNET, Packet, PacketBatch
 
 pytestmark = pytest.mark.root
 
@@ -51,12 +53,12 @@ if _REASON is not None:
 
 
 @pytest.fixture
-def veth() -> VethPair:
+def veth() -> Iterator[VethPair]:
     with VethPair() as pair:
         yield pair
 
 
-def open_local(pair: VethPair, **kw) -> LiveSource:  # type: ignore[no-untyped-def]
+def open_local(pair: VethPair, **kw: Any) -> LiveSource:
     with pair.in_local():
         return LiveSource(pair.local.ifname, **{**RING, **kw})
 
@@ -82,7 +84,7 @@ def receive(src: LiveSource, n: int, timeout: float = DEADLINE_S) -> PacketBatch
     return PacketBatch.concat(got)
 
 
-def receive_until_marker(src: LiveSource, mark: bytes, timeout: float = DEADLINE_S) -> list:
+def receive_until_marker(src: LiveSource, mark: bytes, timeout: float = DEADLINE_S) -> list[Packet]:
     """Every packet before ``mark`` (which must arrive before the deadline)."""
     out = []
     deadline = time.monotonic() + timeout
@@ -473,6 +475,29 @@ def test_without_cap_net_raw_the_error_says_what_to_do(veth: VethPair) -> None:
         msg = f.read().decode()
     os.waitpid(pid, 0)
     assert "need CAP_NET_RAW: run as root" in msg
+
+
+def test_a_forked_copy_cannot_read_and_its_close_leaves_the_parent_alone(veth: VethPair) -> None:
+    with open_local(veth, promiscuous=True) as src:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            msg = b"read"
+            try:
+                src.poll_batch(0)
+            except RuntimeError as e:
+                msg = str(e).encode()
+            src.close()
+            os.write(w, msg)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode()
+        os.waitpid(pid, 0)
+        assert msg.startswith("a LiveSource cannot be used across fork()")
+        assert promiscuity(veth.local.netns, veth.local.ifname) == 1  # child's close: no effect
+        veth.inject([marker(veth, 3), marker(veth)])
+        assert [p.data for p in receive_until_marker(src, marker(veth))] == [marker(veth, 3)]
 
 
 # --- the netns helper itself -------------------------------------------------------------

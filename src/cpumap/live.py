@@ -461,6 +461,7 @@ class LiveSource:
         self._cursor = 0  # Invariant: the block the kernel retires next (ring order)
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
+        self._owner_pid = os.getpid()  # Invariant: only this process reads the ring
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -476,6 +477,14 @@ class LiveSource:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() != self._owner_pid:
+            # A forked child's copy: the socket is shared with the parent, so leave its
+            # memberships alone and only drop this process's references.
+            del self._r8, self._r16, self._r32
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._sock.close()
+            return
         # From here no method reads the ring.  Membership and fanout are also released by
         # the kernel when the socket closes; dropping promisc explicitly is for clarity.
         if self.promiscuous:
@@ -517,6 +526,11 @@ class LiveSource:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedResourceError("live source is closed")
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                "a LiveSource cannot be used across fork(): open one in each process "
+                "(fanout members are separate sockets)"
+            )
 
     # --- receiving -------------------------------------------------------------------------
 
