@@ -257,18 +257,26 @@ def _compact(c: _Chunk, lo: int, hi: int) -> _Chunk:
     )
 
 
+def _concat(parts: list[_Chunk]) -> _Chunk:
+    """Compacted chunks as one (copies their bytes once)."""
+    if not parts:
+        return _empty()
+    if len(parts) == 1:
+        return parts[0]
+    base = np.cumsum([0] + [len(p.raw) for p in parts[:-1]])
+    return _columns(
+        b"".join(p.raw for p in parts),
+        np.concatenate([p.batch.start + b for p, b in zip(parts, base.tolist(), strict=True)]),
+        *(
+            np.concatenate([getattr(p.batch, name) for p in parts])
+            for name in ("caplen", "wire_len", "ts_ns", "ifindex", "linktype")
+        ),
+    )
+
+
 def _join(a: _Chunk, b: _Chunk) -> _Chunk:
     """Two compacted chunks as one (copies the bytes of both, which are few)."""
-    x, y = a.batch, b.batch
-    return _columns(
-        a.raw + b.raw,
-        np.concatenate([x.start, y.start + len(a.raw)]),
-        np.concatenate([x.caplen, y.caplen]),
-        np.concatenate([x.wire_len, y.wire_len]),
-        np.concatenate([x.ts_ns, y.ts_ns]),
-        np.concatenate([x.ifindex, y.ifindex]),
-        np.concatenate([x.linktype, y.linktype]),
-    )
+    return _concat([a, b])
 
 
 class CaptureReader:
@@ -513,11 +521,11 @@ class CaptureReader:
                 self._pending.appendleft(carry)
 
     def read_all(self) -> PacketBatch:
-        """Every remaining packet in one batch (for tests and small files)."""
-        out = _empty()
+        """Every remaining packet in one batch (for tests and small files: it is all in memory)."""
+        parts = []
         while (c := self._take()) is not None:
-            out = _join(out, _compact(c, 0, len(c.batch)))
-        return out.batch
+            parts.append(_compact(c, 0, len(c.batch)))
+        return _concat(parts).batch
 
     def close(self) -> None:
         """Close the file (idempotent).  Batches already handed out stay valid."""

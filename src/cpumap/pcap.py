@@ -8,7 +8,8 @@ bytes.  The magic says the byte order and the sub-second unit: ``a1b2c3d4`` micr
 Theory of operation
 -------------------
 Reading is the chunk pump of :mod:`cpumap.capture`.  In a chunk the only per-record Python
-work is ``pos += 16 + caplen`` (one ``unpack_from``); every header field is then gathered
+work is ``pos += 16 + caplen`` (one ``unpack_from``, and not even a bounds test: the call
+raises at the end of the chunk); every header field is then gathered
 with numpy from the list of record offsets, and checked there, vectorised.  The walk does not
 check the caplen it follows: a record with an absurd caplen inside the chunk sends the walk
 into the weeds, but the check that follows finds the first bad record and everything from it
@@ -146,7 +147,7 @@ class PcapReader(CaptureReader):
             2 * (ltfield >> LT_FCS_LENGTH_SHIFT) if ltfield & LT_FCS_LENGTH_PRESENT else None
         )
         self._maxcap = max_caplen(self.linktype)
-        self._caplen_at = struct.Struct(order + "I").unpack_from
+        self._caplen_at = struct.Struct(order + "8xI").unpack_from  # a record header's caplen
         self._hdr_dtype = np.dtype(order + "u4")
         self._unit = 1 if ns else 1000
         self._consume(FILE_HEADER_LEN)
@@ -157,16 +158,18 @@ class PcapReader(CaptureReader):
         offs: list[int] = []
         app = offs.append
         caplen_at = self._caplen_at
-        # The hot loop: one call per record.  unpack_from raises at the very end of buf.
+        # The hot loop: one call per record, and no test: unpack_from raises at the end of buf.
         try:
             while True:
-                nxt = pos + 16 + caplen_at(buf, pos + 8)[0]
-                if nxt > end:
-                    break
                 app(pos)
-                pos = nxt
+                pos += 16 + caplen_at(buf, pos)[0]
         except struct.error:
             pass
+        # offs[-1] == pos: its caplen could not be read.  If pos is past the end, the record
+        # before it is incomplete too; the one before that is whole (its successor was read).
+        offs.pop()
+        if pos > end:
+            pos = offs.pop()
 
         chunk = None
         stop = pos
@@ -178,7 +181,7 @@ class PcapReader(CaptureReader):
         # The record at pos is not complete in buf.
         left = end - pos
         if left >= 12:
-            caplen = caplen_at(buf, pos + 8)[0]
+            caplen = caplen_at(buf, pos)[0]
             if caplen > self._maxcap:
                 self._damaged(self._base + pos, self._caplen_reason(caplen))
                 self._done = True

@@ -43,7 +43,8 @@ Unlike pcap, pcapng can resynchronise: every block ends with its own length.
   its interface id, so packets of that interface are skipped too, each counted.
 * A section of an unsupported version (only 1.0 and 1.2 are read, as by libpcap and
   TShark) is skipped whole, to the next SHB, and counts once.
-* A block cut by the end of the file counts once.
+* A block that runs past the end of the file counts once.  Strict mode calls it cut short;
+  ``skip_bad`` scans on from it as from broken framing, in case its length lied.
 Strict mode raises the first of these.
 """
 
@@ -272,20 +273,24 @@ class PcapngReader(CaptureReader):
                 else:
                     sec = self._sec
                     if sec is not None and not self._header_only:
+                        # The hot loop: one call per EPB; the end of buf raises.  Lengths
+                        # that are not a multiple of 4 are caught with the trailers, later.
                         hdr2 = sec.hdr2
                         app = epb.append
                         try:
                             while True:
-                                btype, blen = hdr2(buf, pos)
-                                if btype != BT_EPB or blen & 3 or blen < 32:
-                                    break
-                                nxt = pos + blen
-                                if nxt > end:
-                                    break
                                 app(pos)
-                                pos = nxt
+                                btype, blen = hdr2(buf, pos)
+                                if btype != BT_EPB or blen < 32:
+                                    break
+                                pos += blen
                         except struct.error:
                             pass
+                        # epb[-1] == pos is not a whole EPB header; if pos is past the end,
+                        # the EPB before it is cut too (the one before that is whole).
+                        epb.pop()
+                        if pos > end:
+                            pos = epb.pop()
                     pos = self._block(buf, pos, eof, epb)
                     if pos >= 0:
                         continue
@@ -313,10 +318,12 @@ class PcapngReader(CaptureReader):
         epb.clear()
         cut = self._epb_run(buf, offs, sec)
         if cut is not None:
-            raise _Framing(offs[cut], self._trailer_reason(buf, offs[cut], sec))
+            raise _Framing(offs[cut], self._framing_reason(buf, offs[cut], sec))
 
-    def _trailer_reason(self, buf: bytes, pos: int, sec: _Section) -> str:
+    def _framing_reason(self, buf: bytes, pos: int, sec: _Section) -> str:
         _, blen = sec.hdr2(buf, pos)
+        if blen & 3:
+            return f"block total length {blen} is not a multiple of 4"
         (trailer,) = sec.u32(buf, pos + blen - 4)
         return f"block total length {blen} does not match its trailer {trailer}"
 
@@ -360,7 +367,7 @@ class PcapngReader(CaptureReader):
         h = sliding_window_view(raw, 28)[o].view(sec.dt)  # type blen iface hi lo cap orig
         blen = h[:, 1].astype(np.int64)
         trailer = sliding_window_view(raw, 4)[o + blen - 4].view(sec.dt)[:, 0]
-        broken = trailer != h[:, 1]
+        broken = (trailer != h[:, 1]) | (blen & 3 != 0)
         cut = int(np.argmax(broken)) if broken.any() else None
 
         iface = h[:, 2].astype(np.int64)
