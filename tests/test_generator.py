@@ -255,6 +255,11 @@ def test_frames_fast_path_equals_batches_and_needs_one_size() -> None:
     batch = PacketBatch.concat(list(gen.batches(33)))
     assert batch.uniform_length() == 128
     assert np.array_equal(batch.buf.reshape(100, 128), fast)
+    into = np.zeros((100, 128), dtype=np.uint8)
+    assert gen.frames(100, out=into) is into
+    assert np.array_equal(into, fast)
+    with pytest.raises(ValueError, match=r"^out must be a C-contiguous uint8 array of shape"):
+        gen.frames(10, out=into)
     with pytest.raises(ValueError, match=r"^frames\(\) needs one frame size"):
         Generator(sizes=(100, 200)).frames(1)
 
