@@ -519,6 +519,18 @@ def test_veth_pair_cleans_up_even_when_setup_fails() -> None:
     assert _our_namespaces() == before
 
 
+def test_local_end_in_the_callers_namespace_is_quiet_and_removed() -> None:
+    with VethPair(local_netns=False) as pair:
+        assert pair.local.netns is None
+        name = pair.local.ifname
+        with LiveSource(name, **RING) as src:
+            sent = frames_of(Generator(flows=3, sizes=100, count=9))
+            pair.inject([*sent, marker(pair)])
+            assert [p.data for p in receive_until_marker(src, marker(pair))] == sent
+    with pytest.raises(OSError):
+        socket.if_nametoindex(name)
+
+
 def test_entered_moves_only_this_thread_and_comes_back(veth: VethPair) -> None:
     home = os.readlink("/proc/thread-self/ns/net")
     with veth.in_peer():

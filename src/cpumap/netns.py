@@ -16,9 +16,10 @@ Theory of operation
 Nothing is created in the namespace the caller runs in, so interface names cannot collide with
 the host's or with a parallel test run, and host daemons never see the links.  (With
 ``local_netns=False`` the local end lives in the caller's namespace instead; its name is still
-random.)  In each new namespace IPv6 is disabled before the links exist, so the kernel sends
-nothing on its own (no router solicitations, DAD probes or MLD reports): what a test receives
-is what it sent.  IPv4 addresses are assigned because the issue asks for them; IPv4 alone is
+random.)  In each new namespace IPv6 is disabled before the links exist (with
+``local_netns=False``, on the local link only, before it comes up), so the kernel sends nothing
+on its own (no router solicitations, DAD probes or MLD reports): what a test receives is what
+it sent.  IPv4 addresses are assigned because the issue asks for them; IPv4 alone is
 silent.
 
 Namespaces are named ``cpumap-<pid>-<n>-<random>``.  Teardown deletes the namespaces (which
@@ -130,13 +131,13 @@ def entered(netns: str | None) -> Iterator[None]:
         os.close(target)
 
 
-def _disable_ipv6_here() -> None:
-    """Disable IPv6 in the current thread's namespace, for links created from now on.
+def _disable_ipv6_here(*confs: str) -> None:
+    """Disable IPv6 for ``confs`` ("all", "default" or an interface) in this thread's namespace.
 
     /proc/sys/net resolves against the opening thread's namespace, so this must run inside
     :func:`entered`.  Without the ipv6 module there is nothing to disable.
     """
-    for conf in ("all", "default"):
+    for conf in confs:
         path = f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"
         with contextlib.suppress(FileNotFoundError), open(path, "w") as f:
             f.write("1")
@@ -238,11 +239,12 @@ class VethPair:
                 self._namespaces.append(local_ns)
             for ns in self._namespaces:
                 with entered(ns):
-                    _disable_ipv6_here()
+                    _disable_ipv6_here("all", "default")
             veth = ("type", "veth", "peer", "name", peer_if, "netns", peer_ns)
             ip(*_ns_args(local_ns), "link", "add", local_if, *veth)
             if local_ns is None:
                 self._root_link = local_if
+                _disable_ipv6_here(local_if)  # this end only: the caller's namespace is theirs
             local_addr = peer_addr = None
             if self.addresses:
                 net = f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(256)}"
