@@ -68,6 +68,8 @@ def test_killed_worker_of_a_retiring_entry_loses_only_what_it_held() -> None:
             rx.poll(flow_batch(1, 20))
         m.delete(CPU)  # retiring: grace period, then drain
         os.kill(entry.proc.pid, signal.SIGKILL)
+        # Dead before the gate opens, or the dying worker could eat the replacement's byte.
+        wait_for(lambda: _pid_gone(entry.proc.pid))
         gate.open()
         m.wait_idle(30)
         s = m.stats()

@@ -66,8 +66,9 @@ class BulkQueues:
         self._count = [0] * n_slots
         self._pending: list[int] = []
 
-    def enqueue(self, slot: int, frames: np.ndarray) -> None:
-        """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once."""
+    def enqueue(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
+        """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once.
+        ``consecutive``: the frames are ``frames[0], frames[0]+1, ...`` (cheaper tags)."""
         n = len(frames)
         if n == 0:
             return
@@ -80,7 +81,7 @@ class BulkQueues:
             take = min(size - count, n - pos)
             if count == 0 and take == size:
                 # A whole bulk straight from the caller's array: no staging copy.
-                self._flush(slot, frames[pos : pos + size])
+                self._flush(slot, frames[pos : pos + size], consecutive)
             else:
                 self._buf[slot, count : count + take] = frames[pos : pos + take]
                 count += take
@@ -104,10 +105,14 @@ class BulkQueues:
     def staged(self) -> int:
         return sum(self._count)
 
-    def _flush(self, slot: int, frames: np.ndarray) -> None:
+    def _flush(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
         """The kernel's bq_flush_to_queue: publish what fits, drop the rest, report."""
         # Hand-over: tag before publishing (the ring's tail store orders it).
-        self.pool.tag[frames] = TAG_QUEUED + slot
+        if consecutive:
+            first = int(frames[0])
+            self.pool.tag[first : first + len(frames)] = TAG_QUEUED + slot
+        else:
+            self.pool.tag[frames] = TAG_QUEUED + slot
         ring = self._rings(slot)
         done = ring.produce(frames)
         if done < len(frames) and self.backpressure > 0:

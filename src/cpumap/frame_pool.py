@@ -10,11 +10,14 @@ Layout of a frame (``frame_size`` bytes)::
     0             headroom-meta_len  headroom
                   [metadata area ]
 
-Descriptor columns, one entry per frame (structure of arrays, so a batch reads a
-column with one numpy call): ``length`` (captured bytes), ``wire_len``, ``headroom``
-(where the packet starts in the row), ``meta_len`` (metadata bytes just before the
-packet, as bpf_xdp_adjust_meta leaves them), ``ifindex``, ``rx_queue``, ``ts_ns``,
-``linktype`` and ``tag``.
+Descriptors, one 32-byte record per frame (:data:`DESCRIPTOR`): ``length`` (captured
+bytes), ``wire_len``, ``ts_ns``, ``ifindex``, ``rx_queue``, ``linktype``, ``headroom``
+(where the packet starts in the row) and ``meta_len`` (metadata bytes just before the
+packet, as bpf_xdp_adjust_meta leaves them).  Records rather than one array per field
+because a worker gathers the descriptors of a scattered batch with one numpy call instead
+of eight; the RX side writes consecutive frames, where a field of a record slice is as
+cheap to write as a column.  ``pool.length`` etc. are views of the fields.  The ``tag``
+(below) is a separate array: it has other writers.
 
 Ownership: who holds a frame is always written down
 -----------------------------------------------------
@@ -54,6 +57,21 @@ TAG_FREE = 0
 TAG_RX = 1
 TAG_RETURNED = 2
 TAG_QUEUED = 0x100  # + map slot number
+
+DESCRIPTOR = np.dtype(
+    [
+        ("length", np.uint32),
+        ("wire_len", np.uint32),
+        ("ts_ns", np.int64),
+        ("ifindex", np.uint32),
+        ("rx_queue", np.uint32),
+        ("linktype", np.uint16),
+        ("headroom", np.uint16),
+        ("meta_len", np.uint16),
+        ("_pad", np.uint16),
+    ]
+)
+assert DESCRIPTOR.itemsize == 32
 
 DEFAULT_FRAME_SIZE = 2048
 DEFAULT_HEADROOM = 256  # XDP_PACKET_HEADROOM
@@ -101,30 +119,21 @@ class FramePool:
         self.partitions = partitions
         layout = Layout("frames")
         layout.add("data", np.uint8, (count, frame_size), align=4096)
-        for name, dt in (
-            ("length", np.uint32),
-            ("wire_len", np.uint32),
-            ("headroom", np.uint16),
-            ("meta_len", np.uint16),
-            ("ifindex", np.uint32),
-            ("rx_queue", np.uint32),
-            ("ts_ns", np.int64),
-            ("linktype", np.uint16),
-            ("tag", np.uint32),
-        ):
-            layout.add(name, dt, count)
+        layout.add("desc", DESCRIPTOR, count)
+        layout.add("tag", np.uint32, count)
         self.segment: Segment = layout.create()
         seg = self.segment
         self.data = seg.view("data")
         self.flat = seg.view("data").reshape(-1)
-        self.length = seg.view("length")
-        self.wire_len = seg.view("wire_len")
-        self.headroom_col = seg.view("headroom")
-        self.meta_len = seg.view("meta_len")
-        self.ifindex = seg.view("ifindex")
-        self.rx_queue = seg.view("rx_queue")
-        self.ts_ns = seg.view("ts_ns")
-        self.linktype = seg.view("linktype")
+        self.desc = seg.view("desc")
+        self.length = self.desc["length"]
+        self.wire_len = self.desc["wire_len"]
+        self.headroom_col = self.desc["headroom"]
+        self.meta_len = self.desc["meta_len"]
+        self.ifindex = self.desc["ifindex"]
+        self.rx_queue = self.desc["rx_queue"]
+        self.ts_ns = self.desc["ts_ns"]
+        self.linktype = self.desc["linktype"]
         self.tag = seg.view("tag")
         self.headroom_col[:] = headroom
         self.linktype[:] = 1

@@ -305,7 +305,7 @@ class CpuMap:
         self._entries: dict[int, _Entry] = {}
         self._retiring: list[_Entry] = []
         self._generation = 0
-        self._retired_k = np.zeros(K_WORDS, dtype=np.uint64)
+        self._retired_k = np.zeros(K_WORDS, dtype=np.int64)
         self._retired_lost = 0
         self.history: deque[EntryStats] = deque(maxlen=1024)
         self.results: list[WorkerResult] = []
@@ -469,7 +469,7 @@ class CpuMap:
         with self._lock:
             if not self._closed:
                 self._advance()
-            prod = self._seg.view("prod").sum(axis=0, dtype=np.uint64)
+            prod = self._seg.view("prod").sum(axis=0, dtype=np.int64)
             enq = self._seg.view("enq")
             k = self._retired_k.copy()
             lost = self._retired_lost

@@ -25,6 +25,7 @@ producer slot, which is also its frame-pool partition.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,10 @@ from .stats import (
     P_TRUNCATED,
     P_WORDS,
     P_XDP_ABORTED,
+    P_XDP_DROP,
+    P_XDP_PASS,
     P_XDP_REDIRECT,
+    P_XDP_TX,
     EventLog,
 )
 
@@ -114,7 +118,7 @@ class RxProducer:
         self._ctr = seg.view("prod")[self.index]
         self._enq = seg.view("enq")[self.index]
         self._events: EventLog = cmap._enq_log(self.index)
-        self._local = np.zeros(P_WORDS, dtype=np.uint64)
+        self._local = [0] * P_WORDS  # this poll's counters: Python ints are cheaper than numpy
         self._table = cmap._table
         self._max_entries = cmap.max_entries
         self._bulk = BulkQueues(
@@ -169,8 +173,7 @@ class RxProducer:
         n = len(batch)
         if n == 0:
             return
-        local = self._local
-        local[:] = 0
+        local = self._local = [0] * P_WORDS
         local[P_RX] = n
         local[P_POLLS] = 1
         start = self.allocator.alloc_range(n)
@@ -189,8 +192,8 @@ class RxProducer:
             registry = self.cmap.registry
             registry.read_lock(self.index)
             try:
-                verdicts, keys = self._run_program(idx, start)
-                self._dispatch(idx, verdicts, keys)
+                verdicts, keys, counts = self._run_program(idx, start)
+                self._dispatch(idx, verdicts, keys, counts, start)
                 self._bulk.flush_all()
             finally:
                 registry.read_unlock(self.index)
@@ -251,24 +254,27 @@ class RxProducer:
         pool.linktype[where] = batch.linktype
         pool.meta_len[where] = 0
 
-    def _run_program(self, idx: np.ndarray, start: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _run_program(
+        self, idx: np.ndarray, start: int | None
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Verdicts, keys and the count of each verdict."""
         n = len(idx)
         if self._vectorized:
             try:
                 out = self.program(XdpBatch(self.pool, idx, start))
             except Exception:
-                return np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32)
-            verdicts, keys, _invalid = normalize_verdicts(out, n)
-            return verdicts, keys
+                out = None
+            return normalize_verdicts(out, n)
         return self._run_per_frame(idx)
 
-    def _run_per_frame(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_per_frame(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
         pool, prog, ctx = self.pool, self.program, self._ctx
         ifs = pool.ifindex[idx].tolist()
         rxq = pool.rx_queue[idx].tolist()
         lts = pool.linktype[idx].tolist()
         verdicts: list[int] = []
         keys: list[int] = []
+        counts = [0] * N_VERDICTS
         _set_current(ctx)
         try:
             for j, i in enumerate(idx.tolist()):
@@ -279,19 +285,32 @@ class RxProducer:
                     v = XDP_ABORTED
                 if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < N_VERDICTS:
                     v = XDP_ABORTED
-                verdicts.append(int(v))
+                v = int(v)
+                counts[v] += 1
+                verdicts.append(v)
                 keys.append(ctx.redirect_key if v == XDP_REDIRECT else NO_KEY)
         finally:
             _set_current(None)
-        return np.array(verdicts, dtype=np.uint8), np.array(keys, dtype=np.uint32)
+        return np.array(verdicts, dtype=np.uint8), np.array(keys, dtype=np.uint32), counts
 
-    def _dispatch(self, idx: np.ndarray, verdicts: np.ndarray, keys: np.ndarray) -> None:
+    def _dispatch(
+        self,
+        idx: np.ndarray,
+        verdicts: np.ndarray,
+        keys: np.ndarray,
+        counts: list[int],
+        start: int | None,
+    ) -> None:
         local = self._local
-        counts = np.bincount(verdicts, minlength=N_VERDICTS)
-        local[P_XDP_ABORTED : P_XDP_ABORTED + N_VERDICTS - 1] += counts[:4].astype(np.uint64)
-        n_red = int(counts[XDP_REDIRECT])
+        local[P_XDP_ABORTED] += counts[0]
+        local[P_XDP_DROP] += counts[1]
+        local[P_XDP_PASS] += counts[2]
+        local[P_XDP_TX] += counts[3]
+        n_red = counts[XDP_REDIRECT]
+        consecutive = False
         if n_red == len(idx):
             ridx, rkeys = idx, keys
+            consecutive = start is not None
         else:
             red = verdicts == XDP_REDIRECT
             if counts[XDP_PASS] and self.pass_handler is not None:
@@ -301,10 +320,20 @@ class RxProducer:
                 return
             ridx, rkeys = idx[red], keys[red]
         # Look the keys up: the table load happens inside the read-side section.
-        inrange = rkeys < self._max_entries
-        if inrange.all():
+        kmin, kmax = int(rkeys.min()), int(rkeys.max())
+        if kmin == kmax:  # one destination: no per-frame lookup at all
+            slot = int(self._table[kmin]) if kmin < self._max_entries else -1
+            if slot < 0:
+                local[P_REDIRECT_ERR] += n_red
+                self.allocator.free(ridx)
+                return
+            local[P_XDP_REDIRECT] += n_red
+            self._bulk.enqueue(slot, ridx, consecutive)
+            return
+        if kmax < self._max_entries:
             slots = self._table[rkeys]
         else:
+            inrange = rkeys < self._max_entries
             slots = np.full(len(rkeys), -1, dtype=np.int32)
             slots[inrange] = self._table[rkeys[inrange]]
         lo, hi = int(slots.min()), int(slots.max())
@@ -326,9 +355,8 @@ class RxProducer:
         sslots = slots[order]
         sidx = ridx[order]
         cuts = np.flatnonzero(sslots[1:] != sslots[:-1]) + 1
-        starts = [0, *cuts.tolist()]
-        ends = [*cuts.tolist(), len(sidx)]
-        for a, b in zip(starts, ends, strict=True):
+        bounds = [0, *cuts.tolist(), len(sidx)]
+        for a, b in itertools.pairwise(bounds):
             self._bulk.enqueue(int(sslots[a]), sidx[a:b])
 
     def _run_pass_handler(self, idx: np.ndarray) -> None:
@@ -350,10 +378,7 @@ class RxProducer:
 
     def _on_flush(self, slot: int, processed: int, drops: int) -> None:
         """The enqueue tracepoint: one record per flush."""
-        enq = self._enq[slot]
-        enq[E_PROCESSED] += processed
-        enq[E_DROPS] += drops
-        enq[E_FLUSHES] += 1
+        self._enq[slot, E_PROCESSED : E_FLUSHES + 1] += (processed, drops, 1)
         local = self._local
         local[P_ENQ_PROCESSED] += processed
         local[P_QUEUE_FULL] += drops

@@ -10,7 +10,7 @@ The kernel reports cpumap through two tracepoints, and we keep their fields and 
   dropped), ``sched`` (the worker slept before this batch).  With a second-stage program
   (issue 4) also ``xdp_pass``, ``xdp_drop``, ``xdp_redirect``.
 
-Counters are always on; events (one record per tracepoint hit) are recorded only when
+Counters are int64 (numpy mixes uint64 with Python ints into float64). Counters are always on; events (one record per tracepoint hit) are recorded only when
 the map is created with ``trace_events > 0``, like a tracepoint that is off until
 enabled.
 
@@ -96,14 +96,14 @@ EV_WORDS = 10
 
 def add_counters(layout: Layout, producers: int, slots: int, events: int) -> None:
     """Reserve every counter array in the map's control segment."""
-    layout.add("prod", np.uint64, (producers, P_WORDS))
-    layout.add("enq", np.uint64, (producers, slots, E_WORDS))
+    layout.add("prod", np.int64, (producers, P_WORDS))
+    layout.add("enq", np.int64, (producers, slots, E_WORDS))
     layout.add("kseq", np.uint64, (slots, 8))
-    layout.add("krec", np.uint64, (slots, 2, K_WORDS))
+    layout.add("krec", np.int64, (slots, 2, K_WORDS))
     ev = max(events, 1)
-    layout.add("enq_ev", np.uint64, (producers, ev, EV_WORDS))
+    layout.add("enq_ev", np.int64, (producers, ev, EV_WORDS))
     layout.add("enq_ev_pos", np.uint64, (producers, 8))
-    layout.add("kth_ev", np.uint64, (slots, ev, EV_WORDS))
+    layout.add("kth_ev", np.int64, (slots, ev, EV_WORDS))
     layout.add("kth_ev_pos", np.uint64, (slots, 8))
 
 

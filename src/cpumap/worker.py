@@ -172,7 +172,7 @@ class Worker:
         self.ring = spec.ring
         self.handler = spec.handler
         self.batch_size = spec.batch_size
-        self.counters = np.zeros(K_WORDS, dtype=np.uint64)
+        self.counters = np.zeros(K_WORDS, dtype=np.int64)
         if spec.resume_counters is not None:
             self.counters[:] = spec.resume_counters
         self.counters[K_COMMITTED] = self.ring.positions()[0]
