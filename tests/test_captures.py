@@ -45,7 +45,7 @@ CAPTURES = Path(
 MANIFEST = CAPTURES / "MANIFEST.txt"
 ORACLE = CAPTURES / "_oracle_tshark"
 
-pytestmark = pytest.mark.skipif(
+needs_captures = pytest.mark.skipif(
     not MANIFEST.is_file(),
     reason=f"third-party captures not found at {CAPTURES} (set CPUMAP_CAPTURES)",
 )
@@ -215,6 +215,7 @@ def packets_to_compare(row: Row) -> list[Packet]:
 # --- counts and damage -----------------------------------------------------------------------
 
 
+@needs_captures
 @pytest.mark.parametrize("file", FILES)
 def test_count_or_positioned_error(file: str) -> None:
     row = manifest()[file]
@@ -239,6 +240,7 @@ def test_count_or_positioned_error(file: str) -> None:
         assert (len(pkts), skipped) == d.skip_bad
 
 
+@needs_captures
 def test_the_exceptions_name_real_files() -> None:
     rows = manifest()
     assert set(DAMAGED) <= set(rows) and set(CUSTOM_BLOCK_FRAMES) <= set(rows)
@@ -250,6 +252,7 @@ def test_the_exceptions_name_real_files() -> None:
 # --- per packet: lengths, time, interface ----------------------------------------------------
 
 
+@needs_captures
 @pytest.mark.parametrize("file", FILES)
 def test_per_packet_against_tshark(file: str) -> None:
     row = manifest()[file]
@@ -388,6 +391,7 @@ def skb_view(skb: object, keys: set[str]) -> dict[str, object]:
     return got
 
 
+@needs_captures
 @pytest.mark.parametrize("file", FILES)
 def test_l2_l4_fields_against_tshark(file: str) -> None:
     skb_module = pytest.importorskip("cpumap.skb", reason="cpumap.skb is not written yet")
