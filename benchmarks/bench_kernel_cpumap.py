@@ -11,8 +11,11 @@ the ``xdp_cpumap_*`` tracepoints say what happened there.  Paths measured:
 
 frames/s is what the *target* CPU processed (kthread ``processed``) per second from the
 first enqueue to the last kthread batch; the RX side usually outruns it, and the rest are
-queue-full drops (shown).  Needs root.  Other benchmarks import :func:`kernel_cpumap_fps`
-to print the kernel's figure beside ours, on the same machine in the same run.
+queue-full drops (shown).  That figure falls when other work shares CPU 1; the kthread's
+own CPU time per frame (``/proc/<pid>/schedstat``) does not, and is printed beside it.
+
+Needs root.  Other benchmarks import :func:`kernel_cpumap_fps` to print the kernel's
+figure beside ours, on the same machine in the same run.
 
     .venv/bin/python benchmarks/bench_kernel_cpumap.py [--frames N] [--repeat N] [--json]
 """
@@ -50,6 +53,10 @@ class KernelFigure:
     max_fps: float
     drop_ratio: float
     """Queue-full drops / frames redirected (0 for rx-drop)."""
+    ns_per_frame: float | None
+    """Median kthread CPU nanoseconds per frame on the target CPU (None for rx-drop, or
+    where ``/proc/<pid>/schedstat`` cannot be read): the cost of a frame there, whatever
+    else shares that CPU.  ``1e9 / ns_per_frame`` is the frames/s of a CPU it had alone."""
     frames: int
     repeat: int
     complete: bool
@@ -91,6 +98,7 @@ def kernel_cpumap_fps(
         min_fps=min(fps),
         max_fps=max(fps),
         drop_ratio=res.drop_ratio,
+        ns_per_frame=res.ns_per_frame,
         frames=frames,
         repeat=repeat,
         complete=all(s.complete and s.lost_events == 0 for s in res.samples),
@@ -108,6 +116,7 @@ def rx_drop_fps(*, frames: int = 1_000_000, repeat: int = 3, rx_cpu: int = 0) ->
         min_fps=min(fps),
         max_fps=max(fps),
         drop_ratio=0.0,
+        ns_per_frame=None,
         frames=frames,
         repeat=repeat,
         complete=True,
@@ -137,14 +146,21 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(f.__dict__))
         return 0
     print(f"kernel cpumap, 64-byte UDP frames, {args.frames:,} frames x {args.repeat} runs")
-    print(f"{'path':<10} {'qsize':>6} {'frames/s on CPU 1':>18} {'range':>17} {'drops':>7}")
+    print(
+        f"{'path':<10} {'qsize':>6} {'frames/s on CPU 1':>18} {'range':>17} {'drops':>6}"
+        f" {'kthread ns/frame':>17} {'= frames/s/CPU':>15}"
+    )
     for f in figures:
         q = f"{f.qsize}" if f.qsize else "-"
         rng = f"{f.min_fps / 1e6:.2f}-{f.max_fps / 1e6:.2f} M"
+        if f.ns_per_frame:
+            cost = f"{f.ns_per_frame:>17.0f} {1e3 / f.ns_per_frame:>13.2f} M"
+        else:
+            cost = f"{'-':>17} {'-':>15}"
         note = "" if f.complete else "  (partial: events lost or kthread late)"
         print(
             f"{f.path:<10} {q:>6} {f.frames_per_s / 1e6:>16.2f} M {rng:>17}"
-            f" {f.drop_ratio:>6.0%}{note}"
+            f" {f.drop_ratio:>6.0%} {cost}{note}"
         )
     return 0
 

@@ -498,6 +498,7 @@ def test_live_run_accounting(second_stage) -> None:
     else:
         assert split == 0  # no program: no verdicts, every frame goes to the netstack
     assert s.elapsed_s > 0 and s.frames_per_s > 0
+    assert s.ns_per_frame is not None and s.ns_per_frame > 0  # schedstat of the kthread
 
 
 def _snmp() -> dict[str, int]:

@@ -692,11 +692,22 @@ class CpumapRunSample:
     elapsed_s: float
     """Seconds from the first enqueue to the last kthread batch (trace clock)."""
     test_run: TestRunResult
+    kthread_cpu_s: float | None = None
+    """CPU time the entry's kthread used during the run (``/proc/<pid>/schedstat``), or
+    None where it cannot be read.  Unlike :attr:`elapsed_s` it does not grow when other
+    work shares the target CPU."""
 
     @property
     def frames_per_s(self) -> float:
         """Frames the target CPU processed per second of :attr:`elapsed_s`."""
         return self.kthread.processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def ns_per_frame(self) -> float | None:
+        """Kthread CPU nanoseconds per frame processed: the cost of one frame on the target."""
+        if self.kthread_cpu_s is None or not self.kthread.processed:
+            return None
+        return self.kthread_cpu_s * 1e9 / self.kthread.processed
 
     @property
     def rx_frames_per_s(self) -> float:
@@ -719,6 +730,12 @@ class CpumapRunResult:
     def frames_per_s(self) -> float:
         """Median over samples of frames/s processed on the target CPU."""
         return statistics.median(s.frames_per_s for s in self.samples)
+
+    @property
+    def ns_per_frame(self) -> float | None:
+        """Median over samples of kthread CPU ns per frame (None if not measured)."""
+        vals = [v for s in self.samples if (v := s.ns_per_frame) is not None]
+        return statistics.median(vals) if vals else None
 
     @property
     def drop_ratio(self) -> float:
@@ -808,6 +825,7 @@ class KernelCpumapRun:
         self.second_stage: Final = second_stage
         self.batch_size: Final = batch_size
         self.deadline_s: Final = deadline_s
+        self._kthread_pid: int | None = None
         self._stack = contextlib.ExitStack()
         try:
             if frame is None:
@@ -832,6 +850,30 @@ class KernelCpumapRun:
             self._stack.close()
             raise
 
+    def _kthread_cpu_ns(self) -> int | None:
+        """The entry kthread's total CPU time, or None if it cannot be found or read.
+
+        The kthread is named ``cpumap/<cpu>/map:<id>``; this kernel shows kthread names in
+        full in ``comm`` (older ones cut them at 15 characters: then we find none).
+        """
+        name = f"cpumap/{self.cpu}/map:{self.cpumap.map_id}"
+        if self._kthread_pid is None:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        if f.read().strip() == name:
+                            self._kthread_pid = int(pid)
+                            break
+                except OSError:
+                    continue
+            else:
+                return None
+        try:
+            with open(f"/proc/{self._kthread_pid}/schedstat") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _buffer_kb(self) -> int:
         # Worst case one kthread event per frame (a kthread that keeps up takes one frame
         # at a time); the buffer is per CPU.
@@ -854,6 +896,7 @@ class KernelCpumapRun:
                 )
                 return res, time.perf_counter() - t0
 
+            cpu0 = self._kthread_cpu_ns()
             res, wall = run_pinned(self.rx_cpu, go)
             # Every frame is enqueued once the call returns (each batch ends in a flush);
             # the kthread still has up to qsize frames to go.
@@ -869,7 +912,9 @@ class KernelCpumapRun:
                 if left <= 0:
                     break
                 tr.wait_readable(min(left, 0.05))
+            cpu1 = self._kthread_cpu_ns()
             lost = tr.lost_events()
+        cpu_s = (cpu1 - cpu0) / 1e9 if cpu0 is not None and cpu1 is not None else None
         enq_ts = [e.ts for e in events if e.name == "xdp_cpumap_enqueue"]
         kt_ts = [e.ts for e in events if e.name == "xdp_cpumap_kthread"]
         elapsed = max(kt_ts) - min(enq_ts) if enq_ts and kt_ts else 0.0
@@ -882,6 +927,7 @@ class KernelCpumapRun:
             wall_s=wall,
             elapsed_s=elapsed,
             test_run=res,
+            kthread_cpu_s=cpu_s,
         )
 
     def run(self) -> CpumapRunResult:
