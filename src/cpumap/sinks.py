@@ -1,0 +1,265 @@
+"""Sinks: handlers that consume what reaches a CPU -- a flow table, per-CPU capture files.
+
+A sink is an ordinary handler (the "netstack" of a map entry): it runs in the worker
+process of its CPU, one copy per worker (forked from the one you pass to the map), and
+reports what it gathered through ``finish()``; ``CpuMap.results`` collects the reports
+and the functions here merge them.
+
+* :class:`FlowTable` -- packets and bytes per flow (both directions of a flow are one
+  entry: the skb's flow hash is symmetric), with the flow's addresses, protocol and the
+  CPU that handled it.  Vectorised: a few numpy calls per batch plus one parse per *new*
+  flow.  :func:`merge_flow_tables` joins the per-CPU reports.
+* :class:`CaptureSink` -- every frame a CPU accepts, written to one capture file per CPU
+  (``cpu<N>.pcapng`` in a directory, or pcap); :func:`merge_captures` merges files into
+  one, in timestamp order, streaming.
+* :class:`Chain` -- several handlers on each frame; a frame any of them drops is dropped.
+
+Nothing here touches the engine's internals: sinks see ``SkbBatch`` objects, as any
+batch handler does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .packets import Packet, PacketBatch
+from .skb import Skb, SkbBatch
+
+IPPROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 47: "GRE", 50: "ESP"}
+ETHERTYPE_NAMES = {0x0806: "ARP", 0x86DD: "IPv6", 0x0800: "IPv4", 0x88CC: "LLDP", 0x8863: "PPPoE"}
+
+
+def describe_flow(skb: Skb) -> tuple[str, str, str]:
+    """(protocol, endpoint a, endpoint b) of a frame, endpoints in a canonical order so
+    both directions of a flow read the same."""
+    if skb.ip_version:
+        proto = IPPROTO_NAMES.get(skb.ip_proto, f"ip-proto-{skb.ip_proto}")
+        a = _endpoint(skb.src, skb.sport, skb.ip_version)
+        b = _endpoint(skb.dst, skb.dport, skb.ip_version)
+        if b < a:
+            a, b = b, a
+        return proto, a, b
+    name = ETHERTYPE_NAMES.get(skb.l3_protocol, f"ethertype-{skb.l3_protocol:#06x}")
+    return name, "-", "-"
+
+
+def _endpoint(addr: bytes | None, port: int, version: int) -> str:
+    if addr is None:
+        return "?"
+    ip = str(ipaddress.ip_address(addr))
+    if not port:
+        return ip
+    return f"[{ip}]:{port}" if version == 6 else f"{ip}:{port}"
+
+
+@dataclass
+class FlowStats:
+    """One flow as seen by one CPU."""
+
+    protocol: str
+    a: str
+    b: str
+    packets: int = 0
+    bytes: int = 0
+    cpus: set[int] = field(default_factory=set)
+
+
+class FlowTable:
+    """A batch handler counting packets and bytes (on the wire) per flow on its CPU.
+
+    ``finish()`` returns ``{"cpu": N, "flows": {hash: FlowStats}}``.  ``max_flows`` bounds
+    the memory: beyond it, new flows are counted in one "other" entry (hash -1).
+    """
+
+    batch = True
+
+    def __init__(self, max_flows: int = 100_000) -> None:
+        self.max_flows = max_flows
+        self.cpu = -1
+        self.flows: dict[int, FlowStats] = {}
+
+    def setup(self, info: Any) -> None:
+        self.cpu = info.cpu
+        self.flows = {}
+
+    def __call__(self, batch: SkbBatch) -> None:
+        if not len(batch):
+            return
+        hashes, first, inverse = np.unique(batch.hash, return_index=True, return_inverse=True)
+        packets = np.bincount(inverse, minlength=len(hashes))
+        nbytes = np.bincount(inverse, weights=batch.wire_len, minlength=len(hashes))
+        flows = self.flows
+        for h, i, p, b in zip(
+            hashes.tolist(), first.tolist(), packets.tolist(), nbytes.tolist(), strict=True
+        ):
+            f = flows.get(h)
+            if f is None:
+                if len(flows) >= self.max_flows:
+                    h = -1
+                    f = flows.get(h) or flows.setdefault(h, FlowStats("other", "-", "-"))
+                else:
+                    f = flows[h] = FlowStats(*describe_flow(batch.skb(i)))
+                    f.cpus.add(self.cpu)
+            f.packets += p
+            f.bytes += int(b)
+
+    def finish(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "flows": self.flows}
+
+
+def merge_flow_tables(results: Iterable[Any]) -> list[FlowStats]:
+    """Join the reports of FlowTable workers (``CpuMap.results``), biggest flows first.
+
+    A flow seen by several workers (its CPU changed, or the entry was replaced) is one row
+    listing every CPU."""
+    merged: dict[int, FlowStats] = {}
+    reports: list[Any] = []
+    for r in results:
+        report = getattr(r, "result", r)
+        reports.extend(report if isinstance(report, list) else [report])  # Chain: a list
+    for report in reports:
+        if not isinstance(report, dict) or "flows" not in report:
+            continue
+        for h, f in report["flows"].items():
+            m = merged.get(h)
+            if m is None:
+                merged[h] = FlowStats(f.protocol, f.a, f.b, f.packets, f.bytes, set(f.cpus))
+            else:
+                m.packets += f.packets
+                m.bytes += f.bytes
+                m.cpus |= f.cpus
+    return sorted(merged.values(), key=lambda f: (-f.packets, -f.bytes, f.a, f.b))
+
+
+class CaptureSink:
+    """A batch handler writing every frame to ``directory/cpu<N>.<format>``.
+
+    The file is opened in the worker (``setup``) and closed at its clean exit
+    (``finish``, which returns the path and the count).  A replaced entry's new worker
+    appends a generation suffix rather than overwrite: ``cpu1.g2.pcapng``.
+    """
+
+    batch = True
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        format: Literal["pcapng", "pcap"] = "pcapng",
+        nanosecond: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.format = format
+        self.nanosecond = nanosecond
+        self._writer: Any = None
+        self.path: Path | None = None
+
+    def setup(self, info: Any) -> None:
+        from .capture import open_writer
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"cpu{info.cpu}.{self.format}"
+        path = self.directory / name
+        if path.exists():
+            path = self.directory / f"cpu{info.cpu}.g{info.generation}.{self.format}"
+        self.path = path
+        self._writer = open_writer(path, format=self.format, nanosecond=self.nanosecond)
+
+    def __call__(self, batch: SkbBatch) -> None:
+        if self._writer is None or not len(batch):
+            return
+        rows = np.ascontiguousarray(batch.rows)
+        width = rows.shape[1]
+        n = len(batch)
+        self._writer.write_batch(
+            PacketBatch(
+                buf=rows.reshape(-1),
+                start=np.arange(n, dtype=np.int64) * width + batch.offset,
+                caplen=batch.length.astype(np.uint32),
+                wire_len=np.asarray(batch.wire_len, dtype=np.uint32),
+                ts_ns=np.asarray(batch.ts_ns, dtype=np.int64),
+                ifindex=np.asarray(batch.ifindex, dtype=np.uint32),
+                linktype=np.asarray(batch.linktype, dtype=np.uint16),
+                rx_queue=np.asarray(batch.rx_queue, dtype=np.uint32),
+            )
+        )
+
+    def finish(self) -> dict[str, Any]:
+        count = 0
+        if self._writer is not None:
+            count = self._writer.count
+            self._writer.close()
+            self._writer = None
+        return {"capture": str(self.path) if self.path else None, "packets": count}
+
+
+def merge_captures(
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    format: Literal["pcapng", "pcap"] = "pcapng",
+) -> int:
+    """Merge capture files into ``out`` in timestamp order (stable: equal timestamps keep
+    file order), streaming in constant memory per input.  Returns the packets written."""
+    from .capture import open_capture, write_capture
+
+    readers = [open_capture(p) for p in paths]
+    try:
+
+        def keyed(k: int, it: Iterator[Packet]) -> Iterator[tuple[int, int, int, Packet]]:
+            for j, p in enumerate(it):
+                yield p.ts_ns, k, j, p
+
+        streams = [keyed(k, iter(r)) for k, r in enumerate(readers)]
+        merged = (item[3] for item in heapq.merge(*streams))
+        return write_capture(out, merged, format=format)
+    finally:
+        for r in readers:
+            r.close()
+
+
+class Chain:
+    """Run several handlers on every frame: all per-skb or all batch handlers.
+
+    A frame is delivered if every handler accepts it.  ``finish()`` returns the list of
+    the handlers' reports."""
+
+    def __init__(self, *handlers: Any) -> None:
+        if not handlers:
+            raise ValueError("Chain needs at least one handler")
+        kinds = {bool(getattr(h, "batch", False)) for h in handlers}
+        if len(kinds) != 1:
+            raise ValueError("Chain handlers must be all batch handlers or all per-skb")
+        self.handlers = handlers
+        self.batch = kinds.pop()
+
+    def setup(self, info: Any) -> None:
+        for h in self.handlers:
+            if hasattr(h, "setup"):
+                h.setup(info)
+
+    def __call__(self, arg: Any) -> Any:
+        if self.batch:
+            keep: np.ndarray | None = None
+            for h in self.handlers:
+                r = h(arg)
+                if r is not None:
+                    r = np.asarray(r, dtype=bool)
+                    keep = r if keep is None else keep & r
+            return keep
+        ok = True
+        for h in self.handlers:
+            if h(arg) is False:
+                ok = False
+        return None if ok else False
+
+    def finish(self) -> list[Any]:
+        return [h.finish() if hasattr(h, "finish") else None for h in self.handlers]
