@@ -135,8 +135,7 @@ def make_program(name: str, cmap: CpuMap, cpus: list[int]) -> Any:
     if ":" in name:
         return _load(name, "program")
     raise UsageError(
-        f"--program {name!r}: unknown; use one of {', '.join(program_names())} "
-        "or module:function"
+        f"--program {name!r}: unknown; use one of {', '.join(program_names())} or module:function"
     )
 
 
@@ -156,8 +155,10 @@ def make_handler(name: str, write: str | None) -> Any:
         if handler is None:
             return sink
         if not getattr(handler, "batch", False):
-            raise UsageError("--write needs a batch handler (flow-table, count, or one marked "
-                             "with cpumap.batch_handler)")
+            raise UsageError(
+                "--write needs a batch handler (flow-table, count, or one marked "
+                "with cpumap.batch_handler)"
+            )
         return Chain(handler, sink)
     return handler
 
@@ -191,18 +192,40 @@ def capture_batches(path: str, poll: int, skip_bad: bool) -> tuple[Iterator[Pack
 
 def render_entries(s: MapStats) -> Table:
     t = Table(title="per CPU", title_justify="left")
-    for col in ("cpu", "qsize", "state", "enqueued", "full", "batches", "avg",
-                "delivered", "dropped", "errors", "sleeps", "lost"):
+    for col in (
+        "cpu",
+        "qsize",
+        "state",
+        "enqueued",
+        "full",
+        "batches",
+        "avg",
+        "delivered",
+        "dropped",
+        "errors",
+        "sleeps",
+        "lost",
+    ):
         t.add_column(col, justify="right")
-    t.caption = ("full: dropped at flush, ring full; avg: frames per worker batch; "
-                 "dropped/errors: by the handler; lost: with a killed worker")
+    t.caption = (
+        "full: dropped at flush, ring full; avg: frames per worker batch; "
+        "dropped/errors: by the handler; lost: with a killed worker"
+    )
     for e in sorted(s.entries, key=lambda e: (e.key, e.generation)):
         avg = e.kthread_processed / e.kthread_batches if e.kthread_batches else 0.0
         t.add_row(
-            str(e.cpu), str(e.qsize), e.state, f"{e.enqueue_processed:,}",
-            f"{e.enqueue_drops:,}", f"{e.kthread_batches:,}", f"{avg:.1f}",
-            f"{e.delivered:,}", f"{e.handler_drop:,}", f"{e.handler_error:,}",
-            f"{e.sleeps:,}", f"{e.lost:,}",
+            str(e.cpu),
+            str(e.qsize),
+            e.state,
+            f"{e.enqueue_processed:,}",
+            f"{e.enqueue_drops:,}",
+            f"{e.kthread_batches:,}",
+            f"{avg:.1f}",
+            f"{e.delivered:,}",
+            f"{e.handler_drop:,}",
+            f"{e.handler_error:,}",
+            f"{e.sleeps:,}",
+            f"{e.lost:,}",
         )
     return t
 
@@ -220,9 +243,8 @@ def render_outcomes(s: MapStats, elapsed: float | None = None) -> Table:
     if s.in_flight:
         t.add_row("in flight", f"{s.in_flight:,}", f"{s.in_flight / rx:.1%}")
     balanced = s.rx == sum(s.outcomes().values()) + s.in_flight
-    t.caption = (
-        ("every frame accounted for" if balanced and not s.in_flight else "") +
-        (f"; {s.rx / elapsed:,.0f} frames/s" if elapsed else "")
+    t.caption = ("every frame accounted for" if balanced and not s.in_flight else "") + (
+        f"; {s.rx / elapsed:,.0f} frames/s" if elapsed else ""
     )
     return t
 
@@ -233,8 +255,14 @@ def render_flows(flows: list[Any], top: int) -> Table:
         t.add_column(col, justify="right" if col in ("packets", "bytes") else "left")
     for f in flows[:top]:
         # Text, not markup: an IPv6 endpoint "[fd00::1]:53" would read as a style tag.
-        t.add_row(Text(f.protocol), Text(f.a), Text(f.b), f"{f.packets:,}", f"{f.bytes:,}",
-                  _cpu_list(sorted(f.cpus)))
+        t.add_row(
+            Text(f.protocol),
+            Text(f.a),
+            Text(f.b),
+            f"{f.packets:,}",
+            f"{f.bytes:,}",
+            _cpu_list(sorted(f.cpus)),
+        )
     return t
 
 
@@ -262,25 +290,31 @@ def run(args: argparse.Namespace, console: Console) -> int:
             raise UsageError("--generate N: N must be >= 0")
         from .generator import Generator
 
-        gen = Generator(flows=256, sizes=(64, 512, 1400), count=args.generate, seed=1)
+        gen = Generator(
+            flows=256, sizes=(64, 512, 1400), count=args.generate, seed=1, undersize="clamp"
+        )
         batches, what = gen.batches(args.poll), f"{args.generate:,} generated frames"
     else:
         path = args.capture or str(demo_capture_path())
         if not os.path.exists(path):
-            raise UsageError(f"{path}: no such file; give a pcap/pcapng capture, "
-                             "--iface IFACE, or --generate N")
+            raise UsageError(
+                f"{path}: no such file; give a pcap/pcapng capture, --iface IFACE, or --generate N"
+            )
         batches, closer = capture_batches(path, args.poll, args.skip_bad)
         what = "the embedded demo capture" if not args.capture else path
     lossless = not args.lossy and not args.iface
-    console.print(f"cpumap: {what} -> CPUs {_cpu_list(cpus)} "
-                  f"({'lossless' if lossless else 'drops when a ring is full'})")
+    console.print(
+        f"cpumap: {what} -> CPUs {_cpu_list(cpus)} "
+        f"({'lossless' if lossless else 'drops when a ring is full'})"
+    )
     with CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch) as cmap:
         for c in cpus:
             cmap.update(c, args.qsize)
         program = make_program(args.program, cmap, cpus)
         t0 = time.monotonic()
-        with cmap.producer(program, poll_size=args.poll,
-                           backpressure=10.0 if lossless else 0.0) as rx:
+        with cmap.producer(
+            program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
+        ) as rx:
             _feed(rx, batches, cmap, console, args, t0)
         cmap.wait_idle(60)
         elapsed = time.monotonic() - t0
@@ -311,11 +345,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 1 if errors else 0
 
 
-def _feed(rx: Any, batches: Iterator[PacketBatch], cmap: CpuMap, console: Console,
-          args: argparse.Namespace, t0: float) -> None:
+def _feed(
+    rx: Any,
+    batches: Iterator[PacketBatch],
+    cmap: CpuMap,
+    console: Console,
+    args: argparse.Namespace,
+    t0: float,
+) -> None:
     deadline = t0 + args.duration if args.duration else None
-    live = None if args.quiet or not console.is_terminal else Live(
-        console=console, auto_refresh=False, transient=True)
+    live = (
+        None
+        if args.quiet or not console.is_terminal
+        else Live(console=console, auto_refresh=False, transient=True)
+    )
     last = 0.0
     try:
         if live is not None:
@@ -325,8 +368,7 @@ def _feed(rx: Any, batches: Iterator[PacketBatch], cmap: CpuMap, console: Consol
             now = time.monotonic()
             if live is not None and now - last > args.interval:
                 s = cmap.stats()
-                live.update(Group(render_entries(s), render_outcomes(s, now - t0)),
-                            refresh=True)
+                live.update(Group(render_entries(s), render_outcomes(s, now - t0)), refresh=True)
                 last = now
             if deadline is not None and now > deadline:
                 break
