@@ -121,6 +121,20 @@ def test_caplen_above_original_length_is_skipped_alone() -> None:
     assert [p.data for p in pkts] == [RECS[0][2], RECS[1][2]] and r.skipped == 1
 
 
+def test_strict_hands_out_the_packets_before_the_damage() -> None:
+    recs = _mixed_records(40, seed=6)
+    data = pcap_bytes(recs) + struct.pack("<IIII", 1, 0, 10**6, 10**6) + bytes(100)
+    got = []
+    with PcapReader(io.BytesIO(data)) as r:
+        with pytest.raises(CaptureError) as ei:
+            for p in r:
+                got.append(p)
+        assert got == [Packet(d, s * NS + u * 1000, w) for s, u, d, w in recs]
+        with pytest.raises(CaptureError) as again:  # and it stays broken
+            next(iter(r))
+        assert again.value is ei.value
+
+
 def test_caplen_above_snaplen_is_kept_whole() -> None:
     pkts, r = read(pcap_bytes([(1, 0, b"\x05" * 200, 300)], snaplen=96))
     assert r.snaplen == 96 and pkts[0].caplen == 200 and pkts[0].length == 300

@@ -260,6 +260,19 @@ def test_damaged_packet_blocks_are_skipped_alone(bad: bytes, reason: str) -> Non
     assert [p.data for p in pkts] == [A, B] and r.skipped == 1
 
 
+def test_strict_hands_out_the_packets_before_the_damage() -> None:
+    data = shb() + idb() + epb(0, 1, A) + idb(LINKTYPE_RAW) + epb(1, 2, B) + epb(7, 3, C)
+    with PcapngReader(io.BytesIO(data)) as r:
+        got = []
+        with pytest.raises(CaptureError, match="names interface 7"):
+            for b in r.batches(1):
+                got.extend(b)
+        assert got == [P(A, 1000), P(B, 2000, ifindex=1, lt=LINKTYPE_RAW)]
+        assert len(r.interfaces) == 2  # the chunk was parsed twice; its IDB counts once
+        with pytest.raises(CaptureError, match="names interface 7"):
+            list(r)
+
+
 def test_damaged_interface_keeps_its_id() -> None:
     bad_idb = block(1, struct.pack("<HHI", 1, 0, 0) + opt(9, b"\x06\x06"))
     data = shb() + idb() + bad_idb + idb(LINKTYPE_RAW) + epb(1, 0, A) + epb(2, 0, B) + epb(1, 0, C)

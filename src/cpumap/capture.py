@@ -28,8 +28,9 @@ a format module must consume everything (a partial record is damage).
 Damage
 ------
 Strict by default: the first damaged record raises :class:`CaptureError`, which names the
-file, the byte offset and what is wrong.  ``skip_bad=True`` instead counts the damaged record
-in ``reader.skipped``, keeps its error in ``reader.problems`` (the first
+file, the byte offset and what is wrong; every packet before it is handed out first, and
+the reader raises the same error on every read after.  ``skip_bad=True`` instead counts the
+damaged record in ``reader.skipped``, keeps its error in ``reader.problems`` (the first
 :data:`MAX_PROBLEMS`), and goes on where the format says it safely can (see each module).
 Damage to a file header (magic, version, reserved link-type bits) cannot be skipped and
 raises in both modes.  Offsets in a gzip file count decompressed bytes.
@@ -333,6 +334,7 @@ class CaptureReader:
         self._done = False  # nothing more will be parsed (end of file, or untrusted rest)
         self._stream_error: str | None = None  # a gzip stream that broke; reported at its end
         self._holding = False  # a format module reading ahead may leave bytes at end of file
+        self._failed: CaptureError | None = None  # strict mode: raised once its packets are out
         self._pending: deque[_Chunk] = deque()
         try:
             self._start()
@@ -361,7 +363,10 @@ class CaptureReader:
         return CaptureError(self.path, offset, reason)
 
     def _damaged(self, offset: int, reason: str) -> None:
-        """A damaged record at absolute ``offset``: raise, or count it when skipping."""
+        """A damaged record at absolute ``offset``: raise, or count it when skipping.
+
+        Damage must be reported in file order (the first raised is the first in the file).
+        """
         err = self._error(offset, reason)
         if not self.skip_bad:
             raise err
@@ -403,8 +408,20 @@ class CaptureReader:
 
     # -- the chunk pump -----------------------------------------------------------------------
 
+    def _snapshot(self) -> object:
+        """The parser state a format module changes while parsing (see :meth:`_step`)."""
+        return None
+
+    def _restore(self, snapshot: object) -> None:
+        pass
+
     def _step(self) -> _Chunk | None:
-        """Read one chunk and parse it; the packets it held (None if none)."""
+        """Read one chunk and parse it; the packets it held (None if none).
+
+        Strict mode: the packets before the first damage are handed out first, and the
+        error is raised when the reader gets to it (and on every read after).  To find
+        them, the chunk is parsed again up to the damage, from the state saved before.
+        """
         if self._closed:
             raise ValueError("I/O operation on a closed capture reader")
         data = b""
@@ -416,7 +433,16 @@ class CaptureReader:
         buf = self._leftover + data if self._leftover else data
         self._need = 0
         skipped_before = self.skipped
-        chunk, stop = self._parse(buf, self._eof)
+        saved = self._snapshot()
+        try:
+            chunk, stop = self._parse(buf, self._eof)
+        except CaptureError as e:
+            self._failed = e
+            self._done = True
+            chunk = self._before(buf, e.offset - self._base, saved)
+            if chunk is None:
+                raise
+            return chunk
         self._leftover = buf[stop:]
         self._base += stop
         if self._eof and not self._done:
@@ -427,10 +453,29 @@ class CaptureReader:
             else:
                 self._done = True
                 if self._stream_error is not None and self.skipped == skipped_before:
-                    self._damaged(self._base, self._stream_error)
+                    try:
+                        self._damaged(self._base, self._stream_error)
+                    except CaptureError as e:
+                        self._failed = e
+                        if chunk is None or not len(chunk.batch):
+                            raise
         if chunk is not None and len(chunk.batch):
             return chunk
         return None
+
+    def _before(self, buf: bytes, cut: int, saved: object) -> _Chunk | None:
+        """The packets of ``buf`` before offset ``cut`` (None if none), parsed anew."""
+        if cut <= 0:
+            return None
+        self._restore(saved)
+        try:
+            chunk, _ = self._parse(buf[:cut], False)
+        except CaptureError:  # not expected: everything before the damage parsed once
+            return None
+        finally:
+            self._need = 0
+            self._done = True
+        return chunk if chunk is not None and len(chunk.batch) else None
 
     def _next_chunk(self) -> _Chunk | None:
         """The next chunk of packets, None at the end of the file."""
@@ -438,6 +483,8 @@ class CaptureReader:
             chunk = self._step()
             if chunk is not None:
                 return chunk
+        if self._failed is not None:
+            raise self._failed
         return None
 
     def _take(self) -> _Chunk | None:

@@ -50,6 +50,7 @@ Strict mode raises the first of these.
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 from dataclasses import dataclass, field
@@ -241,6 +242,18 @@ class PcapngReader(CaptureReader):
     @property
     def linktypes(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(i.linktype for i in self.interfaces))
+
+    def _snapshot(self) -> object:
+        sec = self._sec
+        if sec is not None:
+            sec = copy.copy(sec)
+            sec.ifaces = list(sec.ifaces)
+        return (sec, list(self.interfaces), self.sections, self._scan, self._at_packet)
+
+    def _restore(self, snapshot: object) -> None:
+        sec, interfaces, self.sections, self._scan, self._at_packet = snapshot  # type: ignore[misc]
+        self._sec = sec
+        self.interfaces = interfaces
 
     def _start(self) -> None:
         head = self._ensure(4)
