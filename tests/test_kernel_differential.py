@@ -434,7 +434,8 @@ def test_documented_d6_kthread_drops_counts_netstack_drops_in_ours_only() -> Non
     batch = PacketBatch.from_array(np.tile(frame, (64, 1)))
     with cpu_map(2, handler=_drop_everything, trace_events=1024) as ours:
         ours.update(1, 256)
-        ours.run(batch, FlowHash(ours, [1]))
+        stats = ours.run(batch, FlowHash(ours, [1]))
         _, kth = ours.events()
+    assert stats.handler_drop == 64, stats  # every frame reached the handler, which dropped it
     assert sum(e.processed for e in kth) == 64
     assert sum(e.drops for e in kth) == 64
