@@ -34,23 +34,50 @@ read, from the parsed fields, since a handler that steers on ports should not pa
 Per batch: columns, the same answers
 ------------------------------------
 :class:`SkbBatch` answers the same questions for a whole batch of frames sitting in a frame
-pool, one numpy column per field.  Python's cost here is per call, not per frame, so each
-stage (link layer, IP, transport, hash) is a fixed sequence of whole-batch numpy operations
-over all frames, with masks instead of branches.  Every column equals the per-frame field for
-every frame, malformed ones included: the common cases (Ethernet with up to
-``_BATCH_VLAN_TAGS`` tags, IPv4 with options, IPv6 with up to ``_BATCH_IPV6_EXT_HEADERS``
-extension headers, every supported link type) are done in numpy, and the rare frames that
-need more (deep tag stacks, long extension chains) are handed to the per-frame parser and
-their columns patched in.  Later stages read the patched columns, so they stay exact.
+pool, one numpy column per field.  Python's cost here is per call, not per frame (one numpy
+call costs about as much as parsing a third of a frame in Python), so the design counts calls.
+
+*The fast path.*  Most traffic is Ethernet + IPv4 without options or fragmentation + UDP or
+TCP (or Ethernet + IPv6 + UDP/TCP, no extension header), and for such a frame every field is a
+constant or sits at a fixed offset.  On its first column read, a batch checks in a handful of
+calls whether all its frames (the engine's rows start at the packets: one offset for all)
+have one of these layouts (:data:`_FAST_IPV4`, :data:`_FAST_IPV6`); if so, each column is a
+strided view of the rows at that offset, converted in a call or two.  A few frames off the
+layout (an ARP, a fragment, a short frame: up to ``_FAST_PATCH_LIMIT``) do not spoil the
+batch: the per-frame parser gives their fields, patched into the columns.
+
+*The general path* handles any batch: each stage (link layer, IP, transport, hash) is a fixed
+sequence of whole-batch numpy operations over all frames, with masks instead of branches.  The
+common cases (Ethernet with up to ``_BATCH_VLAN_TAGS`` tags, IPv4 with options, IPv6 with up
+to ``_BATCH_IPV6_EXT_HEADERS`` extension headers, every supported link type) are done in
+numpy, and the rare frames that need more (deep tag stacks, long extension chains) are handed
+to the per-frame parser and their columns patched in.  Later stages read the patched columns,
+so they stay exact.  (Running the general path on just the frames off the fast layout would
+not pay: its cost is its number of calls, nearly the same for 10 frames as for 256.)
+
+Either way every column equals the per-frame field for every frame, malformed and truncated
+ones included; the tests check it on random batches built around the fast path's edges.
 
 The flow hash
 -------------
 ``hash`` is symmetric (both directions of a flow hash alike) and defined exactly, so the
-numpy form matches the per-frame form bit for bit: with ``a, b`` the addresses as 32-bit words
-(IPv6: the XOR of its four words), ``p, q`` the ports (both 0 for any fragment, so every
-fragment of a datagram hashes alike, and when there are no ports) and ``k`` the IP protocol,
-``hash = murmur3_32(min(a,b), max(a,b), min(p,q) << 16 | max(p,q), k; seed 0)``.  Non-IP
-frames hash to 0.
+numpy form matches the per-frame form bit for bit.  Its inputs: ``a, b`` the addresses as
+32-bit words (IPv6: the XOR of its four big-endian words), ``p, q`` the ports (both 0 for any
+fragment, so every fragment of a datagram hashes alike, and when there are no ports) and ``k``
+the IP protocol.  With ``x, y = min(a, b), max(a, b)`` and ``m = min(p, q) << 16 | max(p, q)``,
+in arithmetic mod 2**64::
+
+    v = x * 0x9E3779B97F4A7C15 + y * 0xC2B2AE3D27D4EB4F + m * 0x165667B19E3779F9
+        + k * 0x27D4EB2F165667C5
+    v ^= v >> 29
+    v *= 0xBF58476D1CE4E5B9
+    hash = (v ^ v >> 32) & 0xFFFFFFFF
+
+Non-IP frames hash to 0.  A linear step, then half of splitmix64's finalizer: one Python
+expression per frame, about ten numpy calls per batch (MurmurHash3 over the same four words,
+its previous definition, took about 40).  The tests check its spread: ``hash % m`` is
+balanced for random and for sequential flows, and flipping any input bit flips each output
+bit about half the time.
 """
 
 from __future__ import annotations
@@ -58,7 +85,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Final
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 
@@ -178,6 +206,7 @@ _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 _U32LE = struct.Struct("<I")
+_U32X8 = struct.Struct("!8I")  # two IPv6 addresses as words
 
 # The fields the caller gives, and the fields the parser fills (``as_dict`` order).
 _GIVEN_FIELDS: Final = (
@@ -655,20 +684,15 @@ _HASH_K: Final = 0x27D4EB2F165667C5  # the IP protocol
 _HASH_MIX: Final = 0xBF58476D1CE4E5B9  # splitmix64's first finalizer multiplier
 
 
-def _address_word(address: bytes) -> int:
-    """The address as a big-endian u32; an IPv6 address as the XOR of its four."""
-    word = int.from_bytes(address, "big")
-    if len(address) == 16:
-        word ^= word >> 64  # the low 64 bits now hold (w0 ^ w2, w1 ^ w3)
-        word = (word ^ (word >> 32)) & _M32
-    return word
-
-
 def _flow_hash(skb: Skb) -> int:
     src, dst = skb.src, skb.dst
     if src is None or dst is None:
         return 0
-    a, b = _address_word(src), _address_word(dst)
+    if len(src) == 4:
+        a, b = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+    else:  # IPv6: the XOR of each address's four words
+        s0, s1, s2, s3, d0, d1, d2, d3 = _U32X8.unpack(src + dst)
+        a, b = s0 ^ s1 ^ s2 ^ s3, d0 ^ d1 ^ d2 ^ d3
     if a > b:
         a, b = b, a
     if skb.is_fragment:
@@ -702,11 +726,12 @@ _LINKTYPE_KINDS: Final = {
     LINKTYPE_IPV6: _KIND_IPV6,
 }
 _LINKTYPE_TABLE_SIZE: Final = 512  # linktypes at or above this (or negative) are "other"
-_KIND_OF_LINKTYPE = np.zeros(_LINKTYPE_TABLE_SIZE + 1, dtype=np.int64)  # [-1]: "other"
+_KIND_OF_LINKTYPE = np.zeros(_LINKTYPE_TABLE_SIZE + 1, dtype=np.int64)  # [512], [-1]: "other"
 for _lt, _kind in _LINKTYPE_KINDS.items():
     _KIND_OF_LINKTYPE[_lt] = _kind
 #                         other ETH SLL SLL2 NULL LOOP RAW IPV4 IPV6
-_LINK_HDR_LEN = np.array([0, 14, 16, 20, 4, 4, 1, 0, 0], dtype=np.int64)  # bytes needed
+_NEVER: Final = 1 << 40  # more bytes than any frame has
+_LINK_HDR_LEN = np.array([_NEVER, 14, 16, 20, 4, 4, 1, 0, 0], dtype=np.int64)  # bytes needed
 _LINK_PAYLOAD = np.array([0, 14, 16, 20, 4, 4, 0, 0, 0], dtype=np.int64)  # L3 offset
 _LINK_TYPE_POS = np.array([0, 12, 14, 0, 0, 0, 0, 0, 0], dtype=np.int64)  # u16 type field
 _LINK_FIXED_PROTO = np.array([0, 0, 0, 0, 0, 0, 0, ETH_P_IP, ETH_P_IPV6], dtype=np.int64)
@@ -731,6 +756,11 @@ _L4_HAS_PORTS = np.zeros(257, dtype=bool)
 for _proto, (_, _size, _ports) in _L4_HEADERS.items():
     _L4_SIZE[_proto + 1], _L4_HAS_PORTS[_proto + 1] = _size, _ports
 
+# Prebuilt: a dtype given as a string is parsed again on every .view() (a few tenths of a µs).
+_BE16: Final = np.dtype(">u2")
+_BE32: Final = np.dtype(">u4")
+_LE32: Final = np.dtype("<u4")
+
 # The u32 words of an IPv6 header's addresses: src at 8..20, dst at 24..36.
 _ADDRESS_WORDS = np.arange(8, 40, 4, dtype=np.int64)
 
@@ -747,33 +777,66 @@ class _FrameReader:
     strided source whole first, which for a pool-sized batch is megabytes per load.
     """
 
-    def __init__(self, rows: np.ndarray, offset: np.ndarray, length: np.ndarray) -> None:
+    def __init__(
+        self, rows: np.ndarray, offset: np.ndarray, length: np.ndarray, uniform: int | None
+    ) -> None:
         n, frame_size = rows.shape
+        # With one offset for every frame, a load at a fixed position is a strided view of
+        # the rows (one numpy call) rather than a gather (five).
+        self._rows = rows if uniform is not None and rows.strides[1] == 1 else None
+        self._uniform = uniform or 0
+        self._width = frame_size
         flat = np.ascontiguousarray(rows).reshape(-1)
         if flat.size < 4:  # too small for the u32 view; pad a copy (only degenerate pools)
             flat = np.concatenate([flat, np.zeros(4, dtype=np.uint8)])
         self.base = np.arange(n, dtype=np.int64) * frame_size + offset
         self.length = length
         self._u8 = flat
-        self._be16 = _unaligned_view(flat, ">u2")
-        self._be32 = _unaligned_view(flat, ">u4")
-        self._le32 = _unaligned_view(flat, "<u4")
+
+    # The unaligned views cost a microsecond each, and most batches need one or two.
+    @cached_property
+    def _be16(self) -> np.ndarray:
+        return _unaligned_view(self._u8, ">u2")
+
+    @cached_property
+    def _be32(self) -> np.ndarray:
+        return _unaligned_view(self._u8, ">u4")
+
+    @cached_property
+    def _le32(self) -> np.ndarray:
+        return _unaligned_view(self._u8, "<u4")
 
     def has(self, pos: np.ndarray | int, size: np.ndarray | int) -> np.ndarray:
         """Whether bytes ``pos .. pos+size`` of each frame were captured."""
         return pos + size <= self.length
 
     def u8(self, pos: np.ndarray | int) -> np.ndarray:
+        if type(pos) is int and self._fixed(pos, 1):
+            return self._fixed_load(pos, 1, np.uint8)
         return self._load(self._u8, pos)
 
     def u16(self, pos: np.ndarray | int) -> np.ndarray:
+        if type(pos) is int and self._fixed(pos, 2):
+            return self._fixed_load(pos, 2, _BE16)
         return self._load(self._be16, pos)
 
     def u32(self, pos: np.ndarray | int) -> np.ndarray:
+        if type(pos) is int and self._fixed(pos, 4):
+            return self._fixed_load(pos, 4, _BE32)
         return self._load(self._be32, pos)
 
     def u32le(self, pos: np.ndarray | int) -> np.ndarray:
+        if type(pos) is int and self._fixed(pos, 4):
+            return self._fixed_load(pos, 4, _LE32)
         return self._load(self._le32, pos)
+
+    def _fixed(self, pos: int, size: int) -> bool:
+        return self._rows is not None and pos >= 0 and self._uniform + pos + size <= self._width
+
+    def _fixed_load(self, pos: int, size: int, dtype: Any) -> np.ndarray:
+        assert self._rows is not None
+        start = self._uniform + pos
+        return self._rows[:, start : start + size].view(dtype)[:, 0].astype(np.int64)
 
     def u32_words(self, pos: np.ndarray, words: np.ndarray) -> np.ndarray:
         """``[n, len(words)]`` uint32: the u32 at ``pos[i] + words[j]`` of each frame i."""
@@ -795,13 +858,11 @@ def _unaligned_view(flat: np.ndarray, dtype: str) -> np.ndarray:
     return np.ndarray((flat.size - width + 1,), dtype=dtype, buffer=flat, strides=(1,))
 
 
-def _column(values: np.ndarray | int, n: int, dtype: Any, name: str) -> np.ndarray:
-    """``values`` as an ``[n]`` array of ``dtype`` (a scalar broadcasts)."""
+def _column(values: np.ndarray | int, n: int, dtype: Any) -> np.ndarray:
+    """``values`` (shape ``[n]``, or a scalar, which broadcasts) as an ``[n]`` ``dtype`` array."""
     array = np.asarray(values)
     if array.ndim == 0:
         return np.full(n, array, dtype=dtype)
-    if array.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), not {array.shape}")
     return array.astype(dtype, copy=False)
 
 
@@ -825,6 +886,91 @@ class _Column:
         return column
 
 
+class _Given:
+    """A per-frame argument of :class:`SkbBatch` as an int64 ``[n]`` column, made on first read.
+
+    The constructor keeps what the caller passed (often a uint16/uint32 field of a record
+    array, or a scalar); converting all eight eagerly cost a numpy call each on every batch,
+    and the fast path reads none of them.  The converted column is cached in the instance
+    ``__dict__``, which shadows this (non-data) descriptor: later reads are plain attribute
+    reads.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, batch: SkbBatch | None, owner: type | None = None) -> Any:
+        if batch is None:
+            return self
+        given = batch._given[self.name]
+        if given is None:  # wire_len not given: the captured length
+            batch.__dict__[self.name] = column = batch.length
+        else:
+            batch.__dict__[self.name] = column = _column(given, batch._n, np.int64)
+        return column
+
+
+class _Layout(NamedTuple):
+    """A frame layout whose every column the fast path reads at a fixed offset."""
+
+    protocol: int  #: the EtherType (protocol and l3_protocol)
+    version: int  #: ip_version
+    head_mask: np.uint64  #: which bits of bytes 8..16 (EtherType, IP version...) must be
+    head_value: np.uint64  #: what those bits must be
+    frag_mask: np.uint64 | None  #: bits of bytes 16..24 that must be 0 (IPv4 MF, offset)
+    proto_at: int  #: the IP protocol / next header byte
+    addresses_at: int  #: the source address, the destination right after it
+    transport_at: int  #: transport_offset, where the ports are
+    need: np.ndarray  #: [256] bytes a frame needs, by protocol (huge: not a fast protocol)
+    shortest: int  #: the fewest bytes any fast frame of this layout has
+
+
+def _bytes_as(dtype: Any, hex_bytes: str) -> Any:
+    """The ``dtype`` scalar whose bytes in memory are ``hex_bytes``: what a native-order view
+    of frame bytes holds where the frame has those bytes, whatever the host's byte order.
+    (Native views: a big-endian view makes every numpy call on it byte-swap, and slower.)"""
+    return np.frombuffer(bytes.fromhex(hex_bytes), dtype=dtype)[0]
+
+
+def _layout_need(transport_at: int) -> np.ndarray:
+    need = np.full(256, _NEVER, dtype=np.int64)
+    need[_IPPROTO_UDP] = transport_at + 8
+    need[_IPPROTO_TCP] = transport_at + 20
+    return need
+
+
+# Ethernet (no tag), IPv4 with IHL 5, neither MF nor a fragment offset (DF is fine), UDP/TCP.
+_FAST_IPV4: Final = _Layout(
+    protocol=ETH_P_IP,
+    version=4,
+    head_mask=_bytes_as(np.uint64, "00000000 ffff ff 00"),  # EtherType, version and IHL
+    head_value=_bytes_as(np.uint64, "00000000 0800 45 00"),
+    frag_mask=_bytes_as(np.uint64, "0000 0000 3fff 0000"),  # MF and the fragment offset
+    proto_at=14 + 9,
+    addresses_at=14 + 12,
+    transport_at=14 + 20,
+    need=_layout_need(14 + 20),
+    shortest=14 + 20 + 8,
+)
+# Ethernet (no tag), IPv6 whose next header is UDP/TCP (no extension header).
+_FAST_IPV6: Final = _Layout(
+    protocol=ETH_P_IPV6,
+    version=6,
+    head_mask=_bytes_as(np.uint64, "00000000 ffff f0 00"),  # EtherType and version
+    head_value=_bytes_as(np.uint64, "00000000 86dd 60 00"),
+    frag_mask=None,
+    proto_at=14 + 6,
+    addresses_at=14 + 8,
+    transport_at=14 + 40,
+    need=_layout_need(14 + 40),
+    shortest=14 + 40 + 8,
+)
+# A batch with at most this many frames off the layout still takes the fast path, and those
+# frames get the per-frame parser's fields.  Measured (benchmarks/bench_skb.py): a patched
+# frame costs about 10 µs, the general path 100-200 µs more than the fast one.
+_FAST_PATCH_LIMIT: Final = 8
+
+
 class SkbBatch:
     """The skb fields of a batch of frames, one numpy column per field.
 
@@ -833,7 +979,9 @@ class SkbBatch:
     range are never read.  The per-frame metadata arrays may be scalars, which broadcast.
 
     Columns are computed on first read and cached; each equals, for every frame, the field
-    of the same name of ``self.skb(i)``, malformed frames included.
+    of the same name of ``self.skb(i)``, malformed frames included.  The given arguments are
+    attributes too (``offset``, ``length``, ``wire_len``, ``linktype``, ``ifindex``,
+    ``rx_queue``, ``ts_ns``, ``index``), as int64 ``[n]`` columns made on first read.
     """
 
     COLUMNS: Final = (
@@ -864,6 +1012,15 @@ class SkbBatch:
     depth = _Column("_transport_stage", "uint8: Skb.depth, a ParseDepth value")
     hash = _Column("_hash_stage", "uint32: Skb.hash")
 
+    offset = _Given()
+    length = _Given()
+    wire_len = _Given()
+    linktype = _Given()
+    ifindex = _Given()
+    rx_queue = _Given()
+    ts_ns = _Given()
+    index = _Given()
+
     def __init__(
         self,
         rows: np.ndarray,
@@ -881,66 +1038,256 @@ class SkbBatch:
             raise ValueError("rows must be a 2-D uint8 array")
         n, frame_size = rows.shape
         self.rows = rows
-        self.offset = _column(offset, n, np.int64, "offset")
-        self.length = _column(length, n, np.int64, "length")
-        if n and (self.offset.min() < 0 or self.length.min() < 0):
-            raise ValueError("offset and length must be >= 0")
-        if n and (self.offset + self.length).max() > frame_size:
-            raise ValueError(f"offset + length must be <= frame size {frame_size}")
-        self.wire_len = (
-            self.length if wire_len is None else _column(wire_len, n, np.int64, "wire_len")
-        )
-        self.linktype = _column(linktype, n, np.int64, "linktype")
-        self.ifindex = _column(ifindex, n, np.int64, "ifindex")
-        self.rx_queue = _column(rx_queue, n, np.int64, "rx_queue")
-        self.ts_ns = _column(ts_ns, n, np.int64, "ts_ns")
-        self.index = _column(index, n, np.int64, "index")
+        self._n = n
+        # What the caller gave, as given (see _Given); only the shapes are checked now.
+        given: dict[str, Any] = {
+            "offset": np.asarray(offset),
+            "length": np.asarray(length),
+            "wire_len": wire_len,
+            "linktype": linktype,
+            "ifindex": ifindex,
+            "rx_queue": rx_queue,
+            "ts_ns": ts_ns,
+            "index": index,
+        }
+        for name, value in given.items():
+            if type(value) is not np.ndarray:
+                if value is None or type(value) is int:
+                    continue
+                given[name] = value = np.asarray(value)
+            if value.ndim and value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), not {value.shape}")
+        self._given = given
         self._cols: dict[str, np.ndarray] = {}
         self._reader: _FrameReader | None = None
+        self._skbs: dict[int, Skb] = {}
+        self._layout: _Layout | None = None
+        self._odd: list[int] = []  # frames off the fast path's layout, patched per frame
+        self._classified = False
+        # Checking offset + length <= frame size costs a numpy call or two whatever the
+        # batch; the same reductions tell the fast path whether the offset is uniform (the
+        # engine's rows start at the packets: offset 0).
+        self._uniform_offset: int | None = None
+        self._ethernet: bool | None = None  # every frame's link type is Ethernet
+        if n:
+            self._check_bounds(given["offset"], given["length"], frame_size)
+
+    def _check_bounds(self, offset: np.ndarray, length: np.ndarray, frame_size: int) -> None:
+        # np.count_nonzero and ufunc.reduce: a.any() and a.max() add a Python wrapper each.
+        if offset.dtype.kind not in "iu" or length.dtype.kind not in "iu":
+            offset, length = self.offset, self.length  # as int64: floats, bools, objects
+        if offset.ndim == 0:
+            low = high = int(offset)
+        elif not np.count_nonzero(offset):  # the engine's rows start at the packets
+            low = high = 0
+        else:
+            low, high = int(np.minimum.reduce(offset)), int(np.maximum.reduce(offset))
+        if low < 0 or (length.dtype.kind == "i" and np.minimum.reduce(length, axis=None) < 0):
+            raise ValueError("offset and length must be >= 0")
+        if low == high:
+            end = low + int(np.maximum.reduce(length, axis=None))
+            self._uniform_offset = low
+        else:
+            end = int(np.maximum.reduce(self.offset + self.length))
+        if end > frame_size:
+            raise ValueError(f"offset + length must be <= frame size {frame_size}")
 
     def __len__(self) -> int:
-        return len(self.offset)
+        return self._n
 
     def data(self, i: int) -> memoryview:
         """The captured bytes of frame ``i`` (a view into ``rows``)."""
-        start = int(self.offset[i])
-        return self.rows[i, start : start + int(self.length[i])].data
+        start = self._given_at("offset", i)
+        return self.rows[i, start : start + self._given_at("length", i)].data
 
     def skb(self, i: int) -> Skb:
         """Frame ``i`` as an :class:`Skb` (its ``data`` is a view into ``rows``)."""
+        at = self._given_at
         return Skb(
             self.data(i),
-            wire_len=int(self.wire_len[i]),
-            linktype=int(self.linktype[i]),
-            ifindex=int(self.ifindex[i]),
-            rx_queue=int(self.rx_queue[i]),
-            ts_ns=int(self.ts_ns[i]),
-            index=int(self.index[i]),
+            wire_len=at("wire_len", i),
+            linktype=at("linktype", i),
+            ifindex=at("ifindex", i),
+            rx_queue=at("rx_queue", i),
+            ts_ns=at("ts_ns", i),
+            index=at("index", i),
         )
+
+    def _given_at(self, name: str, i: int) -> int:
+        """``int(getattr(self, name)[i])`` without making the column (see _Given)."""
+        given = self._given[name]
+        if given is None:
+            given = self._given["length"]  # wire_len
+        if not isinstance(given, np.ndarray) or given.ndim == 0:
+            return int(given)
+        return int(given[i])
 
     def _read(self) -> _FrameReader:
         if self._reader is None:
-            self._reader = _FrameReader(self.rows, self.offset, self.length)
+            self._reader = _FrameReader(self.rows, self.offset, self.length, self._uniform_offset)
         return self._reader
 
-    def _patch(self, slow: np.ndarray, names: tuple[str, ...]) -> None:
-        """Overwrite columns ``names`` of the ``slow`` frames with the per-frame parser's."""
-        for i in np.flatnonzero(slow).tolist():
-            skb = self.skb(i)
+    def _patch(self, frames: list[int], names: tuple[str, ...]) -> None:
+        """Overwrite columns ``names`` of ``frames`` with the per-frame parser's fields."""
+        for i in frames:
+            skb = self._skbs.get(i)
+            if skb is None:  # the parsed fields depend on the bytes and link type only
+                linktype = self._given_at("linktype", i)
+                skb = self._skbs[i] = Skb(self.data(i), linktype=linktype)
             for name in names:
                 self._cols[name][i] = getattr(skb, name)
 
-    # --- stages: each mirrors a per-frame parser stage, on every frame at once -----------------
+    # --- the fast path: every frame (but a few) has one layout --------------------------------
+    #
+    # Ethernet/IPv4/UDP-or-TCP without options or fragmentation (or Ethernet/IPv6/UDP-or-TCP
+    # without extension headers) is most traffic.  For a batch of those, every column is a
+    # constant or a fixed-offset read: one strided view of the rows per field (no gather, no
+    # copy), and a numpy call or two per column instead of the general stages' dozens.
+
+    def _fast_layout(self) -> _Layout | None:
+        """The layout every frame but ``self._odd`` has, or None for the general path.
+
+        The first call decides, in a handful of numpy calls that stop at the first
+        disqualifying finding; later calls return the decision.
+        """
+        if not self._classified:
+            self._classified = True
+            self._layout = self._classify()
+        return self._layout
+
+    def _classify(self) -> _Layout | None:
+        rows, o = self.rows, self._uniform_offset
+        if o is None or rows.strides[1] != 1:  # also: the empty batch (no offset)
+            return None
+        width = rows.shape[1] - o  # no frame is longer
+        if width < _FAST_IPV4.shortest:
+            return None
+        # Guess the layout from the first frame's EtherType (or, if neither, the last's).
+        layout = _FAST_IPV4
+        if width >= _FAST_IPV6.shortest:
+            first = rows[0, o + 12]
+            if first != ETH_P_IP >> 8 and first != ETH_P_IPV6 >> 8:
+                first = rows[-1, o + 12]
+            if first == ETH_P_IPV6 >> 8:
+                layout = _FAST_IPV6
+        if width < layout.shortest:
+            return None
+        # The link type, then bytes 12..15 (and IPv4's 20..22) of every frame against the
+        # layout's, through u64 views of bytes 8..24 (aligned in the engine's rows) taken 1-D
+        # (numpy runs 2-D ones with the short axis innermost, several times slower), then
+        # the protocol and length.  Each finding is counted
+        # (np.count_nonzero costs a fraction of a ufunc call), and only a batch with some
+        # frames off the layout pays for combining them.
+        linktype = self._given["linktype"]
+        other: Any = False
+        if np.ndim(linktype) == 0:
+            if linktype != LINKTYPE_ETHERNET:
+                return None
+            count = 0
+        else:
+            other = linktype != LINKTYPE_ETHERNET
+            count = np.count_nonzero(other)
+            self._ethernet = not count
+        head = rows[:, o + 8 : o + 24].view(np.uint64)
+        wrong = head[:, 0] & layout.head_mask
+        wrong ^= layout.head_value
+        if layout.frag_mask is not None:
+            wrong |= head[:, 1] & layout.frag_mask
+        count += np.count_nonzero(wrong)
+        if count > _FAST_PATCH_LIMIT:  # mixed traffic usually stops here
+            return None
+        short = layout.need.take(rows[:, o + layout.proto_at]) > self._given["length"]
+        count += np.count_nonzero(short)
+        if count:
+            self._odd = np.flatnonzero((wrong != 0) | short | other).tolist()
+            if len(self._odd) > _FAST_PATCH_LIMIT:
+                return None
+        return layout
+
+    def _fast_view(self, at: int, size: int, dtype: Any) -> np.ndarray:
+        """``[n, size // itemsize]``: bytes ``at .. at+size`` of every frame, as ``dtype``."""
+        o = self._uniform_offset
+        assert o is not None  # Invariant: the fast path only runs with a uniform offset
+        return self.rows[:, o + at : o + at + size].view(dtype)
+
+    def _fast_byte(self, at: int) -> np.ndarray:
+        """``[n]``: byte ``at`` of every frame."""
+        o = self._uniform_offset
+        assert o is not None
+        return self.rows[:, o + at]
+
+    def _fast_link(self, layout: _Layout) -> None:
+        n = self._n
+        protocol = np.full(n, layout.protocol, dtype=np.uint16)
+        self._cols.update(
+            protocol=protocol,
+            l3_protocol=protocol.copy(),
+            vlan_count=np.zeros(n, dtype=np.uint8),
+            network_offset=np.full(n, 14, dtype=np.int32),
+        )
+        self._patch(self._odd, ("protocol", "l3_protocol", "vlan_count", "network_offset"))
+
+    def _fast_ip(self, layout: _Layout) -> None:
+        n = self._n
+        self._cols.update(
+            ip_version=np.full(n, layout.version, dtype=np.uint8),
+            ip_proto=self._fast_byte(layout.proto_at).astype(np.int16),
+            is_fragment=np.zeros(n, dtype=bool),
+            transport_offset=np.full(n, layout.transport_at, dtype=np.int32),
+        )
+        self._patch(self._odd, ("ip_version", "ip_proto", "is_fragment", "transport_offset"))
+
+    def _fast_transport(self, layout: _Layout) -> None:
+        ports = self._fast_view(layout.transport_at, 4, _BE16)
+        self._cols.update(
+            sport=ports[:, 0].astype(np.uint16),
+            dport=ports[:, 1].astype(np.uint16),
+            depth=np.full(self._n, _L4, dtype=np.uint8),
+        )
+        self._patch(self._odd, ("sport", "dport", "depth"))
+
+    def _fast_hash(self, layout: _Layout) -> None:
+        if layout.version == 4:
+            addresses = self._fast_view(layout.addresses_at, 8, _BE32).T
+        else:
+            # The XOR of each address's four words.  XOR works on bytes, so it runs on native
+            # views: each address's two u64 halves, then the result's two u32 halves; the
+            # bytes left are the XOR's big-endian bytes.
+            halves = self._fast_view(layout.addresses_at, 32, np.uint64)
+            folded = np.empty((2, self._n), dtype=np.uint64)
+            np.bitwise_xor(halves[:, 0::2].T, halves[:, 1::2].T, out=folded)
+            words = folded.view(np.uint32).reshape(2, self._n, 2)
+            addresses = (words[:, :, 0] ^ words[:, :, 1]).view(_BE32)
+        self._cols["hash"] = _flow_hash_np(
+            addresses,
+            self._fast_view(layout.transport_at, 4, _BE16).T,
+            self._fast_byte(layout.proto_at),
+        )
+        self._patch(self._odd, ("hash",))
+
+    # --- the general path: each stage mirrors a per-frame parser stage, on every frame -------
     #
     # Work for a link type, header or tag depth that no frame of the batch has is skipped: the
     # cost is per numpy call, and most batches hold one link type and few tags.
 
     def _link_stage(self) -> None:
         """protocol, l3_protocol, vlan_count, network_offset (and the private _link_ok)."""
-        rd, lt = self._read(), self.linktype
-        kind = _KIND_OF_LINKTYPE[np.where((lt >= 0) & (lt < _LINKTYPE_TABLE_SIZE), lt, -1)]
+        layout = self._fast_layout()
+        if layout is not None:
+            self._fast_link(layout)
+            return
+        rd = self._read()
+        if self._all_ethernet():  # most batches: a dozen numpy calls fewer
+            link_ok = rd.has(0, 14)
+            proto = rd.u16(12)
+            length_field = proto < _ETH_P_802_3_MIN
+            if length_field.any():
+                proto = np.where(length_field, self._llc_protocol(14), proto)
+            self._link_finish(proto, 14, link_ok)
+            return
+        kind = self._link_kind()
         present = np.bincount(kind, minlength=_KIND_COUNT).tolist()
-        link_ok = (kind != _KIND_OTHER) & rd.has(0, _LINK_HDR_LEN[kind])
+        link_ok = rd.has(0, _LINK_HDR_LEN[kind])
         proto = _LINK_FIXED_PROTO[kind]
         if present[_KIND_ETH] or present[_KIND_SLL] or present[_KIND_SLL2]:
             type16 = rd.u16(_LINK_TYPE_POS[kind])
@@ -955,8 +1302,13 @@ class SkbBatch:
             proto = np.where(is_family, _FAMILY_PROTO[np.minimum(family, 31)], proto)
         if present[_KIND_RAW]:
             proto = np.where(kind == _KIND_RAW, _RAW_VERSION_PROTO[rd.u8(0) >> 4], proto)
+        self._link_finish(proto, _LINK_PAYLOAD[kind], link_ok)
+
+    def _link_finish(self, proto: np.ndarray, payload: Any, link_ok: np.ndarray) -> None:
+        """The VLAN walk and the link stage's columns, from each frame's link protocol and
+        payload offset (meaningless where not ``link_ok``)."""
         proto = np.where(link_ok, proto, 0)
-        l3, off, tags, bad_tags, slow = self._walk_vlans(proto, _LINK_PAYLOAD[kind], link_ok)
+        l3, off, tags, bad_tags, slow = self._walk_vlans(proto, payload, link_ok)
         self._cols.update(
             protocol=proto.astype(np.uint16),
             l3_protocol=l3.astype(np.uint16),
@@ -964,7 +1316,28 @@ class SkbBatch:
             network_offset=np.where(link_ok & ~bad_tags, off, -1).astype(np.int32),
             _link_ok=link_ok,
         )
-        self._patch(slow, ("l3_protocol", "vlan_count", "network_offset"))
+        self._patch(np.flatnonzero(slow).tolist(), ("l3_protocol", "vlan_count", "network_offset"))
+
+    def _all_ethernet(self) -> bool:
+        """Whether every frame's link type is Ethernet (_classify may have found out)."""
+        if self._ethernet is None:
+            linktype = self._given["linktype"]
+            if np.ndim(linktype) == 0:
+                self._ethernet = bool(linktype == LINKTYPE_ETHERNET)
+            else:
+                self._ethernet = not np.count_nonzero(linktype != LINKTYPE_ETHERNET)
+        return self._ethernet
+
+    def _link_kind(self) -> np.ndarray:
+        """Each frame's link type as a _KIND_*."""
+        linktype = self._given["linktype"]
+        if np.ndim(linktype) == 0:
+            known = 0 <= linktype < _LINKTYPE_TABLE_SIZE
+            return np.full(self._n, _KIND_OF_LINKTYPE[int(linktype) if known else -1])
+        if linktype.dtype.kind == "u":  # the engine's: one call fewer
+            return _KIND_OF_LINKTYPE[np.minimum(linktype, _LINKTYPE_TABLE_SIZE)]
+        lt = self.linktype
+        return _KIND_OF_LINKTYPE[np.where((lt >= 0) & (lt < _LINKTYPE_TABLE_SIZE), lt, -1)]
 
     def _llc_protocol(self, pos: np.ndarray | int) -> np.ndarray:
         rd = self._read()
@@ -996,6 +1369,10 @@ class SkbBatch:
 
     def _ip_stage(self) -> None:
         """ip_version, ip_proto, is_fragment, transport_offset."""
+        layout = self._fast_layout()
+        if layout is not None:
+            self._fast_ip(layout)
+            return
         rd = self._read()
         off = self.network_offset.astype(np.int64)
         l3 = self.l3_protocol
@@ -1026,7 +1403,8 @@ class SkbBatch:
             transport_offset=transport.astype(np.int32),
         )
         if slow is not None:
-            self._patch(slow, ("ip_proto", "is_fragment", "transport_offset"))
+            frames = np.flatnonzero(slow).tolist()
+            self._patch(frames, ("ip_proto", "is_fragment", "transport_offset"))
 
     def _walk_ipv6_ext(
         self, nexthdr: np.ndarray, pos: np.ndarray, v6: np.ndarray
@@ -1054,6 +1432,10 @@ class SkbBatch:
 
     def _transport_stage(self) -> None:
         """sport, dport, depth."""
+        layout = self._fast_layout()
+        if layout is not None:
+            self._fast_transport(layout)
+            return
         rd = self._read()
         thoff = self.transport_offset.astype(np.int64)
         row = self.ip_proto.astype(np.int64) + 1
@@ -1071,33 +1453,60 @@ class SkbBatch:
 
     def _hash_stage(self) -> None:
         """hash; see the module docstring for its definition."""
+        layout = self._fast_layout()
+        if layout is not None:
+            self._fast_hash(layout)
+            return
         rd = self._read()
         version = self.ip_version
         words = rd.u32_words(self.network_offset.astype(np.int64), _ADDRESS_WORDS)
-        v6_words = np.bitwise_xor.reduce(words.reshape(len(self), 2, 4), axis=2)
-        a = np.where(version == 6, v6_words[:, 0], words[:, 1])  # IPv4 src is at +12: word 1
-        b = np.where(version == 6, v6_words[:, 1], words[:, 2])  # IPv4 dst is at +16: word 2
-        ports = np.stack([self.sport, self.dport]).astype(np.uint32)
-        ports[:, self.is_fragment] = 0
-        p, q = ports.min(axis=0), ports.max(axis=0)
-        keys = np.stack([np.minimum(a, b), np.maximum(a, b), (p << 16) | q, self.ip_proto])
-        hashes = _murmur3_words_np(keys.astype(np.uint32))
+        pairs = words[:, 0::2] ^ words[:, 1::2]  # IPv6: (s0^s1, s2^s3, d0^d1, d2^d3)
+        v6_words = pairs[:, 0::2] ^ pairs[:, 1::2]
+        # (a, b): IPv6 the words' XORs; IPv4 src is at +12, dst at +16: words 1 and 2.
+        addresses = np.where(version == 6, v6_words.T, words[:, 1:3].T)
+        ports = np.stack([self.sport, self.dport])
+        fragment = self.is_fragment
+        if fragment.any():
+            ports[:, fragment] = 0
+        hashes = _flow_hash_np(addresses, ports, self.ip_proto)
         self._cols["hash"] = np.where(version > 0, hashes, 0).astype(np.uint32)
 
 
-def _murmur3_words_np(words: np.ndarray) -> np.ndarray:
-    """:func:`_murmur3_words` of each column of a ``[4, n]`` uint32 array (uint32 wraps)."""
-    k = words * np.uint32(_C1)
-    k = (k << np.uint32(15)) | (k >> np.uint32(17))
-    k *= np.uint32(_C2)
-    h = np.zeros(words.shape[1], dtype=np.uint32)
-    for row in k:
-        h ^= row
-        h = (h << np.uint32(13)) | (h >> np.uint32(19))
-        h = h * np.uint32(5) + np.uint32(0xE6546B64)
-    h ^= np.uint32(16)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+# The multipliers of the rows of _flow_hash_np's ``keys``: min(a, b), min(p, q), a, b, p, q, k.
+# The linear step x * X + y * Y + m * M + k * K, with x = min(a, b), y = max(a, b) = a + b - x,
+# m = min(p, q) << 16 | max(p, q) = 65535 * min(p, q) + p + q, is this product: one minimum
+# per pair, no maximum.
+_HASH_COEFFICIENTS = np.array(
+    [
+        (_HASH_X - _HASH_Y) & _M64,
+        (_HASH_M * 0xFFFF) & _M64,
+        _HASH_Y,
+        _HASH_Y,
+        _HASH_M,
+        _HASH_M,
+        _HASH_K,
+    ],
+    dtype=np.uint64,
+)
+
+
+def _flow_hash_np(addresses: np.ndarray, ports: np.ndarray, proto: np.ndarray) -> np.ndarray:
+    """:func:`_flow_hash` of columns: ``addresses`` is ``[2, n]`` (a, b), ``ports`` ``[2, n]``
+    (p, q; 0 for fragments), ``proto`` ``[n]``, of any integer dtypes, byte orders and
+    strides.  Returns uint32 ``[n]``.
+
+    Nine numpy calls.  The inputs are first copied into rows of one uint64 array: ufuncs run
+    several times faster on native, contiguous rows than on big-endian strided views, and
+    one row-wise minimum then does both pairs.  The linear step is one matrix product
+    (uint64 arithmetic wraps: the mod 2**64 wanted).
+    """
+    keys = np.empty((7, proto.shape[0]), dtype=np.uint64)
+    keys[2:4] = addresses
+    keys[4:6] = ports
+    np.minimum(keys[2:6:2], keys[3:6:2], out=keys[0:2])
+    keys[6] = proto
+    v = _HASH_COEFFICIENTS @ keys
+    v ^= v >> np.uint64(29)
+    v *= np.uint64(_HASH_MIX)
+    halves = v.view(np.uint32)  # (low, high) words: their XOR is (v ^ v >> 32) & 0xFFFFFFFF
+    return halves[0::2] ^ halves[1::2]
