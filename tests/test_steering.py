@@ -32,7 +32,7 @@ from cpumap.generator import Flow, Generator, read_stamp
 from cpumap.packets import PacketBatch
 from cpumap.program import NO_KEY, XdpBatch, XdpContext
 from cpumap.steering import MODES, L4Filter, L4Hash, L4Proto, RoundRobin, make_program
-from cpumap.xdp_parse import INITVAL, superfasthash4, superfasthash4_np
+from cpumap.xdp_parse import ETH_HLEN, INITVAL, superfasthash4, superfasthash4_np
 
 MAX_ENTRIES = 4
 POOL_FRAMES = 64
@@ -376,6 +376,8 @@ def test_make_program_and_option_errors(bench: Bench) -> None:
         L4Proto(bench.cmap, [0], non_ip_index=-1)
     prog = make_program("l4-hash", bench.cmap, [0, 1], vectorized=False)
     assert isinstance(prog, L4Hash) and not prog.vectorized and prog.symmetric
+    symmetric = {mode for mode, cls in MODES.items() if cls.symmetric}
+    assert symmetric == {"no-touch", "touch", "l4-proto", "l4-filter", "l4-hash"}
     assert "l4-hash" in repr(prog)
 
 
@@ -454,6 +456,60 @@ def test_per_frame_and_vectorized_forms_agree(
                 assert per.position == vec.position
     finally:
         table.close()
+
+
+@st.composite
+def uniform_batch(draw: st.DrawFn) -> list[bytes]:
+    """Frames that all take the vectorized fast paths' first test (untagged, one IP
+    version, at least an Ethernet header), varied inside: IHL, fragments, protocols,
+    truncation -- so the shortcuts are checked against the per-frame form too."""
+    v6 = draw(st.booleans())
+    out = []
+    for _ in range(draw(st.integers(1, 24))):
+        proto = draw(st.sampled_from([6, 17, 17, 1, 58, 0]))
+        sport, dport = draw(PORTS), draw(PORTS)
+        l4 = tcp(sport, dport) if proto == 6 else udp(sport, dport)
+        if v6:
+            frame = eth(0x86DD) + ipv6(proto, l4, src=str(draw(st.ip_addresses(v=6))))
+        else:
+            ihl = draw(st.sampled_from([5, 5, 5, 6, 4, 15]))
+            frag = draw(st.sampled_from([0, 0, 0x4000, 0x2000, 0x0003]))
+            src = str(draw(st.ip_addresses(v=4)))
+            frame = eth(0x0800) + ipv4(proto, l4, src=src, ihl=ihl, frag=frag)
+        if draw(st.integers(0, 3)) == 0:
+            frame = frame[: draw(st.integers(ETH_HLEN, len(frame)))]
+        out.append(frame)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=uniform_batch(), cpus=st.lists(st.integers(0, MAX_ENTRIES), max_size=4))
+def test_forms_agree_on_uniform_batches(bench: Bench, frames: list[bytes], cpus) -> None:
+    table = CpuTable(4, cpus)
+    try:
+        for mode, options in MODE_OPTIONS:
+            bench.both(lambda m=mode, o=options: make_program(m, bench.cmap, table, **o), frames)
+    finally:
+        table.close()
+
+
+def test_small_frames_take_the_gather_path_with_the_same_answers() -> None:
+    """Frames holding fewer than the 102 bytes the vectorized forms read: bytes_at gathers
+    (and clips at the pool's end) instead of slicing a view; the answers do not change."""
+    bench = Bench()
+    bench.pool.close()
+    bench.pool = FramePool(8, frame_size=128, headroom=64)  # 64 bytes of packet per frame
+    bench.ctx = XdpContext(bench.pool)
+    try:
+        frames = [
+            eth(0x0800, (0x8100, 1), (0x88A8, 2)) + ipv4(17, udp(5, 9)),
+            eth(0x86DD) + ipv6(6, tcp(1, 2)),
+            eth(0x0800) + ipv4(6, tcp(3, 4), ihl=8),
+        ]
+        for mode, options in MODE_OPTIONS:
+            bench.both(lambda m=mode, o=options: make_program(m, bench.cmap, [0, 1], **o), frames)
+    finally:
+        bench.close()
 
 
 @settings(max_examples=100, deadline=None)

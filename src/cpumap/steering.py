@@ -120,10 +120,15 @@ class Steering:
     it; both forms abort CPUs >= its ``max_entries``).  ``table``: a :class:`CpuTable`,
     or a sequence of CPUs for a fixed table.  ``vectorized``: which form calling the
     object runs (the attribute the engine reads).
+
+    Concurrency: one object per RX producer (a forked producer has its own copy); the
+    table may be set by anyone at any time (cpu_table.py).  The object caches what it
+    derived from the table's current generation, so two threads must not share one.
     """
 
     mode: ClassVar[str] = ""
-    symmetric: ClassVar[bool] = False  # both directions of a flow go to one CPU
+    # Every frame of a conversation, both directions, gets one index (for a given table).
+    symmetric: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -263,6 +268,7 @@ class RoundRobin(Steering):
     """
 
     mode = "round-robin"
+    symmetric = False
 
     def __init__(
         self,
@@ -404,7 +410,8 @@ class L4Proto(Steering):
 class L4Filter(L4Proto):
     """``l4-filter``: ``l4-proto``, and UDP datagrams to one of ``drop_ports`` (default
     9, pktgen's discard port) are DROPped, over IPv4 and -- unless ``filter_ipv6`` is
-    false -- IPv6 (xdp-tools: IPv4 only).  Ports as :func:`ports` reads them."""
+    false -- IPv6 (xdp-tools: IPv4 only).  Ports as :func:`cpumap.xdp_parse.ports` reads
+    them."""
 
     mode = "l4-filter"
 
@@ -482,7 +489,6 @@ class L4Hash(Steering):
     together.  Non-IP frames and cut IP headers hash to 0."""
 
     mode = "l4-hash"
-    symmetric = True
 
     def frame(self, ctx: XdpContext) -> int:
         snap = self._read()

@@ -44,11 +44,24 @@ from .packets import LINKTYPE_ETHERNET
 from .program import XdpBatch
 
 __all__ = [
+    "BE16",
+    "ETH_HLEN",
+    "ETH_P_802_3_MIN",
+    "ETH_P_8021AD",
+    "ETH_P_8021Q",
+    "ETH_P_IP",
+    "ETH_P_IPV6",
     "INITVAL",
+    "IPPROTO_ICMP",
+    "IPPROTO_ICMPV6",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
     "IPV4",
     "IPV6",
     "OTHER",
     "SKIPPED",
+    "U32",
+    "Buffer",
     "Link",
     "flow_hash",
     "flow_hash_np",
@@ -62,6 +75,8 @@ __all__ = [
     "superfasthash4",
     "superfasthash4_np",
 ]
+
+Buffer = bytes | bytearray | memoryview  # a frame's bytes, per frame
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -143,7 +158,7 @@ _SFH_TAIL = (
 
 
 # -- per-frame parsing (the sample's helpers) -----------------------------------------------
-def parse_eth(data: memoryview, n: int) -> tuple[int, int]:
+def parse_eth(data: Buffer, n: int) -> tuple[int, int]:
     """``parse_eth``: (EtherType after at most two tags, L3 offset), or (-1, 0) when the
     frame is skipped (too short, 802.3 length, cut inside a tag)."""
     if n < ETH_HLEN:
@@ -162,7 +177,7 @@ def parse_eth(data: memoryview, n: int) -> tuple[int, int]:
     return et, off
 
 
-def ip_proto(data: memoryview, n: int, et: int, l3: int) -> int:
+def ip_proto(data: Buffer, n: int, et: int, l3: int) -> int:
     """The IP protocol (0 for a cut IP header), or -1 when not IP."""
     if et == ETH_P_IP:
         return data[l3 + 9] if n >= l3 + 20 else 0
@@ -171,7 +186,7 @@ def ip_proto(data: memoryview, n: int, et: int, l3: int) -> int:
     return -1
 
 
-def ports(data: memoryview, n: int, et: int, l3: int) -> tuple[int, int]:
+def ports(data: Buffer, n: int, et: int, l3: int) -> tuple[int, int]:
     """(source, destination) TCP/UDP port, (0, 0) when there is none: not TCP/UDP, an IPv4
     fragment (any: every fragment of a datagram alike), a bad IHL, or a cut header."""
     if et == ETH_P_IP:
@@ -200,7 +215,7 @@ def ports(data: memoryview, n: int, et: int, l3: int) -> tuple[int, int]:
     return data[l4] << 8 | data[l4 + 1], data[l4 + 2] << 8 | data[l4 + 3]
 
 
-def flow_hash(data: memoryview, n: int, et: int, l3: int) -> int:
+def flow_hash(data: Buffer, n: int, et: int, l3: int) -> int:
     """``get_ipv4_hash_ip_pair`` / ``get_ipv6_hash_ip_pair``; 0 for non-IP."""
     if et == ETH_P_IP:
         if n < l3 + 20:
@@ -334,25 +349,32 @@ def ip_np(link: Link) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def ports_np(link: Link) -> tuple[np.ndarray, np.ndarray]:
     """(source, destination) ports as uint32 columns; 0 where :func:`ports` says 0."""
     l3 = link.l3
-    ihl = (l3[:, 0] & 0x0F).astype(np.int64) << 2
-    unfragmented = ((l3[:, 6] & 0x3F) | l3[:, 7]) == 0
-    if link.only == IPV4:
-        proto = l3[:, 9]
-        has = (ihl >= 20) & unfragmented
-        l4 = ihl
-    elif link.only == IPV6:
-        proto = l3[:, 6]
-        has = np.ones(len(ihl), dtype=bool)
-        l4 = np.full(len(ihl), 40, dtype=np.int64)
+    unfragmented = (l3[:, 6:8].view(BE16)[:, 0] & 0x3FFF) == 0  # MF clear, offset 0
+    if link.only == IPV4 and _all(l3[:, 0], 0x45):  # the usual batch: no IPv4 options
+        at = 20
+        has = unfragmented
+        need = _L4_NEED[l3[:, 9]]
+        has &= need <= link.l3len - at
     else:
-        v4 = link.of(IPV4)
-        proto = np.where(v4, l3[:, 9], l3[:, 6])
-        has = (v4 & (ihl >= 20) & unfragmented) | link.of(IPV6)
-        l4 = np.where(v4, ihl, 40)
-    has &= l4 + _L4_NEED[proto] <= link.l3len
-    lo, hi = int(l4.min()), int(l4.max())
-    if lo == hi:  # one header length (all IPv4 without options, or all IPv6): a view
-        words = l3[:, lo : lo + 4].view(BE16)
+        ihl = (l3[:, 0] & 0x0F).astype(np.int64) << 2
+        if link.only == IPV4:
+            proto = l3[:, 9]
+            has = (ihl >= 20) & unfragmented
+            l4 = ihl
+        elif link.only == IPV6:
+            proto = l3[:, 6]
+            has = np.ones(len(ihl), dtype=bool)
+            l4 = np.full(len(ihl), 40, dtype=np.int64)
+        else:
+            v4 = link.of(IPV4)
+            proto = np.where(v4, l3[:, 9], l3[:, 6])
+            has = (v4 & (ihl >= 20) & unfragmented) | link.of(IPV6)
+            l4 = np.where(v4, ihl, 40)
+        has &= l4 + _L4_NEED[proto] <= link.l3len
+        lo, hi = int(l4.min()), int(l4.max())
+        at = lo if lo == hi else -1
+    if at >= 0:  # one header length (IPv4 without options, or all IPv6): a view
+        words = l3[:, at : at + 4].view(BE16)
     else:
         words = np.take_along_axis(l3, l4[:, None] + _PORT_COLS, axis=1).view(BE16)
     sport = np.where(has, words[:, 0], 0).astype(np.uint32)
