@@ -970,6 +970,19 @@ def test_fast_path_needs_one_offset_for_every_frame() -> None:
     assert_batch_matches_frames(shifted)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int64])
+def test_batch_accepts_any_integer_dtype(dtype: type) -> None:
+    frames = [v4_udp_frame(), eth(0x0806) + bytes(28), v4_udp_frame()]
+    rows = np.zeros((3, 64), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        rows[i, 2 : 2 + len(f)] = np.frombuffer(f, dtype=np.uint8)
+    linktype = np.array([LINKTYPE_ETHERNET, LINKTYPE_ETHERNET, LINKTYPE_RAW], dtype=dtype)
+    lengths = np.array([len(f) for f in frames], dtype=dtype)
+    batch = SkbBatch(rows, np.full(3, 2, dtype=dtype), lengths, linktype=linktype)
+    assert_batch_matches_frames(batch)
+    assert batch.linktype.tolist() == [1, 1, LINKTYPE_RAW]
+
+
 def test_batch_given_arguments_are_int64_columns() -> None:
     batch = engine_batch([v4_udp_frame()] * 3)
     for name in ("offset", "length", "wire_len", "linktype", "ifindex", "rx_queue", "ts_ns"):
