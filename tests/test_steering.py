@@ -560,27 +560,29 @@ def test_cpu_table_errors() -> None:
         assert (t.generation, t.cpus) == (1, (1,))  # unchanged by the failed sets
 
 
-def _writer(table: CpuTable, rounds: int, done) -> None:
-    for g in range(rounds):
+def _writer(table: CpuTable, stop) -> None:
+    g = 0
+    while g % 64 or not stop.is_set():
         k = g % table.capacity + 1
         table.set([g % 251] * k)  # every entry says which table this is; k says how many
-    done.set()
+        g += 1
 
 
 def test_cpu_table_never_torn_under_a_writer_in_another_process() -> None:
-    """A forked writer sets tables whose entries all equal v and whose count is a function
-    of its round; the reader must only ever see whole tables."""
+    """A forked writer sets tables whose entries all equal ``round % 251`` and whose count
+    is a function of the round; the reader must only ever see whole tables.  It reads
+    until it has seen 300 different generations."""
     capacity = 16
     with CpuTable(capacity) as table:
         ctx = multiprocessing.get_context("fork")
-        done = ctx.Event()
-        writer = ctx.Process(target=_writer, args=(table, 20000, done))
+        stop = ctx.Event()
+        writer = ctx.Process(target=_writer, args=(table, stop))
         writer.start()
         seen = set()
         deadline = time.monotonic() + 30
         try:
-            while not done.is_set():
-                assert time.monotonic() < deadline, "the writer did not finish"
+            while len(seen) < 300:
+                assert time.monotonic() < deadline, f"saw only {len(seen)} generations"
                 snap = table.read()
                 if snap.generation == 0:
                     continue
@@ -588,10 +590,11 @@ def test_cpu_table_never_torn_under_a_writer_in_another_process() -> None:
                 assert snap.cpus == (g % 251,) * (g % capacity + 1), snap
                 seen.add(snap.generation)
         finally:
+            stop.set()
             writer.join(30)
         assert writer.exitcode == 0
-        assert table.generation == 20000
-        assert len(seen) > 10  # the reader really raced the writer
+        final = table.read()
+        assert final.generation % 64 == 0 and final.generation >= max(seen)
 
 
 def test_cpu_table_dead_writer(monkeypatch: pytest.MonkeyPatch) -> None:
