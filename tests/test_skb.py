@@ -1,6 +1,6 @@
 """Tests for cpumap.skb: hand-built frames for every case, truncation, the flow hash against an
-independent MurmurHash3, property tests (never raises; batch == per frame), and real captures
-checked against TShark's decode."""
+independent reimplementation (and its spread), the batch's fast path at its edges, property
+tests (never raises; batch == per frame), and real captures checked against TShark's decode."""
 
 from __future__ import annotations
 
