@@ -200,8 +200,12 @@ def measure(name: str, fn: Callable[[], tuple[float, int, float]], repeat: int) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=1_000_000)
-    ap.add_argument("--frames-per-frame", type=int, default=200_000,
-                    help="frames for the per-frame configuration (it is ~20x slower)")
+    ap.add_argument(
+        "--frames-per-frame",
+        type=int,
+        default=200_000,
+        help="frames for the per-frame configuration (it is ~20x slower)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cpus", default=None, help="consumer CPUs, e.g. 1 or 0,1 (default: all)")
     ap.add_argument("--sweep-bulk", action="store_true", help="bulk sizes 8..1024 for (b)")
@@ -216,41 +220,67 @@ def main(argv: list[str] | None = None) -> int:
     frames = make_frames(args.frames)
     frames_list = [bytes(r) for r in frames]
     small = frames[: args.frames_per_frame]
-    print(f"{len(frames)} frames of {FRAME} B, consumers on CPUs {cpus}, "
-          f"RX {'on CPU %d' % rx_cpu if rx_cpu is not None else 'unpinned'}, "
-          f"{len(all_cpus)} CPUs", flush=True)
+    print(
+        f"{len(frames)} frames of {FRAME} B, consumers on CPUs {cpus}, "
+        f"RX {f'on CPU {rx_cpu}' if rx_cpu is not None else 'unpinned'}, "
+        f"{len(all_cpus)} CPUs",
+        flush=True,
+    )
 
     results = []
 
     def report(r: dict, base: float) -> None:
         results.append({**r, "ratio": r["fps"] / base})
         drop = f"  drops {r['drop_ratio']:.0%}" if r["drop_ratio"] else ""
-        print(f"  {r['name']:<22} {r['fps'] / 1e6:6.2f} M frames/s "
-              f"(min {r['min'] / 1e6:.2f}, max {r['max'] / 1e6:.2f})  "
-              f"x{r['fps'] / base:5.2f} baseline{drop}", flush=True)
+        print(
+            f"  {r['name']:<22} {r['fps'] / 1e6:6.2f} M frames/s "
+            f"(min {r['min'] / 1e6:.2f}, max {r['max'] / 1e6:.2f})  "
+            f"x{r['fps'] / base:5.2f} baseline{drop}",
+            flush=True,
+        )
 
     base = measure("baseline", lambda: run_baseline(frames_list, cpus, rx_cpu), args.repeat)
     report(base, base["fps"])
-    report(measure("ours-batch (b)", lambda: run_ours(frames, cpus, rx_cpu, vectorized=True),
-                   args.repeat), base["fps"])
-    report(measure("ours-batch-drop", lambda: run_ours(frames, cpus, rx_cpu, vectorized=True,
-                                                       lossless=False), args.repeat),
-           base["fps"])
-    report(measure("ours-frame (a)", lambda: run_ours(small, cpus, rx_cpu, vectorized=False),
-                   args.repeat), base["fps"])
+    report(
+        measure(
+            "ours-batch (b)", lambda: run_ours(frames, cpus, rx_cpu, vectorized=True), args.repeat
+        ),
+        base["fps"],
+    )
+    report(
+        measure(
+            "ours-batch-drop",
+            lambda: run_ours(frames, cpus, rx_cpu, vectorized=True, lossless=False),
+            args.repeat,
+        ),
+        base["fps"],
+    )
+    report(
+        measure(
+            "ours-frame (a)", lambda: run_ours(small, cpus, rx_cpu, vectorized=False), args.repeat
+        ),
+        base["fps"],
+    )
 
     if args.sweep_bulk:
         print("bulk size sweep, (b), worker batch 256:")
         for bulk in (8, 32, 64, 128, 256, 512, 1024):
-            r = measure(f"bulk {bulk}", lambda b=bulk: run_ours(
-                frames, cpus, rx_cpu, vectorized=True, bulk_size=b,
-                poll_size=max(b, 256)), args.repeat)
+            r = measure(
+                f"bulk {bulk}",
+                lambda b=bulk: run_ours(
+                    frames, cpus, rx_cpu, vectorized=True, bulk_size=b, poll_size=max(b, 256)
+                ),
+                args.repeat,
+            )
             report(r, base["fps"])
     if args.sweep_batch:
         print("worker batch size sweep, (b), bulk 256:")
         for bs in (8, 32, 64, 128, 256, 512, 1024):
-            r = measure(f"batch {bs}", lambda b=bs: run_ours(
-                frames, cpus, rx_cpu, vectorized=True, batch_size=b), args.repeat)
+            r = measure(
+                f"batch {bs}",
+                lambda b=bs: run_ours(frames, cpus, rx_cpu, vectorized=True, batch_size=b),
+                args.repeat,
+            )
             report(r, base["fps"])
     if args.kernel:
         sys.path.insert(0, os.path.dirname(__file__))
@@ -261,11 +291,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kernel cpumap: not measured ({why})")
         else:
             k = kernel_cpumap_fps("netstack", 2048, frames=1_000_000, repeat=args.repeat)
-            print(f"  kernel cpumap netstack  {k.frames_per_s / 1e6:6.2f} M frames/s "
-                  f"(drops {k.drop_ratio:.0%}); ours-batch-drop / kernel = "
-                  f"{results[2]['fps'] / k.frames_per_s:.2f}")
-            results.append({"name": "kernel-netstack", "fps": k.frames_per_s,
-                            "drop_ratio": k.drop_ratio})
+            print(
+                f"  kernel cpumap netstack  {k.frames_per_s / 1e6:6.2f} M frames/s "
+                f"(drops {k.drop_ratio:.0%}); ours-batch-drop / kernel = "
+                f"{results[2]['fps'] / k.frames_per_s:.2f}"
+            )
+            results.append(
+                {"name": "kernel-netstack", "fps": k.frames_per_s, "drop_ratio": k.drop_ratio}
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpus": cpus, "frames": len(frames), "results": results}, f, indent=2)

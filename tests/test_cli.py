@@ -74,6 +74,7 @@ def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
         (["run", "--merge", "x.pcapng"], "needs --write DIR"),
         (["run", "/nonexistent.pcap"], "no such file"),
         (["run", "--handler", "os:nonexistent_attr"], "os:nonexistent_attr"),
+        (["run", "--program", "nosuchmodule:f"], "nosuchmodule"),
     ],
 )
 def test_bad_arguments_say_what_to_do(argv, message, capsys) -> None:
@@ -122,3 +123,28 @@ def test_readme_example_runs() -> None:
     stats = ns["stats"]
     assert stats.rx == DEMO_PACKETS == sum(stats.outcomes().values())
     assert stats.handler_drop == 0 and stats.delivered == DEMO_PACKETS  # no DNS in the demo
+
+
+@pytest.mark.parametrize("mode", ["l4-hash", "l4-proto", "round-robin", "flow-hash"])
+@pytest.mark.parametrize("form", [[], ["--per-frame"]])
+def test_built_in_programs_from_the_command_line(mode: str, form: list[str]) -> None:
+    rc, text = run_cli("run", "--program", mode, *form, "--quiet")
+    assert rc == 0, text
+    assert "every frame accounted for" in text
+
+
+def test_user_program_and_handler_from_a_file(tmp_path) -> None:
+    mod = tmp_path / "user_steer.py"
+    mod.write_text(
+        "import cpumap\n"
+        "def steer(ctx, cmap):\n"
+        "    return cpumap.redirect_map(cmap, 0) if len(ctx.data) < 200 else cpumap.XDP_DROP\n"
+        "def handle(skb):\n"
+        "    return skb.len > 100\n"
+    )
+    rc, text = run_cli(
+        "run", "--program", f"{mod}:steer", "--handler", f"{mod}:handle", "--cpus", "0"
+    )
+    assert rc == 0, text
+    assert "every frame accounted for" in text
+    assert re.search(r"xdp drop\s+│", text) and re.search(r"handler drop\s+│", text)

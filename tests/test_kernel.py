@@ -401,6 +401,7 @@ def test_closed_map_refuses_use_and_close_is_idempotent() -> None:
 @needs_bpf
 @pytest.mark.root
 def test_no_fd_leaks() -> None:
+    gc.collect()  # earlier tests' garbage must not close its fds inside our window
     before = _open_fds()
     for _ in range(20):
         with KernelCpuMap(4) as m:

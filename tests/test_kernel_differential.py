@@ -326,18 +326,26 @@ def _engine() -> Callable[..., Any]:
     return factory
 
 
-def test_documented_d1_entry_value_carries_a_bpf_program_in_the_kernel_only() -> None:
+def test_documented_d1_entry_value_carries_a_program() -> None:
     """D1: the kernel's 8-byte value carries a per-entry BPF program (fd in, id out);
-    ours is the qsize alone, and the handler belongs to the whole map."""
+    ours carries a per-entry Python program (``program=``, read by ``program_of``), the
+    lookup gives the qsize alone, and the handler belongs to the whole map."""
     cpu_map = _engine()
     with KernelCpuMap(2) as m, load_xdp(verdict_program(XDP_DROP), cpumap_stage=True) as p:
         m.update(1, 16, prog_fd=p.fd)
         assert m.lookup(1) == 16
         assert m.lookup_value(1).prog_id == p.prog_id
     assert "prog_fd" not in inspect.signature(cpu_map.update).parameters
+
+    def stage(ctx: Any) -> int:
+        return XDP_DROP
+
     with cpu_map(2) as ours:
-        ours.update(1, 16)
+        ours.update(1, 16, program=stage)
         assert ours.lookup(1) == 16
+        assert ours.program_of(1) is stage
+        with pytest.raises(TypeError):
+            ours.update(1, 16, program=3)  # the kernel: ENOMEM for an unusable fd
 
 
 def test_documented_d2_create_attributes_are_kernel_only() -> None:

@@ -10,6 +10,8 @@ to a CPU, fed through a bounded ring, running your handler.
     ...     stats = cmap.run(batches, cpumap.FlowHash(cmap, [0, 1]))
 """
 
+from .cpu_table import BrokenTableError, CpuTable
+from .loader import LoadError, load_handler, load_program
 from .map import (
     BPF_ANY,
     BPF_EXIST,
@@ -36,26 +38,33 @@ from .program import (
     vectorized,
 )
 from .rx import RxProducer
+from .second_stage import OutputMap
 from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
+from .steering import MODES, make_program
 from .worker import WorkerInfo, batch_handler
 
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_NOEXIST",
+    "MODES",
     "QSIZE_MAX",
     "XDP_ABORTED",
     "XDP_DROP",
     "XDP_PASS",
     "XDP_REDIRECT",
     "XDP_TX",
+    "BrokenTableError",
     "CpuMap",
+    "CpuTable",
     "EnqueueEvent",
     "EntryStats",
     "FlowHash",
     "HandlerSetupError",
     "KthreadEvent",
+    "LoadError",
     "MapStats",
+    "OutputMap",
     "Packet",
     "PacketBatch",
     "RxProducer",
@@ -65,6 +74,9 @@ __all__ = [
     "XdpBatch",
     "XdpContext",
     "batch_handler",
+    "load_handler",
+    "load_program",
+    "make_program",
     "nr_cpus",
     "possible_cpus",
     "redirect_map",

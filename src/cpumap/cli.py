@@ -13,7 +13,6 @@ statistics.  Renderers are pure functions of the stats, tested with a recording 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -82,7 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--generate", type=int, metavar="N", help="N generated frames")
     run.add_argument("--cpus", help="CPUs to steer to, e.g. 0,1 or 0-3 (default: all)")
     run.add_argument("--qsize", type=int, default=2048, help="ring size per CPU (1..16384)")
-    run.add_argument("--program", default="flow-hash", help="steering program (see below)")
+    run.add_argument(
+        "-p", "--program", default="l4-hash", help="steering program (see below; default l4-hash)"
+    )
+    run.add_argument(
+        "--per-frame", action="store_true", help="run the program per frame, not vectorized"
+    )
+    run.add_argument("--non-ip-index", type=int, help="l4-proto: CPU index for non-IP frames")
+    run.add_argument(
+        "--strict-index", action="store_true", help="l4-proto: xdp-tools' strict indexing"
+    )
+    run.add_argument(
+        "--drop-port", type=int, action="append", help="l4-filter: UDP port to drop (repeat)"
+    )
+    run.add_argument("--no-filter-ipv6", action="store_true", help="l4-filter: look at IPv4 only")
     run.add_argument(
         "--handler", default="flow-table", help="flow-table, count, or module:function"
     )
@@ -109,31 +121,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def program_names() -> list[str]:
-    names = ["flow-hash"]
-    try:
-        from . import steering
+    from .steering import MODES
 
-        names += list(getattr(steering, "PROGRAMS", {}))
-    except ImportError:
-        pass
-    return names
+    return [*MODES, "flow-hash"]
 
 
-def make_program(name: str, cmap: CpuMap, cpus: list[int]) -> Any:
+def make_program(args: argparse.Namespace, cmap: CpuMap, cpus: list[int]) -> Any:
+    """The program ``--program`` names: a built-in mode (xdp-bench redirect-cpu -p MODE),
+    ``flow-hash`` (the skb's symmetric hash), or ``module:function`` / ``file.py:function``."""
     from .program import FlowHash
+    from .steering import MODES
+    from .steering import make_program as make_mode
 
+    name = args.program
+    vectorized = not args.per_frame
     if name == "flow-hash":
-        return FlowHash(cmap, cpus)
-    try:
-        from . import steering
-
-        factory = getattr(steering, "PROGRAMS", {}).get(name)
-        if factory is not None:
-            return factory(cmap, cpus)
-    except ImportError:
-        pass
+        return FlowHash(cmap, cpus, vectorized=vectorized)
+    if name in MODES:
+        options: dict[str, Any] = {}
+        if args.non_ip_index is not None:
+            options["non_ip_index"] = args.non_ip_index
+        if args.strict_index:
+            options["strict_index"] = True
+        if args.drop_port:
+            options["drop_ports"] = tuple(args.drop_port)
+        if args.no_filter_ipv6:
+            options["filter_ipv6"] = False
+        try:
+            return make_mode(name, cmap, cpus, vectorized=vectorized, **options)
+        except TypeError as e:
+            raise UsageError(f"--program {name}: {e}; see `cpumap run --help`") from None
     if ":" in name:
-        return _load(name, "program")
+        return _load(name, "program", cmap=cmap, vectorized=None if vectorized else False)
     raise UsageError(
         f"--program {name!r}: unknown; use one of {', '.join(program_names())} or module:function"
     )
@@ -163,21 +182,15 @@ def make_handler(name: str, write: str | None) -> Any:
     return handler
 
 
-def _load(spec: str, what: str) -> Any:
-    try:
-        from .loader import load_handler, load_program
+def _load(spec: str, what: str, **options: Any) -> Any:
+    from .loader import LoadError, load_handler, load_program
 
-        return load_program(spec) if what == "program" else load_handler(spec)
-    except ImportError:
-        pass
-    module, _, attr = spec.partition(":")
     try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise UsageError(f"--{what} {spec!r}: {e}; check the module is importable") from None
-    if not callable(obj):
-        raise UsageError(f"--{what} {spec!r}: {type(obj).__name__} is not callable")
-    return obj
+        if what == "program":
+            return load_program(spec, **options)
+        return load_handler(spec)
+    except LoadError as e:
+        raise UsageError(f"--{what}: {e}") from None
 
 
 def capture_batches(path: str, poll: int, skip_bad: bool) -> tuple[Iterator[PacketBatch], Any]:
@@ -310,7 +323,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch) as cmap:
         for c in cpus:
             cmap.update(c, args.qsize)
-        program = make_program(args.program, cmap, cpus)
+        program = make_program(args, cmap, cpus)
         t0 = time.monotonic()
         with cmap.producer(
             program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0

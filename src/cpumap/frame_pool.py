@@ -135,6 +135,9 @@ class FramePool:
         self.ts_ns = self.desc["ts_ns"]
         self.linktype = self.desc["linktype"]
         self.tag = seg.view("tag")
+        # The records as four u64 words each: gathering plain words is ~10x faster than
+        # gathering structured records (numpy copies those field by field).
+        self._desc_words = self.desc.view(np.uint64).reshape(count, 4)
         self.headroom_col[:] = headroom
         self.linktype[:] = 1
         self._mv = seg.memoryview()
@@ -170,6 +173,10 @@ class FramePool:
         m = int(self.meta_len[i])
         start = i * self.frame_size + h
         return bytes(self._mv[start - m : start])
+
+    def descriptors(self, idx: np.ndarray) -> np.ndarray:
+        """The descriptor records of frames ``idx`` (a copy), in one fast gather."""
+        return self._desc_words.take(idx, axis=0).view(DESCRIPTOR).reshape(-1)
 
     def release(self, idx: np.ndarray) -> None:
         """Give frames back to their allocators (any holder may call this for the

@@ -87,10 +87,12 @@ from .stats import (
     K_COMMITTED,
     K_DELIVERED,
     K_DROPS,
+    K_FWD_QUEUE_FULL,
     K_HANDLER_DROP,
     K_HANDLER_ERROR,
     K_LATE_WAKEUPS,
     K_PROCESSED,
+    K_REDIRECT_OUT,
     K_SCHED,
     K_SLEEPS,
     K_WORDS,
@@ -201,6 +203,7 @@ class WorkerResult:
     result: Any = None
     error: str | None = None
     exitcode: int | None = None
+    outputs: list[Any] = field(default_factory=list)  # second-stage outputs' reports
 
 
 @dataclass
@@ -215,6 +218,7 @@ class _Entry:
     record: KthreadRecord
     state: str = "active"  # active | grace | draining | retired
     broken: bool = False  # its workers kept dying: frames sent to it are counted lost
+    program: Any = None  # the second stage
     proc: Any = None
     conn: Any = None
     pinned: bool = True
@@ -287,13 +291,14 @@ class CpuMap:
         layout.add("ring_hdr", np.uint8, (self.n_slots, _RING_HDR_STRIDE))
         layout.add("ring_slots", np.uint32, (self.n_slots, MAX_CAPACITY), align=4096)
         layout.add("hand", np.uint32, (self.n_slots, batch_size))
-        add_registry(layout, producers)
+        # RX producers, then one slot per ring for its worker's second stage (it redirects).
+        add_registry(layout, producers + self.n_slots)
         add_counters(layout, producers, self.n_slots, trace_events)
         self._seg: Segment = layout.create()
         self._table = self._seg.view("table")
         self._table[:] = -1
         self._slot_info = self._seg.view("slot_info")
-        self.registry = ProducerRegistry(self._seg, producers)
+        self.registry = ProducerRegistry(self._seg, producers + self.n_slots, producers)
         self._rings = [
             Ring(
                 self._seg.address("ring_hdr", s * _RING_HDR_STRIDE), self._seg.view("ring_slots")[s]
@@ -326,9 +331,13 @@ class CpuMap:
         return f"<CpuMap id={self.map_id} max_entries={self.max_entries} entries={keys}>"
 
     # -- map operations ----------------------------------------------------------------------
-    def update(self, key: int, qsize: int, flags: int = BPF_ANY) -> None:
+    def update(self, key: int, qsize: int, flags: int = BPF_ANY, *, program: Any = None) -> None:
         """Populate (or replace) entry ``key`` with a ring of ``qsize`` frames and a new
-        worker pinned to CPU ``key``.  ``qsize == 0`` deletes.  Errors: see the table."""
+        worker pinned to CPU ``key``.  ``qsize == 0`` deletes.  Errors: see the table.
+
+        ``program``: a second-stage program run by the worker on every frame before the
+        skb is built (the kernel's ``bpf_cpumap_val.bpf_prog``; see second_stage.py).
+        """
         key = _uint(key, 32, "key")
         qsize = _uint(qsize, 32, "qsize")
         flags = _uint(flags, 64, "flags")
@@ -348,7 +357,9 @@ class CpuMap:
             if qsize == 0:
                 self._replace(key, None)
                 return
-            self._replace(key, self._new_entry(key, qsize))
+            if program is not None and not callable(program):
+                raise TypeError(f"program must be callable, not {type(program).__name__}")
+            self._replace(key, self._new_entry(key, qsize, program))
 
     def delete(self, key: int) -> None:
         """Empty entry ``key`` (its worker drains and exits in the background)."""
@@ -359,6 +370,12 @@ class CpuMap:
                 raise _err(errno.EINVAL, f"key {key} >= max_entries {self.max_entries}")
             self._advance()
             self._replace(key, None)
+
+    def program_of(self, key: int) -> Any:
+        """The second-stage program of populated entry ``key`` (None if it has none);
+        ENOENT like :meth:`lookup`.  (The kernel's lookup returns the program's id.)"""
+        self.lookup(key)
+        return self._entries[key].program
 
     def lookup(self, key: int) -> int:
         """The queue size of populated entry ``key``; ENOENT if empty or out of range."""
@@ -489,7 +506,7 @@ class CpuMap:
                 xdp_tx=int(prod[P_XDP_TX]),
                 xdp_redirect=int(prod[P_XDP_REDIRECT]),
                 redirect_err=int(prod[P_REDIRECT_ERR]),
-                queue_full=int(prod[P_QUEUE_FULL]),
+                queue_full=int(prod[P_QUEUE_FULL] + k[K_FWD_QUEUE_FULL]),
                 no_frame=int(prod[P_NO_FRAME]),
                 truncated=int(prod[P_TRUNCATED]),
                 enqueue_processed=int(prod[P_ENQ_PROCESSED]),
@@ -505,6 +522,7 @@ class CpuMap:
                 second_stage_pass=int(k[K_XDP_PASS]),
                 second_stage_drop=int(k[K_XDP_DROP]),
                 second_stage_redirect=int(k[K_XDP_REDIRECT]),
+                redirected_out=int(k[K_REDIRECT_OUT]),
                 late_wakeups=int(k[K_LATE_WAKEUPS]),
                 lost=lost,
                 entries=tuple(entries),
@@ -584,7 +602,7 @@ class CpuMap:
     def _live_entries(self) -> list[_Entry]:
         return [*self._entries.values(), *self._retiring]
 
-    def _new_entry(self, key: int, qsize: int) -> _Entry:
+    def _new_entry(self, key: int, qsize: int, program: Any = None) -> _Entry:
         slot = self._alloc_slot()
         self._generation += 1
         ring = self._rings[slot]
@@ -596,7 +614,7 @@ class CpuMap:
         info = self._slot_info[slot]
         info[:] = 0
         info[0], info[1], info[2] = key, key, qsize
-        e = _Entry(key, qsize, slot, self._generation, ring, record)
+        e = _Entry(key, qsize, slot, self._generation, ring, record, program=program)
         try:
             self._start_worker(e)
         except BaseException:
@@ -627,9 +645,15 @@ class CpuMap:
             batch_size=self.batch_size,
             idle_timeout=self.idle_timeout,
             resume_counters=resume,
+            second_stage=e.program,
+            cmap=self,
+            registry_index=self.producers + e.slot,
         )
         if e.conn is not None:
             e.conn.close()
+        if e.proc is not None:  # a dead predecessor (this is a restart): free its fd
+            e.proc.join()
+            e.proc.close()
         r, w = self._mp.Pipe(duplex=False)
         proc = self._mp.Process(
             target=worker_main,
@@ -733,12 +757,14 @@ class CpuMap:
         n_hand = ring.hand_count()
         if n_hand:
             hand = self._hands[e.slot, :n_hand].copy()
+            # Ours: still tagged for this ring and not queued in it again (a frame
+            # released, reused and re-queued here is the next worker's).  Frames a second
+            # stage forwarded to another ring carry that ring's tag: not ours either.
+            held = hand[pool.tag[hand] == TAG_QUEUED + e.slot]
+            held = np.setdiff1d(held, queued)
             if committed < cons:  # died before committing: no outcome for these
-                e.lost += n_hand
-                pool.release(hand)
-            else:  # outcomes counted (or frames not taken yet): release what is ours
-                hand = hand[pool.tag[hand] == TAG_QUEUED + e.slot]
-                pool.release(np.setdiff1d(hand, queued))
+                e.lost += len(held)
+            pool.release(held)
         end = cons
         if drop_queued and len(queued):
             e.lost += len(queued)
@@ -767,6 +793,7 @@ class CpuMap:
         self._retired_lost += e.lost
         self._collect_results(e)
         e.conn.close()
+        e.proc.close()  # its sentinel fd, now rather than at garbage collection
         e.state = "retired"
         self._slot_info[e.slot] = 0
         self._free_slots.append(e.slot)
@@ -792,6 +819,7 @@ class CpuMap:
                     msg.get("result"),
                     msg.get("error"),
                     e.proc.exitcode if e.proc is not None else None,
+                    msg.get("outputs", []),
                 )
             )
 

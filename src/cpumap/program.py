@@ -81,6 +81,7 @@ class XdpContext:
         "ingress_ifindex",
         "linktype",
         "redirect_key",
+        "redirect_target",
         "rx_queue_index",
     )
 
@@ -92,6 +93,7 @@ class XdpContext:
         self.rx_queue_index = 0
         self.linktype = 1
         self.redirect_key = NO_KEY
+        self.redirect_target: Any = None
         self._meta_len = 0
 
     def _load(self, index: int, ifindex: int, rx_queue: int, linktype: int) -> None:
@@ -154,6 +156,7 @@ def _redirect(ctx: XdpContext, cmap: CpuMap, key: int, flags: int) -> int:
     if flags and not cmap._has_entry(key):
         return flags
     ctx.redirect_key = key & 0xFFFFFFFF if key >= 0 else NO_KEY
+    ctx.redirect_target = cmap
     return XDP_REDIRECT
 
 
@@ -203,7 +206,7 @@ class XdpBatch:
         """``[n, width]`` uint8: bytes ``offset..offset+width`` of each packet.  Bytes
         past a packet's end read as whatever the frame holds: mask with ``length``."""
         pool = self.pool
-        if self.start is not None and 0 <= offset and offset + width <= pool.max_packet:
+        if self.start is not None and offset >= 0 and offset + width <= pool.max_packet:
             h = pool.headroom + offset
             return pool.data[self._where, h : h + width]
         cols = np.arange(offset, offset + width, dtype=np.int64)
@@ -231,14 +234,12 @@ def skb_batch(pool: FramePool, index: np.ndarray, cls: Any, start: int | None = 
     if n == 0:
         return cls(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
     # One call for every descriptor field: a slice (consecutive frames) or one gather.
-    d = pool.desc[index if start is None else slice(start, start + n)]
+    d = pool.descriptors(index) if start is None else pool.desc[start : start + n]
     length = d["length"]
     head = d["headroom"]
     lo = int(head.min())
     hi = max(int((head + length).max()), lo + 1)
-    rows = (
-        pool.data[start : start + n, lo:hi] if start is not None else pool.data[index, lo:hi]
-    )
+    rows = pool.data[start : start + n, lo:hi] if start is not None else pool.data[index, lo:hi]
     return cls(
         rows,
         head - lo,

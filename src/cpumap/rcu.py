@@ -60,8 +60,10 @@ def add_registry(layout: Layout, producers: int) -> None:
 class ProducerRegistry:
     """The producers' sequence words and owners, in shared memory."""
 
-    def __init__(self, segment: Segment, producers: int) -> None:
+    def __init__(self, segment: Segment, producers: int, claimable: int | None = None) -> None:
         self.producers = producers
+        # Slots past ``claimable`` are reserved for workers (second stages), claimed by index.
+        self.claimable = producers if claimable is None else claimable
         self._seq = segment.view("rcu_seq")
         self._pid = segment.view("rcu_pid")
         self._seq_addr = [segment.address("rcu_seq", p * CACHE_LINE) for p in range(producers)]
@@ -74,7 +76,7 @@ class ProducerRegistry:
         A slot whose owner died is free again.  Raises ``RuntimeError`` if none is free.
         """
         me = os.getpid()
-        for q in range(self.producers) if p is None else (p,):
+        for q in range(self.claimable) if p is None else (p,):
             owner = at.load_u32(self._pid_addr[q])
             if owner and not pid_alive(owner):
                 at.cas_u32(self._pid_addr[q], owner, 0)

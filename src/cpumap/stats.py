@@ -10,7 +10,8 @@ The kernel reports cpumap through two tracepoints, and we keep their fields and 
   dropped), ``sched`` (the worker slept before this batch).  With a second-stage program
   (issue 4) also ``xdp_pass``, ``xdp_drop``, ``xdp_redirect``.
 
-Counters are int64 (numpy mixes uint64 with Python ints into float64). Counters are always on; events (one record per tracepoint hit) are recorded only when
+Counters are int64 (numpy mixes uint64 with Python ints into float64), always on; events
+(one record per tracepoint hit) are recorded only when
 the map is created with ``trace_events > 0``, like a tracepoint that is off until
 enabled.
 
@@ -19,8 +20,11 @@ The accounting identity
 Every frame that enters (``rx``) ends as exactly one outcome::
 
     rx == xdp_aborted + xdp_drop + xdp_pass + xdp_tx + redirect_err + queue_full
-          + no_frame + delivered + handler_drop + handler_error + build_failed
-          + lost + in_flight
+          + no_frame + second_stage_drop + redirected_out + delivered + handler_drop
+          + handler_error + build_failed + lost + in_flight
+
+(``queue_full`` counts drops at flush by RX producers and by workers whose second stage
+redirects to another entry.)
 
 ``in_flight`` (staged, in rings, in a worker's hands) is 0 at every quiescent point, and
 the tests check the identity there exactly.
@@ -86,6 +90,8 @@ K_XDP_DROP = 10
 K_XDP_REDIRECT = 11
 K_SLEEPS = 12
 K_LATE_WAKEUPS = 13  # futex timeouts that found work waiting: a lost wake-up
+K_REDIRECT_OUT = 14  # second stage: redirected to an output (a final outcome)
+K_FWD_QUEUE_FULL = 15  # second stage: redirected to an entry whose ring was full
 K_WORDS = 16
 
 # -- events ------------------------------------------------------------------------------
@@ -229,6 +235,8 @@ _OUTCOME_FIELDS = (
     "redirect_err",
     "queue_full",
     "no_frame",
+    "second_stage_drop",
+    "redirected_out",
     "delivered",
     "handler_drop",
     "handler_error",
@@ -266,6 +274,7 @@ class MapStats:
     second_stage_pass: int = 0
     second_stage_drop: int = 0
     second_stage_redirect: int = 0
+    redirected_out: int = 0
     late_wakeups: int = 0
     lost: int = 0
     entries: tuple[EntryStats, ...] = field(default=())

@@ -62,13 +62,18 @@ from .stats import (
     K_COMMITTED,
     K_DELIVERED,
     K_DROPS,
+    K_FWD_QUEUE_FULL,
     K_HANDLER_DROP,
     K_HANDLER_ERROR,
     K_LATE_WAKEUPS,
     K_PROCESSED,
+    K_REDIRECT_OUT,
     K_SCHED,
     K_SLEEPS,
     K_WORDS,
+    K_XDP_DROP,
+    K_XDP_PASS,
+    K_XDP_REDIRECT,
     EventLog,
     KthreadRecord,
 )
@@ -117,6 +122,9 @@ class WorkerSpec:
     batch_size: int = DEFAULT_BATCH
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     resume_counters: np.ndarray | None = None  # a replacement worker continues these
+    second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
+    cmap: Any = None  # the map (for a second stage that redirects)
+    registry_index: int = -1  # this worker's producer slot, for its second stage
 
 
 def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
@@ -133,7 +141,14 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     info = WorkerInfo(**{**spec.info.__dict__, "pinned": pinned})
     handler = spec.handler
     result: dict[str, Any] = {"pinned": pinned}
+    stage = None
     try:
+        if spec.second_stage is not None:
+            from .second_stage import SecondStage
+
+            spec.cmap.registry.claim(spec.registry_index)
+            stage = SecondStage(spec.second_stage, spec.cmap, spec.registry_index)
+            stage.setup(info)
         if hasattr(handler, "setup"):
             handler.setup(info)
     except BaseException as e:
@@ -142,9 +157,11 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
         return
     result_conn.send({"ready": True, "pinned": pinned})
     try:
-        Worker(spec).run()
+        Worker(spec, stage).run()
         if hasattr(handler, "finish"):
             result["result"] = handler.finish()
+        if stage is not None:
+            result["outputs"] = stage.finish()
     except BaseException as e:  # report, never hang: the controller reaps us
         result["error"] = "".join(traceback.format_exception(e))
     try:
@@ -166,8 +183,9 @@ def _pin(cpu: int) -> bool:
 class Worker:
     """The consume loop.  Runs in the worker process only."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, stage: Any = None) -> None:
         self.spec = spec
+        self.stage = stage
         self.pool = spec.pool
         self.ring = spec.ring
         self.handler = spec.handler
@@ -217,25 +235,43 @@ class Worker:
     def _process(self, idx: np.ndarray) -> None:
         n = len(idx)
         c = self.counters
-        delivered, hdrop, herr, bfail = self._deliver(idx)
+        stage = self.stage.run(idx) if self.stage is not None else None
+        deliver = idx if stage is None else stage.passed
+        delivered, hdrop, herr, bfail = self._deliver(deliver) if len(deliver) else (0, 0, 0, 0)
+        drops = hdrop + herr + bfail
         c[K_PROCESSED] += n
         c[K_BATCHES] += 1
         c[K_DELIVERED] += delivered
         c[K_HANDLER_DROP] += hdrop
         c[K_HANDLER_ERROR] += herr
         c[K_BUILD_FAILED] += bfail
-        c[K_DROPS] += hdrop + herr + bfail
+        c[K_DROPS] += drops
         c[K_SCHED] += self._sched
         c[K_COMMITTED] += n
+        ev_stage = (0, 0, 0)
+        if stage is not None:
+            c[K_XDP_PASS] += stage.n_pass
+            c[K_XDP_DROP] += stage.n_drop
+            c[K_XDP_REDIRECT] += stage.n_redirect
+            c[K_REDIRECT_OUT] += stage.n_out
+            c[K_FWD_QUEUE_FULL] += stage.fwd_queue_full
+            ev_stage = (stage.n_pass, stage.n_drop, stage.n_redirect)
         if self.spec.events.enabled:
             # Before the commit: whoever sees the outcomes can see the event too.
             info = self.spec.info
             self.spec.events.emit(
-                (time.monotonic_ns(), info.map_id, n, hdrop + herr + bfail, self._sched, info.cpu)
+                (time.monotonic_ns(), info.map_id, n, drops, self._sched, info.cpu, *ev_stage)
             )
         self._sched = 0
         self.spec.record.publish(c)  # 3. commit
-        self.pool.tag[idx] = TAG_RETURNED  # 4. release
+        # 4. release: every frame still ours (a second stage may have forwarded some).
+        if stage is None:
+            self.pool.tag[idx] = TAG_RETURNED
+        else:
+            if len(deliver):
+                self.pool.tag[deliver] = TAG_RETURNED
+            for part in stage.release:
+                self.pool.tag[part] = TAG_RETURNED
         self.ring.drop_hand()  # 5.
 
     # -- delivery: (delivered, handler_drop, handler_error, build_failed) -------------------
@@ -246,28 +282,22 @@ class Worker:
         fs = pool.frame_size
         mv = self._mv
         handler = self.handler
-        heads = pool.headroom_col[idx].tolist()
-        lens = pool.length[idx].tolist()
-        wls = pool.wire_len[idx].tolist()
-        lts = pool.linktype[idx].tolist()
-        ifs = pool.ifindex[idx].tolist()
-        rxq = pool.rx_queue[idx].tolist()
-        tss = pool.ts_ns[idx].tolist()
-        metas = pool.meta_len[idx]
-        has_meta = bool(metas.any())
+        # One gather for every descriptor of the batch, then plain Python tuples.
+        descs = pool.descriptors(idx).tolist()
         delivered = hdrop = herr = bfail = 0
-        for j, i in enumerate(idx.tolist()):
-            start = i * fs + heads[j]
+        for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, _) in zip(
+            idx.tolist(), descs, strict=True
+        ):
+            start = i * fs + head
             try:
-                meta = pool.metadata(i) if has_meta else b""
                 skb = Skb(
-                    mv[start : start + lens[j]],
-                    wire_len=wls[j],
-                    linktype=lts[j],
-                    ifindex=ifs[j],
-                    rx_queue=rxq[j],
-                    ts_ns=tss[j],
-                    metadata=meta,
+                    mv[start : start + length],
+                    wire_len=wire_len,
+                    linktype=linktype,
+                    ifindex=ifindex,
+                    rx_queue=rxq,
+                    ts_ns=ts,
+                    metadata=bytes(mv[start - meta : start]) if meta else b"",
                     index=i,
                 )
             except Exception:

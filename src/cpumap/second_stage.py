@@ -1,0 +1,266 @@
+"""The second stage: an XDP program that runs on the target CPU, before the skb is built.
+
+Since Linux 5.9 a cpumap entry's value is ``struct bpf_cpumap_val {qsize; bpf_prog}``:
+the entry may carry a program (attach type BPF_XDP_CPUMAP) that the kthread runs on every
+frame it dequeues.  Its verdict decides what happens next, as in the kernel's
+``cpu_map_bpf_prog_run_xdp``:
+
+* ``PASS``     -- build the skb and hand it to the handler (the netstack);
+* ``REDIRECT`` -- to another entry of the map (``redirect_map(cmap, key)``): the worker
+  acts as a producer into that entry's ring, with its own bulk queues, flushed at the end
+  of the batch; or to an output of an :class:`OutputMap` (``redirect_map(outputs, i)``),
+  such as a per-CPU capture writer.  A redirect that fails (empty entry, bad output) is a
+  drop, as ``xdp_do_redirect`` failing is in the kernel;
+* anything else (``DROP``, ``ABORTED``, ``TX``, not a verdict, an exception) -- dropped.
+
+The kthread tracepoint's ``xdp_pass``, ``xdp_drop`` and ``xdp_redirect`` count them.
+
+Why the worker takes part in grace periods: a worker that redirects is a producer of
+other entries' rings, so it holds a producer slot in the registry (rcu.py) and brackets
+each batch's second stage with ``read_lock``/``read_unlock``: an entry it redirects to
+cannot be retired while one of its batches may still be flushing into it.
+
+Crash safety (worker.py's commit protocol): frames this stage forwards into another ring
+change hands at the flush (their tag says so), so a supervisor never counts them as lost;
+every other frame -- dropped here, dropped at a full ring, given to an output -- is only
+released after the batch's outcomes are committed, so a crash counts them ``lost``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
+from .frame_pool import FramePool
+from .program import (
+    N_VERDICTS,
+    NO_KEY,
+    XDP_ABORTED,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XdpBatch,
+    XdpContext,
+    _set_current,
+    is_vectorized,
+    normalize_verdicts,
+    skb_batch,
+)
+
+if TYPE_CHECKING:
+    from .map import CpuMap
+
+
+class OutputMap:
+    """Outputs a second-stage program can redirect to, by index (like a devmap).
+
+    Each output is a batch handler-like callable taking an ``SkbBatch`` (e.g.
+    :class:`cpumap.sinks.CaptureSink`); it runs in every worker that redirects to it, as
+    a forked copy, with optional ``setup(info)`` / ``finish()`` like a handler (their
+    reports are part of the worker's result).
+    """
+
+    def __init__(self, outputs: Sequence[Any]) -> None:
+        if not outputs:
+            raise ValueError("OutputMap needs at least one output")
+        for o in outputs:
+            if not callable(o):
+                raise TypeError(f"an output must be callable, not {type(o).__name__}")
+        self.outputs = list(outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def _has_entry(self, key: int) -> bool:
+        return 0 <= key < len(self.outputs)
+
+
+@dataclass
+class StageResult:
+    """What the second stage did with one worker batch."""
+
+    passed: np.ndarray  # frames to build skbs for and deliver
+    release: list[np.ndarray] = field(default_factory=list)  # frames to release after commit
+    n_pass: int = 0
+    n_drop: int = 0
+    n_redirect: int = 0  # to entries and outputs, successful
+    n_out: int = 0  # to outputs (a final outcome)
+    fwd_queue_full: int = 0  # redirected to an entry whose ring was full at flush
+
+
+class SecondStage:
+    """One entry's second-stage program, in its worker process."""
+
+    def __init__(
+        self,
+        program: Any,
+        cmap: CpuMap,
+        registry_index: int,
+        bulk_size: int = DEFAULT_BULK_SIZE,
+    ) -> None:
+        self.program = program
+        self.vectorized = is_vectorized(program)
+        self.cmap = cmap
+        self.pool: FramePool = cmap.pool
+        self.registry_index = registry_index
+        self._ctx = XdpContext(self.pool)
+        self._dropped: list[np.ndarray] = []
+        self._bulk = BulkQueues(
+            self.pool,
+            cmap._ring,
+            self._dropped.append,  # released after the commit, not now
+            self._on_flush,
+            cmap.n_slots,
+            bulk_size,
+        )
+        self._fwd_full = 0
+        self._info: Any = None
+        self._opened: dict[int, OutputMap] = {}
+
+    def setup(self, info: Any) -> None:
+        """Remember where we run; outputs are set up when first redirected to (a program
+        may name its OutputMap only in what it returns)."""
+        self._info = info
+        target = getattr(self.program, "redirect_target", None)
+        if isinstance(target, OutputMap):
+            self._open(target)
+
+    def finish(self) -> list[Any]:
+        """The reports of every output this worker used."""
+        return [
+            o.finish() for om in self._opened.values() for o in om.outputs if hasattr(o, "finish")
+        ]
+
+    def _open(self, outputs: OutputMap) -> None:
+        if id(outputs) in self._opened:
+            return
+        self._opened[id(outputs)] = outputs
+        for o in outputs.outputs:
+            if hasattr(o, "setup"):
+                o.setup(self._info)
+
+    def _on_flush(self, slot: int, processed: int, drops: int) -> None:
+        self._fwd_full += drops
+
+    # -- one batch -----------------------------------------------------------------------
+    def run(self, idx: np.ndarray) -> StageResult:
+        registry = self.cmap.registry
+        registry.read_lock(self.registry_index)
+        try:
+            verdicts, keys, counts, target = self._verdicts(idx)
+            res = StageResult(passed=idx[verdicts == XDP_PASS] if counts[XDP_PASS] else idx[:0])
+            res.n_pass = counts[XDP_PASS]
+            dropped = len(idx) - counts[XDP_PASS] - counts[XDP_REDIRECT]
+            if dropped:
+                res.release.append(idx[(verdicts != XDP_PASS) & (verdicts != XDP_REDIRECT)])
+            res.n_drop = dropped
+            if counts[XDP_REDIRECT]:
+                red = verdicts == XDP_REDIRECT
+                self._redirect(idx[red], keys[red], target, res)
+            self._fwd_full = 0
+            self._bulk.flush_all()
+            res.fwd_queue_full = self._fwd_full
+        finally:
+            registry.read_unlock(self.registry_index)
+        res.release.extend(self._dropped)
+        self._dropped.clear()
+        return res
+
+    def _verdicts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], Any]:
+        n = len(idx)
+        target = getattr(self.program, "redirect_target", None)
+        if self.vectorized:
+            try:
+                out = self.program(XdpBatch(self.pool, idx))
+            except Exception:
+                out = None
+            if type(out) is tuple and len(out) == 3:
+                out, target = out[:2], out[2]
+            v, k, counts = normalize_verdicts(out, n)
+            return v, k, counts, target
+        return self._per_frame(idx, target)
+
+    def _per_frame(
+        self, idx: np.ndarray, target: Any
+    ) -> tuple[np.ndarray, np.ndarray, list[int], Any]:
+        pool, prog, ctx = self.pool, self.program, self._ctx
+        d = pool.descriptors(idx).tolist()
+        verdicts, keys = [], []
+        counts = [0] * N_VERDICTS
+        targets: set[int] = set()
+        _set_current(ctx)
+        try:
+            for i, rec in zip(idx.tolist(), d, strict=True):
+                ctx._load(i, rec[3], rec[4], rec[5])
+                ctx.redirect_target = None
+                try:
+                    v = prog(ctx)
+                except Exception:
+                    v = XDP_ABORTED
+                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < N_VERDICTS:
+                    v = XDP_ABORTED
+                v = int(v)
+                if v == XDP_REDIRECT:
+                    t = ctx.redirect_target
+                    target = t if t is not None else target
+                    targets.add(id(target))
+                counts[v] += 1
+                verdicts.append(v)
+                keys.append(ctx.redirect_key if v == XDP_REDIRECT else NO_KEY)
+        finally:
+            _set_current(None)
+        if len(targets) > 1:  # one batch, one redirect target map: keep it simple
+            raise ValueError("a second-stage program must redirect to one map per batch")
+        return np.array(verdicts, np.uint8), np.array(keys, np.uint32), counts, target
+
+    def _redirect(self, ridx: np.ndarray, rkeys: np.ndarray, target: Any, res: StageResult) -> None:
+        if isinstance(target, OutputMap):
+            self._open(target)
+            self._to_outputs(ridx, rkeys, target, res)
+            return
+        cmap = self.cmap
+        if target is not None and target is not cmap:
+            res.n_drop += len(ridx)  # a map we cannot reach from here
+            res.release.append(ridx)
+            return
+        slots = np.full(len(rkeys), -1, dtype=np.int64)
+        ok = rkeys < cmap.max_entries
+        slots[ok] = cmap._table[rkeys[ok]]
+        bad = slots < 0
+        if bad.any():  # xdp_do_redirect failed: a drop
+            res.n_drop += int(np.count_nonzero(bad))
+            res.release.append(ridx[bad])
+            ridx, slots = ridx[~bad], slots[~bad]
+        res.n_redirect += len(ridx)
+        order = np.argsort(slots, kind="stable")
+        sslots, sidx = slots[order], ridx[order]
+        cuts = [0, *(np.flatnonzero(sslots[1:] != sslots[:-1]) + 1).tolist(), len(sidx)]
+        for a, b in itertools.pairwise(cuts):
+            if b > a:
+                self._bulk.enqueue(int(sslots[a]), sidx[a:b])
+
+    def _to_outputs(
+        self, ridx: np.ndarray, rkeys: np.ndarray, outputs: OutputMap, res: StageResult
+    ) -> None:
+        from .skb import SkbBatch
+
+        bad = rkeys >= len(outputs)
+        if bad.any():
+            res.n_drop += int(np.count_nonzero(bad))
+            res.release.append(ridx[bad])
+            ridx, rkeys = ridx[~bad], rkeys[~bad]
+        for k in np.unique(rkeys).tolist():
+            sel = ridx[rkeys == k]
+            try:
+                outputs.outputs[k](skb_batch(self.pool, sel, SkbBatch))
+            except Exception:
+                res.n_drop += len(sel)  # the output failed: the frames are dropped
+                res.release.append(sel)
+                continue
+            res.n_redirect += len(sel)
+            res.n_out += len(sel)
+            res.release.append(sel)
