@@ -41,7 +41,10 @@ from collections.abc import Callable
 import numpy as np
 
 from cpumap import CpuMap, FlowHash, PacketBatch, batch_handler, possible_cpus
+from cpumap.bulkq import DEFAULT_BULK_SIZE
 from cpumap.generator import Generator
+from cpumap.rx import DEFAULT_POLL_SIZE
+from cpumap.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL
 
 FRAME = 64
 
@@ -134,13 +137,14 @@ def run_ours(
     vectorized: bool,
     lossless: bool = True,
     qsize: int = 2048,
-    batch_size: int = 256,
-    bulk_size: int = 256,
-    poll_size: int = 256,
+    batch_size: int = DEFAULT_BATCH,
+    bulk_size: int = DEFAULT_BULK_SIZE,
+    poll_size: int = DEFAULT_POLL_SIZE,
+    busy_poll: float = DEFAULT_BUSY_POLL,
 ):
     handler = TouchBatch() if vectorized else TouchFrame()
     n = len(frames)
-    with CpuMap(max(cpus) + 1, handler=handler, batch_size=batch_size) as m:
+    with CpuMap(max(cpus) + 1, handler=handler, batch_size=batch_size, busy_poll=busy_poll) as m:
         for c in cpus:
             m.update(c, qsize)
         prog = FlowHash(m, cpus, vectorized=vectorized)
@@ -263,22 +267,38 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.sweep_bulk:
-        print("bulk size sweep, (b), worker batch 256:")
-        for bulk in (8, 32, 64, 128, 256, 512, 1024):
+        print("poll = bulk size sweep, (b), worker batch 1024:")
+        for size in (64, 256, 512, 1024, 2048, 4096):
             r = measure(
-                f"bulk {bulk}",
-                lambda b=bulk: run_ours(
-                    frames, cpus, rx_cpu, vectorized=True, bulk_size=b, poll_size=max(b, 256)
+                f"poll+bulk {size}",
+                lambda z=size: run_ours(
+                    frames, cpus, rx_cpu, vectorized=True, bulk_size=z, poll_size=z
                 ),
                 args.repeat,
             )
             report(r, base["fps"])
+        print("bulk size sweep at poll 1024 (several flushes per poll):")
+        for bulk in (8, 64, 256, 1024):
+            r = measure(
+                f"bulk {bulk}",
+                lambda b=bulk: run_ours(frames, cpus, rx_cpu, vectorized=True, bulk_size=b),
+                args.repeat,
+            )
+            report(r, base["fps"])
     if args.sweep_batch:
-        print("worker batch size sweep, (b), bulk 256:")
-        for bs in (8, 32, 64, 128, 256, 512, 1024):
+        print("worker batch size sweep, (b):")
+        for bs in (8, 64, 256, 1024, 4096):
             r = measure(
                 f"batch {bs}",
                 lambda b=bs: run_ours(frames, cpus, rx_cpu, vectorized=True, batch_size=b),
+                args.repeat,
+            )
+            report(r, base["fps"])
+        print("busy-poll sweep, (b):")
+        for bp in (0.0, 0.0001, 0.0005, 0.002):
+            r = measure(
+                f"busy_poll {bp * 1e6:.0f} us",
+                lambda b=bp: run_ours(frames, cpus, rx_cpu, vectorized=True, busy_poll=b),
                 args.repeat,
             )
             report(r, base["fps"])

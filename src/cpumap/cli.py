@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop when a ring is full, as the kernel does (default for captures: wait)",
     )
-    run.add_argument("--batch", type=int, default=256, help="frames per worker batch")
-    run.add_argument("--poll", type=int, default=256, help="frames per RX poll")
+    run.add_argument("--batch", type=int, default=1024, help="frames per worker batch")
+    run.add_argument("--poll", type=int, default=1024, help="frames per RX poll")
     run.add_argument("--duration", type=float, help="live: stop after this many seconds")
     run.add_argument("--promisc", action="store_true", help="live: promiscuous mode")
     run.add_argument("--top", type=int, default=10, help="flows to list (flow-table)")

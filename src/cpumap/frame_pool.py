@@ -121,7 +121,9 @@ class FramePool:
         layout.add("data", np.uint8, (count, frame_size), align=4096)
         layout.add("desc", DESCRIPTOR, count)
         layout.add("tag", np.uint32, count)
-        self.segment: Segment = layout.create()
+        # Populated up front: the pool is the engine's bounded memory, and the RX hot path
+        # should not take a page fault per 4 KiB on its first lap.
+        self.segment: Segment = layout.create(populate=True)
         seg = self.segment
         self.data = seg.view("data")
         self.flat = seg.view("data").reshape(-1)
@@ -196,7 +198,7 @@ class FramePool:
         self.segment.close()
 
 
-DEFAULT_BLOCK = 256
+DEFAULT_BLOCK = 1024
 
 
 class FrameAllocator:

@@ -174,9 +174,20 @@ class Ring:
         """Publish as many of ``idx`` as fit; returns how many (the rest are the caller's
         to drop: the kernel's ``__ptr_ring_produce`` failing with -ENOSPC).  Wakes the
         consumer if it announced it sleeps."""
+        k, sleeping = self.produce_nowake(idx)
+        if sleeping:
+            self.wake()
+        return k
+
+    def produce_nowake(self, idx: np.ndarray) -> tuple[int, bool]:
+        """Like :meth:`produce`, but leaves the wake-up to the caller: returns (how many
+        were published, whether the consumer announced it sleeps).  The caller must call
+        :meth:`wake` if told so -- later is fine (the consumer sleeps until then, no
+        wake-up is lost): the kernel too wakes the kthread once at the end of the poll
+        (``__cpu_map_flush``), not per bulk."""
         n = len(idx)
         if n == 0:
-            return 0
+            return 0, False
         # Read from shared memory, not cached: this producer may have been forked before
         # the slot was (re)initialised.  The map publishes the slot after init (a store
         # ordered after these), and we found the slot through that store.
@@ -199,9 +210,7 @@ class Ring:
                 k = 0
         finally:
             at.store_u32(self._lock, 0)
-        if sleeping:
-            self.wake()
-        return k
+        return k, bool(sleeping)
 
     def wake(self) -> None:
         """Wake the consumer: (5) in the module docstring."""

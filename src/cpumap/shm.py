@@ -73,14 +73,16 @@ class Layout:
         self.size = off + max(nbytes, 1)
         return off
 
-    def create(self) -> Segment:
-        return Segment(self)
+    def create(self, populate: bool = False) -> Segment:
+        """The segment.  ``populate``: fault every page in now (one madvise), so that the
+        first pass over a big array does not pay a page fault per 4 KiB on the hot path."""
+        return Segment(self, populate)
 
 
 class Segment:
     """One memfd-backed shared mapping, carved into the arrays of its :class:`Layout`."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, populate: bool = False) -> None:
         self.layout = layout
         self.size = _align(max(layout.size, 1), mmap.PAGESIZE)
         fd = os.memfd_create(f"cpumap-{layout.name}", os.MFD_CLOEXEC)
@@ -92,6 +94,14 @@ class Segment:
         finally:
             # The mapping keeps the memory alive; the fd would only leak into children.
             os.close(fd)
+        if populate:
+            advice = getattr(mmap, "MADV_POPULATE_WRITE", None)
+            try:
+                if advice is None:
+                    raise OSError("no MADV_POPULATE_WRITE")
+                self._mm.madvise(advice)
+            except OSError:  # older kernel: touch one byte per page instead
+                np.frombuffer(self._mm, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
         self.buf = np.frombuffer(self._mm, dtype=np.uint8)
         self.addr: int = self.buf.ctypes.data
         self._views: dict[str, np.ndarray] = {}
