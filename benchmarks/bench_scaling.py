@@ -32,7 +32,7 @@ import numpy as np
 from cpumap import CpuMap, FlowHash, PacketBatch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_engine import make_frames  # noqa: E402
+from bench_engine import make_frames
 
 
 class Work:
@@ -113,8 +113,7 @@ def run_baseline(frames: list[bytes], workers: int, work: int) -> float:
     qs = [ctx.Queue() for _ in range(workers)]
     done = ctx.Queue()
     procs = [
-        ctx.Process(target=_consumer, args=(qs[i], done, cpus[1 + i], work))
-        for i in range(workers)
+        ctx.Process(target=_consumer, args=(qs[i], done, cpus[1 + i], work)) for i in range(workers)
     ]
     for p in procs:
         p.start()
@@ -190,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpus": ncpu, "frames": len(frames), "work": args.work,
-                       "results": results}, f, indent=2)
+            json.dump(
+                {"cpus": ncpu, "frames": len(frames), "work": args.work, "results": results},
+                f,
+                indent=2,
+            )
     return 0
 
 
