@@ -50,23 +50,31 @@ class Work:
             self.acc += int(rows.sum(axis=1, dtype=np.uint32)[-1])
 
 
-def _rx_main(cmap: CpuMap, index: int, cpu: int, frames: np.ndarray, keys, go, done) -> None:
+def _rx_main(
+    cmap: CpuMap, index: int, cpu: int, frames: np.ndarray, keys, go, done, poll: int
+) -> None:
     os.sched_setaffinity(0, {cpu})
     prog = FlowHash(cmap, keys)
-    with cmap.producer(prog, index=index, backpressure=60.0) as rx:
+    with cmap.producer(prog, index=index, backpressure=60.0, poll_size=poll, bulk_size=poll) as rx:
         go.wait()
         rx.receive(PacketBatch.from_array(frames))
     done.put(index)
 
 
-def run_ours(frames: np.ndarray, producers: int, workers: int, work: int) -> float:
+def run_ours(
+    frames: np.ndarray, producers: int, workers: int, work: int, poll: int = 1024
+) -> float:
     cpus = sorted(os.sched_getaffinity(0))
     rx_cpus = cpus[:producers]
     w_cpus = cpus[producers : producers + workers]
     ctx = multiprocessing.get_context("fork")
     per = len(frames) // producers
     with CpuMap(
-        max(cpus) + 1, handler=Work(work), producers=producers, frames=32768 * producers
+        max(cpus) + 1,
+        handler=Work(work),
+        producers=producers,
+        frames=max(32768, 8 * poll) * producers,
+        batch_size=max(1024, poll // 2),
     ) as m:
         for c in w_cpus:
             m.update(c, 4096)
@@ -74,7 +82,7 @@ def run_ours(frames: np.ndarray, producers: int, workers: int, work: int) -> flo
         procs = [
             ctx.Process(
                 target=_rx_main,
-                args=(m, p, rx_cpus[p], frames[p * per : (p + 1) * per], w_cpus, go, done),
+                args=(m, p, rx_cpus[p], frames[p * per : (p + 1) * per], w_cpus, go, done, poll),
             )
             for p in range(producers)
         ]
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workers", default=None, help="worker counts, e.g. 1,2,4,8")
     ap.add_argument("--producers", default="1,2,4", help="RX producer counts")
+    ap.add_argument("--poll", type=int, default=1024, help="frames per RX poll (and bulk)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the baseline")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     ncpu = len(os.sched_getaffinity(0))
@@ -160,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers
         else [w for w in (1, 2, 4, 8, 12, 14) if w < ncpu]
     )
-    print(f"{ncpu} CPUs, {len(frames):,} frames of 64 B, work {args.work} passes/frame")
+    print(
+        f"{ncpu} CPUs, {len(frames):,} frames of 64 B, work {args.work} passes/frame, "
+        f"poll {args.poll}"
+    )
     results: list[dict] = []
 
     def med(fn) -> float:
         return statistics.median(fn() for _ in range(args.repeat))
 
     base: dict[int, float] = {}
-    for w in ws:
+    for w in [] if args.no_baseline else ws:
         if 1 + w > ncpu:
             continue
         base[w] = med(lambda w=w: run_baseline(flist, w, args.work))
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in ws:
             if p + w > ncpu or w < p // 2:
                 continue
-            fps = med(lambda p=p, w=w: run_ours(frames, p, w, args.work))
+            fps = med(lambda p=p, w=w: run_ours(frames, p, w, args.work, args.poll))
             one.setdefault(p, fps)
             vs = f"  x{fps / base[w]:5.2f} baseline" if p == 1 and w in base else ""
             results.append({"name": "ours", "producers": p, "workers": w, "fps": fps})

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top", type=int, default=10, help="flows to list (flow-table)")
     run.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     run.add_argument("--quiet", action="store_true", help="no live display")
+    run.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on PORT"
+    )
     run.epilog = "programs: " + ", ".join(sorted(program_names())) + ", or module:function"
     return ap
 
@@ -323,6 +326,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch) as cmap:
         for c in cpus:
             cmap.update(c, args.qsize)
+        if args.metrics_port is not None:
+            from .metrics import serve
+
+            try:
+                serve(cmap, args.metrics_port)
+            except OSError as e:
+                raise UsageError(f"--metrics-port {args.metrics_port}: {e}") from None
+            console.print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics")
         program = make_program(args, cmap, cpus)
         t0 = time.monotonic()
         with cmap.producer(
