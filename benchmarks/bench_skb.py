@@ -55,19 +55,8 @@ VLAN_V6_UDP = pad(ETH_VLAN_V6 + ipv6(17, UDP), 82)
 V4_ICMP = pad(ETH_V4 + ipv4(1, ICMP))
 ARP_FRAME = pad(ETH_ARP + ARP)
 
-DESCRIPTOR = np.dtype(  # as cpumap.frame_pool.DESCRIPTOR
-    [
-        ("length", np.uint32),
-        ("wire_len", np.uint32),
-        ("ts_ns", np.int64),
-        ("ifindex", np.uint32),
-        ("rx_queue", np.uint32),
-        ("linktype", np.uint16),
-        ("headroom", np.uint16),
-        ("meta_len", np.uint16),
-        ("_pad", np.uint16),
-    ]
-)
+from cpumap.frame_pool import DESCRIPTOR  # noqa: E402
+
 HEADROOM = 256
 
 

@@ -43,6 +43,7 @@ read-only.
 
 from __future__ import annotations
 
+import abc
 import gzip
 import operator
 import os
@@ -280,7 +281,7 @@ def _join(a: _Chunk, b: _Chunk) -> _Chunk:
     return _concat([a, b])
 
 
-class CaptureReader:
+class CaptureReader(abc.ABC):
     """A capture file as a stream of packets: iterate for :class:`Packet`, or call
     :meth:`batches` for :class:`PacketBatch` columns (the engine's fast path).
 
@@ -344,18 +345,18 @@ class CaptureReader:
 
     # -- what a format module provides --------------------------------------------------------
 
+    @abc.abstractmethod
     def _start(self) -> None:
         """Read and check the file header (may call :meth:`_ensure`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _parse(self, buf: bytes, eof: bool) -> tuple[_Chunk | None, int]:
         """Parse ``buf`` (file bytes from ``self._base`` on); see the module docstring."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def linktypes(self) -> tuple[int, ...]:
         """The link types of the file's interfaces, in order of first appearance."""
-        raise NotImplementedError
 
     # -- helpers for format modules -----------------------------------------------------------
 
@@ -412,8 +413,8 @@ class CaptureReader:
         """The parser state a format module changes while parsing (see :meth:`_step`)."""
         return None
 
-    def _restore(self, snapshot: object) -> None:
-        pass
+    def _restore(self, snapshot: object) -> None:  # noqa: B027 (a hook; most need none)
+        """Put back what :meth:`_snapshot` saved (a format with parse state overrides)."""
 
     def _step(self) -> _Chunk | None:
         """Read one chunk and parse it; the packets it held (None if none).
@@ -635,6 +636,14 @@ def open_capture(
 
 # --------------------------------------------------------------------------------------------
 # Writers
+
+
+def _open_output(path: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, bool, str]:
+    """(file, whether we own it, its name) for a writer: a path is opened (and later
+    closed by the writer), a file object is written as it is."""
+    if isinstance(path, str | os.PathLike):
+        return open(path, "wb"), True, os.fspath(path)
+    return path, False, str(getattr(path, "name", "<stream>"))
 
 
 class CaptureWriter(Protocol):

@@ -60,6 +60,7 @@ from cpumap.capture import (
     _Chunk,
     _columns,
     _Input,
+    _open_output,
     max_caplen,
 )
 from cpumap.packets import LINKTYPE_ETHERNET, Packet, PacketBatch
@@ -281,14 +282,8 @@ class PcapWriter:
         nanosecond: bool = True,
         snaplen: int | None = None,
     ) -> None:
-        if isinstance(path, str | os.PathLike):
-            self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by close())
-            self._owns = True
-            self.path = os.fspath(path)
-        else:
-            self._f = path
-            self._owns = False
-            self.path = str(getattr(path, "name", "<stream>"))
+        self._f: BinaryIO
+        self._f, self._owns, self.path = _open_output(path)
         self.linktype = linktype
         self.nanosecond = nanosecond
         self.snaplen = snaplen

@@ -66,6 +66,7 @@ from cpumap.capture import (
     _columns,
     _empty,
     _Input,
+    _open_output,
     max_caplen,
 )
 from cpumap.packets import LINKTYPE_ETHERNET, Packet, PacketBatch
@@ -734,14 +735,8 @@ class PcapngWriter:
         linktype: int = LINKTYPE_ETHERNET,
         application: str = "cpumap",
     ) -> None:
-        if isinstance(path, str | os.PathLike):
-            self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 (closed by close())
-            self._owns = True
-            self.path = os.fspath(path)
-        else:
-            self._f = path
-            self._owns = False
-            self.path = str(getattr(path, "name", "<stream>"))
+        self._f: BinaryIO
+        self._f, self._owns, self.path = _open_output(path)
         self.nanosecond = nanosecond
         self.linktype = linktype
         self.count = 0

@@ -53,6 +53,7 @@ end are in the window but every use is masked by the frame's length.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -113,7 +114,7 @@ def _skipped(verdicts: np.ndarray, link: Link) -> None:
 
 
 # -- the programs ---------------------------------------------------------------------------
-class Steering:
+class Steering(abc.ABC):
     """Base of the built-in programs: a CPU table, a map, and the two forms.
 
     ``cmap``: the map redirected into (the per-frame form calls ``ctx.redirect_map`` on
@@ -159,13 +160,13 @@ class Steering:
         return f"<{type(self).__name__} {self.mode!r} {form} table={self.table.cpus}>"
 
     # -- the two forms (subclasses) -------------------------------------------------------
+    @abc.abstractmethod
     def frame(self, ctx: XdpContext) -> int:
         """The per-frame form: a verdict; ``ctx.redirect_key`` set when it redirects."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
         """The vectorized form: ``(verdicts uint8[n], keys uint32[n])``."""
-        raise NotImplementedError
 
     # -- shared steps ---------------------------------------------------------------------
     def _read(self) -> TableSnapshot:
