@@ -85,3 +85,19 @@ def test_live_traffic_reaches_the_workers_whole_and_in_order(mode: str) -> None:
             last[flow] = seq
             seen.add((flow, seq))
     assert len(seen) == total  # exactly once
+
+
+@pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+def test_cli_live_duration_ends_a_quiet_interface() -> None:
+    from rich.console import Console
+
+    from cpumap.cli import main
+
+    with VethPair(local_netns=False) as pair:
+        console = Console(record=True, width=200)
+        t0 = time.monotonic()
+        rc = main(["run", "--iface", pair.local.ifname, "--duration", "0.5", "--quiet"],
+                  console=console)
+        assert rc == 0
+        assert time.monotonic() - t0 < 10  # no traffic, yet it ends
+        assert "drops when a ring is full" in console.export_text()

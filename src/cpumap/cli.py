@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -410,7 +411,13 @@ def _live_batches(args: argparse.Namespace) -> tuple[Iterator[PacketBatch], Any]
         raise UsageError(f"--iface {args.iface}: {e}") from None
     except OSError as e:
         raise UsageError(f"--iface {args.iface}: {e}; see `ip link` for interfaces") from None
-    return src.batches(), src
+    # The source yields only when traffic comes: a timer ends a quiet --duration too.
+    stop = threading.Event()
+    if args.duration:
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    return src.batches(stop=stop), src
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
