@@ -8,10 +8,12 @@ the same CPU, so the staging needs no lock.
 
 Ours is the same structure with a different argument for its size.  In Python the cost
 is per call, not per byte: one flush costs the ring lock, two numpy slice stores, a tail
-store with a fence and a stats update (~10 us here) whether it carries 8 frames or 256.
-So the bulk size trades flush overhead against latency and fairness between producers;
-``benchmarks/bench_engine.py --sweep-bulk`` measures it, and the default
-(:data:`DEFAULT_BULK_SIZE`) is the knee of that curve on our machines.
+store with a fence and a stats update (~10 us here) whether it carries 8 frames or 1024.
+So the bulk size trades flush overhead against latency and fairness between producers.
+``benchmarks/bench_engine.py --sweep-bulk`` measures it (docs/benchmarks.md): at a poll
+of 1024 frames, bulks of 8 deliver a quarter of what bulks of 1024 do.  The default,
+:data:`DEFAULT_BULK_SIZE`, equals the default poll size: one flush per destination per
+poll, as the kernel's flush at the end of the poll would be if its bulk never filled.
 
 Invariant: a producer's staged frames are all flushed before it reports a quiescent
 state (see rcu.py), so after a grace period no staging anywhere refers to a retired

@@ -69,10 +69,11 @@ queues the sleeper atomically with respect to ``futex_wake``, so either it sees 
 changed word and returns at once, or it is already queued and the wake reaches it.
 The same argument covers ``request_stop`` (stop flag stored, fence, unconditional wake).
 
-The consumer also sleeps with a timeout as a safety net; ``wait`` reports a timeout that
-finds work waiting (which would betray a lost wake-up), and the tests assert there are
-none.  Waking costs a syscall and ~15 us of the sleeper's latency, so producers wake only
-a consumer that announced it sleeps, and only once per flush, never per frame.
+The consumer also sleeps with a timeout as a safety net; the worker reports a timeout
+that finds work waiting with no wake-up on its way (which would betray a lost wake-up),
+and the tests assert there are none.  Waking costs a syscall and ~15 us of the sleeper's
+latency, so producers wake only a consumer that announced it sleeps, and only once per
+destination per poll (``produce_nowake`` + ``BulkQueues.flush_all``), never per frame.
 """
 
 from __future__ import annotations
