@@ -15,7 +15,7 @@ import pytest
 
 from conftest import flow_batch
 from cpumap import CpuMap, possible_cpus, redirect_map
-from cpumap.frame_pool import TAG_QUEUED, TAG_RETURNED
+from cpumap.frame_pool import TAG_HAND, TAG_QUEUED, TAG_RETURNED
 from cpumap.stats import K_COMMITTED, K_DELIVERED, K_PROCESSED
 from test_engine import Gate, wait_for
 
@@ -98,7 +98,7 @@ def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
         hand = m._hands[e.slot]
         ring, pool = e.ring, m.pool
         # Play the worker: 1. take 4 frames
-        got = ring.take(4, hand).copy()
+        got = ring.take(4, hand, pool.tag, TAG_HAND + e.slot).copy()
         rec = e.record.read()
         if step != "taken":  # 3. commit their outcomes
             rec[K_PROCESSED] += 4

@@ -88,13 +88,17 @@ def test_reclaim_sees_releases_from_another_process() -> None:
     assert np.all(pool.tag[got[:32]] == 0)
 
 
-def test_a_new_allocator_takes_over_free_and_returned_blocks() -> None:
+def test_a_new_allocator_takes_over_from_a_dead_owner() -> None:
     pool = FramePool(count=16, frame_size=128, headroom=0, partitions=1)
     a = pool.allocator(0, block=4)
-    got = a.alloc(16)
-    pool.tag[got[:6]] = TAG_RETURNED
-    b = pool.allocator(0, block=4)  # e.g. after the first owner died
-    assert b.available == 4  # block 0 only: block 1 is still half in use
+    got = a.alloc(16)  # the old owner holds everything (TAG_RX)...
+    pool.tag[got[:4]] = TAG_RETURNED  # ...block 0 came back,
+    pool.tag[got[4:6]] = TAG_QUEUED + 3  # block 1 is partly in a ring, the rest it held
+    b = pool.allocator(0, block=4)  # a new owner of the slot: the old one is gone
+    assert b.available == 12  # blocks 0, 2, 3; block 1 waits for its frames in flight
+    pool.release(got[4:6])
+    assert b.reclaim() == 4 and b.available == 16
+    assert pool.audit().whole
 
 
 def test_packet_and_metadata_views_are_zero_copy() -> None:

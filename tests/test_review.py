@@ -1,9 +1,8 @@
-"""Adversarial review of the engine core: each test shows one bug.
+"""Regression tests from an adversarial review of the engine core: each test showed one
+bug (failing before its fix).
 
-Every test is ``xfail(strict=True)``: it fails today because of the bug it names and
-will start passing (and so fail the suite, as a reminder to drop the mark) once the bug
-is fixed.  Tests are deterministic: where a bug needs a particular interleaving, the test
-produces it with pipes and gates, or plays one party step by step (as test_faults does).
+Tests are deterministic: where a bug needs a particular interleaving, the test produces
+it with pipes and gates, or plays one party step by step (as test_faults does).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from cpumap import (
     redirect_map,
 )
 from cpumap import _atomics as at
-from cpumap.frame_pool import TAG_QUEUED, TAG_RETURNED
+from cpumap.frame_pool import TAG_HAND, TAG_QUEUED, TAG_RETURNED
 from cpumap.ring import Ring
 from cpumap.second_stage import OutputMap
 from cpumap.shm import Layout
@@ -91,11 +90,6 @@ class _TwoGates:
 
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs")
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: second-stage frames dropped at a full ring keep the target's tag; "
-    "a worker killed before commit leaks them (never counted, pool never whole)",
-)
 def test_second_stage_full_ring_drops_are_recovered_when_the_worker_dies() -> None:
     a, b = CPUS[0], CPUS[1]
     h = _TwoGates(a, b)
@@ -137,11 +131,6 @@ def test_second_stage_full_ring_drops_are_recovered_when_the_worker_dies() -> No
 
 
 # -- 2. recovery: "tagged for this ring" is ambiguous between in-hand and re-queued -------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: _recover releases a frame re-queued into the ring after its positions "
-    "snapshot (tag QUEUED+slot means both 'in hand' and 'queued')",
-)
 def test_recover_never_releases_a_frame_requeued_during_recovery(monkeypatch) -> None:
     with CpuMap(1) as m:
         m.update(CPU, 64)
@@ -152,7 +141,7 @@ def test_recover_never_releases_a_frame_requeued_during_recovery(monkeypatch) ->
         rx.receive(flow_batch(1, 10))
         rx.close()
         ring, pool, hand = e.ring, m.pool, m._hands[e.slot]
-        got = ring.take(4, hand).copy()  # 1. take
+        got = ring.take(4, hand, pool.tag, TAG_HAND + e.slot).copy()  # 1. take
         rec = e.record.read()  # 3. commit
         rec[K_PROCESSED] += 4
         rec[K_DELIVERED] += 4
@@ -186,11 +175,6 @@ def test_recover_never_releases_a_frame_requeued_during_recovery(monkeypatch) ->
 
 
 # -- 3. KthreadRecord: a reader accepts a record the writer is rewriting -------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: KthreadRecord.read accepts seq+1, when the writer may already be "
-    "rewriting the reader's buffer: torn records",
-)
 def test_kthread_record_read_is_never_torn() -> None:
     layout = Layout("review-krec")
     add_counters(layout, 1, 1, 0)
@@ -221,11 +205,6 @@ def test_kthread_record_read_is_never_torn() -> None:
 
 
 # -- 4. wait_idle returns between a worker's commit and its release ----------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: wait_idle() returns once outcomes are committed, before the worker "
-    "releases its frames: the pool is not whole at the 'quiescent point'",
-)
 def test_wait_idle_means_the_pool_is_whole(monkeypatch) -> None:
     parent = os.getpid()
     orig = KthreadRecord.publish
@@ -245,11 +224,6 @@ def test_wait_idle_means_the_pool_is_whole(monkeypatch) -> None:
 
 
 # -- 5. PR_SET_PDEATHSIG is per thread: workers forked by a short-lived thread die with it ------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: PDEATHSIG fires when the forking *thread* exits: a worker started "
-    "from a short-lived thread is SIGKILLed",
-)
 def test_worker_started_from_a_thread_outlives_the_thread() -> None:
     with CpuMap(1) as m:
         t = threading.Thread(target=m.update, args=(CPU, 64))
@@ -259,31 +233,23 @@ def test_worker_started_from_a_thread_outlives_the_thread() -> None:
         assert _stays_alive(e.proc), f"worker died: exitcode {e.proc.exitcode}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: stats() (e.g. a metrics scrape thread) restarts a dead worker from its "
-    "own thread; the replacement dies when that thread exits",
-)
-def test_worker_restarted_by_stats_in_a_thread_survives() -> None:
+def test_stats_in_a_thread_never_forks_and_the_owner_replaces_the_worker() -> None:
     with CpuMap(1) as m:
         m.update(CPU, 64)
         (e,) = m._entries.values()
         first = e.proc.pid
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: _pid_gone(first))
-        t = threading.Thread(target=m.stats)  # what a scrape does
+        t = threading.Thread(target=m.stats)  # what a metrics scrape does
         t.start()
         t.join()
+        assert e.proc.pid == first and e.restarts == 0  # read-only from that thread
+        m.poll()  # the map's own thread supervises: recover and replace
         assert e.proc.pid != first and e.restarts == 1
         assert _stays_alive(e.proc), f"replacement died: exitcode {e.proc.exitcode}"
 
 
 # -- 6. the ring's producer lock: a dead owner that is a zombie is never taken over ------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: pid_alive() is True for a zombie; a producer in the controller spins "
-    "forever on a ring lock held by a dead (unreaped) child",
-)
 def test_producer_takes_over_a_lock_held_by_a_dead_child() -> None:
     with CpuMap(1) as m:
         m.update(CPU, 64)
@@ -309,11 +275,6 @@ def test_producer_takes_over_a_lock_held_by_a_dead_child() -> None:
 
 
 # -- 7. frame allocator: a block with a FREE tail is never reclaimed ---------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a producer slot re-claimed while its old block has frames in flight "
-    "strands that block forever (FREE tail + RETURNED never 'all RETURNED')",
-)
 def test_new_producer_on_a_slot_gets_every_frame_back() -> None:
     gate = Gate()
     try:
@@ -337,11 +298,6 @@ def test_new_producer_on_a_slot_gets_every_frame_back() -> None:
 
 
 # -- 8. close(): a producer still inside its batch publishes into a force-retired ring ---------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: after close() times out and force-retires, a producer still in its "
-    "batch (backpressure) publishes into the retired ring: frames never counted",
-)
 def test_forced_close_loses_no_frame_to_a_producer_still_in_its_batch() -> None:
     gate = Gate()
     try:
@@ -366,11 +322,6 @@ def test_forced_close_loses_no_frame_to_a_producer_still_in_its_batch() -> None:
 
 
 # -- 9. RX: redirect_map into another map is delivered to this map's entry -----------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the RX producer ignores ctx.redirect_target: redirect_map(other, k) "
-    "goes to *this* map's entry k",
-)
 def test_rx_redirect_into_another_map_is_not_delivered_here() -> None:
     with CpuMap(1, frames=1024) as m, CpuMap(1, frames=1024) as other:
         m.update(CPU, 64)  # ``other`` has no entry at all
@@ -385,11 +336,6 @@ class _Sink:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a per-frame second stage naming two redirect maps in one batch raises "
-    "in the worker: the batch is 'lost' and the worker restarts (crash loop -> broken)",
-)
 def test_second_stage_with_two_targets_in_a_batch_does_not_crash_the_worker() -> None:
     outputs = OutputMap([_Sink()])
 

@@ -26,8 +26,8 @@ Ownership: who holds a frame is always written down
 * ``TAG_FREE``      -- in its allocator's free stack;
 * ``TAG_RX``        -- held by the RX producer that allocated it (being filled, run
   through the program, staged);
-* ``TAG_QUEUED + s`` -- published into the ring of map slot ``s`` (or in the hands of
-  that slot's worker);
+* ``TAG_QUEUED + s`` -- published into the ring of map slot ``s``;
+* ``TAG_HAND + s``   -- taken from that ring by its worker (in its hand buffer);
 * ``TAG_RETURNED``  -- released by whoever held it last; its allocator takes it back.
 
 Invariant: only the current holder writes a frame's tag or bytes.  A holder hands a
@@ -57,6 +57,7 @@ TAG_FREE = 0
 TAG_RX = 1
 TAG_RETURNED = 2
 TAG_QUEUED = 0x100  # + map slot number
+TAG_HAND = 0x10000  # + map slot number
 
 DESCRIPTOR = np.dtype(
     [
@@ -232,8 +233,11 @@ class FrameAllocator:
         self._tags2d = pool.tag[self.lo : self.lo + self.nblocks * self.block].reshape(
             self.nblocks, self.block
         )
-        # Take over whatever is free or returned (a previous owner may have died).
+        # Take over from a previous owner of this partition.  We hold its producer slot, so
+        # it is gone: frames it still held (TAG_RX: a producer killed inside a poll, never
+        # counted) are free again.  Blocks with frames in flight come back by reclaim().
         t = self._tags2d
+        t[t == TAG_RX] = TAG_RETURNED
         ok = np.flatnonzero(((t == TAG_FREE) | (t == TAG_RETURNED)).all(axis=1))
         t[ok] = TAG_FREE
         self._free: list[int] = ok[::-1].tolist()  # popped from the end: low blocks first
@@ -251,14 +255,21 @@ class FrameAllocator:
         return len(self._free) * self.block + self._end - self._next
 
     def reclaim(self) -> int:
-        """Put blocks whose every frame is RETURNED back on the free list; returns frames.
+        """Put blocks whose every frame is back (RETURNED, or FREE: never used) on the free
+        list; returns frames.  The current block is not a candidate (its FREE tail is
+        still being handed out), nor are blocks already free (no RETURNED frame).  A
+        block a previous owner left partly used comes back this way too.
 
         Safe against concurrent releases: a worker writes RETURNED only after its last
         access to a frame, and this scan either sees that store or picks the block up
         next time.  Only this allocator ever changes RETURNED to FREE in its partition.
         """
         t = self._tags2d
-        done = np.flatnonzero((t == TAG_RETURNED).all(axis=1))
+        returned = t == TAG_RETURNED
+        back = (returned | (t == TAG_FREE)).all(axis=1) & returned.any(axis=1)
+        if self._end > self._next:  # the current block, still being used
+            back[(self._next - 1 - self.lo) // self.block] = False
+        done = np.flatnonzero(back)
         if len(done):
             t[done] = TAG_FREE
             self._free.extend(done[::-1].tolist())
@@ -300,6 +311,10 @@ class FrameAllocator:
     def free(self, idx: np.ndarray) -> None:
         """Give back frames this allocator handed out (they return with their block)."""
         self.pool.tag[idx] = TAG_RETURNED
+
+    def close(self) -> None:
+        """Give back the unused rest of the current block (the producer is done)."""
+        self._retire_current()
 
     def _retire_current(self) -> None:
         """Release the unused rest of the current block so that the block can come back."""

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, TAG_QUEUED, FramePool
+from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, TAG_HAND, FramePool
 from .rcu import ProducerRegistry, add_registry
 from .ring import MAX_CAPACITY, Ring
 from .shm import Layout, Segment
@@ -330,6 +330,7 @@ class CpuMap:
         self.results: list[WorkerResult] = []
         self._mp = multiprocessing.get_context("fork")
         self._owner = os.getpid()
+        self._owner_thread = threading.get_ident()
         self._lock = threading.RLock()
         self._closed = False
 
@@ -481,7 +482,11 @@ class CpuMap:
         pause = 1e-4
         while True:
             s = self.stats()
-            if s.in_flight == 0:
+            # No outcome pending, and no frame still on its way back to the pool (a
+            # worker commits its outcomes before it releases the frames).
+            if s.in_flight == 0 and not any(
+                e.ring.hand_count() or len(e.ring) for e in self._live_entries()
+            ):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{s.in_flight} frames still in flight after {timeout}s")
@@ -498,8 +503,10 @@ class CpuMap:
     def stats(self) -> MapStats:
         """A snapshot of every counter (exact at quiescent points)."""
         with self._lock:
-            if not self._closed:
-                self._advance()
+            if not self._closed and os.getpid() == self._owner:
+                # Supervise too, but fork replacement workers only from the thread that
+                # made the map (a Prometheus scrape thread must not become a parent).
+                self._advance(restart=threading.get_ident() == self._owner_thread)
             prod = self._seg.view("prod").sum(axis=0, dtype=np.int64)
             enq = self._seg.view("enq")
             k = self._retired_k.copy()
@@ -663,6 +670,8 @@ class CpuMap:
             second_stage=e.program,
             cmap=self,
             registry_index=self.producers + e.slot,
+            parent_pid=os.getpid(),
+            forked_by_main_thread=threading.current_thread() is threading.main_thread(),
         )
         if e.conn is not None:
             e.conn.close()
@@ -714,10 +723,11 @@ class CpuMap:
             self._retiring.append(old)
         self._advance()
 
-    def _advance(self) -> None:
-        """Move retiring entries along; supervise every worker."""
+    def _advance(self, restart: bool = True) -> None:
+        """Move retiring entries along; supervise every worker (``restart``: replace the
+        dead ones -- a fork)."""
         for e in self._live_entries():
-            self._supervise(e)
+            self._supervise(e, restart)
         still: list[_Entry] = []
         for e in self._retiring:
             if e.state == "grace" and e.snap is not None and self.registry.elapsed(e.snap):
@@ -729,7 +739,7 @@ class CpuMap:
                 still.append(e)
         self._retiring = still
 
-    def _supervise(self, e: _Entry) -> None:
+    def _supervise(self, e: _Entry, restart: bool = True) -> None:
         """A worker that exited while it still had work to do died: recover and replace."""
         if e.proc is None:
             return
@@ -744,6 +754,8 @@ class CpuMap:
         if e.broken:
             self._recover(e, drop_queued=True)  # nobody consumes: keep the ring empty
             return
+        if not restart:
+            return  # the next supervision from the map's own thread recovers and replaces
         self._recover(e, drop_queued=False)
         e.restarts += 1
         if e.restarts > _MAX_RESTARTS:
@@ -772,11 +784,8 @@ class CpuMap:
         n_hand = ring.hand_count()
         if n_hand:
             hand = self._hands[e.slot, :n_hand].copy()
-            # Ours: still tagged for this ring and not queued in it again (a frame
-            # released, reused and re-queued here is the next worker's).  Frames a second
-            # stage forwarded to another ring carry that ring's tag: not ours either.
-            held = hand[pool.tag[hand] == TAG_QUEUED + e.slot]
-            held = np.setdiff1d(held, queued)
+            # Only frames still tagged "in this worker's hand" are its own (worker.py).
+            held = hand[pool.tag[hand] == TAG_HAND + e.slot]
             if committed < cons:  # died before committing: no outcome for these
                 e.lost += len(held)
             pool.release(held)
@@ -818,6 +827,9 @@ class CpuMap:
         if e.proc is not None and e.proc.is_alive():
             e.proc.kill()
             e.proc.join()
+        # A producer that never left its batch may still publish: make the ring refuse
+        # (its frames are then counted queue_full by that producer) before emptying it.
+        e.ring.kill()
         e.state = "draining"
         self._finish_retirement(e)
         self._retiring.remove(e)

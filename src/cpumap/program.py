@@ -103,6 +103,7 @@ class XdpContext:
         self.rx_queue_index = rx_queue
         self.linktype = linktype
         self.redirect_key = NO_KEY
+        self.redirect_target = None
         self._meta_len = int(self._pool.meta_len[index])
 
     @property

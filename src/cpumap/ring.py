@@ -94,6 +94,7 @@ OFF_SLEEPING = 128  # u32: consumer announced it is about to sleep   (consumer)
 OFF_WAKE_SEQ = 192  # u32: futex word, bumped to wake the consumer   (producers)
 OFF_STOP = 256  # u32: stop requested                                (controller)
 OFF_CAPACITY = 260  # u32: qsize                                     (controller)
+OFF_DEAD = 264  # u32: retired by force: producers publish nothing  (controller)
 RING_HEADER_BYTES = 320
 
 MAX_CAPACITY = 16384  # the kernel's sanity limit on qsize
@@ -146,7 +147,7 @@ class Ring:
             raise ValueError(f"ring capacity {capacity} out of range")
         for off in (OFF_PROD_TAIL, OFF_CONS_TAIL, OFF_HAND_N):
             at.store_u64(self.hdr + off, 0)
-        for off in (OFF_PROD_LOCK, OFF_SLEEPING, OFF_WAKE_SEQ, OFF_STOP):
+        for off in (OFF_PROD_LOCK, OFF_SLEEPING, OFF_WAKE_SEQ, OFF_STOP, OFF_DEAD):
             at.store_u32(self.hdr + off, 0)
         at.store_u32(self.hdr + OFF_CAPACITY, capacity)
         self.capacity = capacity
@@ -195,6 +196,8 @@ class Ring:
         cap = at.load_u32(self.hdr + OFF_CAPACITY)
         self._lock_producers()
         try:
+            if at.load_u32(self.hdr + OFF_DEAD):
+                return 0, False  # retired by force: the caller drops (and counts) them
             tail = at.load_u64(self._prod)
             head = at.load_u64(self._cons)
             k = min(n, cap - (tail - head))
@@ -223,9 +226,12 @@ class Ring:
         """Frames published and not yet taken."""
         return at.load_u64(self._prod) - at.load_u64(self._cons)
 
-    def take(self, n: int, hand: np.ndarray) -> np.ndarray:
+    def take(
+        self, n: int, hand: np.ndarray, tags: np.ndarray | None = None, tag: int = 0
+    ) -> np.ndarray:
         """Move the next ``n`` indices (n <= available()) into ``hand[:n]`` and free their
-        slots; returns ``hand[:n]``.  Order: hand written, ``hand_n`` stored, then
+        slots; returns ``hand[:n]``.  With ``tags``, ``tags[frame] = tag`` marks each frame
+        as in hand.  Order: hand written, frames marked, ``hand_n`` stored, then
         ``cons_tail`` -- a supervisor relies on it (worker.py)."""
         pos = at.load_u64(self._cons)
         cap = self.capacity
@@ -234,6 +240,8 @@ class Ring:
         hand[:first] = self.slots[s : s + first]
         if first < n:
             hand[first:n] = self.slots[: n - first]
+        if tags is not None:
+            tags[hand[:n]] = tag
         at.store_u64(self._hand_n, n)
         at.store_u64(self._cons, pos + n)
         return hand[:n]
@@ -264,6 +272,16 @@ class Ring:
         at.fence()
         self.wake()
 
+    def kill(self) -> None:
+        """Refuse every later publication (a forced retirement: a producer that never
+        left its batch may still try).  Taken under the producer lock, so no publication
+        is half done when it returns: the supervisor may then empty the ring for good."""
+        self._lock_producers()
+        try:
+            at.store_u32(self.hdr + OFF_DEAD, 1)
+        finally:
+            at.store_u32(self._lock, 0)
+
     def stop_requested(self) -> bool:
         return bool(at.load_u32(self._stop))
 
@@ -289,11 +307,20 @@ class Ring:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists."""
+    """Whether process ``pid`` exists and has not exited.  A zombie (exited, not yet
+    reaped: state Z or X in /proc) is dead -- ``kill(pid, 0)`` alone would call it alive,
+    and a lock or grace period held by it would then stall until someone reaps it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
+    except OSError:  # no procfs: fall back to the signal probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    return state not in (b"Z", b"X")

@@ -142,6 +142,7 @@ class RxProducer:
         if self._closed:
             return
         self._closed = True
+        self.allocator.close()
         self.cmap.registry.unclaim(self.index)
 
     def __enter__(self) -> RxProducer:
@@ -297,7 +298,7 @@ class RxProducer:
         return self._run_per_frame(idx)
 
     def _run_per_frame(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        pool, prog, ctx = self.pool, self.program, self._ctx
+        pool, prog, ctx, cmap = self.pool, self.program, self._ctx, self.cmap
         ifs = pool.ifindex[idx].tolist()
         rxq = pool.rx_queue[idx].tolist()
         lts = pool.linktype[idx].tolist()
@@ -312,12 +313,17 @@ class RxProducer:
                     v = prog(ctx)
                 except Exception:
                     v = XDP_ABORTED
-                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < N_VERDICTS:
+                if not isinstance(v, int | np.integer) or isinstance(v, bool):
                     v = XDP_ABORTED
                 v = int(v)
+                if not 0 <= v < N_VERDICTS:
+                    v = XDP_ABORTED
                 counts[v] += 1
                 verdicts.append(v)
-                keys.append(ctx.redirect_key if v == XDP_REDIRECT else NO_KEY)
+                if v != XDP_REDIRECT or ctx.redirect_target not in (None, cmap):
+                    keys.append(NO_KEY)  # a redirect into another map: a redirect error here
+                else:
+                    keys.append(ctx.redirect_key)
         finally:
             _set_current(None)
         return np.array(verdicts, dtype=np.uint8), np.array(keys, dtype=np.uint32), counts

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
-from .frame_pool import FramePool
+from .frame_pool import TAG_HAND, FramePool
 from .program import (
     N_VERDICTS,
     NO_KEY,
     XDP_ABORTED,
+    XDP_DROP,
     XDP_PASS,
     XDP_REDIRECT,
     XdpBatch,
@@ -109,10 +110,11 @@ class SecondStage:
         self.registry_index = registry_index
         self._ctx = XdpContext(self.pool)
         self._dropped: list[np.ndarray] = []
+        self._in_hand = TAG_HAND + (registry_index - cmap.producers)  # our slot's hand tag
         self._bulk = BulkQueues(
             self.pool,
             cmap._ring,
-            self._dropped.append,  # released after the commit, not now
+            self._drop_at_flush,  # released after the commit, not now
             self._on_flush,
             cmap.n_slots,
             bulk_size,
@@ -142,6 +144,12 @@ class SecondStage:
         for o in outputs.outputs:
             if hasattr(o, "setup"):
                 o.setup(self._info)
+
+    def _drop_at_flush(self, frames: np.ndarray) -> None:
+        """Frames a full target ring refused: ours again (the flush had tagged them for
+        the target), released after the commit -- a crash before it counts them lost."""
+        self.pool.tag[frames] = self._in_hand
+        self._dropped.append(frames.copy())
 
     def _on_flush(self, slot: int, processed: int, drops: int) -> None:
         self._fwd_full += drops
@@ -191,31 +199,39 @@ class SecondStage:
         d = pool.descriptors(idx).tolist()
         verdicts, keys = [], []
         counts = [0] * N_VERDICTS
-        targets: set[int] = set()
+        chosen: Any = None  # the batch's redirect target: the first one named
         _set_current(ctx)
         try:
             for i, rec in zip(idx.tolist(), d, strict=True):
                 ctx._load(i, rec[3], rec[4], rec[5])
-                ctx.redirect_target = None
                 try:
                     v = prog(ctx)
                 except Exception:
                     v = XDP_ABORTED
-                if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < N_VERDICTS:
+                if not isinstance(v, int | np.integer) or isinstance(v, bool):
                     v = XDP_ABORTED
                 v = int(v)
+                if not 0 <= v < N_VERDICTS:
+                    v = XDP_ABORTED
                 if v == XDP_REDIRECT:
-                    t = ctx.redirect_target
-                    target = t if t is not None else target
-                    targets.add(id(target))
+                    t = ctx.redirect_target if ctx.redirect_target is not None else target
+                    if chosen is None:
+                        chosen = t
+                    elif t is not chosen:
+                        # One redirect target per batch: a frame naming a second one is
+                        # dropped (counted), as a redirect the kernel could not do.
+                        v = XDP_DROP
                 counts[v] += 1
                 verdicts.append(v)
                 keys.append(ctx.redirect_key if v == XDP_REDIRECT else NO_KEY)
         finally:
             _set_current(None)
-        if len(targets) > 1:  # one batch, one redirect target map: keep it simple
-            raise ValueError("a second-stage program must redirect to one map per batch")
-        return np.array(verdicts, np.uint8), np.array(keys, np.uint32), counts, target
+        return (
+            np.array(verdicts, np.uint8),
+            np.array(keys, np.uint32),
+            counts,
+            chosen if chosen is not None else target,
+        )
 
     def _redirect(self, ridx: np.ndarray, rkeys: np.ndarray, target: Any, res: StageResult) -> None:
         if isinstance(target, OutputMap):

@@ -79,7 +79,7 @@ E_WORDS = 4
 K_COMMITTED = 0  # ring position up to which the outcomes below are counted
 K_PROCESSED = 1
 K_BATCHES = 2
-K_DROPS = 3  # handler_drop + handler_error + build_failed (+ second-stage drops)
+K_DROPS = 3  # handler_drop + handler_error + build_failed (the seed's meaning)
 K_SCHED = 4
 K_DELIVERED = 5
 K_HANDLER_DROP = 6
@@ -118,7 +118,8 @@ class KthreadRecord:
 
     Writer (the worker): fill the buffer the readers are *not* looking at, then store the
     sequence number that points at it.  Reader: load seq, copy ``rec[seq % 2]``, load seq
-    again; retry if it moved by 2 or more (the writer came round to our buffer).
+    again; retry unless it is unchanged.  (Moved by one is not good enough: after storing
+    seq+1 the writer's next batch is written into the very buffer we were copying.)
     """
 
     def __init__(self, segment: Segment, slot: int) -> None:
@@ -139,7 +140,7 @@ class KthreadRecord:
         while True:
             seq = at.load_u64(self._seq_addr)
             out = self._rec[seq & 1].copy()
-            if at.load_u64(self._seq_addr) - seq < 2:
+            if at.load_u64(self._seq_addr) == seq:
                 return out
 
 

@@ -19,32 +19,36 @@ Crash-safe commit protocol (why a SIGKILL loses no frame)
 ---------------------------------------------------------
 The worker's batch sits in a *hand* buffer in shared memory.  Per batch, in this order::
 
-    1. take(n)    hand[:n] = next n indices; hand_n = n; cons_tail += n   (ring.py)
+    1. take(n)    hand[:n] = next n indices; tag them HAND+slot; hand_n = n;
+                  cons_tail += n                                              (ring.py)
     2. build skbs, call the handler, count outcomes locally
     3. commit     kthread record {committed = cons_tail, counters += outcomes}: one store
     4. release    tag[hand] = RETURNED            frames go back to their allocators
     5. hand_n = 0
 
 A supervisor that finds the worker dead reads the last committed record, ``hand_n`` and
-the ring's positions (``CpuMap._recover``):
+the hand buffer (``CpuMap._recover``).  Of the hand's frames, only those still tagged
+``HAND + slot`` are the dead worker's: a frame it already released (step 4) is
+``RETURNED`` -- or reclaimed, reused, even queued into this very ring again, ``QUEUED``
+-- and a frame its second stage forwarded carries the other ring's tag.  So:
 
-* ``hand_n > 0`` and ``committed < cons_tail``: died between 1 and 3.  The hand's frames
-  have no outcome: they are released and counted ``lost``.
-* ``hand_n > 0`` and ``committed == cons_tail``: died between 3 and 5 (outcomes counted,
-  release perhaps partial), or between storing ``hand_n`` and ``cons_tail`` in 1 (the
-  frames are still queued).  Either way the frames that still carry this ring's tag and
-  are not queued in the ring are released; the queued ones stay for the next worker.
-* ``hand_n == 0``: nothing was in hand.
+* ``committed < cons_tail``: died between 1 and 3.  Its frames have no outcome: they are
+  released and counted ``lost``.
+* ``committed == cons_tail``: died between 3 and 5 (outcomes counted, release perhaps
+  partial): its frames are released.
+* ``hand_n == 0``, or died before storing it: nothing was in hand (frames still in the
+  ring are the next worker's).
 
-A frame released in 4 may already have been reclaimed, reused and queued again into the
-same ring: it then sits in the ring after ``cons_tail``, which is why queued frames are
-excluded.  Frames in the ring were never touched; a replacement worker takes them.
+Frames dropped by a second stage at a full target ring are retagged ``HAND + slot``
+before they are set aside for release after the commit (second_stage.py), so they too
+are found.  Frames in the ring were never touched; a replacement worker takes them.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -54,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from . import _atomics as at
-from .frame_pool import TAG_RETURNED, FramePool
+from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
 from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT, Ring
 from .stats import (
     K_BATCHES,
@@ -127,16 +131,22 @@ class WorkerSpec:
     second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
     cmap: Any = None  # the map (for a second stage that redirects)
     registry_index: int = -1  # this worker's producer slot, for its second stage
+    parent_pid: int = 0  # the controlling process
+    forked_by_main_thread: bool = True
 
 
 def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     """Entry point of the worker process (after fork)."""
     from . import _atomics
 
-    # Die with the controlling process: nothing may outlive it (see shm.py).
-    _atomics.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before we armed the signal
+    # Die with the controlling process: nothing may outlive it (see shm.py).  The kernel's
+    # parent-death signal fires when the *thread* that forked us exits, so it is armed
+    # only for forks from the main thread; a watchdog thread covers every case.
+    if spec.forked_by_main_thread:
+        _atomics.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != spec.parent_pid:  # the parent died before we armed anything
         os._exit(1)
+    _watch_parent(spec.parent_pid)
     # Ctrl-C goes to the whole process group; the controller decides how to stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pinned = _pin(spec.info.cpu)
@@ -173,6 +183,18 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     result_conn.close()
 
 
+def _watch_parent(parent: int, interval: float = 0.25) -> None:
+    """A daemon thread that kills this process once its parent is gone (we are then
+    re-parented, and ``getppid`` changes): at most ``interval`` late, one wake-up each."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cpumap-parent-watch", daemon=True).start()
+
+
 def _pin(cpu: int) -> bool:
     try:
         os.sched_setaffinity(0, {cpu})
@@ -197,6 +219,8 @@ class Worker:
             self.counters[:] = spec.resume_counters
         self.counters[K_COMMITTED] = self.ring.positions()[0]
         self._hand = spec.hand
+        self._tags = spec.pool.tag
+        self._in_hand = TAG_HAND + spec.info.slot
         self._sched = 0
         self._deliver = (
             self._deliver_batch if is_batch_handler(self.handler) else self._deliver_each
@@ -208,7 +232,9 @@ class Worker:
         while True:
             avail = ring.available()
             if avail:
-                self._process(ring.take(min(avail, self.batch_size), self._hand))
+                self._process(
+                    ring.take(min(avail, self.batch_size), self._hand, self._tags, self._in_hand)
+                )
                 continue
             if ring.stop_requested():
                 # stop is set after the grace period: the tail is final, recheck once.
