@@ -185,3 +185,36 @@ def _memfd_holders(pids: list[int]) -> set[int]:
         except (FileNotFoundError, ProcessLookupError):
             pass
     return holders
+
+
+def test_an_entry_whose_worker_cannot_restart_is_broken_and_loses_only_what_it_gets(
+    tmp_path,
+) -> None:
+    flag = tmp_path / "refuse"
+
+    class Refusing:
+        def setup(self, info):
+            if flag.exists():
+                raise RuntimeError("cannot start again")
+
+        def __call__(self, skb):
+            return None
+
+    with CpuMap(CPU + 1, handler=Refusing()) as m:
+        m.update(CPU, 64)
+        (e,) = m._entries.values()
+        flag.touch()
+        pid = e.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _pid_gone(pid))
+        m.poll()  # recovery, then a restart that fails: the entry is broken
+        assert e.broken and e.proc is None
+        with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
+            rx.poll(flow_batch(2, 10))
+        m.poll()
+        s = m.stats()
+        assert s.rx == 20 and s.lost + s.queue_full == 20 and s.in_flight == 0
+        assert m.pool.audit().whole
+        m.delete(CPU)  # a broken entry still retires
+        m.wait_idle(10)
+    assert m.stats().rx == sum(m.stats().outcomes().values())

@@ -96,8 +96,9 @@ def test_cli_live_duration_ends_a_quiet_interface() -> None:
     with VethPair(local_netns=False) as pair:
         console = Console(record=True, width=200)
         t0 = time.monotonic()
-        rc = main(["run", "--iface", pair.local.ifname, "--duration", "0.5", "--quiet"],
-                  console=console)
+        rc = main(
+            ["run", "--iface", pair.local.ifname, "--duration", "0.5", "--quiet"], console=console
+        )
         assert rc == 0
         assert time.monotonic() - t0 < 10  # no traffic, yet it ends
         assert "drops when a ring is full" in console.export_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cpumap
 from cpumap import XDP_DROP, CpuMap, PacketBatch
 from cpumap.packets import Packet
 
@@ -72,3 +73,41 @@ def test_uniform_rows_and_from_packets() -> None:
     pkts = [Packet(bytes([i]) * (i + 1), ts_ns=i) for i in range(50)]
     seen, _ = seen_by_program(PacketBatch.from_packets(pkts))
     assert seen == [p.data for p in pkts]
+
+
+def test_an_interrupted_poll_keeps_the_books_balanced() -> None:
+    """Ctrl-C inside a poll: the frames with no outcome are counted ABORTED and freed,
+    nothing stays staged, and the producer goes on working."""
+    from cpumap import FlowHash
+
+    calls = [0]
+
+    def prog(ctx):
+        calls[0] += 1
+        if calls[0] == 150:
+            raise KeyboardInterrupt
+        return cpumap.redirect_map(m, 0)
+
+    with CpuMap(1) as m:
+        m.update(0, 1024)
+        with m.producer(prog, poll_size=256) as rx:
+            with pytest.raises(KeyboardInterrupt):
+                rx.poll(ragged([64] * 256))
+            rx.poll(ragged([64] * 10))
+        m.wait_idle(10)
+        s = m.stats()
+        assert s.rx == 266 and s.xdp_aborted == 256 and s.delivered == 10
+        assert m.pool.audit().whole
+        with m.producer(FlowHash(m, [0])) as rx2:
+            rx2.poll(ragged([64] * 5))
+        m.wait_idle(10)
+        assert m.stats().delivered == 15
+
+
+def test_a_poll_bigger_than_the_partition_is_split() -> None:
+    with CpuMap(1, frames=256) as m:
+        m.update(0, 1024)
+        with m.producer(lambda ctx: cpumap.redirect_map(m, 0), frame_wait=30) as rx:
+            rx.poll(ragged([64] * 1000))  # 1000 > 256 frames: would wait for itself
+        m.wait_idle(10)
+        assert m.stats().delivered == 1000

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .frame_pool import TAG_QUEUED, FramePool
+from .frame_pool import TAG_QUEUED, TAG_RX, FramePool
 from .ring import Ring
 
 CPU_MAP_BULK_SIZE = 8  # the kernel's
@@ -111,6 +111,16 @@ class BulkQueues:
                 ring.wake()
             self._to_wake.clear()
 
+    def discard_all(self) -> None:
+        """Forget every staged frame (they are still the producer's: it releases them)
+        and wake whoever was found sleeping.  For a poll that is being aborted."""
+        for slot in self._pending:
+            self._count[slot] = 0
+        self._pending.clear()
+        for ring in self._to_wake.values():
+            ring.wake()
+        self._to_wake.clear()
+
     @property
     def staged(self) -> int:
         return sum(self._count)
@@ -124,7 +134,11 @@ class BulkQueues:
         else:
             self.pool.tag[frames] = TAG_QUEUED + slot
         ring = self._rings(slot)
-        done, sleeping = ring.produce_nowake(frames)
+        try:
+            done, sleeping = ring.produce_nowake(frames)
+        except BaseException:  # interrupted before publishing: the frames are still ours
+            self.pool.tag[frames] = TAG_RX
+            raise
         if sleeping:
             self._to_wake[slot] = ring
         if done < len(frames) and self.backpressure > 0:

@@ -697,7 +697,9 @@ class CpuMap:
         if not msg or not msg.get("ready"):
             proc.kill()
             proc.join()
+            proc.close()
             r.close()
+            e.proc = e.conn = None
             error = (msg or {}).get("error", "worker exited before it was ready")
             raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
         e.pinned = bool(msg.get("pinned", True))
@@ -708,7 +710,9 @@ class CpuMap:
             if e.conn.poll(timeout):
                 return e.conn.recv()
         except (EOFError, OSError):
-            pass
+            # The worker is gone and said all it will: stop waiting on this pipe (it
+            # would stay readable at EOF and turn every wait into a busy loop).
+            e.conn.close()
         return None
 
     def _replace(self, key: int, new: _Entry | None) -> None:
@@ -733,7 +737,7 @@ class CpuMap:
             if e.state == "grace" and e.snap is not None and self.registry.elapsed(e.snap):
                 e.state = "draining"
                 e.ring.request_stop()
-            if e.state == "draining" and e.proc is not None and not e.proc.is_alive():
+            if e.state == "draining" and (e.proc is None or not e.proc.is_alive()):
                 self._finish_retirement(e)
             if e.state != "retired":
                 still.append(e)
@@ -741,7 +745,9 @@ class CpuMap:
 
     def _supervise(self, e: _Entry, restart: bool = True) -> None:
         """A worker that exited while it still had work to do died: recover and replace."""
-        if e.proc is None:
+        if e.proc is None:  # no worker could be started again: broken
+            if e.broken:
+                self._recover(e, drop_queued=True)
             return
         if e.conn is not None and not e.conn.closed and e.conn.poll():
             msg = self._recv(e, 0)
@@ -800,10 +806,12 @@ class CpuMap:
 
     def _finish_retirement(self, e: _Entry) -> None:
         """The worker drained its ring and exited: fold its stats, free its slot."""
-        msg = self._recv(e, 0)
-        if msg is not None:
-            e.results.append(msg)
-        e.proc.join()
+        if e.conn is not None:
+            msg = self._recv(e, 0)
+            if msg is not None:
+                e.results.append(msg)
+        if e.proc is not None:
+            e.proc.join()
         cons, prod = e.ring.positions()
         if prod != cons or e.ring.hand_count() or cons != int(e.record.read()[K_COMMITTED]):
             self._recover(e, drop_queued=True)  # not after a clean exit; never lose frames
@@ -811,13 +819,15 @@ class CpuMap:
         enq = self._seg.view("enq")[:, e.slot].sum(axis=0)
         stats = self._entry_stats(e, rec, enq)
         stats.state = "retired"
-        stats.exitcode = e.proc.exitcode
+        stats.exitcode = e.proc.exitcode if e.proc is not None else None
         self.history.append(stats)
         self._retired_k += rec
         self._retired_lost += e.lost
         self._collect_results(e)
-        e.conn.close()
-        e.proc.close()  # its sentinel fd, now rather than at garbage collection
+        if e.conn is not None:
+            e.conn.close()
+        if e.proc is not None:
+            e.proc.close()  # its sentinel fd, now rather than at garbage collection
         e.state = "retired"
         self._slot_info[e.slot] = 0
         self._free_slots.append(e.slot)

@@ -34,7 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
-from .frame_pool import FrameAllocator
+from .frame_pool import TAG_RX, FrameAllocator
 from .packets import Packet, PacketBatch
 from .program import (
     N_VERDICTS,
@@ -177,6 +177,11 @@ class RxProducer:
         n = len(batch)
         if n == 0:
             return
+        if n > self.allocator.size:  # more than our whole partition: several polls
+            step = self.allocator.block
+            for lo in range(0, n, step):
+                self.poll(batch.slice(lo, min(lo + step, n)))
+            return
         local = self._local = [0] * P_WORDS
         local[P_RX] = n
         local[P_POLLS] = 1
@@ -192,16 +197,33 @@ class RxProducer:
                 local[P_NO_FRAME] = n - got
                 batch = batch.slice(0, got)
         if len(idx):
-            self._fill(where, batch)
             registry = self.cmap.registry
-            registry.read_lock(self.index)
             try:
-                verdicts, keys, counts = self._run_program(idx, start)
-                self._dispatch(idx, verdicts, keys, counts, start)
-                self._bulk.flush_all()
-            finally:
-                registry.read_unlock(self.index)
+                self._fill(where, batch)
+                registry.read_lock(self.index)
+                try:
+                    verdicts, keys, counts = self._run_program(idx, start)
+                    self._dispatch(idx, verdicts, keys, counts, start)
+                    self._bulk.flush_all()
+                except BaseException:
+                    # Nothing staged may outlive the read-side section (rcu.py).
+                    self._bulk.discard_all()
+                    raise
+                finally:
+                    registry.read_unlock(self.index)
+            except BaseException:
+                self._abort_poll(idx)
+                raise
         self._ctr += local
+
+    def _abort_poll(self, idx: np.ndarray) -> None:
+        """A poll interrupted (Ctrl-C, or a bug below the program): every frame of it
+        that has no outcome yet -- still tagged as ours -- is released and counted
+        ABORTED, and the poll's counters are published, so the books still balance."""
+        mine = idx[self.pool.tag[idx] == TAG_RX]
+        self._local[P_XDP_ABORTED] += len(mine)
+        self.allocator.free(mine)
+        self._ctr += self._local
 
     def flush(self) -> None:
         """Nothing is ever left staged between polls; kept for API symmetry."""

@@ -349,7 +349,7 @@ class Worker:
                 continue
             try:
                 r = handler(skb)
-            except Exception:
+            except BaseException:  # SystemExit too: the handler's failure, not the worker's
                 herr += 1
                 continue
             if r is False:
@@ -369,7 +369,7 @@ class Worker:
             return 0, 0, 0, n
         try:
             r = self.handler(batch)
-        except Exception:
+        except BaseException:  # SystemExit too: the handler's failure, not the worker's
             return 0, 0, n, 0
         if r is None:
             return n, 0, 0, 0
