@@ -204,9 +204,8 @@ def test_an_entry_whose_worker_cannot_restart_is_broken_and_loses_only_what_it_g
         m.update(CPU, 64)
         (e,) = m._entries.values()
         flag.touch()
-        pid = e.proc.pid
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: _pid_gone(pid))
+        os.kill(e.proc.pid, signal.SIGKILL)
+        wait_for(lambda: not e.proc.is_alive())  # reaped (not just a zombie leader)
         m.poll()  # recovery, then a restart that fails: the entry is broken
         assert e.broken and e.proc is None
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:

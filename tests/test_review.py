@@ -239,7 +239,8 @@ def test_stats_in_a_thread_never_forks_and_the_owner_replaces_the_worker() -> No
         (e,) = m._entries.values()
         first = e.proc.pid
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: _pid_gone(first))
+        # Reaped, not merely a zombie leader (its other threads may still be exiting).
+        wait_for(lambda: not e.proc.is_alive())
         t = threading.Thread(target=m.stats)  # what a metrics scrape does
         t.start()
         t.join()
