@@ -161,6 +161,15 @@ def _redirect(ctx: XdpContext, cmap: CpuMap, key: int, flags: int) -> int:
     return XDP_REDIRECT
 
 
+def as_verdict(value: object) -> int:
+    """A per-frame program's return value as a verdict: an int (or numpy integer) in
+    0..4; anything else -- a bool included -- is ``XDP_ABORTED``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return XDP_ABORTED
+    v = int(value)
+    return v if 0 <= v < N_VERDICTS else XDP_ABORTED
+
+
 def _set_current(ctx: XdpContext | None) -> None:
     _current.ctx = ctx
 

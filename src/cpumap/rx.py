@@ -45,6 +45,7 @@ from .program import (
     XdpBatch,
     XdpContext,
     _set_current,
+    as_verdict,
     is_vectorized,
     normalize_verdicts,
 )
@@ -332,13 +333,8 @@ class RxProducer:
             for j, i in enumerate(idx.tolist()):
                 ctx._load(i, ifs[j], rxq[j], lts[j])
                 try:
-                    v = prog(ctx)
+                    v = as_verdict(prog(ctx))
                 except Exception:
-                    v = XDP_ABORTED
-                if not isinstance(v, int | np.integer) or isinstance(v, bool):
-                    v = XDP_ABORTED
-                v = int(v)
-                if not 0 <= v < N_VERDICTS:
                     v = XDP_ABORTED
                 counts[v] += 1
                 verdicts.append(v)

@@ -47,6 +47,7 @@ from .program import (
     XdpBatch,
     XdpContext,
     _set_current,
+    as_verdict,
     is_vectorized,
     normalize_verdicts,
     skb_batch,
@@ -205,13 +206,8 @@ class SecondStage:
             for i, rec in zip(idx.tolist(), d, strict=True):
                 ctx._load(i, rec[3], rec[4], rec[5])
                 try:
-                    v = prog(ctx)
+                    v = as_verdict(prog(ctx))
                 except Exception:
-                    v = XDP_ABORTED
-                if not isinstance(v, int | np.integer) or isinstance(v, bool):
-                    v = XDP_ABORTED
-                v = int(v)
-                if not 0 <= v < N_VERDICTS:
                     v = XDP_ABORTED
                 if v == XDP_REDIRECT:
                     t = ctx.redirect_target if ctx.redirect_target is not None else target
