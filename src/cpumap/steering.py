@@ -482,7 +482,51 @@ class L4Filter(L4Proto):
         return verdicts, keys
 
 
-class L4Hash(Steering):
+class _ByValue(Steering):
+    """Steering by a value of each frame's headers: index = value % count.  Frames of
+    another link type or with a cut Ethernet header PASS; an empty table ABORTs.
+    Subclasses say what the value is, in both forms."""
+
+    @abc.abstractmethod
+    def _value(self, data: Any, n: int, et: int, l3: int) -> int:
+        """The frame's value (per-frame form)."""
+
+    @abc.abstractmethod
+    def _values_np(self, link: Link) -> np.ndarray:
+        """Every frame's value, uint32 (vectorized form)."""
+
+    def frame(self, ctx: XdpContext) -> int:
+        snap = self._read()
+        data = ctx.data
+        if ctx.linktype != LINKTYPE_ETHERNET:
+            return XDP_PASS
+        n = len(data)
+        et, l3 = parse_eth(data, n)
+        if et < 0:
+            return XDP_PASS
+        count = len(snap.cpus)
+        if count == 0:
+            return XDP_ABORTED
+        return self._to_cpu(ctx, snap, self._value(data, n, et, l3) % count)
+
+    def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
+        n = len(batch)
+        snap = self._read()
+        count = len(snap.cpus)
+        if n == 0:
+            return _aborted(0)
+        link = parse_eth_np(batch)
+        if count == 0:
+            verdicts, keys = _aborted(n)
+        else:
+            values = self._values_np(link)
+            values %= U32(count)
+            verdicts, keys = self._to_cpus(snap, values, n)
+        _skipped(verdicts, link)
+        return verdicts, keys
+
+
+class L4Hash(_ByValue):
     """``l4-hash`` (the sample's default): index = hash % count, where hash is
     SuperFastHash of the sum of the source and destination address words (IPv6: all
     eight), seeded with 15485863 + the IP protocol, exactly as xdp-tools computes it on
@@ -491,73 +535,25 @@ class L4Hash(Steering):
 
     mode = "l4-hash"
 
-    def frame(self, ctx: XdpContext) -> int:
-        snap = self._read()
-        data = ctx.data
-        if ctx.linktype != LINKTYPE_ETHERNET:
-            return XDP_PASS
-        n = len(data)
-        et, l3 = parse_eth(data, n)
-        if et < 0:
-            return XDP_PASS
-        count = len(snap.cpus)
-        if count == 0:
-            return XDP_ABORTED
-        return self._to_cpu(ctx, snap, flow_hash(data, n, et, l3) % count)
+    def _value(self, data: Any, n: int, et: int, l3: int) -> int:
+        return flow_hash(data, n, et, l3)
 
-    def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
-        snap = self._read()
-        count = len(snap.cpus)
-        if n == 0:
-            return _aborted(0)
-        link = parse_eth_np(batch)
-        if count == 0:
-            verdicts, keys = _aborted(n)
-        else:
-            h = flow_hash_np(link)
-            h %= U32(count)
-            verdicts, keys = self._to_cpus(snap, h, n)
-        _skipped(verdicts, link)
-        return verdicts, keys
+    def _values_np(self, link: Link) -> np.ndarray:
+        return flow_hash_np(link)
 
 
-class _L4Port(Steering):
+class _L4Port(_ByValue):
     """``l4-sport`` / ``l4-dport``: index = port % count (port 0 when there is none:
     non-IP, not TCP/UDP, a fragment, a cut header)."""
 
     symmetric = False
     _which: ClassVar[int] = 0  # 0: source port, 1: destination port
 
-    def frame(self, ctx: XdpContext) -> int:
-        snap = self._read()
-        data = ctx.data
-        if ctx.linktype != LINKTYPE_ETHERNET:
-            return XDP_PASS
-        n = len(data)
-        et, l3 = parse_eth(data, n)
-        if et < 0:
-            return XDP_PASS
-        count = len(snap.cpus)
-        if count == 0:
-            return XDP_ABORTED
-        return self._to_cpu(ctx, snap, ports(data, n, et, l3)[self._which] % count)
+    def _value(self, data: Any, n: int, et: int, l3: int) -> int:
+        return ports(data, n, et, l3)[self._which]
 
-    def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
-        snap = self._read()
-        count = len(snap.cpus)
-        if n == 0:
-            return _aborted(0)
-        link = parse_eth_np(batch)
-        if count == 0:
-            verdicts, keys = _aborted(n)
-        else:
-            port = ports_np(link)[self._which]
-            port %= U32(count)
-            verdicts, keys = self._to_cpus(snap, port, n)
-        _skipped(verdicts, link)
-        return verdicts, keys
+    def _values_np(self, link: Link) -> np.ndarray:
+        return ports_np(link)[self._which]
 
 
 class L4Sport(_L4Port):
