@@ -41,7 +41,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cpumap import CpuMap, FlowHash, PacketBatch, batch_handler, possible_cpus
-from cpumap.bulkq import DEFAULT_BULK_SIZE
+from cpumap.engine.bulkq import DEFAULT_BULK_SIZE
 from cpumap.generator import Generator
 from cpumap.rx import DEFAULT_POLL_SIZE
 from cpumap.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL

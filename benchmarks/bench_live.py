@@ -33,8 +33,9 @@ import time
 import numpy as np
 
 from cpumap.generator import Generator
-from cpumap.live import ETH_P_ALL, LiveSource
-from cpumap.netns import Injector, VethPair
+from cpumap.abi import ETH_P_ALL
+from cpumap.live import LiveSource
+from cpumap.live.netns import Injector, VethPair
 
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: root may exceed rmem_max
 

@@ -55,7 +55,7 @@ VLAN_V6_UDP = pad(ETH_VLAN_V6 + ipv6(17, UDP), 82)
 V4_ICMP = pad(ETH_V4 + ipv4(1, ICMP))
 ARP_FRAME = pad(ETH_ARP + ARP)
 
-from cpumap.frame_pool import DESCRIPTOR  # noqa: E402
+from cpumap.engine.frame_pool import DESCRIPTOR  # noqa: E402
 
 HEADROOM = 256
 

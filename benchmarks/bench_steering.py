@@ -30,12 +30,12 @@ from collections.abc import Callable
 import numpy as np
 
 from cpumap import CpuMap, batch_handler
-from cpumap.cpu_table import CpuTable
-from cpumap.frame_pool import FramePool
+from cpumap.programs.cpu_table import CpuTable
+from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Generator
 from cpumap.packets import PacketBatch
-from cpumap.program import XdpBatch, XdpContext
-from cpumap.steering import MODES, make_program
+from cpumap.programs.context import XdpBatch, XdpContext
+from cpumap.programs.steering import MODES, make_program
 
 
 def traffic(kind: str, count: int) -> Generator:

@@ -1,75 +1,40 @@
-"""Shared fixtures: frame builders and the leak check every test runs under."""
+"""The check every test runs under: it must leave no process and no shared memory behind.
+
+The project's segments are memfds (``cpumap.shm``): they have no name in ``/dev/shm`` and
+go with the last process that maps them.  So a leak is a process: one the test started
+that is still running, or -- orphaned, re-parented away from us -- still maps a segment
+(``/proc/<pid>/maps`` shows ``memfd:cpumap-...``).  ``tests/test_leaks.py`` shows this
+check failing on a deliberate leak.
+
+The same fixture holds the marking rule: a test that forks processes (workers, producers,
+``multiprocessing``) is a multi-process test and must carry ``pytest.mark.slow``, so that
+``pytest -m "not slow"`` is the quick single-process run.
+"""
 
 from __future__ import annotations
 
 import os
-import struct
-import time
 from collections.abc import Iterator
 
-import numpy as np
 import pytest
 
-from cpumap import PacketBatch
+from tests.helpers import LeakCheck
 
+pytest_plugins = ["pytester"]
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Field 4 (after the parenthesised command, which may contain spaces) is the ppid.
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        state = stat.rpartition(")")[2].split()[0]
-        if ppid == pid and state != "Z":
-            out.add(int(name))
-    return out
+_forks = [0]  # forks made by this process (os.fork, multiprocessing's fork context)
+os.register_at_fork(after_in_parent=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Every test must leave no child process and no shared-memory segment behind."""
-    before = _children(os.getpid())
-    shm_before = {n for n in os.listdir("/dev/shm") if "cpumap" in n}
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test must leave no child process and no process mapping a segment."""
+    check = LeakCheck()
+    forks = _forks[0]
     yield
-    deadline = time.monotonic() + 10
-    while True:
-        left = _children(os.getpid()) - before
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    assert not left, f"child processes left behind: {sorted(left)}"
-    shm_after = {n for n in os.listdir("/dev/shm") if "cpumap" in n}
-    assert shm_after <= shm_before, f"shared memory left behind: {shm_after - shm_before}"
-
-
-def udp_frame(flow: int, seq: int, size: int = 64, *, reverse: bool = False) -> bytes:
-    """An Ethernet/IPv4/UDP frame of ``flow`` carrying ``seq`` (payload: flow, seq)."""
-    src = 0x0A000000 | (flow & 0xFFFF)
-    dst = 0x0A100000 | ((flow >> 16) & 0xFFFF)
-    sport, dport = 1024 + flow % 50000, 53
-    if reverse:
-        src, dst, sport, dport = dst, src, dport, sport
-    payload_len = max(size - 42, 8)
-    eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
-    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + 8 + payload_len, 0, 0, 64, 17, 0, src, dst)
-    udp = struct.pack("!HHHH", sport, dport, 8 + payload_len, 0)
-    payload = struct.pack("!II", flow, seq) + bytes(payload_len - 8)
-    return eth + ip + udp + payload
-
-
-def flow_batch(flows: int, per_flow: int, size: int = 64) -> PacketBatch:
-    """``flows * per_flow`` frames, interleaved round-robin over flows, seq per flow."""
-    frames = [udp_frame(f, s, size) for s in range(per_flow) for f in range(flows)]
-    arr = np.frombuffer(b"".join(frames), dtype=np.uint8).reshape(len(frames), -1)
-    return PacketBatch.from_array(arr.copy())
-
-
-def payload_ids(data: bytes | memoryview) -> tuple[int, int]:
-    """(flow, seq) from a frame made by :func:`udp_frame`."""
-    return struct.unpack_from("!II", data, 42)
+    if _forks[0] > forks and request.node.get_closest_marker("slow") is None:
+        pytest.fail("this test forks processes: mark it pytest.mark.slow", pytrace=False)
+    # Seconds the test's processes get to finish exiting before they count as leaked.
+    grace = float(os.environ.get("CPUMAP_TEST_LEAK_GRACE", "10"))
+    leaks = check.leaks(grace)
+    assert not leaks, str(leaks)

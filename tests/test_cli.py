@@ -32,6 +32,7 @@ def test_the_shipped_demo_capture_is_what_the_code_makes(tmp_path) -> None:
     assert len(batch) == DEMO_PACKETS
 
 
+@pytest.mark.slow
 def test_run_on_the_demo_accounts_for_every_frame() -> None:
     rc, text = run_cli("run")
     assert rc == 0
@@ -42,6 +43,7 @@ def test_run_on_the_demo_accounts_for_every_frame() -> None:
     assert "[fd" in text  # IPv6 endpoints printed verbatim, not eaten as markup
 
 
+@pytest.mark.slow
 def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
     out = tmp_path / "out"
     merged = tmp_path / "all.pcapng"
@@ -77,6 +79,7 @@ def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
         (["run", "--program", "nosuchmodule:f"], "nosuchmodule"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments_say_what_to_do(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv, console=Console(record=True))
@@ -84,6 +87,7 @@ def test_bad_arguments_say_what_to_do(argv, message, capsys) -> None:
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_damaged_capture_is_a_positioned_error(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.pcapng"
     data = demo_capture_path().read_bytes()
@@ -104,6 +108,7 @@ def test_parse_cpus() -> None:
         parse_cpus("")
 
 
+@pytest.mark.slow
 def test_generated_traffic_with_count_handler() -> None:
     rc, text = run_cli("run", "--generate", "5000", "--handler", "count", "--lossy")
     assert rc == 0
@@ -111,6 +116,7 @@ def test_generated_traffic_with_count_handler() -> None:
     assert "every frame accounted for" in text
 
 
+@pytest.mark.slow
 def test_readme_example_runs() -> None:
     """The README's ten-line example, on the demo capture."""
     readme = (ROOT / "README.md").read_text()
@@ -125,6 +131,7 @@ def test_readme_example_runs() -> None:
     assert stats.handler_drop == 0 and stats.delivered == DEMO_PACKETS  # no DNS in the demo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["l4-hash", "l4-proto", "round-robin", "flow-hash"])
 @pytest.mark.parametrize("form", [[], ["--per-frame"]])
 def test_built_in_programs_from_the_command_line(mode: str, form: list[str]) -> None:
@@ -133,6 +140,7 @@ def test_built_in_programs_from_the_command_line(mode: str, form: list[str]) -> 
     assert "every frame accounted for" in text
 
 
+@pytest.mark.slow
 def test_user_program_and_handler_from_a_file(tmp_path) -> None:
     mod = tmp_path / "user_steer.py"
     mod.write_text(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from prometheus_client import generate_latest
 
-from conftest import flow_batch
 from cpumap import CpuMap, FlowHash, possible_cpus
 from cpumap.metrics import registry_for
+from tests.helpers import flow_batch
+
+pytestmark = pytest.mark.slow
 
 CPU = min(possible_cpus())
 

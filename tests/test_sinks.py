@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
-from conftest import udp_frame
 from cpumap import CpuMap, FlowHash, PacketBatch, possible_cpus
 from cpumap.capture import open_capture, write_capture
 from cpumap.demo import demo_capture_path
 from cpumap.packets import Packet
 from cpumap.sinks import Chain, FlowTable, merge_captures, merge_flow_tables
 from cpumap.skb import Skb
+from tests.helpers import udp_frame
 
 CPUS = sorted(possible_cpus())
 
 
+@pytest.mark.slow
 def test_flow_table_matches_a_per_frame_count() -> None:
     with open_capture(demo_capture_path()) as r:
         batch = r.read_all()
@@ -33,6 +35,7 @@ def test_flow_table_matches_a_per_frame_count() -> None:
     assert all(len(f.cpus) == 1 for f in flows)  # one flow, one CPU
 
 
+@pytest.mark.slow
 def test_both_directions_are_one_flow_and_max_flows_bounds_memory() -> None:
     frames = [udp_frame(f, 0) for f in range(5)] + [udp_frame(f, 1, reverse=True) for f in range(5)]
     with CpuMap(max(CPUS) + 1, handler=FlowTable(max_flows=3)) as m:
@@ -45,6 +48,7 @@ def test_both_directions_are_one_flow_and_max_flows_bounds_memory() -> None:
     assert other[0].packets == 4
 
 
+@pytest.mark.slow
 def test_chain_drops_what_any_handler_drops() -> None:
     class Even:
         batch = True

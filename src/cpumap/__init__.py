@@ -8,45 +8,83 @@ to a CPU, fed through a bounded ring, running your handler.
     >>> with cpumap.CpuMap(2, handler=my_handler) as cmap:   # doctest: +SKIP
     ...     cmap.update(0, 256); cmap.update(1, 256)
     ...     stats = cmap.run(batches, cpumap.FlowHash(cmap, [0, 1]))
+
+The tree, from the top down (each package's ``__init__`` states its rules)::
+
+    cli, metrics, sinks, demo     the command line and what it is built from
+    engine/                       the map, its entries, workers, producers (processes)
+                                  over its rings, frame pool and grace periods (memory)
+    programs/                     user code: contexts, the program runner, the built-in
+                                  steering programs, the CPU table, the loader
+    skb/                          what a handler sees: one frame or a batch, parsed
+    capture/, live/, generator    sources and sinks of packets (PacketBatch columns)
+    kernel/                       the real kernel cpumap, through bpf(2), to compare with
+    packets, abi, cpus, errors,   the leaves everything stands on
+    shm, _atomics
+
+Rule: this module only re-exports.  It exports the names a user types in a program, a
+handler or a script -- the map, its stats and errors; programs, their contexts and the
+built-in ones; skbs; packets, their sources and sinks; the ABI's constants -- and none of
+the mechanisms inside (rings, pools, counters, the control segment), which live in their
+subpackages.  ``cpumap.kernel`` (root, bpf(2)) and ``cpumap.live.netns`` (a test bench)
+are imported by name.
 """
 
-from .cpu_table import BrokenTableError, CpuTable
-from .loader import LoadError, load_handler, load_program
-from .map import (
+from .abi import (
     BPF_ANY,
     BPF_EXIST,
     BPF_NOEXIST,
-    QSIZE_MAX,
-    CpuMap,
-    HandlerSetupError,
-    WorkerResult,
-    nr_cpus,
-    possible_cpus,
-)
-from .packets import Packet, PacketBatch
-from .program import (
+    LINKTYPE_ETHERNET,
     XDP_ABORTED,
     XDP_DROP,
     XDP_PASS,
     XDP_REDIRECT,
     XDP_TX,
-    FlowHash,
     Verdict,
+)
+from .capture import CaptureError, open_capture, open_writer, write_capture
+from .cpus import nr_cpus, parse_cpu_list, possible_cpus
+from .engine import (
+    QSIZE_MAX,
+    CpuMap,
+    EnqueueEvent,
+    EntryState,
+    EntryStats,
+    HandlerSetupError,
+    KthreadEvent,
+    MapStats,
+    OutputMap,
+    RxProducer,
+    WorkerResult,
+)
+from .errors import ClosedResourceError
+from .generator import Generator
+from .live import Fanout, FanoutMode, LiveSource
+from .packets import Packet, PacketBatch
+from .programs import (
+    MODES,
+    BrokenTableError,
+    CpuTable,
+    FlowHash,
+    LoadError,
+    WorkerInfo,
     XdpBatch,
     XdpContext,
+    batch_handler,
+    load_handler,
+    load_program,
+    make_program,
     redirect_map,
     vectorized,
 )
-from .rx import RxProducer
-from .second_stage import OutputMap
-from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
-from .steering import MODES, make_program
-from .worker import WorkerInfo, batch_handler
+from .sinks import CaptureSink, Chain, FlowTable
+from .skb import ParseDepth, Skb, SkbBatch
 
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_NOEXIST",
+    "LINKTYPE_ETHERNET",
     "MODES",
     "QSIZE_MAX",
     "XDP_ABORTED",
@@ -55,19 +93,32 @@ __all__ = [
     "XDP_REDIRECT",
     "XDP_TX",
     "BrokenTableError",
+    "CaptureError",
+    "CaptureSink",
+    "Chain",
+    "ClosedResourceError",
     "CpuMap",
     "CpuTable",
     "EnqueueEvent",
+    "EntryState",
     "EntryStats",
+    "Fanout",
+    "FanoutMode",
     "FlowHash",
+    "FlowTable",
+    "Generator",
     "HandlerSetupError",
     "KthreadEvent",
+    "LiveSource",
     "LoadError",
     "MapStats",
     "OutputMap",
     "Packet",
     "PacketBatch",
+    "ParseDepth",
     "RxProducer",
+    "Skb",
+    "SkbBatch",
     "Verdict",
     "WorkerInfo",
     "WorkerResult",
@@ -78,9 +129,13 @@ __all__ = [
     "load_program",
     "make_program",
     "nr_cpus",
+    "open_capture",
+    "open_writer",
+    "parse_cpu_list",
     "possible_cpus",
     "redirect_map",
     "vectorized",
+    "write_capture",
 ]
 
 __version__ = "0.1.0"

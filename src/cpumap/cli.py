@@ -17,7 +17,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
-from .map import CpuMap, possible_cpus
+from .capture import CaptureError, open_capture
+from .cpus import format_cpu_list, parse_cpu_list, usable_cpus
+from .demo import demo_capture_path
+from .engine import QSIZE_MAX, CpuMap, MapStats
+from .generator import Generator
+from .live import LiveSource
+from .metrics import serve
 from .packets import PacketBatch
-from .stats import MapStats
+from .programs import MODES, FlowHash, LoadError, load_handler, load_program
+from .programs import make_program as make_mode
+from .sinks import CaptureSink, Chain, FlowTable, merge_captures, merge_flow_tables
 
 # -- argument parsing --------------------------------------------------------------------------
 
@@ -40,23 +48,20 @@ class UsageError(Exception):
 
 def parse_cpus(text: str) -> list[int]:
     """``"0,2-3"`` -> [0, 2, 3], checked against the CPUs we may run on."""
-    cpus: list[int] = []
     try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            cpus.extend(range(int(lo), int(hi or lo) + 1))
+        cpus = sorted(parse_cpu_list(text))
     except ValueError:
         raise UsageError(f"--cpus {text!r}: expected a list like 0,1 or 0-3") from None
-    allowed = sorted(possible_cpus() & os.sched_getaffinity(0))
+    allowed = usable_cpus()
     bad = [c for c in cpus if c not in allowed]
     if bad:
         raise UsageError(
             f"--cpus: CPU {bad[0]} is not available here; "
-            f"use some of {_cpu_list(allowed)} (see `nproc`, `taskset -p $$`)"
+            f"use some of {format_cpu_list(allowed)} (see `nproc`, `taskset -p $$`)"
         )
     if not cpus:
         raise UsageError("--cpus: give at least one CPU")
-    return sorted(set(cpus))
+    return cpus
 
 
 def _cpu_list(cpus: Sequence[int]) -> str:
@@ -68,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cpumap",
         description="The Linux kernel's XDP cpumap in user space: steer packets over CPUs.",
     )
-    ap.add_argument("--version", action="version", version=f"cpumap {__version__}")
+    ap.add_argument("--version", action="version", version=f"cpumap {version('cpumap')}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--iface", help="receive live from this interface (needs root)")
     src.add_argument("--generate", type=int, metavar="N", help="N generated frames")
     run.add_argument("--cpus", help="CPUs to steer to, e.g. 0,1 or 0-3 (default: all)")
-    run.add_argument("--qsize", type=int, default=2048, help="ring size per CPU (1..16384)")
+    run.add_argument("--qsize", type=int, default=2048, help=f"ring size per CPU (1..{QSIZE_MAX})")
     run.add_argument(
         "-p", "--program", default="l4-hash", help="steering program (see below; default l4-hash)"
     )
@@ -125,18 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def program_names() -> list[str]:
-    from .steering import MODES
-
     return [*MODES, "flow-hash"]
 
 
 def make_program(args: argparse.Namespace, cmap: CpuMap, cpus: list[int]) -> Any:
     """The program ``--program`` names: a built-in mode (xdp-bench redirect-cpu -p MODE),
     ``flow-hash`` (the skb's symmetric hash), or ``module:function`` / ``file.py:function``."""
-    from .program import FlowHash
-    from .steering import MODES
-    from .steering import make_program as make_mode
-
     name = args.program
     vectorized = not args.per_frame
     if name == "flow-hash":
@@ -163,8 +162,6 @@ def make_program(args: argparse.Namespace, cmap: CpuMap, cpus: list[int]) -> Any
 
 
 def make_handler(name: str, write: str | None) -> Any:
-    from .sinks import CaptureSink, Chain, FlowTable
-
     if name == "flow-table":
         handler: Any = FlowTable()
     elif name == "count":
@@ -187,8 +184,6 @@ def make_handler(name: str, write: str | None) -> Any:
 
 
 def _load(spec: str, what: str, **options: Any) -> Any:
-    from .loader import LoadError, load_handler, load_program
-
     try:
         if what == "program":
             return load_program(spec, **options)
@@ -198,8 +193,6 @@ def _load(spec: str, what: str, **options: Any) -> Any:
 
 
 def capture_batches(path: str, poll: int, skip_bad: bool) -> tuple[Iterator[PacketBatch], Any]:
-    from .capture import open_capture
-
     reader = open_capture(path, skip_bad=skip_bad, batch_size=poll)
     return reader.batches(poll), reader
 
@@ -287,11 +280,9 @@ def render_flows(flows: list[Any], top: int) -> Table:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from .demo import demo_capture_path
-
-    cpus = parse_cpus(args.cpus) if args.cpus else sorted(possible_cpus() & os.sched_getaffinity(0))
-    if not 1 <= args.qsize <= 16384:
-        raise UsageError(f"--qsize {args.qsize}: must be 1..16384 (the kernel's limit)")
+    cpus = parse_cpus(args.cpus) if args.cpus else usable_cpus()
+    if not 1 <= args.qsize <= QSIZE_MAX:
+        raise UsageError(f"--qsize {args.qsize}: must be 1..{QSIZE_MAX} (the kernel's limit)")
     for opt in ("batch", "poll"):
         if getattr(args, opt) < 1:
             raise UsageError(f"--{opt} must be >= 1")
@@ -305,8 +296,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     elif args.generate is not None:
         if args.generate < 0:
             raise UsageError("--generate N: N must be >= 0")
-        from .generator import Generator
-
         gen = Generator(
             flows=256, sizes=(64, 512, 1400), count=args.generate, seed=1, undersize="clamp"
         )
@@ -328,8 +317,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         for c in cpus:
             cmap.update(c, args.qsize)
         if args.metrics_port is not None:
-            from .metrics import serve
-
             try:
                 serve(cmap, args.metrics_port)
             except OSError as e:
@@ -350,8 +337,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.print(render_entries(stats))
     console.print(render_outcomes(final, elapsed))
     if args.handler == "flow-table":
-        from .sinks import merge_flow_tables
-
         console.print(render_flows(merge_flow_tables(cmap.results), args.top))
     errors = [r for r in cmap.results if r.error]
     for r in errors:
@@ -360,8 +345,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
         files = sorted(str(p) for p in Path(args.write).glob("cpu*"))
         console.print(f"wrote {', '.join(files)}")
         if args.merge:
-            from .sinks import merge_captures
-
             n = merge_captures(files, args.merge)
             console.print(f"merged {n:,} packets into {args.merge}")
     skipped = getattr(closer, "skipped", 0)
@@ -403,8 +386,6 @@ def _feed(
 
 
 def _live_batches(args: argparse.Namespace) -> tuple[Iterator[PacketBatch], Any]:
-    from .live import LiveSource
-
     try:
         src = LiveSource(args.iface, promiscuous=args.promisc)
     except PermissionError as e:
@@ -434,15 +415,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         console.print("interrupted")
         return 130
     except Exception as e:  # a clear error, never a traceback for bad input
-        from .capture import CaptureError
-
         if isinstance(e, CaptureError):
             ap.exit(1, f"cpumap: error: {e} (--skip-bad skips damaged records)\n")
         raise
     return 0
 
-
-Handler = Callable[[Any], Any]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,6 +13,11 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
+from .capture import write_capture
+from .generator import Generator
+
 DEMO_PACKETS = 2000
 DEMO_START_NS = 1_764_000_000_000_000_000  # 2025-11-24T16:00:00Z: fixed, for determinism
 DEMO_SPACING_NS = 50_000  # 20 k frames/s
@@ -25,11 +30,6 @@ def demo_capture_path() -> Path:
 
 def make_demo_capture(path: str | os.PathLike[str]) -> int:
     """Write the demo capture to ``path``; returns the number of packets."""
-    import numpy as np
-
-    from .capture import write_capture
-    from .generator import Generator
-
     gen = Generator(
         flows=48,
         sizes=(64, 128, 256, 600),

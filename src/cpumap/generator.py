@@ -68,24 +68,34 @@ from typing import Literal
 
 import numpy as np
 
-from cpumap.packets import LINKTYPE_ETHERNET, Packet, PacketBatch
+from .abi import (
+    ETH_HLEN,
+    ETH_P_8021AD,
+    ETH_P_8021Q,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    LINKTYPE_ETHERNET,
+    VLAN_HLEN,
+)
+from .packets import Packet, PacketBatch
 
 Protocol = Literal["udp", "tcp", "icmp"]
 PROTOCOLS: tuple[Protocol, ...] = ("udp", "tcp", "icmp")
 
-ETH_HLEN = 14
-VLAN_HLEN = 4
 STAMP_LEN = 8  # flow id u32 + sequence u32, both big-endian, at payload offset 0
-ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 L3_HLEN = {4: 20, 6: 40}
 L4_HLEN: dict[str, int] = {"udp": 8, "tcp": 20, "icmp": 8}
 IPPROTO: dict[tuple[int, str], int] = {
-    (4, "udp"): 17,
-    (4, "tcp"): 6,
-    (4, "icmp"): 1,
-    (6, "udp"): 17,
-    (6, "tcp"): 6,
-    (6, "icmp"): 58,  # ICMPv6
+    (4, "udp"): IPPROTO_UDP,
+    (4, "tcp"): IPPROTO_TCP,
+    (4, "icmp"): IPPROTO_ICMP,
+    (6, "udp"): IPPROTO_UDP,
+    (6, "tcp"): IPPROTO_TCP,
+    (6, "icmp"): IPPROTO_ICMPV6,
 }
 ICMP_ECHO_REQUEST = {4: 8, 6: 128}
 TCP_FLAGS_PSH_ACK = 0x18

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .engine import EntryState
+
 if TYPE_CHECKING:
-    from .map import CpuMap
+    from .engine import CpuMap
 
 _MAP_COUNTERS = {
     "rx": "Frames received by RX producers",
@@ -61,7 +63,7 @@ class MapCollector(Collector):
         )
         inflight.add_metric([mid], s.in_flight)
         yield inflight
-        live = [e for e in s.entries if e.state == "active"]
+        live = [e for e in s.entries if e.state == EntryState.ACTIVE]
         for name, doc in _ENTRY_COUNTERS.items():
             c = CounterMetricFamily(f"cpumap_entry_{name}", doc, labels=["map_id", "cpu"])
             for e in live:

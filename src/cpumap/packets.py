@@ -7,7 +7,8 @@ and Python's cost model is per call, not per byte.
 
 Packet ``i`` is ``buf[start[i] : start[i] + caplen[i]]``.  ``wire_len`` is the length on the
 wire (``caplen < wire_len`` for a truncated capture: the skb knows the wire length).
-Timestamps are integer nanoseconds since the Unix epoch, end to end.
+Timestamps are integer nanoseconds since the Unix epoch, end to end; link types are
+:mod:`cpumap.abi`'s ``LINKTYPE_*``.
 
 Nothing here does I/O.
 """
@@ -20,27 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Link-layer header types (https://www.tcpdump.org/linktypes.html).  One table, used by
-# every reader, writer and the skb build.
-LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101  # raw IPv4 or IPv6, version nibble decides
-LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family, network byte order
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-
-LINKTYPE_NAMES: dict[int, str] = {
-    LINKTYPE_NULL: "NULL",
-    LINKTYPE_ETHERNET: "EN10MB",
-    LINKTYPE_RAW: "RAW",
-    LINKTYPE_LOOP: "LOOP",
-    LINKTYPE_LINUX_SLL: "LINUX_SLL",
-    LINKTYPE_IPV4: "IPV4",
-    LINKTYPE_IPV6: "IPV6",
-    LINKTYPE_LINUX_SLL2: "LINUX_SLL2",
-}
+from .abi import LINKTYPE_ETHERNET
 
 
 class Packet(NamedTuple):

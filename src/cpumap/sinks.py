@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .capture import open_capture, open_writer, write_capture
 from .packets import Packet, PacketBatch
 from .skb import Skb, SkbBatch
 
@@ -163,8 +164,6 @@ class CaptureSink:
         self.path: Path | None = None
 
     def setup(self, info: Any) -> None:
-        from .capture import open_writer
-
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"cpu{info.cpu}.{self.format}"
         path = self.directory / name
@@ -209,8 +208,6 @@ def merge_captures(
 ) -> int:
     """Merge capture files into ``out`` in timestamp order (stable: equal timestamps keep
     file order), streaming in constant memory per input.  Returns the packets written."""
-    from .capture import open_capture, write_capture
-
     readers = [open_capture(p) for p in paths]
     try:
 

@@ -1,0 +1,42 @@
+"""Capture files in and out: pcap and pcapng, plain or gzip, read as TShark reads them.
+
+Rule 1: one module per concept, and data flows one way: ``files`` (open by magic or by
+name) -> the formats (``pcap``, ``pcapng`` with ``pcapng_writer``) -> ``reader`` (the chunk
+pump and the ways packets come out) -> ``streams`` (bytes in and out) -> ``damage`` (the
+error and the limits).  A format module knows its format and nothing else; ``reader`` knows
+no format.
+Rule 2: memory is constant in the file size (a reader holds one chunk), and damage is never
+silent: it raises :class:`CaptureError` naming the file and the byte offset, or -- with
+``skip_bad`` -- is counted (``damage.py`` says which damage can be skipped and how).
+Rule 3: packets come out as the engine takes them in (:mod:`cpumap.packets`): columns for
+the fast path, one :class:`~cpumap.packets.Packet` at a time for the rest.
+
+    with open_capture("trace.pcapng.gz") as reader:
+        for batch in reader.batches(1024):
+            ...
+"""
+
+from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, max_caplen
+from .files import CaptureWriter, open_capture, open_writer, write_capture
+from .pcap import PcapReader, PcapWriter
+from .pcapng import Interface, PcapngReader
+from .pcapng_writer import PcapngWriter
+from .reader import CHUNK_SIZE, CaptureReader
+
+__all__ = [
+    "CHUNK_SIZE",
+    "MAXIMUM_SNAPLEN",
+    "MAX_PROBLEMS",
+    "CaptureError",
+    "CaptureReader",
+    "CaptureWriter",
+    "Interface",
+    "PcapReader",
+    "PcapWriter",
+    "PcapngReader",
+    "PcapngWriter",
+    "max_caplen",
+    "open_capture",
+    "open_writer",
+    "write_capture",
+]

@@ -1,0 +1,44 @@
+"""The engine: the kernel's cpumap rebuilt from processes and shared memory.
+
+Rule 1: data flows down, and each module owns one kernel concept (its theory of operation
+is in its docstring, with the argument for why its protocol is safe):
+
+* the process layer -- ``map`` (``CpuMap``: the map's operations, with the kernel's errnos),
+  ``entry`` (an entry's life, as a state table), ``supervisor`` (worker processes: start,
+  reap, recover, replace), ``worker`` (the kthread: consume, second stage, deliver, commit),
+  ``second_stage`` (an entry's XDP program on its CPU), ``rx`` (``RxProducer``: the
+  driver's poll, where the XDP program runs), ``stats`` (frozen snapshots, events);
+* the shared-memory layer -- ``control`` (``MapShared``: the map's control segment, the
+  one seam between the map and its processes), ``bulkq`` (staging per destination, the
+  redirect path, the flush), ``ring`` (the bounded MPSC ring, sleep and wake-up), ``rcu``
+  (grace periods over producers), ``counters`` (the tracepoints' counter tables),
+  ``frame_pool`` (frames and who holds each), ``pids``.
+
+Rule 2: the shared-memory layer starts no process and calls no user code; it moves frame
+indices.  The process layer calls user code only through ``cpumap.programs``.
+Rule 3: a producer, a worker or a second stage is given the map's ``MapShared`` and frame
+pool; nothing reaches into ``CpuMap`` itself.
+"""
+
+from .entry import Entry, EntryEvent, EntryState
+from .map import QSIZE_MAX, CpuMap
+from .rx import RxProducer
+from .second_stage import OutputMap
+from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
+from .supervisor import HandlerSetupError, WorkerResult
+
+__all__ = [
+    "QSIZE_MAX",
+    "CpuMap",
+    "EnqueueEvent",
+    "Entry",
+    "EntryEvent",
+    "EntryState",
+    "EntryStats",
+    "HandlerSetupError",
+    "KthreadEvent",
+    "MapStats",
+    "OutputMap",
+    "RxProducer",
+    "WorkerResult",
+]

@@ -1,0 +1,237 @@
+"""Bulk queues: per-producer staging per destination, flushed at the end of each RX batch.
+
+The kernel stages up to CPU_MAP_BULK_SIZE (8) frames per destination per CPU ("8 == one
+cacheline on 64-bit archs") and flushes them into the destination's ptr_ring under one
+producer-lock acquisition: when the bulk queue fills, and for every destination touched
+at the end of the driver's poll.  It is guaranteed that queueing and flushing happen on
+the same CPU, so the staging needs no lock.
+
+Ours is the same structure with a different argument for its size.  In Python the cost
+is per call, not per byte: one flush costs the ring lock, two numpy slice stores, a tail
+store with a fence and a stats update (~10 us here) whether it carries 8 frames or 1024.
+So the bulk size trades flush overhead against latency and fairness between producers.
+``benchmarks/bench_engine.py --sweep-bulk`` measures it (docs/benchmarks.md): at a poll
+of 1024 frames, bulks of 8 deliver a quarter of what bulks of 1024 do.  The default,
+:data:`DEFAULT_BULK_SIZE`, equals the default poll size: one flush per destination per
+poll, as the kernel's flush at the end of the poll would be if its bulk never filled.
+
+Invariant: a producer's staged frames are all flushed before it reports a quiescent
+state (see rcu.py), so after a grace period no staging anywhere refers to a retired
+entry.  (The kernel needs ``__cpu_map_entry_free`` to flush leftovers after the grace
+period because its flush may come after the RCU read section; ours never does.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from .frame_pool import TAG_QUEUED, TAG_RX, FramePool
+from .ring import Ring
+
+CPU_MAP_BULK_SIZE = 8  # the kernel's
+DEFAULT_BULK_SIZE = 1024  # ours: see the module docstring
+
+_MASK_GROUPING_MAX = 8  # slot ranges up to this are grouped by masks, wider by a sort
+
+FlushHook = Callable[[int, int, int], None]  # (slot, processed, drops)
+
+
+class SlotTable(Protocol):
+    """The map's table as the redirect path reads it (``control.MapShared``)."""
+
+    def slot_of(self, key: int) -> int: ...
+
+    def slots_of(self, keys: np.ndarray, largest: int | None = None) -> np.ndarray: ...
+
+
+class BulkQueues:
+    """One producer's staging area: a bulk queue per destination slot.
+
+    Concurrency: owned by one producer (one thread of one process); never shared.
+    Invariant: ``0 <= self._count[s] < bulk_size`` between calls, and
+    ``self._count[s] > 0`` iff ``s`` is in ``self._pending``.
+    """
+
+    def __init__(
+        self,
+        pool: FramePool,
+        rings: Callable[[int], Ring],
+        drop: Callable[[np.ndarray], None],
+        on_flush: FlushHook,
+        n_slots: int,
+        bulk_size: int = DEFAULT_BULK_SIZE,
+        backpressure: float = 0.0,
+    ) -> None:
+        if bulk_size < 1:
+            raise ValueError(f"bulk_size must be >= 1, not {bulk_size}")
+        self.pool = pool
+        self.bulk_size = bulk_size
+        self.backpressure = backpressure
+        self._rings = rings
+        self._drop = drop
+        self._on_flush = on_flush
+        self._buf = np.empty((n_slots, bulk_size), dtype=np.uint32)
+        self._count = [0] * n_slots
+        self._pending: list[int] = []
+        self._to_wake: dict[int, Ring] = {}  # consumers seen sleeping, woken at flush_all
+
+    def enqueue(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
+        """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once.
+        ``consecutive``: the frames are ``frames[0], frames[0]+1, ...`` (cheaper tags)."""
+        n = len(frames)
+        if n == 0:
+            return
+        count = self._count[slot]
+        size = self.bulk_size
+        if count == 0:
+            self._pending.append(slot)
+        pos = 0
+        while pos < n:
+            take = min(size - count, n - pos)
+            if count == 0 and take == size:
+                # A whole bulk straight from the caller's array: no staging copy.
+                self._flush(slot, frames[pos : pos + size], consecutive)
+            else:
+                self._buf[slot, count : count + take] = frames[pos : pos + take]
+                count += take
+                if count == size:
+                    self._flush(slot, self._buf[slot])
+                    count = 0
+            pos += take
+        self._count[slot] = count
+        if count == 0:
+            self._pending.remove(slot)
+
+    def redirect(
+        self, table: SlotTable, frames: np.ndarray, keys: np.ndarray, consecutive: bool = False
+    ) -> np.ndarray:
+        """``xdp_do_redirect`` for a batch: look every key up in the map's table and stage
+        each frame for the entry its key names, in order per entry.  Returns the frames
+        whose key names no entry (the caller counts them: a redirect error on the RX side,
+        a drop in a second stage, as ``xdp_do_redirect`` failing is in the kernel).
+
+        Precondition: inside the caller's read-side section (rcu.py), so that every slot
+        found stays valid until the flush.  ``consecutive``: ``frames`` are
+        ``frames[0], frames[0] + 1, ...`` (cheaper tags, kept for one destination).
+
+        Cost: one lookup and no per-frame work for a batch to one destination (the usual
+        case); a mask per destination when they are few; one stable sort when many.
+        """
+        if not len(frames):
+            return frames
+        kmin, kmax = int(keys.min()), int(keys.max())
+        if kmin == kmax:  # one destination
+            slot = table.slot_of(kmin)
+            if slot < 0:
+                return frames
+            self.enqueue(slot, frames, consecutive)
+            return frames[:0]
+        slots = table.slots_of(keys, kmax)
+        lo, hi = int(slots.min()), int(slots.max())
+        failed = frames[:0]
+        if lo < 0:
+            bad = slots < 0
+            failed = frames[bad]
+            good = ~bad
+            frames, slots = frames[good], slots[good]
+            if not len(frames):
+                return failed
+            lo = int(slots.min())
+        if lo == hi:
+            self.enqueue(lo, frames)
+            return failed
+        # Several destinations, each frame's order kept.  A mask per destination (two
+        # calls each) beats a stable sort and gathers while destinations are few.
+        if hi - lo < _MASK_GROUPING_MAX:
+            present = np.flatnonzero(np.bincount(slots - lo)) + lo
+            for slot in present.tolist():
+                self.enqueue(slot, frames[slots == slot])
+            return failed
+        order = np.argsort(slots, kind="stable")
+        sslots = slots[order]
+        sframes = frames[order]
+        cuts = np.flatnonzero(sslots[1:] != sslots[:-1]) + 1
+        bounds = [0, *cuts.tolist(), len(sframes)]
+        for a, b in itertools.pairwise(bounds):
+            self.enqueue(int(sslots[a]), sframes[a:b])
+        return failed
+
+    def flush_all(self) -> None:
+        """Flush every destination with staged frames, then wake every consumer that was
+        found sleeping: the end of the driver's poll (``__cpu_map_flush``).  One wake-up
+        per destination per poll at most, however many bulks went out: a wake-up is a
+        syscall that costs the producer 15-40 us here."""
+        for slot in self._pending:
+            count = self._count[slot]
+            self._count[slot] = 0
+            self._flush(slot, self._buf[slot, :count])
+        self._pending.clear()
+        if self._to_wake:
+            for ring in self._to_wake.values():
+                ring.wake()
+            self._to_wake.clear()
+
+    def discard_all(self) -> None:
+        """Forget every staged frame (they are still the producer's: it releases them)
+        and wake whoever was found sleeping.  For a poll that is being aborted."""
+        for slot in self._pending:
+            self._count[slot] = 0
+        self._pending.clear()
+        for ring in self._to_wake.values():
+            ring.wake()
+        self._to_wake.clear()
+
+    @property
+    def staged(self) -> int:
+        return sum(self._count)
+
+    def _flush(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
+        """The kernel's bq_flush_to_queue: publish what fits, drop the rest, report."""
+        # Hand-over: tag before publishing (the ring's tail store orders it).
+        if consecutive:
+            first = int(frames[0])
+            self.pool.tag[first : first + len(frames)] = TAG_QUEUED + slot
+        else:
+            self.pool.tag[frames] = TAG_QUEUED + slot
+        ring = self._rings(slot)
+        try:
+            done, sleeping = ring.produce_nowake(frames)
+        except BaseException:  # interrupted before publishing: the frames are still ours
+            self.pool.tag[frames] = TAG_RX
+            raise
+        if sleeping:
+            self._to_wake[slot] = ring
+        if done < len(frames) and self.backpressure > 0:
+            done += self._wait_and_produce(ring, frames[done:])
+        drops = len(frames) - done
+        if drops:
+            self._drop(frames[done:])
+        self._on_flush(slot, len(frames), drops)
+
+    def _wait_and_produce(self, ring: Ring, frames: np.ndarray) -> int:
+        """Lossless mode: wait (at most ``backpressure`` seconds) for the consumer to make
+        room instead of dropping.  Not the kernel's behaviour -- a full ring drops there --
+        but what offline processing of a capture wants.  The wait is inside the producer's
+        read-side section, which only delays grace periods (the ring's worker drains
+        regardless of them)."""
+        done, n = 0, len(frames)
+        ring.wake()  # it must drain for us to go on: do not leave it asleep until flush_all
+        deadline = time.monotonic() + self.backpressure
+        pause = 0.0
+        while done < n and time.monotonic() < deadline:
+            if pause:
+                time.sleep(pause)
+            else:
+                os.sched_yield()
+            pause = min(max(pause * 2, 1e-5), 1e-3)
+            got = ring.produce(frames[done:])
+            if got:
+                done += got
+                pause = 0.0
+        return done

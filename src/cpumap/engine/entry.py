@@ -1,0 +1,119 @@
+"""A map entry's life, as data: its states, the events that move it, and the record it keeps.
+
+Rule 1: everything that decides which state an entry is in lives here, in
+:data:`TRANSITIONS`; an event the table does not list for the entry's state is a bug, and
+:meth:`Entry.fire` raises.  Rule 2: nothing here does anything: the map (``map.py``) fires
+the events, and the supervisor (``supervisor.py``) starts and reaps the worker processes.
+
+Theory of operation: replace and delete while traffic flows
+-----------------------------------------------------------
+Every update makes a new entry (new ring slot, new worker) and retires the old one, like
+``__cpu_map_entry_replace``::
+
+    ACTIVE  --UNPUBLISHED-->   GRACE      the table no longer points at it
+    GRACE   --GRACE_ELAPSED--> DRAINING   every producer was quiescent since (rcu.py):
+                                          the worker is told to stop, and woken
+    DRAINING --DRAINED-->      RETIRED    the worker emptied its ring and exited
+    GRACE | DRAINING --ABANDONED--> RETIRED   close() ran out of time: the worker was
+                                          killed and what it held recovered, counted lost
+
+What is true in each state: once unpublished, a producer that starts an RX batch cannot find
+the entry; after the grace period no producer holds it, and (bulkq.py) every frame any
+producer staged for it is already in its ring; the worker drains that ring and exits only
+when it is empty (worker.py); only when the entry is RETIRED is its slot reused.  Nothing is
+lost on the way.
+
+An ACTIVE entry whose worker dies is not moved: its worker is replaced (the supervisor),
+and after too many deaths it is marked ``broken`` (frames sent to it are then counted
+lost) -- still ACTIVE as far as the map's operations are concerned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .counters import KthreadRecord
+    from .ring import Ring
+    from .supervisor import WorkerProcess
+
+
+class EntryState(StrEnum):
+    """Where an entry is in its life (a ``str``: ``state == "active"`` reads well)."""
+
+    ACTIVE = "active"  # published at its key; its worker consumes its ring
+    GRACE = "grace"  # unpublished; producers may still hold it until a grace period ends
+    DRAINING = "draining"  # no producer can reach it; its worker empties the ring and exits
+    RETIRED = "retired"  # its worker is gone and its slot free
+
+
+class EntryEvent(Enum):
+    """What happens to an entry."""
+
+    UNPUBLISHED = "unpublished"  # replaced or deleted: the table points elsewhere
+    GRACE_ELAPSED = "grace elapsed"  # every producer has been quiescent since
+    DRAINED = "drained"  # the worker emptied the ring and exited
+    ABANDONED = "abandoned"  # the worker was killed before it drained (close timed out)
+
+
+TRANSITIONS: dict[EntryState, dict[EntryEvent, EntryState]] = {
+    EntryState.ACTIVE: {EntryEvent.UNPUBLISHED: EntryState.GRACE},
+    EntryState.GRACE: {
+        EntryEvent.GRACE_ELAPSED: EntryState.DRAINING,
+        EntryEvent.ABANDONED: EntryState.RETIRED,
+    },
+    EntryState.DRAINING: {
+        EntryEvent.DRAINED: EntryState.RETIRED,
+        EntryEvent.ABANDONED: EntryState.RETIRED,
+    },
+    EntryState.RETIRED: {},
+}
+
+
+class EntryStateError(RuntimeError):
+    """An event that the entry's state does not allow: a bug in the engine."""
+
+
+@dataclass(eq=False)
+class Entry:
+    """The controller's record of one map entry (one update: replacing a key makes a new
+    one).  The kernel's ``struct bpf_cpu_map_entry``: its CPU, its ring, its worker."""
+
+    key: int
+    qsize: int
+    slot: int
+    generation: int
+    ring: Ring
+    record: KthreadRecord
+    program: Any = None  # the second stage (second_stage.py), or None
+    state: EntryState = EntryState.ACTIVE
+    worker: WorkerProcess | None = None  # the supervisor's handle; None: none running
+    grace: np.ndarray | None = None  # the producers' sequence words when it was unpublished
+    broken: bool = False  # its workers kept dying: frames sent to it are counted lost
+    restarts: int = 0
+    lost: int = 0  # frames lost with its workers
+    results: list[dict[str, Any]] = field(default_factory=list)  # what its workers reported
+
+    @property
+    def cpu(self) -> int:
+        """The CPU its worker is pinned to (the key: a cpumap's key is a CPU)."""
+        return self.key
+
+    @property
+    def retiring(self) -> bool:
+        return self.state in (EntryState.GRACE, EntryState.DRAINING)
+
+    def fire(self, event: EntryEvent) -> EntryState:
+        """Move to the state :data:`TRANSITIONS` gives for ``event``; returns it."""
+        new = TRANSITIONS[self.state].get(event)
+        if new is None:
+            raise EntryStateError(
+                f"entry {self.key} (generation {self.generation}) cannot handle "
+                f"{event.value!r} in state {self.state.value!r}"
+            )
+        self.state = new
+        return new

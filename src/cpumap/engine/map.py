@@ -1,0 +1,566 @@
+"""CpuMap: the map, its entries, and their lifecycle -- BPF_MAP_TYPE_CPUMAP in user space.
+
+A map has ``max_entries`` keys; key ``k`` is CPU ``k``.  Populating a key with a queue
+size starts a worker process pinned to that CPU with a ring of that size; RX producers
+redirect frames to it with ``redirect_map(cmap, k)``.
+
+Map operations and their errors (the seed's checks, in the seed's order)
+------------------------------------------------------------------------
+Every invalid operation raises ``OSError`` with the kernel's errno and leaves the map
+unchanged.  The asymmetries are the kernel's ABI, kept on purpose (an out-of-range key is
+E2BIG for update but EINVAL for delete).
+
+=============  ==========================================  =========
+operation      condition (checked in this order)           errno
+=============  ==========================================  =========
+create         max_entries == 0                            EINVAL
+create         max_entries > NR_CPUS (kernel_max + 1)      E2BIG
+update         flags > BPF_EXIST                           EINVAL
+update         key >= max_entries                          E2BIG
+update         flags == BPF_NOEXIST (always: no NOEXIST)   EEXIST
+update         qsize > 16384                               EOVERFLOW
+update         CPU ``key`` not possible                    ENODEV
+update         qsize == 0                                  (= delete)
+update         no ring slot or worker could be started     ENOMEM
+delete         key >= max_entries                          EINVAL
+lookup         key >= max_entries, or entry empty          ENOENT
+get_next_key   key None or >= max_entries                  -> 0
+get_next_key   key == max_entries - 1                      ENOENT
+get_next_key   otherwise                                   -> key + 1
+=============  ==========================================  =========
+
+``flags == BPF_EXIST`` on an empty entry succeeds: the kernel does not check.
+
+Lifecycle: replace and delete while traffic flows
+--------------------------------------------------
+Every update makes a new entry (new ring slot, new worker) and retires the old one, like
+``__cpu_map_entry_replace``: entry.py has the states, the events that move an entry
+between them, and what is true in each.  ``update`` and ``delete`` do not wait for a
+retirement (the kernel defers it with ``call_rcu`` and a work item); the map advances
+retirements at every map operation, in ``stats()``, ``poll()`` and ``close()``
+(:meth:`CpuMap.poll`).  ``close()`` retires everything and waits until every worker has
+exited.  The worker processes themselves -- started, watched, recovered when they die,
+replaced -- are the supervisor's (supervisor.py).
+
+What is shared with producers and workers is in one control segment (control.py): this
+object hands it to them as :attr:`CpuMap.shared` and keeps the rest -- the entries, the
+free slots -- to itself.  Map operations run in the controlling process (the one that
+created the map); RX producers may run in processes forked from it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
+from ..cpus import nr_cpus, possible_cpus
+from ..errors import ClosedResourceError
+from ..packets import PacketBatch
+from .control import MapShared
+from .counters import KTHREAD_WORDS, KthreadCounter
+from .entry import Entry, EntryEvent, EntryState
+from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, FramePool
+from .rx import RxProducer
+from .stats import (
+    EnqueueEvent,
+    EntryStats,
+    KthreadEvent,
+    MapStats,
+    iter_enqueue_events,
+    iter_kthread_events,
+)
+from .supervisor import START_TIMEOUT, Supervisor, WorkerResult
+from .worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT
+
+if TYPE_CHECKING:
+    from ..programs.contract import Handler
+
+QSIZE_MAX = CPUMAP_QSIZE_MAX  # the kernel's sanity limit
+# Frames per producer partition: a poll takes a block of 1024, and blocks come back whole,
+# so a partition needs room for its rings' contents plus a few blocks in flight.
+DEFAULT_FRAMES_PER_PRODUCER = 16384
+
+_map_ids = iter(range(1, 1 << 31))
+
+
+def _err(code: int, detail: str) -> OSError:
+    return OSError(code, f"{os.strerror(code)}: {detail}")
+
+
+def _uint(value: object, bits: int, what: str) -> int:
+    """A Python int as the kernel's u32/u64 argument: must fit, no silent wrap."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    v = int(value)
+    if not 0 <= v < (1 << bits):
+        raise OverflowError(f"{what} {v} does not fit in u{bits}")
+    return v
+
+
+class CpuMap:
+    """A user-space BPF_MAP_TYPE_CPUMAP: keys are CPUs, values are queue sizes, and each
+    populated key has a worker pinned to its CPU running ``handler``.
+
+    ``handler`` (the "network stack") is called in the worker with an ``Skb`` per frame,
+    or with an ``SkbBatch`` per batch if marked with :func:`cpumap.batch_handler`; it
+    returns ``False`` to drop, anything else accepts (``programs/contract.py``).  Optional
+    methods ``setup(info)`` and ``finish() -> result`` run at the worker's start and clean
+    exit; results are collected in :attr:`results`.
+
+    Engine options: ``frames`` (pool size), ``frame_size``, ``headroom``, ``producers``
+    (RX producer slots, one pool partition each), ``batch_size`` (frames per worker
+    batch, the kernel's CPUMAP_BATCH), ``trace_events`` (records kept per tracepoint
+    writer; 0 = events off), ``idle_timeout`` (a sleeping worker's safety-net timeout),
+    ``busy_poll`` (seconds a worker polls its empty ring before sleeping: fewer wake-ups
+    at high rates, a busier CPU at low ones; 0 = sleep at once, as the kthread does).
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        *,
+        handler: Handler | Any = None,
+        frames: int | None = None,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        headroom: int = DEFAULT_HEADROOM,
+        producers: int = 1,
+        batch_size: int = DEFAULT_BATCH,
+        trace_events: int = 0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        busy_poll: float = DEFAULT_BUSY_POLL,
+    ) -> None:
+        self._closed = True  # until fully built: close() must be safe on a failed init
+        max_entries = _uint(max_entries, 32, "max_entries")
+        if max_entries == 0:
+            raise _err(errno.EINVAL, "max_entries is 0")
+        if max_entries > nr_cpus():
+            raise _err(errno.E2BIG, f"max_entries {max_entries} > NR_CPUS {nr_cpus()}")
+        if producers < 1:
+            raise ValueError(f"producers must be >= 1, not {producers}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        if trace_events < 0:
+            raise ValueError(f"trace_events must be >= 0, not {trace_events}")
+        self.max_entries = max_entries
+        self.map_id = next(_map_ids)
+        self.handler = handler if handler is not None else _accept_all
+        self.producers = producers
+        self.batch_size = batch_size
+        self.trace_events = trace_events
+        self.pool = FramePool(
+            frames if frames is not None else DEFAULT_FRAMES_PER_PRODUCER * producers,
+            frame_size,
+            headroom,
+            partitions=producers,
+        )
+        # Live entries are bounded by the possible CPUs; retiring ones need room too.
+        live = min(max_entries, len(possible_cpus()))
+        n_slots = live + max(4, live)
+        self.shared = MapShared(
+            self.map_id,
+            max_entries,
+            producers=producers,
+            n_slots=n_slots,
+            batch_size=batch_size,
+            trace_events=trace_events,
+        )
+        self.registry = self.shared.registry
+        self.supervisor = Supervisor(
+            self.shared,
+            self.pool,
+            self.handler,
+            home=self,
+            batch_size=batch_size,
+            idle_timeout=idle_timeout,
+            busy_poll=busy_poll,
+        )
+        self.results: list[WorkerResult] = self.supervisor.results
+        self.history: deque[EntryStats] = deque(maxlen=1024)
+        self._free_slots = list(range(n_slots - 1, -1, -1))
+        self._entries: dict[int, Entry] = {}
+        self._retiring: list[Entry] = []
+        self._generation = 0
+        self._retired_k = np.zeros(KTHREAD_WORDS, dtype=np.int64)
+        self._retired_lost = 0
+        self._owner = os.getpid()
+        self._owner_thread = threading.get_ident()
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- context manager ---------------------------------------------------------------------
+    def __enter__(self) -> CpuMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        keys = sorted(self._entries)
+        return f"<CpuMap id={self.map_id} max_entries={self.max_entries} entries={keys}>"
+
+    # -- map operations ----------------------------------------------------------------------
+    def update(self, key: int, qsize: int, flags: int = BPF_ANY, *, program: Any = None) -> None:
+        """Populate (or replace) entry ``key`` with a ring of ``qsize`` frames and a new
+        worker pinned to CPU ``key``.  ``qsize == 0`` deletes.  Errors: see the table.
+
+        ``program``: a second-stage program run by the worker on every frame before the
+        skb is built (the kernel's ``bpf_cpumap_val.bpf_prog``; see second_stage.py).
+        """
+        key = _uint(key, 32, "key")
+        qsize = _uint(qsize, 32, "qsize")
+        flags = _uint(flags, 64, "flags")
+        with self._lock:
+            self._check_usable()
+            if flags > BPF_EXIST:
+                raise _err(errno.EINVAL, f"flags {flags:#x} > BPF_EXIST")
+            if key >= self.max_entries:
+                raise _err(errno.E2BIG, f"key {key} >= max_entries {self.max_entries}")
+            if flags == BPF_NOEXIST:
+                raise _err(errno.EEXIST, "cpumap entries always exist (BPF_NOEXIST)")
+            if qsize > QSIZE_MAX:
+                raise _err(errno.EOVERFLOW, f"qsize {qsize} > {QSIZE_MAX}")
+            if key not in possible_cpus():
+                raise _err(errno.ENODEV, f"CPU {key} is not possible on this machine")
+            self._advance()
+            if qsize == 0:
+                self._replace(key, None)
+                return
+            if program is not None and not callable(program):
+                raise TypeError(f"program must be callable, not {type(program).__name__}")
+            self._replace(key, self._new_entry(key, qsize, program))
+
+    def delete(self, key: int) -> None:
+        """Empty entry ``key`` (its worker drains and exits in the background)."""
+        key = _uint(key, 32, "key")
+        with self._lock:
+            self._check_usable()
+            if key >= self.max_entries:
+                raise _err(errno.EINVAL, f"key {key} >= max_entries {self.max_entries}")
+            self._advance()
+            self._replace(key, None)
+
+    def program_of(self, key: int) -> Any:
+        """The second-stage program of populated entry ``key`` (None if it has none);
+        ENOENT like :meth:`lookup`.  (The kernel's lookup returns the program's id.)"""
+        self.lookup(key)
+        return self._entries[key].program
+
+    def lookup(self, key: int) -> int:
+        """The queue size of populated entry ``key``; ENOENT if empty or out of range."""
+        key = _uint(key, 32, "key")
+        with self._lock:
+            self._check_open()
+            e = self._entries.get(key)
+            if e is None:
+                raise _err(errno.ENOENT, f"no entry at key {key}")
+            return e.qsize
+
+    def get_next_key(self, key: int | None = None) -> int:
+        """The kernel's walk: ``None`` or out of range -> 0; the last key -> ENOENT;
+        otherwise ``key + 1`` whether populated or not."""
+        if key is not None:
+            key = _uint(key, 32, "key")
+        self._check_open()
+        if key is None or key >= self.max_entries:
+            return 0
+        if key == self.max_entries - 1:
+            raise _err(errno.ENOENT, f"key {key} is the last key")
+        return key + 1
+
+    def keys(self) -> Iterator[int]:
+        """Every key, by walking ``get_next_key`` like ``bpftool map dump``."""
+        key: int | None = None
+        while True:
+            try:
+                key = self.get_next_key(key)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return
+                raise
+            yield key
+
+    __iter__ = keys
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """``(key, qsize)`` for every populated key (the walk, skipping ENOENT)."""
+        for key in self.keys():
+            try:
+                yield key, self.lookup(key)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+
+    def __len__(self) -> int:
+        return self.max_entries
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, int) and self.has_entry(key)
+
+    def has_entry(self, key: int) -> bool:
+        """Whether ``key`` is populated right now, from the shared table: the redirect
+        path's lookup (``redirect_map`` with a fallback action), valid in any process
+        forked from the map's."""
+        return self.shared.has_entry(key)
+
+    def entry(self, key: int) -> Entry:
+        """The controller's record of the live entry at ``key`` (its state, slot, ring,
+        worker, restarts); ENOENT like :meth:`lookup`.  For tools and tests."""
+        key = _uint(key, 32, "key")
+        with self._lock:
+            self._check_open()
+            e = self._entries.get(key)
+            if e is None:
+                raise _err(errno.ENOENT, f"no entry at key {key}")
+            return e
+
+    # -- traffic -------------------------------------------------------------------------------
+    def producer(self, program: Any, **options: Any) -> RxProducer:
+        """An RX producer running ``program``; see :class:`cpumap.engine.rx.RxProducer`."""
+        return RxProducer(self, program, **options)
+
+    def run(
+        self,
+        source: Iterable[PacketBatch] | PacketBatch,
+        program: Any,
+        *,
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> MapStats:
+        """Feed every batch of ``source`` through ``program`` on one RX producer, wait
+        until every frame has an outcome, and return the stats.
+
+        Offline processing wants every frame handled, so unless ``backpressure`` is
+        given, a full ring makes the producer wait (up to 10 s) instead of dropping.
+        """
+        options.setdefault("backpressure", 10.0)
+        with self.producer(program, **options) as rx:
+            batches = [source] if isinstance(source, PacketBatch) else source
+            for batch in batches:
+                rx.receive(batch)
+        self.wait_idle(timeout)
+        return self.stats()
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until no frame is in flight (staged, queued or in a worker's hands).
+
+        Raises ``TimeoutError`` with the counts if that does not happen in ``timeout``."""
+        deadline = time.monotonic() + timeout
+        pause = 1e-4
+        while True:
+            s = self.stats()
+            # No outcome pending, and no frame still on its way back to the pool (a
+            # worker commits its outcomes before it releases the frames).
+            if s.in_flight == 0 and not any(
+                e.ring.hand_count() or len(e.ring) for e in self._live_entries()
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{s.in_flight} frames still in flight after {timeout}s")
+            self._wait_workers(pause)
+            pause = min(pause * 2, 0.02)
+
+    def poll(self) -> None:
+        """Advance retirements and supervise workers (also done by every map operation)."""
+        with self._lock:
+            self._check_open()
+            self._advance()
+
+    # -- stats -------------------------------------------------------------------------------
+    def stats(self) -> MapStats:
+        """A snapshot of every counter (exact at quiescent points)."""
+        with self._lock:
+            if not self._closed and os.getpid() == self._owner:
+                # Supervise too, but fork replacement workers only from the thread that
+                # made the map (a Prometheus scrape thread must not become a parent).
+                self._advance(restart=threading.get_ident() == self._owner_thread)
+            k = self._retired_k.copy()
+            lost = self._retired_lost
+            entries = []
+            for e in self._live_entries():
+                rec = e.record.read()
+                k += rec
+                lost += e.lost
+                entries.append(self._entry_stats(e, rec))
+            return MapStats.from_counters(
+                self.map_id, self.shared.producer_totals(), k, lost, tuple(entries)
+            )
+
+    def events(self) -> tuple[list[EnqueueEvent], list[KthreadEvent]]:
+        """Recorded tracepoint events still held (needs ``trace_events > 0``), each list
+        in time order.  Events of retired entries are kept until their slot is reused."""
+        shared = self.shared
+        enq: list[EnqueueEvent] = []
+        for p in range(self.producers):
+            enq.extend(iter_enqueue_events(shared.enqueue_log(p).read(), p))
+        kth: list[KthreadEvent] = []
+        for s in range(shared.n_slots):
+            kth.extend(iter_kthread_events(shared.kthread_log(s).read()))
+        enq.sort(key=lambda e: e.ts_ns)
+        kth.sort(key=lambda e: e.ts_ns)
+        return enq, kth
+
+    # -- close ---------------------------------------------------------------------------------
+    def close(self, timeout: float = 60.0) -> None:
+        """Delete every entry and wait until every worker has drained its ring and exited.
+
+        Idempotent.  If workers do not finish within ``timeout`` (a handler stuck
+        forever, a producer that never leaves its batch), they are killed and the frames
+        they held are recovered and counted ``lost``: close never hangs and never leaks a
+        process.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            if os.getpid() != self._owner:
+                self._closed = True  # a forked child's copy: the owner cleans up
+                return
+            for key in list(self._entries):
+                self._replace(key, None)
+            deadline = time.monotonic() + timeout
+            while self._retiring and time.monotonic() < deadline:
+                self._advance()
+                if self._retiring:
+                    self._wait_workers(0.05)
+            for e in list(self._retiring):
+                self._abandon(e)
+            self._closed = True
+
+    # -- internals: entries ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("map is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if os.getpid() != self._owner:
+            raise RuntimeError(
+                "map operations must run in the process that created the map "
+                f"(pid {self._owner}); this is pid {os.getpid()}"
+            )
+
+    def _live_entries(self) -> list[Entry]:
+        return [*self._entries.values(), *self._retiring]
+
+    def _new_entry(self, key: int, qsize: int, program: Any = None) -> Entry:
+        slot = self._alloc_slot()
+        self._generation += 1
+        shared = self.shared
+        shared.prepare_slot(slot, key, qsize)
+        e = Entry(
+            key,
+            qsize,
+            slot,
+            self._generation,
+            shared.ring(slot),
+            shared.kthread_record(slot),
+            program=program,
+        )
+        try:
+            self.supervisor.start(e)
+        except BaseException:
+            self._free_slots.append(slot)
+            raise
+        return e
+
+    def _alloc_slot(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._free_slots:
+            # Every slot is live or retiring: retirements finish in bounded time.
+            if time.monotonic() > deadline:
+                raise _err(errno.ENOMEM, "no free ring slot: retiring workers do not finish")
+            self._wait_workers(0.01)
+            self._advance()
+        return self._free_slots.pop()
+
+    def _replace(self, key: int, new: Entry | None) -> None:
+        """``__cpu_map_entry_replace``: publish ``new`` at ``key``, retire the old entry."""
+        old = self._entries.pop(key, None)
+        self.shared.publish(key, new.slot if new is not None else -1)
+        if new is not None:
+            self._entries[key] = new
+        if old is not None:
+            old.grace = self.registry.snapshot()  # fences after the table store
+            old.fire(EntryEvent.UNPUBLISHED)
+            self._retiring.append(old)
+        self._advance()
+
+    def _advance(self, restart: bool = True) -> None:
+        """Move retiring entries along; supervise every worker (``restart``: replace the
+        dead ones -- a fork)."""
+        for e in self._live_entries():
+            self.supervisor.supervise(e, restart)
+        still: list[Entry] = []
+        for e in self._retiring:
+            grace = e.grace
+            if e.state == EntryState.GRACE and grace is not None and self.registry.elapsed(grace):
+                e.fire(EntryEvent.GRACE_ELAPSED)
+                e.ring.request_stop()
+            if e.state == EntryState.DRAINING and self.supervisor.exited(e):
+                self._finish_retirement(e, EntryEvent.DRAINED)
+            if e.state != EntryState.RETIRED:
+                still.append(e)
+        self._retiring = still
+
+    def _finish_retirement(self, e: Entry, event: EntryEvent) -> None:
+        """The worker drained its ring and exited (or was killed: ``ABANDONED``): fold its
+        stats, free its slot."""
+        sup = self.supervisor
+        sup.reap(e)
+        cons, prod = e.ring.positions()
+        committed = int(e.record.read()[KthreadCounter.COMMITTED])
+        if prod != cons or e.ring.hand_count() or cons != committed:
+            sup.recover(e, drop_queued=True)  # not after a clean exit; never lose frames
+        rec = e.record.read()
+        e.fire(event)
+        exitcode = e.worker.exitcode if e.worker is not None else None
+        self.history.append(self._entry_stats(e, rec, exitcode=exitcode))
+        self._retired_k += rec
+        self._retired_lost += e.lost
+        sup.collect(e)
+        sup.release(e)
+        self.shared.release_slot(e.slot)
+        self._free_slots.append(e.slot)
+
+    def _abandon(self, e: Entry) -> None:
+        """Kill a worker that would not finish and recover what it held."""
+        self.supervisor.kill(e)
+        # A producer that never left its batch may still publish: make the ring refuse
+        # (its frames are then counted queue_full by that producer) before emptying it.
+        e.ring.kill()
+        self._finish_retirement(e, EntryEvent.ABANDONED)
+        self._retiring.remove(e)
+
+    def _wait_workers(self, timeout: float) -> None:
+        """Sleep until a worker exits or reports, or ``timeout`` passes."""
+        if any(e.state == EntryState.GRACE for e in self._retiring):
+            timeout = min(timeout, 0.001)  # grace periods end with RX batches: poll fast
+        self.supervisor.wait(self._live_entries(), timeout)
+
+    def _entry_stats(self, e: Entry, rec: np.ndarray, exitcode: int | None = None) -> EntryStats:
+        w = e.worker
+        return EntryStats.from_counters(
+            key=e.key,
+            qsize=e.qsize,
+            generation=e.generation,
+            state=e.state,
+            kthread=rec,
+            enqueue=self.shared.enqueue_totals(e.slot),
+            pid=w.pid if w is not None else 0,
+            pinned=w.pinned if w is not None else True,
+            queued=len(e.ring),
+            lost=e.lost,
+            exitcode=exitcode,
+        )
+
+
+def _accept_all(skb: object) -> None:
+    """The default handler: accept every frame (like a netstack that takes everything)."""
+    return None

@@ -1,0 +1,314 @@
+"""The worker: one process per map entry, pinned to its CPU -- the kernel's cpumap kthread.
+
+Theory of operation
+-------------------
+The worker consumes its entry's ring in batches of up to ``batch_size`` frames (the
+kernel's CPUMAP_BATCH is 8; ours is chosen by measurement, see bench_engine.py), builds
+the skb (programs/context.py), and hands it to the user's handler -- our "network stack" -- which
+accepts it or drops it.  The frames then go back to the pool.  With the ring empty the
+worker sleeps and is woken by a producer's flush (ring.py argues why no wake-up is lost).
+
+It exits only when told to stop *and* its ring is empty, like the kernel's::
+
+    while (!kthread_should_stop() || !__ptr_ring_empty(rcpu->queue))
+
+The stop request comes after a grace period (rcu.py): no producer can publish into this
+ring any more, so once the worker has seen ``stop`` a final emptiness check is exact.
+
+Crash-safe commit protocol (why a SIGKILL loses no frame)
+---------------------------------------------------------
+The worker's batch sits in a *hand* buffer in shared memory.  Per batch, in this order::
+
+    1. take(n)    hand[:n] = next n indices; tag them HAND+slot; hand_n = n;
+                  cons_tail += n                                              (ring.py)
+    2. build skbs, call the handler, count outcomes locally
+    3. commit     kthread record {committed = cons_tail, counters += outcomes}: one store
+    4. release    tag[hand] = RETURNED            frames go back to their allocators
+    5. hand_n = 0
+
+A supervisor that finds the worker dead reads the last committed record, ``hand_n`` and
+the hand buffer (``Supervisor.recover``, supervisor.py).  Of the hand's frames, only those
+still tagged ``HAND + slot`` are the dead worker's: a frame it already released (step 4) is
+``RETURNED`` -- or reclaimed, reused, even queued into this very ring again, ``QUEUED``
+-- and a frame its second stage forwarded carries the other ring's tag.  So:
+
+* ``committed < cons_tail``: died between 1 and 3.  Its frames have no outcome: they are
+  released and counted ``lost``.
+* ``committed == cons_tail``: died between 3 and 5 (outcomes counted, release perhaps
+  partial): its frames are released.
+* ``hand_n == 0``, or died before storing it: nothing was in hand (frames still in the
+  ring are the next worker's).
+
+Frames dropped by a second stage at a full target ring are retagged ``HAND + slot``
+before they are set aside for release after the commit (second_stage.py), so they too
+are found.  Frames in the ring were never touched; a replacement worker takes them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import _atomics as at
+from ..programs import contract
+from ..programs.context import frame_skbs, skb_batch
+from ..programs.contract import WorkerInfo
+from .counters import KTHREAD_WORDS, KthreadCounter
+from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
+from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT
+from .second_stage import SecondStage
+
+if TYPE_CHECKING:
+    from .control import MapShared
+
+DEFAULT_BATCH = 1024  # CPUMAP_BATCH is 8 in the kernel; see the module docstring
+DEFAULT_BUSY_POLL = 0.0005  # seconds a worker polls its empty ring before sleeping
+DEFAULT_IDLE_TIMEOUT = 2.0  # seconds a sleeping worker waits before re-checking anyway
+
+_K = KthreadCounter
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs; inherited through fork, never pickled.  The worker finds
+    its ring, hand, record and event log in ``shared`` at ``info.slot``."""
+
+    pool: FramePool
+    shared: MapShared
+    info: WorkerInfo
+    handler: Any
+    batch_size: int = DEFAULT_BATCH
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    busy_poll: float = 0.0  # seconds to poll an empty ring (yielding) before sleeping
+    resume_counters: np.ndarray | None = None  # a replacement worker continues these
+    second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
+    home: object = None  # the map, as a redirect target (for a second stage that redirects)
+    parent_pid: int = 0  # the controlling process
+    forked_by_main_thread: bool = True
+
+
+def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
+    """Entry point of the worker process (after fork)."""
+    # Die with the controlling process: nothing may outlive it (see shm.py).  The kernel's
+    # parent-death signal fires when the *thread* that forked us exits, so it is armed
+    # only for forks from the main thread; a watchdog thread covers every case.
+    if spec.forked_by_main_thread:
+        at.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != spec.parent_pid:  # the parent died before we armed anything
+        os._exit(1)
+    _watch_parent(spec.parent_pid)
+    # Ctrl-C goes to the whole process group; the controller decides how to stop us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pinned = _pin(spec.info.cpu)
+    info = replace(spec.info, pinned=pinned)
+    handler = spec.handler
+    result: dict[str, Any] = {"pinned": pinned}
+    stage = None
+    try:
+        if spec.second_stage is not None:
+            stage = SecondStage(
+                spec.second_stage, spec.shared, spec.pool, info.slot, home=spec.home
+            )
+            stage.setup(info)
+        contract.setup(handler, info)
+    except BaseException as e:
+        result_conn.send({"ready": False, "error": "".join(traceback.format_exception(e))})
+        result_conn.close()
+        return
+    result_conn.send({"ready": True, "pinned": pinned})
+    try:
+        Worker(spec, stage).run()
+        if contract.has_finish(handler):
+            result["result"] = contract.finish(handler)
+        if stage is not None:
+            result["outputs"] = stage.finish()
+    except BaseException as e:  # report, never hang: the controller reaps us
+        result["error"] = "".join(traceback.format_exception(e))
+    try:
+        result_conn.send(result)
+    except Exception as e:  # an unpicklable result must not lose the error report
+        result_conn.send({"pinned": pinned, "error": f"cannot send result: {e!r}"})
+    result_conn.close()
+
+
+def _watch_parent(parent: int, interval: float = 0.25) -> None:
+    """A daemon thread that kills this process once its parent is gone (we are then
+    re-parented, and ``getppid`` changes): at most ``interval`` late, one wake-up each."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cpumap-parent-watch", daemon=True).start()
+
+
+def _pin(cpu: int) -> bool:
+    try:
+        os.sched_setaffinity(0, {cpu})
+        return True
+    except OSError:
+        # Possible but not allowed to us (offline, cpuset): run unpinned, say so.
+        return False
+
+
+class Worker:
+    """The consume loop.  Runs in the worker process only."""
+
+    def __init__(self, spec: WorkerSpec, stage: SecondStage | None = None) -> None:
+        slot = spec.info.slot
+        shared = spec.shared
+        self.spec = spec
+        self.stage = stage
+        self.pool = spec.pool
+        self.ring = shared.ring(slot)
+        self.record = shared.kthread_record(slot)
+        self.events = shared.kthread_log(slot)
+        self.handler = spec.handler
+        self.batch_size = spec.batch_size
+        self.counters = np.zeros(KTHREAD_WORDS, dtype=np.int64)
+        if spec.resume_counters is not None:
+            self.counters[:] = spec.resume_counters
+        self.counters[_K.COMMITTED] = self.ring.positions()[0]
+        self._hand = shared.hand(slot)
+        self._tags = spec.pool.tag
+        self._in_hand = TAG_HAND + slot
+        self._sched = 0
+        self._deliver = (
+            self._deliver_batch if contract.is_batch_handler(self.handler) else self._deliver_each
+        )
+
+    def run(self) -> None:
+        ring = self.ring
+        while True:
+            avail = ring.available()
+            if avail:
+                self._process(
+                    ring.take(min(avail, self.batch_size), self._hand, self._tags, self._in_hand)
+                )
+                continue
+            if ring.stop_requested():
+                # stop is set after the grace period: the tail is final, recheck once.
+                if ring.available() == 0:
+                    return
+                continue
+            self._sleep()
+
+    def _sleep(self) -> None:
+        ring = self.ring
+        if self.spec.busy_poll > 0 and self._busy_poll():
+            return
+        seq = at.load_u32(ring.hdr + OFF_WAKE_SEQ)
+        rc = ring.wait(self.spec.idle_timeout)
+        if rc == WAIT_NOT_SLEPT:
+            return
+        self._sched = 1
+        self.counters[_K.SLEEPS] += 1
+        if rc == WAIT_TIMEOUT and ring.available():
+            # Work waited while we slept.  Legitimate only if a producer is between its
+            # publish and its wake (it saw us sleeping): then wake_seq moves very soon.
+            deadline = time.monotonic() + 0.2
+            while at.load_u32(ring.hdr + OFF_WAKE_SEQ) == seq and time.monotonic() < deadline:
+                os.sched_yield()
+            if at.load_u32(ring.hdr + OFF_WAKE_SEQ) == seq:
+                self.counters[_K.LATE_WAKEUPS] += 1
+
+    def _busy_poll(self) -> bool:
+        """Poll the empty ring for up to ``busy_poll`` seconds before going to sleep,
+        yielding the CPU each time (to the RX producer, if it shares this CPU).  A frame
+        that arrives meanwhile costs no futex wake-up on either side -- a wake-up costs
+        the producer a syscall and, on a shared CPU, a context switch per flush.
+        (NAPI busy polling, or AF_XDP without need_wakeup.)"""
+        ring = self.ring
+        deadline = time.monotonic() + self.spec.busy_poll
+        while time.monotonic() < deadline:
+            if ring.available() or ring.stop_requested():
+                return True
+            os.sched_yield()
+        return False
+
+    def _process(self, idx: np.ndarray) -> None:
+        n = len(idx)
+        c = self.counters
+        stage = self.stage.run(idx) if self.stage is not None else None
+        deliver = idx if stage is None else stage.passed
+        delivered, hdrop, herr, bfail = self._deliver(deliver) if len(deliver) else (0, 0, 0, 0)
+        drops = hdrop + herr + bfail
+        c[_K.PROCESSED] += n
+        c[_K.BATCHES] += 1
+        c[_K.DELIVERED] += delivered
+        c[_K.HANDLER_DROP] += hdrop
+        c[_K.HANDLER_ERROR] += herr
+        c[_K.BUILD_FAILED] += bfail
+        c[_K.DROPS] += drops
+        c[_K.SCHED] += self._sched
+        c[_K.COMMITTED] += n
+        ev_stage = (0, 0, 0)
+        if stage is not None:
+            c[_K.XDP_PASS] += stage.n_pass
+            c[_K.XDP_DROP] += stage.n_drop
+            c[_K.XDP_REDIRECT] += stage.n_redirect
+            c[_K.REDIRECT_OUT] += stage.n_out
+            c[_K.FWD_QUEUE_FULL] += stage.fwd_queue_full
+            ev_stage = (stage.n_pass, stage.n_drop, stage.n_redirect)
+        if self.events.enabled:
+            # Before the commit: whoever sees the outcomes can see the event too.
+            info = self.spec.info
+            self.events.emit(
+                (time.monotonic_ns(), info.map_id, n, drops, self._sched, info.cpu, *ev_stage)
+            )
+        self._sched = 0
+        self.record.publish(c)  # 3. commit
+        # 4. release: every frame still ours (a second stage may have forwarded some).
+        if stage is None:
+            self.pool.tag[idx] = TAG_RETURNED
+        else:
+            if len(deliver):
+                self.pool.tag[deliver] = TAG_RETURNED
+            for part in stage.release:
+                self.pool.tag[part] = TAG_RETURNED
+        self.ring.drop_hand()  # 5.
+
+    # -- delivery: (delivered, handler_drop, handler_error, build_failed) -------------------
+    def _deliver_each(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        handler = self.handler
+        delivered = hdrop = herr = bfail = 0
+        for skb in frame_skbs(self.pool, idx):
+            if skb is None:
+                bfail += 1
+                continue
+            try:
+                r = handler(skb)
+            except BaseException:  # SystemExit too: the handler's failure, not the worker's
+                herr += 1
+                continue
+            if r is False:
+                hdrop += 1
+            else:
+                delivered += 1
+        return delivered, hdrop, herr, bfail
+
+    def _deliver_batch(self, idx: np.ndarray) -> tuple[int, int, int, int]:
+        n = len(idx)
+        try:
+            batch = skb_batch(self.pool, idx)
+        except Exception:
+            return 0, 0, 0, n
+        try:
+            r = self.handler(batch)
+        except BaseException:  # SystemExit too: the handler's failure, not the worker's
+            return 0, 0, n, 0
+        if r is None:
+            return n, 0, 0, 0
+        accepted = np.asarray(r)
+        if accepted.shape != (n,) or accepted.dtype != np.bool_:
+            return 0, 0, n, 0  # not a verdict per frame: a handler error
+        ok = int(np.count_nonzero(accepted))
+        return ok, n - ok, 0, 0

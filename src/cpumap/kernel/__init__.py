@@ -1,0 +1,145 @@
+"""The Linux kernel's own cpumap, driven from Python: our reference implementation.
+
+Rule: the project models the kernel's ``BPF_MAP_TYPE_CPUMAP`` in user space; this package
+is the real thing, reached through ``bpf(2)`` (root, or CAP_BPF + CAP_NET_ADMIN), so that
+tests and benchmarks can hold ours against it.  It imports nothing from the engine: only
+the shared leaves (``cpumap.abi``, ``cpumap.cpus``, ``cpumap.errors``).
+
+Theory of operation
+-------------------
+Four modules, re-exported here:
+
+* :mod:`cpumap.kernel.bpf`, the syscall layer: ``union bpf_attr`` members as ctypes
+  structs, one ``bpf(2)`` call per operation, the kernel's errno raised unchanged as
+  ``OSError``.  :class:`KernelCpuMap` is a real cpumap (create / update / delete /
+  lookup / get_next_key / iteration / ``map_id``); :class:`KernelProgram` a loaded BPF
+  program and its ``BPF_PROG_TEST_RUN``.  Every fd is owned by one object and closed by
+  ``close()``, the context manager, or a finalizer.
+
+* :mod:`cpumap.kernel.asm`: a tiny eBPF assembler and the XDP programs we need (redirect
+  to a cpumap entry: fixed, round-robin, by a frame byte; a second stage that returns one
+  verdict); :mod:`cpumap.kernel.frames`: frames the netstack accepts, and a socket to
+  deliver them to.
+* :mod:`cpumap.kernel.tracefs`: the ``xdp:xdp_cpumap_enqueue`` /
+  ``xdp:xdp_cpumap_kthread`` tracepoints read from a tracefs instance of our own.
+* :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
+  measurement: live-frames test runs pinned to an RX CPU so that frames really cross to the
+  entry's kthread.
+
+Usage::
+
+    from cpumap.kernel import KernelCpuMap, KernelCpumapRun
+
+    with KernelCpuMap(4) as m:
+        m.update(1, 192)          # entry for CPU 1: a 192-frame ring and a kthread
+        m.lookup(1)               # 192
+        m.update(1, 0, flags=1)   # OSError(EEXIST): the cpumap refuses BPF_NOEXIST
+
+    with KernelCpumapRun(192, cpu=1, frames=100_000, second_stage="drop") as run:
+        print(run.run().frames_per_s)
+
+Where this kernel's behaviour differs from the 2019 ``cpumap.c`` our engine follows, and
+where our engine must differ from the kernel, is written down in
+``docs/kernel-differences.md``.
+"""
+
+from __future__ import annotations
+
+from ..abi import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    CPUMAP_QSIZE_MAX,
+    XDP_ABORTED,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_REDIRECT,
+    XDP_TX,
+)
+from ..cpus import nr_cpus, possible_cpus
+from .asm import (
+    Asm,
+    load_xdp,
+    redirect_by_byte_program,
+    redirect_program,
+    redirect_round_robin_program,
+    verdict_program,
+)
+from .bpf import (
+    BPF_F_NUMA_NODE,
+    BPF_F_TEST_XDP_LIVE_FRAMES,
+    AttachType,
+    CpuMapValue,
+    KernelArrayMap,
+    KernelCpuMap,
+    KernelProgram,
+    TestRunResult,
+    bpf_unavailable_reason,
+)
+from .frames import UdpSink, local_ipv4, udp_frame
+from .runner import (
+    CpumapRunResult,
+    CpumapRunSample,
+    KernelCpumapRun,
+    live_frames_unavailable_reason,
+    run_kernel_cpumap,
+    run_pinned,
+    rx_drop_ceiling,
+)
+from .tracefs import (
+    EnqueueTotals,
+    KthreadTotals,
+    TraceEvent,
+    TraceInstance,
+    sum_enqueue,
+    sum_kthread,
+    tracefs_root,
+    tracing_unavailable_reason,
+)
+
+__all__ = [
+    "BPF_ANY",
+    "BPF_EXIST",
+    "BPF_F_NUMA_NODE",
+    "BPF_F_TEST_XDP_LIVE_FRAMES",
+    "BPF_NOEXIST",
+    "CPUMAP_QSIZE_MAX",
+    "XDP_ABORTED",
+    "XDP_DROP",
+    "XDP_PASS",
+    "XDP_REDIRECT",
+    "XDP_TX",
+    "Asm",
+    "AttachType",
+    "CpuMapValue",
+    "CpumapRunResult",
+    "CpumapRunSample",
+    "EnqueueTotals",
+    "KernelArrayMap",
+    "KernelCpuMap",
+    "KernelCpumapRun",
+    "KernelProgram",
+    "KthreadTotals",
+    "TestRunResult",
+    "TraceEvent",
+    "TraceInstance",
+    "UdpSink",
+    "bpf_unavailable_reason",
+    "live_frames_unavailable_reason",
+    "load_xdp",
+    "local_ipv4",
+    "nr_cpus",
+    "possible_cpus",
+    "redirect_by_byte_program",
+    "redirect_program",
+    "redirect_round_robin_program",
+    "run_kernel_cpumap",
+    "run_pinned",
+    "rx_drop_ceiling",
+    "sum_enqueue",
+    "sum_kthread",
+    "tracefs_root",
+    "tracing_unavailable_reason",
+    "udp_frame",
+    "verdict_program",
+]

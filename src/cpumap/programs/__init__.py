@@ -1,0 +1,47 @@
+"""Programs and handlers: the code users plug into the engine, and how it is called.
+
+Rule 1: everything about calling user code lives here -- what it is handed (``context``:
+the frame's ``xdp_md``, a batch's columns, the skbs of pool frames), what it must be
+(``contract``: the program and handler protocols, their marks and hooks), how its return
+values and failures become verdicts (``runner``: one path for the RX side and the second
+stage), and how it is named on a command line (``loader``).
+Rule 2: no process, no ring, no counter: the engine hands in a frame pool and frame
+indices, and gets verdicts and keys back.  Redirect targets are anything with
+``has_entry(key)`` (``context.RedirectTarget``): a ``CpuMap``, an ``OutputMap``.
+Rule 3: the built-in programs are programs like any other: the ``xdp-bench redirect-cpu``
+modes and ``FlowHash`` (``steering``), over a CPU table that may change while traffic
+flows (``cpu_table``), parsing frames with xdp-tools' helpers (``xdp_parse``) in two forms
+that agree frame for frame.
+"""
+
+from .context import NO_KEY, RedirectTarget, XdpBatch, XdpContext, redirect_map
+from .contract import WorkerInfo, batch_handler, is_batch_handler, is_vectorized, vectorized
+from .cpu_table import BrokenTableError, CpuTable
+from .loader import LoadError, load_handler, load_object, load_program
+from .runner import ProgramRunner, Verdicts
+from .steering import MODES, FlowHash, Steering, make_program
+
+__all__ = [
+    "MODES",
+    "NO_KEY",
+    "BrokenTableError",
+    "CpuTable",
+    "FlowHash",
+    "LoadError",
+    "ProgramRunner",
+    "RedirectTarget",
+    "Steering",
+    "Verdicts",
+    "WorkerInfo",
+    "XdpBatch",
+    "XdpContext",
+    "batch_handler",
+    "is_batch_handler",
+    "is_vectorized",
+    "load_handler",
+    "load_object",
+    "load_program",
+    "make_program",
+    "redirect_map",
+    "vectorized",
+]

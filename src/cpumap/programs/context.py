@@ -1,0 +1,284 @@
+"""What user code is handed: a frame's context, a batch of frames, and their skbs.
+
+A program sees the frames where they lie, in the frame pool -- the kernel's ``xdp_md``:
+
+* per frame, an :class:`XdpContext`: the packet bytes (a writable zero-copy view), the
+  ingress ifindex, the RX queue, and a metadata area (``adjust_meta``) whose bytes reach
+  the skb.  To redirect, ``return redirect_map(target, key)`` (or ``ctx.redirect_map``),
+  as with ``bpf_redirect_map``;
+* vectorized, an :class:`XdpBatch`: the batch as numpy columns, windows of every packet's
+  bytes, and its skbs parsed in a few numpy calls.
+
+A handler sees skbs built from the same frames: :func:`frame_skbs` (one :class:`Skb` per
+frame) and :func:`skb_batch` (one :class:`SkbBatch` per batch).  Every place that gives
+user code an skb of pool frames builds it here, so every skb carries the same fields.
+
+Rule: these are views, not copies.  Nothing here owns a frame or outlives the call it is
+handed to: the engine gives the frames back to the pool right after.  The pool is the
+engine's (``cpumap.engine.frame_pool``); this module only reads its documented columns.
+
+A missing entry is discovered when the frame is enqueued, as in the seed kernel's
+``xdp_do_redirect`` (-EINVAL, the ``xdp_redirect_err`` tracepoint): the frame is dropped
+and counted as ``redirect_err``.  Newer kernels let ``flags`` carry a fallback action
+taken at ``bpf_redirect_map`` time when the key is empty; we do the same when ``flags``
+is non-zero.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from ..abi import XDP_ABORTED, XDP_REDIRECT
+from ..skb import Skb, SkbBatch
+
+if TYPE_CHECKING:
+    from ..engine.frame_pool import FramePool
+
+NO_KEY = 0xFFFFFFFF  # "not redirected" in a keys array
+
+
+class RedirectTarget(Protocol):
+    """What ``redirect_map`` redirects into: a map (``CpuMap``) or an ``OutputMap``."""
+
+    def has_entry(self, key: int) -> bool:
+        """Whether ``key`` names an entry right now (the flags fallback asks)."""
+        ...
+
+
+class CpuMapLike(RedirectTarget, Protocol):
+    """A map whose keys are CPUs, as a steering program sees it (a ``CpuMap``)."""
+
+    max_entries: int
+
+
+class XdpContext:
+    """What a per-frame program sees: the kernel's ``struct xdp_md``.
+
+    One object is reused for every frame of a batch; do not keep references to it or to
+    ``data`` beyond the call.
+    """
+
+    __slots__ = (
+        "_meta_len",
+        "_pool",
+        "data",
+        "index",
+        "ingress_ifindex",
+        "linktype",
+        "redirect_key",
+        "redirect_target",
+        "rx_queue_index",
+    )
+
+    def __init__(self, pool: FramePool) -> None:
+        self._pool = pool
+        self.data: memoryview = memoryview(b"")
+        self.index = -1
+        self.ingress_ifindex = 0
+        self.rx_queue_index = 0
+        self.linktype = 1
+        self.redirect_key = NO_KEY
+        self.redirect_target: Any = None
+        self._meta_len = 0
+
+    def load(self, index: int, ifindex: int, rx_queue: int, linktype: int) -> None:
+        """Point the context at frame ``index`` (the engine does this before each call)."""
+        self.index = index
+        self.data = self._pool.packet(index)
+        self.ingress_ifindex = ifindex
+        self.rx_queue_index = rx_queue
+        self.linktype = linktype
+        self.redirect_key = NO_KEY
+        self.redirect_target = None
+        self._meta_len = int(self._pool.meta_len[index])
+
+    @property
+    def data_end(self) -> int:
+        """Length of the packet (``data_end - data``)."""
+        return len(self.data)
+
+    @property
+    def data_meta(self) -> memoryview:
+        """The metadata area (bytes just before the packet), writable."""
+        pool = self._pool
+        start = self.index * pool.frame_size + int(pool.headroom_col[self.index])
+        return pool.mv[start - self._meta_len : start]
+
+    def adjust_meta(self, delta: int) -> int:
+        """``bpf_xdp_adjust_meta``: a negative ``delta`` grows the metadata area by
+        ``-delta`` bytes (zeroed), a positive one shrinks it.  Returns 0, or -22 (EINVAL)
+        when the area would be negative, larger than 32 bytes (as the kernel's
+        ``xdp_metalen_invalid``: max 32, multiple of 4) or than the headroom."""
+        new = self._meta_len - delta
+        headroom = int(self._pool.headroom_col[self.index])
+        if new < 0 or new > 32 or new % 4 or new > headroom:
+            return -22
+        self._meta_len = new
+        self._pool.meta_len[self.index] = new
+        if delta < 0:
+            self.data_meta[:-delta] = bytes(-delta)
+        return 0
+
+    def redirect_map(self, target: RedirectTarget, key: int, flags: int = 0) -> int:
+        """``bpf_redirect_map(&target, key, flags)``; see :func:`redirect_map`."""
+        return _redirect(self, target, key, flags)
+
+
+class _Current(threading.local):
+    ctx: XdpContext | None = None
+
+
+_current = _Current()
+
+
+def redirect_map(target: RedirectTarget, key: int, flags: int = 0) -> int:
+    """``bpf_redirect_map``: choose entry ``key`` of ``target`` for the current frame and
+    return ``XDP_REDIRECT`` -- or, if ``flags`` is a fallback action (1..3) and the entry
+    is empty right now, return ``flags``.  Only valid inside a per-frame program."""
+    ctx = _current.ctx
+    if ctx is None:
+        raise RuntimeError("redirect_map() called outside a program")
+    return _redirect(ctx, target, key, flags)
+
+
+def set_current_context(ctx: XdpContext | None) -> None:
+    """The context :func:`redirect_map` acts on in this thread (the runner sets it around
+    a batch of per-frame calls, and clears it after)."""
+    _current.ctx = ctx
+
+
+def _redirect(ctx: XdpContext, target: RedirectTarget, key: int, flags: int) -> int:
+    if flags & ~3:
+        return XDP_ABORTED
+    if flags and not target.has_entry(key):
+        return flags
+    ctx.redirect_key = key & 0xFFFFFFFF if key >= 0 else NO_KEY
+    ctx.redirect_target = target
+    return XDP_REDIRECT
+
+
+class XdpBatch:
+    """What a vectorized program sees: a batch of frames as numpy columns.
+
+    ``index`` are the frames' pool indices.  Columns come from the frame descriptors;
+    ``bytes_at(offset, width)`` reads a window of every packet; ``skb`` parses them
+    (protocol, addresses, ports, flow hash...) in a few numpy calls.  When the frames are
+    consecutive in the pool (``start`` is not None: the usual case) columns and windows
+    are views, not copies -- writing to them writes the packets, as an XDP program may.
+    """
+
+    def __init__(self, pool: FramePool, index: np.ndarray, start: int | None = None) -> None:
+        self.pool = pool
+        self.index = index
+        self.start = start
+        self._where: slice | np.ndarray = (
+            index if start is None else slice(start, start + len(index))
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @cached_property
+    def length(self) -> np.ndarray:
+        return self.pool.length[self._where]
+
+    @cached_property
+    def ingress_ifindex(self) -> np.ndarray:
+        return self.pool.ifindex[self._where]
+
+    @cached_property
+    def rx_queue_index(self) -> np.ndarray:
+        return self.pool.rx_queue[self._where]
+
+    @cached_property
+    def linktype(self) -> np.ndarray:
+        return self.pool.linktype[self._where]
+
+    @cached_property
+    def _base(self) -> np.ndarray:
+        pool = self.pool
+        return self.index.astype(np.int64) * pool.frame_size + pool.headroom_col[self.index]
+
+    def bytes_at(self, offset: int, width: int) -> np.ndarray:
+        """``[n, width]`` uint8: bytes ``offset..offset+width`` of each packet.  Bytes
+        past a packet's end read as whatever the frame holds: mask with ``length``."""
+        pool = self.pool
+        if self.start is not None and offset >= 0 and offset + width <= pool.max_packet:
+            h = pool.headroom + offset
+            return pool.data[self._where, h : h + width]
+        cols = np.arange(offset, offset + width, dtype=np.int64)
+        pos = self._base[:, None] + cols
+        np.minimum(pos, len(self.pool.flat) - 1, out=pos)
+        return self.pool.flat[pos]
+
+    @cached_property
+    def skb(self) -> SkbBatch:
+        """Parsed headers of every frame (lazy, vectorized)."""
+        return skb_batch(self.pool, self.index, self.start)
+
+
+def skb_batch(pool: FramePool, index: np.ndarray, start: int | None = None) -> SkbBatch:
+    """The :class:`SkbBatch` of frames ``index`` of ``pool`` (``start``: they are
+    ``start, start + 1, ...``).
+
+    The rows are one gather of the columns the packets occupy (from the smallest headroom
+    to the end of the longest packet), not whole frames: with the default headroom a batch
+    of 64-byte frames gathers 64 bytes a row, not 2048.  Parsing never misses a captured
+    byte, since every packet lies inside the gathered columns.
+    """
+    n = len(index)
+    if n == 0:
+        return SkbBatch(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    # One call for every descriptor field: a slice (consecutive frames) or one gather.
+    d = pool.descriptors(index) if start is None else pool.desc[start : start + n]
+    length = d["length"]
+    head = d["headroom"]
+    lo = int(head.min())
+    hi = max(int((head + length).max()), lo + 1)
+    rows = pool.data[start : start + n, lo:hi] if start is not None else pool.data[index, lo:hi]
+    return SkbBatch(
+        rows,
+        head - lo,
+        length,
+        wire_len=d["wire_len"],
+        linktype=d["linktype"],
+        ifindex=d["ifindex"],
+        rx_queue=d["rx_queue"],
+        ts_ns=d["ts_ns"],
+        index=index,
+    )
+
+
+def frame_skbs(pool: FramePool, index: np.ndarray) -> Iterator[Skb | None]:
+    """An :class:`Skb` for each frame of ``index``, in order (None where one could not be
+    built: the caller counts it ``build_failed``).  Each skb's ``data`` is a view into the
+    pool, valid while the caller holds the frame.
+
+    One gather for every descriptor of the batch, then plain Python values per frame.
+    """
+    fs = pool.frame_size
+    mv = pool.mv
+    descs = pool.descriptors(index).tolist()
+    for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, _) in zip(
+        index.tolist(), descs, strict=True
+    ):
+        start = i * fs + head
+        try:
+            skb: Skb | None = Skb(
+                mv[start : start + length],
+                wire_len=wire_len,
+                linktype=linktype,
+                ifindex=ifindex,
+                rx_queue=rxq,
+                ts_ns=ts,
+                metadata=bytes(mv[start - meta : start]) if meta else b"",
+                index=i,
+            )
+        except Exception:
+            skb = None
+        yield skb

@@ -1,0 +1,176 @@
+"""Running a program over a batch of frames: one path, for the RX side and the second stage.
+
+:class:`ProgramRunner` calls a program on frames of the pool -- once per frame with an
+:class:`~cpumap.programs.context.XdpContext`, or once per batch with an
+:class:`~cpumap.programs.context.XdpBatch` when it is vectorized -- and turns whatever it
+returned into a :class:`Verdicts`: one verdict and one redirect key per frame, the count of
+each verdict, and the batch's redirect target.  The caller (the RX producer, a worker's
+second stage) then looks the keys up and counts the outcomes; nothing here touches a ring
+or a counter.
+
+The verdict rules, the same for both forms
+------------------------------------------
+* A verdict is an int (or numpy integer) in 0..4; anything else -- a bool, ``None``, a
+  string, 7 -- is ``XDP_ABORTED``.  So is an exception: for that frame (per frame) or for
+  the whole batch (vectorized).  A vectorized return value of the wrong shape or dtype
+  makes the whole batch ``XDP_ABORTED``.
+* A redirect goes to the batch's one *target*: the map the caller feeds (``target=``: the
+  RX side redirects only into its own map) or, when the caller leaves it open (a second
+  stage, which may also redirect to an ``OutputMap``), the first target a frame names (a
+  vectorized program returns it as a third element; a program's ``redirect_target``
+  attribute is the default).  A frame that names another target keeps its
+  ``XDP_REDIRECT`` verdict but gets the key ``NO_KEY``: its redirect fails, and the caller
+  counts it as it counts a redirect to an empty entry (``redirect_err`` on the RX side, a
+  drop in a second stage, as ``xdp_do_redirect`` failing is in the kernel's kthread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..abi import N_VERDICTS, XDP_ABORTED, XDP_REDIRECT
+from .context import NO_KEY, XdpBatch, XdpContext, set_current_context
+from .contract import is_vectorized, redirect_target_of
+
+if TYPE_CHECKING:
+    from ..engine.frame_pool import FramePool
+
+
+@dataclass(slots=True)
+class Verdicts:
+    """What a program decided for a batch of ``n`` frames."""
+
+    verdicts: np.ndarray  # uint8[n]
+    keys: np.ndarray  # uint32[n]: the redirect key; NO_KEY where not (validly) redirected
+    counts: list[int]  # frames per verdict, [ABORTED, DROP, PASS, TX, REDIRECT]
+    target: Any  # the batch's redirect target (None: the caller's own map)
+
+
+class ProgramRunner:
+    """Runs ``program`` over batches of frames of ``pool``.
+
+    ``target``: the one target every redirect must name (the RX side: its map); None lets
+    the batch's first redirect choose (a second stage).
+
+    Concurrency: one runner per producer or worker (it reuses one context); not shared.
+    """
+
+    def __init__(self, program: Any, pool: FramePool, *, target: object = None) -> None:
+        self.program = program
+        self.pool = pool
+        self.vectorized = is_vectorized(program)
+        self._fixed = target
+        self._default = target if target is not None else redirect_target_of(program)
+        self._ctx = XdpContext(pool)
+
+    def run(self, idx: np.ndarray, start: int | None = None) -> Verdicts:
+        """The program's verdicts for frames ``idx`` (``start``: they are consecutive,
+        ``start, start + 1, ...``: the vectorized form then sees views)."""
+        if self.vectorized:
+            return self._run_vectorized(idx, start)
+        return self._run_per_frame(idx, start)
+
+    def _run_vectorized(self, idx: np.ndarray, start: int | None) -> Verdicts:
+        n = len(idx)
+        target = self._default
+        try:
+            out = self.program(XdpBatch(self.pool, idx, start))
+        except Exception:
+            out = None
+        if type(out) is tuple and len(out) == 3:
+            out, target = out[:2], out[2]
+        verdicts, keys, counts = normalize_verdicts(out, n)
+        if self._fixed is not None and target is not self._fixed and counts[XDP_REDIRECT]:
+            keys = np.where(verdicts == XDP_REDIRECT, NO_KEY, keys).astype(np.uint32)
+            target = self._fixed
+        return Verdicts(verdicts, keys, counts, target)
+
+    def _run_per_frame(self, idx: np.ndarray, start: int | None) -> Verdicts:
+        pool, prog, ctx = self.pool, self.program, self._ctx
+        where: slice | np.ndarray = idx if start is None else slice(start, start + len(idx))
+        ifs = pool.ifindex[where].tolist()
+        rxq = pool.rx_queue[where].tolist()
+        lts = pool.linktype[where].tolist()
+        default = self._default
+        chosen = self._fixed  # the batch's target: fixed, or the first one named
+        verdicts: list[int] = []
+        keys: list[int] = []
+        counts = [0] * N_VERDICTS
+        set_current_context(ctx)
+        try:
+            for j, i in enumerate(idx.tolist()):
+                ctx.load(i, ifs[j], rxq[j], lts[j])
+                try:
+                    v = as_verdict(prog(ctx))
+                except Exception:
+                    v = XDP_ABORTED
+                counts[v] += 1
+                verdicts.append(v)
+                if v != XDP_REDIRECT:
+                    keys.append(NO_KEY)
+                    continue
+                t = ctx.redirect_target if ctx.redirect_target is not None else default
+                if chosen is None:
+                    chosen = t
+                keys.append(ctx.redirect_key if t is chosen else NO_KEY)
+        finally:
+            set_current_context(None)
+        return Verdicts(
+            np.array(verdicts, dtype=np.uint8),
+            np.array(keys, dtype=np.uint32),
+            counts,
+            chosen if chosen is not None else default,
+        )
+
+
+def as_verdict(value: object) -> int:
+    """A per-frame program's return value as a verdict: an int (or numpy integer) in
+    0..4; anything else -- a bool included -- is ``XDP_ABORTED``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        return XDP_ABORTED
+    v = int(value)
+    return v if 0 <= v < N_VERDICTS else XDP_ABORTED
+
+
+def normalize_verdicts(out: Any, n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Turn a vectorized program's return value into (verdicts uint8[n], keys uint32[n],
+    count of each verdict).  Invalid verdicts become ABORTED; a malformed return value
+    (or ``None``: the program raised) makes the whole batch ABORTED.
+
+    The fast path -- a uint8 verdict array and a uint32 key array -- costs one numpy call.
+    """
+    aborted = (np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32), [n, 0, 0, 0, 0])
+    keys: Any = None
+    if type(out) is tuple and len(out) == 2:
+        out, keys = out
+    try:
+        v = out if isinstance(out, np.ndarray) else np.asarray(out)
+        if v.shape == ():
+            v = np.full(n, int(v), dtype=np.int64)
+        if v.shape != (n,) or v.dtype.kind not in "iub":
+            return aborted
+        if v.dtype != np.uint8:
+            ok = (v >= 0) & (v < N_VERDICTS)
+            v = np.where(ok, v, XDP_ABORTED).astype(np.uint8)
+        counts = np.bincount(v, minlength=N_VERDICTS).tolist()
+        if len(counts) > N_VERDICTS:  # invalid verdicts: ABORTED
+            v = np.where(v < N_VERDICTS, v, XDP_ABORTED).astype(np.uint8)
+            counts[0] += sum(counts[N_VERDICTS:])
+            del counts[N_VERDICTS:]
+        if keys is None:
+            k = np.full(n, NO_KEY, dtype=np.uint32)
+        elif isinstance(keys, np.ndarray) and keys.dtype == np.uint32 and keys.shape == (n,):
+            k = keys
+        else:
+            k = np.asarray(keys)
+            if k.shape == ():
+                k = np.full(n, int(k), dtype=np.int64)
+            if k.shape != (n,) or k.dtype.kind not in "iu":
+                return aborted
+            k = np.where(k < 0, NO_KEY, k).astype(np.uint32)
+    except (TypeError, ValueError, OverflowError):
+        return aborted
+    return v, k, counts

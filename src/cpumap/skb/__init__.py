@@ -1,0 +1,40 @@
+"""The skb: what a handler is handed -- one frame parsed (:class:`Skb`), or a batch of
+frames parsed into numpy columns (:class:`SkbBatch`).
+
+Rule 1: nothing here does I/O, starts a process or touches shared memory: the caller hands
+in bytes (a frame's, or rows of a frame pool) and the metadata the RX side recorded, and
+everything else is derived from those bytes.
+Rule 2: the build never fails.  Like the kernel, which builds the skb whatever the payload,
+a frame that cannot be fully parsed still yields every field that could be parsed, and
+``depth`` / ``error`` say how far parsing got and why it stopped.  A header is parsed whole
+or not at all: a truncated TCP header yields no ports, not half of them.  Lengths inside
+the packet are not trusted for finding headers (IPv4 total length, IPv6 payload length:
+jumbograms and GSO captures set them to 0), but nothing is ever read past the captured
+bytes.
+Rule 3: the per-frame and the batch form give the same answer, field for field, for any
+bytes (the tests prove it with hypothesis).  What they share -- the header tables, the flow
+hash -- is defined once (``headers.py``, ``flow_hash.py``), its two forms side by side.
+
+Modules: ``frame`` (:class:`Skb` and the per-frame parser), ``batch`` (:class:`SkbBatch`:
+the general path), ``fast_path`` (the batch parser's fixed-layout path), ``headers``,
+``flow_hash``.
+"""
+
+from ..abi import PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST
+from .batch import SkbBatch
+from .flow_hash import flow_hash, flow_hash_np
+from .frame import Skb
+from .headers import IPV6_MAX_EXT_HEADERS, VLAN_MAX_DEPTH, ParseDepth
+
+__all__ = [
+    "IPV6_MAX_EXT_HEADERS",
+    "PACKET_BROADCAST",
+    "PACKET_HOST",
+    "PACKET_MULTICAST",
+    "VLAN_MAX_DEPTH",
+    "ParseDepth",
+    "Skb",
+    "SkbBatch",
+    "flow_hash",
+    "flow_hash_np",
+]

@@ -1,0 +1,717 @@
+"""The built-in steering programs (steering.py, xdp_parse.py) and the CPU table (cpu_table.py).
+
+* the hash against golden values computed by a C build of xdp-tools' SuperFastHash;
+* each mode's verdict and target on crafted frames, every option and quirk decision;
+* per frame == vectorized for any frame (hypothesis: random, crafted, malformed and
+  truncated frames, random CPU tables, consecutive and scattered batches);
+* the CPU table: set/read, errors, no torn read against a writer in another process, a
+  dead writer;
+* a few end-to-end runs through a real CpuMap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import multiprocessing
+import os
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cpumap.programs.cpu_table as cpu_table_mod
+from cpumap import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, CpuMap, possible_cpus
+from cpumap.engine.frame_pool import FramePool
+from cpumap.generator import Flow, Generator, read_stamp
+from cpumap.packets import PacketBatch
+from cpumap.programs.context import NO_KEY, XdpBatch, XdpContext
+from cpumap.programs.cpu_table import BrokenTableError, CpuTable
+from cpumap.programs.steering import MODES, L4Filter, L4Hash, L4Proto, RoundRobin, make_program
+from cpumap.programs.xdp_parse import ETH_HLEN, INITVAL, superfasthash4, superfasthash4_np
+
+MAX_ENTRIES = 4
+POOL_FRAMES = 64
+MAC = bytes.fromhex("020000000002020000000001")
+
+
+# -- frame builders ---------------------------------------------------------------------------
+def eth(ethertype: int, *tags: tuple[int, int]) -> bytes:
+    out = MAC
+    for tpid, vid in tags:
+        out += struct.pack("!HH", tpid, vid)
+    return out + struct.pack("!H", ethertype)
+
+
+def ipv4(
+    proto: int,
+    l4: bytes = b"",
+    *,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    ihl: int = 5,
+    frag: int = 0,
+    options: bytes | None = None,
+) -> bytes:
+    opts = options if options is not None else bytes(max(0, ihl * 4 - 20))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x40 | ihl,
+        0,
+        20 + len(opts) + len(l4),
+        1,
+        frag,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return hdr + opts + l4
+
+
+def ipv6(nexthdr: int, l4: bytes = b"", *, src: str = "fd00::1", dst: str = "fd00::2") -> bytes:
+    return (
+        struct.pack("!IHBB", 6 << 28, len(l4), nexthdr, 64)
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + l4
+    )
+
+
+def udp(sport: int, dport: int) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8, 0)
+
+
+def tcp(sport: int, dport: int) -> bytes:
+    return struct.pack("!HHIIHHHH", sport, dport, 1, 0, 0x5010, 1024, 0, 0)
+
+
+def v4_udp(sport: int = 1000, dport: int = 53, **kw: object) -> bytes:
+    return eth(0x0800) + ipv4(17, udp(sport, dport), **kw)  # type: ignore[arg-type]
+
+
+# -- driving the two forms directly ------------------------------------------------------------
+class Bench:
+    """A frame pool and a map (no entries: programs only need its max_entries) to run the
+    two forms of a program on the same frames."""
+
+    def __init__(self) -> None:
+        self.pool = FramePool(POOL_FRAMES, frame_size=256, headroom=64)
+        self.cmap = CpuMap(MAX_ENTRIES)
+        self.ctx = XdpContext(self.pool)
+
+    def close(self) -> None:
+        self.cmap.close()
+        self.pool.close()
+
+    def load(self, frames: Sequence[bytes], where: Sequence[int], linktypes: Sequence[int]) -> None:
+        pool = self.pool
+        room = pool.max_packet
+        for i, f, lt in zip(where, frames, linktypes, strict=True):
+            f = f[:room]
+            pool.data[i, pool.headroom : pool.headroom + len(f)] = np.frombuffer(f, np.uint8)
+            pool.length[i] = len(f)
+            pool.linktype[i] = lt
+            pool.meta_len[i] = 0
+
+    def per_frame(self, prog: object, where: Sequence[int]) -> list[tuple[int, int]]:
+        """(verdict, key or -1) per frame, the engine's per-frame way."""
+        out = []
+        for i in where:
+            self.ctx.load(i, 0, 0, int(self.pool.linktype[i]))
+            v = prog.frame(self.ctx)  # type: ignore[attr-defined]
+            key = self.ctx.redirect_key if v == XDP_REDIRECT else -1
+            out.append((int(v), -1 if key == NO_KEY else int(key)))
+        return out
+
+    def vectorized(self, prog: object, where: Sequence[int]) -> list[tuple[int, int]]:
+        idx = np.array(where, dtype=np.uint32)
+        consecutive = len(where) > 0 and list(where) == list(range(where[0], where[0] + len(where)))
+        batch = XdpBatch(self.pool, idx, where[0] if consecutive else None)
+        verdicts, keys = prog.batch(batch)  # type: ignore[attr-defined]
+        assert verdicts.dtype == np.uint8 and keys.dtype == np.uint32  # the engine's fast path
+        assert verdicts.shape == keys.shape == (len(where),)
+        return [
+            (int(v), int(k) if v == XDP_REDIRECT else -1)
+            for v, k in zip(verdicts.tolist(), keys.tolist(), strict=True)
+        ]
+
+    def both(
+        self, prog_factory, frames: Sequence[bytes], linktypes: Sequence[int] | None = None
+    ) -> list[tuple[int, int]]:
+        """Run both forms on ``frames`` (consecutive from 0) and check they agree."""
+        where = list(range(len(frames)))
+        self.load(frames, where, linktypes or [1] * len(frames))
+        a = self.per_frame(prog_factory(), where)
+        b = self.vectorized(prog_factory(), where)
+        assert a == b
+        return a
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Bench]:
+    b = Bench()
+    yield b
+    b.close()
+
+
+def run_mode(bench: Bench, mode: str, frames: list[bytes], cpus=(0, 1, 2), **options):
+    table = list(cpus)
+    return bench.both(lambda: make_program(mode, bench.cmap, table, **options), frames)
+
+
+# -- the hash ------------------------------------------------------------------------------
+# (src, dst, protocol, SuperFastHash) from a C build of xdp-tools' hash_func01.h at -O0
+# (gcc -O2 without -fno-strict-aliasing miscompiles its u16 loads of the u32 sum).
+GOLDEN = [
+    ("10.0.0.1", "10.0.0.2", 17, 4136231318),
+    ("192.168.1.10", "8.8.8.8", 6, 3764817569),
+    ("255.255.255.255", "255.255.255.255", 1, 2861678838),
+    ("0.0.0.0", "0.0.0.0", 0, 963447421),
+    ("172.16.5.4", "10.200.3.1", 255, 683684134),
+    ("fd00::1", "fd00::2", 17, 1004661395),
+    ("2001:db8::dead:beef", "fe80::1234:5678:9abc:def0", 6, 62400403),
+    ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::1", 58, 2225081762),
+]
+
+
+def address_sum(src: str, dst: str) -> int:
+    words = ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed
+    return sum(struct.unpack(f"<{len(words) // 4}I", words)) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(("src", "dst", "proto", "expected"), GOLDEN)
+def test_superfasthash_matches_xdp_tools(src: str, dst: str, proto: int, expected: int) -> None:
+    s = address_sum(src, dst)
+    assert superfasthash4(s, INITVAL + proto) == expected
+    got = superfasthash4_np(np.array([s], np.uint32), np.array([INITVAL + proto], np.uint32))
+    assert got.tolist() == [expected]
+
+
+@pytest.mark.parametrize(("src", "dst", "proto", "expected"), GOLDEN)
+def test_l4_hash_picks_hash_mod_count(bench: Bench, src: str, dst: str, proto: int, expected):
+    if ":" in src:
+        frame = eth(0x86DD) + ipv6(proto, udp(1, 2), src=src, dst=dst)
+    else:
+        frame = eth(0x0800) + ipv4(proto, udp(1, 2), src=src, dst=dst)
+    cpus = [3, 0, 2]
+    reverse = frame.replace(  # the other direction: addresses swapped
+        ipaddress.ip_address(src).packed + ipaddress.ip_address(dst).packed,
+        ipaddress.ip_address(dst).packed + ipaddress.ip_address(src).packed,
+    )
+    got = run_mode(bench, "l4-hash", [frame, reverse], cpus)
+    assert got == [(XDP_REDIRECT, cpus[expected % 3])] * 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_superfasthash_forms_agree(value: int, seed: int) -> None:
+    got = superfasthash4_np(np.array([value], np.uint32), np.array([seed], np.uint32))
+    assert got.tolist() == [superfasthash4(value, seed)]
+
+
+# -- each mode ----------------------------------------------------------------------------------
+R = XDP_REDIRECT
+
+
+def test_no_touch_and_touch(bench: Bench) -> None:
+    frames = [v4_udp(), b"\x00" * 13, eth(0x05DC) + bytes(40), eth(0x0806) + bytes(28)]
+    assert run_mode(bench, "no-touch", frames, [2, 0]) == [(R, 2)] * 4
+    assert run_mode(bench, "touch", frames, [2, 0]) == [
+        (R, 2),
+        (XDP_ABORTED, -1),
+        (XDP_DROP, -1),
+        (R, 2),
+    ]
+    assert run_mode(bench, "no-touch", frames, []) == [(XDP_ABORTED, -1)] * 4
+    # The checks come before the CPU is used: a short frame is ABORTED, a length DROPped.
+    assert run_mode(bench, "touch", frames, [])[1:3] == [(XDP_ABORTED, -1), (XDP_DROP, -1)]
+
+
+def test_cpu_outside_the_map_is_aborted(bench: Bench) -> None:
+    frames = [v4_udp(sport=s) for s in range(6)]
+    got = run_mode(bench, "l4-sport", frames, [0, MAX_ENTRIES])
+    assert got == [(R, 0), (XDP_ABORTED, -1)] * 3
+
+
+def test_round_robin_cycles_per_object_and_survives_a_shrink(bench: Bench) -> None:
+    frames = [v4_udp()] * 7
+    assert run_mode(bench, "round-robin", frames, [1, 3, 0]) == [
+        (R, c) for c in (1, 3, 0, 1, 3, 0, 1)
+    ]
+    for vectorized in (False, True):
+        table = CpuTable(4, [0, 1, 2, 3])
+        prog = RoundRobin(bench.cmap, table, vectorized=vectorized)
+        run = bench.vectorized if vectorized else bench.per_frame
+        bench.load(frames[:3], [0, 1, 2], [1] * 3)
+        assert run(prog, [0, 1, 2]) == [(R, 0), (R, 1), (R, 2)]
+        table.set([3, 2])  # the counter (3) is past the new count: restart at 0
+        assert run(prog, [0, 1, 2]) == [(R, 3), (R, 2), (R, 3)]
+        table.close()
+
+
+def test_l4_proto_classes_and_quirk_options(bench: Bench) -> None:
+    frames = [
+        eth(0x0800) + ipv4(6, tcp(1, 2)),
+        eth(0x0800) + ipv4(17, udp(1, 2)),
+        eth(0x0800) + ipv4(1, bytes(8)),
+        eth(0x86DD) + ipv6(58, bytes(8)),
+        eth(0x86DD) + ipv6(47),  # GRE: other
+        eth(0x0806) + bytes(28),  # ARP: non-IP
+        eth(0x0800) + ipv4(17)[:19],  # cut IPv4 header: protocol 0
+        eth(0x0800, (0x8100, 5), (0x88A8, 6)) + ipv4(17, udp(1, 2)),  # QinQ
+        eth(0x0800, (0x8100, 5), (0x8100, 6), (0x8100, 7)) + ipv4(17),  # 3 tags: not IP
+    ]
+    cpus = [10 % MAX_ENTRIES, 1, 3]
+    got = run_mode(bench, "l4-proto", frames, cpus)
+    assert [k for _, k in got] == [cpus[i] for i in (0, 1, 2, 2, 0, 0, 0, 1, 0)]
+    # xdp-tools: non-IP to UDP's index, ICMP to index 2 even with two CPUs (ABORTED).
+    got = run_mode(bench, "l4-proto", frames, [0, 1], non_ip_index=1, strict_index=True)
+    aborted = (XDP_ABORTED, -1)
+    assert got == [(R, 0), (R, 1), aborted, aborted, (R, 0), (R, 1), (R, 0), (R, 1), (R, 1)]
+    # Ours: an index past the table wraps.
+    got = run_mode(bench, "l4-proto", frames, [0, 1])
+    assert [k for _, k in got] == [0, 1, 0, 0, 0, 0, 0, 1, 0]
+    custom = {17: 2, 6: 1}
+    got = run_mode(bench, "l4-proto", frames[:5], [0, 1, 2], proto_index=custom, default_index=0)
+    assert [k for _, k in got] == [1, 2, 0, 0, 0]
+
+
+def test_l4_filter_drops_the_discard_port(bench: Bench) -> None:
+    frames = [
+        eth(0x0800) + ipv4(17, udp(1000, 9)),
+        eth(0x86DD) + ipv6(17, udp(1000, 9)),
+        eth(0x0800) + ipv4(6, tcp(1000, 9)),  # TCP to 9: not filtered
+        eth(0x0800) + ipv4(17, udp(1000, 9), frag=0x2000),  # a fragment has no ports
+        eth(0x0800) + ipv4(17, udp(9, 1000)),
+        eth(0x0800) + ipv4(17, udp(1000, 9), ihl=6),  # options honoured
+    ]
+    got = run_mode(bench, "l4-filter", frames, [0, 1])
+    assert got == [(XDP_DROP, -1), (XDP_DROP, -1), (R, 0), (R, 1), (R, 1), (XDP_DROP, -1)]
+    got = run_mode(bench, "l4-filter", frames, [0, 1], filter_ipv6=False)
+    assert got[1] == (R, 1)
+    got = run_mode(bench, "l4-filter", frames, [0, 1], drop_ports=(1000, 7))
+    assert [v for v, _ in got] == [R, R, R, R, XDP_DROP, R]
+    # DROP needs no CPU: an empty table still drops (and aborts the rest).
+    got = run_mode(bench, "l4-filter", frames[:3], [])
+    assert got == [(XDP_DROP, -1), (XDP_DROP, -1), (XDP_ABORTED, -1)]
+    with pytest.raises(ValueError, match=r"^drop port 0 is not in 1\.\.65535$"):
+        L4Filter(bench.cmap, [0], drop_ports=[0])
+
+
+def test_l4_ports(bench: Bench) -> None:
+    frames = [
+        eth(0x0800) + ipv4(17, udp(5, 6)),
+        eth(0x0800) + ipv4(6, tcp(7, 9)),
+        eth(0x86DD) + ipv6(6, tcp(11, 13)),  # xdp-tools never finds IPv6 TCP ports
+        eth(0x86DD) + ipv6(17, udp(15, 17)),
+        eth(0x0800) + ipv4(6, tcp(7, 9))[:-1],  # cut TCP header: no ports
+        eth(0x0800) + ipv4(17, udp(5, 6), ihl=7),  # options: ports after them
+        eth(0x0800) + ipv4(17, udp(5, 6), frag=0x0001),  # later fragment
+        eth(0x0800) + ipv4(17, udp(5, 6), ihl=4),  # bad IHL
+        eth(0x0800) + ipv4(1, bytes(8)),  # ICMP: no ports
+        eth(0x86DD) + ipv6(0, udp(5, 6)),  # extension header: not walked
+        eth(0x0800, (0x8100, 3)) + ipv4(17, udp(5, 6)),  # tagged
+    ]
+    cpus = list(range(100))
+    cpus = [c % MAX_ENTRIES for c in cpus]
+    table = cpus[:19]  # ports mod 19
+    got = run_mode(bench, "l4-sport", frames, table)
+    assert [k for _, k in got] == [table[p % 19] for p in (5, 7, 11, 15, 0, 5, 0, 0, 0, 0, 5)]
+    got = run_mode(bench, "l4-dport", frames, table)
+    assert [k for _, k in got] == [table[p % 19] for p in (6, 9, 13, 17, 0, 6, 0, 0, 0, 0, 6)]
+
+
+def test_skipped_frames_pass(bench: Bench) -> None:
+    frames = [
+        b"",
+        b"\x01" * 13,
+        eth(0x0010) + bytes(40),  # 802.3 length field
+        MAC + b"\x81\x00\x00",  # cut inside a tag
+        eth(0x0800, (0x8100, 1))[:17],
+    ]
+    for mode in ("l4-proto", "l4-filter", "l4-hash", "l4-sport", "l4-dport"):
+        assert run_mode(bench, mode, frames) == [(XDP_PASS, -1)] * len(frames), mode
+        assert run_mode(bench, mode, frames, []) == [(XDP_PASS, -1)] * len(frames), mode
+    # Another link type than Ethernet: PASS too (XDP only ever sees Ethernet).
+    raw = [ipv4(17, udp(1, 2))] * 3
+    for mode in ("touch", "l4-proto", "l4-hash", "l4-dport"):
+        prog = lambda m=mode: make_program(m, bench.cmap, [0, 1])  # noqa: E731
+        assert bench.both(prog, raw, [101] * 3) == [(XDP_PASS, -1)] * 3
+
+
+def test_l4_hash_non_ip_and_cut_headers_go_to_index_0(bench: Bench) -> None:
+    frames = [
+        eth(0x0806) + bytes(28),
+        eth(0x0800) + ipv4(17)[:19],
+        eth(0x86DD) + ipv6(17)[:39],
+        eth(0x88A8, (0x8100, 1)) + bytes(30),
+    ]
+    assert run_mode(bench, "l4-hash", frames, [3, 1]) == [(R, 3)] * 4
+
+
+def test_make_program_and_option_errors(bench: Bench) -> None:
+    assert sorted(MODES) == sorted(
+        [
+            "no-touch",
+            "touch",
+            "round-robin",
+            "l4-proto",
+            "l4-filter",
+            "l4-hash",
+            "l4-sport",
+            "l4-dport",
+        ]
+    )
+    with pytest.raises(ValueError, match=r"^unknown steering mode 'l5-hash'; choose one of: "):
+        make_program("l5-hash", bench.cmap, [0])
+    with pytest.raises(TypeError):
+        make_program("l4-hash", bench.cmap, [0], drop_ports=[9])
+    with pytest.raises(ValueError, match=r"^non_ip_index must be ints >= 0, not -1$"):
+        L4Proto(bench.cmap, [0], non_ip_index=-1)
+    prog = make_program("l4-hash", bench.cmap, [0, 1], vectorized=False)
+    assert isinstance(prog, L4Hash) and not prog.vectorized and prog.symmetric
+    symmetric = {mode for mode, cls in MODES.items() if cls.symmetric}
+    assert symmetric == {"no-touch", "touch", "l4-proto", "l4-filter", "l4-hash"}
+    assert "l4-hash" in repr(prog)
+
+
+# -- per frame == vectorized, for any frame --------------------------------------------------
+TPIDS = st.sampled_from([0x8100, 0x88A8, 0x9100])
+ETHERTYPES = st.one_of(
+    st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8100, 0x88A8]),
+    st.integers(0, 0x5FF),
+    st.integers(0, 0xFFFF),
+)
+PROTOS = st.one_of(st.sampled_from([1, 6, 17, 58, 0, 44]), st.integers(0, 255))
+PORTS = st.one_of(st.sampled_from([0, 9, 53]), st.integers(0, 0xFFFF))
+
+
+@st.composite
+def any_frame(draw: st.DrawFn) -> bytes:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=120))
+    tags = draw(st.lists(st.tuples(TPIDS, st.integers(0, 0xFFFF)), max_size=3))
+    et = draw(ETHERTYPES)
+    proto = draw(PROTOS)
+    sport, dport = draw(PORTS), draw(PORTS)
+    l4 = tcp(sport, dport) if proto == 6 else udp(sport, dport)
+    l4 += draw(st.binary(max_size=12))
+    if et == 0x0800 or (et not in (0x86DD,) and draw(st.booleans())):
+        ihl = draw(st.one_of(st.just(5), st.integers(0, 15)))
+        frag = draw(st.one_of(st.sampled_from([0, 0x2000, 0x4000]), st.integers(0, 0xFFFF)))
+        src, dst = draw(st.ip_addresses(v=4)), draw(st.ip_addresses(v=4))
+        l3 = ipv4(proto, l4, src=str(src), dst=str(dst), ihl=ihl, frag=frag)
+    else:
+        src, dst = draw(st.ip_addresses(v=6)), draw(st.ip_addresses(v=6))
+        l3 = ipv6(proto, l4, src=str(src), dst=str(dst))
+    frame = eth(et, *tags) + l3
+    if draw(st.booleans()):
+        frame = frame[: draw(st.integers(0, len(frame)))]
+    return frame
+
+
+MODE_OPTIONS = [(mode, {}) for mode in MODES] + [
+    ("l4-proto", {"non_ip_index": 1, "strict_index": True}),
+    ("l4-proto", {"proto_index": {6: 3, 47: 1}, "default_index": 2}),
+    ("l4-filter", {"non_ip_index": 1, "strict_index": True, "filter_ipv6": False}),
+    ("l4-filter", {"drop_ports": (53, 9, 0xFFFF)}),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 1, 101]), min_size=24, max_size=24),
+    cpus=st.lists(st.integers(0, MAX_ENTRIES + 1), max_size=5),
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_per_frame_and_vectorized_forms_agree(
+    bench: Bench, frames, linktypes, cpus, scattered: bool, data: st.DataObject
+) -> None:
+    n = len(frames)
+    if scattered:
+        where = data.draw(st.permutations(range(POOL_FRAMES)))[:n]
+    else:
+        first = data.draw(st.integers(0, POOL_FRAMES - n))
+        where = list(range(first, first + n))
+    bench.load(frames, where, linktypes[:n])
+    table = CpuTable(8, cpus)
+    try:
+        for mode, options in MODE_OPTIONS:
+            per = make_program(mode, bench.cmap, table, vectorized=False, **options)
+            vec = make_program(mode, bench.cmap, table, vectorized=True, **options)
+            if isinstance(per, RoundRobin):
+                per.position = vec.position = data.draw(st.integers(0, 6))
+            a = bench.per_frame(per, where)
+            b = bench.vectorized(vec, where)
+            assert a == b, (mode, options)
+            if isinstance(per, RoundRobin):
+                assert per.position == vec.position
+    finally:
+        table.close()
+
+
+@st.composite
+def uniform_batch(draw: st.DrawFn) -> list[bytes]:
+    """Frames that all take the vectorized fast paths' first test (untagged, one IP
+    version, at least an Ethernet header), varied inside: IHL, fragments, protocols,
+    truncation -- so the shortcuts are checked against the per-frame form too."""
+    v6 = draw(st.booleans())
+    out = []
+    for _ in range(draw(st.integers(1, 24))):
+        proto = draw(st.sampled_from([6, 17, 17, 1, 58, 0]))
+        sport, dport = draw(PORTS), draw(PORTS)
+        l4 = tcp(sport, dport) if proto == 6 else udp(sport, dport)
+        if v6:
+            frame = eth(0x86DD) + ipv6(proto, l4, src=str(draw(st.ip_addresses(v=6))))
+        else:
+            ihl = draw(st.sampled_from([5, 5, 5, 6, 4, 15]))
+            frag = draw(st.sampled_from([0, 0, 0x4000, 0x2000, 0x0003]))
+            src = str(draw(st.ip_addresses(v=4)))
+            frame = eth(0x0800) + ipv4(proto, l4, src=src, ihl=ihl, frag=frag)
+        if draw(st.integers(0, 3)) == 0:
+            frame = frame[: draw(st.integers(ETH_HLEN, len(frame)))]
+        out.append(frame)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=uniform_batch(), cpus=st.lists(st.integers(0, MAX_ENTRIES), max_size=4))
+def test_forms_agree_on_uniform_batches(bench: Bench, frames: list[bytes], cpus) -> None:
+    table = CpuTable(4, cpus)
+    try:
+        for mode, options in MODE_OPTIONS:
+            bench.both(lambda m=mode, o=options: make_program(m, bench.cmap, table, **o), frames)
+    finally:
+        table.close()
+
+
+def test_small_frames_take_the_gather_path_with_the_same_answers() -> None:
+    """Frames holding fewer than the 102 bytes the vectorized forms read: bytes_at gathers
+    (and clips at the pool's end) instead of slicing a view; the answers do not change."""
+    bench = Bench()
+    bench.pool.close()
+    bench.pool = FramePool(8, frame_size=128, headroom=64)  # 64 bytes of packet per frame
+    bench.ctx = XdpContext(bench.pool)
+    try:
+        frames = [
+            eth(0x0800, (0x8100, 1), (0x88A8, 2)) + ipv4(17, udp(5, 9)),
+            eth(0x86DD) + ipv6(6, tcp(1, 2)),
+            eth(0x0800) + ipv4(6, tcp(3, 4), ihl=8),
+        ]
+        for mode, options in MODE_OPTIONS:
+            bench.both(lambda m=mode, o=options: make_program(m, bench.cmap, [0, 1], **o), frames)
+    finally:
+        bench.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    v6=st.booleans(),
+    proto=PROTOS,
+    tags=st.integers(0, 2),
+    data=st.data(),
+    cpus=st.lists(st.integers(0, MAX_ENTRIES - 1), min_size=1, max_size=5),
+)
+def test_l4_hash_is_symmetric(bench: Bench, v6: bool, proto: int, tags: int, data, cpus) -> None:
+    ver = 6 if v6 else 4
+    a, b = data.draw(st.ip_addresses(v=ver)), data.draw(st.ip_addresses(v=ver))
+    ports = data.draw(PORTS), data.draw(PORTS)
+    make = ipv6 if v6 else ipv4
+    et = eth(0x86DD if v6 else 0x0800, *[(0x8100, 1)] * tags)
+    fwd = et + make(proto, udp(*ports), src=str(a), dst=str(b))
+    rev = et + make(proto, udp(*reversed(ports)), src=str(b), dst=str(a))
+    got = run_mode(bench, "l4-hash", [fwd, rev], cpus)
+    assert got[0] == got[1] and got[0][0] == R
+
+
+# -- the CPU table ----------------------------------------------------------------------------
+def test_cpu_table_set_read_and_generation() -> None:
+    with CpuTable(4) as t:
+        assert (t.generation, t.cpus, len(t)) == (0, (), 0)
+        assert t.set([3, 1]) == 1
+        snap = t.read()
+        assert (snap.generation, snap.cpus, snap.array.tolist()) == (1, (3, 1), [3, 1])
+        assert t.read() is snap  # unchanged: the cached snapshot, one atomic load
+        with pytest.raises(ValueError):
+            snap.array[0] = 7  # snapshots are read-only
+        assert t.set([]) == 2 and t.cpus == ()
+        assert t.set(np.array([0, 0, 1])) == 3 and t.cpus == (0, 0, 1)
+        assert "generation=3" in repr(t)
+
+
+def test_cpu_table_errors() -> None:
+    with pytest.raises(ValueError, match=r"^capacity must be an int >= 1, not 0$"):
+        CpuTable(0)
+    with CpuTable(2, [1]) as t:
+        with pytest.raises(ValueError, match=r"^3 CPUs do not fit in a table of capacity 2$"):
+            t.set([0, 1, 2])
+        with pytest.raises(TypeError, match=r"^a CPU must be an int, not str$"):
+            t.set(["0"])
+        with pytest.raises(ValueError, match=r"^CPU -1 is not a u32$"):
+            t.set([-1])
+        assert (t.generation, t.cpus) == (1, (1,))  # unchanged by the failed sets
+
+
+def _writer(table: CpuTable, stop) -> None:
+    g = 0
+    while g % 64 or not stop.is_set():
+        k = g % table.capacity + 1
+        table.set([g % 251] * k)  # every entry says which table this is; k says how many
+        g += 1
+
+
+@pytest.mark.slow
+def test_cpu_table_never_torn_under_a_writer_in_another_process() -> None:
+    """A forked writer sets tables whose entries all equal ``round % 251`` and whose count
+    is a function of the round; the reader must only ever see whole tables.  It reads
+    until it has seen 300 different generations."""
+    capacity = 16
+    with CpuTable(capacity) as table:
+        ctx = multiprocessing.get_context("fork")
+        stop = ctx.Event()
+        writer = ctx.Process(target=_writer, args=(table, stop))
+        writer.start()
+        seen = set()
+        deadline = time.monotonic() + 30
+        try:
+            while len(seen) < 300:
+                assert time.monotonic() < deadline, f"saw only {len(seen)} generations"
+                snap = table.read()
+                if snap.generation == 0:
+                    continue
+                g = snap.generation - 1  # the writer's round
+                assert snap.cpus == (g % 251,) * (g % capacity + 1), snap
+                seen.add(snap.generation)
+        finally:
+            stop.set()
+            writer.join(30)
+        assert writer.exitcode == 0
+        final = table.read()
+        assert final.generation % 64 == 0 and final.generation >= max(seen)
+
+
+def test_cpu_table_dead_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cpumap import _atomics
+
+    monkeypatch.setattr(cpu_table_mod, "READ_TIMEOUT", 0.05)
+    with CpuTable(2, [0]) as table:
+        _atomics.store_u32(table._seq_addr, 3)  # a writer died between its CAS and its store
+        with pytest.raises(BrokenTableError):
+            table.read()
+        with pytest.raises(BrokenTableError):
+            table.set([1])
+
+
+# -- end to end through a real CpuMap ------------------------------------------------------------
+class Record:
+    """A handler remembering (flow, seq, cpu) of every frame it sees."""
+
+    def setup(self, info) -> None:
+        self.cpu = info.cpu
+        self.seen: list[tuple[int, int, int]] = []
+
+    def __call__(self, skb) -> None:
+        self.seen.append((*read_stamp(skb.data), self.cpu))
+
+    def finish(self) -> list[tuple[int, int, int]]:
+        return self.seen
+
+
+CPUS = sorted(possible_cpus())[:2]
+needs_two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two possible CPUs")
+
+
+def mixed_traffic(count: int) -> Generator:
+    flows = [
+        Flow("udp", 4, ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.9.0.1"), 9, 9),
+    ]
+    gen = Generator(flows=60, sizes=(64, 150), vlan=(None, 12), count=count, undersize="clamp")
+    return Generator(
+        flows=[*flows, *gen.flows],
+        sizes=(64, 150),
+        count=count,
+        undersize="clamp",
+    )
+
+
+@pytest.mark.slow
+@needs_two_cpus
+def test_every_mode_end_to_end() -> None:
+    """Each mode, both forms, through a real map: every frame lands where the per-frame
+    form (run offline on the same frames) says, and the identity holds."""
+    packets = PacketBatch.concat(list(mixed_traffic(600).batches(200)))
+    frames = [bytes(p.data) for p in packets]
+    offline = Bench()
+    expected: Counter[tuple[int, int]] = Counter()  # (flow, cpu) over every run
+    with CpuMap(max(CPUS) + 1, handler=Record()) as m, CpuTable(2, CPUS) as table:
+        for c in CPUS:
+            m.update(c, 1024)
+        for mode in MODES:
+            for vectorized in (False, True):
+                for start in range(0, len(frames), POOL_FRAMES):
+                    chunk = frames[start : start + POOL_FRAMES]
+                    where = range(len(chunk))
+                    offline.load(chunk, where, [1] * len(chunk))
+                    oracle = make_program(mode, offline.cmap, CPUS, vectorized=False)
+                    for (v, k), f in zip(offline.per_frame(oracle, where), chunk, strict=True):
+                        if v == XDP_REDIRECT:
+                            expected[(read_stamp(f)[0], k)] += 1
+                prog = make_program(mode, m, table, vectorized=vectorized)
+                s = m.run(packets, prog)
+                assert s.rx == sum(s.outcomes().values())
+        m.close()
+        got = Counter((flow, cpu) for r in m.results for flow, _seq, cpu in r.result)
+        s = m.stats()
+    offline.close()
+    assert s.rx == 16 * len(frames)
+    assert got == expected
+    assert s.delivered == sum(expected.values())
+    assert s.xdp_drop > 0 and s.xdp_redirect > 0  # l4-filter dropped the port-9 flow
+
+
+@pytest.mark.slow
+@needs_two_cpus
+def test_table_change_moves_traffic_end_to_end() -> None:
+    gen = Generator(flows=32, sizes=64, protocols=("udp",), ip_versions=(4,), count=512)
+    with CpuMap(max(CPUS) + 1) as m, CpuTable(2, [CPUS[0]]) as table:
+        for c in CPUS:
+            m.update(c, 1024)
+        prog = make_program("l4-hash", m, table)
+        with m.producer(prog, backpressure=10.0) as rx:
+            batches = list(gen.batches(256))
+            rx.poll(batches[0])
+            table.set([CPUS[1]])
+            rx.poll(batches[1])
+        m.wait_idle()
+        per_cpu = {e.cpu: e.delivered for e in m.stats().entries}
+        assert per_cpu == {CPUS[0]: 256, CPUS[1]: 256}
+
+
+@pytest.mark.slow
+def test_a_forked_process_reads_the_parents_table() -> None:
+    """The table is shared memory: a set in the parent is seen by a forked child."""
+    with CpuTable(2, [0]) as table:
+        go_r, go_w = os.pipe()
+        back_r, back_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the parent's set, then report what it reads
+            try:
+                os.read(go_r, 1)
+                os.write(back_w, bytes(table.read().cpus))
+            finally:
+                os._exit(0)
+        table.set([1, 1])
+        os.write(go_w, b"x")
+        assert os.read(back_r, 2) == b"\x01\x01"
+        _, status = os.waitpid(pid, 0)
+        for fd in (go_r, go_w, back_r, back_w):
+            os.close(fd)
+        assert status == 0

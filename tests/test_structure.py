@@ -1,0 +1,316 @@
+"""The tree's structure, checked on the package's own source (``src/cpumap``, by its AST).
+
+* No import cycle among the package's modules.  Every import counts, one inside a function
+  included; an import under ``if TYPE_CHECKING:`` does not (it never runs).
+* No reach into another object's privates: no ``obj._name`` where ``obj`` is not ``self``
+  or ``cls``, and no ``from module import _name`` (the compiled ``_atomics`` module is the
+  package's, not a module's private).
+* No module over 800 lines.
+* Data flows down: a module imports only from its own layer or the layers below it
+  (:data:`LAYERS`, the rules each package's ``__init__`` states).
+
+Each check reports every offence it finds, with file and line, and each is shown to fail
+on a small tree of offending modules (``test_*_is_caught``).
+"""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import cpumap
+
+PACKAGE_DIR = Path(cpumap.__file__).resolve().parent
+MAX_LINES = 800
+ALLOWED_PRIVATE_IMPORTS = frozenset({"_atomics"})
+
+# Top to bottom: a module may import from its own layer and from any layer below it.  A
+# module belongs to the entry naming the longest prefix of its dotted name.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cpumap",),  # the face: re-exports everything
+    ("cpumap.cli",),
+    ("cpumap.metrics", "cpumap.sinks", "cpumap.demo"),
+    # The engine's process layer: the map, its entries, workers and producers.
+    (
+        "cpumap.engine",
+        "cpumap.engine.map",
+        "cpumap.engine.entry",
+        "cpumap.engine.supervisor",
+        "cpumap.engine.worker",
+        "cpumap.engine.second_stage",
+        "cpumap.engine.rx",
+        "cpumap.engine.stats",
+    ),
+    ("cpumap.programs",),  # user code and how it is called
+    # The engine's shared-memory layer: no process, no user code.
+    (
+        "cpumap.engine.control",
+        "cpumap.engine.bulkq",
+        "cpumap.engine.ring",
+        "cpumap.engine.rcu",
+        "cpumap.engine.counters",
+        "cpumap.engine.frame_pool",
+        "cpumap.engine.pids",
+    ),
+    ("cpumap.skb", "cpumap.capture", "cpumap.live", "cpumap.generator", "cpumap.kernel"),
+    (
+        "cpumap.packets",
+        "cpumap.abi",
+        "cpumap.cpus",
+        "cpumap.errors",
+        "cpumap.shm",
+        "cpumap._atomics",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # dotted, e.g. "cpumap.engine.rx"
+    path: Path
+    is_package: bool  # an __init__.py
+
+
+def modules(root: Path, package: str) -> dict[str, Module]:
+    """Every module under ``root`` (the directory of ``package``): its Python modules, and
+    its compiled ones (by their C source: they import nothing of the package)."""
+    out = {}
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.c")]):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        if is_package:
+            parts = parts[:-1]
+        name = ".".join([package, *parts])
+        out[name] = Module(name, path, is_package)
+    return out
+
+
+def python(known: dict[str, Module]) -> list[Module]:
+    return [m for m in known.values() if m.path.suffix == ".py"]
+
+
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Lines inside ``if TYPE_CHECKING:`` blocks."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
+            if name == "TYPE_CHECKING":
+                for stmt in node.body:
+                    lines.update(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
+    return lines
+
+
+@dataclass(frozen=True)
+class Import:
+    line: int
+    target: str  # a module of the package
+    names: tuple[str, ...]  # for "from X import a, b"
+
+
+def imports(mod: Module, known: dict[str, Module]) -> Iterator[Import]:
+    """The package's modules that ``mod`` imports (TYPE_CHECKING imports excepted)."""
+    tree = ast.parse(mod.path.read_text(), str(mod.path))
+    skip = _type_checking_lines(tree)
+    package = mod.name if mod.is_package else mod.name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in known:
+                    yield Import(node.lineno, alias.name, ())
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            names = tuple(a.name for a in node.names)
+            submodules = [f"{source}.{n}" for n in names if f"{source}.{n}" in known]
+            if submodules:
+                for sub in submodules:
+                    yield Import(node.lineno, sub, ())
+            if source in known and len(submodules) < len(names):
+                yield Import(node.lineno, source, names)
+
+
+def import_graph(known: dict[str, Module]) -> dict[str, set[str]]:
+    return {m.name: {i.target for i in imports(m, known)} - {m.name} for m in python(known)}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def private_reaches(mod: Module) -> Iterator[str]:
+    """``obj._name`` with ``obj`` not ``self``/``cls``, and imports of private names."""
+    tree = ast.parse(mod.path.read_text(), str(mod.path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            name = node.attr
+            if not name.startswith("_") or (name.startswith("__") and name.endswith("__")):
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue
+            if isinstance(owner, ast.Name) and owner.id == "os" and name == "_exit":
+                continue  # os._exit is the documented exit-without-cleanup
+            yield f"{mod.path}:{node.lineno}: {ast.unparse(node)}"
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and alias.name not in ALLOWED_PRIVATE_IMPORTS:
+                    yield f"{mod.path}:{node.lineno}: from {node.module} import {alias.name}"
+
+
+def long_modules(known: dict[str, Module], limit: int = MAX_LINES) -> list[str]:
+    out = []
+    for m in python(known):
+        n = len(m.path.read_text().splitlines())
+        if n > limit:
+            out.append(f"{m.path}: {n} lines (limit {limit})")
+    return out
+
+
+def layer_of(name: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
+    best, depth = -1, -1
+    for i, prefixes in enumerate(layers):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and p.count(".") > depth:
+                best, depth = i, p.count(".")
+    assert best >= 0, f"{name} is in no layer: add it to LAYERS"
+    return best
+
+
+def upward_imports(known: dict[str, Module], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    out = []
+    for m in python(known):
+        name = m.name
+        here = layer_of(name, layers)
+        for imp in imports(m, known):
+            if layer_of(imp.target, layers) < here:
+                out.append(f"{m.path}:{imp.line}: {name} imports {imp.target}, a layer above it")
+    return out
+
+
+# -- the checks on the package ------------------------------------------------------------
+KNOWN = modules(PACKAGE_DIR, "cpumap")
+
+
+def test_the_package_has_its_subpackages() -> None:
+    for sub in ("engine", "programs", "skb", "capture", "live", "kernel"):
+        assert KNOWN[f"cpumap.{sub}"].is_package, sub
+
+
+def test_no_import_cycle() -> None:
+    assert cycles(import_graph(KNOWN)) == []
+
+
+def test_no_reach_into_another_objects_privates() -> None:
+    found = [r for m in python(KNOWN) for r in private_reaches(m)]
+    assert found == []
+
+
+def test_no_module_is_over_800_lines() -> None:
+    assert long_modules(KNOWN) == []
+
+
+def test_data_flows_down_the_layers() -> None:
+    assert upward_imports(KNOWN, LAYERS) == []
+
+
+def test_every_package_states_its_rules() -> None:
+    for m in python(KNOWN):
+        if m.is_package:
+            doc = ast.get_docstring(ast.parse(m.path.read_text())) or ""
+            assert "Rule" in doc, f"{m.path}: the package's __init__ states no rule"
+
+
+# -- each check fails on a tree that breaks it ------------------------------------------------
+@pytest.fixture
+def bad_tree(tmp_path: Path) -> dict[str, Module]:
+    files = {
+        "__init__.py": "",
+        "a.py": "from . import b\n",
+        "b.py": """
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from . import d  # not a cycle: never runs
+            def later():
+                from .c import thing  # a cycle all the same
+            """,
+        "c.py": "from .a import x\nthing = 1\n",
+        "d.py": "from . import b\n",
+        "e.py": """
+            from .c import _hidden
+            def f(other):
+                self_ok = self._fine if False else None
+                return other._secret
+            """,
+        "big.py": "x = 1\n" * 801,
+        "low/__init__.py": "",
+        "low/leaf.py": "from ..a import b\n",
+    }
+    for name, text in files.items():
+        path = tmp_path / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return modules(tmp_path / "pkg", "pkg")
+
+
+def test_a_cycle_through_a_function_level_import_is_caught(bad_tree: dict[str, Module]) -> None:
+    assert cycles(import_graph(bad_tree)) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_a_reach_into_privates_is_caught(bad_tree: dict[str, Module]) -> None:
+    found = list(private_reaches(bad_tree["pkg.e"]))
+    assert [f.split(": ", 1)[1] for f in found] == ["from c import _hidden", "other._secret"]
+
+
+def test_a_long_module_is_caught(bad_tree: dict[str, Module]) -> None:
+    assert [f.split(": ", 1)[1] for f in long_modules(bad_tree)] == ["801 lines (limit 800)"]
+
+
+def test_an_upward_import_is_caught(bad_tree: dict[str, Module]) -> None:
+    layers = (("pkg",), ("pkg.low",))
+    found = upward_imports(bad_tree, layers)
+    assert [f.split(": ", 1)[1] for f in found] == ["pkg.low.leaf imports pkg.a, a layer above it"]
