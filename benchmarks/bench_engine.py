@@ -42,9 +42,9 @@ import numpy as np
 
 from cpumap import CpuMap, FlowHash, PacketBatch, batch_handler, possible_cpus
 from cpumap.engine.bulkq import DEFAULT_BULK_SIZE
+from cpumap.engine.rx import DEFAULT_POLL_SIZE
+from cpumap.engine.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL
 from cpumap.generator import Generator
-from cpumap.rx import DEFAULT_POLL_SIZE
-from cpumap.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL
 
 FRAME = 64
 

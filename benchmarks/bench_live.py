@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from cpumap.generator import Generator
 from cpumap.abi import ETH_P_ALL
+from cpumap.generator import Generator
 from cpumap.live import LiveSource
 from cpumap.live.netns import Injector, VethPair
 

@@ -36,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cpumap.capture import open_capture
-from cpumap.packets import PacketBatch
+from cpumap.capture import PcapngWriter, open_capture
 from cpumap.capture.pcap import PcapWriter
-from cpumap.capture.pcapng import PcapngWriter
+from cpumap.packets import PacketBatch
 
 # IMIX-like: many small frames, some medium, some full-size, a few jumbo.
 SIZES = np.array([60, 64, 66, 74, 128, 256, 576, 1024, 1500, 1514, 9000])

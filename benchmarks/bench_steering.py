@@ -6,7 +6,7 @@ Run: ``.venv/bin/python benchmarks/bench_steering.py [--traffic v4-udp|mixed] [-
 Each program is driven alone over frames already in a frame pool, in batches of
 ``--batch`` (the engine's default poll size), the way the engine drives it:
 
-* per frame: for each frame, ``ctx._load(...)`` (the engine's per-frame step) and
+* per frame: for each frame, ``ctx.load(...)`` (the engine's per-frame step) and
   ``prog(ctx)``;
 * vectorized: for each batch, ``prog(XdpBatch(pool, index, start))`` (consecutive frames,
   as the engine's allocator gives them), returning ``(uint8 verdicts, uint32 keys)``.
@@ -30,11 +30,11 @@ from collections.abc import Callable
 import numpy as np
 
 from cpumap import CpuMap, batch_handler
-from cpumap.programs.cpu_table import CpuTable
 from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Generator
 from cpumap.packets import PacketBatch
 from cpumap.programs.context import XdpBatch, XdpContext
+from cpumap.programs.cpu_table import CpuTable
 from cpumap.programs.steering import MODES, make_program
 
 
@@ -90,7 +90,7 @@ def bench_programs(args: argparse.Namespace) -> None:
                 vec(XdpBatch(pool, idx, s))
 
         def run_per(per=per) -> None:
-            load = ctx._load
+            load = ctx.load
             for i in range(total):
                 load(i, 0, 0, lts[i])
                 per(ctx)

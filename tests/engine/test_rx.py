@@ -8,7 +8,7 @@ import pytest
 import cpumap
 from cpumap import XDP_DROP, CpuMap, PacketBatch, possible_cpus, redirect_map
 from cpumap.packets import Packet
-from tests.helpers import flow_batch
+from tests.helpers import flow_batch, udp_frame
 
 CPU = min(possible_cpus())
 
@@ -126,3 +126,31 @@ def test_rx_redirect_into_another_map_is_not_delivered_here() -> None:
         s = m.run(flow_batch(1, 10), lambda ctx: redirect_map(other, CPU))
         assert s.delivered == 0
         assert s.redirect_err + s.xdp_aborted == 10
+
+
+# -- PASS: the RX side's local stack sees the same skb a worker would ---------------------------
+def test_pass_handler_sees_every_field_of_the_frame() -> None:
+    seen = []
+
+    def prog(ctx):
+        assert ctx.adjust_meta(-4) == 0
+        ctx.data_meta[:] = b"meta"
+        return cpumap.XDP_PASS
+
+    pkts = [Packet(udp_frame(1, 0), ts_ns=1_700_000_000_123_456_789, ifindex=3, rx_queue=2)]
+    with CpuMap(1, frames=1024) as m, m.producer(prog, pass_handler=seen.append) as rx:
+        rx.poll(PacketBatch.from_packets(pkts))
+    (skb,) = seen
+    assert (skb.ts_ns, skb.ifindex, skb.rx_queue) == (1_700_000_000_123_456_789, 3, 2)
+    assert skb.metadata == b"meta" and skb.wire_len == len(pkts[0].data)
+
+
+def test_every_closed_object_says_so_with_one_error() -> None:
+    m = CpuMap(1, frames=1024)
+    rx = m.producer(lambda ctx: XDP_DROP)
+    rx.close()
+    m.close()
+    with pytest.raises(cpumap.ClosedResourceError, match=r"^producer is closed$"):
+        rx.poll(flow_batch(1, 1))
+    with pytest.raises(cpumap.ClosedResourceError, match=r"^map is closed$"):
+        m.lookup(0)

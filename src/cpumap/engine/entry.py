@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .counters import KthreadRecord
     from .ring import Ring
-    from .supervisor import WorkerProcess
+    from .worker import WorkerProcess
 
 
 class EntryState(StrEnum):

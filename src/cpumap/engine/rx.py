@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -39,11 +39,9 @@ from ..packets import PacketBatch
 from ..programs.context import frame_skbs
 from ..programs.runner import ProgramRunner, Verdicts
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
+from .control import MapShared
 from .counters import PRODUCER_WORDS, EnqueueCounter, ProducerCounter
-from .frame_pool import TAG_RX, FrameAllocator
-
-if TYPE_CHECKING:
-    from .map import CpuMap
+from .frame_pool import TAG_RX, FrameAllocator, FramePool
 
 DEFAULT_POLL_SIZE = 1024  # packets per poll (NAPI's weight is 64; ours: per-call costs)
 DEFAULT_FRAME_WAIT = 10.0
@@ -60,6 +58,14 @@ _VERDICT_COUNTER = (
 )
 
 
+class Feedable(Protocol):
+    """What a producer needs of the map it feeds (a ``CpuMap``): its shared state and its
+    frame pool.  The map itself is also the target its program redirects into."""
+
+    shared: MapShared
+    pool: FramePool
+
+
 class RxProducer:
     """An RX queue running ``program`` and redirecting into ``cmap``.
 
@@ -74,7 +80,7 @@ class RxProducer:
 
     def __init__(
         self,
-        cmap: CpuMap,
+        cmap: Feedable,
         program: Any,
         *,
         index: int | None = None,

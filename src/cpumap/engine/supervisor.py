@@ -2,8 +2,8 @@
 replaces their worker processes.
 
 The map (``map.py``) decides *what* an entry is (``entry.py``); the supervisor runs the
-process that plays it.  Each entry has at most one live worker, a :class:`WorkerProcess`:
-a process forked from the controlling process (the handler, a closure even, needs no
+process that plays it.  Each entry has at most one live worker, a ``WorkerProcess``
+(worker.py): a process forked from the controlling process (the handler, a closure even, needs no
 pickling), pinned to the entry's CPU, with a pipe on which it says "ready" once its
 handler's ``setup()`` has run, and its results when it exits.
 
@@ -40,7 +40,7 @@ from ..programs.contract import WorkerInfo
 from .counters import KthreadCounter
 from .entry import Entry, EntryState
 from .frame_pool import TAG_HAND, FramePool
-from .worker import WorkerSpec, worker_main
+from .worker import WorkerProcess, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
     from .control import MapShared
@@ -64,60 +64,6 @@ class WorkerResult:
     error: str | None = None
     exitcode: int | None = None
     outputs: list[Any] = field(default_factory=list)  # second-stage outputs' reports
-
-
-class WorkerProcess:
-    """One worker process of an entry, and the pipe it reports on."""
-
-    def __init__(self, proc: Any, conn: Any, pinned: bool) -> None:
-        self._proc = proc
-        self._conn = conn
-        self.pinned = pinned
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid or 0
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._proc.exitcode
-
-    def is_alive(self) -> bool:
-        return bool(self._proc.is_alive())
-
-    def kill(self) -> None:
-        self._proc.kill()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._proc.join(timeout)
-
-    def waitables(self) -> list[Any]:
-        """What to wait on for its exit or its next report."""
-        if self._conn.closed:
-            return [self._proc.sentinel]
-        return [self._proc.sentinel, self._conn]
-
-    def has_report(self) -> bool:
-        return not self._conn.closed and bool(self._conn.poll())
-
-    def receive(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """Its next report, or None (none within ``timeout``, or it is gone)."""
-        if self._conn.closed:
-            return None
-        try:
-            if self._conn.poll(timeout):
-                msg: dict[str, Any] = self._conn.recv()
-                return msg
-        except (EOFError, OSError):
-            # The worker is gone and said all it will: stop waiting on this pipe (it
-            # would stay readable at EOF and turn every wait into a busy loop).
-            self._conn.close()
-        return None
-
-    def close(self) -> None:
-        """Free its pipe and its process sentinel (it has exited: join first)."""
-        self._conn.close()
-        self._proc.close()
 
 
 class Supervisor:

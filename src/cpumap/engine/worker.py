@@ -94,6 +94,60 @@ class WorkerSpec:
     forked_by_main_thread: bool = True
 
 
+class WorkerProcess:
+    """One worker process of an entry, and the pipe it reports on."""
+
+    def __init__(self, proc: Any, conn: Any, pinned: bool) -> None:
+        self._proc = proc
+        self._conn = conn
+        self.pinned = pinned
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid or 0
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.exitcode
+
+    def is_alive(self) -> bool:
+        return bool(self._proc.is_alive())
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._proc.join(timeout)
+
+    def waitables(self) -> list[Any]:
+        """What to wait on for its exit or its next report."""
+        if self._conn.closed:
+            return [self._proc.sentinel]
+        return [self._proc.sentinel, self._conn]
+
+    def has_report(self) -> bool:
+        return not self._conn.closed and bool(self._conn.poll())
+
+    def receive(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """Its next report, or None (none within ``timeout``, or it is gone)."""
+        if self._conn.closed:
+            return None
+        try:
+            if self._conn.poll(timeout):
+                msg: dict[str, Any] = self._conn.recv()
+                return msg
+        except (EOFError, OSError):
+            # The worker is gone and said all it will: stop waiting on this pipe (it
+            # would stay readable at EOF and turn every wait into a busy loop).
+            self._conn.close()
+        return None
+
+    def close(self) -> None:
+        """Free its pipe and its process sentinel (it has exited: join first)."""
+        self._conn.close()
+        self._proc.close()
+
+
 def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     """Entry point of the worker process (after fork)."""
     # Die with the controlling process: nothing may outlive it (see shm.py).  The kernel's

@@ -44,10 +44,10 @@ from types import TracebackType
 from typing import Final, Self
 
 from ..cpus import possible_cpus
+from ..errors import ClosedResourceError
 
 # What the kernel is given a pointer to: a ctypes structure, array or scalar.
 CData = ctypes.Structure | ctypes.Array | ctypes.c_uint32 | ctypes.c_uint64 | ctypes.c_char
-from ..errors import ClosedResourceError
 
 # --- the syscall ------------------------------------------------------------------------
 
@@ -520,7 +520,7 @@ class KernelArrayMap(_FdOwner):
 class KernelProgram(_FdOwner):
     """A loaded BPF program (``BPF_PROG_LOAD``).
 
-    ``insns`` is the raw instruction bytes (8 bytes each, see ``cpumap.kernel_xdp``).  On a
+    ``insns`` is the raw instruction bytes (8 bytes each, see ``cpumap.kernel.asm``).  On a
     verifier rejection the ``OSError`` message carries the verifier's log.
     """
 

@@ -15,7 +15,7 @@ user code an skb of pool frames builds it here, so every skb carries the same fi
 
 Rule: these are views, not copies.  Nothing here owns a frame or outlives the call it is
 handed to: the engine gives the frames back to the pool right after.  The pool is the
-engine's (``cpumap.engine.frame_pool``); this module only reads its documented columns.
+engine's (``cpumap.engine.frame_pool``); :class:`FramePool` here says what is read of it.
 
 A missing entry is discovered when the frame is enqueued, as in the seed kernel's
 ``xdp_do_redirect`` (-EINVAL, the ``xdp_redirect_err`` tracepoint): the frame is dropped
@@ -29,17 +29,37 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..abi import XDP_ABORTED, XDP_REDIRECT
 from ..skb import Skb, SkbBatch
 
-if TYPE_CHECKING:
-    from ..engine.frame_pool import FramePool
-
 NO_KEY = 0xFFFFFFFF  # "not redirected" in a keys array
+
+
+class FramePool(Protocol):
+    """What contexts read of the engine's frame pool (``cpumap.engine.frame_pool``): the
+    frames' bytes, and their descriptor columns, indexed by frame."""
+
+    frame_size: int
+    headroom: int
+    max_packet: int
+    data: np.ndarray  # [count, frame_size] uint8
+    flat: np.ndarray  # the same, 1-D
+    mv: memoryview  # the same, as a writable memoryview
+    desc: np.ndarray  # [count] descriptor records; the columns below are its fields
+    length: np.ndarray
+    ifindex: np.ndarray
+    rx_queue: np.ndarray
+    linktype: np.ndarray
+    headroom_col: np.ndarray
+    meta_len: np.ndarray
+
+    def packet(self, i: int) -> memoryview: ...
+
+    def descriptors(self, idx: np.ndarray) -> np.ndarray: ...
 
 
 class RedirectTarget(Protocol):

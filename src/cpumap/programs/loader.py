@@ -127,7 +127,7 @@ def _split(spec: str) -> tuple[str, str]:
         if spec in MODES:
             hint = (
                 f"; {spec!r} is a built-in steering mode: "
-                f"cpumap.steering.make_program({spec!r}, cmap, table)"
+                f"cpumap.make_program({spec!r}, cmap, table)"
             )
         raise LoadError(f"{spec!r}: expected 'module:function' or 'path/to/file.py:function'{hint}")
     if not all(part.isidentifier() for part in attr.split(".")):

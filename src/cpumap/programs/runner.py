@@ -27,16 +27,13 @@ The verdict rules, the same for both forms
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..abi import N_VERDICTS, XDP_ABORTED, XDP_REDIRECT
-from .context import NO_KEY, XdpBatch, XdpContext, set_current_context
+from .context import NO_KEY, FramePool, XdpBatch, XdpContext, set_current_context
 from .contract import is_vectorized, redirect_target_of
-
-if TYPE_CHECKING:
-    from ..engine.frame_pool import FramePool
 
 
 @dataclass(slots=True)
