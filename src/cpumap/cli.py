@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from .demo import demo_capture_path
 from .engine import QSIZE_MAX, CpuMap, MapStats
 from .generator import Generator
 from .live import LiveSource
-from .metrics import serve
 from .packets import PacketBatch
 from .programs import MODES, FlowHash, LoadError, load_handler, load_program
 from .programs import make_program as make_mode
@@ -68,12 +66,22 @@ def _cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(str(c) for c in cpus)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked
+    (importlib.metadata costs more to import than the whole CLI otherwise needs)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from importlib.metadata import version
+
+        parser.exit(message=f"cpumap {version('cpumap')}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="cpumap",
         description="The Linux kernel's XDP cpumap in user space: steer packets over CPUs.",
     )
-    ap.add_argument("--version", action="version", version=f"cpumap {version('cpumap')}")
+    ap.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -317,6 +325,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         for c in cpus:
             cmap.update(c, args.qsize)
         if args.metrics_port is not None:
+            # Imported here: prometheus_client and its HTTP server cost tens of ms to
+            # import, and only --metrics-port needs them.
+            from .metrics import serve
+
             try:
                 serve(cmap, args.metrics_port)
             except OSError as e:

@@ -4,20 +4,16 @@ Rule 1: the kernel's packet-socket ABI is declared once, in ``if_packet`` (const
 ctypes structures of ``<linux/if_packet.h>``); ``source`` uses it and knows nothing of the
 engine: it yields :class:`~cpumap.packets.PacketBatch` columns, like every source.
 Rule 2: ``netns`` makes throw-away network namespaces and veth pairs (iproute2's ``ip``)
-and injects frames into them: the real interfaces the live tests and benchmarks run on.
+and injects frames into them: the real interfaces the live tests and benchmarks run on.  It
+is a test bench, imported by name (``cpumap.live.netns``), not re-exported here.
 Both need root (CAP_NET_RAW, CAP_NET_ADMIN); nothing here is imported by the engine.
 """
 
-from .netns import Injector, NetnsError, VethPair, inject
 from .source import Fanout, FanoutMode, LiveSource, LiveStatistics
 
 __all__ = [
     "Fanout",
     "FanoutMode",
-    "Injector",
     "LiveSource",
     "LiveStatistics",
-    "NetnsError",
-    "VethPair",
-    "inject",
 ]

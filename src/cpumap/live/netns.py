@@ -19,7 +19,7 @@ the host's or with a parallel test run, and host daemons never see the links.  (
 random.)  In each new namespace IPv6 is disabled before the links exist (with
 ``local_netns=False``, on the local link only, before it comes up), so the kernel sends nothing
 on its own (no router solicitations, DAD probes or MLD reports): what a test receives is what
-it sent.  IPv4 addresses are assigned because the issue asks for them; IPv4 alone is
+it sent.  IPv4 addresses are assigned, so that the pair carries IP traffic; IPv4 alone is
 silent.
 
 Namespaces are named ``cpumap-<pid>-<n>-<random>``.  Teardown deletes the namespaces (which
