@@ -155,7 +155,9 @@ def test_malformed_spec(spec: str) -> None:
 
 
 def test_a_builtin_mode_name_says_where_builtins_are() -> None:
-    with pytest.raises(LoadError, match=r"'l4-hash' is a built-in steering mode: cpumap\.make_program"):
+    with pytest.raises(
+        LoadError, match=r"'l4-hash' is a built-in steering mode: cpumap\.make_program"
+    ):
         load_program("l4-hash")
 
 
