@@ -33,7 +33,9 @@ LEAKY = textwrap.dedent(
                 time.sleep(60)
             os._exit(0)
         os.waitpid(child, 0)
+        deadline = time.monotonic() + 10
         while not os.path.exists({pidfile!r}) or not open({pidfile!r}).read():
+            assert time.monotonic() < deadline, "the orphan never started"
             time.sleep(0.01)
 
     @pytest.mark.slow
