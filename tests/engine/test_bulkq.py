@@ -41,7 +41,8 @@ def test_full_bulks_flush_at_once_the_rest_at_the_end() -> None:
     order0 = ring0.take(17, rings[0][2]).tolist()
     assert order0 == frames[:5].tolist() + frames[8:20].tolist()  # order kept
     assert ring1.take(3, rings[1][2]).tolist() == frames[5:8].tolist()
-    assert np.all(pool.tag[frames[5:8]] == TAG_QUEUED + 1)
+    # Tagged as published by their publisher (registry index 0), whichever ring (ownership.py).
+    assert np.all(pool.tag[frames[5:8]] == TAG_QUEUED + 0)
 
 
 def test_full_ring_drops_at_flush_and_returns_frames() -> None:

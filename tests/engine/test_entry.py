@@ -19,6 +19,7 @@ def _entry() -> Entry:
         [E.UNPUBLISHED, E.GRACE_ELAPSED, E.DRAINED],
         [E.UNPUBLISHED, E.GRACE_ELAPSED, E.ABANDONED],
         [E.UNPUBLISHED, E.ABANDONED],
+        [E.BROKE, E.UNPUBLISHED, E.GRACE_ELAPSED, E.DRAINED],
     ],
 )
 def test_every_life_ends_retired(events: list[EntryEvent]) -> None:
@@ -26,7 +27,7 @@ def test_every_life_ends_retired(events: list[EntryEvent]) -> None:
     assert e.state == S.ACTIVE and not e.retiring
     for ev in events[:-1]:
         e.fire(ev)
-        assert e.retiring
+        assert e.retiring or e.state == S.BROKEN
     assert e.fire(events[-1]) == S.RETIRED and not e.retiring
 
 
@@ -44,4 +45,4 @@ def test_an_event_the_state_does_not_allow_is_refused(state: EntryState, event: 
 
 def test_states_read_as_strings() -> None:
     assert S.ACTIVE == "active" and f"{S.DRAINING}" == "draining"
-    assert {s.value for s in S} == {"active", "grace", "draining", "retired"}
+    assert {s.value for s in S} == {"active", "broken", "grace", "draining", "retired"}

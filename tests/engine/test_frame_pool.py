@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from cpumap import CpuMap, possible_cpus, redirect_map
-from cpumap.engine.frame_pool import TAG_QUEUED, TAG_RETURNED, TAG_RX, FramePool
+from cpumap.engine.control import MapShared
+from cpumap.engine.counters import ProducerCounter
+from cpumap.engine.frame_pool import TAG_HAND, TAG_QUEUED, TAG_RETURNED, TAG_RX, FramePool
+from cpumap.engine.ownership import recover_partition
 from tests.helpers import Gate, flow_batch, wait_for
 
 CPU = min(possible_cpus())
@@ -94,12 +97,18 @@ def test_reclaim_sees_releases_from_another_process() -> None:
 
 
 def test_a_new_allocator_takes_over_from_a_dead_owner() -> None:
+    # Changed with issue 9: the allocator no longer frees RX frames silently; the new
+    # owner first recovers them, counted (ownership.recover_partition).
     pool = FramePool(count=16, frame_size=128, headroom=0, partitions=1)
+    shared = MapShared(1, 1, producers=1, n_slots=4, batch_size=8, trace_events=0)
     a = pool.allocator(0, block=4)
     got = a.alloc(16)  # the old owner holds everything (TAG_RX)...
     pool.tag[got[:4]] = TAG_RETURNED  # ...block 0 came back,
-    pool.tag[got[4:6]] = TAG_QUEUED + 3  # block 1 is partly in a ring, the rest it held
-    b = pool.allocator(0, block=4)  # a new owner of the slot: the old one is gone
+    pool.tag[got[4:6]] = TAG_HAND + 3  # block 1 is partly in a worker's hand, the rest it held
+    _, counted = recover_partition(pool, shared, 0)  # the old one is gone: count its frames
+    rec = shared.producer_record(0).read()
+    assert counted == 10 and rec[ProducerCounter.RX] == rec[ProducerCounter.LOST] == 10
+    b = pool.allocator(0, block=4)  # a new owner of the slot
     assert b.available == 12  # blocks 0, 2, 3; block 1 waits for its frames in flight
     pool.release(got[4:6])
     assert b.reclaim() == 4 and b.available == 16

@@ -15,6 +15,15 @@ of 1024 frames, bulks of 8 deliver a quarter of what bulks of 1024 do.  The defa
 :data:`DEFAULT_BULK_SIZE`, equals the default poll size: one flush per destination per
 poll, as the kernel's flush at the end of the poll would be if its bulk never filled.
 
+Lossless mode (``backpressure > 0``, not the kernel's: it drops at a full ring): what
+does not fit at a flush is kept, in order, in a per-destination *backlog* (tagged as
+published by us, so that recovery finds it: ownership.py), and waited for only after
+every destination has been flushed and every sleeping consumer woken.  So a full ring
+delays neither another entry's frames nor its wake-up, and a frame never overtakes an
+earlier one of the same destination.  The wait ends when the frames fit, when the
+ring is killed (a broken or abandoned entry: the rest are dropped), or after
+``backpressure`` seconds.
+
 Invariant: a producer's staged frames are all flushed before it reports a quiescent
 state (see rcu.py), so after a grace period no staging anywhere refers to a retired
 entry.  (The kernel needs ``__cpu_map_entry_free`` to flush leftovers after the grace
@@ -31,7 +40,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .frame_pool import TAG_QUEUED, TAG_RX, FramePool
+from .frame_pool import TAG_QUEUED, FramePool
 from .ring import Ring
 
 CPU_MAP_BULK_SIZE = 8  # the kernel's
@@ -67,7 +76,11 @@ class BulkQueues:
         n_slots: int,
         bulk_size: int = DEFAULT_BULK_SIZE,
         backpressure: float = 0.0,
+        *,
+        queued_tag: int = TAG_QUEUED,
     ) -> None:
+        """``drop``: takes back frames a ring refused (the caller counts them at
+        ``on_flush``); ``queued_tag``: the tag a flush gives frames (ownership.py)."""
         if bulk_size < 1:
             raise ValueError(f"bulk_size must be >= 1, not {bulk_size}")
         self.pool = pool
@@ -80,6 +93,8 @@ class BulkQueues:
         self._count = [0] * n_slots
         self._pending: list[int] = []
         self._to_wake: dict[int, Ring] = {}  # consumers seen sleeping, woken at flush_all
+        self._backlog: dict[int, list[np.ndarray]] = {}  # lossless: what did not fit yet
+        self._queued_tag = queued_tag
 
     def enqueue(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
         """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once.
@@ -172,59 +187,77 @@ class BulkQueues:
             self._count[slot] = 0
             self._flush(slot, self._buf[slot, :count])
         self._pending.clear()
-        if self._to_wake:
-            for ring in self._to_wake.values():
-                ring.wake()
-            self._to_wake.clear()
+        self._wake_sleepers()
+        if self._backlog:
+            self._drain_backlog()
 
     def discard_all(self) -> None:
-        """Forget every staged frame (they are still the producer's: it releases them)
-        and wake whoever was found sleeping.  For a poll that is being aborted."""
+        """Forget every staged frame and the backlog (they are still the producer's: its
+        recovery finds them by their tags, ownership.py) and wake whoever was found
+        sleeping.  For a poll that is being aborted."""
         for slot in self._pending:
             self._count[slot] = 0
         self._pending.clear()
+        self._backlog.clear()
+        self._wake_sleepers()
+
+    @property
+    def staged(self) -> int:
+        return sum(self._count) + sum(len(f) for b in self._backlog.values() for f in b)
+
+    def _wake_sleepers(self) -> None:
         for ring in self._to_wake.values():
             ring.wake()
         self._to_wake.clear()
 
-    @property
-    def staged(self) -> int:
-        return sum(self._count)
-
     def _flush(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
-        """The kernel's bq_flush_to_queue: publish what fits, drop the rest, report."""
+        """The kernel's bq_flush_to_queue: publish what fits, drop the rest (lossless:
+        keep it in the backlog), report."""
         # Hand-over: tag before publishing (the ring's tail store orders it).
         if consecutive:
             first = int(frames[0])
-            self.pool.tag[first : first + len(frames)] = TAG_QUEUED + slot
+            self.pool.tag[first : first + len(frames)] = self._queued_tag
         else:
-            self.pool.tag[frames] = TAG_QUEUED + slot
+            self.pool.tag[frames] = self._queued_tag
+        backlog = self._backlog.get(slot)
+        if backlog is not None:  # behind frames still waiting: keep the order
+            backlog.append(frames.copy())
+            return
         ring = self._rings(slot)
-        try:
-            done, sleeping = ring.produce_nowake(frames)
-        except BaseException:  # interrupted before publishing: the frames are still ours
-            self.pool.tag[frames] = TAG_RX
-            raise
+        done, sleeping = ring.produce_nowake(frames)
         if sleeping:
             self._to_wake[slot] = ring
-        if done < len(frames) and self.backpressure > 0:
-            done += self._wait_and_produce(ring, frames[done:])
-        drops = len(frames) - done
-        if drops:
+        rest = len(frames) - done
+        if rest and self.backpressure > 0 and not ring.dead():
+            self._backlog[slot] = [frames[done:].copy()]
+            rest = 0
+        elif rest:
             self._drop(frames[done:])
-        self._on_flush(slot, len(frames), drops)
+        self._on_flush(slot, done + rest, rest)
+
+    def _drain_backlog(self) -> None:
+        """Lossless mode: wait for room for each destination's backlog in turn (every
+        other destination was flushed and woken before)."""
+        while self._backlog:
+            slot = next(iter(self._backlog))
+            frames = self._backlog[slot]
+            rest = frames[0] if len(frames) == 1 else np.concatenate(frames)
+            done = self._wait_and_produce(self._rings(slot), rest)
+            if done < len(rest):
+                self._drop(rest[done:])
+            del self._backlog[slot]
+            self._on_flush(slot, len(rest), len(rest) - done)
 
     def _wait_and_produce(self, ring: Ring, frames: np.ndarray) -> int:
-        """Lossless mode: wait (at most ``backpressure`` seconds) for the consumer to make
-        room instead of dropping.  Not the kernel's behaviour -- a full ring drops there --
-        but what offline processing of a capture wants.  The wait is inside the producer's
-        read-side section, which only delays grace periods (the ring's worker drains
-        regardless of them)."""
+        """Wait (at most ``backpressure`` seconds) for the consumer to make room, as long
+        as the ring lives.  The wait is inside the producer's read-side section, which
+        only delays grace periods (the ring's worker drains regardless of them), and a
+        dead worker is replaced meanwhile by the controller's supervisor thread."""
         done, n = 0, len(frames)
-        ring.wake()  # it must drain for us to go on: do not leave it asleep until flush_all
+        ring.wake()  # it must drain for us to go on
         deadline = time.monotonic() + self.backpressure
         pause = 0.0
-        while done < n and time.monotonic() < deadline:
+        while done < n and time.monotonic() < deadline and not ring.dead():
             if pause:
                 time.sleep(pause)
             else:

@@ -15,7 +15,8 @@ Layout of the segment (``shm.Layout``; every array starts on a cache line)::
     hand[n_slots, batch_size]    uint32  each slot's worker's hand buffer (worker.py)
     rcu_seq, rcu_pid             the producer registry (rcu.py): RX producers first, then
                                  one producer slot per ring slot (its worker's second stage)
-    prod, enq, krec, events      the counters (counters.py)
+    heartbeat[n_slots, 8]        uint64  per slot: its worker's last progress (monotonic ns)
+    prec, enq, krec, events      the counters (counters.py)
 
 A *slot* is a ring with its worker's hand and record.  An entry (entry.py) occupies one
 slot from its creation to its retirement; there are more slots than CPUs, because a
@@ -30,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..shm import Layout, Segment
-from .counters import EventLog, KthreadRecord, add_counters
+from .counters import EventLog, KthreadRecord, ProducerRecord, add_counters
 from .rcu import ProducerRegistry, add_registry
+from .frame_pool import MAX_PUBLISHERS
 from .ring import MAX_CAPACITY, Ring
 
 _RING_HDR_STRIDE = 512
@@ -52,6 +54,8 @@ class MapShared:
         batch_size: int,
         trace_events: int,
     ) -> None:
+        if producers + n_slots > MAX_PUBLISHERS:
+            raise ValueError(f"at most {MAX_PUBLISHERS - n_slots} producers, not {producers}")
         self.map_id = map_id
         self.max_entries = max_entries
         self.producers = producers
@@ -63,6 +67,7 @@ class MapShared:
         layout.add("ring_hdr", np.uint8, (n_slots, _RING_HDR_STRIDE))
         layout.add("ring_slots", np.uint32, (n_slots, MAX_CAPACITY), align=4096)
         layout.add("hand", np.uint32, (n_slots, batch_size))
+        layout.add("heartbeat", np.uint64, (n_slots, 8))
         add_registry(layout, producers + n_slots)
         add_counters(layout, producers, n_slots, trace_events)
         self._seg: Segment = layout.create()
@@ -71,7 +76,7 @@ class MapShared:
         self._table[:] = -1
         self._info = seg.view("slot_info")
         self._hands = seg.view("hand")
-        self._prod = seg.view("prod")
+        self._heartbeat = seg.view("heartbeat")
         self._enq = seg.view("enq")
         self.registry = ProducerRegistry(seg, producers + n_slots, producers)
         ring_slots = seg.view("ring_slots")
@@ -80,6 +85,7 @@ class MapShared:
             for s in range(n_slots)
         ]
         self._records = [KthreadRecord(seg, s) for s in range(n_slots)]
+        self._producer_records = [ProducerRecord(seg, p) for p in range(producers)]
 
     # -- the table: key -> slot (read by every producer inside its read-side section) -------
     def slot_of(self, key: int) -> int:
@@ -133,11 +139,20 @@ class MapShared:
         producer can find it: the table is stored afterwards)."""
         self._rings[slot].init(qsize)
         self._records[slot].reset()
+        self._heartbeat[slot, 0] = 0
         self._enq[:, slot] = 0
         self.kthread_log(slot).reset()
         info = self._info[slot]
         info[:] = 0
         info[_INFO_KEY], info[_INFO_CPU], info[_INFO_QSIZE] = key, key, qsize
+
+    def heartbeat_address(self, slot: int) -> int:
+        """The word ``slot``'s worker stores its last progress in (monotonic ns)."""
+        return self._seg.address("heartbeat", slot * 64)
+
+    def heartbeat(self, slot: int) -> int:
+        """``slot``'s worker's last progress (``time.monotonic_ns()``; 0: none yet)."""
+        return int(self._heartbeat[slot, 0])
 
     def set_worker_pid(self, slot: int, pid: int) -> None:
         self._info[slot, _INFO_PID] = pid
@@ -154,9 +169,13 @@ class MapShared:
         return self.producers + slot
 
     # -- producers -----------------------------------------------------------------------
-    def producer_counters(self, p: int) -> np.ndarray:
-        """Producer ``p``'s counters (``counters.ProducerCounter``), a view."""
-        return self._prod[p]
+    def producer_record(self, p: int) -> ProducerRecord:
+        """Producer ``p``'s counters (``counters.ProducerCounter``), published whole."""
+        return self._producer_records[p]
+
+    def rings(self) -> list[Ring]:
+        """Every slot's ring (recovery looks for frames in all of them: ownership.py)."""
+        return self._rings
 
     def enqueue_counters(self, p: int) -> np.ndarray:
         """Producer ``p``'s enqueue counters per slot (``counters.EnqueueCounter``), a view."""
@@ -164,7 +183,7 @@ class MapShared:
 
     def producer_totals(self) -> np.ndarray:
         """Every producer's counters, summed."""
-        return self._prod.sum(axis=0, dtype=np.int64)
+        return np.sum([r.read() for r in self._producer_records], axis=0, dtype=np.int64)
 
     def enqueue_log(self, p: int) -> EventLog:
         return EventLog(

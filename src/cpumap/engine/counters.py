@@ -15,8 +15,10 @@ Where counters live, and who writes them
 ----------------------------------------
 Three tables, each an ``IntEnum`` naming the words of one record:
 
-* :class:`ProducerCounter` -- ``prod[p, :]``, the RX side's outcomes, written only by
-  producer ``p``;
+* :class:`ProducerCounter` -- producer ``p``'s record, the RX side's outcomes, written
+  only by producer ``p`` (or, once it is dead, by whoever recovers its partition: see
+  ``ownership.py``).  Double-buffered like the kthread record, because its ``PHASE`` word
+  and its counters must change with one store: the producer's commit point;
 * :class:`EnqueueCounter` -- ``enq[p, s, :]``, the enqueue tracepoint's totals per producer
   and slot, written only by producer ``p``;
 * :class:`KthreadCounter` -- one slot's worker record, double-buffered with a sequence word
@@ -58,6 +60,14 @@ class ProducerCounter(IntEnum):
     FLUSHES = 10
     ENQ_PROCESSED = 11
     TRUNCATED = 12  # packets cut to fit a frame (not an outcome: still delivered)
+    PHASE = 13  # the commit protocol's phase (ownership.py): PHASE_CLOSED or PHASE_OPEN
+    LOST = 14  # frames recovered from a dead producer, with no outcome (ownership.py)
+
+
+# ProducerCounter.PHASE: whether the RX/DONE-tagged frames of the partition are counted
+# in ``RX`` (open: a poll is in progress) or not (closed: between polls).  ownership.py.
+PHASE_CLOSED = 0
+PHASE_OPEN = 1
 
 
 PRODUCER_WORDS = 16  # room to grow without moving the records
@@ -93,9 +103,10 @@ class KthreadCounter(IntEnum):
     LATE_WAKEUPS = 13  # futex timeouts that found work waiting: a lost wake-up
     REDIRECT_OUT = 14  # second stage: redirected to an output (a final outcome)
     FWD_QUEUE_FULL = 15  # second stage: redirected to an entry whose ring was full
+    HOP_LIMIT = 16  # second stage: dropped, redirected too many times (part of XDP_DROP)
 
 
-KTHREAD_WORDS = 16
+KTHREAD_WORDS = 24
 
 # -- events ------------------------------------------------------------------------------
 # enqueue row: ts_ns, map_id, processed, drops, to_cpu
@@ -105,7 +116,8 @@ EVENT_WORDS = 10
 
 def add_counters(layout: Layout, producers: int, slots: int, events: int) -> None:
     """Reserve every counter array in the map's control segment."""
-    layout.add("prod", np.int64, (producers, PRODUCER_WORDS))
+    layout.add("pseq", np.uint64, (producers, 8))
+    layout.add("prec", np.int64, (producers, 2, PRODUCER_WORDS))
     layout.add("enq", np.int64, (producers, slots, ENQUEUE_WORDS))
     layout.add("kseq", np.uint64, (slots, 8))
     layout.add("krec", np.int64, (slots, 2, KTHREAD_WORDS))
@@ -116,18 +128,19 @@ def add_counters(layout: Layout, producers: int, slots: int, events: int) -> Non
     layout.add("kth_ev_pos", np.uint64, (slots, 8))
 
 
-class KthreadRecord:
-    """One slot's worker counters, published a whole batch at a time.
+class SeqRecord:
+    """A record of counters published whole: one store commits a new version.
 
-    Writer (the worker): fill the buffer the readers are *not* looking at, then store the
-    sequence number that points at it.  Reader: load seq, copy ``rec[seq % 2]``, load seq
-    again; retry unless it is unchanged.  (Moved by one is not good enough: after storing
-    seq+1 the writer's next batch is written into the very buffer we were copying.)
+    Writer (one at a time): fill the buffer the readers are *not* looking at, then store
+    the sequence number that points at it.  Reader: load seq, copy ``rec[seq % 2]``, load
+    seq again; retry unless it is unchanged.  (Moved by one is not good enough: after
+    storing seq+1 the writer's next batch is written into the very buffer we were
+    copying.)  A writer killed at any instruction leaves the previous version current.
     """
 
-    def __init__(self, segment: Segment, slot: int) -> None:
-        self._rec = segment.view("krec")[slot]
-        self._seq_addr = segment.address("kseq", slot * 64)
+    def __init__(self, records: np.ndarray, seq_addr: int) -> None:
+        self._rec = records  # [2, words]
+        self._seq_addr = seq_addr
 
     def reset(self) -> None:
         self._rec[:] = 0
@@ -145,6 +158,20 @@ class KthreadRecord:
             out = self._rec[seq & 1].copy()
             if at.load_u64(self._seq_addr) == seq:
                 return out
+
+
+class KthreadRecord(SeqRecord):
+    """One slot's worker counters (:class:`KthreadCounter`), published a batch at a time."""
+
+    def __init__(self, segment: Segment, slot: int) -> None:
+        super().__init__(segment.view("krec")[slot], segment.address("kseq", slot * 64))
+
+
+class ProducerRecord(SeqRecord):
+    """One producer's counters (:class:`ProducerCounter`), published at its commit points."""
+
+    def __init__(self, segment: Segment, p: int) -> None:
+        super().__init__(segment.view("prec")[p], segment.address("pseq", p * 64))
 
 
 class EventLog:

@@ -23,9 +23,14 @@ producer staged for it is already in its ring; the worker drains that ring and e
 when it is empty (worker.py); only when the entry is RETIRED is its slot reused.  Nothing is
 lost on the way.
 
-An ACTIVE entry whose worker dies is not moved: its worker is replaced (the supervisor),
-and after too many deaths it is marked ``broken`` (frames sent to it are then counted
-lost) -- still ACTIVE as far as the map's operations are concerned.
+An ACTIVE entry whose worker dies is not moved: its worker is replaced (the supervisor).
+One whose workers die faster than the restart policy allows, or whose replacement cannot
+start, is BROKEN::
+
+    ACTIVE  --BROKE-->        BROKEN     unpublished from the shared table (a redirect to
+                                         it is a redirect error), its ring killed and what
+                                         it held counted lost; lookup still finds it
+    BROKEN  --UNPUBLISHED-->  GRACE      replaced or deleted: it retires like any entry
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class EntryState(StrEnum):
     """Where an entry is in its life (a ``str``: ``state == "active"`` reads well)."""
 
     ACTIVE = "active"  # published at its key; its worker consumes its ring
+    BROKEN = "broken"  # its workers kept dying: no worker, not in the shared table
     GRACE = "grace"  # unpublished; producers may still hold it until a grace period ends
     DRAINING = "draining"  # no producer can reach it; its worker empties the ring and exits
     RETIRED = "retired"  # its worker is gone and its slot free
@@ -58,10 +64,15 @@ class EntryEvent(Enum):
     GRACE_ELAPSED = "grace elapsed"  # every producer has been quiescent since
     DRAINED = "drained"  # the worker emptied the ring and exited
     ABANDONED = "abandoned"  # the worker was killed before it drained (close timed out)
+    BROKE = "broke"  # its workers died faster than the restart policy allows
 
 
 TRANSITIONS: dict[EntryState, dict[EntryEvent, EntryState]] = {
-    EntryState.ACTIVE: {EntryEvent.UNPUBLISHED: EntryState.GRACE},
+    EntryState.ACTIVE: {
+        EntryEvent.UNPUBLISHED: EntryState.GRACE,
+        EntryEvent.BROKE: EntryState.BROKEN,
+    },
+    EntryState.BROKEN: {EntryEvent.UNPUBLISHED: EntryState.GRACE},
     EntryState.GRACE: {
         EntryEvent.GRACE_ELAPSED: EntryState.DRAINING,
         EntryEvent.ABANDONED: EntryState.RETIRED,
@@ -93,8 +104,12 @@ class Entry:
     state: EntryState = EntryState.ACTIVE
     worker: WorkerProcess | None = None  # the supervisor's handle; None: none running
     grace: np.ndarray | None = None  # the producers' sequence words when it was unpublished
-    broken: bool = False  # its workers kept dying: frames sent to it are counted lost
-    restarts: int = 0
+    broken: bool = False  # its workers kept dying (also while retiring): none consumes
+    restarts: int = 0  # replacement workers started, over its whole life
+    heat: float = 0.0  # recent deaths, decaying (supervisor.RestartPolicy)
+    heat_at: float = 0.0  # when ``heat`` was last brought up to date (monotonic)
+    stuck_since: float = 0.0  # when it was reported stuck (0: not stuck)
+    quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
     lost: int = 0  # frames lost with its workers
     results: list[dict[str, Any]] = field(default_factory=list)  # what its workers reported
 

@@ -12,8 +12,9 @@ Layout of a frame (``frame_size`` bytes)::
 
 Descriptors, one 32-byte record per frame (:data:`DESCRIPTOR`): ``length`` (captured
 bytes), ``wire_len``, ``ts_ns``, ``ifindex``, ``rx_queue``, ``linktype``, ``headroom``
-(where the packet starts in the row) and ``meta_len`` (metadata bytes just before the
-packet, as bpf_xdp_adjust_meta leaves them).  Records rather than one array per field
+(where the packet starts in the row), ``meta_len`` (metadata bytes just before the
+packet, as bpf_xdp_adjust_meta leaves them) and ``hops`` (redirects between entries so
+far, bounded by the second stage).  Records rather than one array per field
 because a worker gathers the descriptors of a scattered batch with one numpy call instead
 of eight; the RX side writes consecutive frames, where a field of a record slice is as
 cheap to write as a column.  ``pool.length`` etc. are views of the fields.  The ``tag``
@@ -21,20 +22,12 @@ cheap to write as a column.  ``pool.length`` etc. are views of the fields.  The 
 
 Ownership: who holds a frame is always written down
 -----------------------------------------------------
-``tag[i]`` says who holds frame ``i``:
-
-* ``TAG_FREE``      -- in its allocator's free stack;
-* ``TAG_RX``        -- held by the RX producer that allocated it (being filled, run
-  through the program, staged);
-* ``TAG_QUEUED + s`` -- published into the ring of map slot ``s``;
-* ``TAG_HAND + s``   -- taken from that ring by its worker (in its hand buffer);
-* ``TAG_RETURNED``  -- released by whoever held it last; its allocator takes it back.
-
-Invariant: only the current holder writes a frame's tag or bytes.  A holder hands a
-frame over by writing the new tag *before* the hand-over is published (ring tail store,
-or nothing at all for RETURNED: the allocator only ever looks at RETURNED frames), so
-the next holder never sees a stale tag.  At any quiescent point every frame is FREE or
-RETURNED, and ``audit()`` proves the pool whole.
+``tag[i]`` says who holds frame ``i`` (``TAG_FREE``, ``TAG_RX``, ``TAG_DONE``,
+``TAG_QUEUED + publisher``, ``TAG_HAND + slot``, ``TAG_RETURNED``).  The state machine --
+who may write each tag, and what recovery does from each state -- is written in one
+place, ``ownership.py``, with the argument for why no frame ends in two outcomes or none.
+At any quiescent point every frame is FREE or RETURNED, and ``audit()`` proves the pool
+whole.
 
 Why tags instead of a shared free list: frees come from every worker process, allocations
 from every RX producer, and a worker may be killed with SIGKILL at any instruction.  A
@@ -47,6 +40,8 @@ runs low.  And after a crash the tags still say exactly where every frame is.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +51,10 @@ from ..shm import Layout, Segment
 TAG_FREE = 0
 TAG_RX = 1
 TAG_RETURNED = 2
-TAG_QUEUED = 0x100  # + map slot number
+TAG_DONE = 3  # held by its RX producer, outcome decided (ownership.py)
+TAG_QUEUED = 0x100  # + the publisher's registry index (an RX producer or a second stage)
 TAG_HAND = 0x10000  # + map slot number
+MAX_PUBLISHERS = TAG_HAND - TAG_QUEUED
 
 DESCRIPTOR = np.dtype(
     [
@@ -69,7 +66,7 @@ DESCRIPTOR = np.dtype(
         ("linktype", np.uint16),
         ("headroom", np.uint16),
         ("meta_len", np.uint16),
-        ("_pad", np.uint16),
+        ("hops", np.uint16),  # second-stage redirects so far (second_stage.py bounds them)
     ]
 )
 assert DESCRIPTOR.itemsize == 32
@@ -86,7 +83,7 @@ class PoolAudit:
     total: int
     free: int  # in an allocator's free stack
     returned: int  # released, not yet reclaimed: as good as free
-    rx: int  # held by RX producers
+    rx: int  # held by RX producers (RX or DONE)
     queued: int  # in rings or in workers' hands
 
     @property
@@ -118,6 +115,7 @@ class FramePool:
         self.frame_size = frame_size
         self.headroom = headroom
         self.partitions = partitions
+        check_memory(count * (frame_size + DESCRIPTOR.itemsize + 4))
         layout = Layout("frames")
         layout.add("data", np.uint8, (count, frame_size), align=4096)
         layout.add("desc", DESCRIPTOR, count)
@@ -133,6 +131,7 @@ class FramePool:
         self.wire_len = self.desc["wire_len"]
         self.headroom_col = self.desc["headroom"]
         self.meta_len = self.desc["meta_len"]
+        self.hops = self.desc["hops"]
         self.ifindex = self.desc["ifindex"]
         self.rx_queue = self.desc["rx_queue"]
         self.ts_ns = self.desc["ts_ns"]
@@ -192,7 +191,7 @@ class FramePool:
         tags = self.tag
         free = int(np.count_nonzero(tags == TAG_FREE))
         ret = int(np.count_nonzero(tags == TAG_RETURNED))
-        rx = int(np.count_nonzero(tags == TAG_RX))
+        rx = int(np.count_nonzero((tags == TAG_RX) | (tags == TAG_DONE)))
         return PoolAudit(self.count, free, ret, rx, self.count - free - ret - rx)
 
     def close(self) -> None:
@@ -201,6 +200,33 @@ class FramePool:
 
 
 DEFAULT_BLOCK = 1024
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), or
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(nbytes: int) -> None:
+    """Refuse a pool that cannot fit in memory, before it is mapped.  The pool is
+    populated up front (every page faulted in), so an oversized one would not fail
+    cleanly later: the OOM killer would pick a process."""
+    avail = available_memory()
+    if avail is not None and nbytes > avail:
+        raise OSError(
+            errno.ENOMEM,
+            f"{os.strerror(errno.ENOMEM)}: a frame pool of {nbytes / 2**20:.0f} MiB does not fit "
+            f"in the {avail / 2**20:.0f} MiB of memory available: use fewer frames "
+            "(frames=N) or smaller ones (frame_size=N)",
+        )
 
 
 class FrameAllocator:
@@ -234,11 +260,11 @@ class FrameAllocator:
         self._tags2d = pool.tag[self.lo : self.lo + self.nblocks * self.block].reshape(
             self.nblocks, self.block
         )
-        # Take over from a previous owner of this partition.  We hold its producer slot, so
-        # it is gone: frames it still held (TAG_RX: a producer killed inside a poll, never
-        # counted) are free again.  Blocks with frames in flight come back by reclaim().
+        # Take over from a previous owner of this partition.  We hold its producer slot, and
+        # whatever it held has been recovered (ownership.recover_partition): every frame is
+        # FREE, RETURNED or someone else's.  Blocks with frames in flight come back by
+        # reclaim().
         t = self._tags2d
-        t[t == TAG_RX] = TAG_RETURNED
         ok = np.flatnonzero(((t == TAG_FREE) | (t == TAG_RETURNED)).all(axis=1))
         t[ok] = TAG_FREE
         self._free: list[int] = ok[::-1].tolist()  # popped from the end: low blocks first

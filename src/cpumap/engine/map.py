@@ -37,10 +37,13 @@ Every update makes a new entry (new ring slot, new worker) and retires the old o
 ``__cpu_map_entry_replace``: entry.py has the states, the events that move an entry
 between them, and what is true in each.  ``update`` and ``delete`` do not wait for a
 retirement (the kernel defers it with ``call_rcu`` and a work item); the map advances
-retirements at every map operation, in ``stats()``, ``poll()`` and ``close()``
-(:meth:`CpuMap.poll`).  ``close()`` retires everything and waits until every worker has
-exited.  The worker processes themselves -- started, watched, recovered when they die,
-replaced -- are the supervisor's (supervisor.py).
+retirements on its supervisor thread (watcher.py), at every map operation, in
+``stats()``, ``poll()`` and ``close()`` (:meth:`CpuMap.poll`).  ``close(timeout)``
+retires everything, waits until every worker has exited, and returns by its deadline
+whatever is stuck, counting what it had to abandon.  The worker processes themselves --
+started, watched, recovered when they die, replaced -- are the supervisor's
+(supervisor.py); the supervisor thread runs the supervision on its own, so that a dead
+worker is replaced within milliseconds even while the program only feeds packets.
 
 What is shared with producers and workers is in one control segment (control.py): this
 object hands it to them as :attr:`CpuMap.shared` and keeps the rest -- the entries, the
@@ -50,10 +53,13 @@ created the map); RX producers may run in processes forked from it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import errno
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -65,9 +71,10 @@ from ..cpus import nr_cpus, possible_cpus
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
 from .control import MapShared
-from .counters import KTHREAD_WORDS, KthreadCounter
+from .counters import KTHREAD_WORDS, KthreadCounter, ProducerCounter
 from .entry import Entry, EntryEvent, EntryState
 from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, FramePool
+from .ownership import held_without_outcome
 from .rx import RxProducer
 from .stats import (
     EnqueueEvent,
@@ -77,7 +84,16 @@ from .stats import (
     iter_enqueue_events,
     iter_kthread_events,
 )
-from .supervisor import START_TIMEOUT, Supervisor, WorkerResult
+from .supervisor import (
+    RESTART_BURST,
+    RESTART_HALF_LIFE,
+    START_TIMEOUT,
+    RestartPolicy,
+    Supervisor,
+    WorkerEvent,
+    WorkerResult,
+)
+from .watcher import SupervisorThread
 from .worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT
 
 if TYPE_CHECKING:
@@ -87,8 +103,20 @@ QSIZE_MAX = CPUMAP_QSIZE_MAX  # the kernel's sanity limit
 # Frames per producer partition: a poll takes a block of 1024, and blocks come back whole,
 # so a partition needs room for its rings' contents plus a few blocks in flight.
 DEFAULT_FRAMES_PER_PRODUCER = 16384
+DEFAULT_STUCK_AFTER = 10.0  # seconds without progress, with work waiting: "stuck"
+_CLOSE_LOCK_SHARE = 0.25  # of close()'s timeout, for a ring's producer lock at the end
 
 _map_ids = iter(range(1, 1 << 31))
+_open_maps: weakref.WeakSet[CpuMap] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_workers_at_exit() -> None:
+    """An interpreter exiting with a map still open: SIGKILL its workers now.  Registered
+    after multiprocessing's own exit hook, so it runs before it: that one would SIGTERM
+    daemonic children and join them -- forever, for a stopped worker."""
+    for m in list(_open_maps):
+        m.kill_workers()
 
 
 def _err(code: int, detail: str) -> OSError:
@@ -121,6 +149,12 @@ class CpuMap:
     writer; 0 = events off), ``idle_timeout`` (a sleeping worker's safety-net timeout),
     ``busy_poll`` (seconds a worker polls its empty ring before sleeping: fewer wake-ups
     at high rates, a busier CPU at low ones; 0 = sleep at once, as the kthread does).
+
+    Supervision options: ``stuck_after`` (seconds a worker may make no progress while
+    work waits before it is reported stuck), ``restart_burst`` and ``restart_half_life``
+    (the restart rate limit: supervisor.RestartPolicy), ``supervise`` (False: no
+    supervisor thread -- dead workers are then handled only by map operations,
+    ``stats()`` and ``poll()``, as a tool that plays a worker itself needs).
     """
 
     def __init__(
@@ -136,6 +170,10 @@ class CpuMap:
         trace_events: int = 0,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         busy_poll: float = DEFAULT_BUSY_POLL,
+        stuck_after: float = DEFAULT_STUCK_AFTER,
+        restart_burst: float = RESTART_BURST,
+        restart_half_life: float = RESTART_HALF_LIFE,
+        supervise: bool = True,
     ) -> None:
         self._closed = True  # until fully built: close() must be safe on a failed init
         max_entries = _uint(max_entries, 32, "max_entries")
@@ -149,6 +187,9 @@ class CpuMap:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         if trace_events < 0:
             raise ValueError(f"trace_events must be >= 0, not {trace_events}")
+        if stuck_after <= 0 or restart_burst < 0 or restart_half_life <= 0:
+            raise ValueError("stuck_after and restart_half_life must be > 0, restart_burst >= 0")
+        self.stuck_after = stuck_after
         self.max_entries = max_entries
         self.map_id = next(_map_ids)
         self.handler = handler if handler is not None else _accept_all
@@ -181,6 +222,7 @@ class CpuMap:
             batch_size=batch_size,
             idle_timeout=idle_timeout,
             busy_poll=busy_poll,
+            policy=RestartPolicy(restart_burst, restart_half_life),
         )
         self.results: list[WorkerResult] = self.supervisor.results
         self.history: deque[EntryStats] = deque(maxlen=1024)
@@ -190,10 +232,24 @@ class CpuMap:
         self._generation = 0
         self._retired_k = np.zeros(KTHREAD_WORDS, dtype=np.int64)
         self._retired_lost = 0
+        self._closing_done = False  # close() finished: report what producers still hold
         self._owner = os.getpid()
         self._owner_thread = threading.get_ident()
         self._lock = threading.RLock()
+        self._watcher = SupervisorThread(self._supervise_on_thread, self._worker_pids)
+        self.supervisor.fork_on = self._watcher.call
+        self.supervisor.forks_on_long_lived_thread = lambda: (
+            self._watcher.alive or threading.current_thread() is threading.main_thread()
+        )
+        if supervise:
+            self._watcher.start()
+        _open_maps.add(self)
         self._closed = False
+
+    @property
+    def owner_pid(self) -> int:
+        """The controlling process: the one that created the map."""
+        return self._owner
 
     # -- context manager ---------------------------------------------------------------------
     def __enter__(self) -> CpuMap:
@@ -375,23 +431,40 @@ class CpuMap:
 
     # -- stats -------------------------------------------------------------------------------
     def stats(self) -> MapStats:
-        """A snapshot of every counter (exact at quiescent points)."""
+        """A snapshot of every counter (exact at quiescent points).  Never raises."""
         with self._lock:
             if not self._closed and os.getpid() == self._owner:
-                # Supervise too, but fork replacement workers only from the thread that
-                # made the map (a Prometheus scrape thread must not become a parent).
-                self._advance(restart=threading.get_ident() == self._owner_thread)
+                # Supervise too, but fork replacement workers only from the threads that
+                # may (a Prometheus scrape thread must not wait for a worker's start).
+                me = threading.get_ident()
+                with contextlib.suppress(Exception):  # the supervisor thread retries it
+                    self._advance(restart=me == self._owner_thread or self._watcher.on_thread())
             k = self._retired_k.copy()
             lost = self._retired_lost
             entries = []
+            now = time.monotonic_ns()
             for e in self._live_entries():
                 rec = e.record.read()
                 k += rec
                 lost += e.lost
-                entries.append(self._entry_stats(e, rec))
+                entries.append(self._entry_stats(e, rec, now=now))
+            producers = self.shared.producer_totals()
+            sup = self.supervisor
             return MapStats.from_counters(
-                self.map_id, self.shared.producer_totals(), k, lost, tuple(entries)
+                self.map_id,
+                producers,
+                k,
+                lost + int(producers[ProducerCounter.LOST]),
+                tuple(entries),
+                abandoned=self._held_by_producers() if self._closing_done else 0,
+                worker_deaths=sum(1 for ev in sup.events if ev.kind == "died"),
+                producer_deaths=sum(1 for ev in sup.events if ev.kind == "producer_died"),
             )
+
+    def worker_events(self) -> list[WorkerEvent]:
+        """What happened to the map's processes, oldest first (the last 1024): worker
+        deaths, restarts, broken entries, stuck workers, producers found dead."""
+        return list(self.supervisor.events)
 
     def events(self) -> tuple[list[EnqueueEvent], list[KthreadEvent]]:
         """Recorded tracepoint events still held (needs ``trace_events > 0``), each list
@@ -411,27 +484,111 @@ class CpuMap:
     def close(self, timeout: float = 60.0) -> None:
         """Delete every entry and wait until every worker has drained its ring and exited.
 
-        Idempotent.  If workers do not finish within ``timeout`` (a handler stuck
-        forever, a producer that never leaves its batch), they are killed and the frames
-        they held are recovered and counted ``lost``: close never hangs and never leaks a
-        process.
+        Idempotent, and returns by its deadline whatever a producer, worker or handler is
+        doing.  Workers that do not finish within ``timeout`` (a handler stuck forever, a
+        stopped worker, a producer that never leaves its batch) are killed (SIGKILL) and
+        the frames they held recovered and counted ``lost``; dead producers' partitions
+        are recovered (``lost``); frames still held by a producer that is alive but never
+        lets go (stopped, hung) are counted ``abandoned`` and reported
+        (``worker_events()``, ``stats().abandoned``).  Never leaks a process.
         """
-        with self._lock:
+        if getattr(self, "_watcher", None) is None:
+            return  # __init__ failed before anything was started
+        deadline = time.monotonic() + timeout
+        locked = self._lock.acquire(timeout=max(timeout, 0.0))
+        try:
             if self._closed:
                 return
             if os.getpid() != self._owner:
                 self._closed = True  # a forked child's copy: the owner cleans up
                 return
-            for key in list(self._entries):
-                self._replace(key, None)
-            deadline = time.monotonic() + timeout
-            while self._retiring and time.monotonic() < deadline:
-                self._advance()
-                if self._retiring:
-                    self._wait_workers(0.05)
-            for e in list(self._retiring):
-                self._abandon(e)
+            self._retire_all(deadline)
+            self.supervisor.supervise_producers()
+            self._count_abandoned()
             self._closed = True
+            _open_maps.discard(self)
+        finally:
+            if locked:
+                self._lock.release()
+        self._watcher.stop(max(0.1, deadline - time.monotonic()))
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker now, without recovery (the controlling process is exiting:
+        its shared memory goes with it)."""
+        self.supervisor.kill_all(self._live_entries())
+
+    def _retire_all(self, deadline: float) -> None:
+        for key in list(self._entries):
+            self._replace(key, None)
+        while self._retiring and time.monotonic() < deadline:
+            self._advance()
+            if self._retiring:
+                self._wait_workers(min(0.05, max(0.0, deadline - time.monotonic())))
+        # A ring's producer lock held by a stopped producer gets a share of the time left.
+        lock_deadline = time.monotonic() + max(0.0, deadline - time.monotonic()) * _CLOSE_LOCK_SHARE
+        for e in list(self._retiring):
+            self._abandon(e, lock_deadline)
+
+    def _count_abandoned(self) -> None:
+        """Report the frames producers still hold now that every worker is gone."""
+        self._closing_done = True
+        n = self._held_by_producers()
+        if n:
+            self.supervisor.events.append(
+                WorkerEvent(time.monotonic_ns(), "abandoned", -1, -1, 0, 0, lost=n)
+            )
+
+    def _held_by_producers(self) -> int:
+        """After close: frames live producers hold, counted in rx, with no outcome -- from
+        their tags and records, not from the counters (ownership.held_without_outcome), so
+        that the identity still checks the books.  A producer that resumes and finishes
+        its poll gives them an outcome: they leave this count as they enter another."""
+        return sum(
+            held_without_outcome(self.pool, self.shared, p)
+            for p in range(self.producers)
+            if self.registry.owner(p)
+        )
+
+    # -- the supervisor thread (watcher.py) --------------------------------------------------------
+    def _supervise_on_thread(self) -> bool:
+        """One pass of the supervisor thread; False if the map's lock was busy."""
+        if not self._lock.acquire(timeout=0.01):
+            return False
+        try:
+            if self._closed:
+                return True
+            self._advance(restart=True)
+            self.supervisor.supervise_producers()
+            self._check_progress()
+            return True
+        finally:
+            self._lock.release()
+
+    def _worker_pids(self) -> list[int]:
+        """The pids the supervisor thread watches (read without the lock: a copy)."""
+        return [e.worker.pid for e in self._live_entries() if e.worker is not None]
+
+    def _check_progress(self) -> None:
+        """Report a worker that has work waiting and made no progress for ``stuck_after``."""
+        now = time.monotonic()
+        for e in self._live_entries():
+            if e.worker is None:
+                continue
+            if self._stuck(e, time.monotonic_ns()):
+                if not e.stuck_since:
+                    e.stuck_since = now
+                    self.supervisor.record("stuck", e, e.worker.pid)
+            else:
+                e.stuck_since = 0.0
+
+    def _heartbeat_age(self, e: Entry, now_ns: int) -> float:
+        """Seconds since ``e``'s worker last made progress (-1: none reported yet)."""
+        beat = self.shared.heartbeat(e.slot)
+        return (now_ns - beat) / 1e9 if beat else -1.0
+
+    def _stuck(self, e: Entry, now_ns: int) -> bool:
+        has_work = len(e.ring) > 0 or e.ring.hand_count() > 0
+        return has_work and self._heartbeat_age(e, now_ns) > self.stuck_after
 
     # -- internals: entries ----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -527,14 +684,17 @@ class CpuMap:
         sup.collect(e)
         sup.release(e)
         self.shared.release_slot(e.slot)
-        self._free_slots.append(e.slot)
+        if not e.quarantined:
+            self._free_slots.append(e.slot)
 
-    def _abandon(self, e: Entry) -> None:
+    def _abandon(self, e: Entry, lock_deadline: float) -> None:
         """Kill a worker that would not finish and recover what it held."""
         self.supervisor.kill(e)
         # A producer that never left its batch may still publish: make the ring refuse
         # (its frames are then counted queue_full by that producer) before emptying it.
-        e.ring.kill()
+        # One stopped inside the ring's lock is waited for only until ``lock_deadline``.
+        if not e.ring.kill(lock_deadline):
+            e.quarantined = True
         self._finish_retirement(e, EntryEvent.ABANDONED)
         self._retiring.remove(e)
 
@@ -544,8 +704,13 @@ class CpuMap:
             timeout = min(timeout, 0.001)  # grace periods end with RX batches: poll fast
         self.supervisor.wait(self._live_entries(), timeout)
 
-    def _entry_stats(self, e: Entry, rec: np.ndarray, exitcode: int | None = None) -> EntryStats:
+    def _entry_stats(
+        self, e: Entry, rec: np.ndarray, exitcode: int | None = None, now: int | None = None
+    ) -> EntryStats:
         w = e.worker
+        now_ns = time.monotonic_ns() if now is None else now
+        if exitcode is None and w is not None and not w.is_alive():
+            exitcode = w.exitcode  # a dead worker not yet replaced (a scrape thread saw it)
         return EntryStats.from_counters(
             key=e.key,
             qsize=e.qsize,
@@ -558,6 +723,9 @@ class CpuMap:
             queued=len(e.ring),
             lost=e.lost,
             exitcode=exitcode,
+            restarts=e.restarts,
+            heartbeat_age=self._heartbeat_age(e, now_ns) if w is not None else -1.0,
+            stuck=w is not None and self._stuck(e, now_ns),
         )
 
 

@@ -14,7 +14,9 @@ Two free-running 64-bit counters, each on its own cache line::
     slot of position p = p % capacity
 
 *Producer side* (``produce``), like the kernel's ``spin_lock(&q->producer_lock)``: a
-producer takes the producer lock (a word set by compare-and-swap to the owner's pid),
+producer takes the producer lock (a word set by compare-and-swap to the owner thread's
+id -- a tid, so that producers that are threads of one process exclude each other, and a
+thread interrupted between its CAS and its critical section finds the lock its own),
 reads ``cons_tail``, writes as many indices as fit into the slots after ``prod_tail``,
 then publishes them with one store of ``prod_tail``.  Why a lock and not a lock-free
 multi-producer protocol: the critical section is two numpy slice stores, the lock is one
@@ -79,6 +81,8 @@ destination per poll (``produce_nowake`` + ``BulkQueues.flush_all``), never per 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 
@@ -88,7 +92,7 @@ from .pids import pid_alive
 
 # Byte offsets inside a ring header (RING_HEADER_BYTES per ring).  Words written by
 # different parties sit on different cache lines.
-OFF_PROD_LOCK = 0  # u32: 0 free, else the owner's pid             (producers)
+OFF_PROD_LOCK = 0  # u32: 0 free, else the owner thread's tid      (producers)
 OFF_PROD_TAIL = 8  # u64: frames ever published                    (producers)
 OFF_CONS_TAIL = 64  # u64: frames ever taken by the consumer        (consumer)
 OFF_HAND_N = 72  # u64: frames in the consumer's hand buffer         (consumer)
@@ -156,22 +160,29 @@ class Ring:
         at.fence()
 
     # -- producer side ------------------------------------------------------------------
-    def _lock_producers(self) -> None:
-        me = os.getpid()
+    def _lock_producers(self, deadline: float | None = None) -> bool:
+        """Take the producer lock; False only if ``deadline`` (monotonic) passed first."""
+        me = threading.get_native_id()
         if at.cas_u32(self._lock, 0, me):
-            return
+            return True
         spins = 0
         while True:
             owner = at.load_u32(self._lock)
             if owner == 0:
                 if at.cas_u32(self._lock, 0, me):
-                    return
-            elif owner != me and spins % 4096 == 4095 and not pid_alive(owner):
+                    return True
+            elif owner == me:
+                # Ours: an acquisition of this thread was interrupted (KeyboardInterrupt)
+                # between its CAS and its critical section; nothing was written under it.
+                return True
+            elif spins % 4096 == 4095 and not pid_alive(owner):
                 # The owner died inside the critical section.  Safe to take over: it
                 # could only have written unpublished slots (see the module docstring).
                 at.cas_u32(self._lock, owner, 0)
             spins += 1
             if spins > _SPINS_BEFORE_YIELD:
+                if deadline is not None and spins % 256 == 0 and time.monotonic() > deadline:
+                    return False
                 os.sched_yield()
 
     def produce(self, idx: np.ndarray) -> int:
@@ -274,15 +285,25 @@ class Ring:
         at.fence()
         self.wake()
 
-    def kill(self) -> None:
-        """Refuse every later publication (a forced retirement: a producer that never
-        left its batch may still try).  Taken under the producer lock, so no publication
-        is half done when it returns: the supervisor may then empty the ring for good."""
-        self._lock_producers()
+    def kill(self, deadline: float | None = None) -> bool:
+        """Refuse every later publication (a forced retirement, a broken entry: a producer
+        may still try).  Taken under the producer lock, so no publication is half done
+        when it returns True: the ring may then be emptied for good.
+
+        With a ``deadline``: a producer that holds the lock and does not let go (stopped,
+        hung) is waited for only until then; the ring is marked dead anyway and False
+        returned -- that producer may still publish, so the slot must not be reused."""
+        locked = self._lock_producers(deadline)
         try:
             at.store_u32(self.hdr + OFF_DEAD, 1)
         finally:
-            at.store_u32(self._lock, 0)
+            if locked:
+                at.store_u32(self._lock, 0)
+        return locked
+
+    def dead(self) -> bool:
+        """Whether the ring refuses publications (killed)."""
+        return bool(at.load_u32(self.hdr + OFF_DEAD))
 
     def stop_requested(self) -> bool:
         return bool(at.load_u32(self._stop))
@@ -294,7 +315,8 @@ class Ring:
 
     def contents(self, lo: int, hi: int) -> np.ndarray:
         """Indices at positions [lo, hi) (for recovery after a crash; hi - lo <= capacity)."""
-        cap = self.capacity
+        # From shared memory: this object may predate the slot's latest init (a fork).
+        cap = at.load_u32(self.hdr + OFF_CAPACITY)
         pos = np.arange(lo, hi, dtype=np.uint64) % np.uint64(cap)
         return self.slots[pos.astype(np.int64)].copy()
 
@@ -305,4 +327,9 @@ class Ring:
         at.store_u64(self._cons, pos)
 
     def __len__(self) -> int:
-        return at.load_u64(self._prod) - at.load_u64(self._cons)
+        """Frames in the ring now, as any process may read it.  The consumer's tail is
+        read first: both only grow, so the difference can only overstate (never below
+        zero, which ``len`` refuses); it is clamped to the capacity."""
+        cons = at.load_u64(self._cons)
+        prod = at.load_u64(self._prod)
+        return max(0, min(prod - cons, at.load_u32(self.hdr + OFF_CAPACITY)))

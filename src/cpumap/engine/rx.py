@@ -17,6 +17,19 @@ queues per destination, and flushes them at the end of the batch.  One call of
 Frames are allocated *outside* the read-side section, because waiting for free frames
 (every frame is in flight) must not hold up a grace period.
 
+Counting, and what an interruption or a death leaves (ownership.py has the argument)::
+
+    alloc (tags RX) ; commit OPEN {rx, polls, no_frame}       rx counted as frames are taken
+    ... outcomes tag DONE, flushes tag QUEUED+p and publish ...
+    commit CLOSED {every outcome of the poll} ; release DONE   outcomes counted, then released
+
+An exception anywhere in a poll (Ctrl-C in a lossless wait, a program's BaseException)
+ends in ``_abort_poll``: what the poll still holds -- RX, DONE, and flushed frames no
+ring took -- is counted ``xdp_aborted`` and released by the same recovery that serves a
+dead producer's partition, so nothing stays staged and the identity is exact.  A new
+producer claiming a dead one's slot runs that recovery (counting ``lost``) before it
+allocates; so does the controller's supervisor when it finds the owner dead.
+
 A producer belongs to one thread of one process.  Producers in other processes are
 created there (after fork) from the same :class:`~cpumap.CpuMap`; each claims its own
 producer slot, which is also its frame-pool partition.  A producer works on the map's
@@ -26,6 +39,9 @@ shared state (``control.MapShared``) and its pool, never on the map object itsel
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -33,6 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import _atomics as at
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
@@ -40,8 +57,9 @@ from ..programs.context import frame_skbs
 from ..programs.runner import ProgramRunner, Verdicts
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .control import MapShared
-from .counters import PRODUCER_WORDS, EnqueueCounter, ProducerCounter
-from .frame_pool import TAG_RX, FrameAllocator, FramePool
+from .counters import PHASE_CLOSED, PHASE_OPEN, PRODUCER_WORDS, EnqueueCounter, ProducerCounter
+from .frame_pool import TAG_DONE, TAG_RETURNED, FrameAllocator, FramePool
+from .ownership import queued_tag, recover_partition
 
 DEFAULT_POLL_SIZE = 1024  # packets per poll (NAPI's weight is 64; ours: per-call costs)
 DEFAULT_FRAME_WAIT = 10.0
@@ -56,14 +74,61 @@ _VERDICT_COUNTER = (
     (XDP_PASS, _P.XDP_PASS),
     (XDP_TX, _P.XDP_TX),
 )
+# Committed at the OPEN commit of a poll; the rest of the poll's words at its CLOSED one.
+_OPEN_WORDS = (_P.RX, _P.POLLS, _P.NO_FRAME)
+# A poll's outcomes: an aborted poll replaces them by counting what it still holds.
+_OUTCOME_WORDS = (
+    _P.XDP_ABORTED,
+    _P.XDP_DROP,
+    _P.XDP_PASS,
+    _P.XDP_TX,
+    _P.REDIRECT_ERR,
+    _P.QUEUE_FULL,
+)
+
+
+def _note_forking_thread() -> None:
+    """Before every fork: remember whether the main thread forks (the child inherits it)."""
+    global _FORKED_BY_MAIN_THREAD
+    _FORKED_BY_MAIN_THREAD = threading.current_thread() is threading.main_thread()
+
+
+_FORKED_BY_MAIN_THREAD = True
+os.register_at_fork(before=_note_forking_thread)
+
+
+def _die_with(owner: int, interval: float = 0.25) -> None:
+    """In a producer process forked from the map's controller: die when it does.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked us exits, so it is armed
+    only when that was the main thread; a watchdog thread covers the rest (re-parented:
+    ``getppid`` changes).  Then the parent is checked again: it may have died before
+    either was armed."""
+    if os.getppid() != owner:
+        return  # not the controller's child: a grandchild's parent decides for it
+    if _FORKED_BY_MAIN_THREAD:
+        at.set_pdeathsig(signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == owner:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cpumap-producer-watch", daemon=True).start()
+    if os.getppid() != owner:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Feedable(Protocol):
-    """What a producer needs of the map it feeds (a ``CpuMap``): its shared state and its
-    frame pool.  The map itself is also the target its program redirects into."""
+    """What a producer needs of the map it feeds (a ``CpuMap``): its shared state, its
+    frame pool and its controlling process's pid.  The map itself is also the target its
+    program redirects into."""
 
     shared: MapShared
     pool: FramePool
+
+    @property
+    def owner_pid(self) -> int: ...
 
 
 class RxProducer:
@@ -95,30 +160,46 @@ class RxProducer:
         if not callable(program):
             raise TypeError(f"program must be callable, not {type(program).__name__}")
         shared = cmap.shared
+        if index is not None and not 0 <= index < shared.producers:
+            raise ValueError(f"producer index must be in 0..{shared.producers - 1}, not {index}")
         self.shared = shared
         self.program = program
         self.poll_size = poll_size
         self.pass_handler = pass_handler
         self.frame_wait = frame_wait
+        self.pool = cmap.pool
+        self._closed = True  # until fully built: a failed init gives its slot back
         self.index = shared.registry.claim(index)
+        try:
+            self._setup(cmap, bulk_size, backpressure)
+        except BaseException:
+            shared.registry.unclaim(self.index)
+            raise
         self._closed = False
-        pool = cmap.pool
-        self.pool = pool
-        self.allocator: FrameAllocator = pool.allocator(self.index, block=poll_size)
-        self._runner = ProgramRunner(program, pool, target=cmap)
-        self._ctr = shared.producer_counters(self.index)
+        if os.getpid() != cmap.owner_pid:
+            _die_with(cmap.owner_pid)
+
+    def _setup(self, cmap: Feedable, bulk_size: int, backpressure: float) -> None:
+        shared, pool = self.shared, self.pool
+        self._record = shared.producer_record(self.index)
+        # Whatever a previous holder of the slot left (killed mid-poll) is ours to count.
+        self._counts, _ = recover_partition(pool, shared, self.index)
+        self.allocator: FrameAllocator = pool.allocator(self.index, block=self.poll_size)
+        self._runner = ProgramRunner(self.program, pool, target=cmap)
         self._enq = shared.enqueue_counters(self.index)
         self._events = shared.enqueue_log(self.index)
         # This poll's counters: Python ints are cheaper than numpy.
         self._local = [0] * PRODUCER_WORDS
+        self._done: list[np.ndarray] = []  # frames with an outcome, released after the commit
         self._bulk = BulkQueues(
             pool,
             shared.ring,
-            self.allocator.free,
+            self._hold_done,
             self._on_flush,
             shared.n_slots,
             bulk_size,
             backpressure,
+            queued_tag=queued_tag(self.index),
         )
         self._room = pool.frame_size - pool.headroom
         self._pool_mv = memoryview(pool.flat)
@@ -159,46 +240,88 @@ class RxProducer:
                 self.poll(batch.slice(lo, min(lo + step, n)))
             return
         local = self._local = [0] * PRODUCER_WORDS
-        local[_P.RX] = n
-        local[_P.POLLS] = 1
-        start = self.allocator.alloc_range(n)
-        if start is not None:  # the common case: n consecutive frames
-            idx = np.arange(start, start + n, dtype=np.uint32)
-            where: slice | np.ndarray = slice(start, start + n)
-        else:
-            idx = self._alloc(n)
-            where = idx
-            got = len(idx)
-            if got < n:
-                local[_P.NO_FRAME] = n - got
-                batch = batch.slice(0, got)
-        if len(idx):
-            registry = self.shared.registry
-            try:
-                self._fill(where, batch)
-                registry.read_lock(self.index)
-                try:
-                    self._dispatch(idx, self._runner.run(idx, start), start)
-                    self._bulk.flush_all()
-                except BaseException:
-                    # Nothing staged may outlive the read-side section (rcu.py).
-                    self._bulk.discard_all()
-                    raise
-                finally:
-                    registry.read_unlock(self.index)
-            except BaseException:
-                self._abort_poll(idx)
-                raise
-        self._ctr += local
+        try:
+            start = self.allocator.alloc_range(n)
+            if start is not None:  # the common case: n consecutive frames
+                idx = np.arange(start, start + n, dtype=np.uint32)
+                where: slice | np.ndarray = slice(start, start + n)
+            else:
+                idx = self._alloc(n)
+                where = idx
+                if len(idx) < n:
+                    batch = batch.slice(0, len(idx))
+            self._commit_open(n, len(idx))
+            if len(idx):
+                self._run_poll(idx, where, start, batch)
+            self._commit_closed()
+        except BaseException:
+            self._abort_poll()
+            raise
 
-    def _abort_poll(self, idx: np.ndarray) -> None:
-        """A poll interrupted (Ctrl-C, or a bug below the program): every frame of it
-        that has no outcome yet -- still tagged as ours -- is released and counted
-        ABORTED, and the poll's counters are published, so the books still balance."""
-        mine = idx[self.pool.tag[idx] == TAG_RX]
-        self._local[_P.XDP_ABORTED] += len(mine)
-        self.allocator.free(mine)
-        self._ctr += self._local
+    def _run_poll(
+        self, idx: np.ndarray, where: slice | np.ndarray, start: int | None, batch: PacketBatch
+    ) -> None:
+        registry = self.shared.registry
+        self._fill(where, batch)
+        registry.read_lock(self.index)
+        try:
+            self._dispatch(idx, self._runner.run(idx, start), start)
+            self._bulk.flush_all()
+        except BaseException:
+            # Nothing staged may outlive the read-side section (rcu.py).
+            self._bulk.discard_all()
+            raise
+        finally:
+            registry.read_unlock(self.index)
+
+    # -- the commit protocol (ownership.py) ----------------------------------------------------
+    def _commit_open(self, n: int, got: int) -> None:
+        """rx is counted as the frames are taken: from here, every RX- or DONE-tagged frame
+        of the partition is in ``rx`` with no outcome (phase OPEN)."""
+        c = self._counts
+        c[_P.RX] += n
+        c[_P.POLLS] += 1
+        c[_P.NO_FRAME] += n - got
+        c[_P.PHASE] = PHASE_OPEN if got else PHASE_CLOSED
+        self._record.publish(c)
+
+    def _commit_closed(self) -> None:
+        """Every outcome of the poll, with one store (phase CLOSED); then the frames that
+        have one are released."""
+        local, c = self._local, self._counts
+        for w in range(PRODUCER_WORDS):
+            if local[w] and w not in _OPEN_WORDS:
+                c[w] += local[w]
+        c[_P.PHASE] = PHASE_CLOSED
+        self._record.publish(c)
+        self._release_done()
+
+    def _release_done(self) -> None:
+        tags = self.pool.tag
+        for part in self._done:
+            tags[part] = TAG_RETURNED
+        self._done.clear()
+
+    def _hold_done(self, frames: np.ndarray) -> None:
+        """Frames whose outcome is decided: ours until the poll's outcomes are committed."""
+        self.pool.tag[frames] = TAG_DONE
+        self._done.append(frames)
+
+    def _abort_poll(self) -> None:
+        """A poll interrupted (Ctrl-C, a program's BaseException, a bug below it): what it
+        still holds -- RX, DONE, flushed frames no ring took -- is counted ABORTED and
+        released, by the recovery that serves a dead producer (ownership.py).  Its other
+        outcomes are not committed; counted again there, they would be counted twice."""
+        self._bulk.discard_all()
+        committed = self._record.read()
+        if committed[_P.PHASE] == PHASE_OPEN:  # the poll's own words, but no outcome
+            for w in range(PRODUCER_WORDS):
+                if w not in _OPEN_WORDS and w not in _OUTCOME_WORDS and w != _P.PHASE:
+                    committed[w] += self._local[w]
+        self._counts, _ = recover_partition(
+            self.pool, self.shared, self.index, outcome=_P.XDP_ABORTED, record=committed
+        )
+        self._done.clear()  # released by the recovery
 
     # -- the steps of a poll ----------------------------------------------------------------------
     def _alloc(self, n: int) -> np.ndarray:
@@ -246,6 +369,7 @@ class RxProducer:
         pool.rx_queue[where] = batch.rx_queue
         pool.linktype[where] = batch.linktype
         pool.meta_len[where] = 0
+        pool.hops[where] = 0
 
     def _copy_ragged(
         self, where: slice | np.ndarray, batch: PacketBatch, caplen: np.ndarray, width: int
@@ -291,7 +415,7 @@ class RxProducer:
             red = v.verdicts == XDP_REDIRECT
             if counts[XDP_PASS] and self.pass_handler is not None:
                 self._run_pass_handler(idx[v.verdicts == XDP_PASS])
-            self.allocator.free(idx[~red])
+            self._hold_done(idx[~red])
             if n_red == 0:
                 return
             ridx, rkeys, consecutive = idx[red], v.keys[red], False
@@ -300,7 +424,7 @@ class RxProducer:
         local[_P.REDIRECT_ERR] += len(failed)
         local[_P.XDP_REDIRECT] += n_red - len(failed)
         if len(failed):
-            self.allocator.free(failed)
+            self._hold_done(failed)
 
     def _run_pass_handler(self, idx: np.ndarray) -> None:
         for skb in frame_skbs(self.pool, idx):

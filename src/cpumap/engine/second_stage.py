@@ -11,7 +11,12 @@ frame it dequeues.  Its verdict decides what happens next, as in the kernel's
   of the batch; or to an output of an :class:`OutputMap` (``redirect_map(outputs, i)``),
   such as a per-CPU capture writer.  A redirect that fails (empty entry, bad output) is a
   drop, as ``xdp_do_redirect`` failing is in the kernel;
-* anything else (``DROP``, ``ABORTED``, ``TX``, not a verdict, an exception) -- dropped.
+* anything else (``DROP``, ``ABORTED``, ``TX``, not a verdict, an exception -- any
+  ``BaseException``: nothing a program raises kills the worker) -- dropped.
+
+A frame redirected from entry to entry more than :data:`MAX_REDIRECT_HOPS` times (a loop:
+0 -> 1 -> 0 ...) is dropped and counted (``hop_limit``, part of ``xdp_drop``): its hop
+count travels in its descriptor.  The kernel has no such bound (docs/kernel-differences.md).
 
 The kthread tracepoint's ``xdp_pass``, ``xdp_drop`` and ``xdp_redirect`` count them.
 
@@ -43,10 +48,13 @@ from ..programs.context import skb_batch
 from ..programs.runner import ProgramRunner
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .frame_pool import TAG_HAND, FramePool
+from .ownership import queued_tag
 
 if TYPE_CHECKING:
     from ..programs.contract import WorkerInfo
     from .control import MapShared
+
+MAX_REDIRECT_HOPS = 8  # redirects between entries a frame may take (second stages)
 
 
 class OutputMap:
@@ -85,6 +93,7 @@ class StageResult:
     n_redirect: int = 0  # to entries and outputs, successful
     n_out: int = 0  # to outputs (a final outcome)
     fwd_queue_full: int = 0  # redirected to an entry whose ring was full at flush
+    hop_limit: int = 0  # dropped: redirected between entries too many times (in n_drop)
 
 
 class SecondStage:
@@ -109,7 +118,7 @@ class SecondStage:
         self.pool = pool
         self.home = home
         self.registry_index = shared.second_stage_producer(slot)
-        self._runner = ProgramRunner(program, pool)
+        self._runner = ProgramRunner(program, pool, contain=BaseException)
         self._dropped: list[np.ndarray] = []
         self._in_hand = TAG_HAND + slot  # our slot's hand tag
         self._bulk = BulkQueues(
@@ -119,6 +128,7 @@ class SecondStage:
             self._on_flush,
             shared.n_slots,
             bulk_size,
+            queued_tag=queued_tag(self.registry_index),
         )
         self._fwd_full = 0
         self._info: WorkerInfo | None = None
@@ -186,18 +196,41 @@ class SecondStage:
 
     def _redirect(self, ridx: np.ndarray, rkeys: np.ndarray, target: Any, res: StageResult) -> None:
         if isinstance(target, OutputMap):
-            self._open(target)
+            try:
+                self._open(target)
+            except BaseException:  # an output's setup failed: its frames are dropped
+                res.n_drop += len(ridx)
+                res.release.append(ridx)
+                return
             self._to_outputs(ridx, rkeys, target, res)
             return
         if target is not None and target is not self.home:
             res.n_drop += len(ridx)  # a map we cannot reach from here
             res.release.append(ridx)
             return
+        ridx, rkeys = self._count_hop(ridx, rkeys, res)
         failed = self._bulk.redirect(self.shared, ridx, rkeys)
         if len(failed):  # xdp_do_redirect failed: a drop
             res.n_drop += len(failed)
             res.release.append(failed)
         res.n_redirect += len(ridx) - len(failed)
+
+    def _count_hop(
+        self, ridx: np.ndarray, rkeys: np.ndarray, res: StageResult
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One more hop for each frame redirected to an entry; those over the bound are
+        dropped (counted ``hop_limit``): a redirect loop ends."""
+        hops = self.pool.hops[ridx]
+        over = hops >= MAX_REDIRECT_HOPS
+        if over.any():
+            n = int(np.count_nonzero(over))
+            res.n_drop += n
+            res.hop_limit += n
+            res.release.append(ridx[over])
+            keep = ~over
+            ridx, rkeys, hops = ridx[keep], rkeys[keep], hops[keep]
+        self.pool.hops[ridx] = hops + 1
+        return ridx, rkeys
 
     def _to_outputs(
         self, ridx: np.ndarray, rkeys: np.ndarray, outputs: OutputMap, res: StageResult
@@ -211,7 +244,7 @@ class SecondStage:
             sel = ridx[rkeys == k]
             try:
                 outputs.outputs[k](skb_batch(self.pool, sel))
-            except Exception:
+            except BaseException:
                 res.n_drop += len(sel)  # the output failed: the frames are dropped
                 res.release.append(sel)
                 continue

@@ -10,11 +10,28 @@ Every frame that enters (``rx``) ends as exactly one outcome::
 
     rx == xdp_aborted + xdp_drop + xdp_pass + xdp_tx + redirect_err + queue_full
           + no_frame + second_stage_drop + redirected_out + delivered + handler_drop
-          + handler_error + build_failed + lost + in_flight
+          + handler_error + build_failed + lost + abandoned + in_flight
 
 (``queue_full`` counts drops at flush by RX producers and by workers whose second stage
 redirects to another entry.)  ``in_flight`` (staged, in rings, in a worker's hands) is 0 at
 every quiescent point, and the tests check the identity there exactly.
+
+Faults, and the fields that report them
+---------------------------------------
+* ``lost`` -- frames recovered without an outcome: held by a worker that died (per entry:
+  ``EntryStats.lost``), queued in a broken entry's ring, or left by an RX producer whose
+  process died (ownership.py).  An outcome.
+* ``abandoned`` -- frames ``close()`` gave up on: held by a producer that is alive but
+  never let go (stopped, hung) when the deadline came.  An outcome.
+* ``worker_deaths``, ``producer_deaths`` -- deaths the supervisor handled (each also a
+  ``WorkerEvent``: ``CpuMap.worker_events()``); ``broken_entries``, ``stuck_workers``
+  -- entries in state ``broken`` / workers reported stuck, now; ``hop_limit`` -- frames a
+  second stage dropped for being redirected between entries too often (part of
+  ``second_stage_drop``).
+* per entry: ``state`` (``broken`` included), ``pid`` (0 while it has no worker),
+  ``exitcode`` (its last worker's, once dead), ``restarts``, ``heartbeat_age`` (seconds
+  since its worker last made progress; -1 if none), ``stuck`` (work waiting and no
+  progress for the map's ``stuck_after``).
 """
 
 from __future__ import annotations
@@ -57,6 +74,7 @@ _MAP_FROM_KTHREADS: Final = {
     "second_stage_redirect": KthreadCounter.XDP_REDIRECT,
     "redirected_out": KthreadCounter.REDIRECT_OUT,
     "late_wakeups": KthreadCounter.LATE_WAKEUPS,
+    "hop_limit": KthreadCounter.HOP_LIMIT,
 }
 _ENTRY_FROM_ENQUEUES: Final = {
     "enqueue_processed": EnqueueCounter.PROCESSED,
@@ -93,6 +111,7 @@ _OUTCOME_FIELDS: Final = (
     "handler_error",
     "build_failed",
     "lost",
+    "abandoned",
 )
 
 
@@ -152,7 +171,10 @@ class EntryStats:
     sleeps: int = 0
     late_wakeups: int = 0
     lost: int = 0  # frames lost with a crashed worker
-    exitcode: int | None = None  # its last worker's, once retired
+    exitcode: int | None = None  # its last worker's, once dead or retired
+    restarts: int = 0  # replacement workers started
+    heartbeat_age: float = -1.0  # seconds since its worker's last progress (-1: none)
+    stuck: bool = False  # work waiting, no progress for the map's stuck_after
 
     @classmethod
     def from_counters(
@@ -169,6 +191,9 @@ class EntryStats:
         queued: int = 0,
         lost: int = 0,
         exitcode: int | None = None,
+        restarts: int = 0,
+        heartbeat_age: float = -1.0,
+        stuck: bool = False,
     ) -> EntryStats:
         """The stats of an entry whose worker record is ``kthread`` and whose enqueue totals
         (summed over producers) are ``enqueue``."""
@@ -183,6 +208,9 @@ class EntryStats:
             queued=queued,
             lost=lost,
             exitcode=exitcode,
+            restarts=restarts,
+            heartbeat_age=heartbeat_age,
+            stuck=stuck,
             **{name: int(enqueue[i]) for name, i in _ENTRY_FROM_ENQUEUES.items()},
             **{name: int(kthread[i]) for name, i in _ENTRY_FROM_KTHREAD.items()},
         )
@@ -220,6 +248,12 @@ class MapStats:
     redirected_out: int = 0
     late_wakeups: int = 0
     lost: int = 0
+    abandoned: int = 0
+    hop_limit: int = 0
+    worker_deaths: int = 0
+    producer_deaths: int = 0
+    broken_entries: int = 0
+    stuck_workers: int = 0
     entries: tuple[EntryStats, ...] = field(default=())
 
     @classmethod
@@ -230,6 +264,10 @@ class MapStats:
         kthreads: np.ndarray,
         lost: int,
         entries: tuple[EntryStats, ...],
+        *,
+        abandoned: int = 0,
+        worker_deaths: int = 0,
+        producer_deaths: int = 0,
     ) -> MapStats:
         """The stats of a map whose producer records sum to ``producers`` and whose worker
         records (live and retired entries) sum to ``kthreads``."""
@@ -238,6 +276,11 @@ class MapStats:
             map_id=map_id,
             queue_full=int(queue_full),
             lost=lost,
+            abandoned=abandoned,
+            worker_deaths=worker_deaths,
+            producer_deaths=producer_deaths,
+            broken_entries=sum(1 for e in entries if e.state == EntryState.BROKEN),
+            stuck_workers=sum(1 for e in entries if e.stuck),
             entries=entries,
             **{name: int(producers[i]) for name, i in _MAP_FROM_PRODUCERS.items()},
             **{name: int(kthreads[i]) for name, i in _MAP_FROM_KTHREADS.items()},

@@ -10,13 +10,24 @@ handler's ``setup()`` has run, and its results when it exits.
 Supervision: a worker found dead while its entry lives (killed, crashed) is recovered --
 the frames it held without a committed outcome are counted ``lost`` and returned
 (:meth:`Supervisor.recover`, the supervisor's half of worker.py's commit protocol) -- and
-replaced by a new worker on the same ring, which continues the dead one's counters.  An
-entry whose workers die more than :data:`MAX_RESTARTS` times, or whose replacement cannot
-start, is *broken*: nobody consumes its ring, and what reaches it is counted ``lost``.
+replaced by a new worker on the same ring, which continues the dead one's counters.
+Who notices: the map's supervisor thread (watcher.py argues the choice), within
+milliseconds of the death; every map operation, ``stats()`` and ``poll()`` too.
 
-Forking happens only in the map's own thread (``restart=True``): a supervision from another
-thread (a metrics scrape calling ``stats()``) only reads; the next supervision from the
-map's thread does the rest.
+Restarts are rate-limited with a decay (:class:`RestartPolicy`), not a lifetime count: each
+death adds one to the entry's *heat*, which halves every ``half_life`` seconds; an entry
+whose heat exceeds ``burst``, or whose replacement cannot start, is *broken*
+(entry.py): unpublished, so that a redirect to it is a redirect error, its ring killed,
+what it held counted ``lost``.  Every death, restart, break and stuck worker is recorded
+as a :class:`WorkerEvent`.
+
+RX producers are supervised too (:meth:`Supervisor.supervise_producers`): a producer slot
+whose owner process died is claimed by the controller, and the partition it left is
+recovered whole (ownership.py), its frames counted ``lost``.
+
+Forking happens only on the map's supervisor thread (watcher.py: why), or, failing it, in
+the map's own thread; a supervision from another thread (a metrics scrape calling
+``stats()``) only reads.
 
 Map operations run in the controlling process (the one that created the map); RX
 producers may run in processes forked from it.
@@ -28,9 +39,10 @@ import errno
 import multiprocessing
 import multiprocessing.connection
 import os
-import threading
+import signal
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +50,58 @@ import numpy as np
 
 from ..programs.contract import WorkerInfo
 from .counters import KthreadCounter
-from .entry import Entry, EntryState
+from .entry import Entry, EntryEvent, EntryState
 from .frame_pool import TAG_HAND, FramePool
+from .ownership import recover_partition, unpublished
+from .pids import pid_alive
 from .worker import WorkerProcess, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
     from .control import MapShared
 
 START_TIMEOUT = 60.0  # seconds for a new worker to report ready
-MAX_RESTARTS = 8  # replacement workers per entry before it is declared broken
+RESTART_BURST = 8.0  # deaths in quick succession before an entry is broken
+RESTART_HALF_LIFE = 30.0  # seconds for an entry's count of recent deaths to halve
+_KILL_LOCK_WAIT = 1.0  # seconds to wait for a ring's producer lock when breaking an entry
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How fast an entry's workers may die before it is broken: a leaky bucket.
+
+    Each death adds 1 to the entry's heat, which decays by half every ``half_life``
+    seconds; a death that takes it above ``burst`` breaks the entry.  A worker killed
+    every 10 s with the defaults settles near 1 / (1 - 2**(-10/30)) ~ 4.9: it is always
+    replaced; nine deaths within a few seconds break the entry.
+    """
+
+    burst: float = RESTART_BURST
+    half_life: float = RESTART_HALF_LIFE
+
+    def allows(self, e: Entry, now: float) -> bool:
+        """Count one death of ``e``'s worker at ``now``; whether it may be replaced."""
+        if e.heat_at:
+            e.heat *= 0.5 ** ((now - e.heat_at) / self.half_life)
+        e.heat += 1.0
+        e.heat_at = now
+        return e.heat <= self.burst
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Something that happened to a map's processes: ``kind`` is one of ``died`` (a worker
+    exited while its entry needed it), ``restarted``, ``broken``, ``stuck`` (work waiting,
+    no progress for the map's ``stuck_after``), ``abandoned`` (killed by ``close()``),
+    ``producer_died`` (an RX producer's process died; ``key`` is its producer slot)."""
+
+    ts_ns: int
+    kind: str
+    key: int
+    cpu: int
+    generation: int
+    pid: int
+    exitcode: int | None = None  # a negative exit code is the signal that killed it
+    lost: int = 0  # frames the event lost (recovered without an outcome)
 
 
 class HandlerSetupError(RuntimeError):
@@ -79,6 +134,7 @@ class Supervisor:
         batch_size: int,
         idle_timeout: float,
         busy_poll: float,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self.shared = shared
         self.pool = pool
@@ -88,7 +144,19 @@ class Supervisor:
         self.idle_timeout = idle_timeout
         self.busy_poll = busy_poll
         self.results: list[WorkerResult] = []
+        self.policy = policy or RestartPolicy()
+        self.events: deque[WorkerEvent] = deque(maxlen=1024)
+        self.producer_lost = 0  # frames recovered from dead producers (also in their records)
+        # Runs a fork on the map's supervisor thread (watcher.py); None: fork here.
+        self.fork_on: Callable[[Callable[[], Any]], Any] | None = None
+        self.forks_on_long_lived_thread: Callable[[], bool] = lambda: False
         self._mp = multiprocessing.get_context("fork")
+
+    def record(self, kind: str, e: Entry, pid: int = 0, **extra: Any) -> None:
+        """Add a :class:`WorkerEvent` about entry ``e``."""
+        self.events.append(
+            WorkerEvent(time.monotonic_ns(), kind, e.key, e.cpu, e.generation, pid, **extra)
+        )
 
     # -- starting ----------------------------------------------------------------------------
     def start(self, e: Entry, resume: np.ndarray | None = None) -> None:
@@ -112,7 +180,7 @@ class Supervisor:
             second_stage=e.program,
             home=self.home,
             parent_pid=os.getpid(),
-            forked_by_main_thread=threading.current_thread() is threading.main_thread(),
+            forked_by_long_lived_thread=self.forks_on_long_lived_thread(),
         )
         if e.worker is not None:  # a dead predecessor (this is a restart): free its fds
             e.worker.join()
@@ -126,16 +194,29 @@ class Supervisor:
             daemon=True,
         )
         try:
-            proc.start()
+            if self.fork_on is not None:
+                self.fork_on(proc.start)
+            else:
+                proc.start()
         except OSError as exc:
             r.close()
             w.close()
             raise OSError(
                 errno.ENOMEM, f"{os.strerror(errno.ENOMEM)}: cannot start a worker: {exc}"
             ) from exc
+        except BaseException:  # interrupted: the fork may have happened all the same
+            w.close()
+            _discard(proc, r)
+            raise
         w.close()
         worker = WorkerProcess(proc, r, pinned=True)
-        msg = worker.receive(START_TIMEOUT)
+        try:
+            msg = worker.receive(START_TIMEOUT)
+        except BaseException:
+            worker.kill()
+            worker.join()
+            worker.close()
+            raise
         if not msg or not msg.get("ready"):
             worker.kill()
             worker.join()
@@ -149,7 +230,7 @@ class Supervisor:
     # -- watching ----------------------------------------------------------------------------
     def supervise(self, e: Entry, restart: bool = True) -> None:
         """Read what ``e``'s worker reported; a worker that exited while it still had work
-        to do died: recover and (``restart``) replace it."""
+        to do died: recover and (``restart``) replace it, or break the entry."""
         w = e.worker
         if w is None:  # no worker could be started again: broken
             if e.broken:
@@ -167,19 +248,61 @@ class Supervisor:
             self.recover(e, drop_queued=True)  # nobody consumes: keep the ring empty
             return
         if not restart:
-            return  # the next supervision from the map's own thread recovers and replaces
-        self.recover(e, drop_queued=False)
-        e.restarts += 1
-        if e.restarts > MAX_RESTARTS:
-            e.broken = True
-            self.recover(e, drop_queued=True)
+            return  # the next supervision from a thread that may fork does the rest
+        lost = self.recover(e, drop_queued=False)
+        self.record("died", e, w.pid, exitcode=w.exitcode, lost=lost)
+        if not self.policy.allows(e, time.monotonic()):
+            self.collect(e)
+            self.break_entry(e)
             return
         self.collect(e)
         try:
             self.start(e, e.record.read())
         except (OSError, HandlerSetupError):
-            e.broken = True
-            self.recover(e, drop_queued=True)
+            self.break_entry(e)
+            return
+        e.restarts += 1
+        self.record("restarted", e, e.worker.pid if e.worker is not None else 0)
+
+    def break_entry(self, e: Entry) -> None:
+        """Its workers keep dying: nobody will consume its ring.  Unpublish it (a redirect
+        to it is a redirect error from now on), kill its ring (a producer waiting on it
+        gives up: lossless flushes resume), and count what it held ``lost``."""
+        e.broken = True
+        if e.state == EntryState.ACTIVE:
+            e.fire(EntryEvent.BROKE)
+            self.shared.publish(e.key, -1)
+        if e.worker is not None and not e.worker.is_alive():
+            e.worker.join()
+            e.worker.close()
+            e.worker = None
+        if not e.ring.kill(time.monotonic() + _KILL_LOCK_WAIT):
+            e.quarantined = True  # a stopped producer holds its lock: it may still publish
+        lost = self.recover(e, drop_queued=True)
+        self.record("broken", e, lost=lost)
+
+    def supervise_producers(self) -> int:
+        """Recover the partitions of RX producers whose process died (not the controller's
+        own: they run in this process).  Returns frames counted lost."""
+        registry, me, total = self.shared.registry, os.getpid(), 0
+        for p in range(self.shared.producers):
+            owner = registry.owner(p)
+            if not owner or owner == me or pid_alive(owner):
+                continue
+            try:
+                registry.claim(p)  # ours while we recover it (a dead owner frees it)
+            except RuntimeError:
+                continue  # a new producer claimed it first: it recovers the partition
+            try:
+                _, lost = recover_partition(self.pool, self.shared, p)
+            finally:
+                registry.unclaim(p)
+            total += lost
+            self.producer_lost += lost
+            self.events.append(
+                WorkerEvent(time.monotonic_ns(), "producer_died", p, -1, 0, owner, lost=lost)
+            )
+        return total
 
     def exited(self, e: Entry) -> bool:
         """Whether ``e`` has no live worker."""
@@ -197,14 +320,15 @@ class Supervisor:
             time.sleep(timeout)
 
     # -- recovery (worker.py's commit protocol, the supervisor's half) -------------------------
-    def recover(self, e: Entry, *, drop_queued: bool) -> None:
-        """Return the frames a dead worker held.
+    def recover(self, e: Entry, *, drop_queued: bool) -> int:
+        """Return the frames a dead worker held; returns how many were counted lost.
 
         With ``drop_queued`` (no worker will come: a broken entry, or one being retired
         after its worker died), the frames queued in its ring are released and counted
         ``lost`` too.  Precondition: the entry's worker is dead.
         """
         ring, pool = e.ring, self.pool
+        before = e.lost
         rec = e.record.read()
         cons, prod = ring.positions()
         committed = int(rec[KthreadCounter.COMMITTED])
@@ -212,8 +336,11 @@ class Supervisor:
         n_hand = ring.hand_count()
         if n_hand:
             hand = self.shared.hand(e.slot)[:n_hand].copy()
-            # Only frames still tagged "in this worker's hand" are its own (worker.py).
-            held = hand[pool.tag[hand] == TAG_HAND + e.slot]
+            # Only frames still tagged "in this worker's hand" are its own (worker.py), and
+            # those its second stage tagged for another ring but never published.
+            stage = self.shared.second_stage_producer(e.slot)
+            forwarded = unpublished(pool, self.shared.rings(), hand, stage)
+            held = np.concatenate([hand[pool.tag[hand] == TAG_HAND + e.slot], forwarded])
             if committed < cons:  # died before committing: no outcome for these
                 e.lost += len(held)
             pool.release(held)
@@ -225,6 +352,7 @@ class Supervisor:
         ring.reset_consumer(end)
         rec[KthreadCounter.COMMITTED] = end
         e.record.publish(rec)
+        return e.lost - before
 
     # -- the end of a worker ----------------------------------------------------------------
     def reap(self, e: Entry) -> None:
@@ -237,10 +365,13 @@ class Supervisor:
         e.worker.join()
 
     def kill(self, e: Entry) -> None:
-        """Kill ``e``'s worker if it still runs, and wait for it."""
+        """Kill ``e``'s worker if it still runs (SIGKILL: also ends a stopped one), and
+        wait for it."""
         if e.worker is not None and e.worker.is_alive():
+            pid = e.worker.pid
             e.worker.kill()
             e.worker.join()
+            self.record("abandoned", e, pid, exitcode=e.worker.exitcode)
 
     def collect(self, e: Entry) -> None:
         """Move ``e``'s workers' reports into :attr:`results`."""
@@ -261,7 +392,24 @@ class Supervisor:
             )
         e.results.clear()
 
+    def kill_all(self, entries: Iterable[Entry]) -> None:
+        """SIGKILL every worker, without waiting (the controller is exiting)."""
+        for e in entries:
+            if e.worker is not None:
+                try:
+                    os.kill(e.worker.pid, signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+
     def release(self, e: Entry) -> None:
         """Free ``e``'s reaped worker's pipe and process handle."""
         if e.worker is not None:
             e.worker.close()
+
+
+def _discard(proc: Any, conn: Any) -> None:
+    """A worker whose start was interrupted: kill it if it was forked, free its pipe."""
+    conn.close()
+    if proc.pid is not None:
+        proc.kill()
+        proc.join()

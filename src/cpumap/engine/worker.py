@@ -41,7 +41,17 @@ still tagged ``HAND + slot`` are the dead worker's: a frame it already released 
 
 Frames dropped by a second stage at a full target ring are retagged ``HAND + slot``
 before they are set aside for release after the commit (second_stage.py), so they too
-are found.  Frames in the ring were never touched; a replacement worker takes them.
+are found; so are frames it tagged for another ring but never published (a forward cut
+short: ownership.py).  Frames in the ring were never touched; a replacement worker takes
+them.
+
+Heartbeat: the worker stores ``time.monotonic_ns()`` in its slot's heartbeat word before
+and after every batch and whenever it wakes up, so that the controller can tell a worker
+stuck in its handler (work waiting, no progress) from an idle one (map.py reports it).
+
+Failure containment: whatever the handler returns or raises (any ``BaseException``), and
+whatever a second-stage program does, ends as a counted outcome of the batch; the worker
+lives on.
 """
 
 from __future__ import annotations
@@ -91,7 +101,7 @@ class WorkerSpec:
     second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
     home: object = None  # the map, as a redirect target (for a second stage that redirects)
     parent_pid: int = 0  # the controlling process
-    forked_by_main_thread: bool = True
+    forked_by_long_lived_thread: bool = True  # the map's supervisor thread forked us
 
 
 class WorkerProcess:
@@ -151,9 +161,11 @@ class WorkerProcess:
 def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     """Entry point of the worker process (after fork)."""
     # Die with the controlling process: nothing may outlive it (see shm.py).  The kernel's
-    # parent-death signal fires when the *thread* that forked us exits, so it is armed
-    # only for forks from the main thread; a watchdog thread covers every case.
-    if spec.forked_by_main_thread:
+    # parent-death signal fires when the *thread* that forked us exits; workers are forked
+    # by the map's supervisor thread, which lives until the map is closed, so it is armed
+    # (SIGKILL: it also ends a stopped worker, and needs no handler to run).  A watchdog
+    # thread covers a fork from elsewhere.
+    if spec.forked_by_long_lived_thread:
         at.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != spec.parent_pid:  # the parent died before we armed anything
         os._exit(1)
@@ -232,6 +244,8 @@ class Worker:
             self.counters[:] = spec.resume_counters
         self.counters[_K.COMMITTED] = self.ring.positions()[0]
         self._hand = shared.hand(slot)
+        self._heartbeat = shared.heartbeat_address(slot)
+        at.store_u64(self._heartbeat, time.monotonic_ns())
         self._tags = spec.pool.tag
         self._in_hand = TAG_HAND + slot
         self._sched = 0
@@ -241,13 +255,16 @@ class Worker:
 
     def run(self) -> None:
         ring = self.ring
+        beat = self._heartbeat
         while True:
             avail = ring.available()
             if avail:
+                at.store_u64(beat, time.monotonic_ns())
                 self._process(
                     ring.take(min(avail, self.batch_size), self._hand, self._tags, self._in_hand)
                 )
                 continue
+            at.store_u64(beat, time.monotonic_ns())
             if ring.stop_requested():
                 # stop is set after the grace period: the tail is final, recheck once.
                 if ring.available() == 0:
@@ -311,6 +328,7 @@ class Worker:
             c[_K.XDP_REDIRECT] += stage.n_redirect
             c[_K.REDIRECT_OUT] += stage.n_out
             c[_K.FWD_QUEUE_FULL] += stage.fwd_queue_full
+            c[_K.HOP_LIMIT] += stage.hop_limit
             ev_stage = (stage.n_pass, stage.n_drop, stage.n_redirect)
         if self.events.enabled:
             # Before the commit: whoever sees the outcomes can see the event too.
@@ -334,19 +352,22 @@ class Worker:
     def _deliver_each(self, idx: np.ndarray) -> tuple[int, int, int, int]:
         handler = self.handler
         delivered = hdrop = herr = bfail = 0
-        for skb in frame_skbs(self.pool, idx):
-            if skb is None:
-                bfail += 1
-                continue
-            try:
-                r = handler(skb)
-            except BaseException:  # SystemExit too: the handler's failure, not the worker's
-                herr += 1
-                continue
-            if r is False:
-                hdrop += 1
-            else:
-                delivered += 1
+        try:
+            for skb in frame_skbs(self.pool, idx):
+                if skb is None:
+                    bfail += 1
+                    continue
+                try:
+                    r = handler(skb)
+                except BaseException:  # SystemExit too: the handler's failure, not the worker's
+                    herr += 1
+                    continue
+                if r is False:
+                    hdrop += 1
+                else:
+                    delivered += 1
+        except Exception:  # building an skb failed below the handler: the rest are failures
+            bfail = len(idx) - delivered - hdrop - herr
         return delivered, hdrop, herr, bfail
 
     def _deliver_batch(self, idx: np.ndarray) -> tuple[int, int, int, int]:
@@ -361,8 +382,20 @@ class Worker:
             return 0, 0, n, 0
         if r is None:
             return n, 0, 0, 0
+        ok = _accepted_count(r, n)
+        if ok is None:
+            return 0, 0, n, 0  # not a verdict per frame: a handler error
+        return ok, n - ok, 0, 0
+
+
+def _accepted_count(r: object, n: int) -> int | None:
+    """How many frames a batch handler's result accepts: a bool per frame, or None when
+    it is not one (ragged, unconvertible, wrong shape or type: numpy's conversion runs
+    user code -- ``__array__``, ``__len__`` -- that may raise anything)."""
+    try:
         accepted = np.asarray(r)
         if accepted.shape != (n,) or accepted.dtype != np.bool_:
-            return 0, 0, n, 0  # not a verdict per frame: a handler error
-        ok = int(np.count_nonzero(accepted))
-        return ok, n - ok, 0, 0
+            return None
+        return int(np.count_nonzero(accepted))
+    except BaseException:
+        return None

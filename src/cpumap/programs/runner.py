@@ -52,11 +52,23 @@ class ProgramRunner:
     ``target``: the one target every redirect must name (the RX side: its map); None lets
     the batch's first redirect choose (a second stage).
 
+    ``contain``: what a program may raise and have its frames ABORTED: ``Exception`` on
+    the RX side (Ctrl-C must still interrupt the poll), ``BaseException`` in a worker's
+    second stage (nothing the program raises may kill the worker).
+
     Concurrency: one runner per producer or worker (it reuses one context); not shared.
     """
 
-    def __init__(self, program: Any, pool: FramePool, *, target: object = None) -> None:
+    def __init__(
+        self,
+        program: Any,
+        pool: FramePool,
+        *,
+        target: object = None,
+        contain: type[BaseException] = Exception,
+    ) -> None:
         self.program = program
+        self._contain = contain
         self.pool = pool
         self.vectorized = is_vectorized(program)
         self._fixed = target
@@ -75,7 +87,7 @@ class ProgramRunner:
         target = self._default
         try:
             out = self.program(XdpBatch(self.pool, idx, start))
-        except Exception:
+        except self._contain:
             out = None
         if type(out) is tuple and len(out) == 3:
             out, target = out[:2], out[2]
@@ -102,7 +114,7 @@ class ProgramRunner:
                 ctx.load(i, ifs[j], rxq[j], lts[j])
                 try:
                     v = as_verdict(prog(ctx))
-                except Exception:
+                except self._contain:
                     v = XDP_ABORTED
                 counts[v] += 1
                 verdicts.append(v)
