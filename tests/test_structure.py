@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cpumap.engine.map",
         "cpumap.engine.entry",
         "cpumap.engine.supervisor",
+        "cpumap.engine.watcher",
         "cpumap.engine.worker",
         "cpumap.engine.second_stage",
         "cpumap.engine.rx",
@@ -49,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cpumap.programs",),  # user code and how it is called
     # The engine's shared-memory layer: no process, no user code.
     (
+        "cpumap.engine.ownership",
         "cpumap.engine.control",
         "cpumap.engine.bulkq",
         "cpumap.engine.ring",

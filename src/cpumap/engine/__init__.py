@@ -5,10 +5,12 @@ is in its docstring, with the argument for why its protocol is safe):
 
 * the process layer -- ``map`` (``CpuMap``: the map's operations, with the kernel's errnos),
   ``entry`` (an entry's life, as a state table), ``supervisor`` (worker processes: start,
-  reap, recover, replace), ``worker`` (the kthread: consume, second stage, deliver, commit),
+  reap, recover, replace), ``watcher`` (the supervisor thread: supervision on its own,
+  and the one thread that forks), ``worker`` (the kthread: consume, second stage, deliver, commit),
   ``second_stage`` (an entry's XDP program on its CPU), ``rx`` (``RxProducer``: the
   driver's poll, where the XDP program runs), ``stats`` (frozen snapshots, events);
-* the shared-memory layer -- ``control`` (``MapShared``: the map's control segment, the
+* the shared-memory layer -- ``ownership`` (who holds each frame, and recovery: the
+  state machine), ``control`` (``MapShared``: the map's control segment, the
   one seam between the map and its processes), ``bulkq`` (staging per destination, the
   redirect path, the flush), ``ring`` (the bounded MPSC ring, sleep and wake-up), ``rcu``
   (grace periods over producers), ``counters`` (the tracepoints' counter tables),
@@ -25,7 +27,7 @@ from .map import QSIZE_MAX, CpuMap
 from .rx import RxProducer
 from .second_stage import OutputMap
 from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
-from .supervisor import HandlerSetupError, WorkerResult
+from .supervisor import HandlerSetupError, RestartPolicy, WorkerEvent, WorkerResult
 
 __all__ = [
     "QSIZE_MAX",
@@ -39,6 +41,8 @@ __all__ = [
     "KthreadEvent",
     "MapStats",
     "OutputMap",
+    "RestartPolicy",
     "RxProducer",
+    "WorkerEvent",
     "WorkerResult",
 ]

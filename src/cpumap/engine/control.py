@@ -32,8 +32,8 @@ import numpy as np
 
 from ..shm import Layout, Segment
 from .counters import EventLog, KthreadRecord, ProducerRecord, add_counters
-from .rcu import ProducerRegistry, add_registry
 from .frame_pool import MAX_PUBLISHERS
+from .rcu import ProducerRegistry, add_registry
 from .ring import MAX_CAPACITY, Ring
 
 _RING_HDR_STRIDE = 512

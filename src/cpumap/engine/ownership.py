@@ -15,8 +15,8 @@ The states
 tag                  held by / meaning                            written by
 ===================  ===========================================  ====================
 ``FREE``             its partition's allocator: free              the allocator
-``RX``               the partition's RX producer, in a poll, no   the allocator (alloc)
-                     outcome yet (being filled, run, staged)      the producer (unpublished remainder)
+``RX``               the partition's RX producer, in a poll, no   the allocator; its
+                     outcome yet (being filled, run, staged)      recoverer
 ``DONE``             the RX producer, outcome decided (dropped,   the producer
                      passed, redirect error, ring full), to be
                      released after the poll's commit
@@ -108,7 +108,9 @@ def published_mask(count: int, rings: list[Ring]) -> np.ndarray:
     return mask
 
 
-def unpublished(pool: FramePool, rings: list[Ring], frames: np.ndarray, publisher: int) -> np.ndarray:
+def unpublished(
+    pool: FramePool, rings: list[Ring], frames: np.ndarray, publisher: int
+) -> np.ndarray:
     """Of ``frames``, those tagged as published by ``publisher`` that no ring holds: a
     flush cut short.  Precondition: ``publisher`` is dead or is the caller (see the
     module docstring for why the answer is then exact)."""

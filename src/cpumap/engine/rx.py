@@ -239,7 +239,7 @@ class RxProducer:
             for lo in range(0, n, step):
                 self.poll(batch.slice(lo, min(lo + step, n)))
             return
-        local = self._local = [0] * PRODUCER_WORDS
+        self._local = [0] * PRODUCER_WORDS
         try:
             start = self.allocator.alloc_range(n)
             if start is not None:  # the common case: n consecutive frames

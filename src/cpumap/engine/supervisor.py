@@ -35,6 +35,7 @@ producers may run in processes forked from it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing
 import multiprocessing.connection
@@ -396,10 +397,8 @@ class Supervisor:
         """SIGKILL every worker, without waiting (the controller is exiting)."""
         for e in entries:
             if e.worker is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(e.worker.pid, signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
 
     def release(self, e: Entry) -> None:
         """Free ``e``'s reaped worker's pipe and process handle."""

@@ -187,10 +187,9 @@ class SupervisorThread:
         for pid in want - self._pidfds.keys() - self._exited:
             if pid <= 0:
                 continue
-            try:
+            # Already gone and reaped: the next pass finds it dead anyway.
+            with contextlib.suppress(OSError):
                 self._pidfds[pid] = os.pidfd_open(pid)
-            except OSError:
-                pass  # already gone and reaped: the next pass finds it dead anyway
 
     def _close_fds(self) -> None:
         for fd in self._pidfds.values():
