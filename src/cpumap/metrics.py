@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .engine import EntryState
 
 if TYPE_CHECKING:
-    from .engine import CpuMap
+    from .engine import CpuMap, EntryStats
 
 _MAP_COUNTERS = {
     "rx": "Frames received by RX producers",
@@ -27,6 +27,9 @@ _MAP_COUNTERS = {
     "enqueue_processed": "Frames offered to rings at flush (xdp_cpumap_enqueue processed)",
     "kthread_processed": "Frames taken by workers (xdp_cpumap_kthread processed)",
     "kthread_batches": "Worker batches",
+    "worker_deaths": "Worker processes that died while their entry needed them",
+    "producer_deaths": "RX producer processes found dead (their partition recovered)",
+    "hop_limit": "Frames dropped for being redirected between entries too often",
 }
 
 _ENTRY_COUNTERS = {
@@ -36,6 +39,16 @@ _ENTRY_COUNTERS = {
     "kthread_drops": "Kthread drops (build failures + handler drops and errors)",
     "delivered": "Frames the handler accepted",
     "sleeps": "Times the worker slept on an empty ring",
+    "lost": "Frames lost with a dead worker or a broken entry",
+    "restarts": "Replacement workers started",
+}
+
+# Gauges per entry: its health now.
+_ENTRY_GAUGES = {
+    "queued": "Frames in the ring now",
+    "broken": "1 if the entry is broken (its workers kept dying; redirects to it fail)",
+    "stuck": "1 if its worker has work waiting and made no progress for stuck_after",
+    "heartbeat_age_seconds": "Seconds since its worker last made progress (-1: none yet)",
 }
 
 
@@ -63,18 +76,34 @@ class MapCollector(Collector):
         )
         inflight.add_metric([mid], s.in_flight)
         yield inflight
-        live = [e for e in s.entries if e.state == EntryState.ACTIVE]
+        for name, doc in (
+            ("broken_entries", "Entries broken now"),
+            ("stuck_workers", "Workers reported stuck now"),
+        ):
+            g = GaugeMetricFamily(f"cpumap_{name}", doc, labels=["map_id"])
+            g.add_metric([mid], getattr(s, name))
+            yield g
+        live = [e for e in s.entries if e.state in (EntryState.ACTIVE, EntryState.BROKEN)]
         for name, doc in _ENTRY_COUNTERS.items():
             c = CounterMetricFamily(f"cpumap_entry_{name}", doc, labels=["map_id", "cpu"])
             for e in live:
                 c.add_metric([mid, str(e.cpu)], getattr(e, name))
             yield c
-        queued = GaugeMetricFamily(
-            "cpumap_entry_queued", "Frames in the ring now", labels=["map_id", "cpu"]
-        )
-        for e in live:
-            queued.add_metric([mid, str(e.cpu)], e.queued)
-        yield queued
+        for name, doc in _ENTRY_GAUGES.items():
+            g = GaugeMetricFamily(f"cpumap_entry_{name}", doc, labels=["map_id", "cpu"])
+            for e in live:
+                g.add_metric([mid, str(e.cpu)], _entry_gauge(e, name))
+            yield g
+
+
+def _entry_gauge(e: EntryStats, name: str) -> float:
+    if name == "broken":
+        return float(e.state == EntryState.BROKEN)
+    if name == "stuck":
+        return float(e.stuck)
+    if name == "heartbeat_age_seconds":
+        return e.heartbeat_age
+    return float(getattr(e, name))
 
 
 def registry_for(cmap: CpuMap) -> CollectorRegistry:

@@ -109,6 +109,7 @@ class Entry:
     heat: float = 0.0  # recent deaths, decaying (supervisor.RestartPolicy)
     heat_at: float = 0.0  # when ``heat`` was last brought up to date (monotonic)
     stuck_since: float = 0.0  # when it was reported stuck (0: not stuck)
+    last_exitcode: int | None = None  # of its last worker that died
     quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
     lost: int = 0  # frames lost with its workers
     results: list[dict[str, Any]] = field(default_factory=list)  # what its workers reported

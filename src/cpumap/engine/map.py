@@ -711,6 +711,8 @@ class CpuMap:
         now_ns = time.monotonic_ns() if now is None else now
         if exitcode is None and w is not None and not w.is_alive():
             exitcode = w.exitcode  # a dead worker not yet replaced (a scrape thread saw it)
+        if exitcode is None and w is None:
+            exitcode = e.last_exitcode  # broken: its last worker's
         return EntryStats.from_counters(
             key=e.key,
             qsize=e.qsize,

@@ -251,6 +251,7 @@ class Supervisor:
         if not restart:
             return  # the next supervision from a thread that may fork does the rest
         lost = self.recover(e, drop_queued=False)
+        e.last_exitcode = w.exitcode
         self.record("died", e, w.pid, exitcode=w.exitcode, lost=lost)
         if not self.policy.allows(e, time.monotonic()):
             self.collect(e)
