@@ -243,8 +243,9 @@ def test_3_keyboard_interrupts_at_random_moments_keep_the_books(backpressure: fl
                 armed[0] = True
                 signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0005, 0.05))
                 try:
-                    for b in frames:
-                        rx.receive(b)
+                    for _ in range(100):  # until interrupted (bounded)
+                        for b in frames:
+                            rx.receive(b)
                 except KeyboardInterrupt:
                     hits += 1
                 finally:
@@ -253,7 +254,7 @@ def test_3_keyboard_interrupts_at_random_moments_keep_the_books(backpressure: fl
                 settled(m)  # nothing staged survives the interrupt: the pool is whole
             rx.close()
             s = settled(m)
-            assert hits >= 20, hits  # most landed inside a poll
+            assert hits == 30, hits
             assert s.rx == s.delivered + s.xdp_aborted + s.queue_full
     finally:
         signal.signal(signal.SIGALRM, old)
@@ -265,7 +266,8 @@ def test_4_forwarding_workers_killed_at_random_orphan_nothing() -> None:
     rng = random.Random(4)
     a, b = CPUS[0], CPUS[1]
     frames = traffic(4096)
-    with CpuMap(max(CPUS) + 1, producers=2, batch_size=64) as m:
+    # restart_burst: 15 deaths in a second must not break the entry (that is test 1's).
+    with CpuMap(max(CPUS) + 1, producers=2, batch_size=64, restart_burst=100) as m:
         m.update(b, 64)
         m.update(a, 1024, program=lambda ctx: redirect_map(m, b))
         proc = producer_process(m, lambda ctx: redirect_map(m, a), frames)
