@@ -558,7 +558,6 @@ class CpuMap:
             if self._closed:
                 return True
             self._advance(restart=True)
-            self.supervisor.supervise_producers()
             self._check_progress()
             return True
         finally:
@@ -651,9 +650,11 @@ class CpuMap:
 
     def _advance(self, restart: bool = True) -> None:
         """Move retiring entries along; supervise every worker (``restart``: replace the
-        dead ones -- a fork)."""
+        dead ones -- a fork -- and recover dead producers' partitions)."""
         for e in self._live_entries():
             self.supervisor.supervise(e, restart)
+        if restart:
+            self.supervisor.supervise_producers()
         still: list[Entry] = []
         for e in self._retiring:
             grace = e.grace
