@@ -457,8 +457,8 @@ class CpuMap:
                 lost + int(producers[ProducerCounter.LOST]),
                 tuple(entries),
                 abandoned=self._held_by_producers() if self._closing_done else 0,
-                worker_deaths=sum(1 for ev in sup.events if ev.kind == "died"),
-                producer_deaths=sum(1 for ev in sup.events if ev.kind == "producer_died"),
+                worker_deaths=sup.deaths,
+                producer_deaths=sup.producer_deaths,
             )
 
     def worker_events(self) -> list[WorkerEvent]:
@@ -514,8 +514,10 @@ class CpuMap:
 
     def kill_workers(self) -> None:
         """SIGKILL every worker now, without recovery (the controlling process is exiting:
-        its shared memory goes with it)."""
-        self.supervisor.kill_all(self._live_entries())
+        its shared memory goes with it).  Only in the controlling process: a forked copy
+        of the map (a producer process exiting) must not touch the workers."""
+        if os.getpid() == self._owner:
+            self.supervisor.kill_all(self._live_entries())
 
     def _retire_all(self, deadline: float) -> None:
         for key in list(self._entries):

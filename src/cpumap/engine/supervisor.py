@@ -148,6 +148,8 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.events: deque[WorkerEvent] = deque(maxlen=1024)
         self.producer_lost = 0  # frames recovered from dead producers (also in their records)
+        self.deaths = 0  # workers found dead while their entry needed them
+        self.producer_deaths = 0  # producer processes found dead, their partition recovered
         # Runs a fork on the map's supervisor thread (watcher.py); None: fork here.
         self.fork_on: Callable[[Callable[[], Any]], Any] | None = None
         self.forks_on_long_lived_thread: Callable[[], bool] = lambda: False
@@ -252,6 +254,7 @@ class Supervisor:
             return  # the next supervision from a thread that may fork does the rest
         lost = self.recover(e, drop_queued=False)
         e.last_exitcode = w.exitcode
+        self.deaths += 1
         self.record("died", e, w.pid, exitcode=w.exitcode, lost=lost)
         if not self.policy.allows(e, time.monotonic()):
             self.collect(e)
@@ -301,6 +304,7 @@ class Supervisor:
                 registry.unclaim(p)
             total += lost
             self.producer_lost += lost
+            self.producer_deaths += 1
             self.events.append(
                 WorkerEvent(time.monotonic_ns(), "producer_died", p, -1, 0, owner, lost=lost)
             )
