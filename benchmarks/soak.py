@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             if now >= next_sample:
                 for role, pid in roles.items():
                     samples.setdefault(role, []).append((now, *rss_kib(pid)))
-                worker_rss.extend(r for e in m.stats().entries if e.pid and (r := rss_kib(e.pid)[0]))
+                live = [rss_kib(e.pid)[0] for e in m.stats().entries if e.pid]
+                worker_rss.extend(r for r in live if r)  # 0: it died since
                 s = m.stats()
                 print(
                     f"{now:6.0f}s rx {s.rx:>11,} delivered {s.delivered:>11,} "
