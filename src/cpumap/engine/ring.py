@@ -229,6 +229,14 @@ class Ring:
             at.store_u32(self._lock, 0)
         return k, bool(sleeping)
 
+    def unlock_if_mine(self) -> None:
+        """Let go of the producer lock if this thread holds it: after an interrupt that
+        may have come between the lock's CAS and the critical section's ``try``
+        (otherwise the lock would stay held by a live thread, and other producers would
+        spin on it)."""
+        me = threading.get_native_id()
+        at.cas_u32(self._lock, me, 0)
+
     def wake(self) -> None:
         """Wake the consumer: (5) in the module docstring."""
         at.fetch_add_u32(self._wake, 1)

@@ -313,6 +313,8 @@ class RxProducer:
         released, by the recovery that serves a dead producer (ownership.py).  Its other
         outcomes are not committed; counted again there, they would be counted twice."""
         self._bulk.discard_all()
+        for ring in self.shared.rings():  # an interrupt may have come right after a CAS
+            ring.unlock_if_mine()
         committed = self._record.read()
         if committed[_P.PHASE] == PHASE_OPEN:  # the poll's own words, but no outcome
             for w in range(PRODUCER_WORDS):
