@@ -560,7 +560,7 @@ class CpuMap:
             if self._closed:
                 return True
             self._advance(restart=True)
-            self._check_progress()
+            self.supervisor.check_progress(self._live_entries(), self.stuck_after)
             return True
         finally:
             self._lock.release()
@@ -568,28 +568,6 @@ class CpuMap:
     def _worker_pids(self) -> list[int]:
         """The pids the supervisor thread watches (read without the lock: a copy)."""
         return [e.worker.pid for e in self._live_entries() if e.worker is not None]
-
-    def _check_progress(self) -> None:
-        """Report a worker that has work waiting and made no progress for ``stuck_after``."""
-        now = time.monotonic()
-        for e in self._live_entries():
-            if e.worker is None:
-                continue
-            if self._stuck(e, time.monotonic_ns()):
-                if not e.stuck_since:
-                    e.stuck_since = now
-                    self.supervisor.record("stuck", e, e.worker.pid)
-            else:
-                e.stuck_since = 0.0
-
-    def _heartbeat_age(self, e: Entry, now_ns: int) -> float:
-        """Seconds since ``e``'s worker last made progress (-1: none reported yet)."""
-        beat = self.shared.heartbeat(e.slot)
-        return (now_ns - beat) / 1e9 if beat else -1.0
-
-    def _stuck(self, e: Entry, now_ns: int) -> bool:
-        has_work = len(e.ring) > 0 or e.ring.hand_count() > 0
-        return has_work and self._heartbeat_age(e, now_ns) > self.stuck_after
 
     # -- internals: entries ----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -729,8 +707,8 @@ class CpuMap:
             lost=e.lost,
             exitcode=exitcode,
             restarts=e.restarts,
-            heartbeat_age=self._heartbeat_age(e, now_ns) if w is not None else -1.0,
-            stuck=w is not None and self._stuck(e, now_ns),
+            heartbeat_age=self.supervisor.heartbeat_age(e, now_ns) if w is not None else -1.0,
+            stuck=w is not None and self.supervisor.stuck(e, now_ns, self.stuck_after),
         )
 
 

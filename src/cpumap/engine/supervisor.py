@@ -310,6 +310,31 @@ class Supervisor:
             )
         return total
 
+    # -- progress (worker.py's heartbeat) -------------------------------------------------------
+    def check_progress(self, entries: Iterable[Entry], stuck_after: float) -> None:
+        """Report (once per episode) a worker that has work waiting and made no progress
+        for ``stuck_after`` seconds: stuck in its handler, or stopped."""
+        now = time.monotonic()
+        for e in entries:
+            if e.worker is None:
+                continue
+            if self.stuck(e, time.monotonic_ns(), stuck_after):
+                if not e.stuck_since:
+                    e.stuck_since = now
+                    self.record("stuck", e, e.worker.pid)
+            else:
+                e.stuck_since = 0.0
+
+    def heartbeat_age(self, e: Entry, now_ns: int) -> float:
+        """Seconds since ``e``'s worker last made progress (-1: none reported yet)."""
+        beat = self.shared.heartbeat(e.slot)
+        return (now_ns - beat) / 1e9 if beat else -1.0
+
+    def stuck(self, e: Entry, now_ns: int, stuck_after: float) -> bool:
+        """Work waiting (in the ring or in hand) and no progress for ``stuck_after``."""
+        has_work = len(e.ring) > 0 or e.ring.hand_count() > 0
+        return has_work and self.heartbeat_age(e, now_ns) > stuck_after
+
     def exited(self, e: Entry) -> bool:
         """Whether ``e`` has no live worker."""
         return e.worker is None or not e.worker.is_alive()
