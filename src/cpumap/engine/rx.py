@@ -211,6 +211,11 @@ class RxProducer:
             return
         self._closed = True
         self.allocator.close()
+        # Nothing is held between polls -- unless an abort was itself interrupted (a
+        # second Ctrl-C): then what it left is counted now, not left to the slot's next owner.
+        self._counts, _ = recover_partition(
+            self.pool, self.shared, self.index, outcome=_P.XDP_ABORTED, record=self._counts
+        )
         self.shared.registry.unclaim(self.index)
 
     def __enter__(self) -> RxProducer:
