@@ -322,6 +322,31 @@ def test_5_close_returns_by_its_deadline_with_a_stopped_producer_holding_a_lock(
         gate.close()
 
 
+@two_cpus
+def test_5_close_returns_by_its_deadline_with_a_hung_handler_and_a_stopped_worker() -> None:
+    gate = Gate()  # never opened: the handler hangs for good
+    a, b = CPUS[0], CPUS[1]
+    m = CpuMap(max(CPUS) + 1, handler=gate, batch_size=4)
+    try:
+        m.update(a, 64)
+        m.update(b, 64)
+        keys = itertools.cycle([a, b])
+        with m.producer(lambda ctx: redirect_map(m, next(keys))) as rx:
+            rx.poll(flow_batch(2, 10))
+        wait_until(lambda: m.entry(a).ring.hand_count() and m.entry(b).ring.hand_count())
+        os.kill(m.entry(b).worker.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        m.close(timeout=2)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 30, f"close(timeout=2) took {elapsed:.1f}s"
+        s = m.stats()
+        assert s.rx == 20 and s.lost == 20 and s.in_flight == 0 and m.pool.audit().whole
+        assert [ev.kind for ev in m.worker_events()].count("abandoned") == 2
+    finally:
+        m.close()
+        gate.close()
+
+
 def _proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rpartition(")")[2].split()[0]
