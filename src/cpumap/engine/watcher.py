@@ -46,10 +46,11 @@ _CALL_TIMEOUT = 120.0
 
 
 class _Request:
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("cancelled", "done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
+        self.cancelled = False
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -113,7 +114,9 @@ class SupervisorThread:
             req.done.wait(_CALL_TIMEOUT)
             raise
         if not req.done.is_set():
-            raise TimeoutError("the supervisor thread did not serve a fork request")
+            req.cancelled = True  # never run it later: nobody would wait for the worker
+            if not req.done.wait(1.0):  # it is running after all: taking for ever
+                raise TimeoutError("the supervisor thread did not serve a fork request")
         if req.error is not None:
             raise req.error
         return req.result
@@ -148,6 +151,10 @@ class SupervisorThread:
     def _serve(self) -> None:
         while self._requests:
             req = self._requests.pop(0)
+            if req.cancelled:  # its caller gave up waiting: it must not run now
+                req.error = TimeoutError("the supervisor thread did not serve a fork in time")
+                req.done.set()
+                continue
             try:
                 req.result = req.fn()
             except BaseException as e:
