@@ -58,7 +58,7 @@ from ..abi import LINKTYPE_ETHERNET
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import CaptureError, max_caplen
-from .reader import CaptureReader, Chunk, chunk_of
+from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of
 from .streams import Input, open_output
 
 __all__ = [
@@ -139,7 +139,7 @@ class PcapReader(CaptureReader):
         self.nanosecond = ns
         self.version = (major, minor)
         self.snaplen = snaplen
-        self.linktype = ltfield & LT_LINKTYPE_MASK
+        self.linktype = canonical_linktype(ltfield & LT_LINKTYPE_MASK)
         self.fcs_len: int | None = (
             2 * (ltfield >> LT_FCS_LENGTH_SHIFT) if ltfield & LT_FCS_LENGTH_PRESENT else None
         )

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
+from ..abi import LINKTYPE_RAW
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import MAX_PROBLEMS, CaptureError
@@ -48,6 +49,16 @@ if TYPE_CHECKING:
     from typing import Self
 
 CHUNK_SIZE = 1 << 20  # bytes read per chunk: ~2000 typical packets, so numpy's ~2 µs calls vanish
+
+
+# Link types in files that name another one, as libpcap on Linux and TShark read them:
+# 12 is DLT_RAW's value on Linux and most BSDs (LINKTYPE_RAW, 101, is its portable number).
+_LINKTYPE_ALIASES = {12: LINKTYPE_RAW}
+
+
+def canonical_linktype(linktype: int) -> int:
+    """The LINKTYPE a file's link-type field means (12, the platform DLT_RAW, is raw IP)."""
+    return _LINKTYPE_ALIASES.get(linktype, linktype)
 
 
 class Chunk(NamedTuple):
@@ -394,7 +405,15 @@ class CaptureReader(abc.ABC):
         i = 0  # packets of c handed out or moved into carry
         try:
             while True:
-                c = self._take()
+                try:
+                    c = self._take()
+                except CaptureError:
+                    # Strict mode's damage: the packets before it come out first, as they
+                    # do from iteration -- the short batch carried so far included.
+                    if carry is not None:
+                        out, carry = carry, None
+                        yield out.batch
+                    raise
                 i = 0
                 if c is None:
                     break
