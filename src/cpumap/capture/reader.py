@@ -441,6 +441,22 @@ class CaptureReader(abc.ABC):
             if carry is not None:
                 self._pending.appendleft(carry)
 
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes of the file on disk read so far, its size): for a progress bar.  For a
+        gzip file both count compressed bytes; the size is None where it cannot be known
+        (a pipe, a file object without a descriptor)."""
+        raw: Any = self._closers[-1] if self._closers else self._stream
+        try:
+            done = int(raw.tell())
+        except (AttributeError, OSError, ValueError):
+            done = self._base
+        try:
+            size: int | None = os.fstat(raw.fileno()).st_size or None
+        except (AttributeError, OSError, ValueError):
+            size = None
+        return done, size
+
     def read_all(self) -> PacketBatch:
         """Every remaining packet in one batch (for tests and small files: it is all in memory)."""
         parts = []

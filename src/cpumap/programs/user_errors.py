@@ -84,7 +84,7 @@ class UserErrorLog:
             return
         self._count[kind] = count
         if len(self._first) < MAX_KINDS:
-            text = "".join(traceback.format_exception(exc)) if exc is not None else detail
+            text = _format(exc) if exc is not None else detail
             self._first[kind] = text
 
     def report(self, scope: int | None = None, cpu: int | None = None) -> list[UserError]:
@@ -185,6 +185,14 @@ def _describe(value: Any) -> str:
         return "a tuple (" + ", ".join(_describe(v) for v in value) + ")"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format(exc: BaseException) -> str:
+    """The traceback from the user's code on: the first frame is the engine's call."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _reset_in_child() -> None:
