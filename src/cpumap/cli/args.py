@@ -85,8 +85,15 @@ class _Version(argparse.Action):
         parser.exit(message=f"cpumap {version('cpumap')}\n")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every default shown, and the epilog's tables kept as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every default shown (an option whose default is "not given" says in its help what
+    that means), and the epilog's tables kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="steer a capture, an interface or generated traffic over CPU workers",
-        description="Run packets through a steering program into one worker per CPU, "
-        "as `xdp-bench redirect-cpu` does in the kernel.  With no source, the embedded "
-        "demo capture is used.",
+        description="Run packets through a steering program into one worker per CPU, as\n"
+        "`xdp-bench redirect-cpu` does in the kernel.  With no source, the embedded demo\n"
+        "capture is used.  `cpumap FILE` is `cpumap run FILE`.",
         formatter_class=_Formatter,
         epilog=_epilog(),
     )
@@ -152,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--handler", default="flow-table", help="flow-table, count, or module:function"
     )
-    run.add_argument("--write", metavar="DIR", help="write what each CPU got to DIR/cpuN.pcapng")
+    run.add_argument(
+        "--write",
+        metavar="DIR",
+        help="write what each CPU got to DIR/cpuN.pcapng (default: no files)",
+    )
     run.add_argument("--merge", metavar="FILE", help="with --write: also merge into FILE")
     run.add_argument("--skip-bad", action="store_true", help="skip damaged capture records")
     run.add_argument(
