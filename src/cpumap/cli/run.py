@@ -139,7 +139,7 @@ def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) ->
                 processed, drops, flushes = (int(x) for x in enq[slot][:3])
                 rows.append(ProducerRow(p, key, processed, drops, flushes))
         producers = tuple(rows)
-    drops = source.live.drops() if source.live is not None else None
+    drops = source.live.drops if source.live is not None else None
     progress = source.reader.progress if source.reader is not None else None
     return Sample(elapsed, stats, producers, drops, progress)
 
@@ -332,7 +332,7 @@ def summarize(
                 f"by the reader; shown saturated)"
             )
     if source.live is not None:
-        notes.append(f"socket ring drops (kernel, tp_drops): {source.live.drops():,}")
+        notes.append(f"socket ring drops (kernel, tp_drops): {source.live.drops:,}")
     files: list[str] = []
     merged: int | None = None
     merge_error: str | None = None
@@ -414,7 +414,7 @@ def summary_record(
         "entries": entries,
         "user_errors": [e.as_dict() for e in user_errors],
         "worker_errors": [{"cpu": c, "error": t} for c, t in worker_errors],
-        "source_drops": source.live.drops() if source.live is not None else None,
+        "source_drops": source.live.drops if source.live is not None else None,
         "skipped": source.reader.skipped if source.reader is not None else 0,
         "files": files,
         "merged": merged,
