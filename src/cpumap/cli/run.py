@@ -230,7 +230,8 @@ def _run(
         elapsed = time.monotonic() - t0
     # After close every entry is retired: the map's history holds their final counters
     # (and their workers' exit codes).
-    final = dataclasses.replace(cmap.stats(), entries=tuple(cmap.history))
+    entries = sorted(cmap.history, key=lambda e: (e.key, e.generation))
+    final = dataclasses.replace(cmap.stats(), entries=tuple(entries))
     return summarize(args, console, cpus, cmap, final, source, elapsed, signals.signum, failure)
 
 
