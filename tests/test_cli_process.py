@@ -308,3 +308,42 @@ def test_the_live_view_and_progress_bar_on_a_terminal(tmp_path) -> None:
     assert "rx 0 -> cpu" in screen  # --extended
     assert re.search(r"\[#*\.*\]\s+\d+%\s+[\d.,]+ [kM]B of [\d.,]+ [kM]B", screen)
     assert "every frame accounted for" in screen  # the summary after the live view
+
+
+def test_a_worker_that_dies_is_reported_and_the_status_says_so() -> None:
+    """A lossless run whose worker is killed mid-run: the replacement is named, every
+    frame still has an outcome (some ``lost``), and the exit status is 3."""
+    proc = subprocess.Popen(
+        [
+            CPUMAP,
+            "run",
+            "--generate",
+            "100000000",
+            "--handler",
+            "count",
+            "--duration",
+            "3",
+            "--json",
+            "-i",
+            "0.1",
+            "--cpus",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(_readline(proc))
+        (victim,) = [e["pid"] for e in first["entries"]]
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["exit_status"] == 3 and summary["accounted"]
+    assert any(f"pids {victim}, " in n and "died" in n for n in summary["notes"]), summary["notes"]
+    assert pid_gone(victim)

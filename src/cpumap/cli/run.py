@@ -122,6 +122,26 @@ class View:
             self.live = None
 
 
+class WorkerWatch:
+    """The pids each entry's worker has had, seen at every interval: an entry seen with a
+    second pid lost its worker (killed, crashed) and was given a replacement.  (A death
+    and restart between two looks at the same entry is seen; two within one interval
+    count once.)"""
+
+    def __init__(self) -> None:
+        self.pids: dict[tuple[int, int], list[int]] = {}
+
+    def observe(self, stats: MapStats) -> None:
+        for e in stats.entries:
+            seen = self.pids.setdefault((e.key, e.generation), [])
+            if e.pid and (not seen or seen[-1] != e.pid):
+                seen.append(e.pid)
+
+    def restarts(self) -> dict[int, list[int]]:
+        """CPU -> the pids its workers had, for entries whose worker was replaced."""
+        return {key: pids for (key, _), pids in sorted(self.pids.items()) if len(pids) > 1}
+
+
 def emit_json(rec: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(rec) + "\n")
     sys.stdout.flush()
@@ -219,12 +239,14 @@ def _run(
             return ExitStatus.USER_ERROR
         t0 = time.monotonic()
         view = View(args, console, "cpumap")
+        watch = WorkerWatch()
         try:
             with cmap.producer(
                 program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
             ) as rx:
-                failure = _feed(rx.receive, source, cmap, view, signals.stop, args, t0)
+                failure = _feed(rx.receive, source, cmap, view, watch, signals.stop, args, t0)
             cmap.wait_idle(60)
+            watch.observe(cmap.stats())
         finally:
             view.close()
         elapsed = time.monotonic() - t0
@@ -232,7 +254,9 @@ def _run(
     # (and their workers' exit codes).
     entries = sorted(cmap.history, key=lambda e: (e.key, e.generation))
     final = dataclasses.replace(cmap.stats(), entries=tuple(entries))
-    return summarize(args, console, cpus, cmap, final, source, elapsed, signals.signum, failure)
+    return summarize(
+        args, console, cpus, cmap, final, source, elapsed, signals.signum, failure, watch
+    )
 
 
 def _feed(
@@ -240,6 +264,7 @@ def _feed(
     source: Source,
     cmap: CpuMap,
     view: View,
+    watch: WorkerWatch,
     stop: threading.Event,
     args: argparse.Namespace,
     t0: float,
@@ -248,6 +273,7 @@ def _feed(
     source's failure message, if it failed."""
     deadline = t0 + args.duration if args.duration else None
     batches = iter(source.batches)
+    last_look = t0
     live = source.live
     while not stop.is_set():
         try:
@@ -262,7 +288,13 @@ def _feed(
             receive(batch)
         now = time.monotonic()
         if view.due(now):
-            view.show(take_sample(cmap, source, now - t0, args.extended), now)
+            sample = take_sample(cmap, source, now - t0, args.extended)
+            view.show(sample, now)
+            watch.observe(sample.stats)
+            last_look = now
+        elif now - last_look >= args.interval:  # no view: still watch the workers
+            watch.observe(cmap.stats())
+            last_look = now
         if deadline is not None and now >= deadline:
             return None
     return None
@@ -291,6 +323,7 @@ def exit_status(
     cmap: CpuMap,
     lossless: bool,
     user_errors: list[Any],
+    restarts: dict[int, list[int]],
 ) -> ExitStatus:
     if signum is not None:
         return SIGNAL_STATUS[signal.Signals(signum)]
@@ -299,7 +332,7 @@ def exit_status(
     died = any(r.exitcode not in (0, None) for r in cmap.results) or any(
         e.exitcode not in (0, None) for e in final.entries
     )
-    if final.lost or died or (lossless and final.queue_full):
+    if final.lost or died or restarts or (lossless and final.queue_full):
         return ExitStatus.LOST
     if user_errors or final.handler_error or any(r.error for r in cmap.results):
         return ExitStatus.USER_ERROR
@@ -316,10 +349,20 @@ def summarize(
     elapsed: float,
     signum: int | None,
     failure: str | None,
+    watch: WorkerWatch,
 ) -> int:
     user_errors = sorted(cmap.user_errors(), key=lambda e: (e.cpu is not None, e.cpu, e.where))
     worker_errors = [(r.cpu, r.error) for r in cmap.results if r.error]
     notes = []
+    restarts = watch.restarts()
+    for cpu, pids in restarts.items():
+        notes.append(
+            f"the worker for CPU {cpu} died {len(pids) - 1} time(s) and was replaced "
+            f"(pids {', '.join(map(str, pids))}); frames it held are counted lost"
+        )
+    for r in cmap.results:
+        if r.exitcode not in (0, None):
+            notes.append(f"a worker for CPU {r.cpu} exited with status {r.exitcode}")
     if source.reader is not None:
         note = non_ethernet_note(args.program, source.reader.linktypes, final.xdp_pass)
         if note:
@@ -344,7 +387,9 @@ def summarize(
                 merged = merge_captures(files, args.merge)
             except (OSError, CaptureError) as e:
                 merge_error = f"--merge {args.merge}: {e}"
-    status = exit_status(signum, failure or merge_error, final, cmap, source.lossless, user_errors)
+    status = exit_status(
+        signum, failure or merge_error, final, cmap, source.lossless, user_errors, restarts
+    )
     stopped = signal.Signals(signum).name if signum is not None else None
     if args.json:
         emit_json(
