@@ -5,11 +5,17 @@
     cpumap run --iface eth0 --duration 10 --lossy -e
     cpumap run --generate 1000000 --handler mymod:handle --json
 
-The only package that knows about argparse and rich: ``args`` (the grammar and every
-check that needs no worker), ``build`` (engine objects from arguments), ``run`` (feeding,
-ending well, the exit status), ``view`` (pure renderers of stats snapshots: the live view
-and the summary), ``errors`` (the exit statuses).  ``docs/cli.md`` documents the exit
-statuses, the ``--json`` schema and the live view's fields.
+Modules: ``args`` (the grammar and every check that needs no worker), ``build`` (engine
+objects from arguments), ``run`` (feeding, ending well, the exit status), ``view`` (pure
+renderers of stats snapshots: the live view and the summary), ``errors`` (the exit
+statuses).  ``docs/cli.md`` documents the exit statuses, the ``--json`` schema and the
+live view's fields.
+
+Rule 1: the only package that knows about argparse and rich; the engine never prints.
+Rule 2: every argument is checked before a worker, a segment or a file exists (a bad one
+is a :class:`UsageError`: one line on stderr, exit status 2, no traceback).
+Rule 3: what is shown is a pure function of stats snapshots (``view``), so a test renders
+a fixed input to fixed text; only ``run`` reads the clock and the map.
 """
 
 from __future__ import annotations
