@@ -22,7 +22,9 @@ What libpcap does, and what we do
   any of them set is refused (as libpcap does), naming the bits.  Bit 26 says bits 28-31
   hold the length of an FCS at the end of each packet, in 16-bit words; we report it as
   :attr:`PcapReader.fcs_len` in bytes and keep the FCS in the packet.  Bits 28-31 without
-  bit 26 are ignored, as libpcap does.
+  bit 26 are ignored, as libpcap does.  Link type 12 (the platform's DLT_RAW on Linux
+  and most BSDs) is raw IP, ``LINKTYPE_RAW`` (101), as libpcap on Linux and TShark read
+  it (``reader.canonical_linktype``); so is an interface of link type 12 in pcapng.
 * Version: 2.0 to 2.4 are read; anything else (1.x, 2.5, ...) is refused, as libpcap 1.11
   does.  (TShark reads 2.5.)
 * ``caplen > snaplen``: tolerated, as libpcap and TShark do.  libpcap then cuts the packet

@@ -393,6 +393,9 @@ class CaptureReader(abc.ABC):
     def batches(self, n: int | None = None) -> Iterator[PacketBatch]:
         """The packets as batches of exactly ``n`` (default ``batch_size``), the last smaller.
 
+        Strict mode: the packets before the damage come out first, as from iteration --
+        the short batch before the error included -- and the error is raised after them.
+
         A batch's ``buf`` is a read-only view of a chunk of the file (never reused), or, for
         a batch that straddles two chunks, a small copy.
         """
