@@ -341,3 +341,21 @@ def test_non_ethernet_captures_under_a_built_in_mode_say_why_they_pass() -> None
     rc, text = run_cli("run", str(raw), "-p", "flow-hash", "--quiet")
     assert rc == 0 and "parse Ethernet frames only" not in text
     assert re.search(r"delivered\s+│", text)
+
+
+@pytest.mark.slow
+def test_a_handler_that_never_returns_is_killed_and_its_frames_counted(
+    tmp_path, monkeypatch
+) -> None:
+    import cpumap.cli.run as cli_run
+
+    (tmp_path / "stuck_handler.py").write_text(
+        "import time\ndef handle(skb):\n    time.sleep(3600)\n"
+    )
+    monkeypatch.setattr(cli_run, "DRAIN_TIMEOUT", 1.0)
+    rc, text = run_cli(
+        "run", "--handler", f"{tmp_path / 'stuck_handler.py'}:handle", "--cpus", "0", "--quiet"
+    )
+    assert rc == 3, text
+    assert "a handler does not return; its worker is killed" in text
+    assert "every frame accounted for" in text and re.search(r"lost\s+│", text)

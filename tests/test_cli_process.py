@@ -347,3 +347,15 @@ def test_a_worker_that_dies_is_reported_and_the_status_says_so() -> None:
     assert summary["exit_status"] == 3 and summary["accounted"]
     assert any(f"pids {victim}, " in n and "died" in n for n in summary["notes"]), summary["notes"]
     assert pid_gone(victim)
+
+
+def test_a_closed_pipe_ends_the_run_quietly() -> None:
+    r = subprocess.run(
+        f"{CPUMAP} run --generate 100000000 --json -i 0.01 | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert json.loads(r.stdout)["type"] == "interval"
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

@@ -20,6 +20,7 @@ a fixed input to fixed text; only ``run`` reads the clock and the map.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,7 +28,7 @@ from rich.console import Console
 
 from .args import build_parser, normalize_argv, parse_cpus, program_names
 from .errors import EXIT_TABLE, ExitStatus, UsageError
-from .run import run
+from .run import run as run_command
 
 __all__ = [
     "EXIT_TABLE",
@@ -53,12 +54,16 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     ap = build_parser()
     args = ap.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
     try:
-        return run(args, console)
+        return run_command(args, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
     except KeyboardInterrupt:  # a second signal: the map is closed, every worker reaped
         print("cpumap: stopped at once (second signal); no summary", file=sys.stderr)
         return ExitStatus.SIGINT
+    except BrokenPipeError:  # `cpumap run --json | head -1`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail too
+        return ExitStatus.BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from .view import (
     state_name,
 )
 
+DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at the end
 SIGNAL_STATUS = {signal.SIGINT: ExitStatus.SIGINT, signal.SIGTERM: ExitStatus.SIGTERM}
 
 
@@ -130,6 +131,7 @@ class WorkerWatch:
 
     def __init__(self) -> None:
         self.pids: dict[tuple[int, int], list[int]] = {}
+        self.notes: list[str] = []  # what else went wrong with the workers
 
     def observe(self, stats: MapStats) -> None:
         for e in stats.entries:
@@ -217,7 +219,9 @@ def _run(
     if not args.json:
         console.print(banner, highlight=False)
     failure: str | None = None
-    with CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch) as cmap:
+    stuck: str | None = None
+    cmap = CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch)
+    with cmap:
         program = make_program(args, cmap, cpus, None)
         if args.metrics_port is not None:
             # Imported here: prometheus_client and its HTTP server cost tens of ms to
@@ -237,6 +241,8 @@ def _run(
         except HandlerSetupError as e:
             _err(console, f"--handler {args.handler}: {setup_failure(e)}")
             return ExitStatus.USER_ERROR
+        except OSError as e:  # ENOMEM: no process could be started
+            raise UsageError(f"cannot start the workers: {e}") from None
         t0 = time.monotonic()
         view = View(args, console, "cpumap")
         watch = WorkerWatch()
@@ -245,15 +251,24 @@ def _run(
                 program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
             ) as rx:
                 failure = _feed(rx.receive, source, cmap, view, watch, signals.stop, args, t0)
-            cmap.wait_idle(60)
+            try:
+                cmap.wait_idle(DRAIN_TIMEOUT)
+            except TimeoutError as e:
+                # A handler that never returns: closing the map kills its worker, and
+                # the frames it held are counted lost (exit status 3).
+                stuck = f"{e}: a handler does not return; its worker is killed"
             watch.observe(cmap.stats())
         finally:
             view.close()
         elapsed = time.monotonic() - t0
+        if stuck is not None:
+            cmap.close(timeout=1.0)  # the stuck worker is killed, its frames counted lost
     # After close every entry is retired: the map's history holds their final counters
     # (and their workers' exit codes).
     entries = sorted(cmap.history, key=lambda e: (e.key, e.generation))
     final = dataclasses.replace(cmap.stats(), entries=tuple(entries))
+    if stuck is not None:
+        watch.notes.append(stuck)
     return summarize(
         args, console, cpus, cmap, final, source, elapsed, signals.signum, failure, watch
     )
@@ -353,7 +368,7 @@ def summarize(
 ) -> int:
     user_errors = sorted(cmap.user_errors(), key=lambda e: (e.cpu is not None, e.cpu, e.where))
     worker_errors = [(r.cpu, r.error) for r in cmap.results if r.error]
-    notes = []
+    notes = list(watch.notes)
     restarts = watch.restarts()
     for cpu, pids in restarts.items():
         notes.append(
