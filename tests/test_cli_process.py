@@ -305,7 +305,7 @@ def test_the_live_view_and_progress_bar_on_a_terminal(tmp_path) -> None:
     screen = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0, screen[-2000:]
     assert "enqueue to cpu" in screen and "kthread cpu" in screen and "bulk-avg" in screen
-    assert "rx 0 -> cpu" in screen  # --extended
+    assert "rx 0 -> cpu" in screen and "rx 0 on cpu" in screen  # --extended
     assert re.search(r"\[#*\.*\]\s+\d+%\s+[\d.,]+ [kM]B of [\d.,]+ [kM]B", screen)
     assert "every frame accounted for" in screen  # the summary after the live view
 

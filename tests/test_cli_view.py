@@ -10,6 +10,7 @@ from rich.console import Console
 
 from cpumap.cli.view import (
     ProducerRow,
+    ReceiveRow,
     Sample,
     interval_record,
     progress_bar,
@@ -47,14 +48,17 @@ def producers(k: int) -> tuple[ProducerRow, ...]:
     )
 
 
-BEFORE = Sample(2.0, stats(1), producers(1), None, (1_000_000, 4_000_000))
-AFTER = Sample(4.0, stats(2), producers(2), 17, (2_000_000, 4_000_000))
+BEFORE = Sample(
+    2.0, stats(1), producers(1), None, (1_000_000, 4_000_000), (ReceiveRow(0, 1, 3100),)
+)
+AFTER = Sample(4.0, stats(2), producers(2), 17, (2_000_000, 4_000_000), (ReceiveRow(0, 1, 6200),))
 
 LIVE = """\
     cpumap  every 2.0 s, elapsed 0:04
     [###############...............]  50%  2.0 MB of 4.0 MB  ETA 0:04
                                     pkt/s   drop/s  bulk-avg  sched/s  queued  state
     receive total                   1,550       50
+      rx 0 on cpu 1                 1,550
       socket ring drops (total)                 17
     enqueue to cpu 0                  500        5      8.00
       rx 0 -> cpu 0                   500        5      8.00
@@ -81,7 +85,8 @@ def test_the_live_view_of_a_fixed_interval() -> None:
 
 def test_without_extended_there_are_no_producer_rows() -> None:
     text = text_of(render_live(interval_record(BEFORE, AFTER)))
-    assert "rx 0 -> cpu" not in text and "enqueue to cpu 1" in text
+    assert "rx 0 -> cpu" not in text and "rx 0 on cpu" not in text
+    assert "enqueue to cpu 1" in text
 
 
 def test_rates_are_per_interval_not_since_the_start() -> None:

@@ -31,6 +31,7 @@ from rich.live import Live
 
 from ..capture import CaptureError
 from ..engine import CpuMap, HandlerSetupError, MapStats
+from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
 from ..programs import LoadError, load_object
 from ..sinks import merge_captures, merge_flow_tables
@@ -47,6 +48,7 @@ from .build import (
 from .errors import ExitStatus, UsageError
 from .view import (
     ProducerRow,
+    ReceiveRow,
     Sample,
     interval_record,
     render_entries,
@@ -152,7 +154,13 @@ def emit_json(rec: dict[str, Any]) -> None:
 def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) -> Sample:
     stats = cmap.stats()
     producers: tuple[ProducerRow, ...] = ()
+    receivers: tuple[ReceiveRow, ...] = ()
     if extended:
+        # The one RX producer runs in this process: the CPU it last ran on is ours.
+        receivers = tuple(
+            ReceiveRow(p, _this_cpu(), int(cmap.shared.producer_counters(p)[ProducerCounter.RX]))
+            for p in range(cmap.producers)
+        )
         rows = []
         for p in range(cmap.producers):
             enq = cmap.shared.enqueue_counters(p)
@@ -163,7 +171,16 @@ def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) ->
         producers = tuple(rows)
     drops = source.live.drops if source.live is not None else None
     progress = source.reader.progress if source.reader is not None else None
-    return Sample(elapsed, stats, producers, drops, progress)
+    return Sample(elapsed, stats, producers, drops, progress, receivers)
+
+
+def _this_cpu() -> int:
+    """The CPU this process last ran on (``/proc/self/stat``'s ``processor``; -1: unknown)."""
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def _err(console: Console, text: str) -> None:

@@ -38,6 +38,15 @@ class ProducerRow:
 
 
 @dataclass(frozen=True)
+class ReceiveRow:
+    """RX producer ``producer``'s frames received (cumulative), and the CPU it ran on."""
+
+    producer: int
+    cpu: int
+    rx: int
+
+
+@dataclass(frozen=True)
 class Sample:
     """Everything the view shows, read at one moment."""
 
@@ -46,6 +55,7 @@ class Sample:
     producers: tuple[ProducerRow, ...] = ()
     source_drops: int | None = None  # live: the socket ring's own drops (tp_drops)
     progress: tuple[int, int | None] | None = None  # capture: (bytes read, file size)
+    receivers: tuple[ReceiveRow, ...] = ()  # with --extended
 
 
 def state_name(state: Any) -> str:
@@ -108,6 +118,15 @@ def interval_record(prev: Sample | None, cur: Sample) -> dict[str, Any]:
                 "bulk_avg": (r.processed - b0.processed) / flushes if flushes else 0.0,
             }
         )
+    rbefore = {r.producer: r.rx for r in (prev.receivers if prev else ())}
+    receivers = [
+        {
+            "producer": r.producer,
+            "cpu": r.cpu,
+            "rx_pps": _rate(r.rx, rbefore.get(r.producer, 0), dt),
+        }
+        for r in cur.receivers
+    ]
     outcomes = s.outcomes()
     before_out = p.outcomes()
     return {
@@ -121,6 +140,7 @@ def interval_record(prev: Sample | None, cur: Sample) -> dict[str, Any]:
         "in_flight": s.in_flight,
         "entries": entries,
         "producers": producers,
+        "receivers": receivers,
         "source_drops": cur.source_drops,
         "progress": progress_record(cur.progress, cur.elapsed),
     }
@@ -165,6 +185,11 @@ def render_live(rec: dict[str, Any], *, extended: bool = False, title: str = "")
     per_s = rec["outcomes_per_s"]
     rx_drop = per_s["xdp_drop"] + per_s["xdp_aborted"] + per_s["redirect_err"]
     t.add_row("receive total", _n(rec["rx_pps"]), _n(rx_drop), "", "", "", "")
+    if extended:
+        for r in rec.get("receivers", ()):
+            t.add_row(
+                f"  rx {r['producer']} on cpu {r['cpu']}", _n(r["rx_pps"]), "", "", "", "", ""
+            )
     if rec.get("source_drops") is not None:
         t.add_row("  socket ring drops (total)", "", f"{rec['source_drops']:,}", "", "", "", "")
     for e in rec["entries"]:
