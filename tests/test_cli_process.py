@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from cpumap.capture import write_capture
+from cpumap.cpus import usable_cpus
 from cpumap.generator import Generator
 
 from .helpers import live_children, memfd_holders, pid_gone
@@ -29,6 +30,7 @@ from .helpers import live_children, memfd_holders, pid_gone
 pytestmark = pytest.mark.slow
 
 CPUMAP = str(Path(sys.executable).with_name("cpumap"))
+FIRST_CPU = str(min(usable_cpus()))  # a CPU this process may run on
 TIMEOUT = 120
 
 
@@ -205,12 +207,12 @@ def test_a_capture_with_no_subcommand_is_run(tmp_path) -> None:
 def test_a_module_in_the_working_directory_loads_as_with_python_m(tmp_path) -> None:
     (tmp_path / "mymodule.py").write_text(
         "import cpumap\n"
-        "def steer(ctx, *, cmap):\n    return cpumap.redirect_map(cmap, 0)\n"
+        f"def steer(ctx, *, cmap):\n    return cpumap.redirect_map(cmap, {FIRST_CPU})\n"
         "def handle(skb):\n    return True\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = cpumap(
-        "run", "-p", "mymodule:steer", "--handler", "mymodule:handle", "--cpus", "0",
+        "run", "-p", "mymodule:steer", "--handler", "mymodule:handle", "--cpus", FIRST_CPU,
         cwd=tmp_path, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -327,7 +329,7 @@ def test_a_worker_that_dies_is_reported_and_the_status_says_so() -> None:
             "-i",
             "0.1",
             "--cpus",
-            "0",
+            FIRST_CPU,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
