@@ -1,4 +1,4 @@
-"""The command line, the sinks and the embedded demo, end to end."""
+"""The command line, the sinks and the embedded demo, end to end (in this process)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from rich.console import Console
 
 from cpumap import possible_cpus
 from cpumap.capture import open_capture
-from cpumap.cli import UsageError, main, parse_cpus
+from cpumap.cli import UsageError, build_parser, main, parse_cpus
+from cpumap.cli.args import chosen_cpus, normalize_argv
+from cpumap.cpus import usable_cpus
 from cpumap.demo import DEMO_PACKETS, demo_capture_path, make_demo_capture
 
 ROOT = Path(__file__).resolve().parents[1]
+FIRST_CPU = str(min(usable_cpus()))  # a CPU this process may run on
+CAPTURES = ROOT.parent / "shared" / "captures"
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
@@ -36,11 +40,12 @@ def test_the_shipped_demo_capture_is_what_the_code_makes(tmp_path) -> None:
 def test_run_on_the_demo_accounts_for_every_frame() -> None:
     rc, text = run_cli("run")
     assert rc == 0
-    assert "every frame accounted for" in text
+    assert "every frame accounted for: received 2,000" in text
     assert re.search(r"received\s+│\s+2,000", text)
     assert re.search(r"delivered\s+│\s+2,000", text)
     assert "top 10 of 48 flows" in text
     assert "[fd" in text  # IPv6 endpoints printed verbatim, not eaten as markup
+    assert re.search(r"│\s+0 │\s+2048 │\s+retired │", text)  # per-CPU rows after close
 
 
 @pytest.mark.slow
@@ -56,6 +61,7 @@ def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
         with open_capture(f) as r:
             counts.append(len(r.read_all()))
     assert sum(counts) == DEMO_PACKETS
+    assert f"merged {DEMO_PACKETS:,} packets" in text
     with open_capture(merged) as r, open_capture(demo_capture_path()) as orig:
         got, want = r.read_all(), orig.read_all()
     # The merge restores the capture, frame for frame, in timestamp order.
@@ -65,36 +71,93 @@ def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
     ]
 
 
+@pytest.mark.slow
+def test_write_into_a_directory_with_an_earlier_runs_files_is_refused(tmp_path, capsys) -> None:
+    """The stale files would be merged with this run's (every packet twice): refused, and
+    the directory left as it was."""
+    out = tmp_path / "out"
+    rc, _ = run_cli("run", "--write", str(out), "--quiet")
+    assert rc == 0
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(SystemExit) as info:
+        run_cli("run", "--write", str(out), "--merge", str(tmp_path / "m.pcapng"), "--quiet")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "already holds cpu0.pcapng" in err and "from an earlier run" in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not (tmp_path / "m.pcapng").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["run", "--cpus", "999"], "CPU 999 is not available here; use some of"),
         (["run", "--cpus", "x"], "expected a list like 0,1"),
-        (["run", "--qsize", "20000"], "must be 1..16384"),
+        (["run", "--cpus", "0-"], "'0-' is not a CPU number or a range"),
+        (["run", "--cpus", ""], "give at least one CPU"),
+        (["run", "-c", FIRST_CPU, "-c", "4095"], "CPU 4095 is not available here"),
+        (["run", "--qsize", "20000"], "out of range (must be 1..16384)"),
         (["run", "--program", "nope"], "unknown; use one of"),
         (["run", "--handler", "nope"], "use flow-table, count, or module:function"),
         (["run", "--merge", "x.pcapng"], "needs --write DIR"),
         (["run", "/nonexistent.pcap"], "no such file"),
         (["run", "--handler", "os:nonexistent_attr"], "os:nonexistent_attr"),
         (["run", "--program", "nosuchmodule:f"], "nosuchmodule"),
+        (["run", "--metrics-port", "99999"], "99999 is out of range (must be 1..65535)"),
+        (["run", "--drop-port", "0"], "0 is out of range (must be 1..65535)"),
+        (["run", "--non-ip-index", "-1"], "-1 is out of range (must be >= 0)"),
+        (["run", "--non-ip-index", "5", "--cpus", FIRST_CPU], "an index into the 1 CPUs"),
+        (["run", "--top", "-3"], "-3 is out of range"),
+        (["run", "--duration", "-1"], "must be a number of seconds > 0"),
+        (["run", "--interval", "0"], "must be a number of seconds > 0"),
+        (["run", "--generate", "-5"], "-5 is out of range"),
+        (["run", "--json", "--quiet"], "--json and --quiet: choose one"),
+        (["run", "--remote-action", "tx"], "invalid choice: 'tx'"),
     ],
 )
-@pytest.mark.slow
 def test_bad_arguments_say_what_to_do(argv, message, capsys) -> None:
+    """Checked before any worker starts: none of these forks (the test is not slow)."""
     with pytest.raises(SystemExit) as info:
         main(argv, console=Console(record=True))
     assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_files_say_what_they_are(tmp_path, capsys) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a capture\n" * 10)
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        ([str(tmp_path)], "is a directory"),
+        ([str(text)], str(text)),
+        ([str(empty)], str(empty)),
+        (["--write", str(afile)], "exists and is not a directory"),
+        (["--write", "/proc/cpumap-cannot-be-here"], "cannot create it"),
+        (["--write", str(tmp_path / "w"), "--merge", str(tmp_path / "no/all.pcapng")], "not exist"),
+        (["--merge", str(tmp_path), "--write", str(tmp_path / "w2")], "is a directory"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(["run", *argv], console=Console(record=True))
+        err = capsys.readouterr().err
+        assert info.value.code == 2, (argv, err)
+        assert message in err, (argv, err)
+        assert "--skip-bad" not in err and "Traceback" not in err, err
 
 
 @pytest.mark.slow
-def test_damaged_capture_is_a_positioned_error(tmp_path, capsys) -> None:
+def test_damaged_capture_is_a_positioned_error_after_the_summary(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.pcapng"
     data = demo_capture_path().read_bytes()
     bad.write_bytes(data[: len(data) // 2 + 3])  # cut inside a block
-    with pytest.raises(SystemExit) as info:
-        main(["run", str(bad)], console=Console(record=True))
-    assert info.value.code == 1
+    rc, text = run_cli("run", str(bad))
+    assert rc == 4
+    assert "every frame accounted for" in text  # what was read before is summarised
     err = capsys.readouterr().err
     assert "bad.pcapng" in err and "offset" in err and "--skip-bad" in err
     rc, text = run_cli("run", str(bad), "--skip-bad")
@@ -106,6 +169,40 @@ def test_parse_cpus() -> None:
     assert parse_cpus(f"{cpus[0]}-{cpus[-1]}") == cpus
     with pytest.raises(UsageError):
         parse_cpus("")
+
+
+def test_cpu_options_as_xdp_bench_and_cpus_combine() -> None:
+    ap = build_parser()
+    cpus = sorted(possible_cpus())
+    args = ap.parse_args(["run", "-c", str(cpus[-1]), "-c", str(cpus[0])])
+    assert chosen_cpus(args) == sorted({cpus[0], cpus[-1]})
+    args = ap.parse_args(["run", "-c", str(cpus[0]), "--cpus", f"{cpus[0]}-{cpus[-1]}"])
+    assert chosen_cpus(args) == cpus
+
+
+def test_a_file_with_no_subcommand_is_run() -> None:
+    assert normalize_argv(["trace.pcapng", "-c", "0"]) == ["run", "trace.pcapng", "-c", "0"]
+    assert normalize_argv([]) == ["run"]
+    assert normalize_argv(["--help"]) == ["--help"]
+    assert normalize_argv(["run", "x"]) == ["run", "x"]
+
+
+def test_help_shows_every_default_and_the_exit_statuses(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps at the terminal's width
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for default in (
+        "(default: 2048)",
+        "(default: l4-hash)",
+        "(default: 2.0)",
+        "(default: flow-table)",
+        "(default: disabled)",
+        "(default: 1024)",
+        "(default: 10)",
+    ):
+        assert default in out, default
+    assert "exit status:" in out and "130" in out and "143" in out
 
 
 @pytest.mark.slow
@@ -141,18 +238,132 @@ def test_built_in_programs_from_the_command_line(mode: str, form: list[str]) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("action", "outcome"),
+    [("drop", "second stage drop"), ("pass", "delivered"), ("redirect", "redirected out")],
+)
+def test_remote_action_runs_a_second_stage_on_each_cpu(action: str, outcome: str) -> None:
+    rc, text = run_cli("run", "--remote-action", action, "--handler", "count", "--quiet")
+    assert rc == 0, text
+    assert re.search(rf"{outcome}\s+│\s+2,000 │\s+100.0%", text), text
+    assert f"remote action {action}" in text
+
+
+@pytest.mark.slow
 def test_user_program_and_handler_from_a_file(tmp_path) -> None:
     mod = tmp_path / "user_steer.py"
     mod.write_text(
         "import cpumap\n"
         "def steer(ctx, cmap):\n"
-        "    return cpumap.redirect_map(cmap, 0) if len(ctx.data) < 200 else cpumap.XDP_DROP\n"
+        f"    return cpumap.redirect_map(cmap, {FIRST_CPU}) if len(ctx.data) < 200 "
+        "else cpumap.XDP_DROP\n"
         "def handle(skb):\n"
         "    return skb.len > 100\n"
     )
     rc, text = run_cli(
-        "run", "--program", f"{mod}:steer", "--handler", f"{mod}:handle", "--cpus", "0"
+        "run", "--program", f"{mod}:steer", "--handler", f"{mod}:handle", "--cpus", FIRST_CPU
     )
     assert rc == 0, text
     assert "every frame accounted for" in text
     assert re.search(r"xdp drop\s+│", text) and re.search(r"handler drop\s+│", text)
+
+
+USER_CODE = """
+import numpy as np
+import cpumap
+
+def raising_handler(skb):
+    raise ValueError(f"no frames of length {skb.len} today")
+
+@cpumap.batch_handler
+def wrong_shape(batch):
+    return np.ones(3, dtype=bool)
+
+def bad_verdict(ctx):
+    return "pass"
+
+@cpumap.vectorized
+def raising_program(batch):
+    raise KeyError("steering table")
+
+class FailingSetup:
+    def setup(self, info):
+        raise RuntimeError(f"cannot open the database on CPU {info.cpu}")
+    def __call__(self, skb):
+        return None
+"""
+
+
+@pytest.fixture
+def user_code(tmp_path) -> Path:
+    path = tmp_path / "usercode.py"
+    path.write_text(USER_CODE)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("option", "name", "shown"),
+    [
+        ("--handler", "raising_handler", "ValueError: no frames of length"),
+        ("--handler", "wrong_shape", "bad return value"),
+        ("--program", "bad_verdict", "got 'pass'"),
+        ("--program", "raising_program", "KeyError: 'steering table'"),
+    ],
+)
+def test_user_code_errors_are_shown_once_per_kind_and_the_status_says_so(
+    user_code, option, name, shown
+) -> None:
+    rc, text = run_cli("run", option, f"{user_code}:{name}", "--cpus", FIRST_CPU, "--quiet")
+    assert rc == 1, text
+    assert shown in text
+    assert text.count(shown) == 1  # the first of its kind, then a count
+    assert "exit status 1: user error" in text
+    assert re.search(r"\((2,000|[\d,]+) frames\); the first", text)
+
+
+@pytest.mark.slow
+def test_a_failing_setup_is_one_clear_message(user_code, capsys) -> None:
+    rc, _ = run_cli("run", "--handler", f"{user_code}:FailingSetup", "--cpus", FIRST_CPU)
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"setup() raised RuntimeError: cannot open the database on CPU {FIRST_CPU}" in err
+    assert "usercode.py" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_non_ethernet_captures_under_a_built_in_mode_say_why_they_pass() -> None:
+    raw = CAPTURES / "linktypes" / "tcpdump__LINKTYPE_RAW_ipv4.pcap"
+    if not raw.is_file():
+        pytest.skip("third-party captures not found")
+    rc, text = run_cli("run", str(raw), "--quiet")
+    assert rc == 0
+    assert "parse Ethernet frames only" in text and "raw IP (101)" in text
+    assert "-p flow-hash" in text
+    rc, text = run_cli("run", str(raw), "-p", "flow-hash", "--quiet")
+    assert rc == 0 and "parse Ethernet frames only" not in text
+    assert re.search(r"delivered\s+│", text)
+
+
+@pytest.mark.slow
+def test_a_handler_that_never_returns_is_killed_and_its_frames_counted(
+    tmp_path, monkeypatch
+) -> None:
+    import cpumap.cli.run as cli_run
+
+    (tmp_path / "stuck_handler.py").write_text(
+        "import time\ndef handle(skb):\n    time.sleep(3600)\n"
+    )
+    monkeypatch.setattr(cli_run, "DRAIN_TIMEOUT", 1.0)
+    rc, text = run_cli(
+        "run",
+        "--handler",
+        f"{tmp_path / 'stuck_handler.py'}:handle",
+        "--cpus",
+        FIRST_CPU,
+        "--quiet",
+    )
+    assert rc == 3, text
+    assert "a handler does not return; its worker is killed" in text
+    assert "every frame accounted for" in text and re.search(r"lost\s+│", text)

@@ -314,3 +314,66 @@ def test_user_program_exceptions_are_aborted_and_metadata_reaches_the_handler(ma
         assert flow != 1
         assert meta == struct.pack("!II", flow, seq)
     assert m.pool.audit().whole
+
+
+# -- the working directory, sys.exit at import, and code others can write (as root) ----------
+
+
+def test_a_module_in_the_working_directory_is_found_as_with_python_m(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cwd_steer_mod.py").write_text("def steer(ctx):\n    return 2\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
+    prog = load_program("cwd_steer_mod:steer")
+    assert prog(None) == 2
+
+
+@pytest.mark.parametrize("code", ["0", "'bye'", "None"])
+def test_sys_exit_while_importing_is_a_load_error(make_file, make_module, code: str) -> None:
+    source = f"import sys\nsys.exit({code})\ndef handle(skb): pass\n"
+    with pytest.raises(LoadError, match=re.escape(f"called sys.exit({eval(code)!r})")):
+        load_handler(f"{make_file(source)}:handle")
+    with pytest.raises(LoadError, match=r"called sys\.exit"):
+        load_handler(f"{make_module(source)}:handle")
+
+
+needs_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="a check for root only")
+
+
+@needs_root
+@pytest.mark.parametrize(("mode", "gid"), [(0o646, 0), (0o664, 12345)])
+def test_root_refuses_a_file_others_can_write(make_file, mode: int, gid: int) -> None:
+    """Writable by others, or by a group that is not root's: refused."""
+    path = make_file("def handle(skb): pass\n", name=f"w{mode:o}.py")
+    __import__("os").chown(path, 0, gid)
+    Path(path).chmod(mode)
+    with pytest.raises(LoadError, match=re.escape(f"chmod go-w {path}")):
+        load_handler(f"{path}:handle")
+    Path(path).chmod(0o644)
+    assert load_handler(f"{path}:handle") is not None
+
+
+@needs_root
+def test_root_refuses_a_package_whose_directory_others_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "root"
+    pkg = root / "wpkg_cli"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "steer.py").write_text("def steer(ctx):\n    return 2\n")
+    monkeypatch.syspath_prepend(str(root))
+    pkg.chmod(0o777)
+    with pytest.raises(LoadError, match=re.escape(f"chmod go-w {pkg}")):
+        load_program("wpkg_cli.steer:steer")
+    pkg.chmod(0o1777)  # sticky: others cannot replace root's files there
+    assert load_program("wpkg_cli.steer:steer")(None) == 2
+
+
+@needs_root
+def test_root_refuses_a_file_owned_by_another_user(make_file) -> None:
+    path = make_file("def handle(skb): pass\n", name="theirs.py")
+    __import__("os").chown(path, 12345, 12345)
+    with pytest.raises(LoadError, match="owned by uid 12345"):
+        load_handler(f"{path}:handle")

@@ -19,7 +19,7 @@ the fast path, one :class:`~cpumap.packets.Packet` at a time for the rest.
 from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, max_caplen
 from .files import CaptureWriter, open_capture, open_writer, write_capture
 from .pcap import PcapReader, PcapWriter
-from .pcapng import Interface, PcapngReader
+from .pcapng import TS_TOO_EARLY, TS_TOO_LATE, Interface, PcapngReader, WideTime
 from .pcapng_writer import PcapngWriter
 from .reader import CHUNK_SIZE, CaptureReader
 
@@ -27,6 +27,8 @@ __all__ = [
     "CHUNK_SIZE",
     "MAXIMUM_SNAPLEN",
     "MAX_PROBLEMS",
+    "TS_TOO_EARLY",
+    "TS_TOO_LATE",
     "CaptureError",
     "CaptureReader",
     "CaptureWriter",
@@ -35,6 +37,7 @@ __all__ = [
     "PcapWriter",
     "PcapngReader",
     "PcapngWriter",
+    "WideTime",
     "max_caplen",
     "open_capture",
     "open_writer",

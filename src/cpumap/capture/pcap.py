@@ -22,7 +22,9 @@ What libpcap does, and what we do
   any of them set is refused (as libpcap does), naming the bits.  Bit 26 says bits 28-31
   hold the length of an FCS at the end of each packet, in 16-bit words; we report it as
   :attr:`PcapReader.fcs_len` in bytes and keep the FCS in the packet.  Bits 28-31 without
-  bit 26 are ignored, as libpcap does.
+  bit 26 are ignored, as libpcap does.  Link type 12 (the platform's DLT_RAW on Linux
+  and most BSDs) is raw IP, ``LINKTYPE_RAW`` (101), as libpcap on Linux and TShark read
+  it (``reader.canonical_linktype``); so is an interface of link type 12 in pcapng.
 * Version: 2.0 to 2.4 are read; anything else (1.x, 2.5, ...) is refused, as libpcap 1.11
   does.  (TShark reads 2.5.)
 * ``caplen > snaplen``: tolerated, as libpcap and TShark do.  libpcap then cuts the packet
@@ -58,7 +60,7 @@ from ..abi import LINKTYPE_ETHERNET
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import CaptureError, max_caplen
-from .reader import CaptureReader, Chunk, chunk_of
+from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of
 from .streams import Input, open_output
 
 __all__ = [
@@ -139,7 +141,7 @@ class PcapReader(CaptureReader):
         self.nanosecond = ns
         self.version = (major, minor)
         self.snaplen = snaplen
-        self.linktype = ltfield & LT_LINKTYPE_MASK
+        self.linktype = canonical_linktype(ltfield & LT_LINKTYPE_MASK)
         self.fcs_len: int | None = (
             2 * (ltfield >> LT_FCS_LENGTH_SHIFT) if ltfield & LT_FCS_LENGTH_PRESENT else None
         )

@@ -24,7 +24,18 @@ Packets out
 several sections the same id can name different interfaces; :attr:`PcapngReader.interfaces`
 tells them apart).  ``linktype`` is the interface's.  ``ts_ns`` is
 ``floor(ts / units_per_second * 10**9) + if_tsoffset * 10**9``; an SPB has no timestamp and
-gets ``ts_ns = 0`` (TShark shows none).  An SPB's captured length is
+gets ``ts_ns = 0`` (TShark shows none).
+
+Timestamps the int64-ns column cannot hold.  An EPB's timestamp is 64 bits of units
+(microseconds, by default): beyond 2**63 ns -- the year 2262 -- or before -2**63 ns (a
+negative ``if_tsoffset``), ``ts_ns`` cannot say it.  Such a packet is *not* damage (libpcap
+and TShark read it; a writer with a broken clock stamps a high word of 0xffffffff, which
+TShark shows as 18446744073204.126329 s).  Its ``ts_ns`` is saturated to
+:data:`TS_TOO_LATE` (``2**63 - 1``) or :data:`TS_TOO_EARLY` (``-2**63``), and its exact
+time is kept in :attr:`PcapngReader.wide_times`, one :class:`WideTime` per such packet in
+file order: the *k*-th packet whose ``ts_ns`` is saturated has ``wide_times[k]``.  What
+cannot be had: ordering or arithmetic on such times in the column itself (they all compare
+equal there), and a ``PacketBatch`` row that carries its exact time.  An SPB's captured length is
 ``min(original length, snaplen of interface 0)`` (snaplen 0: no limit).  ``caplen >
 snaplen`` in an EPB is tolerated, as in pcap; ``caplen`` above
 :func:`~cpumap.capture.damage.max_caplen` is damage.
@@ -38,8 +49,8 @@ Unlike pcap, pcapng can resynchronise: every block ends with its own length.
   at a time, for a block that is whole (known type, sane length, matching trailer) and
   goes on from there.
 * A block whose framing is sound but whose content is wrong (EPB naming an undeclared
-  interface, caplen beyond the block or above the original length, timestamp beyond the
-  year 2262, an option running past its block) is skipped alone.  A damaged IDB still takes
+  interface, caplen beyond the block or above the original length, an option running
+  past its block) is skipped alone.  A damaged IDB still takes
   its interface id, so packets of that interface are skipped too, each counted.
 * A section of an unsupported version (only 1.0 and 1.2 are read, as by libpcap and
   TShark) is skipped whole, to the next SHB, and counts once.
@@ -60,7 +71,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .damage import CaptureError, max_caplen
-from .reader import CaptureReader, Chunk, chunk_of, empty_chunk
+from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of, empty_chunk
 from .streams import Input
 
 __all__ = [
@@ -109,6 +120,8 @@ MAX_BLOCK = 16 * 1024 * 1024
 _BLOCK_OVERHEAD = 1024  # EPB header + trailer + options allowance above a link type's max_caplen
 
 INT64_MAX = (1 << 63) - 1
+TS_TOO_LATE = INT64_MAX  # ts_ns of a packet later than an int64 of ns can say
+TS_TOO_EARLY = -INT64_MAX - 1  # ... or earlier
 NS = 1_000_000_000
 MAX_INTERFACE_ID = 4095  # the writer declares ids 0..ifindex; a bigger ifindex is refused
 
@@ -123,6 +136,27 @@ class Interface(NamedTuple):
     units_per_second: int  # from if_tsresol; 10**6 when absent
     tsoffset: int  # if_tsoffset, seconds
     name: str | None  # if_name
+
+
+class WideTime(NamedTuple):
+    """The exact time of a packet whose ``ts_ns`` is saturated (see the module docstring)."""
+
+    offset: int  # the packet block's offset in the file
+    ts: int  # the block's 64-bit timestamp, in units of its interface
+    units_per_second: int
+    tsoffset: int  # the interface's if_tsoffset, seconds
+
+    @property
+    def ns(self) -> int:
+        """The time in ns since the epoch, as a Python int (floored, as wiretap does)."""
+        t, ups = self.ts, self.units_per_second
+        return (t // ups) * NS + (t % ups) * NS // ups + self.tsoffset * NS
+
+    @property
+    def seconds(self) -> str:
+        """The time as TShark's ``frame.time_epoch`` prints it: ``secs.nnnnnnnnn``."""
+        secs, frac = divmod(self.ns, NS)
+        return f"{secs}.{frac:09d}"
 
 
 @dataclass
@@ -224,6 +258,7 @@ class PcapngReader(CaptureReader):
         opened: Input | None = None,
     ) -> None:
         self.interfaces: list[Interface] = []
+        self.wide_times: list[WideTime] = []  # exact times of saturated ts_ns, file order
         self.sections = 0
         self._sec: _Section | None = None
         self._scan: str | None = None  # "shb": look for the next SHB; "block": for any block
@@ -240,12 +275,14 @@ class PcapngReader(CaptureReader):
         if sec is not None:
             sec = copy.copy(sec)
             sec.ifaces = list(sec.ifaces)
-        return (sec, list(self.interfaces), self.sections, self._scan, self._at_packet)
+        state = (sec, list(self.interfaces), self.sections, self._scan, self._at_packet)
+        return (*state, len(self.wide_times))
 
     def _restore(self, snapshot: object) -> None:
-        sec, interfaces, self.sections, self._scan, self._at_packet = snapshot  # type: ignore[misc]
+        sec, interfaces, self.sections, self._scan, self._at_packet, wide = snapshot  # type: ignore[misc]
         self._sec = sec
         self.interfaces = interfaces
+        del self.wide_times[wide:]
 
     def _start(self) -> None:
         head = self._ensure(4)
@@ -389,16 +426,16 @@ class PcapngReader(CaptureReader):
         params = {(i.units_per_second, i.tsoffset) for i in sec.ifaces if i is not None}
         if len(params) == 1:
             ((ups, off),) = params
-            ns, bad_ts = _ts_ns_array(ts, ups, off)
-            bad |= bad_ts
+            ns, wide = _ts_ns_array(ts, ups, off)
         else:
+            wide = np.zeros(len(o), dtype=bool)
             for k in np.unique(iface[~bad]).tolist():
                 m = iface == k
                 it = sec.ifaces[k]
                 assert it is not None
-                ns_k, bad_k = _ts_ns_array(ts[m], it.units_per_second, it.tsoffset)
+                ns_k, wide_k = _ts_ns_array(ts[m], it.units_per_second, it.tsoffset)
                 ns[m] = ns_k
-                bad[m] |= bad_k
+                wide[m] = wide_k
         if cut is not None:
             bad[cut:] = True  # past the cut nothing is a block; before it, report in order
             for i in np.flatnonzero(bad[:cut]).tolist():
@@ -407,6 +444,10 @@ class PcapngReader(CaptureReader):
             for i in np.flatnonzero(bad).tolist():
                 self._bad_packet(buf, offs[i], sec)
         keep = ~bad
+        for i in np.flatnonzero(wide & keep).tolist():
+            it = sec.ifaces[int(iface[i])]
+            assert it is not None
+            ns[i] = self._wide(offs[i], int(ts[i]), it)
         self._append(
             chunk_of(
                 buf,
@@ -447,9 +488,13 @@ class PcapngReader(CaptureReader):
                 f"caplen {cap} exceeds the maximum of {max_caplen(it.linktype)} for link "
                 f"type {it.linktype}"
             )
-        if ts is not None and _ts_ns(ts, it.units_per_second, it.tsoffset) is None:
-            return f"timestamp {ts} (units of 1/{it.units_per_second} s) is out of range"
         return None
+
+    def _wide(self, pos: int, ts: int, it: Interface) -> int:
+        """Keep the exact time of the packet at ``pos`` (of this chunk); its saturated ns."""
+        w = WideTime(self._base + pos, ts, it.units_per_second, it.tsoffset)
+        self.wide_times.append(w)
+        return TS_TOO_LATE if w.ns > 0 else TS_TOO_EARLY
 
     # -- one block, the slow way --------------------------------------------------------------
 
@@ -586,7 +631,7 @@ class PcapngReader(CaptureReader):
             self._damaged(self._base + pos, f"interface {iid} description: {problem}")
             return
         name = opts[2].decode("utf-8", "replace") if opts[2] else None
-        iface = Interface(sec.index, iid, linktype, snaplen, ups, off, name)
+        iface = Interface(sec.index, iid, canonical_linktype(linktype), snaplen, ups, off, name)
         sec.add(iface)
         self.interfaces.append(iface)
 
@@ -619,7 +664,8 @@ class PcapngReader(CaptureReader):
         it = sec.ifaces[iface]
         assert it is not None
         ns = _ts_ns(ts, it.units_per_second, it.tsoffset)
-        assert ns is not None
+        if ns is None:
+            ns = self._wide(pos, ts, it)
         self._slow.append((pos + 28, cap, orig, ns, iface, it.linktype))
 
     # -- resynchronisation --------------------------------------------------------------------

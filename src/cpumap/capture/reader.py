@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
+from ..abi import LINKTYPE_RAW
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import MAX_PROBLEMS, CaptureError
@@ -48,6 +49,16 @@ if TYPE_CHECKING:
     from typing import Self
 
 CHUNK_SIZE = 1 << 20  # bytes read per chunk: ~2000 typical packets, so numpy's ~2 µs calls vanish
+
+
+# Link types in files that name another one, as libpcap on Linux and TShark read them:
+# 12 is DLT_RAW's value on Linux and most BSDs (LINKTYPE_RAW, 101, is its portable number).
+_LINKTYPE_ALIASES = {12: LINKTYPE_RAW}
+
+
+def canonical_linktype(linktype: int) -> int:
+    """The LINKTYPE a file's link-type field means (12, the platform DLT_RAW, is raw IP)."""
+    return _LINKTYPE_ALIASES.get(linktype, linktype)
 
 
 class Chunk(NamedTuple):
@@ -382,6 +393,9 @@ class CaptureReader(abc.ABC):
     def batches(self, n: int | None = None) -> Iterator[PacketBatch]:
         """The packets as batches of exactly ``n`` (default ``batch_size``), the last smaller.
 
+        Strict mode: the packets before the damage come out first, as from iteration --
+        the short batch before the error included -- and the error is raised after them.
+
         A batch's ``buf`` is a read-only view of a chunk of the file (never reused), or, for
         a batch that straddles two chunks, a small copy.
         """
@@ -394,7 +408,15 @@ class CaptureReader(abc.ABC):
         i = 0  # packets of c handed out or moved into carry
         try:
             while True:
-                c = self._take()
+                try:
+                    c = self._take()
+                except CaptureError:
+                    # Strict mode's damage: the packets before it come out first, as they
+                    # do from iteration -- the short batch carried so far included.
+                    if carry is not None:
+                        out, carry = carry, None
+                        yield out.batch
+                    raise
                 i = 0
                 if c is None:
                     break
@@ -421,6 +443,22 @@ class CaptureReader(abc.ABC):
                 self._put_back(c, i)
             if carry is not None:
                 self._pending.appendleft(carry)
+
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes of the file on disk read so far, its size): for a progress bar.  For a
+        gzip file both count compressed bytes; the size is None where it cannot be known
+        (a pipe, a file object without a descriptor)."""
+        raw: Any = self._closers[-1] if self._closers else self._stream
+        try:
+            done = int(raw.tell())
+        except (AttributeError, OSError, ValueError):
+            done = self._base
+        try:
+            size: int | None = os.fstat(raw.fileno()).st_size or None
+        except (AttributeError, OSError, ValueError):
+            size = None
+        return done, size
 
     def read_all(self) -> PacketBatch:
         """Every remaining packet in one batch (for tests and small files: it is all in memory)."""

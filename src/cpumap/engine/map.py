@@ -70,6 +70,8 @@ from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
 from ..cpus import nr_cpus, possible_cpus
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
+from ..programs import user_errors
+from ..programs.user_errors import UserError
 from .control import MapShared
 from .counters import KTHREAD_WORDS, KthreadCounter, ProducerCounter
 from .entry import Entry, EntryEvent, EntryState
@@ -479,6 +481,15 @@ class CpuMap:
         enq.sort(key=lambda e: e.ts_ns)
         kth.sort(key=lambda e: e.ts_ns)
         return enq, kth
+
+    def user_errors(self) -> list[UserError]:
+        """What failed in user code, as text: the first traceback of each kind and the
+        count of each -- per worker that has exited (reported with its results), and of
+        the RX program run in this process for this map (``programs/user_errors.py``)."""
+        out = user_errors.LOG.report(scope=self.map_id)
+        for r in self.results:
+            out.extend(user_errors.from_dicts(r.user_errors))
+        return out
 
     # -- close ---------------------------------------------------------------------------------
     def close(self, timeout: float = 60.0) -> None:

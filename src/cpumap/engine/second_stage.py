@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..abi import XDP_PASS, XDP_REDIRECT
-from ..programs import contract
+from ..programs import contract, user_errors
 from ..programs.context import skb_batch
 from ..programs.runner import ProgramRunner
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
@@ -244,7 +244,8 @@ class SecondStage:
             sel = ridx[rkeys == k]
             try:
                 outputs.outputs[k](skb_batch(self.pool, sel))
-            except BaseException:
+            except BaseException as e:  # any failure of the output is its own, not the worker's
+                user_errors.record("output", e, count=len(sel))
                 res.n_drop += len(sel)  # the output failed: the frames are dropped
                 res.release.append(sel)
                 continue

@@ -120,6 +120,7 @@ class WorkerResult:
     error: str | None = None
     exitcode: int | None = None
     outputs: list[Any] = field(default_factory=list)  # second-stage outputs' reports
+    user_errors: list[Any] = field(default_factory=list)  # programs/user_errors.py dicts
 
 
 class Supervisor:
@@ -419,6 +420,7 @@ class Supervisor:
                     msg.get("error"),
                     exitcode,
                     msg.get("outputs", []),
+                    msg.get("user_errors", []),
                 )
             )
         e.results.clear()

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _atomics as at
-from ..programs import contract
+from ..programs import contract, user_errors
 from ..programs.context import frame_skbs, skb_batch
 from ..programs.contract import WorkerInfo
 from .counters import KTHREAD_WORDS, KthreadCounter
@@ -197,6 +197,7 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
             result["outputs"] = stage.finish()
     except BaseException as e:  # report, never hang: the controller reaps us
         result["error"] = "".join(traceback.format_exception(e))
+    result["user_errors"] = user_errors.report_dicts(spec.info.cpu)
     try:
         result_conn.send(result)
     except Exception as e:  # an unpicklable result must not lose the error report
@@ -359,7 +360,8 @@ class Worker:
                     continue
                 try:
                     r = handler(skb)
-                except BaseException:  # SystemExit too: the handler's failure, not the worker's
+                except BaseException as e:  # SystemExit too: the handler fails, not the worker
+                    user_errors.record("handler", e)
                     herr += 1
                     continue
                 if r is False:
@@ -374,16 +376,19 @@ class Worker:
         n = len(idx)
         try:
             batch = skb_batch(self.pool, idx)
-        except Exception:
+        except Exception as e:
+            user_errors.record("skb build", e, count=n)
             return 0, 0, 0, n
         try:
             r = self.handler(batch)
-        except BaseException:  # SystemExit too: the handler's failure, not the worker's
+        except BaseException as e:  # SystemExit too: the handler's failure, not the worker's
+            user_errors.record("handler", e, count=n)
             return 0, 0, n, 0
         if r is None:
             return n, 0, 0, 0
         ok = _accepted_count(r, n)
         if ok is None:
+            user_errors.note_batch_handler_return(r, n)
             return 0, 0, n, 0  # not a verdict per frame: a handler error
         return ok, n - ok, 0, 0
 

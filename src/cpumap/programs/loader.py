@@ -34,6 +34,17 @@ module does have), not callable, cannot be instantiated, wrong signature.
 A file is loaded once per path and registered in ``sys.modules`` under a private name
 (dataclasses and pickling look modules up there); its directory is not added to
 ``sys.path``, so a file that imports its siblings should be loaded as a module instead.
+A module is looked for on ``sys.path`` with the working directory in front, as
+``python -m`` does: ``-p mymodule:steer`` works from ``mymodule.py``'s directory.
+
+Code that calls ``sys.exit()`` while being imported is a load error too (not an exit of
+the program that loads it).
+
+Run as root, loading code that another user could have written is running that user's
+code as root.  So, as sudo and ssh do with their files, a file (or module) is refused
+when it, or a directory on its path up to its module root, is writable by others (by its
+group too, unless that is root's), when the file is owned by someone else, or when a
+writable directory lacks the sticky bit that keeps others from replacing its files.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import stat
 import sys
 from types import ModuleType
 from typing import Any
@@ -140,8 +152,15 @@ def _is_path(target: str) -> bool:
 
 
 def _import(spec: str, name: str) -> ModuleType:
+    _add_working_directory()
     try:
+        if os.geteuid() == 0:
+            _check_module_files(spec, name)
         return importlib.import_module(name)
+    except LoadError:
+        raise
+    except SystemExit as e:
+        raise LoadError(f"{spec!r}: importing {name!r} called sys.exit({e.code!r})") from None
     except ModuleNotFoundError as e:
         missing = e.name or ""
         if name == missing or name.startswith(missing + "."):
@@ -165,6 +184,8 @@ def _load_file(spec: str, path: str) -> ModuleType:
     module = sys.modules.get(name)
     if module is not None:
         return module
+    if os.geteuid() == 0:
+        _check_not_writable_by_others(spec, full, os.path.dirname(full))
     loader_spec = importlib.util.spec_from_file_location(name, full)
     if loader_spec is None or loader_spec.loader is None:
         raise LoadError(f"{spec!r}: {path!r} cannot be loaded as Python source")
@@ -174,10 +195,59 @@ def _load_file(spec: str, path: str) -> ModuleType:
         loader_spec.loader.exec_module(module)
     except BaseException as e:
         del sys.modules[name]
+        if isinstance(e, SystemExit):
+            raise LoadError(f"{spec!r}: importing {path!r} called sys.exit({e.code!r})") from None
         if not isinstance(e, Exception):
             raise
         raise LoadError(f"{spec!r}: importing {path!r} failed: {_describe(e)}") from e
     return module
+
+
+def _add_working_directory() -> None:
+    """Put the working directory first on ``sys.path``, as ``python -m`` does."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _check_module_files(spec: str, name: str) -> None:
+    """As root: each of ``name``'s modules (``a``, ``a.b``, ...) must be safe to run."""
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        found = importlib.util.find_spec(".".join(parts[:depth]))
+        origin = getattr(found, "origin", None)
+        if found is None or not origin or not os.path.isabs(origin):
+            continue  # built-in, frozen or namespace: no file of anyone's
+        up = depth + (os.path.basename(origin) == "__init__.py")
+        dirs = [os.path.dirname(origin)]
+        while len(dirs) < up:
+            dirs.append(os.path.dirname(dirs[-1]))
+        _check_not_writable_by_others(spec, origin, *dirs)
+
+
+def _check_not_writable_by_others(spec: str, path: str, *dirs: str) -> None:
+    """Raise :class:`LoadError` if ``path`` or one of ``dirs`` lets another user change
+    the code that is about to run as root (see the module docstring)."""
+    me = os.geteuid()
+    for p in (path, *dirs):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # not there: the import reports it
+        is_dir = stat.S_ISDIR(st.st_mode)
+        others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and st.st_gid != 0)
+        if others and not (is_dir and st.st_mode & stat.S_ISVTX):
+            who = "others" if st.st_mode & stat.S_IWOTH else f"group {st.st_gid}"
+            raise LoadError(
+                f"{spec!r}: refusing to run {p!r} as root: it is writable by {who} "
+                f"(mode {stat.filemode(st.st_mode)}), so anyone could change the code; "
+                f"fix with `chmod go-w {p}`"
+            )
+        if not is_dir and st.st_uid not in (0, me):
+            raise LoadError(
+                f"{spec!r}: refusing to run {p!r} as root: it is owned by uid {st.st_uid}; "
+                f"fix with `chown root {p}`"
+            )
 
 
 def _instantiate(spec: str, obj: Any) -> Any:

@@ -34,6 +34,7 @@ import numpy as np
 from ..abi import N_VERDICTS, XDP_ABORTED, XDP_REDIRECT
 from .context import NO_KEY, FramePool, XdpBatch, XdpContext, set_current_context
 from .contract import is_vectorized, redirect_target_of
+from .user_errors import note_per_frame_return, note_vectorized_return, record
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ class ProgramRunner:
         self._fixed = target
         self._default = target if target is not None else redirect_target_of(program)
         self._ctx = XdpContext(pool)
+        self._scope = getattr(target, "map_id", None)  # whose errors these are (user_errors)
 
     def run(self, idx: np.ndarray, start: int | None = None) -> Verdicts:
         """The program's verdicts for frames ``idx`` (``start``: they are consecutive,
@@ -85,13 +87,18 @@ class ProgramRunner:
     def _run_vectorized(self, idx: np.ndarray, start: int | None) -> Verdicts:
         n = len(idx)
         target = self._default
+        raised = False
         try:
             out = self.program(XdpBatch(self.pool, idx, start))
-        except self._contain:
-            out = None
+        except self._contain as e:
+            record("program", e, count=n, scope=self._scope)
+            out, raised = None, True
+        returned = out
         if type(out) is tuple and len(out) == 3:
             out, target = out[:2], out[2]
         verdicts, keys, counts = normalize_verdicts(out, n)
+        if counts[XDP_ABORTED] and not raised:
+            note_vectorized_return(returned, n, "program", self._scope)
         if self._fixed is not None and target is not self._fixed and counts[XDP_REDIRECT]:
             keys = np.where(verdicts == XDP_REDIRECT, NO_KEY, keys).astype(np.uint32)
             target = self._fixed
@@ -113,9 +120,13 @@ class ProgramRunner:
             for j, i in enumerate(idx.tolist()):
                 ctx.load(i, ifs[j], rxq[j], lts[j])
                 try:
-                    v = as_verdict(prog(ctx))
-                except self._contain:
-                    v = XDP_ABORTED
+                    r = prog(ctx)
+                except self._contain as e:
+                    record("program", e, scope=self._scope)
+                    r = XDP_ABORTED
+                v = as_verdict(r)
+                if v == XDP_ABORTED and r is not XDP_ABORTED:
+                    note_per_frame_return(r, "program", self._scope)
                 counts[v] += 1
                 verdicts.append(v)
                 if v != XDP_REDIRECT:

@@ -58,7 +58,7 @@ from ..abi import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
 )
-from . import fast_path
+from . import fast_path, interop
 from .flow_hash import flow_hash_np
 from .frame import Skb
 from .headers import IPV6_EXT_UNIT, L4_HEADERS, VLAN_TPIDS, ParseDepth
@@ -689,3 +689,11 @@ class SkbBatch:
     rx_queue = _Given(_given_column)
     ts_ns = _Given(_given_column)
     index = _Given(_given_column)
+
+    def to_scapy(self, i: int) -> Any:
+        """Frame ``i`` as a scapy packet (the ``scapy`` extra; see ``interop.py``)."""
+        return interop.to_scapy(self.data(i), self._given_at("linktype", i))
+
+    def to_dpkt(self, i: int) -> Any:
+        """Frame ``i`` as a dpkt object (the ``dpkt`` extra; see ``interop.py``)."""
+        return interop.to_dpkt(self.data(i), self._given_at("linktype", i))

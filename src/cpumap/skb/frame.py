@@ -52,6 +52,7 @@ from ..abi import (
     PACKET_HOST,
     PACKET_MULTICAST,
 )
+from . import interop
 from .flow_hash import flow_hash
 from .headers import (
     BROADCAST_MAC,
@@ -247,6 +248,14 @@ class Skb:
         where = f"#{self.index} " if self.index >= 0 else ""
         error = f" error={self.error!r}" if self.error else ""
         return f"<Skb {where}len={self.len} {_summary(self)} depth={self.depth.name}{error}>"
+
+    def to_scapy(self) -> Any:
+        """This frame as a scapy packet (the ``scapy`` extra; see ``interop.py``)."""
+        return interop.to_scapy(self.data, self.linktype)
+
+    def to_dpkt(self) -> Any:
+        """This frame as a dpkt object (the ``dpkt`` extra; see ``interop.py``)."""
+        return interop.to_dpkt(self.data, self.linktype)
 
     def bytes(self) -> bytes:  # last in the class: the name shadows the builtin in its body
         """A copy of the captured bytes, valid after the handler returns."""

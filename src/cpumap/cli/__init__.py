@@ -1,0 +1,70 @@
+"""The ``cpumap`` command: steer a capture, a live interface or generated traffic over CPUs.
+
+    cpumap run                         # the embedded demo capture, over every CPU
+    cpumap trace.pcapng -c 1 -c 2 --program l4-hash --write out/
+    cpumap run --iface eth0 --duration 10 --lossy -e
+    cpumap run --generate 1000000 --handler mymod:handle --json
+
+Modules: ``args`` (the grammar and every check that needs no worker), ``build`` (engine
+objects from arguments), ``run`` (feeding, ending well, the exit status), ``view`` (pure
+renderers of stats snapshots: the live view and the summary), ``errors`` (the exit
+statuses).  ``docs/cli.md`` documents the exit statuses, the ``--json`` schema and the
+live view's fields.
+
+Rule 1: the only package that knows about argparse and rich; the engine never prints.
+Rule 2: every argument is checked before a worker, a segment or a file exists (a bad one
+is a :class:`UsageError`: one line on stderr, exit status 2, no traceback).
+Rule 3: what is shown is a pure function of stats snapshots (``view``), so a test renders
+a fixed input to fixed text; only ``run`` reads the clock and the map.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from .args import build_parser, normalize_argv, parse_cpus, program_names
+from .errors import EXIT_TABLE, ExitStatus, UsageError
+from .run import run as run_command
+
+__all__ = [
+    "EXIT_TABLE",
+    "ExitStatus",
+    "UsageError",
+    "build_parser",
+    "main",
+    "parse_cpus",
+    "program_names",
+]
+
+PLAIN_WIDTH = 1000  # columns when stdout is not a terminal: a log or a pipe cuts nothing
+
+
+def default_console() -> Console:
+    """A console for stdout: the terminal's width there, full-width plain text elsewhere."""
+    c = Console()
+    return c if c.is_terminal else Console(width=PLAIN_WIDTH, no_color=True)
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    console = console or default_console()
+    ap = build_parser()
+    args = ap.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    try:
+        return run_command(args, console)
+    except UsageError as e:
+        ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
+    except KeyboardInterrupt:  # a second signal: the map is closed, every worker reaped
+        print("cpumap: stopped at once (second signal); no summary", file=sys.stderr)
+        return ExitStatus.SIGINT
+    except BrokenPipeError:  # `cpumap run --json | head -1`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail too
+        return ExitStatus.BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

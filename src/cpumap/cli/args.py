@@ -1,0 +1,322 @@
+"""The command line's grammar: every option, its default, and the checks on each value.
+
+Everything that can be checked without starting a worker is checked here or in
+:func:`check_run` (``run.py`` calls it first): a bad value ends in a one-line message and
+exit status 2 before any process, shared memory or file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cpus import format_cpu_list, parse_cpu_list, usable_cpus
+from ..engine import QSIZE_MAX
+from ..programs import MODES
+from .errors import EXIT_TABLE, UsageError
+
+COMMANDS = ("run",)
+REMOTE_ACTIONS = ("disabled", "drop", "pass", "redirect")
+
+
+def program_names() -> list[str]:
+    return [*MODES, "flow-hash"]
+
+
+def parse_cpus(text: str) -> list[int]:
+    """``"0,2-3"`` -> [0, 2, 3], checked against the CPUs we may run on."""
+    try:
+        cpus = sorted(parse_cpu_list(text))
+    except ValueError as e:
+        raise UsageError(f"--cpus {text!r}: {e}; expected a list like 0,1 or 0-3") from None
+    if not cpus:
+        raise UsageError(f"--cpus {text!r}: give at least one CPU, like 0,1 or 0-3")
+    allowed = usable_cpus()
+    bad = [c for c in cpus if c not in allowed]
+    if bad:
+        raise UsageError(
+            f"--cpus: CPU {bad[0]} is not available here; "
+            f"use some of {format_cpu_list(allowed)} (see `nproc`, `taskset -p $$`)"
+        )
+    return cpus
+
+
+def _ranged(lo: float, hi: float | None, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` within ``lo..hi`` (``hi`` None: no upper bound)."""
+
+    def check(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_kind_name(kind)}") from None
+        if v < lo or (hi is not None and v > hi) or v != v:  # v != v: NaN
+            want = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {want})")
+        return v
+
+    check.__name__ = kind.__name__
+    return check
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds > 0")
+    return v
+
+
+def _kind_name(kind: Callable[[str], Any]) -> str:
+    return "an integer" if kind is int else "a number"
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked
+    (importlib.metadata costs more to import than the whole CLI otherwise needs)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from importlib.metadata import version
+
+        parser.exit(message=f"cpumap {version('cpumap')}\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every default shown (an option whose default is "not given" says in its help what
+    that means), and the epilog's tables kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="cpumap",
+        description="The Linux kernel's XDP cpumap in user space: steer packets over CPUs. "
+        "`cpumap FILE` is `cpumap run FILE`.",
+    )
+    ap.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="steer a capture, an interface or generated traffic over CPU workers",
+        description="Run packets through a steering program into one worker per CPU, as\n"
+        "`xdp-bench redirect-cpu` does in the kernel.  With no source, the embedded demo\n"
+        "capture is used.  `cpumap FILE` is `cpumap run FILE`.",
+        formatter_class=_Formatter,
+        epilog=_epilog(),
+    )
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("capture", nargs="?", help="a pcap or pcapng file (gzip is fine)")
+    src.add_argument("--iface", help="receive live from this interface (needs root)")
+    src.add_argument("--generate", type=_ranged(0, None), metavar="N", help="N generated frames")
+    run.add_argument(
+        "-c",
+        "--cpu",
+        action="append",
+        metavar="CPU",
+        help="a CPU to steer to, as xdp-bench's -c (repeat; a list like 0-3 is fine too); "
+        "default: every CPU we may run on",
+    )
+    run.add_argument("--cpus", metavar="LIST", help="CPUs to steer to, e.g. 0,1 or 0-3")
+    run.add_argument(
+        "-q", "--qsize", type=_ranged(1, QSIZE_MAX), default=2048, help="ring size per CPU"
+    )
+    run.add_argument("-p", "--program", default="l4-hash", help="steering program (see below)")
+    run.add_argument(
+        "--per-frame", action="store_true", help="run the program per frame, not vectorized"
+    )
+    run.add_argument(
+        "--non-ip-index",
+        type=_ranged(0, None),
+        help="l4-proto/l4-filter: CPU index (into the CPU list) for non-IP frames (default 0)",
+    )
+    run.add_argument(
+        "--strict-index", action="store_true", help="l4-proto: xdp-tools' strict indexing"
+    )
+    run.add_argument(
+        "--drop-port",
+        type=_ranged(1, 65535),
+        action="append",
+        metavar="PORT",
+        help="l4-filter: UDP port to drop (repeat; default 9)",
+    )
+    run.add_argument("--no-filter-ipv6", action="store_true", help="l4-filter: look at IPv4 only")
+    run.add_argument(
+        "--remote-action",
+        choices=REMOTE_ACTIONS,
+        default="disabled",
+        help="a second-stage program on each target CPU, as xdp-bench's: drop, pass (to "
+        "the handler) or redirect (to an output that counts and discards)",
+    )
+    run.add_argument(
+        "--handler", default="flow-table", help="flow-table, count, or module:function"
+    )
+    run.add_argument(
+        "--write",
+        metavar="DIR",
+        help="write what each CPU got to DIR/cpuN.pcapng (default: no files)",
+    )
+    run.add_argument("--merge", metavar="FILE", help="with --write: also merge into FILE")
+    run.add_argument("--skip-bad", action="store_true", help="skip damaged capture records")
+    run.add_argument(
+        "--lossy",
+        action="store_true",
+        help="drop when a ring is full, as the kernel does (live runs always do; captures "
+        "and generated traffic wait for room)",
+    )
+    run.add_argument(
+        "--batch", type=_ranged(1, 1 << 20), default=1024, help="frames per worker batch"
+    )
+    run.add_argument("--poll", type=_ranged(1, 1 << 20), default=1024, help="frames per RX poll")
+    run.add_argument(
+        "--duration",
+        type=_positive_float,
+        help="stop after this many seconds (default: at the end)",
+    )
+    run.add_argument("--promisc", action="store_true", help="live: promiscuous mode")
+    run.add_argument("--top", type=_ranged(0, None), default=10, help="flows to list (flow-table)")
+    run.add_argument(
+        "-i", "--interval", type=_positive_float, default=2.0, help="seconds between updates"
+    )
+    run.add_argument(
+        "-e", "--extended", action="store_true", help="also show per-producer -> CPU rows"
+    )
+    run.add_argument("--quiet", action="store_true", help="no live view, only the summary")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per interval and a final summary object, nothing else "
+        "(docs/cli.md has the schema)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_ranged(1, 65535),
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT",
+    )
+    return ap
+
+
+def _epilog() -> str:
+    return (
+        "programs: "
+        + ", ".join(program_names())
+        + ", or module:function / file.py:function\n\n"
+        + EXIT_TABLE
+    )
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """``cpumap FILE ...`` and ``cpumap --cpus 0 ...`` mean ``cpumap run ...``."""
+    argv = list(argv)
+    if not argv:
+        return ["run"]
+    if argv[0] in (*COMMANDS, "-h", "--help", "--version"):
+        return argv
+    return ["run", *argv]
+
+
+# -- checks that need more than one value, or the file system ----------------------------------
+
+
+def chosen_cpus(args: argparse.Namespace) -> list[int]:
+    """The union of ``-c`` and ``--cpus``; every usable CPU when neither is given."""
+    parts = [*(args.cpu or ()), *([args.cpus] if args.cpus is not None else [])]
+    if not parts:
+        return usable_cpus()
+    cpus: set[int] = set()
+    for p in parts:
+        cpus.update(parse_cpus(p))
+    return sorted(cpus)
+
+
+def check_run(args: argparse.Namespace, cpus: list[int]) -> None:
+    """Every check of ``run``'s arguments that needs no worker (raises UsageError)."""
+    if args.merge and not args.write:
+        raise UsageError("--merge FILE needs --write DIR (the per-CPU files it merges)")
+    if args.non_ip_index is not None and args.non_ip_index >= len(cpus):
+        raise UsageError(
+            f"--non-ip-index {args.non_ip_index}: an index into the {len(cpus)} CPUs "
+            f"{format_cpu_list(cpus)}, so 0..{len(cpus) - 1}"
+        )
+    if args.json and args.quiet:
+        raise UsageError("--json and --quiet: choose one")
+    name = args.program
+    if name not in program_names() and ":" not in name:
+        raise UsageError(
+            f"--program {name!r}: unknown; use one of {', '.join(program_names())} "
+            f"or module:function"
+        )
+    if args.capture is not None:
+        check_capture_path(args.capture)
+    if args.write:
+        check_write_dir(Path(args.write))
+    if args.merge:
+        check_merge_file(Path(args.merge))
+
+
+def check_capture_path(path: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(
+            f"{path}: no such file; give a pcap/pcapng capture, --iface IFACE, or --generate N"
+        )
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory; give a pcap or pcapng file")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{path}: not readable (permission denied)")
+
+
+STALE_GLOBS = ("cpu*.pcapng", "cpu*.pcap", "cpu*.pcapng.gz", "cpu*.pcap.gz")
+
+
+def check_write_dir(d: Path) -> None:
+    """``--write DIR``: a directory we can create or write, holding no earlier run's files.
+
+    Refused rather than cleaned: files named like ours from an earlier run would be merged
+    with this run's (every packet twice) or shadow them, and deleting a user's files
+    unasked is worse than asking them to."""
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"--write {d}: exists and is not a directory; give a directory")
+    if d.is_dir():
+        stale = sorted(str(p.name) for g in STALE_GLOBS for p in d.glob(g))
+        if stale:
+            shown = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
+            raise UsageError(
+                f"--write {d}: already holds {shown} from an earlier run; remove them or "
+                f"choose an empty directory (they would be mixed with this run's)"
+            )
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--write {d}: cannot create it: {e.strerror}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise UsageError(f"--write {d}: not writable (permission denied)")
+    _check_writable(d)
+
+
+def _check_writable(d: Path) -> None:
+    probe = d / ".cpumap-write-check"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--write {d}: cannot write there: {e.strerror}") from None
+
+
+def check_merge_file(f: Path) -> None:
+    if f.is_dir():
+        raise UsageError(f"--merge {f}: is a directory; give a file name")
+    parent = f.parent
+    if not parent.is_dir():
+        raise UsageError(f"--merge {f}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--merge {f}: directory {parent} is not writable")

@@ -1,0 +1,503 @@
+"""``cpumap run``: build the map, feed it, show it, and end well however the run ends.
+
+Ending
+------
+A run ends when its source does, at ``--duration``, at SIGINT or SIGTERM, or when the
+source fails (a damaged capture).  Each way takes the same path: stop reading, let the RX
+producer flush its bulk queues (leaving the ``with`` of the producer), wait until every
+frame read has an outcome (``wait_idle``), close the map (every worker drains its ring,
+runs ``finish()`` and exits: no process, no shared memory is left), and print the summary
+with the accounting identity.  The signal handler only sets an event the feed loop checks
+after every batch, so no frame is half-received; a second signal raises
+``KeyboardInterrupt`` for an operator who will not wait (the map's ``close`` still reaps
+every worker).  The exit status says how it ended (``errors.ExitStatus``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from ..capture import CaptureError
+from ..engine import CpuMap, HandlerSetupError, MapStats
+from ..engine.counters import ProducerCounter
+from ..packets import PacketBatch
+from ..programs import LoadError, load_object
+from ..sinks import merge_captures, merge_flow_tables
+from .args import check_run, chosen_cpus
+from .build import (
+    Source,
+    describe_capture_error,
+    make_handler,
+    make_program,
+    non_ethernet_note,
+    open_source,
+    remote_program,
+)
+from .errors import ExitStatus, UsageError
+from .view import (
+    ProducerRow,
+    ReceiveRow,
+    Sample,
+    interval_record,
+    render_entries,
+    render_flows,
+    render_live,
+    render_outcomes,
+    render_user_errors,
+    state_name,
+)
+
+DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at the end
+SIGNAL_STATUS = {signal.SIGINT: ExitStatus.SIGINT, signal.SIGTERM: ExitStatus.SIGTERM}
+
+
+class SignalStop:
+    """SIGINT/SIGTERM set ``stop`` (the first); a second one raises KeyboardInterrupt.
+
+    Installed only from the main thread (Python's rule); restored by :meth:`restore`."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNAL_STATUS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.stop.set()
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class View:
+    """Where the live view goes: a rich Live on a terminal, JSON lines, or nowhere."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, title: str) -> None:
+        self.args = args
+        self.console = console
+        self.title = title
+        self.prev: Sample | None = None
+        self.last = 0.0
+        self.live: Live | None = None
+        if not (args.json or args.quiet) and console.is_terminal:
+            self.live = Live(console=console, auto_refresh=False, transient=True)
+            self.live.start()
+
+    @property
+    def wanted(self) -> bool:
+        return self.live is not None or self.args.json
+
+    def due(self, now: float) -> bool:
+        return self.wanted and now - self.last >= self.args.interval
+
+    def show(self, sample: Sample, now: float) -> None:
+        rec = interval_record(self.prev, sample)
+        self.prev, self.last = sample, now
+        if self.args.json:
+            emit_json(rec)
+        elif self.live is not None:
+            self.live.update(
+                render_live(rec, extended=self.args.extended, title=self.title), refresh=True
+            )
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+class WorkerWatch:
+    """The pids each entry's worker has had, seen at every interval: an entry seen with a
+    second pid lost its worker (killed, crashed) and was given a replacement.  (A death
+    and restart between two looks at the same entry is seen; two within one interval
+    count once.)"""
+
+    def __init__(self) -> None:
+        self.pids: dict[tuple[int, int], list[int]] = {}
+        self.notes: list[str] = []  # what else went wrong with the workers
+
+    def observe(self, stats: MapStats) -> None:
+        for e in stats.entries:
+            seen = self.pids.setdefault((e.key, e.generation), [])
+            if e.pid and (not seen or seen[-1] != e.pid):
+                seen.append(e.pid)
+
+    def restarts(self) -> dict[int, list[int]]:
+        """CPU -> the pids its workers had, for entries whose worker was replaced."""
+        return {key: pids for (key, _), pids in sorted(self.pids.items()) if len(pids) > 1}
+
+
+def emit_json(rec: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+
+
+def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) -> Sample:
+    stats = cmap.stats()
+    producers: tuple[ProducerRow, ...] = ()
+    receivers: tuple[ReceiveRow, ...] = ()
+    if extended:
+        # The one RX producer runs in this process: the CPU it last ran on is ours.
+        receivers = tuple(
+            ReceiveRow(p, _this_cpu(), int(cmap.shared.producer_counters(p)[ProducerCounter.RX]))
+            for p in range(cmap.producers)
+        )
+        rows = []
+        for p in range(cmap.producers):
+            enq = cmap.shared.enqueue_counters(p)
+            for key in list(cmap.keys()):
+                slot = cmap.entry(key).slot
+                processed, drops, flushes = (int(x) for x in enq[slot][:3])
+                rows.append(ProducerRow(p, key, processed, drops, flushes))
+        producers = tuple(rows)
+    drops = source.live.drops if source.live is not None else None
+    progress = source.reader.progress if source.reader is not None else None
+    return Sample(elapsed, stats, producers, drops, progress, receivers)
+
+
+def _this_cpu() -> int:
+    """The CPU this process last ran on (``/proc/self/stat``'s ``processor``; -1: unknown)."""
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _err(console: Console, text: str) -> None:
+    print(f"cpumap: error: {text}", file=sys.stderr)
+
+
+def setup_failure(e: HandlerSetupError) -> str:
+    """A failing ``setup()`` as one message: the worker, the exception, where it was."""
+    text = str(e)
+    first, _, tb = text.partition("\n")
+    lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else "unknown error"
+    where = [ln.strip() for ln in lines if ln.strip().startswith("File ")]
+    at = f" ({where[-1]})" if where else ""
+    return f"{first.rstrip(':')}: setup() raised {last}{at}"
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    cpus = chosen_cpus(args)
+    check_run(args, cpus)
+    if ":" in args.program:  # import it now: a bad module is a usage error, not a crash
+        try:
+            load_object(args.program)
+        except LoadError as e:
+            raise UsageError(f"--program: {e}") from None
+    handler = make_handler(args.handler, args.write)
+    stop = threading.Event()
+    signals = SignalStop(stop)
+    try:
+        source = open_source(args, stop)
+        try:
+            return _run(args, console, cpus, handler, source, signals)
+        finally:
+            source.close()
+    finally:
+        signals.restore()
+
+
+def _run(
+    args: argparse.Namespace,
+    console: Console,
+    cpus: list[int],
+    handler: Any,
+    source: Source,
+    signals: SignalStop,
+) -> int:
+    lossless = source.lossless
+    banner = (
+        f"cpumap: {source.what} -> CPUs {','.join(map(str, cpus))} "
+        f"({'lossless' if lossless else 'drops when a ring is full'}), program {args.program}"
+        + (f", remote action {args.remote_action}" if args.remote_action != "disabled" else "")
+    )
+    if not args.json:
+        console.print(banner, highlight=False)
+    failure: str | None = None
+    stuck: str | None = None
+    cmap = CpuMap(max(cpus) + 1, handler=handler, batch_size=args.batch)
+    with cmap:
+        program = make_program(args, cmap, cpus, None)
+        if args.metrics_port is not None:
+            # Imported here: prometheus_client and its HTTP server cost tens of ms to
+            # import, and only --metrics-port needs them.
+            from ..metrics import serve
+
+            try:
+                serve(cmap, args.metrics_port)
+            except OSError as e:
+                raise UsageError(f"--metrics-port {args.metrics_port}: {e.strerror}") from None
+            if not args.json:
+                console.print(f"metrics on http://127.0.0.1:{args.metrics_port}/metrics")
+        remote = remote_program(args.remote_action)
+        try:
+            for c in cpus:
+                cmap.update(c, args.qsize, program=remote)
+        except HandlerSetupError as e:
+            _err(console, f"--handler {args.handler}: {setup_failure(e)}")
+            return ExitStatus.USER_ERROR
+        except OSError as e:  # ENOMEM: no process could be started
+            raise UsageError(f"cannot start the workers: {e}") from None
+        t0 = time.monotonic()
+        view = View(args, console, "cpumap")
+        watch = WorkerWatch()
+        try:
+            with cmap.producer(
+                program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
+            ) as rx:
+                failure = _feed(rx.receive, source, cmap, view, watch, signals.stop, args, t0)
+            try:
+                cmap.wait_idle(DRAIN_TIMEOUT)
+            except TimeoutError as e:
+                # A handler that never returns: closing the map kills its worker, and
+                # the frames it held are counted lost (exit status 3).
+                stuck = f"{e}: a handler does not return; its worker is killed"
+            watch.observe(cmap.stats())
+        finally:
+            view.close()
+        elapsed = time.monotonic() - t0
+        if stuck is not None:
+            cmap.close(timeout=1.0)  # the stuck worker is killed, its frames counted lost
+    # After close every entry is retired: the map's history holds their final counters
+    # (and their workers' exit codes).
+    entries = sorted(cmap.history, key=lambda e: (e.key, e.generation))
+    final = dataclasses.replace(cmap.stats(), entries=tuple(entries))
+    if stuck is not None:
+        watch.notes.append(stuck)
+    return summarize(
+        args, console, cpus, cmap, final, source, elapsed, signals.signum, failure, watch
+    )
+
+
+def _feed(
+    receive: Callable[[PacketBatch], None],
+    source: Source,
+    cmap: CpuMap,
+    view: View,
+    watch: WorkerWatch,
+    stop: threading.Event,
+    args: argparse.Namespace,
+    t0: float,
+) -> str | None:
+    """Feed batches until the source ends, ``stop`` is set or ``--duration`` passes; the
+    source's failure message, if it failed."""
+    deadline = t0 + args.duration if args.duration else None
+    batches = iter(source.batches)
+    last_look = t0
+    live = source.live
+    while not stop.is_set():
+        try:
+            batch = live.poll_batch(0.1) if live is not None else next(batches, None)
+        except CaptureError as e:
+            return describe_capture_error(e, args.skip_bad)
+        except OSError as e:
+            return f"{source.what}: {e}"
+        if batch is None and live is None:
+            return None
+        if batch is not None:
+            receive(batch)
+        now = time.monotonic()
+        if view.due(now):
+            sample = take_sample(cmap, source, now - t0, args.extended)
+            view.show(sample, now)
+            watch.observe(sample.stats)
+            last_look = now
+        elif now - last_look >= args.interval:  # no view: still watch the workers
+            watch.observe(cmap.stats())
+            last_look = now
+        if deadline is not None and now >= deadline:
+            return None
+    return None
+
+
+def _captures_written(results: list[Any]) -> list[str]:
+    """The capture files this run's workers wrote (CaptureSink's finish reports)."""
+    out: list[str] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict) and x.get("capture"):
+            out.append(str(x["capture"]))
+        elif isinstance(x, list | tuple):
+            for y in x:
+                walk(y)
+
+    for r in results:
+        walk(r.result)
+    return sorted(out)
+
+
+def exit_status(
+    signum: int | None,
+    failure: str | None,
+    final: MapStats,
+    cmap: CpuMap,
+    lossless: bool,
+    user_errors: list[Any],
+    restarts: dict[int, list[int]],
+) -> ExitStatus:
+    if signum is not None:
+        return SIGNAL_STATUS[signal.Signals(signum)]
+    if failure is not None:
+        return ExitStatus.SOURCE
+    died = any(r.exitcode not in (0, None) for r in cmap.results) or any(
+        e.exitcode not in (0, None) for e in final.entries
+    )
+    if final.lost or died or restarts or (lossless and final.queue_full):
+        return ExitStatus.LOST
+    if user_errors or final.handler_error or any(r.error for r in cmap.results):
+        return ExitStatus.USER_ERROR
+    return ExitStatus.OK
+
+
+def summarize(
+    args: argparse.Namespace,
+    console: Console,
+    cpus: list[int],
+    cmap: CpuMap,
+    final: MapStats,
+    source: Source,
+    elapsed: float,
+    signum: int | None,
+    failure: str | None,
+    watch: WorkerWatch,
+) -> int:
+    user_errors = sorted(cmap.user_errors(), key=lambda e: (e.cpu is not None, e.cpu, e.where))
+    worker_errors = [(r.cpu, r.error) for r in cmap.results if r.error]
+    notes = list(watch.notes)
+    restarts = watch.restarts()
+    for cpu, pids in restarts.items():
+        notes.append(
+            f"the worker for CPU {cpu} died {len(pids) - 1} time(s) and was replaced "
+            f"(pids {', '.join(map(str, pids))}); frames it held are counted lost"
+        )
+    for r in cmap.results:
+        if r.exitcode not in (0, None):
+            notes.append(f"a worker for CPU {r.cpu} exited with status {r.exitcode}")
+    if source.reader is not None:
+        note = non_ethernet_note(args.program, source.reader.linktypes, final.xdp_pass)
+        if note:
+            notes.append(note)
+        if source.reader.skipped:
+            notes.append(f"skipped {source.reader.skipped} damaged records")
+        wide = len(getattr(source.reader, "wide_times", ()))
+        if wide:
+            notes.append(
+                f"{wide:,} packets have timestamps past what int64 ns can hold (kept exactly "
+                f"by the reader; shown saturated)"
+            )
+    if source.live is not None:
+        notes.append(f"socket ring drops (kernel, tp_drops): {source.live.drops:,}")
+    files: list[str] = []
+    merged: int | None = None
+    merge_error: str | None = None
+    if args.write:
+        files = _captures_written(cmap.results)
+        if args.merge:
+            try:
+                merged = merge_captures(files, args.merge)
+            except (OSError, CaptureError) as e:
+                merge_error = f"--merge {args.merge}: {e}"
+    status = exit_status(
+        signum, failure or merge_error, final, cmap, source.lossless, user_errors, restarts
+    )
+    stopped = signal.Signals(signum).name if signum is not None else None
+    if args.json:
+        emit_json(
+            summary_record(
+                args, source, cpus, final, elapsed, user_errors, worker_errors, notes, files,
+                merged, stopped, failure or merge_error, status,
+            )
+        )  # fmt: skip
+    else:
+        console.print(render_entries(final))
+        console.print(render_outcomes(final, elapsed))
+        if args.handler == "flow-table":
+            console.print(render_flows(merge_flow_tables(cmap.results), args.top))
+        if user_errors:
+            console.print(render_user_errors(user_errors))
+        for cpu, error in worker_errors:
+            console.print(f"[red]worker for CPU {cpu} reported an error:[/red]\n{error}")
+        for n in notes:
+            console.print(n, highlight=False)
+        if files:
+            console.print(f"wrote {', '.join(files)}", highlight=False)
+        if merged is not None:
+            console.print(f"merged {merged:,} packets into {args.merge}", highlight=False)
+        if stopped:
+            console.print(f"stopped by {stopped}: the frames read were drained and counted")
+    if failure or merge_error:
+        _err(console, failure or merge_error or "")
+    if status and not args.json:
+        console.print(f"exit status {int(status)}: {status.name.lower().replace('_', ' ')}")
+    return int(status)
+
+
+def summary_record(
+    args: argparse.Namespace,
+    source: Source,
+    cpus: list[int],
+    final: MapStats,
+    elapsed: float,
+    user_errors: list[Any],
+    worker_errors: list[tuple[int, str]],
+    notes: list[str],
+    files: list[str],
+    merged: int | None,
+    stopped: str | None,
+    failure: str | None,
+    status: ExitStatus,
+) -> dict[str, Any]:
+    """The final JSON object (docs/cli.md has the schema)."""
+    counters = final.as_dict()
+    entries = counters.pop("entries")
+    for e in entries:  # type: ignore[union-attr]
+        e["state"] = state_name(e["state"])
+    outcomes = final.outcomes()
+    return {
+        "type": "summary",
+        "source": source.what,
+        "program": args.program,
+        "handler": args.handler,
+        "remote_action": args.remote_action,
+        "cpus": cpus,
+        "lossless": source.lossless,
+        "elapsed_s": round(elapsed, 6),
+        "rx": final.rx,
+        "outcomes": outcomes,
+        "in_flight": final.in_flight,
+        "accounted": final.rx == sum(outcomes.values()),
+        "counters": counters,
+        "entries": entries,
+        "user_errors": [e.as_dict() for e in user_errors],
+        "worker_errors": [{"cpu": c, "error": t} for c, t in worker_errors],
+        "source_drops": source.live.drops if source.live is not None else None,
+        "skipped": source.reader.skipped if source.reader is not None else 0,
+        "files": files,
+        "merged": merged,
+        "notes": notes,
+        "stopped_by": stopped,
+        "error": failure,
+        "exit_status": int(status),
+    }
