@@ -2,8 +2,10 @@
 
 The project's segments are memfds (``cpumap.shm``): they have no name in ``/dev/shm`` and
 go with the last process that maps them.  So a leak is a process: one the test started
-that is still running, or -- orphaned, re-parented away from us -- still maps a segment
-(``/proc/<pid>/maps`` shows ``memfd:cpumap-...``).  ``tests/test_leaks.py`` shows this
+that is still running, or -- orphaned -- still maps a segment (``/proc/<pid>/maps`` shows
+``memfd:cpumap-...``).  The test process makes itself the subreaper of its orphans, so the
+check looks only at its own process tree: another session or a ``cpumap run`` on the same
+machine is never blamed on a test.  ``tests/test_leaks.py`` shows this
 check failing on a deliberate leak.
 
 The same fixture holds the marking rule: a test that forks processes (workers, producers,
@@ -18,12 +20,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import LeakCheck
+from tests.helpers import LeakCheck, become_subreaper
 
 pytest_plugins = ["pytester"]
 
 _forks = [0]  # forks made by this process (os.fork, multiprocessing's fork context)
 os.register_at_fork(after_in_parent=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
+become_subreaper()
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ deadline, and the leak check.  Test modules import from here, never from each ot
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 import time
@@ -137,6 +138,9 @@ def worker_pids(m: CpuMap) -> list[int]:
 
 
 # -- the leak check -----------------------------------------------------------------------
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
 def all_pids() -> set[int]:
     return {int(name) for name in os.listdir("/proc") if name.isdigit()}
 
@@ -192,8 +196,38 @@ class Leaks:
         )
 
 
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (``PR_SET_CHILD_SUBREAPER``).
+
+    Why: an orphan -- a worker whose controller was killed, a grandchild whose parent
+    exited -- is re-parented to the nearest subreaper instead of init, so it stays our
+    descendant and the leak check can look at our own process tree only, not at every new
+    process on the machine (another test session, a ``cpumap run`` beside us)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def descendants(pid: int, among: set[int]) -> set[int]:
+    """Those of ``among`` below ``pid`` in the process tree."""
+    parent = {}
+    for p in among:
+        fields = _stat_fields(p)
+        if fields:
+            parent[p] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
 class LeakCheck:
-    """Snapshot the processes before a test; :meth:`leaks` says what it left behind."""
+    """Snapshot the processes before a test; :meth:`leaks` says what it left behind.
+
+    Only this process's descendants are looked at: with :func:`become_subreaper` (the
+    conftest calls it) orphans stay descendants, so nothing of ours escapes the check and
+    nothing of anyone else's is blamed on the test."""
 
     def __init__(self) -> None:
         self.me = os.getpid()
@@ -205,7 +239,8 @@ class LeakCheck:
         exist at the snapshot are looked at: what the test started."""
         deadline = time.monotonic() + grace
         while True:
-            started = all_pids() - self.pids - {self.me}
+            now = all_pids()
+            started = descendants(self.me, now) & (now - self.pids)
             found = Leaks(live_children(self.me, started), memfd_holders(started))
             if not found or time.monotonic() > deadline:
                 return found
