@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.live import Live
 
 from ..capture import CaptureError
-from ..engine import CpuMap, HandlerSetupError, MapStats
+from ..engine import CpuMap, HandlerSetupError, MapStats, WorkerEvent
 from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
 from ..programs import LoadError, load_object
@@ -126,24 +126,56 @@ class View:
 
 
 class WorkerWatch:
-    """The pids each entry's worker has had, seen at every interval: an entry seen with a
-    second pid lost its worker (killed, crashed) and was given a replacement.  (A death
-    and restart between two looks at the same entry is seen; two within one interval
-    count once.)"""
+    """What happened to the workers, from the map's own supervision events
+    (``CpuMap.worker_events()``: deaths, restarts, broken entries, stuck workers) -- the
+    supervisor thread records each as it happens, so nothing between two looks is missed.
+    ``notes`` holds what else went wrong (a drain that timed out)."""
 
     def __init__(self) -> None:
-        self.pids: dict[tuple[int, int], list[int]] = {}
-        self.notes: list[str] = []  # what else went wrong with the workers
+        self.events: list[WorkerEvent] = []
+        self.notes: list[str] = []
 
-    def observe(self, stats: MapStats) -> None:
-        for e in stats.entries:
-            seen = self.pids.setdefault((e.key, e.generation), [])
-            if e.pid and (not seen or seen[-1] != e.pid):
-                seen.append(e.pid)
+    def observe(self, cmap: CpuMap) -> None:
+        self.events = cmap.worker_events()
 
-    def restarts(self) -> dict[int, list[int]]:
-        """CPU -> the pids its workers had, for entries whose worker was replaced."""
-        return {key: pids for (key, _), pids in sorted(self.pids.items()) if len(pids) > 1}
+    def deaths(self) -> dict[int, list[WorkerEvent]]:
+        """CPU -> its workers' deaths, oldest first."""
+        out: dict[int, list[WorkerEvent]] = {}
+        for ev in self.events:
+            if ev.kind == "died":
+                out.setdefault(ev.cpu, []).append(ev)
+        return out
+
+    def describe(self) -> list[str]:
+        """One line per CPU whose worker died, and per broken or stuck entry."""
+        lines = []
+        for cpu, deaths in sorted(self.deaths().items()):
+            how = ", ".join(f"pid {d.pid} {_exit_text(d.exitcode)}" for d in deaths)
+            lost = sum(d.lost for d in deaths)
+            lines.append(
+                f"the worker for CPU {cpu} died {len(deaths)} time(s) ({how}); "
+                f"{lost:,} frames it held are counted lost"
+            )
+        for ev in self.events:
+            if ev.kind == "broken":
+                lines.append(
+                    f"CPU {ev.cpu} is broken: its worker kept dying and was not restarted; "
+                    f"frames redirected to it count as redirect errors"
+                )
+            elif ev.kind == "stuck":
+                lines.append(f"the worker for CPU {ev.cpu} (pid {ev.pid}) made no progress")
+            elif ev.kind == "producer_died":
+                lines.append(f"RX producer {ev.key} (pid {ev.pid}) died; its frames are counted")
+        return lines
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def emit_json(rec: dict[str, Any]) -> None:
@@ -158,7 +190,9 @@ def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) ->
     if extended:
         # The one RX producer runs in this process: the CPU it last ran on is ours.
         receivers = tuple(
-            ReceiveRow(p, _this_cpu(), int(cmap.shared.producer_counters(p)[ProducerCounter.RX]))
+            ReceiveRow(
+                p, _this_cpu(), int(cmap.shared.producer_record(p).read()[ProducerCounter.RX])
+            )
             for p in range(cmap.producers)
         )
         rows = []
@@ -274,7 +308,7 @@ def _run(
                 # A handler that never returns: closing the map kills its worker, and
                 # the frames it held are counted lost (exit status 3).
                 stuck = f"{e}: a handler does not return; its worker is killed"
-            watch.observe(cmap.stats())
+            watch.observe(cmap)
         finally:
             view.close()
         elapsed = time.monotonic() - t0
@@ -322,10 +356,10 @@ def _feed(
         if view.due(now):
             sample = take_sample(cmap, source, now - t0, args.extended)
             view.show(sample, now)
-            watch.observe(sample.stats)
+            watch.observe(cmap)
             last_look = now
         elif now - last_look >= args.interval:  # no view: still watch the workers
-            watch.observe(cmap.stats())
+            watch.observe(cmap)
             last_look = now
         if deadline is not None and now >= deadline:
             return None
@@ -355,7 +389,7 @@ def exit_status(
     cmap: CpuMap,
     lossless: bool,
     user_errors: list[Any],
-    restarts: dict[int, list[int]],
+    restarts: dict[int, list[WorkerEvent]],
 ) -> ExitStatus:
     if signum is not None:
         return SIGNAL_STATUS[signal.Signals(signum)]
@@ -364,7 +398,8 @@ def exit_status(
     died = any(r.exitcode not in (0, None) for r in cmap.results) or any(
         e.exitcode not in (0, None) for e in final.entries
     )
-    if final.lost or died or restarts or (lossless and final.queue_full):
+    dead = restarts or final.worker_deaths or final.broken_entries or final.abandoned
+    if final.lost or died or dead or (lossless and final.queue_full):
         return ExitStatus.LOST
     if user_errors or final.handler_error or any(r.error for r in cmap.results):
         return ExitStatus.USER_ERROR
@@ -386,12 +421,8 @@ def summarize(
     user_errors = sorted(cmap.user_errors(), key=lambda e: (e.cpu is not None, e.cpu, e.where))
     worker_errors = [(r.cpu, r.error) for r in cmap.results if r.error]
     notes = list(watch.notes)
-    restarts = watch.restarts()
-    for cpu, pids in restarts.items():
-        notes.append(
-            f"the worker for CPU {cpu} died {len(pids) - 1} time(s) and was replaced "
-            f"(pids {', '.join(map(str, pids))}); frames it held are counted lost"
-        )
+    restarts = watch.deaths()
+    notes.extend(watch.describe())
     for r in cmap.results:
         if r.exitcode not in (0, None):
             notes.append(f"a worker for CPU {r.cpu} exited with status {r.exitcode}")
