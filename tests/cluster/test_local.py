@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from cpumap.abi import BPF_EXIST, BPF_NOEXIST
+from cpumap.cluster import ClusterMap, EntryState, Place, connect, run_captures, run_map
+from cpumap.cluster.__main__ import main
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
-from cpumap.cluster import ClusterMap, EntryState, Place, connect, run_captures, run_map
-from cpumap.cluster.__main__ import main
 from tests.cluster.handlers import BadSetup, Picky, Slow, StallOnce
 from tests.cluster.helpers import (
     OBJECT_STORE,
