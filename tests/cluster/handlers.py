@@ -14,25 +14,29 @@ HOLD = 60.0  # seconds a stalled handler holds its batch at most (it is killed l
 
 
 class StallOnce:
-    """A batch handler that, on CPU ``victim`` of node label ``node`` (any when None),
-    holds its first batch until its process is killed -- once per ``marks`` directory: the
+    """A batch handler that, on CPU ``victim`` (of node ``node_id``, any when None), holds
+    its first batch until its process is killed -- once per ``marks`` directory: the
     restarted actor finds the mark and goes on.  Records the largest batch it saw."""
 
     batch = True
 
-    def __init__(self, marks: Path, victim: int) -> None:
+    def __init__(self, marks: Path, victim: int, node_id: str | None = None) -> None:
         self.marks = marks
         self.victim = victim
-        self.cpu = -1
+        self.node_id = node_id
+        self.here = False
         self.largest = 0
 
     def setup(self, info: Any) -> None:
-        self.cpu = info.cpu
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        self.here = info.cpu == self.victim and self.node_id in (None, node)
 
     def __call__(self, batch: SkbBatch) -> None:
         self.largest = max(self.largest, len(batch))
         mark = self.marks / "stalled"
-        if self.cpu == self.victim and not mark.exists():
+        if self.here and not mark.exists():
             mark.touch()
             deadline = time.monotonic() + HOLD
             while time.monotonic() < deadline:  # held: the test kills this process
