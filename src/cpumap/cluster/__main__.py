@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", default=None, help="entries, e.g. 'head:0-1,w1:0' (default: all)")
     p.add_argument("--program", default="l4-hash", help="steering mode or loader spec")
     p.add_argument("--handler", default="flows", help="flows, accept, or a loader spec")
-    p.add_argument("--qsize", type=int, default=2048, help="frames in flight per entry")
+    p.add_argument("--qsize", type=int, default=8192, help="frames in flight per entry")
     p.add_argument(
         "--source-node",
         action="append",

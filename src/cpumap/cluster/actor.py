@@ -67,9 +67,9 @@ class EntryActor:
     """The body of an entry's Ray actor (made remote by :mod:`cpumap.cluster.map`).
 
     ``handler`` is the user's handler object (pickled once per actor: each entry has its
-    own copy, as each forked worker has), or a loader spec string (``"file.py:name"``)
-    loaded on the actor's node.  ``info`` is what ``setup`` is told; ``info.cpu`` is the
-    CPU the process pins itself to (``os.sched_setaffinity``).
+    own copy, as each forked worker has), a loader spec string (``"file.py:name"``)
+    loaded on the actor's node, or None (accept every frame).  ``info`` is what ``setup``
+    is told; ``info.cpu`` is the CPU the process pins itself to (``os.sched_setaffinity``).
     """
 
     def __init__(self, handler: Any, info: WorkerInfo, pin: bool = True) -> None:
@@ -90,7 +90,9 @@ class EntryActor:
                 )
             os.sched_setaffinity(0, {info.cpu})
             self.pinned = True
-        if isinstance(handler, str):
+        if handler is None:
+            handler = accept_all
+        elif isinstance(handler, str):
             from ..programs.loader import load_handler
 
             handler = load_handler(handler)
@@ -147,6 +149,12 @@ class EntryActor:
     def finish(self) -> Any:
         """Call the handler's ``finish()`` (if it has one): the entry's result."""
         return contract.finish(self.handler)
+
+
+@contract.batch_handler
+def accept_all(batch: Any) -> None:
+    """The default handler: accept every frame (a batch handler: no skb per frame)."""
+    return None
 
 
 def _deliver_each(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int, int, int]:

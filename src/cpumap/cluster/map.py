@@ -157,7 +157,7 @@ class ClusterMap:
         if max_entries is not None and max_entries < 1:
             raise _err(errno.EINVAL, f"max_entries is {max_entries}")
         self.map_id = next(_map_ids)
-        self.handler = handler if handler is not None else _accept_all
+        self.handler = handler  # None: the actor accepts every frame
         self.max_entries = max_entries
         self.pin = pin
         self.max_restarts = max_restarts
@@ -432,8 +432,3 @@ def _alive(ray: Any, actor: Any) -> bool:
         return True
     except Exception:
         return False
-
-
-def _accept_all(skb: object) -> None:
-    """The default handler: accept every frame."""
-    return None

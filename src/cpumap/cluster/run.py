@@ -43,7 +43,7 @@ from .source import (
     read_capture,
 )
 
-DEFAULT_QSIZE = 2048
+DEFAULT_QSIZE = 8192  # in flight per entry: room for several parcels per source (docs)
 DEFAULT_TIMEOUT = 3600.0  # seconds the driver waits for all sources
 
 
