@@ -54,6 +54,7 @@ fails as a Ray task and the driver reports it (its books die with it).
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import deque
@@ -252,11 +253,16 @@ class Outbox:
         books = self.books
         try:
             reply = ray.get(ref, timeout=self.stall)
-        except GetTimeoutError:
+        except GetTimeoutError as e:
+            e.__traceback__ = None  # Ray keeps the instance: it must not pin our frames
             self._lose(key, n, f"no reply in {self.stall:g}s: entry treated as dead")
             self.keys.dead.add(key)
             return
         except RayError as e:
+            # Ray caches the exception of a ref; raised, it carries a traceback whose
+            # frames (and their callers': the program, its CPU table segment) it would
+            # keep alive in this pooled worker after the task.
+            e.__traceback__ = None
             self._lose(key, n, f"{type(e).__name__}: {_first_line(e)}")
             if isinstance(e, ActorDiedError):
                 self.keys.dead.add(key)
@@ -325,18 +331,18 @@ def read_capture(
     error: str | None = None
     program_obj, table = build_program(program, keys)
     try:
-        block = FrameBlock.empty(poll_size, frame_size, headroom)
-        runner = ProgramRunner(program_obj, block, target=keys)
-        try:
-            with open_capture(path, skip_bad=skip_bad) as reader:
-                for batch in reader.batches(poll_size):
-                    _poll(batch, block, runner, out, books)
-        except (CaptureError, OSError) as e:
-            error = f"{type(e).__name__}: {e}"
+        error = _pump(
+            path, program_obj, keys, out, books, poll_size, frame_size, headroom, skip_bad
+        )
         out.drain()
     finally:
+        # The task's worker process outlives the task: the CPU table's shared segment must
+        # not stay mapped in it.  The segment unmaps only once no view of it is alive.
+        del program_obj
         if table is not None:
-            table.close()  # its segment must not outlive the task in a pooled worker
+            table.close()
+            del table
+            gc.collect()
     return SourceReport(
         path=path,
         node_id=str(ray.get_runtime_context().get_node_id()),
@@ -348,6 +354,29 @@ def read_capture(
         error=error,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _pump(
+    path: str,
+    program: Any,
+    keys: KeySpace,
+    out: Outbox,
+    books: Books,
+    poll_size: int,
+    frame_size: int,
+    headroom: int,
+    skip_bad: bool,
+) -> str | None:
+    """Read, steer and send the whole file; the error that stopped it early, if any."""
+    block = FrameBlock.empty(poll_size, frame_size, headroom)
+    runner = ProgramRunner(program, block, target=keys)
+    try:
+        with open_capture(path, skip_bad=skip_bad) as reader:
+            for batch in reader.batches(poll_size):
+                _poll(batch, block, runner, out, books)
+    except (CaptureError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _poll(batch: Any, block: FrameBlock, runner: ProgramRunner, out: Outbox, books: Books) -> None:
