@@ -5,7 +5,8 @@
 * ``"auto"``: join the cluster this machine already belongs to (``ray start`` ran here, or
   ``RAY_ADDRESS`` is set); when there is none, start a local instance in this process --
   the embedded default that works on one machine with no set-up.  A local instance gets
-  Ray's dashboard when ``ray[default]`` is installed (``cpumap[cluster]``), as usual.
+  Ray's dashboard when ``ray[default]`` is installed (``cpumap[cluster]``), as usual, and
+  listens on 127.0.0.1 only when Ray was not yet imported (no other host needs it).
 * ``"local"``: always start a local instance (tests; ``loopback`` makes every one of its
   services listen on 127.0.0.1 only).
 * an address (``"10.0.0.5:6379"``, ``"ray://head:10001"``): join that cluster.
@@ -29,7 +30,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 LABEL = "cpumap.node"  # the node label that names a node for cpumap
@@ -160,17 +164,24 @@ def connect(
     *,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
-    loopback: bool = False,
+    loopback: bool | None = None,
     dashboard: bool | None = None,
     **init_options: Any,
 ) -> RaySession:
     """Join or start Ray (``address``: ``auto``, ``local`` or a cluster's address; see the
     module docstring).  ``num_cpus`` and ``object_store_memory`` size a local instance;
-    ``loopback`` binds it to 127.0.0.1 (call :func:`use_loopback` before importing Ray);
+    ``loopback`` binds it to 127.0.0.1 (None: when Ray is not imported yet, so that the
+    switch can still be set; otherwise call :func:`use_loopback` before importing Ray);
     ``dashboard``: whether a local instance starts the dashboard (None: Ray's default).
 
     Already connected (``ray.is_initialized()``): the session uses that connection and
     leaves it open."""
+    if address == "auto" and not _cluster_here():
+        address = "local"
+    if address == "local" and loopback is None:
+        loopback = "ray" not in sys.modules
+    if address == "local" and loopback and "ray" not in sys.modules:
+        use_loopback()
     import ray
 
     if ray.is_initialized():
@@ -197,6 +208,14 @@ def connect(
         local["_node_ip_address"] = "127.0.0.1"
     ray.init(**local)
     return RaySession(True, "local")
+
+
+def _cluster_here() -> bool:
+    """Whether ``ray.init(address="auto")`` has a cluster to find: ``RAY_ADDRESS``, or the
+    address file ``ray start`` leaves in Ray's default temporary directory."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    return (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists()
 
 
 class _Borrowed(RaySession):

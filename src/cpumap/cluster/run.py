@@ -228,7 +228,7 @@ def run_captures(
     pin: bool = True,
     num_cpus: int | None = None,
     object_store_memory: int | None = None,
-    loopback: bool = False,
+    loopback: bool | None = None,
 ) -> ClusterResult:
     """``cpumap run --ray ADDRESS FILES...``: the files through a cluster map, end to end.
 
