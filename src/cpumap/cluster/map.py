@@ -72,6 +72,7 @@ from .source import Target
 
 START_TIMEOUT = 60.0  # seconds an entry actor may take to start (a fresh node pulls workers)
 DEFAULT_MAX_RESTARTS = 1  # Ray re-creates a dead entry actor this many times
+ALIVE_TIMEOUT = 20.0  # seconds an entry may take to answer after a run (a restart included)
 
 _map_ids = iter(range(1, 1 << 31))
 
@@ -325,7 +326,10 @@ class ClusterMap:
                 e.pids |= pids.get(key, set())
                 e.failures.extend(failures.get(key, []))
             for e in entries:
-                if e.state == EntryState.LIVE and not _alive(ray, e.actor):
+                if e.state == EntryState.LIVE and not _alive(ray, e.actor, ALIVE_TIMEOUT):
+                    # Dead, or stuck in its handler (its parcels were settled as lost by
+                    # the stall rule): either way it is retired for good now.
+                    ray.kill(e.actor, no_restart=True)
                     e.state = EntryState.DEAD
 
     # -- close ---------------------------------------------------------------------------------
@@ -425,10 +429,11 @@ class ClusterMap:
         self.history.append(e)
 
 
-def _alive(ray: Any, actor: Any) -> bool:
-    """Whether ``actor`` still answers (a dead one fails at once)."""
+def _alive(ray: Any, actor: Any, timeout: float) -> bool:
+    """Whether ``actor`` answers within ``timeout`` (a dead one fails at once; a
+    restarting one answers once it is back)."""
     try:
-        ray.get(actor.ready.remote(), timeout=START_TIMEOUT)
+        ray.get(actor.ready.remote(), timeout=timeout)
         return True
     except Exception:
         return False
