@@ -242,3 +242,24 @@ def test_front_end_json(ray_local: None, captures: list[Path]) -> None:
     assert {e["place"] for e in d["entries"]} == {"0", "1"}
     assert d["nodes"][0]["address"] == "127.0.0.1" and d["flows"] > 0
     assert main(["x.pcap", "--cpus", "head:"]) == 2
+
+
+def test_a_handler_stuck_forever_is_lost_not_hung(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """No reply within ``stall_timeout``: the entry's unanswered frames are lost, it is dead
+    for the rest of the run (redirect_err), killed after it, and the run returns."""
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), alive_timeout=2.0)
+    try:
+        cmap.update("0", 256)
+        cmap.update("1", 256)
+        t0 = time.monotonic()
+        result = run_map(cmap, captures, "l4-hash", stall_timeout=2.0)
+        assert time.monotonic() - t0 < 60
+        s, o = result.stats, result.outcomes()
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        e0, e1 = result.entries
+        assert e0.lost == o["lost"] > 0 and any("no reply" in f for f in e0.failures)
+        assert e0.state == "dead" and o["redirect_err"] > 0 and e1.lost == 0
+    finally:
+        cmap.close()

@@ -138,7 +138,9 @@ class ClusterMap:
     batch handler; ``setup(info)``/``finish()``), pickled to each entry, or a loader spec
     string loaded on the entry's node.  ``max_entries``: None for no limit.  ``pin``: pin
     each actor to its CPU (``os.sched_setaffinity``).  ``max_restarts``: how many times Ray
-    re-creates an entry's actor after its process dies.  Ray must be connected
+    re-creates an entry's actor after its process dies.  ``start_timeout``: seconds an
+    actor may take to start; ``alive_timeout``: to answer after a run (else it is killed
+    and ``dead``).  Ray must be connected
     (:func:`cpumap.cluster.ray_setup.connect`).
     """
 
@@ -150,6 +152,7 @@ class ClusterMap:
         pin: bool = True,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         start_timeout: float = START_TIMEOUT,
+        alive_timeout: float = ALIVE_TIMEOUT,
     ) -> None:
         import ray
 
@@ -163,6 +166,7 @@ class ClusterMap:
         self.pin = pin
         self.max_restarts = max_restarts
         self.start_timeout = start_timeout
+        self.alive_timeout = alive_timeout
         self.results: list[EntryResult] = []
         self.history: list[ClusterEntry] = []
         self._entries: dict[Place, ClusterEntry] = {}
@@ -326,7 +330,7 @@ class ClusterMap:
                 e.pids |= pids.get(key, set())
                 e.failures.extend(failures.get(key, []))
             for e in entries:
-                if e.state == EntryState.LIVE and not _alive(ray, e.actor, ALIVE_TIMEOUT):
+                if e.state == EntryState.LIVE and not _alive(ray, e.actor, self.alive_timeout):
                     # Dead, or stuck in its handler (its parcels were settled as lost by
                     # the stall rule): either way it is retired for good now.
                     ray.kill(e.actor, no_restart=True)

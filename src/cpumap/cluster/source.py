@@ -44,7 +44,8 @@ exactly, whatever died (:meth:`Books.in_flight` is 0).
 
 After ``ActorDiedError`` (Ray will not restart it: its restarts are spent, or its node is
 gone) or a stall, the entry is *dead* for this source: later frames steered to it are not
-sent but counted ``redirect_err``, as a redirect to an entry that is not there.
+sent but counted ``redirect_err``, as a redirect to an entry that is not there, and its
+other unanswered parcels are taken without waiting (what has no reply yet is ``lost``).
 ``ActorUnavailableError`` (the actor is restarting) only loses the parcels it failed: the
 next parcels go to the restarted actor.
 
@@ -251,11 +252,14 @@ class Outbox:
         ref, n = self.pending[key].popleft()
         self.held[key] -= n
         books = self.books
+        # An entry already found dead or stuck gets no more waiting: what is not there now
+        # is lost (a dead actor's parcels fail at once anyway).
+        timeout = 0.0 if key in self.keys.dead else self.stall
         try:
-            reply = ray.get(ref, timeout=self.stall)
+            reply = ray.get(ref, timeout=timeout)
         except GetTimeoutError as e:
             e.__traceback__ = None  # Ray keeps the instance: it must not pin our frames
-            self._lose(key, n, f"no reply in {self.stall:g}s: entry treated as dead")
+            self._lose(key, n, f"no reply in {timeout:g}s: entry treated as dead")
             self.keys.dead.add(key)
             return
         except RayError as e:
