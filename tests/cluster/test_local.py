@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +35,11 @@ from tests.cluster.helpers import (
     packets_in,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs"),
+    pytest.mark.timeout(120),
+]
 
 
 @pytest.fixture(scope="module")

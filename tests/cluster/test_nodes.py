@@ -5,6 +5,7 @@ and a node removed mid-run -- every node on loopback, nothing left running after
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,11 @@ from tests.cluster.helpers import (
     packets_in,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs"),
+    pytest.mark.timeout(180),
+]
 
 NODE_ARGS = {"num_cpus": 1, "object_store_memory": OBJECT_STORE}
 

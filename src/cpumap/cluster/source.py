@@ -24,8 +24,9 @@ actor's mailbox or in its handler's hands -- and no coordinator is needed.  A fr
 flight" from the ``deliver.remote`` call until its parcel's reply (or failure) is taken.
 
 * lossless (files, the default): with no room, wait for the oldest unanswered parcel to that
-  entry (``ray.wait`` on it, at most ``stall_timeout``): the reader simply stops reading,
-  as a lossless producer waits on a full ring.
+  entry (``ray.get`` of its reply, at most ``stall_timeout``), then the next oldest, until
+  the parcel fits: the reader simply stops reading, as a lossless producer waits on a full
+  ring.
 * drop-and-count (live sources; ``lossless=False``): take the replies already there without
   waiting, then send what fits and count the rest ``queue_full``, as the kernel's bulk-queue
   flush drops what the ring cannot take.
