@@ -191,3 +191,26 @@ def test_a_node_removed_mid_run_is_counted_and_its_entry_dead(
     assert s.rx == packets_in(captures) and s.in_flight == 0
     assert o["lost"] > 0 and o["delivered"] + o["lost"] + o["redirect_err"] == s.rx
     assert by_place["w3:0"].lost == o["lost"] and by_place["head:0"].lost == 0
+
+
+def test_a_flow_keeps_its_entry_whatever_node_reads_it_until_the_map_changes(
+    cluster: Any, captures: list[Path]
+) -> None:
+    def where_flows_go(places: list[str], homes: tuple[str, ...]) -> dict[int, set[str]]:
+        with ClusterMap(FlowTable()) as cmap:
+            for place in places:
+                cmap.update(place, 2048)
+            source_nodes = dict(zip(map(str, captures), homes, strict=True))
+            result = run_map(cmap, captures, "l4-hash", source_nodes=source_nodes)
+            assert result.in_flight == 0
+        return entry_of_each_flow(cmap.results)
+
+    places = ["head:0", "w1:1", "w2:0"]
+    first = where_flows_go(places, ("head", "w1", "w2"))
+    moved_readers = where_flows_go(places, ("w2", "head", "w1"))  # every file elsewhere
+    assert first == moved_readers  # the same map: every flow on the same entry
+    fewer = where_flows_go(places[:2], ("head", "w1", "w2"))  # the map changed
+    assert first.keys() == fewer.keys()
+    moved = [h for h in first if first[h] != fewer[h]]
+    on_w2 = {h for h in first if first[h] == {"w2:0"}}
+    assert on_w2 and on_w2 <= set(moved)  # every flow of the removed entry moved
