@@ -151,6 +151,12 @@ class EntryActor:
         return contract.finish(self.handler)
 
 
+# What a handler may raise and have its frames counted handler_error, as in the local
+# worker (SystemExit too: the handler's failure, not the entry's).  KeyboardInterrupt is
+# left to Ray: it is how Ray interrupts a worker.
+_HANDLER_FAILURES = (Exception, SystemExit)
+
+
 @contract.batch_handler
 def accept_all(batch: Any) -> None:
     """The default handler: accept every frame (a batch handler: no skb per frame)."""
@@ -167,7 +173,7 @@ def _deliver_each(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int, 
             continue
         try:
             r = handler(skb)
-        except Exception:
+        except _HANDLER_FAILURES:
             herr += 1
             continue
         if r is False:
@@ -187,7 +193,7 @@ def _deliver_batch(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int,
         return 0, 0, 0, n
     try:
         r = handler(batch)
-    except Exception:
+    except _HANDLER_FAILURES:
         return 0, 0, n, 0
     if r is None:
         return n, 0, 0, 0
