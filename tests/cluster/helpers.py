@@ -185,6 +185,11 @@ def nothing_left_running(grace: float = 30.0) -> Iterator[None]:
     assert not left, f"Ray processes left running: {[(p, _cmd(p)) for p in sorted(left)]}"
 
 
+def ray_processes() -> set[int]:
+    """The running Ray processes, as :func:`nothing_left_running` finds them."""
+    return {p for p in _ray_named() if _running(p)}
+
+
 def _ray_named() -> set[int]:
     out = set()
     for pid in all_pids():

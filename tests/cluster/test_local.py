@@ -33,6 +33,7 @@ from tests.cluster.helpers import (
     make_captures,
     nothing_left_running,
     packets_in,
+    ray_processes,
 )
 
 pytestmark = [
@@ -65,6 +66,8 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_ray_listens_on_loopback_only(ray_local: None) -> None:
     assert_loopback_only()
+    # The end-of-module check finds Ray's processes by name: here they are, while it runs.
+    assert len(ray_processes()) >= 2  # gcs_server and raylet at least
 
 
 # -- map operations --------------------------------------------------------------------------
