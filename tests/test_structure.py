@@ -34,6 +34,7 @@ ALLOWED_PRIVATE_IMPORTS = frozenset({"_atomics"})
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cpumap",),  # the face: re-exports everything
     ("cpumap.cli",),
+    ("cpumap.cluster",),  # the map's entries on a Ray cluster: over the engine and sinks
     ("cpumap.metrics", "cpumap.sinks", "cpumap.demo"),
     # The engine's process layer: the map, its entries, workers and producers.
     (

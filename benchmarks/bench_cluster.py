@@ -1,0 +1,263 @@
+"""The cluster map on one machine against the local map, on the same captures, in one run.
+
+What is measured (frames/s from the first packet read to the last frame handled, best of
+``--repeat``), each beside its baseline in the same run:
+
+* ``local``    -- ``CpuMap`` with one entry per ``--cpus`` CPU, the l4-hash program, a
+  ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``);
+* ``cluster``  -- ``run_map`` over a ``ClusterMap`` with the same entries on a local Ray
+  instance: one source task per file, parcels through the object store, entry actors.
+  The ratio ``cluster / local`` is the overhead of going through Ray on one machine.
+
+And the figures ``docs/cluster.md`` rests on for scaling out:
+
+* ``actor calls/s`` -- an empty actor method, one call at a time (round trip), and 1,000
+  calls in flight (the pipelined rate a source sees);
+* ``object store`` -- ``ray.put`` then ``ray.get`` of a 64 MiB numpy array (MiB/s each;
+  a get on the node that holds the object maps it, zero-copy: its figure is a per-call
+  cost, not a bandwidth), and a get that moves it from another node's store (two Ray
+  nodes on this machine, over loopback TCP: the object manager's transfer path);
+* ``parcel`` -- the per-parcel cost of ``deliver`` with an accept-all handler, at 1,024
+  frames of 128 bytes (frames/s one source can push into one entry).
+
+    .venv/bin/python benchmarks/bench_cluster.py [--files 3] [--packets 40000]
+        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--json FILE]
+
+Starts and stops its own local Ray (on loopback, ``--object-store`` MB).  The machines are
+shared and noisy: trust the ratios printed in one run, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpumap.cluster.ray_setup import use_loopback
+
+use_loopback()
+
+from cpumap import CpuMap  # noqa: E402  (after the loopback switch, before Ray)
+from cpumap.capture import open_capture, write_capture  # noqa: E402
+from cpumap.cluster import ClusterMap, connect, run_map  # noqa: E402
+from cpumap.cluster.actor import EntryActor  # noqa: E402
+from cpumap.cluster.frames import FrameBlock, fill, pack  # noqa: E402
+from cpumap.generator import Generator  # noqa: E402
+from cpumap.programs.contract import WorkerInfo  # noqa: E402
+from cpumap.programs.steering import make_program  # noqa: E402
+from cpumap.sinks import FlowTable  # noqa: E402
+
+
+def make_captures(directory: Path, files: int, packets: int) -> list[Path]:
+    gen = Generator(
+        flows=1024,
+        sizes=(64, 128, 256, 600),
+        protocols=("udp", "tcp"),
+        seed=7,
+        count=files * packets,
+        undersize="clamp",
+    )
+    parts: list[list[Any]] = [[] for _ in range(files)]
+    for i, b in enumerate(gen.batches(1024)):
+        parts[i % files].append(b)
+    paths = []
+    for k, batches in enumerate(parts):
+        p = directory / f"bench{k}.pcapng"
+        write_capture(p, batches)
+        paths.append(p)
+    return paths
+
+
+def run_local(paths: list[Path], cpus: list[int]) -> float:
+    with CpuMap(max(cpus) + 1, handler=FlowTable()) as cmap:
+        for c in cpus:
+            cmap.update(c, 2048)
+        program = make_program("l4-hash", cmap, cpus)
+        t0 = time.perf_counter()
+        n = 0
+        for p in paths:
+            with open_capture(p) as reader:
+                s = cmap.run(reader.batches(1024), program)
+        n = s.rx
+        dt = time.perf_counter() - t0
+        program.table.close()
+    return n / dt
+
+
+def run_cluster(paths: list[Path], cpus: list[int], qsize: int, poll: int) -> tuple[float, float]:
+    """(frames/s of the run, seconds to populate the map)."""
+    t0 = time.perf_counter()
+    with ClusterMap(FlowTable()) as cmap:
+        for c in cpus:
+            cmap.update(f"{c}", qsize)
+        setup = time.perf_counter() - t0
+        result = run_map(cmap, paths, "l4-hash", poll_size=poll)
+    assert result.in_flight == 0
+    return result.stats.rx / result.seconds, setup
+
+
+def actor_rates() -> dict[str, float]:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ping(self) -> None:
+            return None
+
+    a = Echo.remote()
+    ray.get(a.ping.remote())
+    n = 300
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ray.get(a.ping.remote())
+    serial = n / (time.perf_counter() - t0)
+    n = 1000
+    t0 = time.perf_counter()
+    ray.get([a.ping.remote() for _ in range(n)])
+    pipelined = n / (time.perf_counter() - t0)
+    ray.kill(a)
+    return {"actor_calls_serial_per_s": serial, "actor_calls_pipelined_per_s": pipelined}
+
+
+def object_store_rates(mib: int = 64) -> dict[str, float]:
+    import ray
+
+    arr = np.random.default_rng(0).integers(0, 255, mib << 20, dtype=np.uint8)
+    best_put = best_get = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ref = ray.put(arr)
+        put = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = ray.get(ref)
+        got = time.perf_counter() - t0
+        assert out.nbytes == arr.nbytes
+        del out, ref
+        best_put = max(best_put, mib / put)
+        best_get = max(best_get, mib / got)
+    return {"object_store_put_MiB_per_s": best_put, "object_store_get_MiB_per_s": best_get}
+
+
+def _make_array(mib: int) -> np.ndarray:
+    return np.full(mib << 20, 7, dtype=np.uint8)
+
+
+def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
+    """MiB/s of a get that moves an object between two Ray nodes' stores (two nodes on
+    this machine: the transfer goes over loopback TCP, the object manager's path)."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    args = {"num_cpus": 1, "object_store_memory": object_store << 20}
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"node_ip_address": "127.0.0.1", "include_dashboard": False, **args},
+    )
+    try:
+        c.add_node(**args)
+        session = connect(c.address)
+        try:
+            c.wait_for_nodes()
+            me = ray.get_runtime_context().get_node_id()
+            other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != me)
+            make = ray.remote(num_cpus=0)(_make_array).options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False)
+            )
+            best = 0.0
+            for _ in range(3):
+                ref = make.remote(mib)
+                ray.wait([ref], fetch_local=False)
+                t0 = time.perf_counter()
+                arr = ray.get(ref)
+                best = max(best, mib / (time.perf_counter() - t0))
+                del arr, ref
+        finally:
+            session.close()
+    finally:
+        c.shutdown()
+    return {"object_transfer_between_nodes_MiB_per_s": best}
+
+
+def parcel_rate(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[str, float]:
+    import ray
+
+    gen = Generator(flows=64, sizes=size, protocols=("udp",), seed=3, count=frames)
+    block = FrameBlock.empty(frames)
+    fill(block, next(gen.batches(frames)))
+    parcel = pack(block, np.arange(frames, dtype=np.uint32))
+    info = WorkerInfo(0, 0, 0, 2048, 0, 0, False)
+    actor = ray.remote(EntryActor).options(num_cpus=0).remote(None, info, False)
+    ray.get(actor.ready.remote())
+    t0 = time.perf_counter()
+    refs = [actor.deliver.remote(parcel.rows, parcel.desc) for _ in range(calls)]
+    ray.get(refs)
+    dt = time.perf_counter() - t0
+    ray.kill(actor)
+    return {"parcel_frames_per_s": calls * frames / dt, "parcels_per_s": calls / dt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=3)
+    ap.add_argument("--packets", type=int, default=40_000, help="per file")
+    ap.add_argument("--cpus", default="0,1")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--qsize", type=int, default=8192, help="cluster entries' qsize")
+    ap.add_argument("--poll", type=int, default=4096, help="cluster sources' poll size")
+    ap.add_argument("--object-store", type=int, default=300, help="MB for the local Ray")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    cpus = [int(c) for c in args.cpus.split(",")]
+    out: dict[str, Any] = {
+        "files": args.files,
+        "packets_per_file": args.packets,
+        "cpus": cpus,
+        "cluster_qsize": args.qsize,
+        "cluster_poll": args.poll,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_captures(Path(tmp), args.files, args.packets)
+        session = connect(
+            "local",
+            loopback=True,
+            num_cpus=len(cpus),
+            object_store_memory=args.object_store << 20,
+            dashboard=False,
+        )
+        try:
+            local, cluster, setup = [], [], []
+            for _ in range(args.repeat):
+                local.append(run_local(paths, cpus))
+                fps, s = run_cluster(paths, cpus, args.qsize, args.poll)
+                cluster.append(fps)
+                setup.append(s)
+            out.update(
+                local_frames_per_s=max(local),
+                cluster_frames_per_s=max(cluster),
+                ratio_cluster_over_local=max(cluster) / max(local),
+                cluster_map_setup_s=min(setup),
+            )
+            out.update(actor_rates())
+            out.update(object_store_rates())
+            out.update(parcel_rate())
+        finally:
+            session.close()
+    out.update(transfer_rate(object_store=args.object_store))
+    for k, v in out.items():
+        print(f"{k:32} {v:,.2f}" if isinstance(v, float) else f"{k:32} {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The same map beyond one machine: its entries on the nodes of a Ray cluster.
+
+Rule 1: nothing of the engine is rebuilt.  The steering programs (``cpumap.programs``), the
+handlers and their contract, the skbs, the capture readers and the accounting are the local
+engine's; what changes is how frames move: through Ray's object store as numpy arrays
+(``frames``), to entry actors pinned to their node's CPU (``actor``), from sources running
+on the node that holds each file (``source``).
+Rule 2: one module per concept, and data flows one way: ``run`` (a job end to end) ->
+``map`` (the map: places, actors, errno) -> ``source`` (read, steer, send, keep the books)
+-> ``actor`` (the entry: handler, outcomes) -> ``frames`` (blocks and parcels); ``places``
+(how entries are named) and ``ray_setup`` (joining or starting Ray, naming nodes) beside.
+Rule 3: Ray is an optional extra (``cpumap[cluster]``): it is imported inside functions, so
+importing ``cpumap.cluster`` works without it, and nothing else of cpumap imports this
+package.
+
+    from cpumap.cluster import run_captures
+    result = run_captures(["a.pcapng", "b.pcapng"], entries="head:0-1,w1:0",
+                          handler=FlowTable(), ray_address="auto")
+    assert result.stats.in_flight == 0
+
+``docs/cluster.md`` says when to use it, how to deploy it and what it costs.
+"""
+
+from .actor import EntryActor, Reply
+from .frames import FrameBlock, Parcel
+from .map import ClusterEntry, ClusterMap, EntryResult, EntryState
+from .places import LOCAL_NODE, Place, as_place, parse_entries
+from .ray_setup import NodeInfo, RaySession, cluster_nodes, connect, resolve_node, use_loopback
+from .result import ClusterResult, EntryFigures, NodeFigures, SourceFigures
+from .run import default_places, run_captures, run_map
+from .source import KeySpace, SourceReport
+
+__all__ = [
+    "LOCAL_NODE",
+    "ClusterEntry",
+    "ClusterMap",
+    "ClusterResult",
+    "EntryActor",
+    "EntryFigures",
+    "EntryResult",
+    "EntryState",
+    "FrameBlock",
+    "KeySpace",
+    "NodeFigures",
+    "NodeInfo",
+    "Parcel",
+    "Place",
+    "RaySession",
+    "Reply",
+    "SourceFigures",
+    "SourceReport",
+    "as_place",
+    "cluster_nodes",
+    "connect",
+    "default_places",
+    "parse_entries",
+    "resolve_node",
+    "run_captures",
+    "run_map",
+    "use_loopback",
+]

@@ -1,0 +1,150 @@
+"""What a cluster run reports: totals (a ``MapStats``), and figures per entry, node and source.
+
+The totals are a :class:`cpumap.engine.stats.MapStats`, built from the sources' books, so
+``outcomes()``, ``in_flight`` and ``as_dict()`` mean what they mean for a local map: the
+accounting identity ``rx == sum(outcomes)`` holds over every source and entry of the run
+(``in_flight == 0``), whatever died (``source.py`` argues why).  Outcomes a cluster run
+cannot have (``no_frame``, ``second_stage_drop``, ``redirected_out``) are 0.
+
+Per entry: what the sources sent it and what became of it (summed over sources); per node:
+the frames its sources read and the frames its entries handled; per source: its file, its
+node, its counters, the error that stopped it early, if any.
+
+A source task that itself failed (its node died under it) has no books: it is listed with
+its error and ``rx = 0``; the frames it had sent are in no total (the entries' replies
+went to it), so the identity still holds over what the run knows, and ``complete`` is False.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..engine.stats import MapStats
+from .source import ENTRY_COUNTERS, SOURCE_COUNTERS, SourceReport
+
+
+@dataclass
+class EntryFigures:
+    """One entry of the run: where it is and what became of the frames sent to it."""
+
+    place: str
+    node: str
+    node_id: str
+    qsize: int
+    generation: int
+    state: str
+    pid: int
+    pinned: bool
+    restarts: int
+    sent: int = 0
+    parcels: int = 0
+    delivered: int = 0
+    handler_drop: int = 0
+    handler_error: int = 0
+    build_failed: int = 0
+    lost: int = 0
+    queue_full: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NodeFigures:
+    """One node: the frames its sources read, and the frames its entries handled."""
+
+    node: str
+    node_id: str
+    address: str
+    sources: int = 0
+    entries: int = 0
+    rx: int = 0
+    sent_to: int = 0
+    delivered: int = 0
+    lost: int = 0
+
+
+@dataclass
+class SourceFigures:
+    """One source: its file, where it ran, its counters, and its error, if any."""
+
+    path: str
+    node: str
+    node_id: str
+    pid: int
+    seconds: float
+    counters: dict[str, int]
+    error: str | None = None
+
+
+@dataclass
+class ClusterResult:
+    """The outcome of a cluster run (:func:`cpumap.cluster.run_captures`)."""
+
+    stats: MapStats
+    entries: list[EntryFigures]
+    nodes: list[NodeFigures]
+    sources: list[SourceFigures]
+    seconds: float
+    ray_address: str
+    complete: bool = True  # False when a source task failed (its books are missing)
+    results: list[Any] = field(default_factory=list)  # the entries' finish() results
+
+    def outcomes(self) -> dict[str, int]:
+        return self.stats.outcomes()
+
+    @property
+    def in_flight(self) -> int:
+        return self.stats.in_flight
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything but the handlers' results, as plain JSON-able data (``--json``)."""
+        stats = self.stats.as_dict()
+        stats.pop("entries", None)
+        return {
+            "ray_address": self.ray_address,
+            "seconds": round(self.seconds, 6),
+            "complete": self.complete,
+            "stats": stats,
+            "outcomes": self.outcomes(),
+            "entries": [asdict(e) for e in self.entries],
+            "nodes": [asdict(n) for n in self.nodes],
+            "sources": [asdict(s) for s in self.sources],
+        }
+
+
+def totals(map_id: int, reports: list[SourceReport]) -> MapStats:
+    """The run's totals as a ``MapStats`` (the producers' counters, and the outcomes of
+    every entry as the sources booked them)."""
+    src = dict.fromkeys(SOURCE_COUNTERS, 0)
+    ent = dict.fromkeys(ENTRY_COUNTERS, 0)
+    for r in reports:
+        for k in SOURCE_COUNTERS:
+            src[k] += r.counters.get(k, 0)
+        for row in r.per_entry:
+            for k, v in zip(ENTRY_COUNTERS, row, strict=True):
+                ent[k] += v
+    return MapStats(
+        map_id=map_id,
+        rx=src["rx"],
+        polls=src["polls"],
+        xdp_aborted=src["xdp_aborted"],
+        xdp_drop=src["xdp_drop"],
+        xdp_pass=src["xdp_pass"],
+        xdp_tx=src["xdp_tx"],
+        xdp_redirect=src["xdp_redirect"],
+        redirect_err=src["redirect_err"],
+        queue_full=ent["queue_full"],
+        truncated=src["truncated"],
+        enqueue_processed=ent["sent"] + ent["queue_full"],
+        enqueue_flushes=ent["parcels"],
+        kthread_processed=ent["delivered"]
+        + ent["handler_drop"]
+        + ent["handler_error"]
+        + ent["build_failed"],
+        kthread_batches=ent["parcels"],
+        delivered=ent["delivered"],
+        handler_drop=ent["handler_drop"],
+        handler_error=ent["handler_error"],
+        build_failed=ent["build_failed"],
+        lost=ent["lost"],
+    )

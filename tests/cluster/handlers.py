@@ -1,0 +1,80 @@
+"""Handlers the cluster tests hand to entries (pickled to the actors: module level)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cpumap.skb import Skb, SkbBatch
+
+HOLD = 60.0  # seconds a stalled handler holds its batch at most (it is killed long before)
+
+
+class StallOnce:
+    """A batch handler that, on CPU ``victim`` (of node ``node_id``, any when None), holds
+    its first batch until its process is killed -- once per ``marks`` directory: the
+    restarted actor finds the mark and goes on.  Records the largest batch it saw."""
+
+    batch = True
+
+    def __init__(self, marks: Path, victim: int, node_id: str | None = None) -> None:
+        self.marks = marks
+        self.victim = victim
+        self.node_id = node_id
+        self.here = False
+        self.largest = 0
+
+    def setup(self, info: Any) -> None:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        self.here = info.cpu == self.victim and self.node_id in (None, node)
+
+    def __call__(self, batch: SkbBatch) -> None:
+        self.largest = max(self.largest, len(batch))
+        mark = self.marks / "stalled"
+        if self.here and not mark.exists():
+            mark.touch()
+            deadline = time.monotonic() + HOLD
+            while time.monotonic() < deadline:  # held: the test kills this process
+                time.sleep(0.05)
+        return None
+
+    def finish(self) -> dict[str, int]:
+        return {"largest": self.largest}
+
+
+class Picky:
+    """A per-frame handler: drops UDP, raises on ICMP (v4 and v6), accepts the rest."""
+
+    def __call__(self, skb: Skb) -> object:
+        if skb.ip_proto == 17:
+            return False
+        if skb.ip_proto in (1, 58):
+            raise ValueError("no ICMP here")
+        return True
+
+
+class Slow:
+    """A batch handler doing 2 ms of work per batch: slower than a source sends."""
+
+    batch = True
+
+    def __call__(self, batch: SkbBatch) -> np.ndarray:
+        t = time.perf_counter() + 0.002
+        while time.perf_counter() < t:
+            pass
+        return np.ones(len(batch), dtype=bool)
+
+
+class BadSetup:
+    """A handler whose setup raises: the map update must fail."""
+
+    def setup(self, info: Any) -> None:
+        raise RuntimeError("setup refuses")
+
+    def __call__(self, skb: Skb) -> None:
+        return None

@@ -1,0 +1,273 @@
+"""The cluster map on a local Ray instance (one per module): map operations and their
+errno, the same flow table as a local CpuMap, the handler contract, back-pressure and
+drop-and-count, an actor killed mid-run, the front end -- and Ray on loopback only, with
+nothing left running afterwards."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from cpumap.abi import BPF_EXIST, BPF_NOEXIST
+from cpumap.cluster import ClusterMap, EntryState, Place, connect, run_captures, run_map
+from cpumap.cluster.__main__ import main
+from cpumap.engine.supervisor import HandlerSetupError
+from cpumap.errors import ClosedResourceError
+from cpumap.sinks import FlowTable, merge_flow_tables
+from tests.cluster.handlers import BadSetup, Picky, Slow, StallOnce
+from tests.cluster.helpers import (
+    OBJECT_STORE,
+    assert_loopback_only,
+    entry_of_each_flow,
+    flows_equal,
+    local_flow_table,
+    make_captures,
+    nothing_left_running,
+    packets_in,
+    ray_processes,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable CPUs"),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    with nothing_left_running():
+        session = connect(
+            "local",
+            loopback=True,
+            num_cpus=2,
+            object_store_memory=OBJECT_STORE,
+            dashboard=False,
+        )
+        try:
+            yield
+        finally:
+            session.close()
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return make_captures(tmp_path_factory.mktemp("captures"), files=3, packets=3000)
+
+
+def test_ray_listens_on_loopback_only(ray_local: None) -> None:
+    assert_loopback_only()
+    # The end-of-module check finds Ray's processes by name: here they are, while it runs.
+    assert len(ray_processes()) >= 2  # gcs_server and raylet at least
+
+
+# -- map operations --------------------------------------------------------------------------
+def _errno(code: int, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OSError) as info:
+        fn(*args, **kwargs)
+    assert info.value.errno == code, info.value
+
+
+def test_map_operations_keep_their_errno(ray_local: None) -> None:
+    with ClusterMap(FlowTable(), max_entries=2) as cmap:
+        _errno(errno.ENOENT, cmap.lookup, "0")
+        _errno(errno.EINVAL, cmap.update, "0", 64, BPF_EXIST + 1)
+        _errno(errno.EEXIST, cmap.update, "0", 64, BPF_NOEXIST)
+        _errno(errno.EOVERFLOW, cmap.update, "0", 16385)
+        _errno(errno.ENODEV, cmap.update, "nosuchnode:0", 64)
+        _errno(errno.ENODEV, cmap.update, Place("", 4095), 64)
+        _errno(errno.EINVAL, cmap.delete, "nosuchnode:0")
+        assert len(cmap) == 0
+        cmap.update("0", 64, BPF_EXIST)  # BPF_EXIST on an empty entry: allowed, as cpumap
+        cmap.update(("", 1), 128)
+        assert cmap.lookup("0") == 64 and cmap.lookup(Place("", 1)) == 128
+        _errno(errno.E2BIG, cmap.update, "head:0", 64)  # a third place: full
+        assert list(cmap.keys()) == [Place("", 0), Place("", 1)]
+        assert dict(cmap.items()) == {Place("", 0): 64, Place("", 1): 128}
+        assert cmap.get_next_key() == Place("", 0)
+        assert cmap.get_next_key("0") == Place("", 1)
+        _errno(errno.ENOENT, cmap.get_next_key, "1")
+        assert cmap.entry("0").pinned
+        first = cmap.entry("0").pid
+        cmap.update("0", 256)  # replace: a new actor, the old one's result gathered
+        assert cmap.lookup("0") == 256 and cmap.entry("0").pid != first
+        assert [r.place for r in cmap.results] == [Place("", 0)]
+        assert cmap.results[0].result == {"cpu": 0, "flows": {}}
+        cmap.update("1", 0)  # qsize 0 deletes
+        assert "1" not in cmap and "0" in cmap
+        cmap.delete("1")  # not populated: fine, as cpumap's delete of an empty key
+        with pytest.raises(HandlerSetupError):
+            ClusterMap(BadSetup()).update("0", 64)
+    with pytest.raises(ClosedResourceError):
+        cmap.lookup("0")
+    assert all(e.state == EntryState.RETIRED for e in cmap.history)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def test_same_flow_table_as_a_local_map(ray_local: None, captures: list[Path]) -> None:
+    result = run_captures(captures, entries="0,1", handler=FlowTable())
+    total = packets_in(captures)
+    s = result.stats
+    assert s.rx == total and s.in_flight == 0
+    assert result.outcomes()["delivered"] == total
+    assert sum(result.outcomes().values()) == s.rx
+    assert sorted(result.outcomes()) == sorted(s.outcomes())
+    flows_equal(merge_flow_tables(result.results), local_flow_table(captures, [0, 1]))
+    # Every flow is in every file, and each reached one entry.
+    seen = entry_of_each_flow(result.results)
+    assert seen and all(len(places) == 1 for places in seen.values())
+    assert {e.place for e in result.entries} == {"0", "1"}
+    assert sum(n.rx for n in result.nodes) == total
+    assert all(src.counters["rx"] > 0 and src.error is None for src in result.sources)
+
+
+def test_per_frame_handler_outcomes_match_the_local_map(
+    ray_local: None, captures: list[Path]
+) -> None:
+    from cpumap import CpuMap
+    from cpumap.capture import open_capture
+    from cpumap.programs.steering import make_program
+
+    result = run_captures(captures[:1], entries="0", handler=Picky(), program="l4-proto")
+    with CpuMap(1, handler=Picky()) as cmap:
+        cmap.update(0, 2048)
+        program = make_program("l4-proto", cmap, [0])
+        with open_capture(captures[0]) as reader:
+            local = cmap.run(reader.batches(1024), program)
+        program.table.close()
+    assert result.outcomes() == local.outcomes()
+    assert local.handler_drop and local.handler_error  # both kinds are exercised
+
+
+def test_lossless_back_pressure_bounds_parcels_by_the_share(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    # Two files, qsize 100: each source may hold 50 frames in flight to the entry.
+    result = run_captures(
+        captures[:2], entries="0", handler=StallOnce(tmp_path, victim=-1), qsize=100
+    )
+    assert result.stats.in_flight == 0
+    assert result.outcomes()["delivered"] == result.stats.rx == packets_in(captures[:2])
+    assert result.results[0].result["largest"] <= 50
+    assert result.entries[0].parcels >= result.stats.rx // 50
+
+
+def test_drop_and_count_when_not_lossless(ray_local: None, captures: list[Path]) -> None:
+    result = run_captures(captures[:1], entries="0", handler=Slow(), qsize=16, lossless=False)
+    o = result.outcomes()
+    assert result.stats.in_flight == 0
+    assert o["queue_full"] > 0  # a 2 ms handler behind a 16-frame bound
+    assert o["delivered"] + o["queue_full"] == result.stats.rx == packets_in(captures[:1])
+
+
+def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw):  # type: ignore[no-untyped-def]
+    box: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            box["result"] = run_map(cmap, paths, "l4-hash", stall_timeout=30, **kw)
+        except BaseException as e:  # reported by the test
+            box["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t, box
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("restarts", [1, 0], ids=["restarted", "retired"])
+def test_actor_killed_mid_run_is_counted_and_survived(
+    ray_local: None, captures: list[Path], tmp_path: Path, restarts: int
+) -> None:
+    import ray
+
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), max_restarts=restarts)
+    try:
+        cmap.update("0", 256)
+        cmap.update("1", 256)
+        victim = cmap.entry("0")
+        t, box = _run_in_thread(cmap, captures)
+        _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: parcels queue behind it
+        ray.kill(victim.actor, no_restart=False)
+        t.join(90)
+        assert not t.is_alive(), "the run hung after the kill"
+        assert "error" not in box, box.get("error")
+        result = box["result"]
+        total = packets_in(captures)
+        s = result.stats  # type: ignore[attr-defined]
+        o = s.outcomes()
+        assert s.rx == total and s.in_flight == 0  # the identity, exact
+        assert o["lost"] > 0
+        e0, e1 = result.entries  # type: ignore[attr-defined]
+        assert e0.lost == o["lost"] and e1.lost == 0 and e0.failures
+        assert o["delivered"] + o["lost"] + o["redirect_err"] == total
+        if restarts:
+            assert e0.state == "live" and e0.restarts == 1 and e0.delivered > 0
+            assert o["redirect_err"] == 0
+        else:
+            assert e0.state == "dead" and o["redirect_err"] > 0  # steered to a dead entry
+        assert e1.delivered == e1.sent > 0  # the other entry went on untouched
+    finally:
+        cmap.close()
+    states = {r.place: r.error is None for r in cmap.results}
+    assert states == {Place("", 0): bool(restarts), Place("", 1): True}
+
+
+def test_a_damaged_capture_is_reported(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"this is not a capture at all")
+    result = run_captures([captures[0], bad], entries="0")
+    assert result.stats.in_flight == 0 and result.stats.rx == packets_in(captures[:1])
+    errors = {Path(s.path).name: s.error for s in result.sources}
+    assert errors["part0.pcapng"] is None
+    assert "CaptureError" in (errors["bad.pcap"] or "")
+
+
+def test_front_end_json(ray_local: None, captures: list[Path]) -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main([str(p) for p in captures[:2]] + ["--cpus", "0-1", "--json"])
+    assert rc == 0
+    d = json.loads(out.getvalue())
+    assert d["stats"]["rx"] == packets_in(captures[:2]) and d["stats"]["in_flight"] == 0
+    assert {e["place"] for e in d["entries"]} == {"0", "1"}
+    assert d["nodes"][0]["address"] == "127.0.0.1" and d["flows"] > 0
+    assert main(["x.pcap", "--cpus", "head:"]) == 2
+
+
+def test_a_handler_stuck_forever_is_lost_not_hung(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """No reply within ``stall_timeout``: the entry's unanswered frames are lost, it is dead
+    for the rest of the run (redirect_err), killed after it, and the run returns."""
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), alive_timeout=2.0)
+    try:
+        cmap.update("0", 256)
+        cmap.update("1", 256)
+        t0 = time.monotonic()
+        result = run_map(cmap, captures, "l4-hash", stall_timeout=2.0)
+        assert time.monotonic() - t0 < 60
+        s, o = result.stats, result.outcomes()
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        e0, e1 = result.entries
+        assert e0.lost == o["lost"] > 0 and any("no reply" in f for f in e0.failures)
+        assert e0.state == "dead" and o["redirect_err"] > 0 and e1.lost == 0
+    finally:
+        cmap.close()

@@ -1,0 +1,65 @@
+"""Entry names and frame parcels: no Ray needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cpumap.cluster.frames import FrameBlock, fill, pack, unpack
+from cpumap.cluster.places import Place, as_place, parse_entries
+from cpumap.generator import Generator
+from cpumap.programs.context import frame_skbs, skb_batch
+
+
+def test_parse_entries() -> None:
+    assert parse_entries("head:0-1,w1:0,2") == [
+        Place("head", 0),
+        Place("head", 1),
+        Place("w1", 0),
+        Place("w1", 2),
+    ]
+    assert parse_entries("0,1") == [Place("", 0), Place("", 1)]
+    assert parse_entries(" head:0  w1:1 ") == [Place("head", 0), Place("w1", 1)]
+    assert str(Place("w1", 3)) == "w1:3" and str(Place("", 3)) == "3"
+    assert as_place("w1:3") == Place("w1", 3) == as_place(("w1", 3))
+
+
+@pytest.mark.parametrize("bad", ["", "head:", "head:x", "a:b:1", "3-1", "head:0,head:0", "0,0"])
+def test_parse_entries_rejects(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_entries(bad)
+
+
+def test_as_place_rejects() -> None:
+    with pytest.raises(ValueError):
+        as_place("0,1")
+    with pytest.raises(ValueError):
+        as_place(("w1", -1))
+    with pytest.raises(TypeError):
+        as_place(3)  # type: ignore[arg-type]
+
+
+def test_a_parcel_carries_what_the_handler_sees() -> None:
+    gen = Generator(
+        flows=20, sizes=(64, 200, 1514), vlan=(None, 7), seed=3, count=300, undersize="clamp"
+    )
+    batch = next(gen.batches(300))
+    block = FrameBlock.empty(512)
+    assert fill(block, batch) == 0
+    idx = np.arange(0, 300, 3, dtype=np.uint32)  # scattered frames
+    got = unpack(pack(block, idx))
+    assert got.count == len(idx) and got.frame_size <= 1514
+    want, have = skb_batch(block, idx), skb_batch(got, np.arange(len(idx), dtype=np.uint32), 0)
+    for col in ("hash", "length", "wire_len", "ip_proto", "sport", "dport", "ts_ns"):
+        assert np.array_equal(getattr(want, col), getattr(have, col)), col
+    a = [bytes(s.data) for s in frame_skbs(block, idx)]
+    b = [bytes(s.data) for s in frame_skbs(got, np.arange(len(idx), dtype=np.uint32))]
+    assert a == b
+
+
+def test_fill_cuts_what_does_not_fit_as_the_engine_does() -> None:
+    gen = Generator(flows=2, sizes=(1514,), seed=1, count=4)
+    batch = next(gen.batches(4))
+    block = FrameBlock.empty(4, frame_size=1024, headroom=256)
+    assert fill(block, batch) == 4
+    assert (block.length[:4] == 768).all() and (block.wire_len[:4] == 1514).all()
