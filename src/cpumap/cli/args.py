@@ -114,7 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
     )
     src = run.add_mutually_exclusive_group()
-    src.add_argument("capture", nargs="?", help="a pcap or pcapng file (gzip is fine)")
+    # nargs="*" with default=[]: argparse then counts an absent capture as not given in
+    # the group (a default of None would make it clash with --iface and --generate).
+    src.add_argument(
+        "capture",
+        nargs="*",
+        default=[],
+        metavar="CAPTURE",
+        help="a pcap or pcapng file (gzip is fine); several with --ray",
+    )
     src.add_argument("--iface", help="receive live from this interface (needs root)")
     src.add_argument("--generate", type=_ranged(0, None), metavar="N", help="N generated frames")
     run.add_argument(
@@ -126,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default: every CPU we may run on",
     )
     run.add_argument("--cpus", metavar="LIST", help="CPUs to steer to, e.g. 0,1 or 0-3")
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the entries as Ray actors: 'auto' joins this machine's Ray cluster or "
+        "starts a local one, an address joins that cluster; --cpus may then name "
+        "node:cpu entries (docs/cluster.md; needs cpumap[cluster])",
+    )
     run.add_argument(
         "-q", "--qsize", type=_ranged(1, QSIZE_MAX), default=2048, help="ring size per CPU"
     )
@@ -225,6 +240,23 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 
 # -- checks that need more than one value, or the file system ----------------------------------
+
+
+def split_captures(args: argparse.Namespace) -> None:
+    """``args.capture`` as parsed (a list) becomes one path or None; several need --ray,
+    which keeps the list."""
+    captures = list(args.capture or ())
+    for path in captures:
+        check_capture_path(path)
+    if args.ray:
+        args.capture = captures
+        return
+    if len(captures) > 1:
+        raise UsageError(
+            f"{len(captures)} captures given: run one at a time, or all of them on a Ray "
+            f"cluster with --ray auto"
+        )
+    args.capture = captures[0] if captures else None
 
 
 def chosen_cpus(args: argparse.Namespace) -> list[int]:

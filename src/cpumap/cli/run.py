@@ -34,8 +34,8 @@ from ..engine import CpuMap, HandlerSetupError, MapStats, WorkerEvent
 from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
 from ..programs import LoadError, load_object
-from ..sinks import merge_captures, merge_flow_tables
-from .args import check_run, chosen_cpus
+from ..sinks import FlowTable, merge_captures, merge_flow_tables
+from .args import check_run, chosen_cpus, split_captures
 from .build import (
     Source,
     describe_capture_error,
@@ -45,6 +45,7 @@ from .build import (
     open_source,
     remote_program,
 )
+from .cluster import run_on_ray
 from .errors import ExitStatus, UsageError
 from .view import (
     ProducerRow,
@@ -233,6 +234,9 @@ def setup_failure(e: HandlerSetupError) -> str:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    split_captures(args)
+    if args.ray:
+        return run_on_ray(args, console, ray_handler(args.handler))
     cpus = chosen_cpus(args)
     check_run(args, cpus)
     if ":" in args.program:  # import it now: a bad module is a usage error, not a crash
@@ -251,6 +255,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
             source.close()
     finally:
         signals.restore()
+
+
+def ray_handler(name: str) -> Any:
+    """The handler of a ``--ray`` run: built on each entry's node, so a module's is
+    passed as its spec (loaded there) rather than as an object loaded here."""
+    if name == "flow-table":
+        return FlowTable()
+    if name == "count":
+        return None  # the cluster's entries count what they accept
+    if ":" not in name:
+        raise UsageError(f"--handler {name!r}: use flow-table, count, or module:function")
+    return name
 
 
 def _run(
