@@ -86,11 +86,7 @@ class ProgramRunner:
         return Verdicts(verdicts, keys, counts, target)
 
     def _run_per_frame(self, idx: np.ndarray, start: int | None) -> Verdicts:
-        pool, prog, ctx = self.pool, self.program, self._ctx
-        where: slice | np.ndarray = idx if start is None else slice(start, start + len(idx))
-        ifs = pool.ifindex[where].tolist()
-        rxq = pool.rx_queue[where].tolist()
-        lts = pool.linktype[where].tolist()
+        prog, ctx = self.program, self._ctx
         default = self._default
         chosen = self._fixed  # the batch's target: fixed, or the first one named
         verdicts: list[int] = []
@@ -98,8 +94,7 @@ class ProgramRunner:
         counts = [0] * N_VERDICTS
         set_current_context(ctx)
         try:
-            for j, i in enumerate(idx.tolist()):
-                ctx.load(i, ifs[j], rxq[j], lts[j])
+            for _ in ctx.each(idx, start):
                 try:
                     v = as_verdict(prog(ctx))
                 except Exception:

@@ -73,7 +73,6 @@ from ..abi import (
     XDP_PASS,
     XDP_REDIRECT,
 )
-from ..skb import Skb
 from .context import CpuMapLike, XdpBatch, XdpContext
 from .cpu_table import CpuTable, TableSnapshot
 from .xdp_parse import (
@@ -597,7 +596,7 @@ class FlowHash:
         return self.frame(arg)
 
     def frame(self, ctx: XdpContext) -> int:
-        h = Skb(ctx.data, linktype=ctx.linktype).hash
+        h = ctx.skb.hash  # the poll's hash column: parsed once for the batch
         return ctx.redirect_map(self.cmap, self.keys[h % len(self.keys)])
 
     def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
