@@ -668,6 +668,14 @@ class SkbBatch:
             self._set({"hash": fast_path.hash_column(self.rows, self._fast_offset(), layout)})
             self._patch(self._odd, ("hash",))
             return
+        given = self._given
+        mixed = fast_path.mixed_hash(
+            self.rows, self._uniform_offset, given["length"], given["linktype"]
+        )
+        if mixed is not None:  # IPv4 and IPv6 frames: two fixed layouts
+            self._set({"hash": mixed[0]})
+            self._patch(mixed[1], ("hash",))
+            return
         rd = self._read()
         version = self.ip_version
         words = rd.u32_words(self.network_offset.astype(np.int64), _ADDRESS_WORDS)
