@@ -176,3 +176,27 @@ def test_skb_batch_of_consecutive_frames_is_a_view_of_the_pool() -> None:
         assert scattered.dport.tolist() == [batch.dport[2], batch.dport[0], batch.dport[1]]
     finally:
         pool.close()
+
+
+def test_a_programs_ctx_skb_is_the_frames_skb() -> None:
+    from cpumap.programs.context import XdpContext
+
+    pool = FramePool(16, frame_size=FRAME_SIZE, headroom=HEADROOM)
+    try:
+        frames = EXAMPLE_FRAMES[:8]
+        where = [3, 4, 5, 6, 7, 8, 9, 10]
+        fill_pool(pool, where, frames)
+        ctx = XdpContext(pool)
+        idx = np.array(where, dtype=np.uint32)
+        seen = []
+        for j in ctx.each(idx, 3):
+            assert ctx.index == where[j] and bytes(ctx.data) == frames[j][1]
+            assert ctx.skb is ctx.skb  # one view per frame
+            seen.append(ctx.skb.as_dict())
+        assert seen == [
+            pool_expected(pool, i, data) for i, (_, data) in zip(where, frames, strict=True)
+        ]
+        ctx.load(5, 0, 0, int(pool.linktype[5]))  # on its own: parsed per frame, same fields
+        assert ctx.skb.as_dict() == pool_expected(pool, 5, frames[2][1])
+    finally:
+        pool.close()
