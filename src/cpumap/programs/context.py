@@ -145,16 +145,17 @@ class XdpContext:
         metas = pool.meta_len[where].tolist()
         self._poll = (idx, start)
         self._columns = None
+        frames = zip(idx.tolist(), datas, ifs, rxq, lts, metas, strict=True)
         try:
-            for j, i in enumerate(idx.tolist()):
+            for j, (i, data, ifindex, queue, linktype, meta) in enumerate(frames):
                 self.index = i
-                self.data = datas[j]
-                self.ingress_ifindex = ifs[j]
-                self.rx_queue_index = rxq[j]
-                self.linktype = lts[j]
+                self.data = data
+                self.ingress_ifindex = ifindex
+                self.rx_queue_index = queue
+                self.linktype = linktype
                 self.redirect_key = NO_KEY
                 self.redirect_target = None
-                self._meta_len = metas[j]
+                self._meta_len = meta
                 self._row = j
                 self._skb = None
                 yield j
@@ -170,17 +171,18 @@ class XdpContext:
         the bytes as they were at that first read -- a program that rewrites headers and
         then wants them parsed again should build ``Skb(ctx.data)`` itself."""
         skb = self._skb
-        if skb is None:
+        if skb is not None:
+            return skb
+        columns = self._columns
+        if columns is None:
             if self._poll is None:  # a frame loaded on its own: parse just this one
-                skb = next(_frame_skbs_one_by_one(self._pool, np.array([self.index])))
-                assert skb is not None  # Invariant: building a plain Skb never raises
-            else:
-                columns = self._columns
-                if columns is None:
-                    columns = self._columns = skb_columns(self._pool, *self._poll)
-                skb = SkbView.of(columns, self._row)
-            self._skb = skb
-        return skb
+                one = next(_frame_skbs_one_by_one(self._pool, np.array([self.index])))
+                assert one is not None  # Invariant: building a plain Skb never raises
+                self._skb = one
+                return one
+            columns = self._columns = skb_columns(self._pool, *self._poll)
+        self._skb = view = SkbView.of(columns, self._row)
+        return view
 
     @property
     def data_end(self) -> int:

@@ -96,9 +96,11 @@ class ProgramRunner:
         try:
             for _ in ctx.each(idx, start):
                 try:
-                    v = as_verdict(prog(ctx))
+                    v = prog(ctx)
                 except Exception:
                     v = XDP_ABORTED
+                if type(v) is not int or not 0 <= v < N_VERDICTS:  # the common case: inline
+                    v = as_verdict(v)
                 counts[v] += 1
                 verdicts.append(v)
                 if v != XDP_REDIRECT:
