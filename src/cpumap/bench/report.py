@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Any
 
 from rich.console import Console
@@ -22,14 +23,24 @@ def set_ratios(rows: dict[str, Row]) -> None:
             if row.skipped is None and row.baseline:
                 row.skipped = f"baseline {row.baseline} not measured"
             continue
-        row.ratio = row.fps / base.fps
+        row.ratio = paired_ratio(row, base) or row.fps / base.fps
+
+
+def paired_ratio(row: Row, base: Row) -> float | None:
+    """The median of per-round ratios, when both rows ran in the same rounds."""
+    group = row.extra.get("round_group")
+    if group is None or group != base.extra.get("round_group"):
+        return None
+    if len(row.runs) != len(base.runs) or not row.runs:
+        return None
+    return statistics.median(a / b for a, b in zip(row.runs, base.runs, strict=True) if b)
 
 
 def _ratio(rows: dict[str, Row], a: str, b: str) -> float | None:
     ra, rb = rows.get(a), rows.get(b)
     if ra is None or rb is None or ra.fps is None or rb.fps is None:
         return None
-    return ra.fps / rb.fps
+    return paired_ratio(ra, rb) or ra.fps / rb.fps
 
 
 def goals(rows: dict[str, Row], costs: dict[str, Any], machine: dict[str, Any]) -> list[dict]:
@@ -103,7 +114,9 @@ def render(result: dict[str, Any], console: Console) -> None:
         t.add_column(col, justify="right" if col in ("frames/s", "ratio") else "left")
     rows = result["rows"]
     for r in rows:
-        note = r["skipped"] or ", ".join(f"{k} {_short(v)}" for k, v in r["extra"].items())
+        note = r["skipped"] or ", ".join(
+            f"{k} {_short(v)}" for k, v in r["extra"].items() if k != "round_group"
+        )
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         t.add_row(
             r["group"], Text(r["name"]), _fps(r["fps"]), r["baseline"] or "", ratio, Text(note)

@@ -6,17 +6,18 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.console import Console
 
 from . import kernel, main_job, ours, python_side, report, rss
-from .common import Row, make_frames, median_of, per_second, usable_cpus
+from .common import Row, make_frames, per_second, usable_cpus
 
 SECTIONS = ("kernel", "ours", "pipelines", "loops", "main-job", "rss")
 
@@ -33,6 +34,7 @@ class Sizes:
     capture_packets: int
     rss_frames: int
     repeat: int
+    job_rounds: int
 
     def scaled(self, k: float) -> Sizes:
         def s(n: int, least: int = 2048) -> int:
@@ -47,11 +49,12 @@ class Sizes:
             s(self.capture_packets),
             s(self.rss_frames, 20_000),
             self.repeat,
+            self.job_rounds,
         )
 
 
-QUICK = Sizes(400_000, 100_000, 150_000, 40_000, 300_000, 200_000, 1_000_000, 3)
-FULL = Sizes(2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5)
+QUICK = Sizes(400_000, 100_000, 150_000, 40_000, 300_000, 200_000, 1_000_000, 3, 1)
+FULL = Sizes(2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,199 +98,251 @@ def machine() -> dict[str, Any]:
     }
 
 
+@dataclass
+class Spec:
+    """One configuration to measure: ``fn`` returns frames/s, or a dict with "fps"."""
+
+    key: str
+    section: str
+    group: str
+    name: str
+    fn: Callable[[], float | dict[str, Any]]
+    baseline: str | None = None
+    skip: str | None = None
+
+
 class Bench:
-    def __init__(self, sizes: Sizes, console: Console, quiet: bool) -> None:
+    """Runs the sections and keeps the rows.
+
+    Configurations that are compared run in *rounds*: each round runs every one of them
+    once, in turn, so that a baseline and what it anchors see the same moment of a shared,
+    noisy machine; a row's ratio is then the median of its per-round ratios."""
+
+    def __init__(self, sizes: Sizes, console: Console, quiet: bool, sections: list[str]) -> None:
         self.sizes = sizes
         self.console = console
         self.quiet = quiet
+        self.sections = sections
         self.rows: dict[str, Row] = {}
         self.costs: dict[str, Any] = {}
         self.cpus = usable_cpus()
+        self._round_group = 0
 
     def say(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, highlight=False)
 
-    def add(self, row: Row) -> Row:
-        self.rows[row.key] = row
-        return row
-
-    def measure(
-        self,
-        key: str,
-        group: str,
-        name: str,
-        fn: Callable[[], float | dict[str, Any]],
-        *,
-        baseline: str | None = None,
-        skip: str | None = None,
-        repeat: int | None = None,
-    ) -> Row:
-        """Median of ``repeat`` runs of ``fn`` (frames/s, or a dict with "fps" and more)."""
-        row = self.add(Row(key, group, name, baseline=baseline, skipped=skip))
-        if skip:
-            self.say(f"  {name}: skipped ({skip})")
-            return row
-        extras: list[dict[str, Any]] = []
-
-        def once() -> float:
-            out = fn()
-            if isinstance(out, dict):
-                extras.append({k: v for k, v in out.items() if k != "fps"})
-                return float(out["fps"])
-            return float(out)
-
-        try:
-            row.fps, row.runs = median_of(once, repeat or self.sizes.repeat)
-        except Exception as e:
-            row.skipped = f"failed: {type(e).__name__}: {e}"
-            self.say(f"  {name}: FAILED\n{traceback.format_exc()}")
-            return row
-        if extras:
-            row.extra = _median_extras(extras)
-        self.say(f"  {name}: {row.fps / 1e6:.3f} M frames/s  (runs {_runs(row.runs)})")
-        return row
+    def rounds(self, specs: list[Spec], repeat: int | None = None) -> None:
+        """Measure ``specs`` (those of a selected section) in ``repeat`` rounds."""
+        specs = [sp for sp in specs if sp.section in self.sections]
+        if not specs:
+            return
+        self._round_group += 1
+        rows = {}
+        extras: dict[str, list[dict[str, Any]]] = {}
+        for sp in specs:
+            row = Row(sp.key, sp.group, sp.name, baseline=sp.baseline, skipped=sp.skip)
+            row.extra["round_group"] = self._round_group
+            self.rows[sp.key] = rows[sp.key] = row
+            extras[sp.key] = []
+            if sp.skip:
+                self.say(f"  {sp.name}: skipped ({sp.skip})")
+        for _ in range(repeat or self.sizes.repeat):
+            for sp in specs:
+                row = rows[sp.key]
+                if row.skipped:
+                    continue
+                try:
+                    out = sp.fn()
+                except Exception as e:
+                    row.skipped = f"failed: {type(e).__name__}: {e}"
+                    row.runs.clear()
+                    self.say(f"  {sp.name}: FAILED\n{traceback.format_exc()}")
+                    continue
+                if isinstance(out, dict):
+                    extras[sp.key].append({k: v for k, v in out.items() if k != "fps"})
+                    out = out["fps"]
+                row.runs.append(float(out))
+        for sp in specs:
+            row = rows[sp.key]
+            if row.skipped or not row.runs:
+                continue
+            row.fps = statistics.median(row.runs)
+            if extras[sp.key]:
+                row.extra.update(_median_extras(extras[sp.key]))
+            self.say(f"  {sp.name}: {row.fps / 1e6:.3f} M frames/s  (runs {_runs(row.runs)})")
 
     # -- sections -----------------------------------------------------------------------
-    def kernel(self) -> None:
-        self.say("[b]the kernel's cpumap[/b] (RX on CPU 0, entry on CPU 1, 64 B)")
-        why = kernel.unavailable() or self._two_cpus()
-        n, r = self.sizes.kernel_frames, self.sizes.repeat
-        for path, key, name in (
-            ("xdp-drop", "kernel.xdp_drop", "kernel: remote XDP_DROP"),
-            ("netstack", "kernel.netstack", "kernel: SKB + netstack"),
-        ):
-            self.measure(
-                key, "kernel", name, lambda p=path: kernel.kernel_fps(p, n, r), skip=why, repeat=1
+    def per_frame(self) -> None:
+        """The single-process loops and our per-frame paths, in rounds."""
+        self.say("[b]per frame[/b]: single-process loops and ours, 1 worker (64 B, 4,096 flows)")
+        s = self.sizes
+        loop_frames = [bytes(r) for r in make_frames(s.loop_frames)]
+        small = make_frames(s.frames_per_frame)
+        why = self._two_cpus()
+        self.rounds(
+            [
+                Spec(
+                    "loop.skb",
+                    "loops",
+                    "loops",
+                    "Skb(frame).dport per frame",
+                    lambda: python_side.skb_loop(loop_frames),
+                    baseline="loop.skb",
+                ),
+                Spec(
+                    "loop.dpkt",
+                    "loops",
+                    "loops",
+                    "dpkt Ethernet(buf).data.data.dport per frame",
+                    lambda: python_side.dpkt_loop(loop_frames),
+                    baseline="loop.skb",
+                    skip=python_side.dpkt_missing(),
+                ),
+                Spec(
+                    "ours.frame_handler",
+                    "ours",
+                    "ours",
+                    "ours: per-frame handler reading skb.dport, 1 worker",
+                    lambda: ours.frame_handler(small),
+                    baseline="loop.skb",
+                    skip=why,
+                ),
+                Spec(
+                    "ours.frame_program",
+                    "ours",
+                    "ours",
+                    "ours: per-frame program + per-frame handler, 1 worker",
+                    lambda: ours.frame_program(small),
+                    baseline="loop.skb",
+                    skip=why,
+                ),
+            ]
+        )
+        if "ours" in self.sections:
+            cost = ours.framework_cost(small)
+            self.costs["framework_us"] = cost["us_per_frame"]
+            self.costs["framework"] = cost
+            self.say(
+                f"  framework cost: {cost['us_per_frame']:.3f} µs/frame (delivery "
+                f"{cost['delivery_us']:.3f} - handler {cost['handler_us']:.3f})"
             )
 
-    def ours(self) -> None:
-        self.say("[b]ours[/b] (64 B UDP, 4,096 flows)")
-        why = self._two_cpus()
-        s = self.sizes
-        f64 = make_frames(s.frames)
-        small = f64[: s.frames_per_frame]
-        self.measure(
-            "ours.second_stage_drop",
-            "ours",
-            "ours: vectorized second-stage DROP (RX CPU 0 -> CPU 1)",
-            lambda: ours.second_stage_drop(f64),
-            baseline="kernel.xdp_drop",
-            skip=why,
-        )
-        self.measure(
-            "ours.batch_touch_64",
-            "ours",
-            "ours: batch handler touching every byte, both CPUs, 64 B",
-            lambda: ours.batch_touch(f64, self.cpus),
-            baseline="pipe.best_64",
-        )
-        f1500 = make_frames(s.frames_1500, size=1500)
-        self.measure(
-            "ours.batch_touch_1500",
-            "ours",
-            "ours: batch handler touching every byte, both CPUs, 1500 B",
-            lambda: ours.batch_touch(f1500, self.cpus),
-            baseline="pipe.best_1500",
-        )
-        self.measure(
-            "ours.frame_handler",
-            "ours",
-            "ours: per-frame handler reading skb.dport, 1 worker",
-            lambda: ours.frame_handler(small),
-            baseline="loop.skb",
-            skip=why,
-        )
-        self.measure(
-            "ours.frame_program",
-            "ours",
-            "ours: per-frame program + per-frame handler, 1 worker",
-            lambda: ours.frame_program(small),
-            baseline="loop.skb",
-            skip=why,
-        )
-        cost = ours.framework_cost(f64)
-        self.costs["framework_us"] = cost["us_per_frame"]
-        self.costs["framework"] = cost
-        self.say(
-            f"  framework cost: {cost['us_per_frame']:.3f} µs/frame (delivery "
-            f"{cost['delivery_us']:.3f} - handler {cost['handler_us']:.3f})"
+    def drop(self) -> None:
+        """The kernel's cpumap and our second-stage DROP, in rounds."""
+        self.say("[b]remote DROP[/b]: the kernel's cpumap and ours (RX CPU 0, entry CPU 1, 64 B)")
+        why = kernel.unavailable() or self._two_cpus()
+        n = self.sizes.kernel_frames
+        frames = make_frames(self.sizes.frames)
+        self.rounds(
+            [
+                Spec(
+                    "kernel.xdp_drop",
+                    "kernel",
+                    "kernel",
+                    "kernel: remote XDP_DROP",
+                    lambda: kernel.kernel_fps("xdp-drop", n, 1),
+                    skip=why,
+                ),
+                Spec(
+                    "kernel.netstack",
+                    "kernel",
+                    "kernel",
+                    "kernel: SKB + netstack",
+                    lambda: kernel.kernel_fps("netstack", n, 1),
+                    skip=why,
+                ),
+                Spec(
+                    "ours.second_stage_drop",
+                    "ours",
+                    "ours",
+                    "ours: vectorized second-stage DROP (RX CPU 0 -> CPU 1)",
+                    lambda: ours.second_stage_drop(frames),
+                    baseline="kernel.xdp_drop",
+                    skip=self._two_cpus(),
+                ),
+            ]
         )
 
-    def pipelines(self) -> None:
-        self.say("[b]Python pipelines[/b] (consumers on every CPU, touching every byte)")
+    def batch_paths(self) -> None:
+        """Our batch handler against the Python pipelines, per frame size, in rounds."""
         for size, n in ((64, self.sizes.frames), (1500, self.sizes.frames_1500)):
-            frames = [bytes(r) for r in make_frames(n, size=size)]
-            for kind in python_side.PIPELINES:
-                key = f"pipe.{kind.replace('.', '_').replace('-', '_').lower()}_{size}"
-                self.measure(
-                    key,
+            self.say(f"[b]{size} B[/b]: the Python pipelines and ours, consumers on every CPU")
+            array = make_frames(n, size=size)
+            frames = [bytes(r) for r in array]
+            specs = [
+                Spec(
+                    f"pipe.{kind.replace('.', '_').replace('-', '_').lower()}_{size}",
+                    "pipelines",
                     "pipelines",
                     f"{kind}, {size} B",
                     lambda k=kind, f=frames: python_side.run_pipeline(k, f, self.cpus),
                     baseline=f"pipe.mp_queue_{size}",
                     skip=python_side.missing(kind),
                 )
-
-    def loops(self) -> None:
-        self.say("[b]single-process loops[/b] (64 B)")
-        frames = [bytes(r) for r in make_frames(self.sizes.loop_frames)]
-        self.measure(
-            "loop.skb",
-            "loops",
-            "Skb(frame).dport per frame",
-            lambda: python_side.skb_loop(frames),
-            baseline="loop.skb",
-        )
-        self.measure(
-            "loop.dpkt",
-            "loops",
-            "dpkt Ethernet(buf).data.data.dport per frame",
-            lambda: python_side.dpkt_loop(frames),
-            baseline="loop.skb",
-            skip=python_side.dpkt_missing(),
-        )
+                for kind in python_side.PIPELINES
+            ]
+            specs.append(
+                Spec(
+                    f"ours.batch_touch_{size}",
+                    "ours",
+                    "ours",
+                    f"ours: batch handler touching every byte, both CPUs, {size} B",
+                    lambda a=array: ours.batch_touch(a, self.cpus),
+                    baseline=f"pipe.best_{size}",
+                )
+            )
+            self.rounds(specs)
 
     def main_job(self, capture: str | None, keep: str | None) -> None:
+        if "main-job" not in self.sections:
+            return
         n = self.sizes.capture_packets
         with tempfile.TemporaryDirectory(prefix="cpumap-bench-") as tmp:
             path = capture or keep or os.path.join(tmp, "mixed.pcap")
             if capture is None:
-                made = main_job.make_capture(path, n)
-                self.costs["capture"] = made
+                self.costs["capture"] = main_job.make_capture(path, n)
             from ..capture import open_capture
 
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))
             size = os.path.getsize(path)
             self.say(f"[b]the main job[/b] ({n:,} packets, {size / 1e9:.2f} GB, mixed sizes)")
-            self.measure(
-                "job.cpumap_run",
-                "main job",
-                "cpumap run FILE (flow table), wall",
-                lambda: _job_fps(n, main_job.cpumap_run(path)),
-                baseline="job.tshark",
-            )
-            self.measure(
-                "job.tshark",
-                "main job",
-                "tshark -q -z conv,ipv4 -r FILE",
-                lambda: per_second(n, main_job.tshark_conv(path)),
-                baseline="job.tshark",
-                skip=main_job.tshark_missing(),
-                repeat=1,
-            )
-            self.measure(
-                "job.dpkt",
-                "main job",
-                "dpkt flow-count script",
-                lambda: per_second(n, main_job.dpkt_flows(path)),
-                baseline="job.tshark",
-                skip=python_side.dpkt_missing(),
-                repeat=1,
+            self.rounds(
+                [
+                    Spec(
+                        "job.cpumap_run",
+                        "main-job",
+                        "main job",
+                        "cpumap run FILE (flow table), wall, median of 3",
+                        lambda: _job_fps(n, [main_job.cpumap_run(path) for _ in range(3)]),
+                        baseline="job.tshark",
+                    ),
+                    Spec(
+                        "job.tshark",
+                        "main-job",
+                        "main job",
+                        "tshark -q -z conv,ipv4 -r FILE",
+                        lambda: per_second(n, main_job.tshark_conv(path)),
+                        baseline="job.tshark",
+                        skip=main_job.tshark_missing(),
+                    ),
+                    Spec(
+                        "job.dpkt",
+                        "main-job",
+                        "main job",
+                        "dpkt flow-count script",
+                        lambda: per_second(n, main_job.dpkt_flows(path)),
+                        baseline="job.tshark",
+                        skip=python_side.dpkt_missing(),
+                    ),
+                ],
+                repeat=self.sizes.job_rounds,
             )
 
     def rss(self) -> None:
+        if "rss" not in self.sections:
+            return
         n = self.sizes.rss_frames
         self.say(f"[b]memory[/b] ({n:,} frames, flow table, both CPUs)")
         try:
@@ -310,21 +365,22 @@ class Bench:
         # The pipelines' "best" rows: the baselines of ours.batch_touch_*.
         for size in (64, 1500):
             best = report.best_pipeline(self.rows, size)
-            if best is not None:
-                for r in self.rows.values():
-                    if r.baseline == f"pipe.best_{size}":
-                        r.baseline = best
+            for r in self.rows.values():
+                if r.baseline == f"pipe.best_{size}":
+                    r.baseline = best
         report.set_ratios(self.rows)
         for r in self.rows.values():
             if r.ratio is None and r.skipped is None:
                 r.skipped = "no baseline measured in this run"
 
 
-def _job_fps(n: int, out: dict[str, Any]) -> dict[str, Any]:
+def _job_fps(n: int, outs: list[dict[str, Any]]) -> dict[str, Any]:
+    seconds = statistics.median(o["seconds"] for o in outs)
+    own = [o["own_fps"] for o in outs if o["own_fps"]]
     return {
-        "fps": per_second(n, out["seconds"]),
-        "seconds": out["seconds"],
-        "own_fps": out["own_fps"],
+        "fps": per_second(n, seconds),
+        "seconds": seconds,
+        "own_fps": statistics.median(own) if own else None,
     }
 
 
@@ -348,32 +404,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--scale must be > 0")
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.repeat:
-        sizes = Sizes(*[*list(sizes.__dict__.values())[:-1], max(args.repeat, 1)])
+        sizes = replace(sizes, repeat=max(args.repeat, 1))
     console = Console()
     if not console.is_terminal:  # a log file: room for the table's columns
         console = Console(width=150)
     quiet = args.json == "-"
-    bench = Bench(sizes, console, quiet)
     sections = args.only or list(SECTIONS)
+    bench = Bench(sizes, console, quiet, sections)
     m = machine()
     t0 = time.perf_counter()
     bench.say(
         f"cpumap bench ({'quick' if args.quick else 'full'}): {m['cpus']} CPUs ({m['model']}), "
         f"kernel {m['kernel']}, Python {m['python']}, {m['date']}"
     )
-    # Baselines beside what they anchor: loops and the kernel first, then ours, pipelines.
-    if "loops" in sections:
-        bench.loops()
-    if "kernel" in sections:
-        bench.kernel()
-    if "ours" in sections:
-        bench.ours()
-    if "pipelines" in sections:
-        bench.pipelines()
-    if "main-job" in sections:
-        bench.main_job(args.capture, args.keep_capture)
-    if "rss" in sections:
-        bench.rss()
+    bench.per_frame()
+    bench.drop()
+    bench.batch_paths()
+    bench.main_job(args.capture, args.keep_capture)
+    bench.rss()
     bench.finish_rows()
     result = {
         "mode": "quick" if args.quick else "full",
