@@ -95,6 +95,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_before": round(os.getloadavg()[0], 2),  # other work on the machine: noise
     }
 
 
@@ -422,11 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.batch_paths()
     bench.main_job(args.capture, args.keep_capture)
     bench.rss()
+    m["load_after"] = round(os.getloadavg()[0], 2)
     bench.finish_rows()
     result = {
         "mode": "quick" if args.quick else "full",
         "machine": m,
-        "machine_line": f"{m['cpus']} CPUs, {m['date']}",
+        "machine_line": f"{m['cpus']} CPUs, {m['date']}, load {m['load_before']}-{m['load_after']}",
         "sizes": sizes.__dict__,
         "seconds": time.perf_counter() - t0,
         "rows": [r.as_dict() for r in bench.rows.values()],
