@@ -254,7 +254,8 @@ class RxProducer:
         """Copy packets of different lengths.  Packets are grouped by length class (powers
         of two, :data:`_COPY_CLASSES`), and each class is one gather of its widest packet's
         bytes per packet through a sliding-window view and one row store -- bytes past a
-        packet's end are copied too and never read, at most twice the packet's own.  Mixed
+        packet's end are copied too and never read (under twice the packet's own, but for
+        packets under 64 bytes).  Mixed
         traffic has a handful of classes: a handful of calls per poll, where a copy per
         packet costs ~0.25 us each.  Packets too close to the end of the source buffer for
         their class's window: one memoryview copy each."""
