@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,12 +57,6 @@ def pinned(cpu: int | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, old)
-
-
-def median_of(fn: Callable[[], float], repeat: int) -> tuple[float, list[float]]:
-    """The median of ``repeat`` calls of ``fn`` (each returns frames/s), and every value."""
-    runs = [fn() for _ in range(repeat)]
-    return statistics.median(runs), runs
 
 
 def per_second(n: int, seconds: float) -> float:
