@@ -168,6 +168,7 @@ def plot(result: dict[str, Any], path: str) -> str | None:
         label = f" {r['fps'] / 1e6:.2f} M" + (f"  ({r['ratio']:.2f}x)" if r["ratio"] else "")
         ax.text(r["fps"], y, label, va="center", fontsize=7)
     ax.set_xscale("log")
+    ax.set_xlim(right=4 * max(values))  # room for the labels
     ax.set_xlabel("frames/s (log)")
     ax.set_title(f"cpumap bench ({result['mode']}), {result['machine_line']}", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[g]) for g in groups]

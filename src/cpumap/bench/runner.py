@@ -243,6 +243,7 @@ class Bench:
                     "kernel",
                     "kernel: remote XDP_DROP",
                     lambda: kernel.kernel_fps("xdp-drop", n, 1),
+                    baseline="kernel.xdp_drop",
                     skip=why,
                 ),
                 Spec(
@@ -251,6 +252,7 @@ class Bench:
                     "kernel",
                     "kernel: SKB + netstack",
                     lambda: kernel.kernel_fps("netstack", n, 1),
+                    baseline="kernel.netstack",
                     skip=why,
                 ),
                 Spec(
