@@ -7,11 +7,12 @@ and the functions here merge them.
 
 * :class:`FlowTable` -- packets and bytes per flow (both directions of a flow are one
   entry: the skb's flow hash is symmetric), with the flow's addresses, protocol and the
-  CPU that handled it.  Vectorised: a few numpy calls per batch plus one parse per *new*
-  flow.  :func:`merge_flow_tables` joins the per-CPU reports.
+  CPU that handled it.  Vectorised: a few numpy calls per batch (the table is numpy
+  columns) plus one parse per *new* flow.  :func:`merge_flow_tables` joins the per-CPU reports.
 * :class:`CaptureSink` -- every frame a CPU accepts, written to one capture file per CPU
   (``cpu<N>.pcapng`` in a directory, or pcap); :func:`merge_captures` merges files into
   one, in timestamp order, streaming.
+* :class:`Count` -- packets and bytes per CPU (the CLI's ``--handler count``).
 * :class:`Chain` -- several handlers on each frame; a frame any of them drops is dropped.
 
 Nothing here touches the engine's internals: sinks see ``SkbBatch`` objects, as any
@@ -78,6 +79,13 @@ class FlowTable:
 
     ``finish()`` returns ``{"cpu": N, "flows": {hash: FlowStats}}``.  ``max_flows`` bounds
     the memory: beyond it, new flows are counted in one "other" entry (hash -1).
+
+    Vectorized: the flows are numpy columns sorted by hash (hashes, packets, bytes), so a
+    batch costs a ``searchsorted`` and two ``np.add.at`` whatever its size -- no Python
+    per frame or per flow.  Only a flow seen for the first time costs Python: its
+    description is parsed then (``describe_flow``), once.  New flows of a batch are
+    admitted in hash order while there is room, as a per-flow loop over the batch's sorted
+    hashes would.
     """
 
     batch = True
@@ -85,35 +93,99 @@ class FlowTable:
     def __init__(self, max_flows: int = 100_000) -> None:
         self.max_flows = max_flows
         self.cpu = -1
-        self.flows: dict[int, FlowStats] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._hashes = np.zeros(0, dtype=np.uint32)  # sorted
+        self._packets = np.zeros(0, dtype=np.int64)
+        self._bytes = np.zeros(0, dtype=np.int64)
+        self._described: dict[int, tuple[str, str, str]] = {}
+        self._other = [0, 0]  # packets, bytes of flows beyond max_flows
 
     def setup(self, info: Any) -> None:
         self.cpu = info.cpu
-        self.flows = {}
+        self._reset()
 
     def __call__(self, batch: SkbBatch) -> None:
         if not len(batch):
             return
-        hashes, first, inverse = np.unique(batch.hash, return_index=True, return_inverse=True)
-        packets = np.bincount(inverse, minlength=len(hashes))
-        nbytes = np.bincount(inverse, weights=batch.wire_len, minlength=len(hashes))
-        flows = self.flows
-        for h, i, p, b in zip(
-            hashes.tolist(), first.tolist(), packets.tolist(), nbytes.tolist(), strict=True
+        hashes = batch.hash
+        wire = batch.wire_len
+        pos, known = self._lookup(hashes)
+        if not known.all():
+            self._admit(batch, hashes[~known])
+            pos, known = self._lookup(hashes)
+            if not known.all():  # beyond max_flows: the "other" entry
+                self._other[0] += int(np.count_nonzero(~known))
+                self._other[1] += int(wire[~known].sum())
+                pos, wire = pos[known], wire[known]
+        np.add.at(self._packets, pos, 1)
+        np.add.at(self._bytes, pos, wire)
+
+    def _lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each hash's position in the table, and whether it is there."""
+        table = self._hashes
+        if not len(table):
+            return np.zeros(len(hashes), dtype=np.intp), np.zeros(len(hashes), dtype=bool)
+        pos = np.searchsorted(table, hashes)
+        np.minimum(pos, len(table) - 1, out=pos)
+        return pos, table[pos] == hashes
+
+    def _admit(self, batch: SkbBatch, new: np.ndarray) -> None:
+        """Add the batch's new flows (lowest hashes first) while there is room."""
+        room = self.max_flows - len(self._hashes)
+        if room <= 0:
+            return
+        fresh = np.unique(new)[:room]
+        # Where in the batch each new flow first appears, for its description.
+        where = np.flatnonzero(np.isin(batch.hash, fresh))
+        frames = dict(zip(batch.hash[where].tolist(), where.tolist(), strict=True))
+        for h in fresh.tolist():
+            self._described[h] = describe_flow(batch.skb(frames[h]))
+        at = np.searchsorted(self._hashes, fresh)
+        self._hashes = np.insert(self._hashes, at, fresh)
+        self._packets = np.insert(self._packets, at, 0)
+        self._bytes = np.insert(self._bytes, at, 0)
+
+    @property
+    def flows(self) -> dict[int, FlowStats]:
+        """The table as ``{hash: FlowStats}`` ("other", beyond max_flows: hash -1)."""
+        flows: dict[int, FlowStats] = {}
+        described = self._described
+        for h, p, b in zip(
+            self._hashes.tolist(), self._packets.tolist(), self._bytes.tolist(), strict=True
         ):
-            f = flows.get(h)
-            if f is None:
-                if len(flows) >= self.max_flows:
-                    h = -1
-                    f = flows.get(h) or flows.setdefault(h, FlowStats("other", "-", "-"))
-                else:
-                    f = flows[h] = FlowStats(*describe_flow(batch.skb(i)))
-                    f.cpus.add(self.cpu)
-            f.packets += p
-            f.bytes += int(b)
+            protocol, a, z = described[h]
+            flows[h] = FlowStats(protocol, a, z, p, b, {self.cpu})
+        if self._other[0]:
+            flows[-1] = FlowStats("other", "-", "-", self._other[0], self._other[1])
+        return flows
 
     def finish(self) -> dict[str, Any]:
         return {"cpu": self.cpu, "flows": self.flows}
+
+
+class Count:
+    """A batch handler counting the packets and bytes (on the wire) its CPU got: a few
+    numpy calls a batch.  ``finish()`` returns ``{"cpu": N, "packets": P, "bytes": B}``."""
+
+    batch = True
+
+    def __init__(self) -> None:
+        self.cpu = -1
+        self.packets = 0
+        self.bytes = 0
+
+    def setup(self, info: Any) -> None:
+        self.cpu = info.cpu
+        self.packets = self.bytes = 0
+
+    def __call__(self, batch: SkbBatch) -> None:
+        self.packets += len(batch)
+        self.bytes += int(batch.wire_len.sum())
+
+    def finish(self) -> dict[str, Any]:
+        return {"cpu": self.cpu, "packets": self.packets, "bytes": self.bytes}
 
 
 def merge_flow_tables(results: Iterable[Any]) -> list[FlowStats]:

@@ -4,6 +4,7 @@
     cpumap trace.pcapng -c 1 -c 2 --program l4-hash --write out/
     cpumap run --iface eth0 --duration 10 --lossy -e
     cpumap run --generate 1000000 --handler mymod:handle --json
+    cpumap bench --quick                # every side in one run: a table of ratios
 
 Modules: ``args`` (the grammar and every check that needs no worker), ``build`` (engine
 objects from arguments), ``run`` (feeding, ending well, the exit status), ``view`` (pure
@@ -50,9 +51,14 @@ def default_console() -> Console:
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    argv = normalize_argv(sys.argv[1:] if argv is None else argv)
+    if argv[0] == "bench":  # its own grammar; imported only when asked for
+        from ..bench import main as bench_main
+
+        return bench_main(argv[1:])
     console = console or default_console()
     ap = build_parser()
-    args = ap.parse_args(normalize_argv(sys.argv[1:] if argv is None else argv))
+    args = ap.parse_args(argv)
     try:
         return run_command(args, console)
     except UsageError as e:

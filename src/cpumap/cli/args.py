@@ -18,7 +18,7 @@ from ..engine import QSIZE_MAX
 from ..programs import MODES
 from .errors import EXIT_TABLE, UsageError
 
-COMMANDS = ("run",)
+COMMANDS = ("run", "bench")
 REMOTE_ACTIONS = ("disabled", "drop", "pass", "redirect")
 
 
@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    # `cpumap bench ...` is handed to cpumap.bench before this parser runs (main()); the
+    # entry is here so that `cpumap --help` lists it.
+    sub.add_parser(
+        "bench",
+        help="measure every side in one run: the kernel's cpumap, ours, Python pipelines, "
+        "loops, the main job (--quick: about a minute; see docs/performance.md)",
+        add_help=False,
+    )
     run = sub.add_parser(
         "run",
         help="steer a capture, an interface or generated traffic over CPU workers",

@@ -24,7 +24,7 @@ from ..live import LiveSource
 from ..packets import PacketBatch
 from ..programs import MODES, FlowHash, LoadError, load_handler, load_program, vectorized
 from ..programs import make_program as make_mode
-from ..sinks import CaptureSink, Chain, FlowTable
+from ..sinks import CaptureSink, Chain, Count, FlowTable
 from .errors import UsageError
 
 # Link types by name, for the note on non-Ethernet captures under a built-in mode.
@@ -71,7 +71,7 @@ def make_handler(name: str, write: str | None) -> Any:
     if name == "flow-table":
         handler: Any = FlowTable()
     elif name == "count":
-        handler = None
+        handler = Count()  # vectorized: one call per worker batch
     elif ":" in name:
         handler = _load(name, "handler")
     else:

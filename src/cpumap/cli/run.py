@@ -34,7 +34,7 @@ from ..engine import CpuMap, HandlerSetupError, MapStats, WorkerEvent
 from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
 from ..programs import LoadError, load_object
-from ..sinks import FlowTable, merge_captures, merge_flow_tables
+from ..sinks import Count, FlowTable, merge_captures, merge_flow_tables
 from .args import check_run, chosen_cpus, split_captures
 from .build import (
     Source,
@@ -263,7 +263,7 @@ def ray_handler(name: str) -> Any:
     if name == "flow-table":
         return FlowTable()
     if name == "count":
-        return None  # the cluster's entries count what they accept
+        return Count()
     if ":" not in name:
         raise UsageError(f"--handler {name!r}: use flow-table, count, or module:function")
     return name

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..abi import XDP_ABORTED, XDP_REDIRECT
 from ..skb import Skb, SkbBatch
+from ..skb.view import SkbColumns, SkbView, views
 
 NO_KEY = 0xFFFFFFFF  # "not redirected" in a keys array
 
@@ -84,8 +85,12 @@ class XdpContext:
     """
 
     __slots__ = (
+        "_columns",
         "_meta_len",
+        "_poll",
         "_pool",
+        "_row",
+        "_skb",
         "data",
         "index",
         "ingress_ifindex",
@@ -105,9 +110,13 @@ class XdpContext:
         self.redirect_key = NO_KEY
         self.redirect_target: Any = None
         self._meta_len = 0
+        self._poll: tuple[np.ndarray, int | None] | None = None  # the frames of each()
+        self._columns: SkbColumns | None = None  # their skb columns, once one is read
+        self._row = 0
+        self._skb: Skb | None = None
 
     def load(self, index: int, ifindex: int, rx_queue: int, linktype: int) -> None:
-        """Point the context at frame ``index`` (the engine does this before each call)."""
+        """Point the context at frame ``index`` on its own (outside :meth:`each`)."""
         self.index = index
         self.data = self._pool.packet(index)
         self.ingress_ifindex = ifindex
@@ -116,6 +125,66 @@ class XdpContext:
         self.redirect_key = NO_KEY
         self.redirect_target = None
         self._meta_len = int(self._pool.meta_len[index])
+        self._poll = self._columns = self._skb = None
+
+    def each(self, idx: np.ndarray, start: int | None = None) -> Iterator[int]:
+        """Point the context at each frame of ``idx`` in turn (``start``: they are
+        consecutive), yielding its position in ``idx``: the engine's per-frame loop.
+
+        The descriptors become Python values once for the whole batch (one ``tolist()`` a
+        column, the packet views one C-level ``map``), not per frame, and :attr:`skb` is
+        parsed once for the batch, on its first read."""
+        pool = self._pool
+        where: slice | np.ndarray = idx if start is None else slice(start, start + len(idx))
+        first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[where]
+        ends = (first + pool.length[where]).tolist()
+        datas = list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
+        ifs = pool.ifindex[where].tolist()
+        rxq = pool.rx_queue[where].tolist()
+        lts = pool.linktype[where].tolist()
+        metas = pool.meta_len[where].tolist()
+        self._poll = (idx, start)
+        self._columns = None
+        frames = zip(idx.tolist(), datas, ifs, rxq, lts, metas, strict=True)
+        try:
+            for j, (i, data, ifindex, queue, linktype, meta) in enumerate(frames):
+                self.index = i
+                self.data = data
+                self.ingress_ifindex = ifindex
+                self.rx_queue_index = queue
+                self.linktype = linktype
+                self.redirect_key = NO_KEY
+                self.redirect_target = None
+                self._meta_len = meta
+                self._row = j
+                self._skb = None
+                yield j
+        finally:
+            self._poll = self._columns = self._skb = None
+
+    @property
+    def skb(self) -> Skb:
+        """The frame's skb (parsed headers, flow hash), as a handler would see it.
+
+        Inside :meth:`each` it is a view of columns parsed once for the whole batch, on
+        the first read (:class:`~cpumap.skb.view.SkbView`): cheap per frame, but it shows
+        the bytes as they were at that first read -- a program that rewrites headers and
+        then wants them parsed again should build ``Skb(ctx.data)`` itself."""
+        skb = self._skb
+        if skb is not None:
+            return skb
+        columns = self._columns
+        if columns is None:
+            if self._poll is None:  # a frame loaded on its own: parse just this one
+                one = next(_frame_skbs_one_by_one(self._pool, np.array([self.index])))
+                assert one is not None  # Invariant: building a plain Skb never raises
+                self._skb = one
+                return one
+            columns = self._columns = skb_columns(self._pool, *self._poll)
+        self._skb = view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
+        view.columns = columns
+        view.row = self._row
+        return view
 
     @property
     def data_end(self) -> int:
@@ -244,18 +313,43 @@ class XdpBatch:
 
 def skb_batch(pool: FramePool, index: np.ndarray, start: int | None = None) -> SkbBatch:
     """The :class:`SkbBatch` of frames ``index`` of ``pool`` (``start``: they are
-    ``start, start + 1, ...``).
+    ``start, start + 1, ...``; found out here when not given).
 
-    The rows are one gather of the columns the packets occupy (from the smallest headroom
-    to the end of the longest packet), not whole frames: with the default headroom a batch
-    of 64-byte frames gathers 64 bytes a row, not 2048.  Parsing never misses a captured
-    byte, since every packet lies inside the gathered columns.
+    The rows are the columns the packets occupy (from the smallest headroom to the end of
+    the longest packet), not whole frames: with the default headroom a batch of 64-byte
+    frames reads 64 bytes a row, not 2048.  For consecutive frames (the usual case: a
+    producer allocates each poll's frames in one range) they are a view of the pool, else
+    one gather.  Parsing never misses a captured byte, since every packet lies inside the
+    rows.
     """
+    if start is None:
+        start = consecutive_start(index)
+    return _skb_batch(pool, index, start, _descriptors(pool, index, start))
+
+
+def consecutive_start(index: np.ndarray) -> int | None:
+    """``index[0]`` if ``index`` is ``index[0], index[0] + 1, ...``, else None (two numpy
+    calls: strictly increasing and spanning exactly ``len - 1`` means consecutive)."""
+    n = len(index)
+    if n == 0:
+        return None
+    first = int(index[0])
+    if int(index[-1]) - first != n - 1:
+        return None
+    if n > 2 and not (index[1:] > index[:-1]).all():
+        return None
+    return first
+
+
+def _descriptors(pool: FramePool, index: np.ndarray, start: int | None) -> np.ndarray:
+    """Every descriptor field of the frames: a slice (consecutive frames) or one gather."""
+    return pool.descriptors(index) if start is None else pool.desc[start : start + len(index)]
+
+
+def _skb_batch(pool: FramePool, index: np.ndarray, start: int | None, d: np.ndarray) -> SkbBatch:
     n = len(index)
     if n == 0:
         return SkbBatch(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    # One call for every descriptor field: a slice (consecutive frames) or one gather.
-    d = pool.descriptors(index) if start is None else pool.desc[start : start + n]
     length = d["length"]
     head = d["headroom"]
     lo = int(head.min())
@@ -274,13 +368,56 @@ def skb_batch(pool: FramePool, index: np.ndarray, start: int | None = None) -> S
     )
 
 
+def skb_columns(pool: FramePool, index: np.ndarray, start: int | None = None) -> SkbColumns:
+    """The :class:`~cpumap.skb.view.SkbColumns` of frames ``index`` of ``pool``: the batch
+    parsed once, each field a Python list made on its first read, ``data`` views into the
+    pool (as :func:`frame_skbs` gives them) and ``metadata`` copies of the metadata areas."""
+    if start is None:
+        start = consecutive_start(index)
+    d = _descriptors(pool, index, start)
+    batch = _skb_batch(pool, index, start, d)
+
+    def begin() -> np.ndarray:
+        return index.astype(np.int64) * pool.frame_size + d["headroom"]
+
+    def data() -> list[memoryview]:
+        first = begin()
+        ends = (first + d["length"]).tolist()
+        return list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
+
+    def metadata() -> list[bytes]:
+        meta = d["meta_len"]
+        if not meta.any():
+            return [b""] * len(index)
+        mv = pool.mv
+        return [
+            bytes(mv[s - m : s]) if m else b""
+            for s, m in zip(begin().tolist(), meta.tolist(), strict=True)
+        ]
+
+    return SkbColumns(batch, data, metadata)
+
+
 def frame_skbs(pool: FramePool, index: np.ndarray) -> Iterator[Skb | None]:
     """An :class:`Skb` for each frame of ``index``, in order (None where one could not be
     built: the caller counts it ``build_failed``).  Each skb's ``data`` is a view into the
     pool, valid while the caller holds the frame.
 
-    One gather for every descriptor of the batch, then plain Python values per frame.
+    The batch is parsed once, vectorized, and each skb is a view reading its fields from
+    those columns (:class:`~cpumap.skb.view.SkbView`: ~0.2 µs a frame, against 2-4 µs for
+    a per-frame parse); it equals the per-frame :class:`Skb` field for field.
     """
+    if not len(index):
+        return iter(())
+    try:
+        columns = skb_columns(pool, index)
+    except Exception:  # descriptors no batch can be built from: try frame by frame
+        return _frame_skbs_one_by_one(pool, index)
+    return views(columns)
+
+
+def _frame_skbs_one_by_one(pool: FramePool, index: np.ndarray) -> Iterator[Skb | None]:
+    """One plain :class:`Skb` per frame, None where one cannot be built."""
     fs = pool.frame_size
     mv = pool.mv
     descs = pool.descriptors(index).tolist()

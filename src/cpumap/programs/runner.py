@@ -105,11 +105,7 @@ class ProgramRunner:
         return Verdicts(verdicts, keys, counts, target)
 
     def _run_per_frame(self, idx: np.ndarray, start: int | None) -> Verdicts:
-        pool, prog, ctx = self.pool, self.program, self._ctx
-        where: slice | np.ndarray = idx if start is None else slice(start, start + len(idx))
-        ifs = pool.ifindex[where].tolist()
-        rxq = pool.rx_queue[where].tolist()
-        lts = pool.linktype[where].tolist()
+        prog, ctx = self.program, self._ctx
         default = self._default
         chosen = self._fixed  # the batch's target: fixed, or the first one named
         verdicts: list[int] = []
@@ -117,16 +113,18 @@ class ProgramRunner:
         counts = [0] * N_VERDICTS
         set_current_context(ctx)
         try:
-            for j, i in enumerate(idx.tolist()):
-                ctx.load(i, ifs[j], rxq[j], lts[j])
+            for _ in ctx.each(idx, start):
                 try:
                     r = prog(ctx)
                 except self._contain as e:
                     record("program", e, scope=self._scope)
                     r = XDP_ABORTED
-                v = as_verdict(r)
-                if v == XDP_ABORTED and r is not XDP_ABORTED:
-                    note_per_frame_return(r, "program", self._scope)
+                if type(r) is int and 0 <= r < N_VERDICTS:  # the common case: inline
+                    v = r
+                else:
+                    v = as_verdict(r)
+                    if v == XDP_ABORTED and r is not XDP_ABORTED:
+                        note_per_frame_return(r, "program", self._scope)
                 counts[v] += 1
                 verdicts.append(v)
                 if v != XDP_REDIRECT:

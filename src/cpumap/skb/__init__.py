@@ -16,8 +16,9 @@ bytes (the tests prove it with hypothesis).  What they share -- the header table
 hash -- is defined once (``headers.py``, ``flow_hash.py``), its two forms side by side.
 
 Modules: ``frame`` (:class:`Skb` and the per-frame parser), ``batch`` (:class:`SkbBatch`:
-the general path), ``fast_path`` (the batch parser's fixed-layout path), ``headers``,
-``flow_hash``.
+the general path), ``fast_path`` (the batch parser's fixed-layout path), ``view``
+(:class:`SkbView`: a per-frame skb reading its fields from a batch's columns, what the
+worker hands a per-frame handler), ``headers``, ``flow_hash``.
 """
 
 from ..abi import PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST
@@ -25,6 +26,7 @@ from .batch import SkbBatch
 from .flow_hash import flow_hash, flow_hash_np
 from .frame import Skb
 from .headers import IPV6_MAX_EXT_HEADERS, VLAN_MAX_DEPTH, ParseDepth
+from .view import SkbColumns, SkbView
 
 __all__ = [
     "IPV6_MAX_EXT_HEADERS",
@@ -35,6 +37,8 @@ __all__ = [
     "ParseDepth",
     "Skb",
     "SkbBatch",
+    "SkbColumns",
+    "SkbView",
     "flow_hash",
     "flow_hash_np",
 ]

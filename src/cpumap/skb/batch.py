@@ -143,10 +143,10 @@ class _FrameReader:
         self._rows = rows if uniform is not None and rows.strides[1] == 1 else None
         self._uniform = uniform or 0
         self._width = frame_size
-        flat = np.ascontiguousarray(rows).reshape(-1)
+        flat, stride = _flat_view(rows)
         if flat.size < 4:  # too small for the u32 view; pad a copy (only degenerate pools)
             flat = np.concatenate([flat, np.zeros(4, dtype=np.uint8)])
-        self.base = np.arange(n, dtype=np.int64) * frame_size + offset
+        self.base = np.arange(n, dtype=np.int64) * stride + offset
         self.length = length
         self._u8 = flat
 
@@ -207,6 +207,22 @@ class _FrameReader:
     def _clamp(index: np.ndarray, view: np.ndarray) -> np.ndarray:
         # Only reads that has() rejects can fall outside the pool; keep them inside it.
         return np.minimum(np.maximum(index, 0), view.size - 1)
+
+
+def _flat_view(rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """``rows`` as one 1-D uint8 array and the distance between two rows' starts in it.
+
+    Rows sliced out of a wider pool (``pool[a:b, lo:hi]``: a row stride larger than the
+    row, bytes contiguous within a row) are viewed in place, gaps included -- copying them
+    contiguous costs a memcpy of the whole batch (300 µs for 1024 frames of 1300 bytes).
+    The gaps are other frames' bytes; no read that ``has()`` allows lands in one, since a
+    frame lies inside its row.  Any other layout is copied."""
+    n, width = rows.shape
+    stride = rows.strides[0]
+    if n > 1 and rows.strides[1] == 1 and stride >= width and not rows.flags.c_contiguous:
+        span = (n - 1) * stride + width
+        return np.lib.stride_tricks.as_strided(rows, shape=(span,), strides=(1,)), stride
+    return np.ascontiguousarray(rows).reshape(-1), width
 
 
 def _unaligned_view(flat: np.ndarray, dtype: str) -> np.ndarray:
@@ -651,6 +667,14 @@ class SkbBatch:
         if layout is not None:
             self._set({"hash": fast_path.hash_column(self.rows, self._fast_offset(), layout)})
             self._patch(self._odd, ("hash",))
+            return
+        given = self._given
+        mixed = fast_path.mixed_hash(
+            self.rows, self._uniform_offset, given["length"], given["linktype"]
+        )
+        if mixed is not None:  # IPv4 and IPv6 frames: two fixed layouts
+            self._set({"hash": mixed[0]})
+            self._patch(mixed[1], ("hash",))
             return
         rd = self._read()
         version = self.ip_version

@@ -77,7 +77,7 @@ _U32 = struct.Struct("!I")
 _U32LE = struct.Struct("<I")
 
 # The fields the caller gives, and the fields the parser fills (``as_dict`` order).
-_GIVEN_FIELDS: Final = (
+GIVEN_FIELDS: Final = (
     "len",
     "wire_len",
     "linktype",
@@ -87,7 +87,7 @@ _GIVEN_FIELDS: Final = (
     "metadata",
     "index",
 )
-_PARSED_FIELDS: Final = (
+PARSED_FIELDS: Final = (
     "protocol",
     "pkt_type",
     "eth_src",
@@ -110,7 +110,7 @@ _PARSED_FIELDS: Final = (
     "depth",
     "error",
 )
-_LAZY_FIELDS: Final = frozenset(_PARSED_FIELDS)  # reading one of these first runs the parser
+_LAZY_FIELDS: Final = frozenset(PARSED_FIELDS)  # reading one of these first runs the parser
 
 
 class Skb:
@@ -163,7 +163,7 @@ class Skb:
         error: None, or why parsing stopped early (e.g. ``"bad IPv4 IHL 3"``).
     """
 
-    __slots__ = ("data", "hash", *_GIVEN_FIELDS, *_PARSED_FIELDS)
+    __slots__ = ("data", "hash", *GIVEN_FIELDS, *PARSED_FIELDS)
 
     data: memoryview | bytes | bytearray
     len: int
@@ -242,7 +242,7 @@ class Skb:
 
     def as_dict(self) -> dict[str, object]:
         """Every field but ``data``, as plain values (addresses stay ``bytes``)."""
-        return {name: getattr(self, name) for name in (*_GIVEN_FIELDS, *_PARSED_FIELDS, "hash")}
+        return {name: getattr(self, name) for name in (*GIVEN_FIELDS, *PARSED_FIELDS, "hash")}
 
     def __repr__(self) -> str:
         where = f"#{self.index} " if self.index >= 0 else ""

@@ -1,0 +1,24 @@
+"""``cpumap bench``: every side measured in one run, printed as a table of ratios.
+
+One command runs, on the same frames and in the same process: the kernel's cpumap (where
+root and bpf(2) allow), our engine in its four shapes, the Python pipelines a user would
+write without us (``multiprocessing.Queue``, faster-fifo, pyzmq), single-process loops
+(Skb, dpkt) and the main job (``cpumap run`` on a generated capture) against tshark and a
+dpkt script.  Every figure is a median of several runs within the run, and every ratio is
+against a baseline measured in the same run: the machines are shared and noisy, so only
+ratios mean something.  A side that cannot run here (no root, a package that did not
+install, no tshark) is a row with a reason, not a failure.
+
+Rules: this is the top layer (it drives the engine, the kernel runner and the CLI's
+``run`` as a subprocess); nothing below imports it.  Nothing here is asserted: the goals
+are printed as met or not met, with the numbers.
+
+Modules: ``common`` (frames, timing, the result rows), ``ours`` (the engine), ``python_side``
+(pipelines and single-process loops), ``kernel`` (the kernel's cpumap), ``main_job`` (the
+capture, ``cpumap run``, tshark, dpkt), ``rss`` (memory over many frames), ``report``
+(the table, the goals, JSON, the plot), ``runner`` (:func:`main`).
+"""
+
+from .runner import main
+
+__all__ = ["main"]

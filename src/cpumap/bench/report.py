@@ -1,0 +1,179 @@
+"""The table of ratios, the goals of the performance issue, JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .common import Row
+
+
+def set_ratios(rows: dict[str, Row]) -> None:
+    """Each measured row's ratio to its baseline (when the baseline was measured)."""
+    for row in rows.values():
+        base = rows.get(row.baseline) if row.baseline else None
+        if row.fps is None:
+            continue
+        if base is None or base.fps is None:
+            if row.skipped is None and row.baseline:
+                row.skipped = f"baseline {row.baseline} not measured"
+            continue
+        row.ratio = paired_ratio(row, base) or row.fps / base.fps
+
+
+def paired_ratio(row: Row, base: Row) -> float | None:
+    """The median of per-round ratios, when both rows ran in the same rounds."""
+    group = row.extra.get("round_group")
+    if group is None or group != base.extra.get("round_group"):
+        return None
+    if len(row.runs) != len(base.runs) or not row.runs:
+        return None
+    return statistics.median(a / b for a, b in zip(row.runs, base.runs, strict=True) if b)
+
+
+def _ratio(rows: dict[str, Row], a: str, b: str) -> float | None:
+    ra, rb = rows.get(a), rows.get(b)
+    if ra is None or rb is None or ra.fps is None or rb.fps is None:
+        return None
+    return paired_ratio(ra, rb) or ra.fps / rb.fps
+
+
+def goals(rows: dict[str, Row], costs: dict[str, Any], machine: dict[str, Any]) -> list[dict]:
+    """The issue's goals, each with its measured value and whether it is met (None: not
+    measured here, with the reason)."""
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float | None, target: float, *, at_most: bool = False) -> None:
+        met = None if value is None else (value <= target if at_most else value >= target)
+        out.append({"goal": name, "value": value, "target": target, "at_most": at_most, "met": met})
+
+    best = {size: best_pipeline(rows, size) for size in (64, 1500)}
+    goal(
+        "per-frame handler, 1 worker / dpkt loop",
+        _ratio(rows, "ours.frame_handler", "loop.dpkt"),
+        10,
+    )
+    goal(
+        "per-frame handler, 1 worker / Skb loop", _ratio(rows, "ours.frame_handler", "loop.skb"), 3
+    )
+    goal("framework cost per frame (µs)", costs.get("framework_us"), 0.5, at_most=True)
+    goal(
+        "per-frame program + handler / Skb loop",
+        _ratio(rows, "ours.frame_program", "loop.skb"),
+        1.5,
+    )
+    goal(
+        "second-stage DROP / kernel remote XDP_DROP",
+        _ratio(rows, "ours.second_stage_drop", "kernel.xdp_drop"),
+        1.0,
+    )
+    for size, target in ((64, 4), (1500, 6)):
+        value = _ratio(rows, f"ours.batch_touch_{size}", best[size]) if best[size] else None
+        goal(f"batch handler, both CPUs / best pipeline, {size} B", value, target)
+    job = rows.get("job.cpumap_run")
+    goal("main job frames/s (M)", job.fps / 1e6 if job and job.fps else None, 1.0)
+    goal("main job / tshark -z conv", _ratio(rows, "job.cpumap_run", "job.tshark"), 20)
+    rss = costs.get("rss_max_growth")
+    goal("RSS growth over the run (%)", None if rss is None else 100 * rss, 5, at_most=True)
+    out.append(
+        {
+            "goal": "per-frame handlers scale >= 0.8 x W on 16 cores",
+            "value": None,
+            "target": 0.8,
+            "at_most": False,
+            "met": None,
+            "skipped": f"needs a 16-core machine; this one has {machine.get('cpus')}",
+        }
+    )
+    return out
+
+
+def best_pipeline(rows: dict[str, Row], size: int) -> str | None:
+    measured = [
+        r for k, r in rows.items() if k.startswith("pipe.") and k.endswith(f"_{size}") and r.fps
+    ]
+    return max(measured, key=lambda r: r.fps or 0).key if measured else None
+
+
+def _fps(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.3f} M" if v < 1e6 else f"{v / 1e6:.2f} M"
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    t = Table(
+        title=f"cpumap bench ({result['mode']}) -- {result['machine_line']}", title_justify="left"
+    )
+    for col in ("group", "path", "frames/s", "vs", "ratio", "note"):
+        t.add_column(col, justify="right" if col in ("frames/s", "ratio") else "left")
+    rows = result["rows"]
+    for r in rows:
+        note = r["skipped"] or ", ".join(
+            f"{k} {_short(v)}" for k, v in r["extra"].items() if k != "round_group"
+        )
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+        t.add_row(
+            r["group"], Text(r["name"]), _fps(r["fps"]), r["baseline"] or "", ratio, Text(note)
+        )
+    console.print(t)
+    g = Table(title="goals (issue 10)", title_justify="left")
+    for col in ("goal", "measured", "target", "met"):
+        g.add_column(col, justify="left" if col == "goal" else "right")
+    for goal in result["goals"]:
+        value = "-" if goal["value"] is None else f"{goal['value']:.2f}"
+        target = ("<= " if goal["at_most"] else ">= ") + f"{goal['target']:g}"
+        met = {True: "yes", False: "NO", None: goal.get("skipped") or "not measured"}[goal["met"]]
+        g.add_row(Text(goal["goal"]), value, target, Text(met))
+    console.print(g)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    text = json.dumps(result, indent=2, default=str)
+    if path == "-":
+        print(text)
+        return
+    with open(path, "w") as f:
+        f.write(text + "\n")
+
+
+def plot(result: dict[str, Any], path: str) -> str | None:
+    """Draw frames/s per path (log scale) to ``path``; returns why not, if it cannot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        return f"matplotlib not installed ({e}); pip install 'cpumap[plot]'"
+    rows = [r for r in result["rows"] if r["fps"]]
+    groups = sorted({r["group"] for r in rows})
+    colors = {g: f"C{i}" for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    names = [r["name"] for r in rows][::-1]
+    values = [r["fps"] for r in rows][::-1]
+    ax.barh(names, values, color=[colors[r["group"]] for r in rows][::-1])
+    for y, r in enumerate(rows[::-1]):
+        label = f" {r['fps'] / 1e6:.2f} M" + (f"  ({r['ratio']:.2f}x)" if r["ratio"] else "")
+        ax.text(r["fps"], y, label, va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlim(right=4 * max(values))  # room for the labels
+    ax.set_xlabel("frames/s (log)")
+    ax.set_title(f"cpumap bench ({result['mode']}), {result['machine_line']}", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[g]) for g in groups]
+    ax.legend(handles, groups, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None

@@ -1,0 +1,103 @@
+"""cpumap.bench: the quick benchmark runs end to end on a tiny size and reports every row
+with a ratio or a reason.  No figure is asserted: a benchmark measures, it does not test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cpumap.bench import main
+from cpumap.bench.common import Row
+from cpumap.bench.report import goals, set_ratios
+
+ROW_KEYS = {"key", "group", "name", "fps", "runs", "baseline", "ratio", "skipped", "extra"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(280)
+def test_quick_bench_on_a_tiny_size_reports_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    assert (
+        main(
+            ["--quick", "--scale", "0.01", "--repeat", "1", "--json", str(out), "--plot", str(plot)]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert {"mode", "machine", "sizes", "seconds", "rows", "costs", "goals"} <= set(result)
+    assert result["mode"] == "quick"
+    keys = [r["key"] for r in result["rows"]]
+    for expected in (
+        "kernel.xdp_drop",
+        "kernel.netstack",
+        "ours.second_stage_drop",
+        "ours.batch_touch_64",
+        "ours.batch_touch_1500",
+        "ours.frame_handler",
+        "ours.frame_program",
+        "pipe.mp_queue_64",
+        "pipe.faster_fifo_64",
+        "pipe.pyzmq_64",
+        "pipe.mp_queue_1500",
+        "pipe.faster_fifo_1500",
+        "pipe.pyzmq_1500",
+        "loop.skb",
+        "loop.dpkt",
+        "job.cpumap_run",
+        "job.tshark",
+        "job.dpkt",
+    ):
+        assert expected in keys
+    for row in result["rows"]:
+        assert set(row) == ROW_KEYS
+        has_ratio = row["ratio"] is not None and row["ratio"] > 0 and row["fps"] > 0
+        assert has_ratio or row["skipped"], row
+    assert {g["goal"] for g in result["goals"]} >= {
+        "per-frame handler, 1 worker / Skb loop",
+        "main job / tshark -z conv",
+    }
+    for g in result["goals"]:
+        assert g["met"] in (True, False, None)
+        assert (g["met"] is None) == (g["value"] is None)
+    assert result["costs"]["framework_us"] > 0
+    assert "rss" in result["costs"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratios_use_the_baseline_of_the_same_run() -> None:
+    rows = {
+        "a": Row("a", "g", "A", fps=4e6, baseline="b"),
+        "b": Row("b", "g", "B", fps=1e6, baseline="b"),
+        "c": Row("c", "g", "C", fps=2e6, baseline="missing"),
+        "d": Row("d", "g", "D", skipped="no tool", baseline="b"),
+    }
+    set_ratios(rows)
+    assert (rows["a"].ratio, rows["b"].ratio) == (4.0, 1.0)
+    assert rows["c"].ratio is None and rows["c"].skipped == "baseline missing not measured"
+    assert rows["d"].ratio is None and rows["d"].skipped == "no tool"
+
+
+def test_goals_are_met_or_not_or_not_measured() -> None:
+    rows = {
+        "ours.frame_handler": Row("ours.frame_handler", "ours", "f", fps=3e6),
+        "loop.skb": Row("loop.skb", "loops", "s", fps=0.5e6),
+        "loop.dpkt": Row("loop.dpkt", "loops", "d", fps=0.2e6),
+    }
+    found = {g["goal"]: g for g in goals(rows, {"framework_us": 0.7}, {"cpus": 2})}
+    assert found["per-frame handler, 1 worker / Skb loop"]["met"] is True  # 6x >= 3x
+    assert found["per-frame handler, 1 worker / dpkt loop"]["met"] is True  # 15x >= 10x
+    assert found["framework cost per frame (µs)"]["met"] is False  # 0.7 > 0.5
+    assert found["main job / tshark -z conv"]["met"] is None
+
+
+def test_bad_scale_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--scale", "0"])
+    assert e.value.code == 2
