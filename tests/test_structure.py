@@ -32,8 +32,8 @@ ALLOWED_PRIVATE_IMPORTS = frozenset({"_atomics"})
 # Top to bottom: a module may import from its own layer and from any layer below it.  A
 # module belongs to the entry naming the longest prefix of its dotted name.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cpumap", "cpumap.bench"),  # the face: re-exports everything; the benchmark drives it
-    ("cpumap.cli",),
+    ("cpumap",),  # the face: re-exports everything
+    ("cpumap.cli", "cpumap.bench"),  # the commands: `cpumap run`, `cpumap bench`
     ("cpumap.cluster",),  # the map's entries on a Ray cluster: over the engine and sinks
     ("cpumap.metrics", "cpumap.sinks", "cpumap.demo"),
     # The engine's process layer: the map, its entries, workers and producers.
