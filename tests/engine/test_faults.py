@@ -496,12 +496,14 @@ def test_10_nothing_outlives_a_killed_controller_whatever_its_children_do() -> N
         rx.poll(flow_batch(1, 2))  # the first worker enters the hog
         if len(pids) > 1:
             os.kill(pids[1], signal.SIGSTOP)
+        ready_r, ready_w = os.pipe()
         child = os.fork()
         if child == 0:
             rx2 = m.producer(lambda ctx: redirect_map(m, {CPUS[0]}), index=1)
+            os.write(ready_w, b"1")  # its producer slot is claimed: the test may begin
             while True:
                 time.sleep(0.05)
-        time.sleep(0.5)
+        os.read(ready_r, 1)
         print(" ".join(str(p) for p in [*pids, child]), flush=True)
         time.sleep(600)
         """
