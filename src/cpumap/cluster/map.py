@@ -54,7 +54,6 @@ What differs from ``CpuMap``, and why
 from __future__ import annotations
 
 import errno
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from typing import Any
 from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
 from ..engine.supervisor import HandlerSetupError
 from ..errors import ClosedResourceError
+from ..map_errors import as_uint, map_error, walk_keys
 from ..programs.contract import WorkerInfo
 from .actor import EntryActor
 from .places import Place, PlaceLike, as_place
@@ -119,18 +119,6 @@ class EntryResult:
     error: str | None = None
 
 
-def _err(code: int, detail: str) -> OSError:
-    return OSError(code, f"{os.strerror(code)}: {detail}")
-
-
-def _uint(value: object, bits: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not 0 <= value < (1 << bits):
-        raise OverflowError(f"{what} {value} does not fit in u{bits}")
-    return value
-
-
 class ClusterMap:
     """A cpumap whose entries are Ray actors on the cluster's nodes (module docstring).
 
@@ -159,7 +147,7 @@ class ClusterMap:
         if not ray.is_initialized():
             raise RuntimeError("Ray is not connected: cpumap.cluster.connect() first")
         if max_entries is not None and max_entries < 1:
-            raise _err(errno.EINVAL, f"max_entries is {max_entries}")
+            raise map_error(errno.EINVAL, f"max_entries is {max_entries}")
         self.map_id = next(_map_ids)
         self.handler = handler  # None: the actor accepts every frame
         self.max_entries = max_entries
@@ -192,22 +180,22 @@ class ClusterMap:
         most: a new actor on its node, pinned to its CPU.  ``qsize == 0`` deletes.  Errors:
         see the table."""
         place = as_place(place)
-        qsize = _uint(qsize, 32, "qsize")
-        flags = _uint(flags, 64, "flags")
+        qsize = as_uint(qsize, 32, "qsize")
+        flags = as_uint(flags, 64, "flags")
         with self._lock:
             self._check_usable()
             if flags > BPF_EXIST:
-                raise _err(errno.EINVAL, f"flags {flags:#x} > BPF_EXIST")
+                raise map_error(errno.EINVAL, f"flags {flags:#x} > BPF_EXIST")
             full = self.max_entries is not None and len(self._entries) >= self.max_entries
             if place not in self._entries and full:
-                raise _err(errno.E2BIG, f"{self.max_entries} places in use (max_entries)")
+                raise map_error(errno.E2BIG, f"{self.max_entries} places in use (max_entries)")
             if flags == BPF_NOEXIST:
-                raise _err(errno.EEXIST, "cpumap entries always exist (BPF_NOEXIST)")
+                raise map_error(errno.EEXIST, "cpumap entries always exist (BPF_NOEXIST)")
             if qsize > CPUMAP_QSIZE_MAX:
-                raise _err(errno.EOVERFLOW, f"qsize {qsize} > {CPUMAP_QSIZE_MAX}")
+                raise map_error(errno.EOVERFLOW, f"qsize {qsize} > {CPUMAP_QSIZE_MAX}")
             node = resolve_node(place.node, cluster_nodes())
             if place.cpu not in self._cpus_of(node):
-                raise _err(
+                raise map_error(
                     errno.ENODEV,
                     f"CPU {place.cpu} is not usable on node {node.name} "
                     f"(its CPUs: {sorted(self._cpus_of(node))})",
@@ -228,7 +216,7 @@ class ClusterMap:
                 resolve_node(place.node, cluster_nodes())
             except OSError as e:
                 if place not in self._entries:  # an entry on a node that died: deletable
-                    raise _err(errno.EINVAL, str(e)) from None
+                    raise map_error(errno.EINVAL, str(e)) from None
             self._retire(place)
 
     def lookup(self, place: PlaceLike) -> int:
@@ -238,7 +226,7 @@ class ClusterMap:
             self._check_open()
             e = self._entries.get(place)
             if e is None:
-                raise _err(errno.ENOENT, f"no entry at {place}")
+                raise map_error(errno.ENOENT, f"no entry at {place}")
             return e.qsize
 
     def get_next_key(self, place: PlaceLike | None = None) -> Place:
@@ -248,7 +236,7 @@ class ClusterMap:
             self._check_open()
             order = self._order()
             if not order:
-                raise _err(errno.ENOENT, "the map is empty")
+                raise map_error(errno.ENOENT, "the map is empty")
             if place is None:
                 return order[0]
             place = as_place(place)
@@ -256,20 +244,12 @@ class ClusterMap:
                 return order[0]
             i = order.index(place)
             if i == len(order) - 1:
-                raise _err(errno.ENOENT, f"{place} is the last key")
+                raise map_error(errno.ENOENT, f"{place} is the last key")
             return order[i + 1]
 
     def keys(self) -> Iterator[Place]:
         """Every populated place, by walking ``get_next_key``."""
-        key: Place | None = None
-        while True:
-            try:
-                key = self.get_next_key(key)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return
-                raise
-            yield key
+        return walk_keys(self.get_next_key)
 
     __iter__ = keys
 
@@ -314,7 +294,7 @@ class ClusterMap:
         with self._lock:
             self._check_usable()
             if not self._entries:
-                raise _err(errno.ENOENT, "the map has no entries: update() some places first")
+                raise map_error(errno.ENOENT, "the map has no entries: update() some places first")
             self._running = True
             return self.entries()
 
@@ -356,7 +336,7 @@ class ClusterMap:
     def _check_usable(self) -> None:
         self._check_open()
         if self._running:
-            raise _err(errno.EBUSY, "a run is in progress: the map changes between runs")
+            raise map_error(errno.EBUSY, "a run is in progress: the map changes between runs")
 
     def _order(self) -> list[Place]:
         return sorted(self._entries, key=lambda p: (p.node, p.cpu))
@@ -368,7 +348,7 @@ class ClusterMap:
             try:
                 cpus = node_cpus(node, self.start_timeout)
             except Exception as e:  # the node went away between listing and asking
-                raise _err(errno.ENODEV, f"node {node.name} did not answer: {e}") from None
+                raise map_error(errno.ENODEV, f"node {node.name} did not answer: {e}") from None
             self._node_cpus[node.node_id] = cpus
         return cpus
 
@@ -399,7 +379,7 @@ class ClusterMap:
             ready = ray.get(actor.ready.remote(), timeout=self.start_timeout)
         except GetTimeoutError:
             ray.kill(actor, no_restart=True)
-            raise _err(errno.ENOMEM, f"the actor for {place} did not start in time") from None
+            raise map_error(errno.ENOMEM, f"the actor for {place} did not start in time") from None
         except RayActorError as e:
             ray.kill(actor, no_restart=True)
             raise HandlerSetupError(f"entry {place} did not start:\n{e}") from None

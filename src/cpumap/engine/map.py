@@ -69,6 +69,7 @@ import numpy as np
 from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
 from ..cpus import nr_cpus, possible_cpus
 from ..errors import ClosedResourceError
+from ..map_errors import as_uint, map_error, walk_keys
 from ..packets import PacketBatch
 from ..programs import user_errors
 from ..programs.user_errors import UserError
@@ -121,20 +122,6 @@ def _kill_workers_at_exit() -> None:
         m.kill_workers()
 
 
-def _err(code: int, detail: str) -> OSError:
-    return OSError(code, f"{os.strerror(code)}: {detail}")
-
-
-def _uint(value: object, bits: int, what: str) -> int:
-    """A Python int as the kernel's u32/u64 argument: must fit, no silent wrap."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    v = int(value)
-    if not 0 <= v < (1 << bits):
-        raise OverflowError(f"{what} {v} does not fit in u{bits}")
-    return v
-
-
 class CpuMap:
     """A user-space BPF_MAP_TYPE_CPUMAP: keys are CPUs, values are queue sizes, and each
     populated key has a worker pinned to its CPU running ``handler``.
@@ -178,11 +165,11 @@ class CpuMap:
         supervise: bool = True,
     ) -> None:
         self._closed = True  # until fully built: close() must be safe on a failed init
-        max_entries = _uint(max_entries, 32, "max_entries")
+        max_entries = as_uint(max_entries, 32, "max_entries")
         if max_entries == 0:
-            raise _err(errno.EINVAL, "max_entries is 0")
+            raise map_error(errno.EINVAL, "max_entries is 0")
         if max_entries > nr_cpus():
-            raise _err(errno.E2BIG, f"max_entries {max_entries} > NR_CPUS {nr_cpus()}")
+            raise map_error(errno.E2BIG, f"max_entries {max_entries} > NR_CPUS {nr_cpus()}")
         if producers < 1:
             raise ValueError(f"producers must be >= 1, not {producers}")
         if batch_size < 1:
@@ -272,21 +259,21 @@ class CpuMap:
         ``program``: a second-stage program run by the worker on every frame before the
         skb is built (the kernel's ``bpf_cpumap_val.bpf_prog``; see second_stage.py).
         """
-        key = _uint(key, 32, "key")
-        qsize = _uint(qsize, 32, "qsize")
-        flags = _uint(flags, 64, "flags")
+        key = as_uint(key, 32, "key")
+        qsize = as_uint(qsize, 32, "qsize")
+        flags = as_uint(flags, 64, "flags")
         with self._lock:
             self._check_usable()
             if flags > BPF_EXIST:
-                raise _err(errno.EINVAL, f"flags {flags:#x} > BPF_EXIST")
+                raise map_error(errno.EINVAL, f"flags {flags:#x} > BPF_EXIST")
             if key >= self.max_entries:
-                raise _err(errno.E2BIG, f"key {key} >= max_entries {self.max_entries}")
+                raise map_error(errno.E2BIG, f"key {key} >= max_entries {self.max_entries}")
             if flags == BPF_NOEXIST:
-                raise _err(errno.EEXIST, "cpumap entries always exist (BPF_NOEXIST)")
+                raise map_error(errno.EEXIST, "cpumap entries always exist (BPF_NOEXIST)")
             if qsize > QSIZE_MAX:
-                raise _err(errno.EOVERFLOW, f"qsize {qsize} > {QSIZE_MAX}")
+                raise map_error(errno.EOVERFLOW, f"qsize {qsize} > {QSIZE_MAX}")
             if key not in possible_cpus():
-                raise _err(errno.ENODEV, f"CPU {key} is not possible on this machine")
+                raise map_error(errno.ENODEV, f"CPU {key} is not possible on this machine")
             self._advance()
             if qsize == 0:
                 self._replace(key, None)
@@ -297,11 +284,11 @@ class CpuMap:
 
     def delete(self, key: int) -> None:
         """Empty entry ``key`` (its worker drains and exits in the background)."""
-        key = _uint(key, 32, "key")
+        key = as_uint(key, 32, "key")
         with self._lock:
             self._check_usable()
             if key >= self.max_entries:
-                raise _err(errno.EINVAL, f"key {key} >= max_entries {self.max_entries}")
+                raise map_error(errno.EINVAL, f"key {key} >= max_entries {self.max_entries}")
             self._advance()
             self._replace(key, None)
 
@@ -313,37 +300,29 @@ class CpuMap:
 
     def lookup(self, key: int) -> int:
         """The queue size of populated entry ``key``; ENOENT if empty or out of range."""
-        key = _uint(key, 32, "key")
+        key = as_uint(key, 32, "key")
         with self._lock:
             self._check_open()
             e = self._entries.get(key)
             if e is None:
-                raise _err(errno.ENOENT, f"no entry at key {key}")
+                raise map_error(errno.ENOENT, f"no entry at key {key}")
             return e.qsize
 
     def get_next_key(self, key: int | None = None) -> int:
         """The kernel's walk: ``None`` or out of range -> 0; the last key -> ENOENT;
         otherwise ``key + 1`` whether populated or not."""
         if key is not None:
-            key = _uint(key, 32, "key")
+            key = as_uint(key, 32, "key")
         self._check_open()
         if key is None or key >= self.max_entries:
             return 0
         if key == self.max_entries - 1:
-            raise _err(errno.ENOENT, f"key {key} is the last key")
+            raise map_error(errno.ENOENT, f"key {key} is the last key")
         return key + 1
 
     def keys(self) -> Iterator[int]:
         """Every key, by walking ``get_next_key`` like ``bpftool map dump``."""
-        key: int | None = None
-        while True:
-            try:
-                key = self.get_next_key(key)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return
-                raise
-            yield key
+        return walk_keys(self.get_next_key)
 
     __iter__ = keys
 
@@ -371,12 +350,12 @@ class CpuMap:
     def entry(self, key: int) -> Entry:
         """The controller's record of the live entry at ``key`` (its state, slot, ring,
         worker, restarts); ENOENT like :meth:`lookup`.  For tools and tests."""
-        key = _uint(key, 32, "key")
+        key = as_uint(key, 32, "key")
         with self._lock:
             self._check_open()
             e = self._entries.get(key)
             if e is None:
-                raise _err(errno.ENOENT, f"no entry at key {key}")
+                raise map_error(errno.ENOENT, f"no entry at key {key}")
             return e
 
     # -- traffic -------------------------------------------------------------------------------
@@ -622,7 +601,7 @@ class CpuMap:
         while not self._free_slots:
             # Every slot is live or retiring: retirements finish in bounded time.
             if time.monotonic() > deadline:
-                raise _err(errno.ENOMEM, "no free ring slot: retiring workers do not finish")
+                raise map_error(errno.ENOMEM, "no free ring slot: retiring workers do not finish")
             self._wait_workers(0.01)
             self._advance()
         return self._free_slots.pop()
