@@ -11,12 +11,14 @@ from rich.console import Console
 from cpumap import possible_cpus
 from cpumap.capture import open_capture
 from cpumap.cli import UsageError, build_parser, main, parse_cpus
-from cpumap.cli.args import chosen_cpus, normalize_argv
+from cpumap.cli.args import chosen_cpus, normalize_argv, rx_cpu
 from cpumap.cpus import usable_cpus
 from cpumap.demo import DEMO_PACKETS, demo_capture_path, make_demo_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_CPU = str(min(usable_cpus()))  # a CPU this process may run on
+# With no --cpus, the RX side keeps the first usable CPU and the others are steered to.
+DEFAULT_TARGETS = usable_cpus()[1:] or usable_cpus()
 CAPTURES = ROOT.parent / "shared" / "captures"
 
 
@@ -45,7 +47,9 @@ def test_run_on_the_demo_accounts_for_every_frame() -> None:
     assert re.search(r"delivered\s+│\s+2,000", text)
     assert "top 10 of 48 flows" in text
     assert "[fd" in text  # IPv6 endpoints printed verbatim, not eaten as markup
-    assert re.search(r"│\s+0 │\s+2048 │\s+retired │", text)  # per-CPU rows after close
+    first = DEFAULT_TARGETS[0]
+    assert re.search(rf"│\s+{first} │\s+2048 │\s+retired │", text)  # per-CPU rows after close
+    assert f"on CPU {min(usable_cpus())} -> CPUs" in text
 
 
 @pytest.mark.slow
@@ -55,7 +59,7 @@ def test_write_and_merge_per_cpu_captures(tmp_path) -> None:
     rc, text = run_cli("run", "--write", str(out), "--merge", str(merged), "--quiet")
     assert rc == 0, text
     files = sorted(out.glob("cpu*.pcapng"))
-    assert len(files) == len(possible_cpus())
+    assert [f.name for f in files] == [f"cpu{c}.pcapng" for c in DEFAULT_TARGETS]
     counts = []
     for f in files:
         with open_capture(f) as r:
@@ -83,7 +87,7 @@ def test_write_into_a_directory_with_an_earlier_runs_files_is_refused(tmp_path, 
         run_cli("run", "--write", str(out), "--merge", str(tmp_path / "m.pcapng"), "--quiet")
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "already holds cpu0.pcapng" in err and "from an earlier run" in err
+    assert f"already holds cpu{DEFAULT_TARGETS[0]}.pcapng" in err and "from an earlier run" in err
     assert sorted(p.name for p in out.iterdir()) == before
     assert not (tmp_path / "m.pcapng").exists()
 
@@ -113,6 +117,8 @@ def test_write_into_a_directory_with_an_earlier_runs_files_is_refused(tmp_path, 
         (["run", "--generate", "-5"], "-5 is out of range"),
         (["run", "--json", "--quiet"], "--json and --quiet: choose one"),
         (["run", "--remote-action", "tx"], "invalid choice: 'tx'"),
+        (["run", "--rx-cpu", "4095"], "--rx-cpu: CPU 4095 is not available here; use one of"),
+        (["run", "--rx-cpu", "0,1"], "give one CPU number"),
     ],
 )
 def test_bad_arguments_say_what_to_do(argv, message, capsys) -> None:
@@ -178,6 +184,24 @@ def test_cpu_options_as_xdp_bench_and_cpus_combine() -> None:
     assert chosen_cpus(args) == sorted({cpus[0], cpus[-1]})
     args = ap.parse_args(["run", "-c", str(cpus[0]), "--cpus", f"{cpus[0]}-{cpus[-1]}"])
     assert chosen_cpus(args) == cpus
+
+
+def test_the_rx_side_gets_a_cpu_of_its_own_by_default() -> None:
+    """As the kernel's usual set-up (the NIC queue's CPU redirects to others): with no
+    CPUs named, every usable CPU but the RX one is steered to, and the RX side is pinned
+    to a CPU no entry has whenever there is one."""
+    ap = build_parser()
+    usable = usable_cpus()
+    args = ap.parse_args(["run"])
+    targets = chosen_cpus(args)
+    assert rx_cpu(args, targets) == usable[0]
+    assert targets == (usable[1:] or usable)
+    args = ap.parse_args(["run", "--rx-cpu", str(usable[-1])])
+    targets = chosen_cpus(args)
+    assert rx_cpu(args, targets) == usable[-1]
+    assert targets == ([c for c in usable if c != usable[-1]] or usable)
+    args = ap.parse_args(["run", "--cpus", str(usable[0])])  # named: the RX side moves
+    assert rx_cpu(args, chosen_cpus(args)) == (usable[1] if len(usable) > 1 else usable[0])
 
 
 def test_a_file_with_no_subcommand_is_run() -> None:

@@ -16,7 +16,8 @@ The first two are read once per process: they do not change while the system run
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 
 _SYS_CPU = "/sys/devices/system/cpu"
@@ -91,3 +92,21 @@ def possible_cpus() -> frozenset[int]:
 def usable_cpus() -> list[int]:
     """The possible CPUs this process may run on, in order (its affinity mask today)."""
     return sorted(possible_cpus() & os.sched_getaffinity(0))
+
+
+@contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run the block on ``cpu`` only (None: as is), then restore the affinity.
+
+    ``sched_setaffinity(0, ...)`` sets the calling thread's mask only: threads already
+    running keep theirs, threads started inside the block inherit ``{cpu}``.
+    """
+    if cpu is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)

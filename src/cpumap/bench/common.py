@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,20 +42,6 @@ def make_frames(n: int, size: int = 64, seed: int = 1) -> np.ndarray:
 
 def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
-
-
-@contextmanager
-def pinned(cpu: int | None) -> Iterator[None]:
-    """Run the block on ``cpu`` only (None: as is), then restore the affinity."""
-    if cpu is None:
-        yield
-        return
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, old)
 
 
 def per_second(n: int, seconds: float) -> float:

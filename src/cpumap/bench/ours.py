@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from ..abi import XDP_DROP
+from ..cpus import pinned
 from ..engine import CpuMap
 from ..engine.frame_pool import FramePool
 from ..packets import PacketBatch
 from ..programs import FlowHash, batch_handler, vectorized
 from ..programs.context import frame_skbs
-from .common import per_second, pinned, wait_until
+from .common import per_second, wait_until
 
 QSIZE = 2048
 

@@ -43,12 +43,12 @@ from ..abi import LINKTYPE_RAW
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import MAX_PROBLEMS, CaptureError
-from .streams import Input, open_input, read_full
+from .streams import Input, open_input, read_after, read_full
 
 if TYPE_CHECKING:
     from typing import Self
 
-CHUNK_SIZE = 1 << 20  # bytes read per chunk: ~2000 typical packets, so numpy's ~2 µs calls vanish
+CHUNK_SIZE = 1 << 22  # bytes read per chunk: ~8000 typical packets, so numpy's ~2 µs calls vanish
 
 
 # Link types in files that name another one, as libpcap on Linux and TShark read them:
@@ -64,12 +64,12 @@ def canonical_linktype(linktype: int) -> int:
 class Chunk(NamedTuple):
     """Packets parsed from one chunk of the file, and the chunk they point into."""
 
-    raw: bytes  # the chunk; batch.buf is a read-only view of it
+    raw: bytes | bytearray  # the chunk (never written once parsed); batch.buf: a read-only view
     batch: PacketBatch
 
 
 def chunk_of(
-    raw: bytes,
+    raw: bytes | bytearray,
     start: np.ndarray,
     caplen: np.ndarray,
     wire_len: np.ndarray,
@@ -78,10 +78,12 @@ def chunk_of(
     linktype: np.ndarray,
 ) -> Chunk:
     n = len(start)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    buf.flags.writeable = False  # a bytearray's view would be writable
     return Chunk(
         raw,
         PacketBatch(
-            buf=np.frombuffer(raw, dtype=np.uint8),
+            buf=buf,
             start=start,
             caplen=caplen,
             wire_len=wire_len,
@@ -290,13 +292,19 @@ class CaptureReader(abc.ABC):
         """
         if self._closed:
             raise ClosedResourceError("I/O operation on a closed capture reader")
-        data = b""
+        buf: bytes | bytearray = self._leftover
         if not self._eof:
             want = max(CHUNK_SIZE, self._need - len(self._leftover))
-            data = self._read(want)
-            if len(data) < want:
+            if self.compressed:
+                data = self._read(want)
+                got = len(data)
+                buf = self._leftover + data if self._leftover else data
+            else:
+                # The carried bytes and the new ones in one buffer, made once.
+                buf = read_after(self._stream, self._leftover, want)
+                got = len(buf) - len(self._leftover)
+            if got < want:
                 self._eof = True
-        buf = self._leftover + data if self._leftover else data
         self._need = 0
         skipped_before = self.skipped
         saved = self._snapshot()
@@ -309,7 +317,7 @@ class CaptureReader(abc.ABC):
             if chunk is None:
                 raise
             return chunk
-        self._leftover = buf[stop:]
+        self._leftover = bytes(buf[stop:])
         self._base += stop
         if self._eof and not self._done:
             if self._leftover:
@@ -373,6 +381,8 @@ class CaptureReader(abc.ABC):
             if c is None:
                 return
             raw, b = c
+            if not isinstance(raw, bytes):  # packets are bytes: slice an immutable copy
+                raw = bytes(raw)
             starts = iter(b.start.tolist())
             try:
                 for s, n, w, t, i, lt in zip(

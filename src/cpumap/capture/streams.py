@@ -43,6 +43,32 @@ class Prefixed:
         return p + self._f.read(n - len(p))
 
 
+def read_after(f: IO[bytes] | Prefixed, prefix: bytes, n: int) -> bytearray:
+    """``prefix`` and then up to ``n`` more bytes of ``f`` (fewer only at end of file), in
+    one new buffer.
+
+    Why not ``prefix + read_full(f, n)``: that makes the chunk twice (the read's bytes,
+    then the joined copy, each a fresh megabyte to fault in); ``readinto`` lands the file's
+    bytes where they stay.  Short reads from pipes are retried, as in :func:`read_full`.
+    """
+    k = len(prefix)
+    readinto = getattr(f, "readinto", None)
+    if readinto is None:  # a file object of the user's with read() only
+        return bytearray(prefix + read_full(f, n))
+    buf = bytearray(k + n)
+    buf[:k] = prefix
+    got = k
+    with memoryview(buf) as view:
+        while got < k + n:
+            more = readinto(view[got:])
+            if not more:
+                break
+            got += more
+    if got < k + n:
+        del buf[got:]  # the view is released: the buffer may shrink
+    return buf
+
+
 def read_full(f: IO[bytes] | Prefixed, n: int) -> bytes:
     """Read ``n`` bytes, fewer only at end of file (short reads from pipes are retried)."""
     data = f.read(n)

@@ -139,9 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="CPU",
         help="a CPU to steer to, as xdp-bench's -c (repeat; a list like 0-3 is fine too); "
-        "default: every CPU we may run on",
+        "default: every CPU we may run on but the RX CPU (all of them if there is one)",
     )
     run.add_argument("--cpus", metavar="LIST", help="CPUs to steer to, e.g. 0,1 or 0-3")
+    run.add_argument(
+        "--rx-cpu",
+        metavar="CPU",
+        help="the CPU that receives: reads the source, runs the program and flushes, as "
+        "the NIC queue's CPU does (default: the first CPU we may run on that is not "
+        "steered to, else the first steered to)",
+    )
     run.add_argument(
         "--ray",
         metavar="ADDRESS",
@@ -268,14 +275,46 @@ def split_captures(args: argparse.Namespace) -> None:
 
 
 def chosen_cpus(args: argparse.Namespace) -> list[int]:
-    """The union of ``-c`` and ``--cpus``; every usable CPU when neither is given."""
+    """The CPUs to steer to: the union of ``-c`` and ``--cpus``; when neither is given,
+    every usable CPU but the RX CPU (every usable CPU if that is the only one)."""
     parts = [*(args.cpu or ()), *([args.cpus] if args.cpus is not None else [])]
     if not parts:
-        return usable_cpus()
+        usable = usable_cpus()
+        rx = _given_rx_cpu(args)
+        rx = usable[0] if rx is None else rx
+        return [c for c in usable if c != rx] or [rx]
     cpus: set[int] = set()
     for p in parts:
         cpus.update(parse_cpus(p))
     return sorted(cpus)
+
+
+def rx_cpu(args: argparse.Namespace, cpus: list[int]) -> int:
+    """The CPU the RX side is pinned to: ``--rx-cpu``, else the first usable CPU that is
+    not a target (the RX side then has a CPU of its own, as in the kernel's usual set-up:
+    the NIC queue's CPU redirects to others), else the first target."""
+    given = _given_rx_cpu(args)
+    if given is not None:
+        return given
+    rest = [c for c in usable_cpus() if c not in cpus]
+    return rest[0] if rest else cpus[0]
+
+
+def _given_rx_cpu(args: argparse.Namespace) -> int | None:
+    text = getattr(args, "rx_cpu", None)
+    if text is None:
+        return None
+    try:
+        cpu = int(text)
+    except ValueError:
+        raise UsageError(f"--rx-cpu {text!r}: give one CPU number, like 0") from None
+    allowed = usable_cpus()
+    if cpu not in allowed:
+        raise UsageError(
+            f"--rx-cpu: CPU {cpu} is not available here; "
+            f"use one of {format_cpu_list(allowed)} (see `nproc`, `taskset -p $$`)"
+        )
+    return cpu
 
 
 def check_run(args: argparse.Namespace, cpus: list[int]) -> None:

@@ -30,12 +30,13 @@ from rich.console import Console
 from rich.live import Live
 
 from ..capture import CaptureError
+from ..cpus import pinned
 from ..engine import CpuMap, HandlerSetupError, MapStats, WorkerEvent
 from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
 from ..programs import LoadError, load_object
 from ..sinks import Count, FlowTable, merge_captures, merge_flow_tables
-from .args import check_run, chosen_cpus, split_captures
+from .args import check_run, chosen_cpus, rx_cpu, split_captures
 from .build import (
     Source,
     describe_capture_error,
@@ -199,7 +200,7 @@ def take_sample(cmap: CpuMap, source: Source, elapsed: float, extended: bool) ->
         rows = []
         for p in range(cmap.producers):
             enq = cmap.shared.enqueue_counters(p)
-            for key in list(cmap.keys()):
+            for key, _ in list(cmap.items()):  # populated keys (keys() walks them all)
                 slot = cmap.entry(key).slot
                 processed, drops, flushes = (int(x) for x in enq[slot][:3])
                 rows.append(ProducerRow(p, key, processed, drops, flushes))
@@ -238,6 +239,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.ray:
         return run_on_ray(args, console, ray_handler(args.handler))
     cpus = chosen_cpus(args)
+    rx = rx_cpu(args, cpus)
     check_run(args, cpus)
     if ":" in args.program:  # import it now: a bad module is a usage error, not a crash
         try:
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     try:
         source = open_source(args, stop)
         try:
-            return _run(args, console, cpus, handler, source, signals)
+            return _run(args, console, cpus, rx, handler, source, signals)
         finally:
             source.close()
     finally:
@@ -273,13 +275,14 @@ def _run(
     args: argparse.Namespace,
     console: Console,
     cpus: list[int],
+    rx: int,
     handler: Any,
     source: Source,
     signals: SignalStop,
 ) -> int:
     lossless = source.lossless
     banner = (
-        f"cpumap: {source.what} -> CPUs {','.join(map(str, cpus))} "
+        f"cpumap: {source.what} on CPU {rx} -> CPUs {','.join(map(str, cpus))} "
         f"({'lossless' if lossless else 'drops when a ring is full'}), program {args.program}"
         + (f", remote action {args.remote_action}" if args.remote_action != "disabled" else "")
     )
@@ -314,10 +317,15 @@ def _run(
         view = View(args, console, "cpumap")
         watch = WorkerWatch()
         try:
-            with cmap.producer(
-                program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
-            ) as rx:
-                failure = _feed(rx.receive, source, cmap, view, watch, signals.stop, args, t0)
+            # Only this thread is pinned (the supervisor and the view keep their masks):
+            # the RX side gets the CPU the targets leave it, as the NIC queue's CPU.
+            with (
+                cmap.producer(
+                    program, poll_size=args.poll, backpressure=10.0 if lossless else 0.0
+                ) as producer,
+                pinned(rx),
+            ):
+                failure = _feed(producer.receive, source, cmap, view, watch, signals.stop, args, t0)
             try:
                 cmap.wait_idle(DRAIN_TIMEOUT)
             except TimeoutError as e:
@@ -337,7 +345,7 @@ def _run(
     if stuck is not None:
         watch.notes.append(stuck)
     return summarize(
-        args, console, cpus, cmap, final, source, elapsed, signals.signum, failure, watch
+        args, console, cpus, rx, cmap, final, source, elapsed, signals.signum, failure, watch
     )
 
 
@@ -426,6 +434,7 @@ def summarize(
     args: argparse.Namespace,
     console: Console,
     cpus: list[int],
+    rx: int,
     cmap: CpuMap,
     final: MapStats,
     source: Source,
@@ -473,7 +482,7 @@ def summarize(
     if args.json:
         emit_json(
             summary_record(
-                args, source, cpus, final, elapsed, user_errors, worker_errors, notes, files,
+                args, source, cpus, rx, final, elapsed, user_errors, worker_errors, notes, files,
                 merged, stopped, failure or merge_error, status,
             )
         )  # fmt: skip
@@ -505,6 +514,7 @@ def summary_record(
     args: argparse.Namespace,
     source: Source,
     cpus: list[int],
+    rx: int,
     final: MapStats,
     elapsed: float,
     user_errors: list[Any],
@@ -529,6 +539,7 @@ def summary_record(
         "handler": args.handler,
         "remote_action": args.remote_action,
         "cpus": cpus,
+        "rx_cpu": rx,
         "lossless": source.lossless,
         "elapsed_s": round(elapsed, 6),
         "rx": final.rx,

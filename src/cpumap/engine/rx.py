@@ -47,7 +47,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _atomics as at
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
@@ -383,45 +382,55 @@ class RxProducer:
         self, where: slice | np.ndarray, batch: PacketBatch, caplen: np.ndarray, width: int
     ) -> None:
         """Copy packets of different lengths.  Packets are grouped by length class (powers
-        of two, :data:`_COPY_CLASSES`), and each class is one gather of its widest packet's
-        bytes per packet through a sliding-window view and one row store -- bytes past a
-        packet's end are copied too and never read (under twice the packet's own, but for
-        packets under 64 bytes).  Mixed
+        of two, :data:`_COPY_CLASSES`; one stable sort), and each class is one gather of
+        its widest packet's bytes per packet, through one window view of the source
+        buffer, and one row store -- bytes past a packet's end are copied too and never
+        read (under twice the packet's own, but for packets under 64 bytes).  Mixed
         traffic has a handful of classes: a handful of calls per poll, where a copy per
-        packet costs ~0.25 us each.  Packets too close to the end of the source buffer for
-        their class's window: one memoryview copy each."""
+        packet costs ~0.25 us each.  Packets that start within ``width`` bytes of the end
+        of the source buffer (where the window's rows would run past it): one memoryview
+        copy each."""
         h = self.pool.headroom
         buf, start = batch.buf, batch.start
-        frames = np.arange(where.start, where.stop) if isinstance(where, slice) else where
         data = self.pool.data
         size = len(buf)
+        frames = np.arange(where.start, where.stop) if isinstance(where, slice) else where
+        near_end = start > size - width
+        loop = np.flatnonzero(near_end)
+        if len(loop):
+            self._copy_each(buf, frames[loop], start[loop], caplen[loop])
+            if len(loop) == len(start):
+                return
+            keep = ~near_end
+            where, frames, start, caplen = frames[keep], frames[keep], start[keep], caplen[keep]
+        # Row r of the window is buf[r : r + width]: every start left is in its range.
+        window = np.ndarray((size - width + 1, width), np.uint8, buf, strides=(1, 1))
         classes = np.searchsorted(_COPY_CLASSES, caplen)
-        present = np.flatnonzero(np.bincount(classes)).tolist()
-        loop: list[int] = []
-        for c in present:
-            sel = np.flatnonzero(classes == c) if len(present) > 1 else None
-            cl = caplen if sel is None else caplen[sel]
-            w = int(cl.max())
-            if w == 0 or size < w:
-                loop.extend(range(len(caplen)) if sel is None else sel.tolist())
-                continue
-            st = start if sel is None else start[sel]
-            fits = st + w <= size
-            if not fits.all():
-                rest = np.flatnonzero(~fits)
-                loop.extend((rest if sel is None else sel[rest]).tolist())
-                sel = np.flatnonzero(fits) if sel is None else sel[fits]
-                st = st[fits]
-            rows = sliding_window_view(buf, w)[st]
-            data[where if sel is None else frames[sel], h : h + w] = rows
-        if loop:
-            dst = self._pool_mv
-            src = memoryview(buf)
-            fs = self.pool.frame_size
-            fl, sl, cls = frames.tolist(), start.tolist(), caplen.tolist()
-            for j in loop:
-                d = fl[j] * fs + h
-                dst[d : d + cls[j]] = src[sl[j] : sl[j] + cls[j]]
+        counts = np.bincount(classes)
+        present = counts[counts > 0]
+        if len(present) == 1:
+            w = int(caplen.max())
+            data[where, h : h + w] = window[start, :w]
+            return
+        order = np.argsort(classes, kind="stable")
+        frames, start, caplen = frames[order], start[order], caplen[order]
+        lo = 0
+        for hi in np.cumsum(present).tolist():
+            w = int(caplen[lo:hi].max())
+            data[frames[lo:hi], h : h + w] = window[start[lo:hi], :w]
+            lo = hi
+
+    def _copy_each(
+        self, buf: np.ndarray, frames: np.ndarray, start: np.ndarray, caplen: np.ndarray
+    ) -> None:
+        """One memoryview copy per packet (the few a window view cannot reach)."""
+        h = self.pool.headroom
+        fs = self.pool.frame_size
+        dst = self._pool_mv
+        src = memoryview(buf)
+        for f, s, c in zip(frames.tolist(), start.tolist(), caplen.tolist(), strict=True):
+            d = f * fs + h
+            dst[d : d + c] = src[s : s + c]
 
     def _dispatch(self, idx: np.ndarray, v: Verdicts, start: int | None) -> None:
         """Count the verdicts, give back what is not redirected, stage the redirects."""
