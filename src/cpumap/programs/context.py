@@ -85,11 +85,12 @@ class XdpContext:
 
     How it is cheap per frame
     -------------------------
-    Inside a poll (:meth:`each`, or the runner's loop over :meth:`_begin`) moving to the
-    next frame is one store: ``_row``.  Every field (``data``, ``ingress_ifindex``,
-    ``index`` ...) is a property indexing a Python list made for the whole poll with one
-    ``tolist()``, on the first read of that field in the poll -- so a program that reads
-    only ``ctx.skb.hash`` never pays for the packet views or the descriptor columns.  A
+    Inside a poll (:meth:`each`, or the runner's loop between :meth:`begin` and
+    :meth:`end`) moving to the next frame is one store: ``row``, the frame's position in
+    the poll.  Every field (``data``, ``ingress_ifindex``, ``index`` ...) is a property
+    indexing a Python list made for the whole poll with one ``tolist()``, on the first
+    read of that field in the poll -- so a program that reads only ``ctx.skb.hash`` never
+    pays for the packet views or the descriptor columns.  A
     frame loaded on its own (:meth:`load`) is a poll of one frame, row 0.
     """
 
@@ -101,7 +102,6 @@ class XdpContext:
         "_indices",
         "_linktypes",
         "_pool",
-        "_row",
         "_rx_queues",
         "_skb",
         "_skb_row",
@@ -109,6 +109,7 @@ class XdpContext:
         "_where",
         "redirect_key",
         "redirect_target",
+        "row",
     )
 
     def __init__(self, pool: FramePool) -> None:
@@ -127,7 +128,7 @@ class XdpContext:
         self._rx_queues: list[int] | None = [rx_queue]
         self._linktypes: list[int] | None = [lt]
         self._columns: SkbColumns | None = None  # the poll's skb columns, once one is read
-        self._row = 0
+        self.row = 0
         self._skb: Skb | None = None
         self._skb_row = -1  # the row _skb is the skb of
 
@@ -137,21 +138,21 @@ class XdpContext:
         self.redirect_key = NO_KEY
         self.redirect_target = None
 
-    def _begin(self, idx: np.ndarray, start: int | None) -> None:
+    def begin(self, idx: np.ndarray, start: int | None) -> None:
         """Make the context the poll of frames ``idx`` (``start``: consecutive), at row 0;
-        the caller moves ``_row`` and resets the redirect fields per frame."""
+        the caller moves ``row`` and resets the redirect fields per frame."""
         self._idx = idx
         self._start = start
         self._where = idx if start is None else slice(start, start + len(idx))
         self._indices = self._datas = self._ifindexes = self._rx_queues = None
         self._linktypes = None
         self._columns = self._skb = None
-        self._row = 0
+        self.row = 0
         self._skb_row = -1
         self.redirect_key = NO_KEY
         self.redirect_target = None
 
-    def _end(self) -> None:
+    def end(self) -> None:
         """Leave the poll: drop every reference to its frames and columns."""
         self._one(-1, memoryview(b""), 0, 0, 1)
 
@@ -160,15 +161,15 @@ class XdpContext:
         consecutive), yielding its position in ``idx``: a poll's per-frame loop (the
         runner inlines it).  Fields are made into Python lists once for the poll, on
         their first read, and :attr:`skb` is parsed once for the poll, on its first read."""
-        self._begin(idx, start)
+        self.begin(idx, start)
         try:
             for j in range(len(idx)):
-                self._row = j
+                self.row = j
                 self.redirect_key = NO_KEY
                 self.redirect_target = None
                 yield j
         finally:
-            self._end()
+            self.end()
 
     # -- the fields: a list per poll, made on first read -------------------------------
     def _column(self, col: np.ndarray) -> list[int]:
@@ -184,7 +185,7 @@ class XdpContext:
         if indices is None:
             assert self._idx is not None
             indices = self._indices = self._idx.tolist()
-        return indices[self._row]
+        return indices[self.row]
 
     @property
     def data(self) -> memoryview:
@@ -196,28 +197,28 @@ class XdpContext:
             first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[self._where]
             ends = (first + pool.length[self._where]).tolist()
             datas = self._datas = list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
-        return datas[self._row]
+        return datas[self.row]
 
     @property
     def ingress_ifindex(self) -> int:
         values = self._ifindexes
         if values is None:
             values = self._ifindexes = self._column(self._pool.ifindex)
-        return values[self._row]
+        return values[self.row]
 
     @property
     def rx_queue_index(self) -> int:
         values = self._rx_queues
         if values is None:
             values = self._rx_queues = self._column(self._pool.rx_queue)
-        return values[self._row]
+        return values[self.row]
 
     @property
     def linktype(self) -> int:
         values = self._linktypes
         if values is None:
             values = self._linktypes = self._column(self._pool.linktype)
-        return values[self._row]
+        return values[self.row]
 
     @property
     def skb(self) -> Skb:
@@ -227,7 +228,7 @@ class XdpContext:
         the first read (:class:`~cpumap.skb.view.SkbView`): cheap per frame, but it shows
         the bytes as they were at that first read -- a program that rewrites headers and
         then wants them parsed again should build ``Skb(ctx.data)`` itself."""
-        row = self._row
+        row = self.row
         if self._skb_row == row:
             return self._skb  # type: ignore[return-value]  # Invariant: set with _skb_row
         columns = self._columns

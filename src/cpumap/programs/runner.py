@@ -121,11 +121,11 @@ class ProgramRunner:
         keys: list[int] = []
         targets: list[Any] = []
         ret, key, tgt = returned.append, keys.append, targets.append
-        ctx._begin(idx, start)
+        ctx.begin(idx, start)
         set_current_context(ctx)
         try:
             for row in range(len(idx)):
-                ctx._row = row
+                ctx.row = row
                 try:
                     ret(prog(ctx))
                 except contain as e:
@@ -137,7 +137,7 @@ class ProgramRunner:
                 ctx.redirect_target = None
         finally:
             set_current_context(None)
-            ctx._end()
+            ctx.end()
         return self._settle(returned, keys, targets)
 
     def _settle(self, returned: list[Any], keys: list[int], targets: list[Any]) -> Verdicts:
