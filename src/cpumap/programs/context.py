@@ -82,85 +82,143 @@ class XdpContext:
 
     One object is reused for every frame of a batch; do not keep references to it or to
     ``data`` beyond the call.
+
+    How it is cheap per frame
+    -------------------------
+    Inside a poll (:meth:`each`, or the runner's loop between :meth:`begin` and
+    :meth:`end`) moving to the next frame is one store: ``row``, the frame's position in
+    the poll.  Every field (``data``, ``ingress_ifindex``, ``index`` ...) is a property
+    indexing a Python list made for the whole poll with one ``tolist()``, on the first
+    read of that field in the poll -- so a program that reads only ``ctx.skb.hash`` never
+    pays for the packet views or the descriptor columns.  A
+    frame loaded on its own (:meth:`load`) is a poll of one frame, row 0.
     """
 
     __slots__ = (
         "_columns",
-        "_meta_len",
-        "_poll",
+        "_datas",
+        "_idx",
+        "_ifindexes",
+        "_indices",
+        "_linktypes",
         "_pool",
-        "_row",
+        "_rx_queues",
         "_skb",
-        "data",
-        "index",
-        "ingress_ifindex",
-        "linktype",
+        "_skb_row",
+        "_start",
+        "_where",
         "redirect_key",
         "redirect_target",
-        "rx_queue_index",
+        "row",
     )
 
     def __init__(self, pool: FramePool) -> None:
         self._pool = pool
-        self.data: memoryview = memoryview(b"")
-        self.index = -1
-        self.ingress_ifindex = 0
-        self.rx_queue_index = 0
-        self.linktype = 1
         self.redirect_key = NO_KEY
         self.redirect_target: Any = None
-        self._meta_len = 0
-        self._poll: tuple[np.ndarray, int | None] | None = None  # the frames of each()
-        self._columns: SkbColumns | None = None  # their skb columns, once one is read
-        self._row = 0
+        self._one(-1, memoryview(b""), 0, 0, 1)
+
+    def _one(self, index: int, data: memoryview, ifindex: int, rx_queue: int, lt: int) -> None:
+        self._idx: np.ndarray | None = None  # the poll's frames (None: one frame, loaded)
+        self._start: int | None = None
+        self._where: slice | np.ndarray | None = None
+        self._indices: list[int] | None = [index]
+        self._datas: list[memoryview] | None = [data]
+        self._ifindexes: list[int] | None = [ifindex]
+        self._rx_queues: list[int] | None = [rx_queue]
+        self._linktypes: list[int] | None = [lt]
+        self._columns: SkbColumns | None = None  # the poll's skb columns, once one is read
+        self.row = 0
         self._skb: Skb | None = None
+        self._skb_row = -1  # the row _skb is the skb of
 
     def load(self, index: int, ifindex: int, rx_queue: int, linktype: int) -> None:
         """Point the context at frame ``index`` on its own (outside :meth:`each`)."""
-        self.index = index
-        self.data = self._pool.packet(index)
-        self.ingress_ifindex = ifindex
-        self.rx_queue_index = rx_queue
-        self.linktype = linktype
+        self._one(index, self._pool.packet(index), ifindex, rx_queue, linktype)
         self.redirect_key = NO_KEY
         self.redirect_target = None
-        self._meta_len = int(self._pool.meta_len[index])
-        self._poll = self._columns = self._skb = None
+
+    def begin(self, idx: np.ndarray, start: int | None) -> None:
+        """Make the context the poll of frames ``idx`` (``start``: consecutive), at row 0;
+        the caller moves ``row`` and resets the redirect fields per frame."""
+        self._idx = idx
+        self._start = start
+        self._where = idx if start is None else slice(start, start + len(idx))
+        self._indices = self._datas = self._ifindexes = self._rx_queues = None
+        self._linktypes = None
+        self._columns = self._skb = None
+        self.row = 0
+        self._skb_row = -1
+        self.redirect_key = NO_KEY
+        self.redirect_target = None
+
+    def end(self) -> None:
+        """Leave the poll: drop every reference to its frames and columns."""
+        self._one(-1, memoryview(b""), 0, 0, 1)
 
     def each(self, idx: np.ndarray, start: int | None = None) -> Iterator[int]:
         """Point the context at each frame of ``idx`` in turn (``start``: they are
-        consecutive), yielding its position in ``idx``: the engine's per-frame loop.
-
-        The descriptors become Python values once for the whole batch (one ``tolist()`` a
-        column, the packet views one C-level ``map``), not per frame, and :attr:`skb` is
-        parsed once for the batch, on its first read."""
-        pool = self._pool
-        where: slice | np.ndarray = idx if start is None else slice(start, start + len(idx))
-        first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[where]
-        ends = (first + pool.length[where]).tolist()
-        datas = list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
-        ifs = pool.ifindex[where].tolist()
-        rxq = pool.rx_queue[where].tolist()
-        lts = pool.linktype[where].tolist()
-        metas = pool.meta_len[where].tolist()
-        self._poll = (idx, start)
-        self._columns = None
-        frames = zip(idx.tolist(), datas, ifs, rxq, lts, metas, strict=True)
+        consecutive), yielding its position in ``idx``: a poll's per-frame loop (the
+        runner inlines it).  Fields are made into Python lists once for the poll, on
+        their first read, and :attr:`skb` is parsed once for the poll, on its first read."""
+        self.begin(idx, start)
         try:
-            for j, (i, data, ifindex, queue, linktype, meta) in enumerate(frames):
-                self.index = i
-                self.data = data
-                self.ingress_ifindex = ifindex
-                self.rx_queue_index = queue
-                self.linktype = linktype
+            for j in range(len(idx)):
+                self.row = j
                 self.redirect_key = NO_KEY
                 self.redirect_target = None
-                self._meta_len = meta
-                self._row = j
-                self._skb = None
                 yield j
         finally:
-            self._poll = self._columns = self._skb = None
+            self.end()
+
+    # -- the fields: a list per poll, made on first read -------------------------------
+    def _column(self, col: np.ndarray) -> list[int]:
+        where = self._where
+        assert where is not None  # Invariant: the lists are None only inside a poll
+        values: list[int] = col[where].tolist()
+        return values
+
+    @property
+    def index(self) -> int:
+        """The frame's index in the pool."""
+        indices = self._indices
+        if indices is None:
+            assert self._idx is not None
+            indices = self._indices = self._idx.tolist()
+        return indices[self.row]
+
+    @property
+    def data(self) -> memoryview:
+        """The packet's bytes, a writable view into the pool (``data .. data_end``)."""
+        datas = self._datas
+        if datas is None:
+            pool, idx = self._pool, self._idx
+            assert idx is not None and self._where is not None
+            first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[self._where]
+            ends = (first + pool.length[self._where]).tolist()
+            datas = self._datas = list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
+        return datas[self.row]
+
+    @property
+    def ingress_ifindex(self) -> int:
+        values = self._ifindexes
+        if values is None:
+            values = self._ifindexes = self._column(self._pool.ifindex)
+        return values[self.row]
+
+    @property
+    def rx_queue_index(self) -> int:
+        values = self._rx_queues
+        if values is None:
+            values = self._rx_queues = self._column(self._pool.rx_queue)
+        return values[self.row]
+
+    @property
+    def linktype(self) -> int:
+        values = self._linktypes
+        if values is None:
+            values = self._linktypes = self._column(self._pool.linktype)
+        return values[self.row]
 
     @property
     def skb(self) -> Skb:
@@ -170,20 +228,21 @@ class XdpContext:
         the first read (:class:`~cpumap.skb.view.SkbView`): cheap per frame, but it shows
         the bytes as they were at that first read -- a program that rewrites headers and
         then wants them parsed again should build ``Skb(ctx.data)`` itself."""
-        skb = self._skb
-        if skb is not None:
-            return skb
+        row = self.row
+        if self._skb_row == row:
+            return self._skb  # type: ignore[return-value]  # Invariant: set with _skb_row
         columns = self._columns
         if columns is None:
-            if self._poll is None:  # a frame loaded on its own: parse just this one
+            if self._idx is None:  # a frame loaded on its own: parse just this one
                 one = next(_frame_skbs_one_by_one(self._pool, np.array([self.index])))
                 assert one is not None  # Invariant: building a plain Skb never raises
-                self._skb = one
+                self._skb, self._skb_row = one, row
                 return one
-            columns = self._columns = skb_columns(self._pool, *self._poll)
-        self._skb = view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
+            columns = self._columns = skb_columns(self._pool, self._idx, self._start)
+        view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
         view.columns = columns
-        view.row = self._row
+        view.row = row
+        self._skb, self._skb_row = view, row
         return view
 
     @property
@@ -195,20 +254,21 @@ class XdpContext:
     def data_meta(self) -> memoryview:
         """The metadata area (bytes just before the packet), writable."""
         pool = self._pool
-        start = self.index * pool.frame_size + int(pool.headroom_col[self.index])
-        return pool.mv[start - self._meta_len : start]
+        i = self.index
+        start = i * pool.frame_size + int(pool.headroom_col[i])
+        return pool.mv[start - int(pool.meta_len[i]) : start]
 
     def adjust_meta(self, delta: int) -> int:
         """``bpf_xdp_adjust_meta``: a negative ``delta`` grows the metadata area by
         ``-delta`` bytes (zeroed), a positive one shrinks it.  Returns 0, or -22 (EINVAL)
         when the area would be negative, larger than 32 bytes (as the kernel's
         ``xdp_metalen_invalid``: max 32, multiple of 4) or than the headroom."""
-        new = self._meta_len - delta
-        headroom = int(self._pool.headroom_col[self.index])
+        i = self.index
+        new = int(self._pool.meta_len[i]) - delta
+        headroom = int(self._pool.headroom_col[i])
         if new < 0 or new > 32 or new % 4 or new > headroom:
             return -22
-        self._meta_len = new
-        self._pool.meta_len[self.index] = new
+        self._pool.meta_len[i] = new
         if delta < 0:
             self.data_meta[:-delta] = bytes(-delta)
         return 0

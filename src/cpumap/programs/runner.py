@@ -26,15 +26,20 @@ The verdict rules, the same for both forms
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..abi import N_VERDICTS, XDP_ABORTED, XDP_REDIRECT
+from ..abi import N_VERDICTS, XDP_ABORTED, XDP_REDIRECT, Verdict
 from .context import NO_KEY, FramePool, XdpBatch, XdpContext, set_current_context
 from .contract import is_vectorized, redirect_target_of
 from .user_errors import note_per_frame_return, note_vectorized_return, record
+
+# What a per-frame verdict may be without a closer look: a plain int or an abi.Verdict (an
+# IntEnum: XDP_REDIRECT and the others are).  A bool is an int subclass, not listed: ABORTED.
+_VERDICT_TYPES = frozenset({int, Verdict})
 
 
 @dataclass(slots=True)
@@ -105,40 +110,84 @@ class ProgramRunner:
         return Verdicts(verdicts, keys, counts, target)
 
     def _run_per_frame(self, idx: np.ndarray, start: int | None) -> Verdicts:
+        """The per-frame loop.  Per frame it only moves the context to the next row, calls
+        the program and appends what it returned and where it redirected to three lists,
+        resetting the redirect fields; the verdicts, keys and the batch's target are
+        worked out once for the batch (:meth:`_settle`).  Nothing is looked up per frame
+        that can be looked up once: bound ``append``s, the program, the exception class."""
         prog, ctx = self.program, self._ctx
+        contain = self._contain
+        returned: list[Any] = []
+        keys: list[int] = []
+        targets: list[Any] = []
+        ret, key, tgt = returned.append, keys.append, targets.append
+        ctx.begin(idx, start)
+        set_current_context(ctx)
+        try:
+            for row in range(len(idx)):
+                ctx.row = row
+                try:
+                    ret(prog(ctx))
+                except contain as e:
+                    record("program", e, scope=self._scope)
+                    ret(XDP_ABORTED)
+                key(ctx.redirect_key)
+                tgt(ctx.redirect_target)
+                ctx.redirect_key = NO_KEY
+                ctx.redirect_target = None
+        finally:
+            set_current_context(None)
+            ctx.end()
+        return self._settle(returned, keys, targets)
+
+    def _settle(self, returned: list[Any], keys: list[int], targets: list[Any]) -> Verdicts:
+        """Verdicts from a per-frame loop's lists: in a few whole-batch calls when every
+        frame returned a valid verdict and every redirect named the batch's target (or
+        none), else frame by frame (:meth:`_settle_each`), with the same answers."""
+        default = self._default
+        named = set(map(id, targets))
+        if set(map(type, returned)) <= _VERDICT_TYPES and named <= {id(None), id(default)}:
+            try:
+                v = np.frombuffer(array("B", returned), dtype=np.uint8)
+                k = np.frombuffer(array("I", keys), dtype=np.uint32)
+            except OverflowError:  # a verdict > 255 (or < 0), a key not a u32
+                pass
+            else:
+                counts = np.bincount(v, minlength=N_VERDICTS).tolist()
+                if len(counts) == N_VERDICTS:  # every verdict 0..4
+                    if counts[XDP_REDIRECT] != len(v):
+                        k = np.where(v == XDP_REDIRECT, k, NO_KEY).astype(np.uint32)
+                    # Every redirect went to ``default`` (named, or None: the default).
+                    return Verdicts(v, k, counts, default)
+        return self._settle_each(returned, keys, targets)
+
+    def _settle_each(self, returned: list[Any], keys: list[int], targets: list[Any]) -> Verdicts:
+        """:meth:`_settle`, frame by frame: any return value, any targets."""
         default = self._default
         chosen = self._fixed  # the batch's target: fixed, or the first one named
         verdicts: list[int] = []
-        keys: list[int] = []
+        out: list[int] = []
         counts = [0] * N_VERDICTS
-        set_current_context(ctx)
-        try:
-            for _ in ctx.each(idx, start):
-                try:
-                    r = prog(ctx)
-                except self._contain as e:
-                    record("program", e, scope=self._scope)
-                    r = XDP_ABORTED
-                if type(r) is int and 0 <= r < N_VERDICTS:  # the common case: inline
-                    v = r
-                else:
-                    v = as_verdict(r)
-                    if v == XDP_ABORTED and r is not XDP_ABORTED:
-                        note_per_frame_return(r, "program", self._scope)
-                counts[v] += 1
-                verdicts.append(v)
-                if v != XDP_REDIRECT:
-                    keys.append(NO_KEY)
-                    continue
-                t = ctx.redirect_target if ctx.redirect_target is not None else default
-                if chosen is None:
-                    chosen = t
-                keys.append(ctx.redirect_key if t is chosen else NO_KEY)
-        finally:
-            set_current_context(None)
+        for r, k, t in zip(returned, keys, targets, strict=True):
+            if type(r) in _VERDICT_TYPES and 0 <= r < N_VERDICTS:
+                v = int(r)
+            else:
+                v = as_verdict(r)
+                if v == XDP_ABORTED and r is not XDP_ABORTED:
+                    note_per_frame_return(r, "program", self._scope)
+            counts[v] += 1
+            verdicts.append(v)
+            if v != XDP_REDIRECT:
+                out.append(NO_KEY)
+                continue
+            if t is None:
+                t = default
+            if chosen is None:
+                chosen = t
+            out.append(k if t is chosen else NO_KEY)
         return Verdicts(
             np.array(verdicts, dtype=np.uint8),
-            np.array(keys, dtype=np.uint32),
+            np.array(out, dtype=np.uint32),
             counts,
             chosen if chosen is not None else default,
         )
