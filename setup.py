@@ -1,6 +1,7 @@
-"""Build the one compiled helper: cpumap._atomics (fences, atomics and futex on shared memory).
+"""Build the two compiled helpers: cpumap._atomics (fences, atomics and futex on shared
+memory) and cpumap._records (the walk over a pcap chunk's record headers).
 
-Everything else is pure Python; see src/cpumap/_atomics.c for why this part cannot be.
+Everything else is pure Python; each C file says why its part cannot be.
 """
 
 from setuptools import Extension, setup
@@ -11,6 +12,11 @@ setup(
             "cpumap._atomics",
             sources=["src/cpumap/_atomics.c"],
             extra_compile_args=["-O2", "-std=c11"],
-        )
+        ),
+        Extension(
+            "cpumap._records",
+            sources=["src/cpumap/_records.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+        ),
     ]
 )

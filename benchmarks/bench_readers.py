@@ -16,6 +16,11 @@ Readers:
 * ``ours-gzip-batches``: the same from a gzip-compressed copy (level 1), for scale.
 * The pcapng rows read the same packets from a pcapng file (ours and ``dpkt.pcapng``).
 
+And the record walk alone (where each pcap record starts: a chain, one record's caplen
+gives the next one's offset): ``cpumap._records.walk`` against the same walk in Python
+(``walk_records_py``, one ``struct.unpack_from`` and one ``append`` per record) over the
+pcap file's bytes, in ``CHUNK_SIZE`` pieces: the benchmark behind that compiled helper.
+
     .venv/bin/python benchmarks/bench_readers.py [--packets N] [--repeat R] [--json FILE]
 
 The machines are shared and noisy: trust the ratios printed, not the absolute figures.
@@ -37,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from cpumap.capture import PcapngWriter, open_capture
-from cpumap.capture.pcap import PcapWriter
+from cpumap.capture import CHUNK_SIZE
+from cpumap.capture.pcap import PcapWriter, walk_records, walk_records_py
 from cpumap.packets import PacketBatch
 
 # IMIX-like: many small frames, some medium, some full-size, a few jumbo.
@@ -137,6 +143,31 @@ def read_ours_batches(path: Path) -> int:
     return n
 
 
+def walk_rounds(path: Path, repeat: int) -> dict[str, list[float]]:
+    """ns per record of each record walk over the whole file, rounds interleaved.  Each
+    piece is copied just before its walk (untimed), as the reader's ``readinto`` leaves a
+    chunk it is about to walk: in the caches, as far as they hold it."""
+    data = np.fromfile(path, dtype=np.uint8)[24:]  # past the file header
+    out: dict[str, list[float]] = {"c": [], "py": []}
+    for _ in range(repeat):
+        for name, walk in (("c", walk_records), ("py", walk_records_py)):
+            spent = 0.0
+            records = pos = 0
+            while pos < len(data):
+                piece = data[pos : pos + CHUNK_SIZE].copy()
+                t0 = time.perf_counter()
+                offs, stop = walk(piece, False)
+                spent += time.perf_counter() - t0
+                cut = stop > len(piece)  # the last record read runs past the piece
+                records += len(offs) - cut
+                step = int(offs[-1]) if cut else stop
+                if step == 0:
+                    break
+                pos += step
+            out[name].append(1e9 * spent / max(records, 1))
+    return out
+
+
 def measure(fn: Callable[[], int]) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = fn()
@@ -185,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert n == want, (name, n)
                 times[name].append(n / dt)
 
+        walks = walk_rounds(paths["pcap"], args.repeat)
+
     fps = {k: statistics.median(v) for k, v in times.items()}
     base = fps["dpkt"]
     print(f"{'reader':22s} {'frames/s':>12s} {'vs dpkt':>8s} {'min..max':>22s}")
@@ -193,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
         ratio = v / (fps["dpkt-pcapng"] if "pcapng" in name else base)
         print(f"{name:22s} {v:12,.0f} {ratio:7.2f}x {lo:10,.0f}..{hi:<10,.0f}")
     print("(pcapng rows are against dpkt's pcapng reader)")
+    ns = {k: statistics.median(v) for k, v in walks.items()}
+    print(
+        f"record walk: compiled {ns['c']:.1f} ns/record, Python {ns['py']:.1f} ns/record: "
+        f"{ns['py'] / ns['c']:.0f}x (medians of {args.repeat}, interleaved)"
+    )
     if args.json:
         args.json.write_text(
-            json.dumps({"packets": args.packets, "fps": fps, "runs": times}, indent=2)
+            json.dumps(
+                {"packets": args.packets, "fps": fps, "runs": times, "walk_ns": walks}, indent=2
+            )
         )
     return 0
 

@@ -1,7 +1,7 @@
 /*
  * cpumap._atomics: the few primitives Python cannot express.
  *
- * Why this file exists (the only compiled code in the package):
+ * Why this file exists (with _records.c, the package's only compiled code):
  *   - Python has no memory fence.  x86 keeps stores in order and loads in
  *     order, but may let a load pass an earlier store (store buffering).  The
  *     sleep/wake protocol ("set sleeping, then re-check the ring" against

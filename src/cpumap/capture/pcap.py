@@ -56,6 +56,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import _records
 from ..abi import LINKTYPE_ETHERNET
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
@@ -91,6 +92,32 @@ LT_FCS_LENGTH_PRESENT = 0x04000000
 LT_FCS_LENGTH_SHIFT = 28
 
 
+def walk_records_py(buf: bytes | np.ndarray, big_endian: bool) -> tuple[np.ndarray, int]:
+    """The offsets of the records in a pcap chunk whose caplen can be read, and the
+    position of the first whose cannot (past the end of ``buf`` when the last record read
+    is incomplete) -- one call per record: the chain :func:`walk_records` takes in C."""
+    caplen_at = struct.Struct((">" if big_endian else "<") + "8xI").unpack_from
+    pos = 0
+    offs: list[int] = []
+    app = offs.append
+    # No test in the loop: unpack_from raises at the end of buf.
+    try:
+        while True:
+            app(pos)
+            pos += 16 + caplen_at(buf, pos)[0]
+    except struct.error:
+        offs.pop()  # the record at pos: its caplen could not be read
+    return np.array(offs, dtype=np.int64), pos
+
+
+def walk_records(buf: bytes | np.ndarray, big_endian: bool) -> tuple[np.ndarray, int]:
+    """:func:`walk_records_py` in a few ns per record (``cpumap._records``, whose file
+    says why it is compiled)."""
+    out = np.empty(len(buf) // RECORD_HEADER_LEN + 1, dtype=np.int64)  # records >= 16 bytes
+    n, pos = _records.walk(buf, out, 0, big_endian)
+    return out[:n], pos
+
+
 class PcapReader(CaptureReader):
     """Read a pcap file (either byte order, µs or ns, gzip or not).
 
@@ -99,6 +126,8 @@ class PcapReader(CaptureReader):
     (``(major, minor)``), ``fcs_len`` (bytes of FCS at the end of each packet, None when the
     file does not say).
     """
+
+    _array_chunks = True  # _parse needs only struct.unpack_from and numpy
 
     format = "pcap"
 
@@ -151,28 +180,19 @@ class PcapReader(CaptureReader):
         self._unit = 1 if ns else 1000
         self._consume(FILE_HEADER_LEN)
 
-    def _parse(self, buf: bytes, eof: bool) -> tuple[Chunk | None, int]:
+    def _parse(self, buf: bytes | np.ndarray, eof: bool) -> tuple[Chunk | None, int]:
         end = len(buf)
-        pos = 0
-        offs: list[int] = []
-        app = offs.append
-        caplen_at = self._caplen_at
-        # The hot loop: one call per record, and no test: unpack_from raises at the end of buf.
-        try:
-            while True:
-                app(pos)
-                pos += 16 + caplen_at(buf, pos)[0]
-        except struct.error:
-            pass
-        # offs[-1] == pos: its caplen could not be read.  If pos is past the end, the record
-        # before it is incomplete too; the one before that is whole (its successor was read).
-        offs.pop()
+        # offs: every record whose caplen could be read; pos: the first whose could not.
+        offs, pos = walk_records(buf, self.byteorder == ">")
+        # If pos is past the end, the last record read is incomplete; the one before it is
+        # whole (its successor's caplen was read).
         if pos > end:
-            pos = offs.pop()
+            pos = int(offs[-1])
+            offs = offs[:-1]
 
         chunk = None
         stop = pos
-        if offs:
+        if len(offs):
             chunk, cut = self._records(buf, offs)
             if cut is not None:  # framing lost at offs[cut]: nothing after it is a record
                 self._done = True
@@ -180,7 +200,7 @@ class PcapReader(CaptureReader):
         # The record at pos is not complete in buf.
         left = end - pos
         if left >= 12:
-            caplen = caplen_at(buf, pos)[0]
+            caplen = self._caplen_at(buf, pos)[0]
             if caplen > self._maxcap:
                 self._damaged(self._base + pos, self._caplen_reason(caplen))
                 self._done = True
@@ -209,9 +229,9 @@ class PcapReader(CaptureReader):
             f"{self.linktype}; the rest of the file cannot be trusted"
         )
 
-    def _records(self, buf: bytes, offs: list[int]) -> tuple[Chunk, int | None]:
-        """Columns for the records at ``offs``; and the index where framing was lost, if."""
-        o = np.array(offs, dtype=np.int64)
+    def _records(self, buf: bytes | np.ndarray, o: np.ndarray) -> tuple[Chunk, int | None]:
+        """Columns for the records at offsets ``o``; and the index where framing was lost,
+        if."""
         raw = np.frombuffer(buf, dtype=np.uint8)
         hdr = sliding_window_view(raw, RECORD_HEADER_LEN)[o].view(self._hdr_dtype)
         caplen = hdr[:, 2]
@@ -227,11 +247,11 @@ class PcapReader(CaptureReader):
                 bad_at = bad_at[bad_at < cut]
             for i in bad_at.tolist():
                 self._damaged(
-                    self._base + offs[i],
+                    self._base + int(o[i]),
                     f"record caplen {int(caplen[i])} exceeds its original length {int(wire[i])}",
                 )
         if cut is not None:
-            self._damaged(self._base + offs[cut], self._caplen_reason(int(caplen[cut])))
+            self._damaged(self._base + int(o[cut]), self._caplen_reason(int(caplen[cut])))
         keep: slice | np.ndarray = slice(None, cut)
         if bad_len.any():
             ok = ~bad_len

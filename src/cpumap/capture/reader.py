@@ -64,12 +64,13 @@ def canonical_linktype(linktype: int) -> int:
 class Chunk(NamedTuple):
     """Packets parsed from one chunk of the file, and the chunk they point into."""
 
-    raw: bytes | bytearray  # the chunk (never written once parsed); batch.buf: a read-only view
+    raw: bytes | bytearray | np.ndarray  # the chunk, never written once parsed
+    # batch.buf: a read-only view of raw
     batch: PacketBatch
 
 
 def chunk_of(
-    raw: bytes | bytearray,
+    raw: bytes | bytearray | np.ndarray,
     start: np.ndarray,
     caplen: np.ndarray,
     wire_len: np.ndarray,
@@ -116,7 +117,7 @@ def _compact(c: Chunk, lo: int, hi: int) -> Chunk:
     first = int(start.min())
     last = int((start + b.caplen[lo:hi]).max())
     return chunk_of(
-        c.raw[first:last],
+        bytes(c.raw[first:last]),  # its own copy (an array's slice would be a view)
         start - first,
         b.caplen[lo:hi],
         b.wire_len[lo:hi],
@@ -172,6 +173,9 @@ class CaptureReader(abc.ABC):
     """
 
     format: ClassVar[str] = "?"
+    # A format module whose parser needs only the buffer protocol (struct, numpy) may take
+    # its chunks as uint8 arrays, which are cheaper to make than bytearrays.
+    _array_chunks: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -292,7 +296,7 @@ class CaptureReader(abc.ABC):
         """
         if self._closed:
             raise ClosedResourceError("I/O operation on a closed capture reader")
-        buf: bytes | bytearray = self._leftover
+        buf: bytes | bytearray | np.ndarray = self._leftover
         if not self._eof:
             want = max(CHUNK_SIZE, self._need - len(self._leftover))
             if self.compressed:
@@ -301,7 +305,7 @@ class CaptureReader(abc.ABC):
                 buf = self._leftover + data if self._leftover else data
             else:
                 # The carried bytes and the new ones in one buffer, made once.
-                buf = read_after(self._stream, self._leftover, want)
+                buf = read_after(self._stream, self._leftover, want, as_array=self._array_chunks)
                 got = len(buf) - len(self._leftover)
             if got < want:
                 self._eof = True

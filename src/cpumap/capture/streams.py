@@ -15,6 +15,8 @@ import os
 import zlib
 from typing import IO, Any, BinaryIO, NamedTuple
 
+import numpy as np
+
 from .damage import CaptureError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -43,28 +45,36 @@ class Prefixed:
         return p + self._f.read(n - len(p))
 
 
-def read_after(f: IO[bytes] | Prefixed, prefix: bytes, n: int) -> bytearray:
+def read_after(
+    f: IO[bytes] | Prefixed, prefix: bytes, n: int, *, as_array: bool = False
+) -> bytearray | np.ndarray:
     """``prefix`` and then up to ``n`` more bytes of ``f`` (fewer only at end of file), in
-    one new buffer.
+    one new buffer: a ``bytearray``, or with ``as_array`` a uint8 array (for a parser that
+    needs only the buffer protocol).
 
     Why not ``prefix + read_full(f, n)``: that makes the chunk twice (the read's bytes,
-    then the joined copy, each a fresh megabyte to fault in); ``readinto`` lands the file's
-    bytes where they stay.  Short reads from pipes are retried, as in :func:`read_full`.
+    then the joined copy, each a fresh buffer to fault in); ``readinto`` lands the file's
+    bytes where they stay.  Why an array: ``bytearray(n)`` zero-fills what the read
+    overwrites at once, ``np.empty`` does not (a quarter less time per chunk, measured).
+    Short reads from pipes are retried, as in :func:`read_full`.
     """
     k = len(prefix)
     readinto = getattr(f, "readinto", None)
     if readinto is None:  # a file object of the user's with read() only
-        return bytearray(prefix + read_full(f, n))
-    buf = bytearray(k + n)
-    buf[:k] = prefix
+        joined = prefix + read_full(f, n)
+        return np.frombuffer(joined, dtype=np.uint8) if as_array else bytearray(joined)
+    buf: bytearray | np.ndarray = np.empty(k + n, dtype=np.uint8) if as_array else bytearray(k + n)
     got = k
     with memoryview(buf) as view:
+        view[:k] = prefix
         while got < k + n:
             more = readinto(view[got:])
             if not more:
                 break
             got += more
     if got < k + n:
+        if as_array:
+            return buf[:got]
         del buf[got:]  # the view is released: the buffer may shrink
     return buf
 
