@@ -97,6 +97,15 @@ def test_goals_are_met_or_not_or_not_measured() -> None:
     assert found["per-frame handler, 1 worker / dpkt loop"]["met"] is True  # 15x >= 10x
     assert found["framework cost per frame (µs)"]["met"] is False  # 0.7 > 0.5
     assert found["main job / tshark -z conv"]["met"] is None
+    job = Row("job.cpumap_run", "main-job", "j", fps=1.2e6)
+    tshark = Row("job.tshark", "main-job", "t", fps=0.04e6)
+    rows |= {"job.cpumap_run": job, "job.tshark": tshark}
+    small = {g["goal"]: g for g in goals(rows, {"job_packets": 200_000}, {"cpus": 2})}
+    assert small["main job frames/s (M)"]["met"] is None  # quick mode's capture: no verdict
+    assert "2,000,000 packets" in small["main job frames/s (M)"]["skipped"]
+    full = {g["goal"]: g for g in goals(rows, {"job_packets": 2_000_000}, {"cpus": 2})}
+    assert full["main job frames/s (M)"]["met"] is True
+    assert full["main job / tshark -z conv"]["met"] is True  # 30x >= 20x
 
 
 def test_bad_scale_is_a_usage_error() -> None:

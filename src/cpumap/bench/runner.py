@@ -309,6 +309,7 @@ class Bench:
 
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))
+            self.costs["job_packets"] = n
             size = os.path.getsize(path)
             self.say(f"[b]the main job[/b] ({n:,} packets, {size / 1e9:.2f} GB, mixed sizes)")
             self.rounds(
