@@ -33,7 +33,6 @@ period because its flush may come after the RCU read section; ours never does.)
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,11 +40,12 @@ from typing import Protocol
 import numpy as np
 
 from .frame_pool import TAG_QUEUED, FramePool
-from .ring import Ring
+from .ring import WAIT_TIMEOUT, Ring
 
 CPU_MAP_BULK_SIZE = 8  # the kernel's
 DEFAULT_BULK_SIZE = 1024  # ours: see the module docstring
 
+ROOM_WAIT_SLICE = 0.05  # seconds: a lossless producer re-checks deadline and ring this often
 _MASK_GROUPING_MAX = 8  # slot ranges up to this are grouped by masks, wider by a sort
 
 FlushHook = Callable[[int, int, int], None]  # (slot, processed, drops)
@@ -95,6 +95,8 @@ class BulkQueues:
         self._to_wake: dict[int, Ring] = {}  # consumers seen sleeping, woken at flush_all
         self._backlog: dict[int, list[np.ndarray]] = {}  # lossless: what did not fit yet
         self._queued_tag = queued_tag
+        self.room_waits = 0  # lossless: sleeps for room (Ring.wait_room)
+        self.room_timeouts = 0  # ... that timed out with room there (a lost wake-up)
 
     def enqueue(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
         """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once.
@@ -252,19 +254,28 @@ class BulkQueues:
         """Wait (at most ``backpressure`` seconds) for the consumer to make room, as long
         as the ring lives.  The wait is inside the producer's read-side section, which
         only delays grace periods (the ring's worker drains regardless of them), and a
-        dead worker is replaced meanwhile by the controller's supervisor thread."""
+        dead worker is replaced meanwhile by the controller's supervisor thread.
+
+        Between attempts the producer sleeps in :meth:`Ring.wait_room`, woken by the
+        consumer's next ``take`` (ring.py argues that no wake-up is lost).  It sleeps in
+        slices of at most :data:`ROOM_WAIT_SLICE`, re-checking its deadline and whether
+        the ring was killed: so a worker that died, or a lost wake-up, costs a slice, not
+        a hang.  ``room_timeouts`` counts slices that ended with room already there
+        (there should be none: the tests assert it)."""
         done, n = 0, len(frames)
         ring.wake()  # it must drain for us to go on
         deadline = time.monotonic() + self.backpressure
-        pause = 0.0
-        while done < n and time.monotonic() < deadline and not ring.dead():
-            if pause:
-                time.sleep(pause)
-            else:
-                os.sched_yield()
-            pause = min(max(pause * 2, 1e-5), 1e-3)
+        while True:
             got = ring.produce(frames[done:])
-            if got:
-                done += got
-                pause = 0.0
-        return done
+            done += got
+            if done >= n or ring.dead():
+                return done
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return done
+            self.room_waits += 1
+            rc = ring.wait_room(min(left, ROOM_WAIT_SLICE))
+            # Room came while we slept through: legitimate only if the consumer is between
+            # freeing it and its wake (10), and then it clears the flag very soon.
+            if rc == WAIT_TIMEOUT and ring.has_room() and not ring.room_wake_coming(0.2):
+                self.room_timeouts += 1
