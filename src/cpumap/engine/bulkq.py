@@ -149,6 +149,10 @@ class BulkQueues:
                 return frames
             self.enqueue(slot, frames, consecutive)
             return frames[:0]
+        if kmax - kmin < _MASK_GROUPING_MAX and self._redirect_by_keys(
+            table, frames, keys, kmin, kmax
+        ):
+            return frames[:0]
         slots = table.slots_of(keys, kmax)
         lo, hi = int(slots.min()), int(slots.max())
         failed = frames[:0]
@@ -178,6 +182,28 @@ class BulkQueues:
         for a, b in itertools.pairwise(bounds):
             self.enqueue(int(sslots[a]), sframes[a:b])
         return failed
+
+    def _redirect_by_keys(
+        self, table: SlotTable, frames: np.ndarray, keys: np.ndarray, kmin: int, kmax: int
+    ) -> bool:
+        """:meth:`redirect` for keys spanning a few values (the usual "one key per CPU"):
+        the table is read once per key in the range, not per frame, and the frames are
+        grouped by key with a mask each (two keys: one mask and its complement).  Only
+        when every key in the range names an entry and no two name the same one -- then
+        grouping by key is grouping by destination, in order.  False: nothing done, the
+        caller takes the general path."""
+        slot_for = [table.slot_of(k) for k in range(kmin, kmax + 1)]
+        if min(slot_for) < 0 or len(set(slot_for)) < len(slot_for):
+            return False
+        if kmax == kmin + 1:
+            first = keys == kmin
+            self.enqueue(slot_for[0], frames[first])
+            self.enqueue(slot_for[1], frames[~first])
+            return True
+        present = np.flatnonzero(np.bincount(keys - kmin)).tolist()
+        for k in present:
+            self.enqueue(slot_for[k], frames[keys == kmin + k])
+        return True
 
     def flush_all(self) -> None:
         """Flush every destination with staged frames, then wake every consumer that was
