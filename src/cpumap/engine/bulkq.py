@@ -22,7 +22,8 @@ every destination has been flushed and every sleeping consumer woken.  So a full
 delays neither another entry's frames nor its wake-up, and a frame never overtakes an
 earlier one of the same destination.  The wait ends when the frames fit, when the
 ring is killed (a broken or abandoned entry: the rest are dropped), or after
-``backpressure`` seconds.
+``backpressure`` seconds.  Meanwhile the producer sleeps on the ring's room futex, and
+the consumer's next ``take`` wakes it (ring.py, "Waiting for room").
 
 Invariant: a producer's staged frames are all flushed before it reports a quiescent
 state (see rcu.py), so after a grace period no staging anywhere refers to a retired
