@@ -22,7 +22,8 @@ every destination has been flushed and every sleeping consumer woken.  So a full
 delays neither another entry's frames nor its wake-up, and a frame never overtakes an
 earlier one of the same destination.  The wait ends when the frames fit, when the
 ring is killed (a broken or abandoned entry: the rest are dropped), or after
-``backpressure`` seconds.
+``backpressure`` seconds.  Meanwhile the producer sleeps on the ring's room futex, and
+the consumer's next ``take`` wakes it (ring.py, "Waiting for room").
 
 Invariant: a producer's staged frames are all flushed before it reports a quiescent
 state (see rcu.py), so after a grace period no staging anywhere refers to a retired
@@ -33,7 +34,6 @@ period because its flush may come after the RCU read section; ours never does.)
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -41,11 +41,12 @@ from typing import Protocol
 import numpy as np
 
 from .frame_pool import TAG_QUEUED, FramePool
-from .ring import Ring
+from .ring import WAIT_TIMEOUT, Ring
 
 CPU_MAP_BULK_SIZE = 8  # the kernel's
 DEFAULT_BULK_SIZE = 1024  # ours: see the module docstring
 
+ROOM_WAIT_SLICE = 0.05  # seconds: a lossless producer re-checks deadline and ring this often
 _MASK_GROUPING_MAX = 8  # slot ranges up to this are grouped by masks, wider by a sort
 
 FlushHook = Callable[[int, int, int], None]  # (slot, processed, drops)
@@ -95,6 +96,8 @@ class BulkQueues:
         self._to_wake: dict[int, Ring] = {}  # consumers seen sleeping, woken at flush_all
         self._backlog: dict[int, list[np.ndarray]] = {}  # lossless: what did not fit yet
         self._queued_tag = queued_tag
+        self.room_waits = 0  # lossless: sleeps for room (Ring.wait_room)
+        self.room_timeouts = 0  # ... that timed out with room there (a lost wake-up)
 
     def enqueue(self, slot: int, frames: np.ndarray, consecutive: bool = False) -> None:
         """Stage ``frames`` (in order) for ``slot``; full bulks are flushed at once.
@@ -147,6 +150,10 @@ class BulkQueues:
                 return frames
             self.enqueue(slot, frames, consecutive)
             return frames[:0]
+        if kmax - kmin < _MASK_GROUPING_MAX and self._redirect_by_keys(
+            table, frames, keys, kmin, kmax
+        ):
+            return frames[:0]
         slots = table.slots_of(keys, kmax)
         lo, hi = int(slots.min()), int(slots.max())
         failed = frames[:0]
@@ -176,6 +183,28 @@ class BulkQueues:
         for a, b in itertools.pairwise(bounds):
             self.enqueue(int(sslots[a]), sframes[a:b])
         return failed
+
+    def _redirect_by_keys(
+        self, table: SlotTable, frames: np.ndarray, keys: np.ndarray, kmin: int, kmax: int
+    ) -> bool:
+        """:meth:`redirect` for keys spanning a few values (the usual "one key per CPU"):
+        the table is read once per key in the range, not per frame, and the frames are
+        grouped by key with a mask each (two keys: one mask and its complement).  Only
+        when every key in the range names an entry and no two name the same one -- then
+        grouping by key is grouping by destination, in order.  False: nothing done, the
+        caller takes the general path."""
+        slot_for = [table.slot_of(k) for k in range(kmin, kmax + 1)]
+        if min(slot_for) < 0 or len(set(slot_for)) < len(slot_for):
+            return False
+        if kmax == kmin + 1:
+            first = keys == kmin
+            self.enqueue(slot_for[0], frames[first])
+            self.enqueue(slot_for[1], frames[~first])
+            return True
+        present = np.flatnonzero(np.bincount(keys - kmin)).tolist()
+        for k in present:
+            self.enqueue(slot_for[k], frames[keys == kmin + k])
+        return True
 
     def flush_all(self) -> None:
         """Flush every destination with staged frames, then wake every consumer that was
@@ -252,19 +281,28 @@ class BulkQueues:
         """Wait (at most ``backpressure`` seconds) for the consumer to make room, as long
         as the ring lives.  The wait is inside the producer's read-side section, which
         only delays grace periods (the ring's worker drains regardless of them), and a
-        dead worker is replaced meanwhile by the controller's supervisor thread."""
+        dead worker is replaced meanwhile by the controller's supervisor thread.
+
+        Between attempts the producer sleeps in :meth:`Ring.wait_room`, woken by the
+        consumer's next ``take`` (ring.py argues that no wake-up is lost).  It sleeps in
+        slices of at most :data:`ROOM_WAIT_SLICE`, re-checking its deadline and whether
+        the ring was killed: so a worker that died, or a lost wake-up, costs a slice, not
+        a hang.  ``room_timeouts`` counts slices that ended with room already there
+        (there should be none: the tests assert it)."""
         done, n = 0, len(frames)
         ring.wake()  # it must drain for us to go on
         deadline = time.monotonic() + self.backpressure
-        pause = 0.0
-        while done < n and time.monotonic() < deadline and not ring.dead():
-            if pause:
-                time.sleep(pause)
-            else:
-                os.sched_yield()
-            pause = min(max(pause * 2, 1e-5), 1e-3)
+        while True:
             got = ring.produce(frames[done:])
-            if got:
-                done += got
-                pause = 0.0
-        return done
+            done += got
+            if done >= n or ring.dead():
+                return done
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return done
+            self.room_waits += 1
+            rc = ring.wait_room(min(left, ROOM_WAIT_SLICE))
+            # Room came while we slept through: legitimate only if the consumer is between
+            # freeing it and its wake (10), and then it clears the flag very soon.
+            if rc == WAIT_TIMEOUT and ring.has_room() and not ring.room_wake_coming(0.2):
+                self.room_timeouts += 1

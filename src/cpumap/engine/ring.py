@@ -76,6 +76,51 @@ that finds work waiting with no wake-up on its way (which would betray a lost wa
 and the tests assert there are none.  Waking costs a syscall and ~15 us of the sleeper's
 latency, so producers wake only a consumer that announced it sleeps, and only once per
 destination per poll (``produce_nowake`` + ``BulkQueues.flush_all``), never per frame.
+
+Waiting for room (lossless producers; no wake-up is lost either)
+----------------------------------------------------------------
+A producer in lossless mode (bulkq.py) that found the ring full sleeps until the
+consumer frees slots, rather than polling with growing sleeps (which overslept a
+worker's batch by up to 1 ms).  The mirror image of the protocol above, with a flag
+``room_wait`` on the producers' cache line and a futex word ``room_seq`` on the
+consumer's:
+
+producer (``wait_room``)::
+
+    s = room_seq                                  # (6)
+    room_wait = 1 ; FENCE ; c = cons_tail         # (7) store, full fence, load
+    if prod_tail - c < capacity or dead: return   #     room (or no point): don't sleep
+    futex_wait(room_seq, s, timeout)              # (8)
+
+consumer (end of ``take``), and anyone else who frees slots or kills the ring::
+
+    cons_tail = c' ; FENCE ; f = room_wait        # (9)  store, full fence, load
+    if f: room_wait = 0 ; room_seq += 1 ; futex_wake(room_seq, all)      # (10)
+    kill: dead = 1 ; room_wait = 0 ; room_seq += 1 ; futex_wake(all)     # (11)
+
+Why no wake-up is lost: (7) and (9) are Dekker's handshake again, so either the
+producer sees ``c'`` (room: it does not sleep) or the consumer's load at (9) reads the
+producer's ``room_wait = 1`` or a store after it.  The stores after it are other
+producers' 1s (the consumer wakes all, so it wakes ours too) or a consumer's clear at
+(10).  A clear that overwrote our 1 is followed by its bump, and our load of ``s`` at
+(6) cannot have seen that bump: x86 orders our load (6) before our store (7), and the
+consumer's clear before its bump (a locked instruction), so seeing the bump would put
+the clear before our store in the word's order -- not after it.  Either way a bump
+comes after our (6), so ``futex_wait`` at (8) returns at once (the word moved) or is
+queued before the wake: it is woken.  Several producers may wait at once; the
+consumer's wake reaches all of them, and each retries under the producer lock.  The
+same argument covers (11) with ``dead`` in place of ``cons_tail``: kill stores dead
+before its bump, so a producer that slept (it read dead == 0 after its ``s``) is woken.
+
+Nothing is counted twice or lost by it: waiting publishes nothing; the producer
+publishes only under the lock, after it wakes, what fits then.  No hang: the producer
+sleeps with a timeout, in slices, re-checking ``dead`` and its own deadline
+(``BulkQueues._wait_and_produce``); a worker that dies before (10) leaves the flag set,
+and its replacement's first ``take`` wakes the producer (or the slice ends first).
+A flag left set by a producer that gave up or died costs the consumer one needless
+wake at most (it clears the flag).  The cost to the consumer when nobody waits is
+the fence of (9) and one load of a word it shares a line with ``prod_tail``, which it
+reads anyway: nothing measurable.
 """
 
 from __future__ import annotations
@@ -94,8 +139,10 @@ from .pids import pid_alive
 # different parties sit on different cache lines.
 OFF_PROD_LOCK = 0  # u32: 0 free, else the owner thread's tid      (producers)
 OFF_PROD_TAIL = 8  # u64: frames ever published                    (producers)
+OFF_ROOM_WAIT = 16  # u32: a producer announced it sleeps for room   (producers)
 OFF_CONS_TAIL = 64  # u64: frames ever taken by the consumer        (consumer)
 OFF_HAND_N = 72  # u64: frames in the consumer's hand buffer         (consumer)
+OFF_ROOM_SEQ = 80  # u32: futex word, bumped to wake room waiters    (consumer)
 OFF_SLEEPING = 128  # u32: consumer announced it is about to sleep   (consumer)
 OFF_WAKE_SEQ = 192  # u32: futex word, bumped to wake the consumer   (producers)
 OFF_STOP = 256  # u32: stop requested                                (controller)
@@ -112,6 +159,7 @@ WAIT_TIMEOUT = 2
 WAIT_SIGNAL = 3
 
 _SPINS_BEFORE_YIELD = 64
+_WAKE_ALL = 2**31 - 1  # futex_wake's "every waiter"
 
 
 class Ring:
@@ -126,6 +174,8 @@ class Ring:
         "_hand_n",
         "_lock",
         "_prod",
+        "_room_seq",
+        "_room_wait",
         "_sleeping",
         "_stop",
         "_wake",
@@ -141,6 +191,8 @@ class Ring:
         self._prod = hdr_addr + OFF_PROD_TAIL
         self._cons = hdr_addr + OFF_CONS_TAIL
         self._hand_n = hdr_addr + OFF_HAND_N
+        self._room_wait = hdr_addr + OFF_ROOM_WAIT
+        self._room_seq = hdr_addr + OFF_ROOM_SEQ
         self._sleeping = hdr_addr + OFF_SLEEPING
         self._wake = hdr_addr + OFF_WAKE_SEQ
         self._stop = hdr_addr + OFF_STOP
@@ -153,7 +205,15 @@ class Ring:
             raise ValueError(f"ring capacity {capacity} out of range")
         for off in (OFF_PROD_TAIL, OFF_CONS_TAIL, OFF_HAND_N):
             at.store_u64(self.hdr + off, 0)
-        for off in (OFF_PROD_LOCK, OFF_SLEEPING, OFF_WAKE_SEQ, OFF_STOP, OFF_DEAD):
+        for off in (
+            OFF_PROD_LOCK,
+            OFF_ROOM_WAIT,
+            OFF_ROOM_SEQ,
+            OFF_SLEEPING,
+            OFF_WAKE_SEQ,
+            OFF_STOP,
+            OFF_DEAD,
+        ):
             at.store_u32(self.hdr + off, 0)
         at.store_u32(self.hdr + OFF_CAPACITY, capacity)
         self.capacity = capacity
@@ -242,6 +302,41 @@ class Ring:
         at.fetch_add_u32(self._wake, 1)
         at.futex_wake(self._wake, 1)
 
+    def wait_room(self, timeout: float) -> int:
+        """Sleep until the ring has room (the consumer took frames), the ring is killed,
+        or ``timeout`` seconds pass; returns one of the WAIT_* codes.  For a producer
+        whose last :meth:`produce` did not publish everything (lossless mode): steps
+        (6)-(8) of the module docstring.  Any producer may call it, several at once."""
+        seq = at.load_u32(self._room_seq)  # (6)
+        cons = at.store32_fence_load64(self._room_wait, 1, self._cons)  # (7)
+        cap = at.load_u32(self.hdr + OFF_CAPACITY)
+        if at.load_u64(self._prod) - cons < cap or at.load_u32(self.hdr + OFF_DEAD):
+            return WAIT_NOT_SLEPT  # the flag stays: at worst one needless wake-up
+        return at.futex_wait(self._room_seq, seq, timeout)  # (8)
+
+    def has_room(self) -> bool:
+        """Whether a producer would publish at least one frame now (or the ring is dead)."""
+        cons = at.load_u64(self._cons)
+        cap = at.load_u32(self.hdr + OFF_CAPACITY)
+        return at.load_u64(self._prod) - cons < cap or bool(at.load_u32(self.hdr + OFF_DEAD))
+
+    def room_wake_coming(self, within: float) -> bool:
+        """Whether a consumer clears ``room_wait`` within ``within`` seconds -- i.e. a
+        wake (10) was on its way (for telling a late wake-up from a lost one)."""
+        deadline = time.monotonic() + within
+        while at.load_u32(self._room_wait):
+            if time.monotonic() > deadline:
+                return False
+            os.sched_yield()
+        return True
+
+    def wake_producers(self) -> None:
+        """Wake every producer sleeping in :meth:`wait_room`: (10) in the module
+        docstring.  The consumer calls it when it frees slots and finds the flag."""
+        at.store_u32(self._room_wait, 0)
+        at.fetch_add_u32(self._room_seq, 1)
+        at.futex_wake(self._room_seq, _WAKE_ALL)
+
     # -- consumer side (one process only) ---------------------------------------------
     def available(self) -> int:
         """Frames published and not yet taken."""
@@ -264,7 +359,9 @@ class Ring:
         if tags is not None:
             tags[hand[:n]] = tag
         at.store_u64(self._hand_n, n)
-        at.store_u64(self._cons, pos + n)
+        # Free the slots, full fence, then look for a producer waiting for room: (9).
+        if at.store_fence_load(self._cons, pos + n, self._room_wait):
+            self.wake_producers()
         return hand[:n]
 
     def drop_hand(self) -> None:
@@ -307,6 +404,9 @@ class Ring:
         finally:
             if locked:
                 at.store_u32(self._lock, 0)
+        # A producer waiting for room must see the ring dead now, not at its timeout:
+        # dead is stored before the bump (11), so one that slept through is woken.
+        self.wake_producers()
         return locked
 
     def dead(self) -> bool:
@@ -333,6 +433,8 @@ class Ring:
         its consumer died)."""
         at.store_u64(self._hand_n, 0)
         at.store_u64(self._cons, pos)
+        at.fence()
+        self.wake_producers()  # the slots up to pos are free: whoever waited may go on
 
     def __len__(self) -> int:
         """Frames in the ring now, as any process may read it.  The consumer's tail is

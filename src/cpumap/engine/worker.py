@@ -6,7 +6,9 @@ The worker consumes its entry's ring in batches of up to ``batch_size`` frames (
 kernel's CPUMAP_BATCH is 8; ours is chosen by measurement, see bench_engine.py), builds
 the skb (programs/context.py), and hands it to the user's handler -- our "network stack" -- which
 accepts it or drops it.  The frames then go back to the pool.  With the ring empty the
-worker sleeps and is woken by a producer's flush (ring.py argues why no wake-up is lost).
+worker sleeps and is woken by a producer's flush (ring.py argues why no wake-up is lost);
+conversely each ``take`` that frees slots wakes a lossless producer that sleeps for room
+(one flag load per batch when none does).
 
 It exits only when told to stop *and* its ring is empty, like the kernel's::
 

@@ -588,6 +588,11 @@ class FlowHash:
         self.cmap = cmap
         self.keys = [int(k) for k in keys]
         self._keys_arr = np.array(self.keys, dtype=np.uint32)
+        # hash % n for a power of two n is hash & (n - 1), a third of the cost; with keys
+        # 0 .. n-1 that is the key itself (no gather).
+        n = len(self.keys)
+        self._mask = np.uint32(n - 1) if n & (n - 1) == 0 else None
+        self._identity = self.keys == list(range(n))
         # As redirect_map stores them (a negative key names no entry).
         self._redirect_keys = [k & 0xFFFFFFFF if k >= 0 else NO_KEY for k in self.keys]
         self.vectorized = vectorized
@@ -606,7 +611,12 @@ class FlowHash:
 
     def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
         h = batch.skb.hash
-        keys = self._keys_arr[h % len(self._keys_arr)]
+        if self._mask is None:
+            keys = self._keys_arr.take(h % len(self._keys_arr))
+        elif self._identity:
+            keys = (h & self._mask).astype(np.uint32, copy=False)
+        else:
+            keys = self._keys_arr.take(h & self._mask)
         return np.full(len(batch), XDP_REDIRECT, dtype=np.uint8), keys
 
 
