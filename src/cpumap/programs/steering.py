@@ -610,6 +610,13 @@ class FlowHash:
         return XDP_REDIRECT
 
     def batch(self, batch: XdpBatch) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.keys) == 1:
+            # hash % 1 == 0: every frame goes to the one key, so the batch's headers need
+            # not be parsed (a fixed redirect, as the kernel's redirect-cpu to one CPU).
+            return (
+                np.full(len(batch), XDP_REDIRECT, dtype=np.uint8),
+                np.full(len(batch), self._keys_arr[0], dtype=np.uint32),
+            )
         h = batch.skb.hash
         if self._mask is None:
             keys = self._keys_arr.take(h % len(self._keys_arr))
