@@ -12,6 +12,7 @@ from cpumap import possible_cpus
 from cpumap.capture import open_capture
 from cpumap.cli import UsageError, build_parser, main, parse_cpus
 from cpumap.cli.args import chosen_cpus, normalize_argv, rx_cpu
+from cpumap.cli.run import pace_note
 from cpumap.cpus import usable_cpus
 from cpumap.demo import DEMO_PACKETS, demo_capture_path, make_demo_capture
 
@@ -202,6 +203,16 @@ def test_the_rx_side_gets_a_cpu_of_its_own_by_default() -> None:
     assert targets == ([c for c in usable if c != usable[-1]] or usable)
     args = ap.parse_args(["run", "--cpus", str(usable[0])])  # named: the RX side moves
     assert rx_cpu(args, chosen_cpus(args)) == (usable[1] if len(usable) > 1 else usable[0])
+
+
+def test_the_pace_note_only_when_the_workers_make_the_rx_side_wait() -> None:
+    assert pace_note(0, 100, 0, [1]) == []  # never waited
+    assert pace_note(10, 100, 0, [1]) == []  # rarely
+    assert pace_note(90, 100, 0, [0, 1]) == []  # the RX CPU has a worker already
+    assert pace_note(5, 6, 0, [1]) == []  # too short a run to say
+    (note,) = pace_note(90, 100, 0, [1, 2])
+    assert "waited for room in a full ring 90 times in 100 polls" in note
+    assert note.endswith("--cpus 0-2")
 
 
 def test_a_file_with_no_subcommand_is_run() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cpumap.capture import write_capture
-from cpumap.cpus import usable_cpus
+from cpumap.cpus import format_cpu_list, usable_cpus
 from cpumap.generator import Generator
 
 from .helpers import live_children, memfd_holders, pid_gone
@@ -162,6 +162,22 @@ def test_a_raising_handler_is_shown_and_the_status_says_so(tmp_path) -> None:
     (err,) = {(e["where"], e["what"]) for e in summary["user_errors"]}
     assert err == ("handler", "RuntimeError")
     assert sum(e["count"] for e in summary["user_errors"]) == summary["outcomes"]["handler_error"]
+
+
+@pytest.mark.skipif(len(usable_cpus()) < 2, reason="the RX CPU is a target on one CPU")
+def test_a_costly_handler_gets_a_hint_to_use_the_rx_cpu_too(tmp_path) -> None:
+    """The default keeps the RX CPU to itself; when the one worker is what makes the RX
+    side wait for room, the summary says so and names the --cpus that adds a worker."""
+    (tmp_path / "slow.py").write_text(
+        "def handle(skb):\n    x = 0\n    for i in range(300):\n        x += i\n    return True\n"
+    )
+    r = cpumap("run", "--generate", "100000", "--handler", "slow:handle", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "the workers set the pace" in r.stdout
+    assert f"--cpus {format_cpu_list(usable_cpus())}" in r.stdout.replace("\n", " ")
+    r = cpumap("run", "--generate", "100000", "--handler", "count", "--quiet")  # cheap: no hint
+    assert r.returncode == 0, r.stderr
+    assert "set the pace" not in r.stdout
 
 
 # -- bad input -----------------------------------------------------------------------------

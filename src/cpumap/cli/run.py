@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.live import Live
 
 from ..capture import CaptureError
-from ..cpus import pinned
+from ..cpus import format_cpu_list, pinned
 from ..engine import CpuMap, HandlerSetupError, MapStats, WorkerEvent
 from ..engine.counters import ProducerCounter
 from ..packets import PacketBatch
@@ -326,6 +326,9 @@ def _run(
                 pinned(rx),
             ):
                 failure = _feed(producer.receive, source, cmap, view, watch, signals.stop, args, t0)
+                record = cmap.shared.producer_record(producer.index).read()
+                polls = int(record[ProducerCounter.POLLS])
+                watch.notes.extend(pace_note(producer.room_waits, polls, rx, cpus))
             try:
                 cmap.wait_idle(DRAIN_TIMEOUT)
             except TimeoutError as e:
@@ -347,6 +350,18 @@ def _run(
     return summarize(
         args, console, cpus, rx, cmap, final, source, elapsed, signals.signum, failure, watch
     )
+
+
+def pace_note(room_waits: int, polls: int, rx: int, cpus: list[int]) -> list[str]:
+    """A hint when the workers, not the RX side, set the pace of a lossless run that keeps
+    the RX CPU to itself: a costly handler may gain from a worker there too."""
+    if rx in cpus or polls == 0 or room_waits < max(polls // 4, 8):
+        return []
+    return [
+        f"the RX side on CPU {rx} waited for room in a full ring {room_waits:,} times in "
+        f"{polls:,} polls: the workers set the pace.  A handler this costly may run faster "
+        f"with a worker on the RX CPU too: --cpus {format_cpu_list([*cpus, rx])}"
+    ]
 
 
 def _feed(

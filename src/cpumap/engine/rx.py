@@ -218,6 +218,12 @@ class RxProducer:
         )
         self.shared.registry.unclaim(self.index)
 
+    @property
+    def room_waits(self) -> int:
+        """Times a lossless flush slept for room in a full ring (``backpressure`` > 0).
+        Many against the polls say the workers, not this side, set the pace."""
+        return self._bulk.room_waits
+
     def __enter__(self) -> RxProducer:
         return self
 
