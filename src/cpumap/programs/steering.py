@@ -522,8 +522,11 @@ class _ByValue(Steering):
         if count == 0:
             verdicts, keys = _aborted(n)
         else:
-            values = self._values_np(link)
-            values %= U32(count)
+            if count == 1:  # value % 1 == 0: no frame's value can change its CPU
+                values = np.zeros(n, dtype=np.uint32)
+            else:
+                values = self._values_np(link)
+                values %= U32(count)
             verdicts, keys = self._to_cpus(snap, values, n)
         _skipped(verdicts, link)
         return verdicts, keys
