@@ -106,8 +106,12 @@ def _slow_consumer(ring: Ring, hand: np.ndarray, total: int, out) -> None:
             continue
         got.extend(ring.take(min(n, int(rng.integers(1, 6))), hand).tolist())
         ring.drop_hand()
-        if rng.random() < 0.2:  # let the producer find the ring full and go to sleep
-            time.sleep(0.0005)
+        if rng.random() < 0.2:
+            # Let the producer find the ring full and go to sleep: wait for its flag (it
+            # may have nothing left to send, so only briefly).
+            until = time.monotonic() + 0.005
+            while not at.load_u32(ring.hdr + OFF_ROOM_WAIT) and time.monotonic() < until:
+                pass
     out.send(got)
 
 
