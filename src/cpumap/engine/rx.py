@@ -408,7 +408,8 @@ class RxProducer:
             if len(loop) == len(start):
                 return
             keep = ~near_end
-            where, frames, start, caplen = frames[keep], frames[keep], start[keep], caplen[keep]
+            frames, start, caplen = frames[keep], start[keep], caplen[keep]
+            where = frames
         # Row r of the window is buf[r : r + width]: every start left is in its range.
         window = np.ndarray((size - width + 1, width), np.uint8, buf, strides=(1, 1))
         classes = np.searchsorted(_COPY_CLASSES, caplen)
