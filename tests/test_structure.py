@@ -66,6 +66,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cpumap.abi",
         "cpumap.cpus",
         "cpumap.errors",
+        "cpumap.closing",
         "cpumap.map_errors",
         "cpumap.shm",
         "cpumap._atomics",

@@ -24,8 +24,7 @@ import pytest
 from cpumap.capture import write_capture
 from cpumap.cpus import format_cpu_list, usable_cpus
 from cpumap.generator import Generator
-
-from .helpers import live_children, memfd_holders, pid_gone
+from tests.helpers import live_children, memfd_holders, pid_gone
 
 pytestmark = pytest.mark.slow
 

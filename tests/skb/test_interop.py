@@ -10,8 +10,7 @@ import pytest
 
 from cpumap.abi import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 from cpumap.skb import Skb, SkbBatch
-
-from .helpers import udp_frame
+from tests.helpers import udp_frame
 
 scapy_all = pytest.importorskip("scapy.all", reason="the scapy extra is not installed")
 dpkt = pytest.importorskip("dpkt", reason="the dpkt extra is not installed")

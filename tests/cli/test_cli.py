@@ -16,7 +16,7 @@ from cpumap.cli.run import pace_note
 from cpumap.cpus import usable_cpus
 from cpumap.demo import DEMO_PACKETS, demo_capture_path, make_demo_capture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIRST_CPU = str(min(usable_cpus()))  # a CPU this process may run on
 # With no --cpus, the RX side keeps the first usable CPU and the others are steered to.
 DEFAULT_TARGETS = usable_cpus()[1:] or usable_cpus()
