@@ -98,7 +98,7 @@ def run_cluster(paths: list[Path], cpus: list[int], qsize: int, poll: int) -> tu
         for c in cpus:
             cmap.update(f"{c}", qsize)
         setup = time.perf_counter() - t0
-        result = run_map(cmap, paths, "l4-hash", poll_size=poll)
+        result = run_map(cmap, paths, "l4-hash", options=SourceOptions(poll_size=poll))
     assert result.in_flight == 0
     return result.stats.rx / result.seconds, setup
 

@@ -8,6 +8,12 @@
 * No module over 800 lines.
 * Data flows down: a module imports only from its own layer or the layers below it
   (:data:`LAYERS`, the rules each package's ``__init__`` states).
+* No function takes more than :data:`MAX_PARAMETERS` parameters (``self``/``cls`` not
+  counted), but the constructors of the classes a user builds (what a package exports in
+  its ``__all__``: ``Generator``, ``LiveSource``...), whose keywords are their options:
+  elsewhere, loose values travel as one record.
+* No message between processes is a dict: what goes through ``send`` is a typed record
+  (a frozen dataclass), read by its fields, not by string keys.
 
 Each check reports every offence it finds, with file and line, and each is shown to fail
 on a small tree of offending modules (``test_*_is_caught``).
@@ -27,6 +33,7 @@ import cpumap
 
 PACKAGE_DIR = Path(cpumap.__file__).resolve().parent
 MAX_LINES = 800
+MAX_PARAMETERS = 8
 ALLOWED_PRIVATE_IMPORTS = frozenset({"_atomics", "_records"})
 
 # Top to bottom: a module may import from its own layer and from any layer below it.  A
@@ -217,6 +224,64 @@ def long_modules(known: dict[str, Module], limit: int = MAX_LINES) -> list[str]:
     return out
 
 
+def exported_names(known: dict[str, Module]) -> frozenset[str]:
+    """Every name some package of the tree exports (its ``__init__``'s ``__all__``)."""
+    names: set[str] = set()
+    for m in python(known):
+        if not m.is_package:
+            continue
+        for node in ast.parse(m.path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                names.update(ast.literal_eval(node.value))
+    return frozenset(names)
+
+
+def parameter_count(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    a = fn.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+    names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+    return sum(1 for n in names if n not in ("self", "cls"))
+
+
+def long_signatures(mod: Module, exported: frozenset[str]) -> Iterator[str]:
+    """Functions of more than MAX_PARAMETERS parameters, but user-facing constructors."""
+    tree = ast.parse(mod.path.read_text(), str(mod.path))
+    allowed = {
+        id(fn)
+        for cls in ast.walk(tree)
+        if isinstance(cls, ast.ClassDef) and cls.name in exported
+        for fn in cls.body
+        if isinstance(fn, ast.FunctionDef) and fn.name == "__init__"
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and id(node) not in allowed:
+            n = parameter_count(node)
+            if n > MAX_PARAMETERS:
+                yield f"{mod.path}:{node.lineno}: {node.name} takes {n} parameters"
+
+
+def dict_messages(mod: Module) -> Iterator[str]:
+    """``x.send(...)`` of a dict display or a ``dict(...)`` call."""
+    tree = ast.parse(mod.path.read_text(), str(mod.path))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "send"
+            and node.args
+        ):
+            arg = node.args[0]
+            is_dict_call = (
+                isinstance(arg, ast.Call)
+                and isinstance(arg.func, ast.Name)
+                and arg.func.id == "dict"
+            )
+            if isinstance(arg, ast.Dict | ast.DictComp) or is_dict_call:
+                yield f"{mod.path}:{node.lineno}: sends a dict: {ast.unparse(node)[:60]}"
+
+
 def layer_of(name: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
     best, depth = -1, -1
     for i, prefixes in enumerate(layers):
@@ -264,6 +329,17 @@ def test_data_flows_down_the_layers() -> None:
     assert upward_imports(KNOWN, LAYERS) == []
 
 
+def test_no_function_takes_more_than_8_parameters() -> None:
+    exported = exported_names(KNOWN)
+    found = [r for m in python(KNOWN) for r in long_signatures(m, exported)]
+    assert found == []
+
+
+def test_no_message_between_processes_is_a_dict() -> None:
+    found = [r for m in python(KNOWN) for r in dict_messages(m)]
+    assert found == []
+
+
 def test_every_package_states_its_rules() -> None:
     for m in python(KNOWN):
         if m.is_package:
@@ -293,7 +369,20 @@ def bad_tree(tmp_path: Path) -> dict[str, Module]:
                 return other._secret
             """,
         "big.py": "x = 1\n" * 801,
-        "low/__init__.py": "",
+        "wide.py": """
+            __all__ = []
+            def loose(a, b, c, d, e, f, g, h, i): ...
+            def fine(self, a, b, c, d, e, f, g, h): ...
+            class Options:
+                def __init__(self, a, b, c, d, e, f, g, h, i): ...
+            class Hidden:
+                def __init__(self, a, b, c, d, e, f, g, h, i): ...
+            def send_all(conn):
+                conn.send({"ready": True})
+                conn.send(dict(error="x"))
+                conn.send(Ready(pinned=True))
+            """,
+        "low/__init__.py": "__all__ = ['Options']\n",
         "low/leaf.py": "from ..a import b\n",
     }
     for name, text in files.items():
@@ -320,3 +409,19 @@ def test_an_upward_import_is_caught(bad_tree: dict[str, Module]) -> None:
     layers = (("pkg",), ("pkg.low",))
     found = upward_imports(bad_tree, layers)
     assert [f.split(": ", 1)[1] for f in found] == ["pkg.low.leaf imports pkg.a, a layer above it"]
+
+
+def test_a_long_signature_is_caught(bad_tree: dict[str, Module]) -> None:
+    found = list(long_signatures(bad_tree["pkg.wide"], exported_names(bad_tree)))
+    assert [f.split(": ", 1)[1] for f in found] == [
+        "loose takes 9 parameters",
+        "__init__ takes 9 parameters",  # Hidden's: no package exports it
+    ]
+
+
+def test_a_dict_message_is_caught(bad_tree: dict[str, Module]) -> None:
+    found = [f.split(": ", 1)[1] for f in dict_messages(bad_tree["pkg.wide"])]
+    assert found == [
+        "sends a dict: conn.send({'ready': True})",
+        "sends a dict: conn.send(dict(error='x'))",
+    ]

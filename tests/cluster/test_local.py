@@ -18,8 +18,17 @@ from pathlib import Path
 import pytest
 
 from cpumap.abi import BPF_EXIST, BPF_NOEXIST
-from cpumap.cluster import ClusterMap, EntryState, Place, connect, run_captures, run_map
-from cpumap.cluster.__main__ import main
+from cpumap.cli import main
+from cpumap.cluster import (
+    ActorState,
+    ClusterMap,
+    Place,
+    RunOptions,
+    SourceOptions,
+    connect,
+    run_captures,
+    run_map,
+)
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
@@ -109,7 +118,7 @@ def test_map_operations_keep_their_errno(ray_local: None) -> None:
             ClusterMap(BadSetup()).update("0", 64)
     with pytest.raises(ClosedResourceError):
         cmap.lookup("0")
-    assert all(e.state == EntryState.RETIRED for e in cmap.history)
+    assert all(e.state == ActorState.RETIRED for e in cmap.history)
 
 
 # -- runs ----------------------------------------------------------------------------------------
@@ -162,7 +171,8 @@ def test_lossless_back_pressure_bounds_parcels_by_the_share(
 
 
 def test_drop_and_count_when_not_lossless(ray_local: None, captures: list[Path]) -> None:
-    result = run_captures(captures[:1], entries="0", handler=Slow(), qsize=16, lossless=False)
+    lossy = RunOptions(source=SourceOptions(lossless=False))
+    result = run_captures(captures[:1], entries="0", handler=Slow(), qsize=16, options=lossy)
     o = result.outcomes()
     assert result.stats.in_flight == 0
     assert o["queue_full"] > 0  # a 2 ms handler behind a 16-frame bound
@@ -174,7 +184,9 @@ def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw):  # type: ignore[n
 
     def go() -> None:
         try:
-            box["result"] = run_map(cmap, paths, "l4-hash", stall_timeout=30, **kw)
+            box["result"] = run_map(
+                cmap, paths, "l4-hash", options=SourceOptions(stall_timeout=30), **kw
+            )
         except BaseException as e:  # reported by the test
             box["error"] = e
 
@@ -240,16 +252,26 @@ def test_a_damaged_capture_is_reported(
     assert "CaptureError" in (errors["bad.pcap"] or "")
 
 
-def test_front_end_json(ray_local: None, captures: list[Path]) -> None:
+def test_the_command_line_on_ray_prints_the_local_summary_schema(
+    ray_local: None, captures: list[Path]
+) -> None:
+    """``cpumap run --ray`` (in this process, on the running local Ray): the local run's
+    summary keys, plus where each entry ran."""
     out = io.StringIO()
+    files = [str(p) for p in captures[:2]]
     with redirect_stdout(out):
-        rc = main([str(p) for p in captures[:2]] + ["--cpus", "0-1", "--json"])
+        rc = main(["run", "--ray", "auto", *files, "--cpus", "0-1", "--json"])
     assert rc == 0
     d = json.loads(out.getvalue())
-    assert d["stats"]["rx"] == packets_in(captures[:2]) and d["stats"]["in_flight"] == 0
+    assert d["rx"] == packets_in(captures[:2]) == sum(d["outcomes"].values())
+    assert d["in_flight"] == 0 and d["accounted"] and d["exit_status"] == 0
     assert {e["place"] for e in d["entries"]} == {"0", "1"}
-    assert d["nodes"][0]["address"] == "127.0.0.1" and d["flows"] > 0
-    assert main(["x.pcap", "--cpus", "head:"]) == 2
+    assert [e["cpu"] for e in d["entries"]] == [0, 1]
+    assert sum(e["delivered"] for e in d["entries"]) == d["outcomes"]["delivered"]
+    assert d["nodes"][0]["address"] == "127.0.0.1" and d["complete"]
+    with pytest.raises(SystemExit) as bad:
+        main(["run", "--ray", "auto", files[0], "--cpus", "head:"])
+    assert bad.value.code == 2
 
 
 def test_a_handler_stuck_forever_is_lost_not_hung(
@@ -262,7 +284,7 @@ def test_a_handler_stuck_forever_is_lost_not_hung(
         cmap.update("0", 256)
         cmap.update("1", 256)
         t0 = time.monotonic()
-        result = run_map(cmap, captures, "l4-hash", stall_timeout=2.0)
+        result = run_map(cmap, captures, "l4-hash", options=SourceOptions(stall_timeout=2.0))
         assert time.monotonic() - t0 < 60
         s, o = result.stats, result.outcomes()
         assert s.rx == packets_in(captures) and s.in_flight == 0

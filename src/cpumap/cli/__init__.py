@@ -6,17 +6,21 @@
     cpumap run --generate 1000000 --handler mymod:handle --json
     cpumap bench --quick                # every side in one run: a table of ratios
 
-Modules: ``args`` (the grammar and every check that needs no worker), ``build`` (engine
-objects from arguments), ``run`` (feeding, ending well, the exit status), ``view`` (pure
-renderers of stats snapshots: the live view and the summary), ``errors`` (the exit
-statuses).  ``docs/cli.md`` documents the exit statuses, the ``--json`` schema and the
-live view's fields.
+Modules, in the order a run meets them: ``args`` (the grammar, and every check that needs
+no worker, ending in a frozen ``config.RunConfig``), ``build`` (engine objects and the
+source from the configuration), ``run`` (feeding, ending well), ``cluster`` (the same run
+on a Ray cluster), ``report`` (the run's one frozen ``RunReport``: the notes, the exit
+status, the JSON summary), ``view`` (pure renderers: the live view and the summary),
+``errors`` (the exit statuses and the errors that end a run early).  ``docs/cli.md``
+documents the exit statuses, the ``--json`` schema and the live view's fields.
 
 Rule 1: the only package that knows about argparse and rich; the engine never prints.
 Rule 2: every argument is checked before a worker, a segment or a file exists (a bad one
-is a :class:`UsageError`: one line on stderr, exit status 2, no traceback).
-Rule 3: what is shown is a pure function of stats snapshots (``view``), so a test renders
-a fixed input to fixed text; only ``run`` reads the clock and the map.
+is a :class:`UsageError`: one line on stderr, exit status 2, no traceback); nothing after
+``args`` sees the ``argparse.Namespace``.
+Rule 3: what is shown is a pure function of records (``view`` of samples and of the
+``RunReport``), so a test renders a fixed input to fixed text; only ``run`` reads the
+clock and the map.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from .args import build_parser, normalize_argv, parse_cpus, program_names
-from .errors import EXIT_TABLE, ExitStatus, UsageError
+from .args import build_parser, normalize_argv, parse_cpus, run_config
+from .errors import EXIT_TABLE, ExitStatus, SetupError, UsageError
 from .run import run as run_command
 
 __all__ = [
@@ -38,7 +42,6 @@ __all__ = [
     "build_parser",
     "main",
     "parse_cpus",
-    "program_names",
 ]
 
 PLAIN_WIDTH = 1000  # columns when stdout is not a terminal: a log or a pipe cuts nothing
@@ -60,9 +63,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return run_command(args, console)
+        return run_command(run_config(args), console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
+    except SetupError as e:  # a handler's setup() raised: nothing ran
+        print(f"cpumap: error: {e}", file=sys.stderr)
+        return ExitStatus.USER_ERROR
     except KeyboardInterrupt:  # a second signal: the map is closed, every worker reaped
         print("cpumap: stopped at once (second signal); no summary", file=sys.stderr)
         return ExitStatus.SIGINT

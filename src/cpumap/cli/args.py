@@ -1,8 +1,10 @@
 """The command line's grammar: every option, its default, and the checks on each value.
 
-Everything that can be checked without starting a worker is checked here or in
-:func:`check_run` (``run.py`` calls it first): a bad value ends in a one-line message and
-exit status 2 before any process, shared memory or file exists.
+:func:`build_parser` is the grammar; :func:`run_config` turns what it parsed into the
+frozen :class:`~cpumap.cli.config.RunConfig` after every check that needs no worker --
+ranges, CPU lists, paths, the user's modules loaded -- so that a bad value ends in a
+one-line message and exit status 2 before any process, shared memory or file of the run
+exists.  Nothing after this module sees the ``argparse.Namespace``.
 """
 
 from __future__ import annotations
@@ -11,19 +13,29 @@ import argparse
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cpus import format_cpu_list, parse_cpu_list, usable_cpus
 from ..engine import QSIZE_MAX
-from ..programs import MODES
+from ..programs import BUILTIN_PROGRAMS, LoadError, load_handler, load_object
+from ..programs.contract import is_batch_handler
+from ..sinks import CaptureSink, Chain, Count, FlowTable
+from .config import (
+    HandlerConfig,
+    ProgramConfig,
+    RayConfig,
+    RunConfig,
+    SourceConfig,
+    ViewConfig,
+    ViewMode,
+)
 from .errors import EXIT_TABLE, UsageError
+
+if TYPE_CHECKING:
+    from ..cluster.places import Place
 
 COMMANDS = ("run", "bench")
 REMOTE_ACTIONS = ("disabled", "drop", "pass", "redirect")
-
-
-def program_names() -> list[str]:
-    return [*MODES, "flow-hash"]
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -157,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         "node:cpu entries (docs/cluster.md; needs cpumap[cluster])",
     )
     run.add_argument(
+        "--source-node",
+        action="append",
+        metavar="FILE=NODE",
+        help="with --ray: read capture FILE on NODE (repeat; default: the driver's node)",
+    )
+    run.add_argument(
         "-q", "--qsize", type=_ranged(1, QSIZE_MAX), default=2048, help="ring size per CPU"
     )
     run.add_argument("-p", "--program", default="l4-hash", help="steering program (see below)")
@@ -238,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _epilog() -> str:
     return (
         "programs: "
-        + ", ".join(program_names())
+        + ", ".join(BUILTIN_PROGRAMS)
         + ", or module:function / file.py:function\n\n"
         + EXIT_TABLE
     )
@@ -254,30 +272,55 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return ["run", *argv]
 
 
-# -- checks that need more than one value, or the file system ----------------------------------
+# -- from the parsed arguments to a checked run configuration ------------------------------------
 
 
-def split_captures(args: argparse.Namespace) -> None:
-    """``args.capture`` as parsed (a list) becomes one path or None; several need --ray,
-    which keeps the list."""
-    captures = list(args.capture or ())
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Every check of ``run``'s arguments that needs no worker, then the frozen
+    configuration the run reads (raises UsageError, before any process, segment or file
+    of the run exists)."""
+    captures = tuple(args.capture or ())
     for path in captures:
         check_capture_path(path)
-    if args.ray:
-        args.capture = captures
-        return
-    if len(captures) > 1:
+    if len(captures) > 1 and not args.ray:
         raise UsageError(
             f"{len(captures)} captures given: run one at a time, or all of them on a Ray "
             f"cluster with --ray auto"
         )
-    args.capture = captures[0] if captures else None
+    ray = ray_config(args, captures) if args.ray else None
+    cpus = () if ray else tuple(chosen_cpus(args))
+    program = program_config(args, len(cpus))
+    view = view_config(args)
+    write, merge = output_paths(args)
+    handler = handler_config(args.handler, write, on_ray=ray is not None)
+    return RunConfig(
+        source=SourceConfig(
+            captures=captures,
+            iface=args.iface,
+            generate=args.generate,
+            promiscuous=args.promisc,
+            skip_bad=args.skip_bad,
+            lossless=not args.lossy,
+            poll=args.poll,
+        ),
+        program=program,
+        handler=handler,
+        cpus=cpus,
+        rx_cpu=None if ray else rx_cpu(args, list(cpus)),
+        qsize=args.qsize,
+        batch=args.batch,
+        duration=args.duration,
+        write=write,
+        merge=merge,
+        view=view,
+        ray=ray,
+    )
 
 
 def chosen_cpus(args: argparse.Namespace) -> list[int]:
     """The CPUs to steer to: the union of ``-c`` and ``--cpus``; when neither is given,
     every usable CPU but the RX CPU (every usable CPU if that is the only one)."""
-    parts = [*(args.cpu or ()), *([args.cpus] if args.cpus is not None else [])]
+    parts = _cpu_parts(args)
     if not parts:
         usable = usable_cpus()
         rx = _given_rx_cpu(args)
@@ -287,6 +330,10 @@ def chosen_cpus(args: argparse.Namespace) -> list[int]:
     for p in parts:
         cpus.update(parse_cpus(p))
     return sorted(cpus)
+
+
+def _cpu_parts(args: argparse.Namespace) -> list[str]:
+    return [*(args.cpu or ()), *([args.cpus] if args.cpus is not None else [])]
 
 
 def rx_cpu(args: argparse.Namespace, cpus: list[int]) -> int:
@@ -317,29 +364,127 @@ def _given_rx_cpu(args: argparse.Namespace) -> int | None:
     return cpu
 
 
-def check_run(args: argparse.Namespace, cpus: list[int]) -> None:
-    """Every check of ``run``'s arguments that needs no worker (raises UsageError)."""
-    if args.merge and not args.write:
-        raise UsageError("--merge FILE needs --write DIR (the per-CPU files it merges)")
-    if args.non_ip_index is not None and args.non_ip_index >= len(cpus):
-        raise UsageError(
-            f"--non-ip-index {args.non_ip_index}: an index into the {len(cpus)} CPUs "
-            f"{format_cpu_list(cpus)}, so 0..{len(cpus) - 1}"
-        )
-    if args.json and args.quiet:
-        raise UsageError("--json and --quiet: choose one")
+def program_config(args: argparse.Namespace, n_cpus: int) -> ProgramConfig:
+    """``--program`` and its options, checked; a ``module:function`` is imported now, so
+    that a bad module is a usage error and not a crash after the workers started."""
     name = args.program
-    if name not in program_names() and ":" not in name:
+    if name not in BUILTIN_PROGRAMS and ":" not in name:
         raise UsageError(
-            f"--program {name!r}: unknown; use one of {', '.join(program_names())} "
+            f"--program {name!r}: unknown; use one of {', '.join(BUILTIN_PROGRAMS)} "
             f"or module:function"
         )
-    if args.capture is not None:
-        check_capture_path(args.capture)
-    if args.write:
-        check_write_dir(Path(args.write))
-    if args.merge:
-        check_merge_file(Path(args.merge))
+    if ":" in name:
+        try:
+            load_object(name)
+        except LoadError as e:
+            raise UsageError(f"--program: {e}") from None
+    if args.non_ip_index is not None and n_cpus and args.non_ip_index >= n_cpus:
+        raise UsageError(
+            f"--non-ip-index {args.non_ip_index}: an index into the {n_cpus} CPUs "
+            f"{format_cpu_list(chosen_cpus(args))}, so 0..{n_cpus - 1}"
+        )
+    options: list[tuple[str, Any]] = []
+    if args.non_ip_index is not None:
+        options.append(("non_ip_index", args.non_ip_index))
+    if args.strict_index:
+        options.append(("strict_index", True))
+    if args.drop_port:
+        options.append(("drop_ports", tuple(args.drop_port)))
+    if args.no_filter_ipv6:
+        options.append(("filter_ipv6", False))
+    return ProgramConfig(name, not args.per_frame, tuple(options), args.remote_action)
+
+
+def handler_config(name: str, write: Path | None, *, on_ray: bool) -> HandlerConfig:
+    """``--handler``, loaded and checked (``--write`` chains the capture writer to it)."""
+    if name == "flow-table":
+        handler: Any = FlowTable()
+    elif name == "count":
+        handler = Count()  # vectorized: one call per worker batch
+    elif ":" not in name:
+        raise UsageError(f"--handler {name!r}: use flow-table, count, or module:function")
+    elif on_ray:
+        return HandlerConfig(name, name)  # loaded on each entry's node
+    else:
+        try:
+            handler = load_handler(name)
+        except LoadError as e:
+            raise UsageError(f"--handler: {e}") from None
+    if write is None:
+        return HandlerConfig(name, handler)
+    if not is_batch_handler(handler):
+        raise UsageError(
+            "--write needs a batch handler (flow-table, count, or one marked "
+            "with cpumap.batch_handler)"
+        )
+    return HandlerConfig(name, Chain(handler, CaptureSink(str(write))))
+
+
+def view_config(args: argparse.Namespace) -> ViewConfig:
+    if args.json and args.quiet:
+        raise UsageError("--json and --quiet: choose one")
+    mode: ViewMode = "json" if args.json else "quiet" if args.quiet else "text"
+    return ViewConfig(mode, args.interval, args.extended, args.top, args.metrics_port)
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``--write DIR`` and ``--merge FILE``, checked (the directory is created)."""
+    if args.merge and not args.write:
+        raise UsageError("--merge FILE needs --write DIR (the per-CPU files it merges)")
+    write = Path(args.write) if args.write else None
+    merge = Path(args.merge) if args.merge else None
+    if write is not None:
+        check_write_dir(write)
+    if merge is not None:
+        check_merge_file(merge)
+    return write, merge
+
+
+# What a run on a Ray cluster does not do (yet): each is refused before Ray starts.
+_LOCAL_ONLY = {
+    "iface": "--iface (live sources run on one machine)",
+    "generate": "--generate",
+    "write": "--write",
+    "merge": "--merge",
+    "extended": "-e/--extended",
+}
+
+
+def ray_config(args: argparse.Namespace, captures: tuple[str, ...]) -> RayConfig:
+    """``--ray`` and what goes with it, checked before any cluster is joined."""
+    for name, what in _LOCAL_ONLY.items():
+        if getattr(args, name, None):
+            raise UsageError(f"--ray runs capture files only; {what} is not supported with it")
+    if args.remote_action != "disabled":
+        raise UsageError("--remote-action is not supported with --ray (no second stages there)")
+    if args.rx_cpu is not None:
+        raise UsageError("--rx-cpu is not supported with --ray (each source picks its CPU)")
+    if not captures:
+        raise UsageError("--ray needs one or more capture files: cpumap run --ray auto FILE...")
+    nodes = tuple(_source_node(text, captures) for text in args.source_node or ())
+    return RayConfig(args.ray, ray_entries(",".join(_cpu_parts(args))), nodes)
+
+
+def ray_entries(text: str) -> tuple[Place, ...] | None:
+    """``-c``/``--cpus`` on a cluster: ``node:cpu`` places (None: every CPU of every node)."""
+    if not text:
+        return None
+    # Imported here: the cluster package is loaded only for a --ray run.
+    from ..cluster.places import parse_entries
+
+    try:
+        return tuple(parse_entries(text))
+    except ValueError as e:
+        raise UsageError(f"--cpus {text!r}: {e}") from None
+
+
+def _source_node(text: str, captures: tuple[str, ...]) -> tuple[str, str]:
+    path, sep, node = text.rpartition("=")
+    if not sep or not path or not node:
+        raise UsageError(f"--source-node {text!r}: give FILE=NODE, e.g. a.pcap=w1")
+    if path not in captures:
+        raise UsageError(f"--source-node {text!r}: {path} is not one of the captures given")
+    return path, node
 
 
 def check_capture_path(path: str) -> None:

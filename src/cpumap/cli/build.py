@@ -1,14 +1,12 @@
-"""Turning checked arguments into engine objects: the program, the handler, the second
-stage (``--remote-action``) and the packet source.
+"""Engine objects from a checked run configuration: the program, the second stage
+(``--remote-action``) and the packet source.
 
-User code is loaded here, before any worker starts: a bad ``module:function`` is a usage
-error with nothing to clean up.
+The user's handler and program modules were loaded by ``args``; what is built here needs
+the map (a built-in program steers into it) or opens a file or socket (the source).
 """
 
 from __future__ import annotations
 
-import argparse
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET, XDP_DROP, XDP_PASS, XDP_REDIRECT
-from ..capture import CaptureError, open_capture
+from ..capture import CaptureError, CaptureErrorKind, open_capture
+from ..closing import Closing
 from ..demo import demo_capture_path
 from ..engine import CpuMap, OutputMap
 from ..generator import Generator
 from ..live import LiveSource
 from ..packets import PacketBatch
-from ..programs import MODES, FlowHash, LoadError, load_handler, load_program, vectorized
-from ..programs import make_program as make_mode
-from ..sinks import CaptureSink, Chain, Count, FlowTable
+from ..programs import MODES, LoadError, load_program, make_program, vectorized
+from .config import ProgramConfig, SourceConfig
 from .errors import UsageError
 
 # Link types by name, for the note on non-Ethernet captures under a built-in mode.
@@ -33,69 +31,22 @@ LINKTYPE_NAMES = {0: "BSD loopback", 1: "Ethernet", 101: "raw IP", 108: "OpenBSD
                   276: "Linux cooked v2 (SLL2)"}  # fmt: skip
 
 
-def load_user_program(args: argparse.Namespace) -> Any:
-    """A ``module:function`` program, loaded before the map exists (None for a built-in).
-
-    One that wants the map (a ``cmap`` keyword) is bound to it later, by :func:`make_program`."""
-    if ":" not in args.program:
-        return None
-    return _load(args.program, "program", vectorized=None if not args.per_frame else False)
-
-
-def make_program(args: argparse.Namespace, cmap: CpuMap, cpus: list[int], user: Any) -> Any:
-    """The program ``--program`` names: a built-in mode (xdp-bench redirect-cpu -p MODE),
-    ``flow-hash`` (the skb's symmetric hash), or the loaded ``module:function``."""
-    name = args.program
-    vec = not args.per_frame
-    if name == "flow-hash":
-        return FlowHash(cmap, cpus, vectorized=vec)
-    if name in MODES:
-        options: dict[str, Any] = {}
-        if args.non_ip_index is not None:
-            options["non_ip_index"] = args.non_ip_index
-        if args.strict_index:
-            options["strict_index"] = True
-        if args.drop_port:
-            options["drop_ports"] = tuple(args.drop_port)
-        if args.no_filter_ipv6:
-            options["filter_ipv6"] = False
+def steering_program(config: ProgramConfig, cmap: CpuMap, cpus: tuple[int, ...]) -> Any:
+    """The program ``--program`` names: a built-in (xdp-bench redirect-cpu's modes, or
+    ``flow-hash``) over ``cpus``, or the user's ``module:function`` -- bound to the map
+    now if it takes a ``cmap`` keyword."""
+    if config.user:
         try:
-            return make_mode(name, cmap, cpus, vectorized=vec, **options)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"--program {name}: {e}; see `cpumap run --help`") from None
-    # A file's program that takes the map as a keyword is bound to it now.
-    return _load(name, "program", cmap=cmap, vectorized=None if vec else False)
-
-
-def make_handler(name: str, write: str | None) -> Any:
-    if name == "flow-table":
-        handler: Any = FlowTable()
-    elif name == "count":
-        handler = Count()  # vectorized: one call per worker batch
-    elif ":" in name:
-        handler = _load(name, "handler")
-    else:
-        raise UsageError(f"--handler {name!r}: use flow-table, count, or module:function")
-    if write:
-        sink = CaptureSink(write)
-        if handler is None:
-            return sink
-        if not getattr(handler, "batch", False):
-            raise UsageError(
-                "--write needs a batch handler (flow-table, count, or one marked "
-                "with cpumap.batch_handler)"
-            )
-        return Chain(handler, sink)
-    return handler
-
-
-def _load(spec: str, what: str, **options: Any) -> Any:
+            vec = None if config.vectorized else False  # a vectorized one keeps its mark
+            return load_program(config.name, cmap=cmap, vectorized=vec)
+        except LoadError as e:
+            raise UsageError(f"--program: {e}") from None
     try:
-        if what == "program":
-            return load_program(spec, **options)
-        return load_handler(spec)
-    except LoadError as e:
-        raise UsageError(f"--{what}: {e}") from None
+        return make_program(
+            config.name, cmap, list(cpus), vectorized=config.vectorized, **dict(config.options)
+        )
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--program {config.name}: {e}; see `cpumap run --help`") from None
 
 
 # -- --remote-action: the second stage on each target CPU --------------------------------------
@@ -128,60 +79,118 @@ def remote_program(action: str) -> Any:
 # -- sources ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Source:
-    """What feeds the RX producer, with what the summary says about it."""
+@dataclass(frozen=True)
+class SourceFacts:
+    """What a source says of itself at the end of a run (the summary's source lines)."""
 
-    batches: Iterator[PacketBatch]
-    what: str  # for the banner
+    what: str  # for the banner and the summary: a path, an interface, ...
     lossless: bool
-    reader: Any = None  # a capture reader (progress, skipped, link types)
-    live: LiveSource | None = None
+    skipped: int = 0  # damaged records skipped (--skip-bad)
+    drops: int | None = None  # live: the socket ring's own drops (tp_drops)
+    linktypes: tuple[int, ...] = ()  # a capture's link types
+    wide_times: int = 0  # pcapng: packets whose time int64 ns cannot hold
+
+
+class Source(Closing):
+    """What feeds the RX producer: a capture reader, a live socket or the generator."""
+
+    def __init__(
+        self,
+        batches: Iterator[PacketBatch] | None,
+        what: str,
+        lossless: bool,
+        *,
+        reader: Any = None,
+        live: LiveSource | None = None,
+    ) -> None:
+        self.what = what
+        self.lossless = lossless
+        self._batches = batches
+        self._reader = reader
+        self._live = live
+
+    def next_batch(self) -> PacketBatch | None:
+        """The next batch; None at the end of a file -- or, live, when none came within
+        0.1 s (a live source never ends: see :attr:`endless`)."""
+        if self._live is not None:
+            return self._live.poll_batch(0.1)
+        assert self._batches is not None  # Invariant: a source that is not live has batches
+        return next(self._batches, None)
+
+    @property
+    def endless(self) -> bool:
+        """A live interface: only a stop, a deadline or a failure ends it."""
+        return self._live is not None
+
+    @property
+    def progress(self) -> tuple[int, int | None] | None:
+        """A capture file's (bytes read, size), for the progress bar."""
+        return self._reader.progress if self._reader is not None else None
+
+    @property
+    def drops(self) -> int | None:
+        """A live socket's own drops so far (``tp_drops``)."""
+        return self._live.drops if self._live is not None else None
+
+    def facts(self) -> SourceFacts:
+        reader = self._reader
+        if reader is None:
+            return SourceFacts(self.what, self.lossless, drops=self.drops)
+        return SourceFacts(
+            self.what,
+            self.lossless,
+            skipped=reader.skipped,
+            linktypes=tuple(reader.linktypes),
+            wide_times=len(getattr(reader, "wide_times", ())),  # pcapng readers only
+        )
 
     def close(self) -> None:
-        for c in (self.reader, self.live):
+        for c in (self._reader, self._live):
             if c is not None:
                 c.close()
 
 
-def open_source(args: argparse.Namespace, stop: threading.Event) -> Source:
-    if args.iface:
-        return _live(args, stop)
-    if args.generate is not None:
+def open_source(config: SourceConfig) -> Source:
+    """The source ``config`` names, opened (a bad capture is a usage error here)."""
+    if config.iface is not None:
+        return _live(config)
+    if config.generate is not None:
         gen = Generator(
-            flows=256, sizes=(64, 512, 1400), count=args.generate, seed=1, undersize="clamp"
+            flows=256, sizes=(64, 512, 1400), count=config.generate, seed=1, undersize="clamp"
         )
-        return Source(gen.batches(args.poll), f"{args.generate:,} generated frames", not args.lossy)
-    path = args.capture or str(demo_capture_path())
+        what = f"{config.generate:,} generated frames"
+        return Source(gen.batches(config.poll), what, config.lossless)
+    path = config.captures[0] if config.captures else str(demo_capture_path())
     try:
-        reader = open_capture(path, skip_bad=args.skip_bad, batch_size=args.poll)
+        reader = open_capture(path, skip_bad=config.skip_bad, batch_size=config.poll)
     except CaptureError as e:
-        raise UsageError(describe_capture_error(e, args.skip_bad)) from None
+        raise UsageError(describe_capture_error(e, config.skip_bad)) from None
     except OSError as e:
         raise UsageError(f"{path}: {e.strerror or e}") from None
-    what = "the embedded demo capture" if not args.capture else path
-    return Source(reader.batches(args.poll), what, not args.lossy, reader=reader)
+    what = "the embedded demo capture" if config.demo else path
+    return Source(reader.batches(config.poll), what, config.lossless, reader=reader)
 
 
 def describe_capture_error(e: CaptureError, skip_bad: bool) -> str:
     """The message for a capture that cannot be read, with the --skip-bad hint only where
     it would help: damage inside a file that is a capture, and not given already."""
-    text = str(e)
-    if skip_bad or e.offset == 0 or "magic" in text or "too short" in text:
-        return text
-    return f"{text} (--skip-bad skips damaged records)"
+    not_a_capture = e.kind in (CaptureErrorKind.NOT_A_CAPTURE, CaptureErrorKind.TOO_SHORT)
+    if skip_bad or e.offset == 0 or not_a_capture:
+        return str(e)
+    return f"{e} (--skip-bad skips damaged records)"
 
 
-def _live(args: argparse.Namespace, stop: threading.Event) -> Source:
+def _live(config: SourceConfig) -> Source:
+    iface = config.iface
     try:
-        src = LiveSource(args.iface, promiscuous=args.promisc)
+        src = LiveSource(iface, promiscuous=config.promiscuous)
     except PermissionError as e:
-        raise UsageError(f"--iface {args.iface}: {e} (live capture needs root)") from None
+        raise UsageError(f"--iface {iface}: {e} (live capture needs root)") from None
     except OSError as e:
         text = str(e)
         hint = "" if "ip link" in text else "; see `ip link` for interfaces"
-        raise UsageError(f"--iface {args.iface}: {text}{hint}") from None
-    return Source(src.batches(stop=stop), f"interface {args.iface}", False, live=src)
+        raise UsageError(f"--iface {iface}: {text}{hint}") from None
+    return Source(None, f"interface {iface}", False, live=src)
 
 
 def non_ethernet_note(program: str, linktypes: tuple[int, ...], xdp_pass: int) -> str | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import enum
 
+from ..errors import Error
 
-class UsageError(Exception):
+
+class UsageError(Error):
     """A bad argument or input, found before any worker starts, with what to do instead."""
 
 
@@ -37,3 +39,8 @@ exit status:
        read were drained and the summary printed
   141  stdout was closed (a pipe into `head`): the run ends at once
   when several apply: 130/143, then 4, 3, 1"""
+
+
+class SetupError(Error):
+    """A handler's ``setup()`` raised in a worker: the run ends before any frame, with one
+    line naming the worker, the exception and where it was raised (exit status 1)."""

@@ -21,41 +21,21 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..engine import EntryStats, MapStats
+from ..engine import EnqueueRow, EntryStats, MapStats
+from .report import RunReport
 
 # -- samples and interval records ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ProducerRow:
-    """RX producer ``producer``'s enqueue counters toward ``cpu`` (cumulative)."""
-
-    producer: int
-    cpu: int
-    processed: int
-    drops: int
-    flushes: int
-
-
-@dataclass(frozen=True)
-class ReceiveRow:
-    """RX producer ``producer``'s frames received (cumulative), and the CPU it ran on."""
-
-    producer: int
-    cpu: int
-    rx: int
-
-
-@dataclass(frozen=True)
 class Sample:
-    """Everything the view shows, read at one moment."""
+    """Everything the live view shows, read at one moment."""
 
     elapsed: float  # seconds since the run started
     stats: MapStats
-    producers: tuple[ProducerRow, ...] = ()
     source_drops: int | None = None  # live: the socket ring's own drops (tp_drops)
     progress: tuple[int, int | None] | None = None  # capture: (bytes read, file size)
-    receivers: tuple[ReceiveRow, ...] = ()  # with --extended
+    rx_ran_on: int = -1  # the CPU the RX process last ran on (-1: unknown)
 
 
 def state_name(state: Any) -> str:
@@ -71,8 +51,9 @@ def _entry_key(e: EntryStats) -> tuple[int, int]:
     return (e.key, e.generation)
 
 
-def interval_record(prev: Sample | None, cur: Sample) -> dict[str, Any]:
-    """The JSON record of the interval from ``prev`` (None: from the start) to ``cur``."""
+def interval_record(prev: Sample | None, cur: Sample, *, extended: bool = False) -> dict[str, Any]:
+    """The JSON record of the interval from ``prev`` (None: from the start) to ``cur``
+    (``extended``: with a row per RX producer and per producer and CPU)."""
     s = cur.stats
     p = prev.stats if prev is not None else MapStats(map_id=s.map_id)
     dt = cur.elapsed - (prev.elapsed if prev is not None else 0.0)
@@ -104,29 +85,7 @@ def interval_record(prev: Sample | None, cur: Sample) -> dict[str, Any]:
                 "lost": e.lost,
             }
         )
-    pbefore = {(r.producer, r.cpu): r for r in (prev.producers if prev else ())}
-    producers = []
-    for r in cur.producers:
-        b0 = pbefore.get((r.producer, r.cpu)) or ProducerRow(r.producer, r.cpu, 0, 0, 0)
-        flushes = r.flushes - b0.flushes
-        producers.append(
-            {
-                "producer": r.producer,
-                "cpu": r.cpu,
-                "enqueue_pps": _rate(r.processed, b0.processed, dt),
-                "drop_pps": _rate(r.drops, b0.drops, dt),
-                "bulk_avg": (r.processed - b0.processed) / flushes if flushes else 0.0,
-            }
-        )
-    rbefore = {r.producer: r.rx for r in (prev.receivers if prev else ())}
-    receivers = [
-        {
-            "producer": r.producer,
-            "cpu": r.cpu,
-            "rx_pps": _rate(r.rx, rbefore.get(r.producer, 0), dt),
-        }
-        for r in cur.receivers
-    ]
+    producers, receivers = per_producer(prev, cur, dt) if extended else ([], [])
     outcomes = s.outcomes()
     before_out = p.outcomes()
     return {
@@ -144,6 +103,42 @@ def interval_record(prev: Sample | None, cur: Sample) -> dict[str, Any]:
         "source_drops": cur.source_drops,
         "progress": progress_record(cur.progress, cur.elapsed),
     }
+
+
+def per_producer(
+    prev: Sample | None, cur: Sample, dt: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``-e``'s rows: per RX producer and target CPU the enqueue rate, drops and bulk
+    average; per RX producer its receive rate and the CPU it ran on."""
+    before = {
+        (r.producer, *_entry_key(e)): r
+        for e in (prev.stats.entries if prev else ())
+        for r in e.enqueue_rows
+    }
+    producers = []
+    for e in sorted(cur.stats.entries, key=_entry_key):
+        for r in e.enqueue_rows:
+            b = before.get((r.producer, *_entry_key(e))) or EnqueueRow(r.producer, 0, 0, 0)
+            flushes = r.flushes - b.flushes
+            producers.append(
+                {
+                    "producer": r.producer,
+                    "cpu": e.cpu,
+                    "enqueue_pps": _rate(r.processed, b.processed, dt),
+                    "drop_pps": _rate(r.drops, b.drops, dt),
+                    "bulk_avg": (r.processed - b.processed) / flushes if flushes else 0.0,
+                }
+            )
+    rx_before = {p.producer: p.rx for p in (prev.stats.producers if prev else ())}
+    receivers = [
+        {
+            "producer": p.producer,
+            "cpu": cur.rx_ran_on,
+            "rx_pps": _rate(p.rx, rx_before.get(p.producer, 0), dt),
+        }
+        for p in cur.stats.producers
+    ]
+    return producers, receivers
 
 
 def progress_record(progress: tuple[int, int | None] | None, elapsed: float) -> dict | None:
@@ -361,3 +356,44 @@ def render_user_errors(errors: Sequence[Any]) -> Group:
         parts.append(Text(f"{where}: {e.what} ({n}); the first:", "red"))
         parts.append(Text(e.first.rstrip() or "(no text kept: too many kinds)"))
     return Group(*parts)
+
+
+def render_placement(report: RunReport) -> Table:
+    """Per entry of a run on a Ray cluster: where it ran and what it did."""
+    assert report.cluster is not None  # Invariant: only cluster runs have placements
+    t = Table(title=f"entries on Ray ({report.cluster.ray_address})", title_justify="left")
+    for col in ("entry", "node", "state", "pid", "restarts", "sent", "delivered", "lost"):
+        t.add_column(col, justify="left" if col in ("entry", "node", "state") else "right")
+    for p, e in zip(report.cluster.placements, report.stats.entries, strict=True):
+        sent = e.enqueue_processed - e.enqueue_drops
+        t.add_row(
+            p.place, p.node, state_name(e.state), str(e.pid), str(e.restarts), f"{sent:,}",
+            f"{e.delivered:,}", f"{e.lost:,}",
+        )  # fmt: skip
+    return t
+
+
+def render_summary(report: RunReport, top: int) -> list[Any]:
+    """The text summary, part by part: per entry, every outcome, the busiest flows, what
+    failed in user code, the notes and what was written."""
+    s = report.stats
+    parts: list[Any] = [
+        render_placement(report) if report.cluster is not None else render_entries(s),
+        render_outcomes(s, report.elapsed),
+    ]
+    if report.handler == "flow-table":
+        parts.append(render_flows(report.flows, top))
+    if report.user_errors:
+        parts.append(render_user_errors(report.user_errors))
+    for cpu, error in report.worker_errors:
+        parts.append(Text(f"worker for CPU {cpu} reported an error:\n{error}", "red"))
+    parts.extend(Text(n) for n in report.notes)
+    written = report.written
+    if written.files:
+        parts.append(Text(f"wrote {', '.join(written.files)}"))
+    if written.merged is not None:
+        parts.append(Text(f"merged {written.merged:,} packets into {written.into}"))
+    if report.stopped_by:
+        stopped = f"stopped by {report.stopped_by}: the frames read were drained and counted"
+        parts.append(Text(stopped))
+    return parts

@@ -23,31 +23,34 @@ package.
 
 from .actor import EntryActor, Reply
 from .frames import FrameBlock, Parcel
-from .map import ClusterEntry, ClusterMap, EntryResult, EntryState
+from .map import ActorState, ClusterEntry, ClusterMap, EntryResult
 from .places import LOCAL_NODE, Place, as_place, parse_entries
 from .ray_setup import NodeInfo, RaySession, cluster_nodes, connect, resolve_node, use_loopback
 from .result import ClusterResult, EntryFigures, NodeFigures, SourceFigures
-from .run import default_places, run_captures, run_map
-from .source import KeySpace, SourceReport
+from .run import LocalRay, RunOptions, default_places, run_captures, run_map
+from .source import KeySpace, SourceOptions, SourceReport
 
 __all__ = [
     "LOCAL_NODE",
+    "ActorState",
     "ClusterEntry",
     "ClusterMap",
     "ClusterResult",
     "EntryActor",
     "EntryFigures",
     "EntryResult",
-    "EntryState",
     "FrameBlock",
     "KeySpace",
+    "LocalRay",
     "NodeFigures",
     "NodeInfo",
     "Parcel",
     "Place",
     "RaySession",
     "Reply",
+    "RunOptions",
     "SourceFigures",
+    "SourceOptions",
     "SourceReport",
     "as_place",
     "cluster_nodes",

@@ -77,9 +77,11 @@ ALIVE_TIMEOUT = 20.0  # seconds an entry may take to answer after a run (a resta
 _map_ids = iter(range(1, 1 << 31))
 
 
-class EntryState(StrEnum):
-    """Where a cluster entry is: ``live`` (its actor answers), ``dead`` (its actor died
-    and Ray will not restart it), ``retired`` (deleted or replaced; in the history)."""
+class ActorState(StrEnum):
+    """Where a cluster entry's actor is: ``live`` (it answers), ``dead`` (it died and Ray
+    will not restart it), ``retired`` (deleted or replaced; in the history).  Not the
+    local map's ``EntryState``: a cluster entry has no grace period and no drain -- Ray
+    owns the actor's life."""
 
     LIVE = "live"
     DEAD = "dead"
@@ -97,7 +99,7 @@ class ClusterEntry:
     actor: Any
     pid: int
     pinned: bool
-    state: EntryState = EntryState.LIVE
+    state: ActorState = ActorState.LIVE
     pids: set[int] = field(default_factory=set)  # every process that handled its frames
     failures: list[str] = field(default_factory=list)
 
@@ -310,11 +312,11 @@ class ClusterMap:
                 e.pids |= pids.get(key, set())
                 e.failures.extend(failures.get(key, []))
             for e in entries:
-                if e.state == EntryState.LIVE and not _alive(ray, e.actor, self.alive_timeout):
+                if e.state == ActorState.LIVE and not _alive(ray, e.actor, self.alive_timeout):
                     # Dead, or stuck in its handler (its parcels were settled as lost by
                     # the stall rule): either way it is retired for good now.
                     ray.kill(e.actor, no_restart=True)
-                    e.state = EntryState.DEAD
+                    e.state = ActorState.DEAD
 
     # -- close ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -408,8 +410,8 @@ class ClusterMap:
                 error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             ray.kill(e.actor, no_restart=True)
         self.results.append(EntryResult(place, e.node.node_id, e.generation, result, error))
-        if e.state != EntryState.DEAD:
-            e.state = EntryState.RETIRED
+        if e.state != ActorState.DEAD:
+            e.state = ActorState.RETIRED
         self.history.append(e)
 
 

@@ -1,10 +1,12 @@
 """What a cluster run reports: totals (a ``MapStats``), and figures per entry, node and source.
 
 The totals are a :class:`cpumap.engine.stats.MapStats`, built from the sources' books, so
-``outcomes()``, ``in_flight`` and ``as_dict()`` mean what they mean for a local map: the
+``outcomes()``, ``in_flight``, ``as_dict()`` and ``entries`` (one ``EntryStats`` per entry,
+in the order of :attr:`ClusterResult.entries`) mean what they mean for a local map: the
 accounting identity ``rx == sum(outcomes)`` holds over every source and entry of the run
 (``in_flight == 0``), whatever died (``source.py`` argues why).  Outcomes a cluster run
-cannot have (``no_frame``, ``second_stage_drop``, ``redirected_out``) are 0.
+cannot have (``no_frame``, ``second_stage_drop``, ``redirected_out``) are 0, and so are
+the counters only a local worker keeps (``sleeps``, ``kthread_sched``...).
 
 Per entry: what the sources sent it and what became of it (summed over sources); per node:
 the frames its sources read and the frames its entries handled; per source: its file, its
@@ -17,10 +19,10 @@ went to it), so the identity still holds over what the run knows, and ``complete
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.stats import MapStats
+from ..engine.stats import EntryStats, MapStats
 from .source import ENTRY_COUNTERS, SOURCE_COUNTERS, SourceReport
 
 
@@ -96,25 +98,39 @@ class ClusterResult:
     def in_flight(self) -> int:
         return self.stats.in_flight
 
-    def as_dict(self) -> dict[str, Any]:
-        """Everything but the handlers' results, as plain JSON-able data (``--json``)."""
-        stats = self.stats.as_dict()
-        stats.pop("entries", None)
-        return {
-            "ray_address": self.ray_address,
-            "seconds": round(self.seconds, 6),
-            "complete": self.complete,
-            "stats": stats,
-            "outcomes": self.outcomes(),
-            "entries": [asdict(e) for e in self.entries],
-            "nodes": [asdict(n) for n in self.nodes],
-            "sources": [asdict(s) for s in self.sources],
-        }
+
+def entry_stats(key: int, cpu: int, f: EntryFigures) -> EntryStats:
+    """An entry's figures as the local map's record of an entry (its state is the actor's:
+    ``live``, ``dead`` or ``retired``)."""
+    handled = f.delivered + f.handler_drop + f.handler_error + f.build_failed
+    return EntryStats(
+        key=key,
+        cpu=cpu,
+        qsize=f.qsize,
+        generation=f.generation,
+        state=f.state,  # type: ignore[arg-type]  # an ActorState value, a str as EntryState is
+        pid=f.pid,
+        pinned=f.pinned,
+        enqueue_processed=f.sent + f.queue_full,
+        enqueue_drops=f.queue_full,
+        enqueue_flushes=f.parcels,
+        kthread_processed=handled,
+        kthread_batches=f.parcels,
+        kthread_drops=f.handler_drop + f.handler_error + f.build_failed,
+        delivered=f.delivered,
+        handler_drop=f.handler_drop,
+        handler_error=f.handler_error,
+        build_failed=f.build_failed,
+        lost=f.lost,
+        restarts=f.restarts,
+    )
 
 
-def totals(map_id: int, reports: list[SourceReport]) -> MapStats:
+def totals(
+    map_id: int, reports: list[SourceReport], entries: tuple[EntryStats, ...] = ()
+) -> MapStats:
     """The run's totals as a ``MapStats`` (the producers' counters, and the outcomes of
-    every entry as the sources booked them)."""
+    every entry as the sources booked them), with ``entries`` as its per-entry records."""
     src = dict.fromkeys(SOURCE_COUNTERS, 0)
     ent = dict.fromkeys(ENTRY_COUNTERS, 0)
     for r in reports:
@@ -147,4 +163,5 @@ def totals(map_id: int, reports: list[SourceReport]) -> MapStats:
         handler_error=ent["handler_error"],
         build_failed=ent["build_failed"],
         lost=ent["lost"],
+        entries=entries,
     )

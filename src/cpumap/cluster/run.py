@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from .map import ClusterMap
+from .map import ClusterEntry, ClusterMap
 from .places import Place, parse_entries
 from .ray_setup import NodeInfo, cluster_nodes, connect, node_cpus, resolve_node
 from .result import (
@@ -31,14 +32,14 @@ from .result import (
     EntryFigures,
     NodeFigures,
     SourceFigures,
+    entry_stats,
     totals,
 )
 from .source import (
-    DEFAULT_POLL_SIZE,
-    DEFAULT_STALL_TIMEOUT,
     ENTRY_COUNTERS,
     SOURCE_COUNTERS,
     ProgramFactory,
+    SourceOptions,
     SourceReport,
     read_capture,
 )
@@ -47,22 +48,41 @@ DEFAULT_QSIZE = 8192  # in flight per entry: room for several parcels per source
 DEFAULT_TIMEOUT = 3600.0  # seconds the driver waits for all sources
 
 
+@dataclass(frozen=True)
+class LocalRay:
+    """The size of a local Ray instance that ``run_captures`` starts (when ``auto`` finds
+    no cluster, or for ``local``); None: Ray's own default."""
+
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+    loopback: bool | None = None  # bind to 127.0.0.1 (None: when Ray is not imported yet)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The rarely changed knobs of :func:`run_captures`."""
+
+    source: SourceOptions = field(default_factory=SourceOptions)  # how each source reads
+    timeout: float = DEFAULT_TIMEOUT  # seconds the driver waits for every source
+    max_restarts: int = 1  # Ray re-creates a dead entry actor this many times
+    pin: bool = True  # pin each entry actor to its CPU
+    local: LocalRay = field(default_factory=LocalRay)
+
+
 def run_map(
     cmap: ClusterMap,
     paths: Sequence[str | os.PathLike[str]],
     program: str | ProgramFactory = "l4-hash",
     *,
     source_nodes: Mapping[str, str] | None = None,
-    lossless: bool = True,
-    poll_size: int = DEFAULT_POLL_SIZE,
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    options: SourceOptions | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    skip_bad: bool = False,
     ray_address: str = "",
 ) -> ClusterResult:
     """Read every file of ``paths`` in a source task on its node, steer it with
     ``program`` (a built-in mode, a loader spec, or a factory of the key space) into the
-    entries of ``cmap``, and wait until every frame has an outcome."""
+    entries of ``cmap``, and wait until every frame has an outcome.  ``options``: how each
+    source reads (:class:`~cpumap.cluster.source.SourceOptions`)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -81,15 +101,7 @@ def run_map(
         refs = [
             task.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(placed[f].node_id, soft=False)
-            ).remote(
-                f,
-                targets,
-                program,
-                lossless=lossless,
-                poll_size=poll_size,
-                stall_timeout=stall_timeout,
-                skip_bad=skip_bad,
-            )
+            ).remote(f, targets, program, options or SourceOptions())
             for f in files
         ]
         reports, errors = _gather(ray, refs, timeout)
@@ -104,7 +116,11 @@ def run_map(
             for key, why in r.failures:
                 failures.setdefault(int(key), []).append(f"{r.path}: {why}")
         cmap.end_run(pids, failures)
-    return _result(cmap, entries, files, placed, reports, errors, nodes, t0, ray_address)
+    run = _Run(files, placed, reports, errors, nodes)
+    result = _result(cmap, entries, run)
+    result.seconds = time.perf_counter() - t0
+    result.ray_address = ray_address
+    return result
 
 
 def _gather(
@@ -134,71 +150,93 @@ def _gather(
     return reports, errors
 
 
-def _result(
-    cmap: ClusterMap,
-    entries: list[Any],
-    files: list[str],
-    placed: dict[str, NodeInfo],
-    reports: list[SourceReport | None],
-    errors: list[str | None],
-    nodes: list[NodeInfo],
-    t0: float,
-    ray_address: str,
-) -> ClusterResult:
-    ok = [r for r in reports if r is not None]
-    by_id = {n.node_id: n for n in nodes}
-    figures: list[EntryFigures] = []
-    for key, e in enumerate(entries):
-        f = EntryFigures(
-            place=str(e.place),
-            node=e.node.name,
-            node_id=e.node.node_id,
-            qsize=e.qsize,
-            generation=e.generation,
-            state=e.state.value,
-            pid=e.pid,
-            pinned=e.pinned,
-            restarts=e.restarts,
-            failures=list(e.failures),
-        )
-        for r in ok:
-            for name, v in zip(ENTRY_COUNTERS, r.per_entry[key], strict=True):
-                setattr(f, name, getattr(f, name) + int(v))
-        figures.append(f)
-    node_figs = {n.node_id: NodeFigures(n.name, n.node_id, n.address) for n in nodes}
-    sources: list[SourceFigures] = []
-    for path, r, err in zip(files, reports, errors, strict=True):
-        node = placed[path]
-        nf = node_figs[node.node_id]
+@dataclass(frozen=True)
+class _Run:
+    """What a run's sources did: the files, where each was read, each one's report (None:
+    its task failed) and error, and the cluster's nodes."""
+
+    files: list[str]
+    placed: dict[str, NodeInfo]
+    reports: list[SourceReport | None]
+    errors: list[str | None]
+    nodes: list[NodeInfo]
+
+    @property
+    def books(self) -> list[SourceReport]:
+        """The reports of the sources that finished."""
+        return [r for r in self.reports if r is not None]
+
+
+def _result(cmap: ClusterMap, entries: list[ClusterEntry], run: _Run) -> ClusterResult:
+    """The run's result, from the sources' books (its time and address are set by the
+    caller)."""
+    figures = [_entry_figures(key, e, run.books) for key, e in enumerate(entries)]
+    sources = [_source_figures(i, run) for i in range(len(run.files))]
+    per_entry = tuple(
+        entry_stats(key, e.place.cpu, f)
+        for key, (e, f) in enumerate(zip(entries, figures, strict=True))
+    )
+    return ClusterResult(
+        stats=totals(cmap.map_id, run.books, per_entry),
+        entries=figures,
+        nodes=_node_figures(run, sources, figures),
+        sources=sources,
+        seconds=0.0,
+        ray_address="",
+        complete=all(r is not None for r in run.reports),
+    )
+
+
+def _entry_figures(key: int, e: ClusterEntry, books: list[SourceReport]) -> EntryFigures:
+    """Entry ``key``: where it is, and what the sources booked for it, summed."""
+    f = EntryFigures(
+        place=str(e.place),
+        node=e.node.name,
+        node_id=e.node.node_id,
+        qsize=e.qsize,
+        generation=e.generation,
+        state=e.state.value,
+        pid=e.pid,
+        pinned=e.pinned,
+        restarts=e.restarts,
+        failures=list(e.failures),
+    )
+    for r in books:
+        for name, v in zip(ENTRY_COUNTERS, r.per_entry[key], strict=True):
+            setattr(f, name, getattr(f, name) + int(v))
+    return f
+
+
+def _source_figures(i: int, run: _Run) -> SourceFigures:
+    """Source ``i`` (a file may be given twice: two sources): where it ran, its counters,
+    the error that stopped it."""
+    path = run.files[i]
+    r, err, node = run.reports[i], run.errors[i], run.placed[path]
+    by_id = {n.node_id: n for n in run.nodes}
+    if r is None:  # its task failed: no books
+        counters = dict.fromkeys(SOURCE_COUNTERS, 0)
+        return SourceFigures(path, node.name, node.node_id, 0, 0.0, counters, err)
+    ran_on = by_id[r.node_id].name if r.node_id in by_id else node.name
+    error = err if err is not None else r.error
+    return SourceFigures(path, ran_on, r.node_id, r.pid, r.seconds, dict(r.counters), error)
+
+
+def _node_figures(
+    run: _Run, sources: list[SourceFigures], figures: list[EntryFigures]
+) -> list[NodeFigures]:
+    """Per node: the frames its sources read, and the frames its entries handled."""
+    nodes = {n.node_id: NodeFigures(n.name, n.node_id, n.address) for n in run.nodes}
+    for path, s in zip(run.files, sources, strict=True):
+        nf = nodes[run.placed[path].node_id]
         nf.sources += 1
-        counters = r.counters if r is not None else dict.fromkeys(SOURCE_COUNTERS, 0)
-        nf.rx += counters["rx"]
-        sources.append(
-            SourceFigures(
-                path=path,
-                node=by_id[r.node_id].name if r is not None and r.node_id in by_id else node.name,
-                node_id=r.node_id if r is not None else node.node_id,
-                pid=r.pid if r is not None else 0,
-                seconds=r.seconds if r is not None else 0.0,
-                counters=dict(counters),
-                error=err if err is not None else (r.error if r is not None else None),
-            )
-        )
+        nf.rx += s.counters["rx"]
     for f in figures:
-        nf = node_figs.setdefault(f.node_id, NodeFigures(f.node, f.node_id, "?"))
+        nf = nodes.setdefault(f.node_id, NodeFigures(f.node, f.node_id, "?"))
         nf.entries += 1
         nf.sent_to += f.sent
         nf.delivered += f.delivered
         nf.lost += f.lost
-    return ClusterResult(
-        stats=totals(cmap.map_id, ok),
-        entries=figures,
-        nodes=[n for n in node_figs.values() if n.sources or n.entries],
-        sources=sources,
-        seconds=time.perf_counter() - t0,
-        ray_address=ray_address,
-        complete=all(r is not None for r in reports),
-    )
+    return [n for n in nodes.values() if n.sources or n.entries]
 
 
 def default_places() -> list[Place]:
@@ -219,16 +257,7 @@ def run_captures(
     ray_address: str = "auto",
     qsize: int = DEFAULT_QSIZE,
     source_nodes: Mapping[str, str] | None = None,
-    lossless: bool = True,
-    poll_size: int = DEFAULT_POLL_SIZE,
-    max_restarts: int = 1,
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-    timeout: float = DEFAULT_TIMEOUT,
-    skip_bad: bool = False,
-    pin: bool = True,
-    num_cpus: int | None = None,
-    object_store_memory: int | None = None,
-    loopback: bool | None = None,
+    options: RunOptions | None = None,
 ) -> ClusterResult:
     """``cpumap run --ray ADDRESS FILES...``: the files through a cluster map, end to end.
 
@@ -238,25 +267,28 @@ def run_captures(
     spec or a factory of the key space.  ``handler``: every entry's handler (None: accept
     all).  ``ray_address``: ``auto`` (join the cluster here, else start a local instance),
     ``local``, or a cluster's address.  ``qsize``: each entry's bound on frames in flight.
-    ``source_nodes``: file -> node name (default: the driver's node).  ``lossless``: wait
-    for room (files) rather than drop and count ``queue_full``.  ``num_cpus``,
-    ``object_store_memory``, ``loopback``: for a local instance started here.
+    ``source_nodes``: file -> node name (default: the driver's node).  ``options``: how
+    sources read (``options.source.lossless``: wait for room rather than drop and count
+    ``queue_full``), how long the driver waits, restarts and pinning of the entries, and
+    the size of a local instance started here (:class:`RunOptions`).
 
     The result's ``results`` are the entries' ``finish()`` results (``EntryResult``:
     ``merge_flow_tables(result.results)`` joins FlowTable reports).
     """
+    options = options or RunOptions()
+    local = options.local
     with connect(
         ray_address,
-        num_cpus=num_cpus,
-        object_store_memory=object_store_memory,
-        loopback=loopback,
+        num_cpus=local.num_cpus,
+        object_store_memory=local.object_store_memory,
+        loopback=local.loopback,
     ) as session:
         places = (
             parse_entries(entries)
             if isinstance(entries, str)
             else (list(entries) if entries is not None else default_places())
         )
-        with ClusterMap(handler, max_restarts=max_restarts, pin=pin) as cmap:
+        with ClusterMap(handler, max_restarts=options.max_restarts, pin=options.pin) as cmap:
             for p in places:
                 cmap.update(p, qsize)
             result = run_map(
@@ -264,15 +296,12 @@ def run_captures(
                 paths,
                 program,
                 source_nodes=source_nodes,
-                lossless=lossless,
-                poll_size=poll_size,
-                stall_timeout=stall_timeout,
-                timeout=timeout,
-                skip_bad=skip_bad,
+                options=options.source,
+                timeout=options.timeout,
                 ray_address=session.address,
             )
         result.results = list(cmap.results)
         return result
 
 
-__all__ = ["default_places", "resolve_node", "run_captures", "run_map"]
+__all__ = ["LocalRay", "RunOptions", "default_places", "resolve_node", "run_captures", "run_map"]

@@ -78,6 +78,19 @@ from .places import Place
 DEFAULT_POLL_SIZE = 4096  # frames per poll: a parcel costs ~0.2-2 ms of Ray, batch it (docs)
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds a parcel may stay unanswered before it is lost
 
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How every source task reads, steers and sends its capture."""
+
+    lossless: bool = True  # wait for room at a full entry (False: drop, count queue_full)
+    poll_size: int = DEFAULT_POLL_SIZE  # frames per poll
+    frame_size: int = DEFAULT_FRAME_SIZE  # of the task's frame block
+    headroom: int = DEFAULT_HEADROOM
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # a parcel unanswered this long is lost
+    skip_bad: bool = False  # skip damaged records instead of stopping at the first
+
+
 # Per-source counters (the producer side of MapStats, plus the per-entry outcomes summed).
 SOURCE_COUNTERS = (
     "rx",
@@ -315,13 +328,7 @@ def read_capture(
     path: str,
     targets: list[Target],
     program: str | ProgramFactory,
-    *,
-    lossless: bool = True,
-    poll_size: int = DEFAULT_POLL_SIZE,
-    frame_size: int = DEFAULT_FRAME_SIZE,
-    headroom: int = DEFAULT_HEADROOM,
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-    skip_bad: bool = False,
+    options: SourceOptions | None = None,
 ) -> SourceReport:
     """Read ``path`` and send its frames to ``targets`` (the body of a source task).
 
@@ -330,15 +337,14 @@ def read_capture(
     import ray
 
     t0 = time.perf_counter()
+    options = options or SourceOptions()
     keys = KeySpace(len(targets))
     books = Books(len(targets))
-    out = Outbox(targets, books, keys, lossless=lossless, stall=stall_timeout)
+    out = Outbox(targets, books, keys, lossless=options.lossless, stall=options.stall_timeout)
     error: str | None = None
     program_obj, table = build_program(program, keys)
     try:
-        error = _pump(
-            path, program_obj, keys, out, books, poll_size, frame_size, headroom, skip_bad
-        )
+        error = _pump(path, program_obj, keys, out, books, options)
         out.drain()
     finally:
         # The task's worker process outlives the task: the CPU table's shared segment must
@@ -367,17 +373,14 @@ def _pump(
     keys: KeySpace,
     out: Outbox,
     books: Books,
-    poll_size: int,
-    frame_size: int,
-    headroom: int,
-    skip_bad: bool,
+    options: SourceOptions,
 ) -> str | None:
     """Read, steer and send the whole file; the error that stopped it early, if any."""
-    block = FrameBlock.empty(poll_size, frame_size, headroom)
+    block = FrameBlock.empty(options.poll_size, options.frame_size, options.headroom)
     runner = ProgramRunner(program, block, target=keys)
     try:
-        with open_capture(path, skip_bad=skip_bad) as reader:
-            for batch in reader.batches(poll_size):
+        with open_capture(path, skip_bad=options.skip_bad) as reader:
+            for batch in reader.batches(options.poll_size):
                 _poll(batch, block, runner, out, books)
     except (CaptureError, OSError) as e:
         return f"{type(e).__name__}: {e}"

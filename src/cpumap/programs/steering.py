@@ -94,6 +94,7 @@ from .xdp_parse import (
 
 __all__ = [
     "INITVAL",
+    "BUILTIN_PROGRAMS",
     "MODES",
     "FlowHash",
     "L4Dport",
@@ -637,6 +638,7 @@ def _check_index(index: int, what: str) -> None:
 
 _PROGRAMS = (NoTouch, Touch, RoundRobin, L4Proto, L4Filter, L4Hash, L4Sport, L4Dport)
 MODES: dict[str, type[Steering]] = {cls.mode: cls for cls in _PROGRAMS}
+BUILTIN_PROGRAMS: tuple[str, ...] = (*MODES, "flow-hash")  # every name make_program takes
 
 
 def make_program(
@@ -648,7 +650,10 @@ def make_program(
     **options: Any,
 ) -> Steering:
     """The built-in program named ``mode`` (``xdp-bench redirect-cpu -p MODE``; see
-    :data:`MODES`), over ``cmap`` and ``table``, with the mode's ``options``."""
+    :data:`MODES`; or ``flow-hash``, the skb's symmetric hash), over ``cmap`` and
+    ``table``, with the mode's ``options``."""
+    if mode == "flow-hash" and not options:
+        return FlowHash(cmap, table, vectorized=vectorized)  # type: ignore[return-value]
     cls = MODES.get(mode)
     if cls is None:
         raise ValueError(f"unknown steering mode {mode!r}; choose one of: {', '.join(MODES)}")
