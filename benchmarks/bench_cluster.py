@@ -46,7 +46,7 @@ use_loopback()
 
 from cpumap import CpuMap  # noqa: E402  (after the loopback switch, before Ray)
 from cpumap.capture import open_capture, write_capture  # noqa: E402
-from cpumap.cluster import ClusterMap, connect, run_map  # noqa: E402
+from cpumap.cluster import ClusterMap, SourceOptions, connect, run_map  # noqa: E402
 from cpumap.cluster.actor import EntryActor  # noqa: E402
 from cpumap.cluster.frames import FrameBlock, fill, pack  # noqa: E402
 from cpumap.generator import Generator  # noqa: E402

@@ -12,7 +12,8 @@ from cpumap import possible_cpus
 from cpumap.capture import open_capture
 from cpumap.cli import UsageError, build_parser, main, parse_cpus
 from cpumap.cli.args import chosen_cpus, normalize_argv, rx_cpu
-from cpumap.cli.run import pace_note
+from cpumap.cli.config import RunConfig
+from cpumap.cli.report import pace_note
 from cpumap.cpus import usable_cpus
 from cpumap.demo import DEMO_PACKETS, demo_capture_path, make_demo_capture
 
@@ -206,11 +207,14 @@ def test_the_rx_side_gets_a_cpu_of_its_own_by_default() -> None:
 
 
 def test_the_pace_note_only_when_the_workers_make_the_rx_side_wait() -> None:
-    assert pace_note(0, 100, 0, [1]) == []  # never waited
-    assert pace_note(10, 100, 0, [1]) == []  # rarely
-    assert pace_note(90, 100, 0, [0, 1]) == []  # the RX CPU has a worker already
-    assert pace_note(5, 6, 0, [1]) == []  # too short a run to say
-    (note,) = pace_note(90, 100, 0, [1, 2])
+    def on(*cpus: int) -> RunConfig:
+        return RunConfig(cpus=cpus, rx_cpu=0)
+
+    assert pace_note(0, 100, on(1)) == []  # never waited
+    assert pace_note(10, 100, on(1)) == []  # rarely
+    assert pace_note(90, 100, on(0, 1)) == []  # the RX CPU has a worker already
+    assert pace_note(5, 6, on(1)) == []  # too short a run to say
+    (note,) = pace_note(90, 100, on(1, 2))
     assert "waited for room in a full ring 90 times in 100 polls" in note
     assert note.endswith("--cpus 0-2")
 

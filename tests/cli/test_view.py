@@ -9,8 +9,6 @@ import textwrap
 from rich.console import Console
 
 from cpumap.cli.view import (
-    ProducerRow,
-    ReceiveRow,
     Sample,
     interval_record,
     progress_bar,
@@ -18,7 +16,7 @@ from cpumap.cli.view import (
     render_live,
     state_name,
 )
-from cpumap.engine import EntryStats, MapStats
+from cpumap.engine import EnqueueRow, EntryStats, MapStats, ProducerStats
 from cpumap.engine.entry import EntryState
 
 
@@ -29,6 +27,7 @@ def entry(cpu: int, k: int, state: object = EntryState.ACTIVE) -> EntryStats:
         kthread_processed=990 * k, kthread_batches=124 * k, kthread_drops=5 * k,
         kthread_sched=2 * k, delivered=980 * k, handler_drop=5 * k, xdp_pass=980 * k,
         xdp_drop=10 * k,
+        enqueue_rows=(EnqueueRow(0, 1000 * k, 10 * k, 125 * k),),  # one RX producer
     )  # fmt: skip
 
 
@@ -38,20 +37,13 @@ def stats(k: int, state: object = EntryState.ACTIVE) -> MapStats:
         delivered=2940 * k, handler_drop=15 * k, second_stage_pass=2940 * k,
         second_stage_drop=30 * k, kthread_processed=2970 * k,
         entries=(entry(0, k, state), entry(1, 2 * k, state)),
+        producers=(ProducerStats(producer=0, rx=3100 * k, polls=4 * k),),
     )  # fmt: skip
 
 
-def producers(k: int) -> tuple[ProducerRow, ...]:
-    return (
-        ProducerRow(0, 0, 1000 * k, 10 * k, 125 * k),
-        ProducerRow(0, 1, 2000 * k, 20 * k, 250 * k),
-    )
-
-
-BEFORE = Sample(
-    2.0, stats(1), producers(1), None, (1_000_000, 4_000_000), (ReceiveRow(0, 1, 3100),)
-)
-AFTER = Sample(4.0, stats(2), producers(2), 17, (2_000_000, 4_000_000), (ReceiveRow(0, 1, 6200),))
+# The RX process ran on CPU 1 at both samples.
+BEFORE = Sample(2.0, stats(1), None, (1_000_000, 4_000_000), 1)
+AFTER = Sample(4.0, stats(2), 17, (2_000_000, 4_000_000), 1)
 
 LIVE = """\
     cpumap  every 2.0 s, elapsed 0:04
@@ -79,7 +71,7 @@ def text_of(renderable: object, width: int = 120) -> str:
 
 
 def test_the_live_view_of_a_fixed_interval() -> None:
-    rec = interval_record(BEFORE, AFTER)
+    rec = interval_record(BEFORE, AFTER, extended=True)
     assert text_of(render_live(rec, extended=True, title="cpumap")) == textwrap.dedent(LIVE)
 
 

@@ -39,18 +39,33 @@ def test_several_captures_without_ray_say_how_to_run_them() -> None:
     assert "--ray auto" in done.stderr and "Traceback" not in done.stderr
 
 
+CLUSTER_ONLY = {"ray_address", "complete", "nodes", "sources"}
+
+
+def summary_of(done: subprocess.CompletedProcess[str]) -> dict:
+    """One parser for both runs: the last line is the summary, and it balances."""
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout.splitlines()[-1])
+    assert s["type"] == "summary" and s["exit_status"] == 0
+    assert s["rx"] == sum(s["outcomes"].values()) and s["in_flight"] == 0 and s["accounted"]
+    assert sum(e["delivered"] for e in s["entries"]) == s["outcomes"]["delivered"]
+    return s
+
+
 @pytest.mark.slow
 def test_ray_auto_runs_several_captures_and_the_summary_balances(tmp_path: Path) -> None:
+    """``cpumap run --json`` and ``cpumap run --ray auto FILE FILE --json``: one schema (the
+    cluster adds where things ran), read by one function."""
     demo = str(demo_capture_path())
-    local = _cpumap("run", demo, "--cpus", "0", "--json", timeout=120)
-    assert local.returncode == 0, local.stderr
-    one = json.loads(local.stdout.splitlines()[-1])
-    done = _cpumap("run", "--ray", "auto", demo, demo, "--cpus", "0", "--json")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.splitlines()[-1])
-    assert summary["type"] == "summary" and summary["exit_status"] == 0
-    stats = summary["stats"]
-    assert stats["rx"] == 2 * one["rx"]
-    assert stats["rx"] == sum(summary["outcomes"].values())
-    assert summary["outcomes"]["delivered"] == 2 * one["outcomes"]["delivered"]
-    assert all(pid_gone(e["pid"]) for e in summary["entries"] if e["pid"])
+    one = summary_of(_cpumap("run", demo, "--cpus", "0", "--json", timeout=120))
+    two = summary_of(_cpumap("run", "--ray", "auto", demo, demo, "--cpus", "0", "--json"))
+    assert set(two) - set(one) == CLUSTER_ONLY and set(one) <= set(two)
+    assert set(two["entries"][0]) - set(one["entries"][0]) == {
+        "place",
+        "node",
+        "node_id",
+        "failures",
+    }
+    assert two["rx"] == 2 * one["rx"]
+    assert two["outcomes"]["delivered"] == 2 * one["outcomes"]["delivered"]
+    assert all(pid_gone(e["pid"]) for e in two["entries"] if e["pid"])

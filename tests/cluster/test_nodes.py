@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from cpumap.cluster import ClusterMap, cluster_nodes, connect, resolve_node, run_map
+from cpumap.cluster import (
+    ClusterMap,
+    SourceOptions,
+    cluster_nodes,
+    connect,
+    resolve_node,
+    run_map,
+)
 from cpumap.sinks import FlowTable, merge_flow_tables
 from tests.cluster.handlers import StallOnce
 from tests.cluster.helpers import (
