@@ -41,8 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpumap.capture import PcapngWriter, open_capture
-from cpumap.capture import CHUNK_SIZE
+from cpumap.capture import CHUNK_SIZE, PcapngWriter, open_capture
 from cpumap.capture.pcap import PcapWriter, walk_records, walk_records_py
 from cpumap.packets import PacketBatch
 

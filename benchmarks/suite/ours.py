@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ..abi import XDP_DROP
-from ..cpus import pinned
-from ..engine import CpuMap
-from ..engine.frame_pool import FramePool
-from ..packets import PacketBatch
-from ..programs import FlowHash, batch_handler, vectorized
-from ..programs.context import frame_skbs
+from cpumap.abi import XDP_DROP
+from cpumap.cpus import pinned
+from cpumap.engine import CpuMap
+from cpumap.engine.frame_pool import FramePool
+from cpumap.packets import PacketBatch
+from cpumap.programs import FlowHash, batch_handler, vectorized
+from cpumap.programs.context import frame_skbs
+
 from .common import per_second, wait_until
 
 QSIZE = 2048

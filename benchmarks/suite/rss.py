@@ -7,10 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..engine import CpuMap
-from ..generator import Generator
-from ..programs import FlowHash
-from ..sinks import FlowTable
+from cpumap.engine import CpuMap
+from cpumap.generator import Generator
+from cpumap.programs import FlowHash
+from cpumap.sinks import FlowTable
+
 from .ours import ReadDport
 
 

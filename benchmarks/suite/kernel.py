@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from ..kernel import (
+from cpumap.kernel import (
     KernelCpumapRun,
     bpf_unavailable_reason,
     live_frames_unavailable_reason,

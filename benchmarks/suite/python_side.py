@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..skb import Skb
+from cpumap.skb import Skb
+
 from .common import per_second
 
 CHUNK = 64  # frames per message

@@ -305,7 +305,7 @@ class Bench:
             path = capture or keep or os.path.join(tmp, "mixed.pcap")
             if capture is None:
                 self.costs["capture"] = main_job.make_capture(path, n)
-            from ..capture import open_capture
+            from cpumap.capture import open_capture
 
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))
