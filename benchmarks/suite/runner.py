@@ -232,7 +232,7 @@ class Bench:
     def drop(self) -> None:
         """The kernel's cpumap and our second-stage DROP, in rounds."""
         self.say("[b]remote DROP[/b]: the kernel's cpumap and ours (RX CPU 0, entry CPU 1, 64 B)")
-        why = kernel.unavailable() or self._two_cpus()
+        why = kernel.unavailable_reason() or self._two_cpus()
         n = self.sizes.kernel_frames
         frames = make_frames(self.sizes.frames)
         self.rounds(
