@@ -5,7 +5,7 @@ and per RX poll of 1024 packets of the main job's mixed capture.
 
     .venv/bin/python benchmarks/bench_breakdown.py [--capture FILE.pcap] [--repeat N]
 
-Without ``--capture``, a mixed capture is generated (``cpumap.bench.main_job``).  Each
+Without ``--capture``, a mixed capture is generated (``suite.main_job``).  Each
 figure is the median of ``--repeat`` runs.  docs/performance.md explains them.
 """
 
@@ -22,9 +22,6 @@ from collections.abc import Callable
 import numpy as np
 
 from cpumap import XDP_DROP, CpuMap, vectorized
-from cpumap.bench.common import make_frames
-from cpumap.bench.main_job import make_capture
-from cpumap.bench.ours import ReadDport
 from cpumap.capture import open_capture
 from cpumap.engine.frame_pool import FramePool
 from cpumap.programs.context import XdpBatch, frame_skbs, skb_batch, skb_columns
@@ -33,6 +30,9 @@ from cpumap.programs.steering import make_program
 from cpumap.sinks import FlowTable
 from cpumap.skb import Skb
 from cpumap.skb.view import views
+from suite.common import make_frames
+from suite.main_job import make_capture
+from suite.ours import ReadDport
 
 N = 1024
 

@@ -25,179 +25,65 @@ like the kernel measurement); the default uses every CPU for consumers.
         [--sweep-bulk] [--sweep-batch] [--kernel] [--json FILE]
 
 The machines are shared and noisy: trust the ratios printed, not the absolute figures.
+
+The measurements are the suite's (``suite`` in this directory, ``cpumap bench``): the
+baseline is its ``mp.Queue`` pipeline (``suite.python_side.run_pipeline``), ours its
+``suite.ours.run_engine``; this script adds the sweeps of the engine's sizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
-from cpumap import CpuMap, FlowHash, PacketBatch, batch_handler, possible_cpus
-from cpumap.engine.bulkq import DEFAULT_BULK_SIZE
-from cpumap.engine.rx import DEFAULT_POLL_SIZE
-from cpumap.engine.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL
-from cpumap.generator import Generator
+from cpumap import possible_cpus
+from suite.common import make_frames
+from suite.kernel import kernel_cpumap_fps, unavailable_reason
+from suite.ours import Knobs, ReadDport, TouchBatch, run_engine
+from suite.python_side import run_pipeline
 
 FRAME = 64
-
-
-def make_frames(n: int, flows: int = 4096, seed: int = 1) -> np.ndarray:
-    """``n`` 64-byte IPv4/UDP frames over ``flows`` flows, as a ``[n, 64]`` array."""
-    gen = Generator(flows=flows, sizes=FRAME, protocols=("udp",), ip_versions=(4,), seed=seed)
-    return gen.frames(n)
-
-
-# -- the baseline: multiprocessing.Queue and per-frame Python hashing ------------------------
-def _baseline_consumer(q, done, cpu: int) -> None:
-    os.sched_setaffinity(0, {cpu})
-    done.put(("ready", cpu))
-    count = 0
-    acc = 0
-    while True:
-        lst = q.get()
-        if lst is None:
-            break
-        arr = np.frombuffer(b"".join(lst), dtype=np.uint8).reshape(len(lst), -1)
-        acc += int(arr.sum(axis=1, dtype=np.uint32)[-1])  # touch every byte
-        count += len(lst)
-    done.put(("done", count))
-
-
-def run_baseline(frames: list[bytes], cpus: list[int], rx_cpu: int | None, chunk: int = 64):
-    ctx = multiprocessing.get_context("fork")
-    queues = [ctx.Queue() for _ in cpus]
-    done = ctx.Queue()
-    procs = [
-        ctx.Process(target=_baseline_consumer, args=(q, done, c), daemon=True)
-        for q, c in zip(queues, cpus, strict=True)
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        done.get()
-    n = len(cpus)
-    pending: list[list[bytes]] = [[] for _ in cpus]
-    old = _pin(rx_cpu)
-    t0 = time.perf_counter()
-    for f in frames:
-        a, b = f[26:30], f[30:34]
-        i = hash(a + b if a < b else b + a) % n
-        lst = pending[i]
-        lst.append(f)
-        if len(lst) == chunk:
-            queues[i].put(lst)
-            pending[i] = []
-    for i, lst in enumerate(pending):
-        if lst:
-            queues[i].put(lst)
-        queues[i].put(None)
-    delivered = sum(done.get()[1] for _ in procs)
-    elapsed = time.perf_counter() - t0
-    _unpin(old)
-    for p in procs:
-        p.join()
-    return delivered / elapsed, delivered, 0.0
-
-
-# -- ours ---------------------------------------------------------------------------------------
-@batch_handler
-class TouchBatch:
-    """Sums every byte of every frame: the same work as the baseline's consumer."""
-
-    def __init__(self) -> None:
-        self.acc = 0
-
-    def __call__(self, batch) -> None:
-        self.acc += int(batch.rows.sum(axis=1, dtype=np.uint32)[-1])
-
-
-class TouchFrame:
-    """A per-frame handler that looks at the parsed transport header."""
-
-    def __init__(self) -> None:
-        self.acc = 0
-
-    def __call__(self, skb) -> None:
-        self.acc += skb.dport
+DEFAULTS = Knobs()  # the engine's sizes
 
 
 def run_ours(
-    frames: np.ndarray,
+    frames: Any,
     cpus: list[int],
     rx_cpu: int | None,
     *,
     vectorized: bool,
     lossless: bool = True,
-    qsize: int = 2048,
-    batch_size: int = DEFAULT_BATCH,
-    bulk_size: int = DEFAULT_BULK_SIZE,
-    poll_size: int = DEFAULT_POLL_SIZE,
-    busy_poll: float = DEFAULT_BUSY_POLL,
-):
-    handler = TouchBatch() if vectorized else TouchFrame()
-    n = len(frames)
-    with CpuMap(max(cpus) + 1, handler=handler, batch_size=batch_size, busy_poll=busy_poll) as m:
-        for c in cpus:
-            m.update(c, qsize)
-        prog = FlowHash(m, cpus, vectorized=vectorized)
-        batch = PacketBatch.from_array(frames)
-        with m.producer(
-            prog,
-            poll_size=poll_size,
-            bulk_size=bulk_size,
-            backpressure=30.0 if lossless else 0.0,
-        ) as rx:
-            old = _pin(rx_cpu)
-            t0 = time.perf_counter()
-            rx.receive(batch)
-            _wait_idle(m)
-            elapsed = time.perf_counter() - t0
-            _unpin(old)
-        s = m.stats()
-    assert s.rx == n and s.in_flight == 0, s.outcomes()
-    return s.delivered / elapsed, s.delivered, s.queue_full / n
-
-
-def _wait_idle(m: CpuMap, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while m.stats().in_flight:
-        if time.monotonic() > deadline:
-            raise TimeoutError("frames still in flight")
-        time.sleep(0.0002)
-
-
-def _pin(cpu: int | None):
-    if cpu is None:
-        return None
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    return old
-
-
-def _unpin(old) -> None:
-    if old is not None:
-        os.sched_setaffinity(0, old)
+    knobs: Knobs = DEFAULTS,
+) -> dict[str, float]:
+    """(b) with ``vectorized``: a vectorized program and a batch handler; (a) without: a
+    per-frame program and a per-frame handler."""
+    handler = TouchBatch() if vectorized else ReadDport()
+    return run_engine(
+        frames,
+        cpus,
+        rx_cpu,
+        handler=handler,
+        program_vectorized=vectorized,
+        lossless=lossless,
+        knobs=knobs,
+    )
 
 
 # -- driver -----------------------------------------------------------------------------------
-def measure(name: str, fn: Callable[[], tuple[float, int, float]], repeat: int) -> dict:
-    runs = [fn() for _ in range(repeat)]
-    fps = [r[0] for r in runs]
+def measure(name: str, fn: Callable[[], float | dict[str, float]], repeat: int) -> dict:
+    runs = [out if isinstance(out, dict) else {"fps": out} for out in (fn() for _ in range(repeat))]
+    fps = [r["fps"] for r in runs]
     return {
         "name": name,
         "fps": statistics.median(fps),
         "min": min(fps),
         "max": max(fps),
-        "delivered": runs[0][1],
-        "drop_ratio": statistics.median(r[2] for r in runs),
+        "drop_ratio": statistics.median(r.get("drop_ratio", 0.0) for r in runs),
     }
 
 
@@ -243,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    base = measure("baseline", lambda: run_baseline(frames_list, cpus, rx_cpu), args.repeat)
+    base = measure(
+        "baseline", lambda: run_pipeline("mp.Queue", frames_list, cpus, rx_cpu=rx_cpu), args.repeat
+    )
     report(base, base["fps"])
     report(
         measure(
@@ -272,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(
                 f"poll+bulk {size}",
                 lambda z=size: run_ours(
-                    frames, cpus, rx_cpu, vectorized=True, bulk_size=z, poll_size=z
+                    frames, cpus, rx_cpu, vectorized=True, knobs=Knobs(poll_size=z, bulk_size=z)
                 ),
                 args.repeat,
             )
@@ -281,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         for bulk in (8, 64, 256, 1024):
             r = measure(
                 f"bulk {bulk}",
-                lambda b=bulk: run_ours(frames, cpus, rx_cpu, vectorized=True, bulk_size=b),
+                lambda b=bulk: run_ours(
+                    frames, cpus, rx_cpu, vectorized=True, knobs=Knobs(bulk_size=b)
+                ),
                 args.repeat,
             )
             report(r, base["fps"])
@@ -290,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         for bs in (8, 64, 256, 1024, 4096):
             r = measure(
                 f"batch {bs}",
-                lambda b=bs: run_ours(frames, cpus, rx_cpu, vectorized=True, batch_size=b),
+                lambda b=bs: run_ours(
+                    frames, cpus, rx_cpu, vectorized=True, knobs=Knobs(batch_size=b)
+                ),
                 args.repeat,
             )
             report(r, base["fps"])
@@ -298,14 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         for bp in (0.0, 0.0001, 0.0005, 0.002):
             r = measure(
                 f"busy_poll {bp * 1e6:.0f} us",
-                lambda b=bp: run_ours(frames, cpus, rx_cpu, vectorized=True, busy_poll=b),
+                lambda b=bp: run_ours(
+                    frames, cpus, rx_cpu, vectorized=True, knobs=Knobs(busy_poll=b)
+                ),
                 args.repeat,
             )
             report(r, base["fps"])
     if args.kernel:
-        sys.path.insert(0, os.path.dirname(__file__))
-        from bench_kernel_cpumap import kernel_cpumap_fps, unavailable_reason
-
         why = unavailable_reason()
         if why:
             print(f"kernel cpumap: not measured ({why})")

@@ -14,8 +14,10 @@ first enqueue to the last kthread batch; the RX side usually outruns it, and the
 queue-full drops (shown).  That figure falls when other work shares CPU 1; the kthread's
 own CPU time per frame (``/proc/<pid>/schedstat``) does not, and is printed beside it.
 
-Needs root.  Other benchmarks import :func:`kernel_cpumap_fps` to print the kernel's
-figure beside ours, on the same machine in the same run.
+Needs root.  The measurements are the suite's (``suite.kernel``, in this directory: the
+``kernel`` rows of ``cpumap bench`` and ``bench_engine.py --kernel`` use them too, to print
+the kernel's figure beside ours, on the same machine in the same run); this script prints
+every path at several ring sizes.
 
     .venv/bin/python benchmarks/bench_kernel_cpumap.py [--frames N] [--repeat N] [--json]
 """
@@ -24,103 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-from dataclasses import dataclass
-from typing import Literal
 
-from cpumap.kernel import (
-    KernelCpumapRun,
-    bpf_unavailable_reason,
-    live_frames_unavailable_reason,
-    rx_drop_ceiling,
-    tracing_unavailable_reason,
-)
-
-Path = Literal["xdp-drop", "netstack"]
-_SECOND_STAGE = {"xdp-drop": "drop", "netstack": None}
-
-
-@dataclass(frozen=True)
-class KernelFigure:
-    """One configuration's result: medians over ``repeat`` runs."""
-
-    path: str
-    qsize: int
-    frames_per_s: float
-    """Median frames/s processed on the target CPU."""
-    min_fps: float
-    max_fps: float
-    drop_ratio: float
-    """Queue-full drops / frames redirected (0 for rx-drop)."""
-    ns_per_frame: float | None
-    """Median kthread CPU nanoseconds per frame on the target CPU (None for rx-drop, or
-    where ``/proc/<pid>/schedstat`` cannot be read): the cost of a frame there, whatever
-    else shares that CPU.  ``1e9 / ns_per_frame`` is the frames/s of a CPU it had alone."""
-    frames: int
-    repeat: int
-    complete: bool
-    """Every run's tracepoint totals were whole (no lost events, kthread caught up)."""
-
-
-def unavailable_reason() -> str | None:
-    """Why the kernel's cpumap cannot be measured here (None if it can)."""
-    return (
-        bpf_unavailable_reason() or live_frames_unavailable_reason() or tracing_unavailable_reason()
-    )
-
-
-def kernel_cpumap_fps(
-    path: Path = "xdp-drop",
-    qsize: int = 192,
-    *,
-    frames: int = 1_000_000,
-    repeat: int = 3,
-    cpu: int = 1,
-    rx_cpu: int = 0,
-) -> KernelFigure:
-    """Measure the kernel's cpumap on one path; a warm-up run is done and discarded."""
-    with KernelCpumapRun(
-        qsize,
-        cpu,
-        frames=frames,
-        repeat=repeat,
-        second_stage=_SECOND_STAGE[path],  # type: ignore[arg-type]
-        rx_cpu=rx_cpu,
-    ) as run:
-        run.run_once()  # warm-up: the test run's page pool, the kthread, the caches
-        res = run.run()
-    fps = [s.frames_per_s for s in res.samples]
-    return KernelFigure(
-        path=path,
-        qsize=qsize,
-        frames_per_s=statistics.median(fps),
-        min_fps=min(fps),
-        max_fps=max(fps),
-        drop_ratio=res.drop_ratio,
-        ns_per_frame=res.ns_per_frame,
-        frames=frames,
-        repeat=repeat,
-        complete=all(s.complete and s.lost_events == 0 for s in res.samples),
-    )
-
-
-def rx_drop_fps(*, frames: int = 1_000_000, repeat: int = 3, rx_cpu: int = 0) -> KernelFigure:
-    """Frames/s of the RX side alone (XDP_DROP, no redirect): the sender's ceiling."""
-    rx_drop_ceiling(frames // 10, rx_cpu=rx_cpu)  # warm-up
-    fps = [rx_drop_ceiling(frames, rx_cpu=rx_cpu) for _ in range(repeat)]
-    return KernelFigure(
-        path="rx-drop",
-        qsize=0,
-        frames_per_s=statistics.median(fps),
-        min_fps=min(fps),
-        max_fps=max(fps),
-        drop_ratio=0.0,
-        ns_per_frame=None,
-        frames=frames,
-        repeat=repeat,
-        complete=True,
-    )
+from suite.kernel import kernel_cpumap_fps, rx_drop_fps, unavailable_reason
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,9 @@ Beside it, in the same run, the baseline a Python user would write without us: o
 process hashing each frame in Python and sending lists of 64 frames through a
 ``multiprocessing.Queue`` to W consumer processes doing the same work.
 
+The baseline is the suite's ``mp.Queue`` pipeline (``suite.python_side.run_pipeline``, with
+``--work`` passes), the workers' handler its ``suite.ours.TouchBatch``.
+
 Printed: frames/s per configuration, the speed-up against one worker, and ours against
 the baseline at the same W.  ``--json FILE`` writes everything.
 
@@ -30,24 +33,9 @@ import time
 import numpy as np
 
 from cpumap import CpuMap, FlowHash, PacketBatch
-
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_engine import make_frames
-
-
-class Work:
-    """``passes`` sums over every byte of every frame, per batch."""
-
-    batch = True
-
-    def __init__(self, passes: int) -> None:
-        self.passes = passes
-        self.acc = 0
-
-    def __call__(self, batch) -> None:
-        rows = batch.rows
-        for _ in range(self.passes):
-            self.acc += int(rows.sum(axis=1, dtype=np.uint32)[-1])
+from suite.common import make_frames
+from suite.ours import TouchBatch
+from suite.python_side import run_pipeline
 
 
 def _rx_main(
@@ -71,7 +59,7 @@ def run_ours(
     per = len(frames) // producers
     with CpuMap(
         max(cpus) + 1,
-        handler=Work(work),
+        handler=TouchBatch(passes=work),
         producers=producers,
         frames=max(32768, 8 * poll) * producers,
         batch_size=max(1024, poll // 2),
@@ -103,52 +91,10 @@ def run_ours(
     return s.delivered / elapsed
 
 
-def _consumer(q, done, cpu: int, work: int) -> None:
-    os.sched_setaffinity(0, {cpu})
-    count, acc = 0, 0
-    done.put(None)
-    while (lst := q.get()) is not None:
-        arr = np.frombuffer(b"".join(lst), dtype=np.uint8).reshape(len(lst), -1)
-        for _ in range(work):
-            acc += int(arr.sum(axis=1, dtype=np.uint32)[-1])
-        count += len(lst)
-    done.put(count)
-
-
 def run_baseline(frames: list[bytes], workers: int, work: int) -> float:
+    """The pipeline: this process on the first CPU, ``workers`` consumers on the next."""
     cpus = sorted(os.sched_getaffinity(0))
-    ctx = multiprocessing.get_context("fork")
-    qs = [ctx.Queue() for _ in range(workers)]
-    done = ctx.Queue()
-    procs = [
-        ctx.Process(target=_consumer, args=(qs[i], done, cpus[1 + i], work)) for i in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        done.get()
-    os.sched_setaffinity(0, {cpus[0]})
-    pending: list[list[bytes]] = [[] for _ in range(workers)]
-    t0 = time.perf_counter()
-    for f in frames:
-        a, b = f[26:30], f[30:34]
-        i = hash(a + b if a < b else b + a) % workers
-        lst = pending[i]
-        lst.append(f)
-        if len(lst) == 64:
-            qs[i].put(lst)
-            pending[i] = []
-    for i in range(workers):
-        if pending[i]:
-            qs[i].put(pending[i])
-        qs[i].put(None)
-    total = sum(done.get() for _ in procs)
-    elapsed = time.perf_counter() - t0
-    os.sched_setaffinity(0, set(cpus))
-    for p in procs:
-        p.join()
-    assert total == len(frames)
-    return total / elapsed
+    return run_pipeline("mp.Queue", frames, cpus[1 : 1 + workers], rx_cpu=cpus[0], passes=work)
 
 
 def main(argv: list[str] | None = None) -> int:

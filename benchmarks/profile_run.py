@@ -4,7 +4,7 @@ forks, summed per process and per function -- the figures behind docs/performanc
     .venv/bin/python benchmarks/profile_run.py [--rate HZ] [--top N] -- CMD ...
 
 e.g. ``-- .venv/bin/cpumap run big.pcap --quiet`` (the main job; make big.pcap with
-``cpumap.bench.main_job.make_capture``).  Needs py-spy (the ``bench`` extra) and root (it
+``suite.main_job.make_capture`` in benchmarks/).  Needs py-spy (the ``bench`` extra) and root (it
 attaches to the forked workers).  Each line: samples, share of the process's samples, and
 the function with its file and line; "cumulative" counts a function when it is anywhere
 on the stack, "self" only when it is the innermost frame.  py-spy samples running code

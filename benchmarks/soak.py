@@ -32,21 +32,14 @@ import time
 
 from cpumap import CpuMap, FlowHash, possible_cpus
 from cpumap.generator import Generator
+from suite.rss import status_kib
 
 _MP = multiprocessing.get_context("fork")
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, RssAnon) of ``pid`` in KiB; (0, 0) if it is gone."""
-    out = {"VmRSS": 0, "RssAnon": 0}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key = line.split(":", 1)[0]
-                if key in out:
-                    out[key] = int(line.split()[1])
-    except OSError:
-        pass
+    out = status_kib(pid, "VmRSS", "RssAnon")
     return out["VmRSS"], out["RssAnon"]
 
 

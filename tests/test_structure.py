@@ -40,7 +40,7 @@ ALLOWED_PRIVATE_IMPORTS = frozenset({"_atomics", "_records"})
 # module belongs to the entry naming the longest prefix of its dotted name.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cpumap",),  # the face: re-exports everything
-    ("cpumap.cli", "cpumap.bench"),  # the commands: `cpumap run`, `cpumap bench`
+    ("cpumap.cli",),  # the commands: `cpumap run`, `cpumap bench`
     ("cpumap.cluster",),  # the map's entries on a Ray cluster: over the engine and sinks
     ("cpumap.metrics", "cpumap.sinks", "cpumap.demo"),
     # The engine's process layer: the map, its entries, workers and producers.

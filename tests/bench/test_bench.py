@@ -1,16 +1,24 @@
-"""cpumap.bench: the quick benchmark runs end to end on a tiny size and reports every row
-with a ratio or a reason.  No figure is asserted: a benchmark measures, it does not test."""
+"""The benchmark suite (``benchmarks/suite``): the quick benchmark runs end to end on a tiny
+size and reports every row with a ratio or a reason.  No figure is asserted: a benchmark
+measures, it does not test.  And ``cpumap bench`` runs the suite of the source checkout,
+or says in one line what to do where there is none."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from cpumap.bench import main
-from cpumap.bench.common import Row
-from cpumap.bench.report import goals, set_ratios
+from cpumap.cli import bench as cli_bench
+from cpumap.cli import main as cli_main
+from suite import main
+from suite.common import Row
+from suite.report import goals, set_ratios
+
+from .conftest import BENCHMARKS
 
 ROW_KEYS = {"key", "group", "name", "fps", "runs", "baseline", "ratio", "skipped", "extra"}
 
@@ -112,3 +120,58 @@ def test_bad_scale_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as e:
         main(["--scale", "0"])
     assert e.value.code == 2
+
+
+# -- `cpumap bench`: the CLI finds the checkout's suite -----------------------------------------
+
+
+def test_the_editable_install_finds_this_checkout() -> None:
+    assert cli_bench.find_checkout() == BENCHMARKS.parent
+
+
+def cpumap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cpumap.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cpumap_bench_runs_the_suite_with_its_arguments() -> None:
+    out = cpumap_cli("bench", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: cpumap bench")
+    assert "--quick" in out.stdout and "--only" in out.stdout
+
+
+def test_cpumap_bench_exits_with_the_suites_status() -> None:
+    out = cpumap_cli("bench", "--scale", "0")
+    assert out.returncode == 2
+    assert "--scale must be > 0" in out.stderr  # the suite's own check, not the CLI's
+
+
+def test_without_a_checkout_cpumap_bench_says_what_to_do_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package_dir = tmp_path / "site-packages" / "cpumap"  # no benchmarks/ two levels up
+    package_dir.mkdir(parents=True)
+    assert cli_bench.main(["--quick"], package_dir=package_dir) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "git clone" in err and "pip install -e '.[bench]'" in err and "cpumap bench" in err
+
+
+def test_the_cli_dispatches_bench_to_the_finder(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[list[str]] = []
+
+    def fake(argv: list[str]) -> int:
+        calls.append(list(argv))
+        return 7
+
+    monkeypatch.setattr(cli_bench, "main", fake)
+    assert cli_main(["bench", "--quick", "--only", "rss"]) == 7
+    assert calls == [["--quick", "--only", "rss"]]

@@ -232,7 +232,7 @@ class Bench:
     def drop(self) -> None:
         """The kernel's cpumap and our second-stage DROP, in rounds."""
         self.say("[b]remote DROP[/b]: the kernel's cpumap and ours (RX CPU 0, entry CPU 1, 64 B)")
-        why = kernel.unavailable() or self._two_cpus()
+        why = kernel.unavailable_reason() or self._two_cpus()
         n = self.sizes.kernel_frames
         frames = make_frames(self.sizes.frames)
         self.rounds(
@@ -305,7 +305,7 @@ class Bench:
             path = capture or keep or os.path.join(tmp, "mixed.pcap")
             if capture is None:
                 self.costs["capture"] = main_job.make_capture(path, n)
-            from ..capture import open_capture
+            from cpumap.capture import open_capture
 
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))

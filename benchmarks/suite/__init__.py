@@ -9,9 +9,15 @@ against a baseline measured in the same run: the machines are shared and noisy, 
 ratios mean something.  A side that cannot run here (no root, a package that did not
 install, no tshark) is a row with a reason, not a failure.
 
-Rules: this is the top layer (it drives the engine, the kernel runner and the CLI's
-``run`` as a subprocess); nothing below imports it.  Nothing here is asserted: the goals
-are printed as met or not met, with the numbers.
+Rules: this package lives outside ``cpumap`` (in ``benchmarks/``, beside the other
+benchmark scripts, which import from it), and uses the package only through its
+importable modules, as a user's script would: it drives the engine, the kernel runner and
+``cpumap run`` as a subprocess, and nothing in ``cpumap`` imports it (``cpumap bench``
+runs ``benchmarks/bench_all.py`` from a source checkout: ``cpumap/cli/bench.py``).
+Nothing here is asserted: the goals are printed as met or not met, with the numbers.
+
+Run it as ``python benchmarks/bench_all.py [--quick]`` or ``cpumap bench [--quick]``; a
+script in ``benchmarks/`` imports it as ``suite`` (its own directory is on ``sys.path``).
 
 Modules: ``common`` (frames, timing, the result rows), ``ours`` (the engine), ``python_side``
 (pipelines and single-process loops), ``kernel`` (the kernel's cpumap), ``main_job`` (the

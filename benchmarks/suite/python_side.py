@@ -4,7 +4,9 @@
   addresses in Python, and sends lists of 64 frames to one consumer process per CPU, which
   touches every byte of every frame with numpy -- over ``multiprocessing.Queue``,
   faster-fifo's ``Queue`` or a pyzmq PUSH/PULL socket.  Frames/s from the first frame sent
-  to the last one consumed.
+  to the last one consumed.  The one implementation of these pipelines:
+  ``benchmarks/bench_engine.py`` (its baseline, the sending process pinned) and
+  ``bench_scaling.py`` (its baseline, ``passes`` over every byte) run it too.
 * Single-process loops: ``Skb(frame).dport`` and dpkt's
   ``Ethernet(frame).data.data.dport`` over every frame, in this process.
 """
@@ -20,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..skb import Skb
+from cpumap.cpus import pinned
+from cpumap.skb import Skb
+
 from .common import per_second
 
 CHUNK = 64  # frames per message
@@ -39,13 +43,18 @@ def missing(kind: str) -> str | None:
     return None
 
 
-def _touch(frames: list[bytes]) -> int:
+def _touch(frames: list[bytes], passes: int) -> int:
     arr = np.frombuffer(b"".join(frames), dtype=np.uint8).reshape(len(frames), -1)
-    return int(arr.sum(axis=1, dtype=np.uint32)[-1])
+    acc = 0
+    for _ in range(passes):
+        acc += int(arr.sum(axis=1, dtype=np.uint32)[-1])
+    return acc
 
 
 # -- the three transports: (make channel, send, consumer loop) ---------------------------------
-def _consume(recv: Callable[[], list[list[bytes]] | None], done: Any, cpu: int) -> None:
+def _consume(
+    recv: Callable[[], list[list[bytes]] | None], done: Any, cpu: int, passes: int
+) -> None:
     os.sched_setaffinity(0, {cpu})
     done.put(("ready", cpu))
     count = acc = 0
@@ -54,20 +63,20 @@ def _consume(recv: Callable[[], list[list[bytes]] | None], done: Any, cpu: int) 
         if msgs is None:
             break
         for lst in msgs:
-            acc += _touch(lst)
+            acc += _touch(lst, passes)
             count += len(lst)
     done.put(("done", count))
 
 
-def _mp_queue_consumer(q: Any, done: Any, cpu: int) -> None:
+def _mp_queue_consumer(q: Any, done: Any, cpu: int, passes: int) -> None:
     def recv() -> list[list[bytes]] | None:
         lst = q.get()
         return None if lst is None else [lst]
 
-    _consume(recv, done, cpu)
+    _consume(recv, done, cpu, passes)
 
 
-def _faster_fifo_consumer(q: Any, done: Any, cpu: int) -> None:
+def _faster_fifo_consumer(q: Any, done: Any, cpu: int, passes: int) -> None:
     stopped = False
 
     def recv() -> list[list[bytes]] | None:
@@ -80,10 +89,10 @@ def _faster_fifo_consumer(q: Any, done: Any, cpu: int) -> None:
             msgs = msgs[:-1]
         return msgs
 
-    _consume(recv, done, cpu)
+    _consume(recv, done, cpu, passes)
 
 
-def _zmq_consumer(address: str, done: Any, cpu: int) -> None:
+def _zmq_consumer(address: str, done: Any, cpu: int, passes: int) -> None:
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.PULL)
@@ -94,13 +103,22 @@ def _zmq_consumer(address: str, done: Any, cpu: int) -> None:
         return None if parts == [b""] else [parts]
 
     try:
-        _consume(recv, done, cpu)
+        _consume(recv, done, cpu, passes)
     finally:
         sock.close(linger=0)
 
 
-def run_pipeline(kind: str, frames: list[bytes], cpus: list[int]) -> float:
-    """Frames/s of pipeline ``kind`` (one of :data:`PIPELINES`) over ``frames``."""
+def run_pipeline(
+    kind: str,
+    frames: list[bytes],
+    cpus: list[int],
+    *,
+    rx_cpu: int | None = None,
+    passes: int = 1,
+) -> float:
+    """Frames/s of pipeline ``kind`` (one of :data:`PIPELINES`) over ``frames``: one
+    consumer per CPU of ``cpus``, each summing every byte of every frame ``passes`` times;
+    this process sends, on ``rx_cpu`` (None: where it runs)."""
     ctx = multiprocessing.get_context("fork")
     done = ctx.Queue()
     senders: list[Callable[[Any], None]] = []
@@ -111,13 +129,15 @@ def run_pipeline(kind: str, frames: list[bytes], cpus: list[int]) -> float:
         for cpu in cpus:
             if kind == "mp.Queue":
                 q = ctx.Queue()
-                procs.append(ctx.Process(target=_mp_queue_consumer, args=(q, done, cpu)))
+                procs.append(ctx.Process(target=_mp_queue_consumer, args=(q, done, cpu, passes)))
                 senders.append(q.put)
             elif kind == "faster-fifo":
                 from faster_fifo import Queue
 
                 fq = Queue(max_size_bytes=64 << 20)
-                procs.append(ctx.Process(target=_faster_fifo_consumer, args=(fq, done, cpu)))
+                procs.append(
+                    ctx.Process(target=_faster_fifo_consumer, args=(fq, done, cpu, passes))
+                )
                 senders.append(lambda lst, fq=fq: fq.put(lst, timeout=60.0))
             else:
                 import zmq
@@ -126,7 +146,7 @@ def run_pipeline(kind: str, frames: list[bytes], cpus: list[int]) -> float:
                 sock = zmq.Context.instance().socket(zmq.PUSH)
                 sock.bind(address)
                 cleanup.append(lambda sock=sock: sock.close(linger=0))
-                procs.append(ctx.Process(target=_zmq_consumer, args=(address, done, cpu)))
+                procs.append(ctx.Process(target=_zmq_consumer, args=(address, done, cpu, passes)))
                 senders.append(
                     lambda lst, sock=sock: sock.send_multipart(lst if lst is not None else [b""])
                 )
@@ -135,7 +155,8 @@ def run_pipeline(kind: str, frames: list[bytes], cpus: list[int]) -> float:
             p.start()
         for _ in procs:
             done.get(timeout=60.0)
-        elapsed, delivered = _produce(frames, senders, done, len(procs))
+        with pinned(rx_cpu):
+            elapsed, delivered = _produce(frames, senders, done, len(procs))
         for p in procs:
             p.join(30.0)
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..generator import Generator
+from cpumap.generator import Generator
 
 FLOWS = 4096
 

@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Any
 
-from ..capture import write_capture
-from ..generator import Generator
+from cpumap.capture import write_capture
+from cpumap.generator import Generator
 
 SIZES = (64, 128, 256, 576, 1024, 1300)  # mean ~560 bytes: 2 M packets make 1.1 GB
 

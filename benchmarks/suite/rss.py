@@ -7,23 +7,32 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..engine import CpuMap
-from ..generator import Generator
-from ..programs import FlowHash
-from ..sinks import FlowTable
+from cpumap.engine import CpuMap
+from cpumap.generator import Generator
+from cpumap.programs import FlowHash
+from cpumap.sinks import FlowTable
+
 from .ours import ReadDport
+
+
+def status_kib(pid: int, *fields: str) -> dict[str, int]:
+    """The ``fields`` (e.g. "VmRSS", "RssAnon") of ``/proc/PID/status`` in KiB; 0 for a
+    field absent or a process gone.  ``benchmarks/soak.py`` samples with it too."""
+    out = dict.fromkeys(fields, 0)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
 
 
 def rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` in KiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return status_kib(pid, "VmRSS")["VmRSS"]
 
 
 def rss_over(frames: int, cpus: list[int], *, per_frame: bool, samples: int = 10) -> dict[str, Any]:

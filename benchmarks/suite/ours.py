@@ -14,22 +14,28 @@ process) and reach workers pinned to CPUs.
 
 And ``framework_cost``: in this process, what the worker's per-frame delivery costs beyond
 the handler's own body (views built from the batch's columns, the loop, the call).
+
+:func:`run_engine` is the one end-to-end measurement of the engine here:
+``benchmarks/bench_engine.py`` runs it too, with its sweeps of the engine's sizes
+(:class:`Knobs`), and ``bench_scaling.py`` uses :class:`TouchBatch` as its workload.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..abi import XDP_DROP
-from ..cpus import pinned
-from ..engine import CpuMap
-from ..engine.frame_pool import FramePool
-from ..packets import PacketBatch
-from ..programs import FlowHash, batch_handler, vectorized
-from ..programs.context import frame_skbs
+from cpumap.abi import XDP_DROP
+from cpumap.cpus import pinned
+from cpumap.engine import CpuMap
+from cpumap.engine.frame_pool import FramePool
+from cpumap.packets import PacketBatch
+from cpumap.programs import FlowHash, batch_handler, vectorized
+from cpumap.programs.context import frame_skbs
+
 from .common import per_second, wait_until
 
 QSIZE = 2048
@@ -37,13 +43,17 @@ QSIZE = 2048
 
 @batch_handler
 class TouchBatch:
-    """Sums every byte of every frame (the same work as the pipelines' consumers)."""
+    """Sums every byte of every frame, ``passes`` times per batch (the same work as the
+    pipelines' consumers in ``python_side``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, passes: int = 1) -> None:
+        self.passes = passes
         self.acc = 0
 
     def __call__(self, batch: Any) -> None:
-        self.acc += int(batch.rows.sum(axis=1, dtype=np.uint32)[-1])
+        rows = batch.rows
+        for _ in range(self.passes):
+            self.acc += int(rows.sum(axis=1, dtype=np.uint32)[-1])
 
 
 class ReadDport:
@@ -62,6 +72,27 @@ def drop_all(batch: Any) -> np.ndarray:
     return np.full(len(batch), XDP_DROP, dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class Knobs:
+    """The engine's sizes that ``bench_engine.py``'s sweeps vary; None: the default.  Only
+    the sizes set are passed, so a default run makes the calls a user makes."""
+
+    batch_size: int | None = None  #: the worker's batch (``CpuMap(batch_size=)``)
+    busy_poll: float | None = None  #: the worker's spin before sleeping (``CpuMap``)
+    poll_size: int | None = None  #: frames per RX poll (``producer(poll_size=)``)
+    bulk_size: int | None = None  #: frames per flush (``producer(bulk_size=)``)
+
+    def map_options(self) -> dict[str, Any]:
+        return _set({"batch_size": self.batch_size, "busy_poll": self.busy_poll})
+
+    def producer_options(self) -> dict[str, Any]:
+        return _set({"poll_size": self.poll_size, "bulk_size": self.bulk_size})
+
+
+def _set(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def run_engine(
     frames: np.ndarray,
     cpus: list[int],
@@ -71,17 +102,19 @@ def run_engine(
     program_vectorized: bool = True,
     lossless: bool = True,
     second_stage: Any = None,
+    knobs: Knobs = Knobs(),  # frozen: one shared default is safe
 ) -> dict[str, float]:
     """Feed ``frames`` once through a fresh map; frames/s from the first frame received to
     the last one handled (``fps``: delivered, or processed when a second stage drops)."""
     n = len(frames)
-    with CpuMap(max(cpus) + 1, handler=handler) as m:
+    with CpuMap(max(cpus) + 1, handler=handler, **knobs.map_options()) as m:
         for c in cpus:
             m.update(c, QSIZE, program=second_stage)
         prog = FlowHash(m, cpus, vectorized=program_vectorized)
         batch = PacketBatch.from_array(frames)
+        backpressure = 30.0 if lossless else 0.0
         with (
-            m.producer(prog, backpressure=30.0 if lossless else 0.0) as rx,
+            m.producer(prog, backpressure=backpressure, **knobs.producer_options()) as rx,
             pinned(rx_cpu),
         ):
             t0 = time.perf_counter()
