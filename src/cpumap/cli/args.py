@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    # `cpumap bench ...` is handed to cli/bench.py (the checkout's benchmarks/) before this parser runs (main()); the
-    # entry is here so that `cpumap --help` lists it.
+    # `cpumap bench ...` is handed to cli/bench.py (the checkout's benchmarks/) before this
+    # parser runs (main()); the entry is here so that `cpumap --help` lists it.
     sub.add_parser(
         "bench",
         help="measure every side in one run: the kernel's cpumap, ours, Python pipelines, "
