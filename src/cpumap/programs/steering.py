@@ -93,8 +93,8 @@ from .xdp_parse import (
 )
 
 __all__ = [
-    "INITVAL",
     "BUILTIN_PROGRAMS",
+    "INITVAL",
     "MODES",
     "FlowHash",
     "L4Dport",
