@@ -27,11 +27,11 @@ from cpumap.bench.main_job import make_capture
 from cpumap.bench.ours import ReadDport
 from cpumap.capture import open_capture
 from cpumap.engine.frame_pool import FramePool
-from cpumap.programs.context import XdpBatch, frame_skbs, skb_batch, skb_columns
+from cpumap.programs.context import XdpBatch
 from cpumap.programs.contract import WorkerInfo
 from cpumap.programs.steering import make_program
 from cpumap.sinks import FlowTable
-from cpumap.skb import Skb
+from cpumap.skb import Skb, frame_skbs, skb_batch, skb_columns
 from cpumap.skb.view import views
 
 N = 1024

@@ -1,8 +1,8 @@
-"""Tests for the skb build (in programs/context.py): the skbs of frames in a frame pool
-(what the worker hands a handler) equal the per-frame parser's :class:`Skb`, field for
-field, for any bytes (hypothesis), with headroom, metadata, scattered and consecutive
-frames; their data is a view into the pool; a batch of consecutive frames is a view of
-the pool."""
+"""Tests for cpumap.skb.build: the skbs of frames in a frame pool (what the worker hands a
+handler) equal the per-frame parser's :class:`Skb`, field for field, for any bytes
+(hypothesis), with headroom, metadata, scattered and consecutive frames; their data is a
+view into the pool; a batch of consecutive frames is a view of the pool; descriptors no
+batch can be built from fall back to per-frame skbs; the pools satisfy :class:`Frames`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cpumap.abi import LINKTYPE_ETHERNET
+from cpumap.cluster.frames import FrameBlock
 from cpumap.engine.frame_pool import FramePool
-from cpumap.programs.context import consecutive_start, frame_skbs, skb_batch
-from cpumap.skb import SkbView
+from cpumap.skb import Frames, Skb, SkbView, consecutive_start, frame_skbs, parsed_skbs, skb_batch
 from tests.skb.helpers import EXAMPLE_FRAMES, PROPERTY_SETTINGS, fill_pool, frames, pool_expected
 
 POOL = 64
@@ -97,5 +97,38 @@ def test_skb_batch_of_consecutive_frames_is_a_view_of_the_pool() -> None:
         assert np.shares_memory(batch.rows, pool.data)
         scattered = skb_batch(pool, np.array([3, 1, 2], dtype=np.uint32))
         assert scattered.dport.tolist() == [batch.dport[2], batch.dport[0], batch.dport[1]]
+    finally:
+        pool.close()
+
+
+def test_frame_skbs_fall_back_to_per_frame_skbs() -> None:
+    # Frame 2's descriptor claims more bytes than its frame holds: no batch's rows can hold
+    # them, so every frame is parsed on its own (parsed_skbs), reading where the
+    # descriptors say, as the per-frame parser would.
+    pool = FramePool(8, frame_size=FRAME_SIZE, headroom=HEADROOM)
+    try:
+        fill_pool(pool, [1, 2, 3], EXAMPLE_FRAMES[:3])
+        pool.length[2] = FRAME_SIZE
+        index = np.array([1, 2, 3], dtype=np.uint32)
+        with pytest.raises(ValueError, match="frame size"):
+            skb_batch(pool, index)
+        got = list(frame_skbs(pool, index))
+        assert [type(skb) for skb in got] == [Skb] * 3
+        for skb, i in zip(got, [1, 2, 3], strict=True):
+            start = i * FRAME_SIZE + int(pool.headroom_col[i])
+            data = bytes(pool.mv[start : start + int(pool.length[i])])
+            assert skb is not None and skb.as_dict() == pool_expected(pool, i, data)
+        again = list(parsed_skbs(pool, index))
+        assert [skb.as_dict() for skb in again if skb] == [skb.as_dict() for skb in got if skb]
+    finally:
+        pool.close()
+
+
+def test_the_pools_are_frames() -> None:
+    pool = FramePool(4, frame_size=FRAME_SIZE, headroom=HEADROOM)
+    try:
+        assert isinstance(pool, Frames)
+        assert isinstance(FrameBlock.empty(4), Frames)
+        assert not isinstance(pool.data, Frames)  # rows alone: no descriptors
     finally:
         pool.close()

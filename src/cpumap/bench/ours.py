@@ -29,7 +29,7 @@ from ..engine import CpuMap
 from ..engine.frame_pool import FramePool
 from ..packets import PacketBatch
 from ..programs import FlowHash, batch_handler, vectorized
-from ..programs.context import frame_skbs
+from ..skb import frame_skbs
 from .common import per_second, wait_until
 
 QSIZE = 2048
