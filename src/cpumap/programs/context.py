@@ -234,6 +234,7 @@ class XdpContext:
                 self._skb, self._skb_row = one, row
                 return one
             columns = self._columns = skb_columns(self._pool, self._idx, self._start)
+        # Fast path: equals frame_skbs(pool, idx)'s row-th skb (test_ctx_skb_is_frame_skbs)
         view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
         view.columns = columns
         view.row = row
