@@ -24,11 +24,11 @@ import numpy as np
 from cpumap import XDP_DROP, CpuMap, vectorized
 from cpumap.capture import open_capture
 from cpumap.engine.frame_pool import FramePool
-from cpumap.programs.context import XdpBatch, frame_skbs, skb_batch, skb_columns
+from cpumap.programs.context import XdpBatch
 from cpumap.programs.contract import WorkerInfo
 from cpumap.programs.steering import make_program
 from cpumap.sinks import FlowTable
-from cpumap.skb import Skb
+from cpumap.skb import Skb, frame_skbs, skb_batch, skb_columns
 from cpumap.skb.view import views
 from suite.common import make_frames
 from suite.main_job import make_capture

@@ -34,7 +34,7 @@ from cpumap.engine import CpuMap
 from cpumap.engine.frame_pool import FramePool
 from cpumap.packets import PacketBatch
 from cpumap.programs import FlowHash, batch_handler, vectorized
-from cpumap.programs.context import frame_skbs
+from cpumap.skb import frame_skbs
 
 from .common import per_second, wait_until
 

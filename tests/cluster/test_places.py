@@ -8,7 +8,7 @@ import pytest
 from cpumap.cluster.frames import FrameBlock, fill, pack, unpack
 from cpumap.cluster.places import Place, as_place, parse_entries
 from cpumap.generator import Generator
-from cpumap.programs.context import frame_skbs, skb_batch
+from cpumap.skb import frame_skbs, skb_batch
 
 
 def test_parse_entries() -> None:

@@ -29,6 +29,7 @@ from cpumap import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, CpuMap, possib
 from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Flow, Generator, read_stamp
 from cpumap.packets import PacketBatch
+from cpumap.programs import FlowHash
 from cpumap.programs.context import NO_KEY, XdpBatch, XdpContext
 from cpumap.programs.cpu_table import BrokenTableError, CpuTable
 from cpumap.programs.steering import MODES, L4Filter, L4Hash, L4Proto, RoundRobin, make_program
@@ -510,6 +511,31 @@ def test_small_frames_take_the_gather_path_with_the_same_answers() -> None:
             bench.both(lambda m=mode, o=options: make_program(m, bench.cmap, [0, 1], **o), frames)
     finally:
         bench.close()
+
+
+class _Batch:
+    """Just the hash column of a batch: all FlowHash.batch reads."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        self.skb = type("S", (), {"hash": hashes})()
+        self._n = len(hashes)
+
+    def __len__(self) -> int:
+        return self._n
+
+
+@pytest.mark.parametrize(
+    "keys", [[0], [7], [0, 1], [1, 0], [3, 9], [0, 1, 2], [0, 1, 2, 3], [4, 5, 6, 7], [2, 0, 5]]
+)
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_flow_hash_keys_are_hash_mod_count(keys: list[int], dtype: type) -> None:
+    """FlowHash's vectorized key choice (a mask for a power of two, identity keys) is
+    ``keys[hash % len(keys)]`` for any key list."""
+    h = np.random.default_rng(len(keys)).integers(0, 2**32, 1000).astype(dtype)
+    verdicts, chosen = FlowHash(None, keys).batch(_Batch(h))  # type: ignore[arg-type]
+    assert chosen.dtype == np.uint32
+    assert chosen.tolist() == [keys[int(x) % len(keys)] for x in h]
+    assert len(verdicts) == len(h)
 
 
 @settings(max_examples=100, deadline=None)

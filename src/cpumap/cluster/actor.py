@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..programs import contract
-from ..programs.context import frame_skbs, skb_batch
 from ..programs.contract import WorkerInfo
+from ..skb import frame_skbs, skb_batch
 from .frames import Parcel, unpack
 
 

@@ -52,8 +52,8 @@ from .. import _atomics as at
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
-from ..programs.context import frame_skbs
 from ..programs.runner import ProgramRunner, Verdicts
+from ..skb import frame_skbs
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .control import MapShared
 from .counters import PHASE_CLOSED, PHASE_OPEN, PRODUCER_WORDS, EnqueueCounter, ProducerCounter

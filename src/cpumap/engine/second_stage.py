@@ -44,8 +44,8 @@ import numpy as np
 
 from ..abi import XDP_PASS, XDP_REDIRECT
 from ..programs import contract, user_errors
-from ..programs.context import skb_batch
 from ..programs.runner import ProgramRunner
+from ..skb import skb_batch
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .frame_pool import TAG_HAND, FramePool
 from .ownership import queued_tag

@@ -70,8 +70,8 @@ import numpy as np
 
 from .. import _atomics as at
 from ..programs import contract, user_errors
-from ..programs.context import frame_skbs, skb_batch
 from ..programs.contract import WorkerInfo
+from ..skb import frame_skbs, skb_batch
 from .counters import KTHREAD_WORDS, KthreadCounter
 from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
 from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT

@@ -1,4 +1,4 @@
-"""What user code is handed: a frame's context, a batch of frames, and their skbs.
+"""What an XDP program is handed: a frame's context, or a batch of frames.
 
 A program sees the frames where they lie, in the frame pool -- the kernel's ``xdp_md``:
 
@@ -9,9 +9,8 @@ A program sees the frames where they lie, in the frame pool -- the kernel's ``xd
 * vectorized, an :class:`XdpBatch`: the batch as numpy columns, windows of every packet's
   bytes, and its skbs parsed in a few numpy calls.
 
-A handler sees skbs built from the same frames: :func:`frame_skbs` (one :class:`Skb` per
-frame) and :func:`skb_batch` (one :class:`SkbBatch` per batch).  Every place that gives
-user code an skb of pool frames builds it here, so every skb carries the same fields.
+``ctx.skb`` and ``batch.skb`` are the skbs a handler would see of the same frames, built
+by :mod:`cpumap.skb.build` (which builds every skb of pool frames the engine hands out).
 
 Rule: these are views, not copies.  Nothing here owns a frame or outlives the call it is
 handed to: the engine gives the frames back to the pool right after.  The pool is the
@@ -34,24 +33,22 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..abi import XDP_ABORTED, XDP_REDIRECT
-from ..skb import Skb, SkbBatch
-from ..skb.view import SkbColumns, SkbView, views
+from ..skb import Frames, Skb, SkbBatch, parsed_skbs, skb_batch, skb_columns
+from ..skb.view import SkbColumns, SkbView
 
 NO_KEY = 0xFFFFFFFF  # "not redirected" in a keys array
 
 
-class FramePool(Protocol):
+class FramePool(Frames, Protocol):
     """What contexts read of the engine's frame pool (``cpumap.engine.frame_pool``): the
-    frames' bytes, and their descriptor columns, indexed by frame."""
+    frames' bytes, and their descriptor columns, indexed by frame -- what the skb build
+    reads (:class:`~cpumap.skb.Frames`: ``frame_size``, ``data``, ``mv``, ``desc``,
+    ``descriptors()``) and more."""
 
-    frame_size: int
     headroom: int
     max_packet: int
-    data: np.ndarray  # [count, frame_size] uint8
-    flat: np.ndarray  # the same, 1-D
-    mv: memoryview  # the same, as a writable memoryview
-    desc: np.ndarray  # [count] descriptor records; the columns below are its fields
-    length: np.ndarray
+    flat: np.ndarray  # data, 1-D
+    length: np.ndarray  # desc's fields, as columns
     ifindex: np.ndarray
     rx_queue: np.ndarray
     linktype: np.ndarray
@@ -59,8 +56,6 @@ class FramePool(Protocol):
     meta_len: np.ndarray
 
     def packet(self, i: int) -> memoryview: ...
-
-    def descriptors(self, idx: np.ndarray) -> np.ndarray: ...
 
 
 class RedirectTarget(Protocol):
@@ -234,11 +229,12 @@ class XdpContext:
         columns = self._columns
         if columns is None:
             if self._idx is None:  # a frame loaded on its own: parse just this one
-                one = next(_frame_skbs_one_by_one(self._pool, np.array([self.index])))
+                one = next(parsed_skbs(self._pool, np.array([self.index])))
                 assert one is not None  # Invariant: building a plain Skb never raises
                 self._skb, self._skb_row = one, row
                 return one
             columns = self._columns = skb_columns(self._pool, self._idx, self._start)
+        # Fast path: equals frame_skbs(pool, idx)'s row-th skb (test_ctx_skb_is_frame_skbs)
         view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
         view.columns = columns
         view.row = row
@@ -369,133 +365,3 @@ class XdpBatch:
     def skb(self) -> SkbBatch:
         """Parsed headers of every frame (lazy, vectorized)."""
         return skb_batch(self.pool, self.index, self.start)
-
-
-def skb_batch(pool: FramePool, index: np.ndarray, start: int | None = None) -> SkbBatch:
-    """The :class:`SkbBatch` of frames ``index`` of ``pool`` (``start``: they are
-    ``start, start + 1, ...``; found out here when not given).
-
-    The rows are the columns the packets occupy (from the smallest headroom to the end of
-    the longest packet), not whole frames: with the default headroom a batch of 64-byte
-    frames reads 64 bytes a row, not 2048.  For consecutive frames (the usual case: a
-    producer allocates each poll's frames in one range) they are a view of the pool, else
-    one gather.  Parsing never misses a captured byte, since every packet lies inside the
-    rows.
-    """
-    if start is None:
-        start = consecutive_start(index)
-    return _skb_batch(pool, index, start, _descriptors(pool, index, start))
-
-
-def consecutive_start(index: np.ndarray) -> int | None:
-    """``index[0]`` if ``index`` is ``index[0], index[0] + 1, ...``, else None (two numpy
-    calls: strictly increasing and spanning exactly ``len - 1`` means consecutive)."""
-    n = len(index)
-    if n == 0:
-        return None
-    first = int(index[0])
-    if int(index[-1]) - first != n - 1:
-        return None
-    if n > 2 and not (index[1:] > index[:-1]).all():
-        return None
-    return first
-
-
-def _descriptors(pool: FramePool, index: np.ndarray, start: int | None) -> np.ndarray:
-    """Every descriptor field of the frames: a slice (consecutive frames) or one gather."""
-    return pool.descriptors(index) if start is None else pool.desc[start : start + len(index)]
-
-
-def _skb_batch(pool: FramePool, index: np.ndarray, start: int | None, d: np.ndarray) -> SkbBatch:
-    n = len(index)
-    if n == 0:
-        return SkbBatch(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    length = d["length"]
-    head = d["headroom"]
-    lo = int(head.min())
-    hi = max(int((head + length).max()), lo + 1)
-    rows = pool.data[start : start + n, lo:hi] if start is not None else pool.data[index, lo:hi]
-    return SkbBatch(
-        rows,
-        head - lo,
-        length,
-        wire_len=d["wire_len"],
-        linktype=d["linktype"],
-        ifindex=d["ifindex"],
-        rx_queue=d["rx_queue"],
-        ts_ns=d["ts_ns"],
-        index=index,
-    )
-
-
-def skb_columns(pool: FramePool, index: np.ndarray, start: int | None = None) -> SkbColumns:
-    """The :class:`~cpumap.skb.view.SkbColumns` of frames ``index`` of ``pool``: the batch
-    parsed once, each field a Python list made on its first read, ``data`` views into the
-    pool (as :func:`frame_skbs` gives them) and ``metadata`` copies of the metadata areas."""
-    if start is None:
-        start = consecutive_start(index)
-    d = _descriptors(pool, index, start)
-    batch = _skb_batch(pool, index, start, d)
-
-    def begin() -> np.ndarray:
-        return index.astype(np.int64) * pool.frame_size + d["headroom"]
-
-    def data() -> list[memoryview]:
-        first = begin()
-        ends = (first + d["length"]).tolist()
-        return list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
-
-    def metadata() -> list[bytes]:
-        meta = d["meta_len"]
-        if not meta.any():
-            return [b""] * len(index)
-        mv = pool.mv
-        return [
-            bytes(mv[s - m : s]) if m else b""
-            for s, m in zip(begin().tolist(), meta.tolist(), strict=True)
-        ]
-
-    return SkbColumns(batch, data, metadata)
-
-
-def frame_skbs(pool: FramePool, index: np.ndarray) -> Iterator[Skb | None]:
-    """An :class:`Skb` for each frame of ``index``, in order (None where one could not be
-    built: the caller counts it ``build_failed``).  Each skb's ``data`` is a view into the
-    pool, valid while the caller holds the frame.
-
-    The batch is parsed once, vectorized, and each skb is a view reading its fields from
-    those columns (:class:`~cpumap.skb.view.SkbView`: ~0.2 µs a frame, against 2-4 µs for
-    a per-frame parse); it equals the per-frame :class:`Skb` field for field.
-    """
-    if not len(index):
-        return iter(())
-    try:
-        columns = skb_columns(pool, index)
-    except Exception:  # descriptors no batch can be built from: try frame by frame
-        return _frame_skbs_one_by_one(pool, index)
-    return views(columns)
-
-
-def _frame_skbs_one_by_one(pool: FramePool, index: np.ndarray) -> Iterator[Skb | None]:
-    """One plain :class:`Skb` per frame, None where one cannot be built."""
-    fs = pool.frame_size
-    mv = pool.mv
-    descs = pool.descriptors(index).tolist()
-    for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, _) in zip(
-        index.tolist(), descs, strict=True
-    ):
-        start = i * fs + head
-        try:
-            skb: Skb | None = Skb(
-                mv[start : start + length],
-                wire_len=wire_len,
-                linktype=linktype,
-                ifindex=ifindex,
-                rx_queue=rxq,
-                ts_ns=ts,
-                metadata=bytes(mv[start - meta : start]) if meta else b"",
-                index=i,
-            )
-        except Exception:
-            skb = None
-        yield skb

@@ -1,9 +1,9 @@
 """The skb: what a handler is handed -- one frame parsed (:class:`Skb`), or a batch of
 frames parsed into numpy columns (:class:`SkbBatch`).
 
-Rule 1: nothing here does I/O, starts a process or touches shared memory: the caller hands
-in bytes (a frame's, or rows of a frame pool) and the metadata the RX side recorded, and
-everything else is derived from those bytes.
+Rule 1: nothing here does I/O, starts a process or maps shared memory: the caller hands
+in bytes (a frame's, rows of a frame pool, or the pool itself as :class:`Frames`) and the
+metadata the RX side recorded, and everything else is derived from those bytes.
 Rule 2: the build never fails.  Like the kernel, which builds the skb whatever the payload,
 a frame that cannot be fully parsed still yields every field that could be parsed, and
 ``depth`` / ``error`` say how far parsing got and why it stopped.  A header is parsed whole
@@ -18,11 +18,13 @@ hash -- is defined once (``headers.py``, ``flow_hash.py``), its two forms side b
 Modules: ``frame`` (:class:`Skb` and the per-frame parser), ``batch`` (:class:`SkbBatch`:
 the general path), ``fast_path`` (the batch parser's fixed-layout path), ``view``
 (:class:`SkbView`: a per-frame skb reading its fields from a batch's columns, what the
-worker hands a per-frame handler), ``headers``, ``flow_hash``.
+worker hands a per-frame handler), ``build`` (the skbs of frames in a frame pool:
+:func:`skb_batch`, :func:`frame_skbs`), ``headers``, ``flow_hash``, ``interop``.
 """
 
 from ..abi import PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST
 from .batch import SkbBatch
+from .build import Frames, consecutive_start, frame_skbs, parsed_skbs, skb_batch, skb_columns
 from .flow_hash import flow_hash, flow_hash_np
 from .frame import Skb
 from .headers import IPV6_MAX_EXT_HEADERS, VLAN_MAX_DEPTH, ParseDepth
@@ -34,11 +36,17 @@ __all__ = [
     "PACKET_HOST",
     "PACKET_MULTICAST",
     "VLAN_MAX_DEPTH",
+    "Frames",
     "ParseDepth",
     "Skb",
     "SkbBatch",
     "SkbColumns",
     "SkbView",
+    "consecutive_start",
     "flow_hash",
     "flow_hash_np",
+    "frame_skbs",
+    "parsed_skbs",
+    "skb_batch",
+    "skb_columns",
 ]

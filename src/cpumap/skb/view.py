@@ -23,7 +23,7 @@ Every column of :class:`SkbBatch` equals the per-frame field for every frame (te
 prove it with hypothesis); a view returns the column's value as the Python type the
 per-frame :class:`Skb` has (``int``, ``bool``, :class:`ParseDepth`), and the rest from the
 per-frame parser itself.  So ``view.as_dict() == Skb(bytes).as_dict()`` for any bytes
-(tests/skb/test_view.py).
+(tests/skb/test_view.py; through a frame pool, with hypothesis: tests/skb/test_build.py).
 
 Validity
 --------
