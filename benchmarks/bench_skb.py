@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/bench_skb.py [--batch 256] [--runs 15]``.  Pr
 microseconds: the median of ``--runs`` timed runs (each the mean of many calls), and their
 spread [min .. max].  The machine is shared and noisy: compare figures of one invocation.
 
-The batch cases build ``SkbBatch`` the way the engine's ``cpumap.programs.context.skb_batch`` does:
+The batch cases build ``SkbBatch`` the way the engine's ``cpumap.skb.skb_batch`` does:
 rows are ``pool.data[index, lo:hi]`` (a C-contiguous ``[n, W]`` gather of the packets'
 columns, offset 0 for every frame), and the metadata are fields of a gathered descriptor
 record array (uint32 length, uint16 linktype, ...).  The gathers and field views are
