@@ -61,6 +61,7 @@ from ..abi import LINKTYPE_ETHERNET
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import CaptureError, max_caplen
+from .damage import CaptureErrorKind as Kind
 from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of
 from .streams import Input, open_output
 
@@ -150,21 +151,30 @@ class PcapReader(CaptureReader):
         magic = head[:4]
         if magic not in _MAGICS:
             if len(magic) < 4:
-                raise self._error(0, f"file too short for a pcap header ({len(head)} bytes)")
-            raise self._error(0, f"not a pcap file: magic {magic.hex()}")
+                raise self._error(
+                    0, f"file too short for a pcap header ({len(head)} bytes)", Kind.TOO_SHORT
+                )
+            raise self._error(0, f"not a pcap file: magic {magic.hex()}", Kind.NOT_A_CAPTURE)
         order, ns = _MAGICS[magic]
         if len(head) < FILE_HEADER_LEN:
-            raise self._error(0, f"pcap file header cut short: {len(head)} of 24 bytes")
+            raise self._error(
+                0, f"pcap file header cut short: {len(head)} of 24 bytes", Kind.TOO_SHORT
+            )
         major, minor, _zone, _sigfigs, snaplen, ltfield = struct.unpack_from(
             order + "HHiIII", head, 4
         )
         if major != 2 or minor > 4:
-            raise self._error(4, f"unsupported pcap version {major}.{minor} (readable: 2.0 to 2.4)")
+            raise self._error(
+                4,
+                f"unsupported pcap version {major}.{minor} (readable: 2.0 to 2.4)",
+                Kind.UNSUPPORTED,
+            )
         reserved = ltfield & LT_RESERVED1_MASK
         if reserved:
             raise self._error(
                 20,
                 f"link-type field 0x{ltfield:08x} has reserved bits 0x{reserved:08x} set",
+                Kind.UNSUPPORTED,
             )
         self.byteorder = order
         self.nanosecond = ns
@@ -202,7 +212,7 @@ class PcapReader(CaptureReader):
         if left >= 12:
             caplen = self._caplen_at(buf, pos)[0]
             if caplen > self._maxcap:
-                self._damaged(self._base + pos, self._caplen_reason(caplen))
+                self._damaged(self._base + pos, self._caplen_reason(caplen), Kind.BAD_FRAMING)
                 self._done = True
                 return chunk, end
             need = 16 + caplen
@@ -218,7 +228,7 @@ class PcapReader(CaptureReader):
                     f"record cut short: caplen {need - 16} but only {left - 16} bytes of data "
                     "at end of file"
                 )
-            self._damaged(self._base + pos, why)
+            self._damaged(self._base + pos, why, Kind.CUT_SHORT)
             return chunk, end
         self._need = need
         return chunk, stop
@@ -249,9 +259,11 @@ class PcapReader(CaptureReader):
                 self._damaged(
                     self._base + int(o[i]),
                     f"record caplen {int(caplen[i])} exceeds its original length {int(wire[i])}",
+                    Kind.BAD_RECORD,
                 )
         if cut is not None:
-            self._damaged(self._base + int(o[cut]), self._caplen_reason(int(caplen[cut])))
+            reason = self._caplen_reason(int(caplen[cut]))
+            self._damaged(self._base + int(o[cut]), reason, Kind.BAD_FRAMING)
         keep: slice | np.ndarray = slice(None, cut)
         if bad_len.any():
             ok = ~bad_len

@@ -42,7 +42,7 @@ import numpy as np
 from ..abi import LINKTYPE_RAW
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
-from .damage import MAX_PROBLEMS, CaptureError
+from .damage import MAX_PROBLEMS, CaptureError, CaptureErrorKind
 from .streams import Input, open_input, read_after, read_full
 
 if TYPE_CHECKING:
@@ -231,15 +231,15 @@ class CaptureReader(abc.ABC):
 
     # -- helpers for format modules -----------------------------------------------------------
 
-    def _error(self, offset: int, reason: str) -> CaptureError:
-        return CaptureError(self.path, offset, reason)
+    def _error(self, offset: int, reason: str, kind: CaptureErrorKind) -> CaptureError:
+        return CaptureError(self.path, offset, reason, kind)
 
-    def _damaged(self, offset: int, reason: str) -> None:
+    def _damaged(self, offset: int, reason: str, kind: CaptureErrorKind) -> None:
         """A damaged record at absolute ``offset``: raise, or count it when skipping.
 
         Damage must be reported in file order (the first raised is the first in the file).
         """
-        err = self._error(offset, reason)
+        err = self._error(offset, reason, kind)
         if not self.skip_bad:
             raise err
         self.skipped += 1
@@ -332,7 +332,7 @@ class CaptureReader(abc.ABC):
                 self._done = True
                 if self._stream_error is not None and self.skipped == skipped_before:
                     try:
-                        self._damaged(self._base, self._stream_error)
+                        self._damaged(self._base, self._stream_error, CaptureErrorKind.BAD_GZIP)
                     except CaptureError as e:
                         self._failed = e
                         if chunk is None or not len(chunk.batch):

@@ -41,11 +41,11 @@ runs low.  And after a crash the tags still say exactly where every frame is.
 from __future__ import annotations
 
 import errno
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..map_errors import map_error
 from ..shm import Layout, Segment
 
 TAG_FREE = 0
@@ -221,11 +221,11 @@ def check_memory(nbytes: int) -> None:
     cleanly later: the OOM killer would pick a process."""
     avail = available_memory()
     if avail is not None and nbytes > avail:
-        raise OSError(
+        raise map_error(
             errno.ENOMEM,
-            f"{os.strerror(errno.ENOMEM)}: a frame pool of {nbytes / 2**20:.0f} MiB does not fit "
-            f"in the {avail / 2**20:.0f} MiB of memory available: use fewer frames "
-            "(frames=N) or smaller ones (frame_size=N)",
+            f"a frame pool of {nbytes / 2**20:.0f} MiB does not fit in the "
+            f"{avail / 2**20:.0f} MiB of memory available: use fewer frames (frames=N) or "
+            "smaller ones (frame_size=N)",
         )
 
 

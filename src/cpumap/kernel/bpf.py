@@ -34,7 +34,6 @@ import ctypes
 import enum
 import errno
 import functools
-import numbers
 import os
 import platform
 import weakref
@@ -45,6 +44,7 @@ from typing import Final, Self
 
 from ..cpus import possible_cpus
 from ..errors import ClosedResourceError
+from ..map_errors import as_uint, walk_keys
 
 # What the kernel is given a pointer to: a ctypes structure, array or scalar.
 CData = ctypes.Structure | ctypes.Array | ctypes.c_uint32 | ctypes.c_uint64 | ctypes.c_char
@@ -267,26 +267,14 @@ class CpumapVal(ctypes.Structure):
     _fields_ = (("qsize", ctypes.c_uint32), ("bpf_prog", ctypes.c_int32))
 
 
-def _check_uint(name: str, value: object, bits: int) -> int:
-    """``value`` as the kernel's u32/u64 argument: an int that fits, never wrapped.
-
-    The same errors, with the same words, as the engine's ``CpuMap`` (``TypeError``,
-    ``OverflowError``), so that code switching between the two sees one contract.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    v = int(value)
-    if not 0 <= v < (1 << bits):
-        raise OverflowError(f"{name} {v} does not fit in u{bits}")
-    return v
-
-
 def _check_u32(name: str, value: object) -> int:
-    return _check_uint(name, value, 32)
+    """``value`` as the kernel's u32 argument: an int that fits, never wrapped -- the
+    engine's own check (``map_errors.as_uint``), so both maps refuse with the same words."""
+    return as_uint(value, 32, name)
 
 
 def _check_u64(name: str, value: object) -> int:
-    return _check_uint(name, value, 64)
+    return as_uint(value, 64, name)
 
 
 def _obj_info(fd: int, info: ctypes.Structure) -> None:
@@ -473,15 +461,7 @@ class KernelCpuMap(_FdOwner):
 
     def keys(self) -> Iterator[int]:
         """Every key the kernel's get_next_key walk yields, from the first, until ``ENOENT``."""
-        key: int | None = None
-        while True:
-            try:
-                key = self.get_next_key(key)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return
-                raise
-            yield key
+        return walk_keys(self.get_next_key)
 
     def __iter__(self) -> Iterator[int]:
         return self.keys()

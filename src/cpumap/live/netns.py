@@ -56,6 +56,7 @@ from types import TracebackType
 
 import numpy as np
 
+from ..errors import Error
 from ..packets import Packet, PacketBatch
 from .if_packet import PACKET_QDISC_BYPASS, SOL_PACKET
 
@@ -68,7 +69,7 @@ _counter = itertools.count()
 _NS_NAME = re.compile(r"^cpumap-(\d+)-\d+-[0-9a-f]+$")
 
 
-class NetnsError(RuntimeError):
+class NetnsError(Error, RuntimeError):
     """An ``ip`` command or a namespace operation failed; the message says which and why."""
 
 

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _atomics as at
+from ..errors import Error
 from ..shm import Layout, Segment
 
 U32_MAX = 0xFFFFFFFF
@@ -69,7 +70,7 @@ READ_TIMEOUT = 1.0  # seconds a reader waits for a writer to finish before givin
 _SPINS_BEFORE_YIELD = 64
 
 
-class BrokenTableError(RuntimeError):
+class BrokenTableError(Error, RuntimeError):
     """The table stayed mid-update longer than :data:`READ_TIMEOUT`: its writer died."""
 
 

@@ -61,13 +61,14 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from ..errors import Error
 from . import contract
 from .steering import MODES
 
 __all__ = ["LoadError", "load_handler", "load_object", "load_program"]
 
 
-class LoadError(ValueError):
+class LoadError(Error, ValueError):
     """A spec that cannot be loaded; the message says why and what to do."""
 
 
