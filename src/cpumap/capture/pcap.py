@@ -58,6 +58,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _records
 from ..abi import LINKTYPE_ETHERNET
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import CaptureError, max_caplen
@@ -292,7 +293,7 @@ _REC = struct.Struct("<IIII")
 _REC_DTYPE = np.dtype("<u4")
 
 
-class PcapWriter:
+class PcapWriter(Closing):
     """Write a pcap file: little-endian, version 2.4, µs or ns, one link type.
 
     ``linktype=None`` takes the link type of the first packet (Ethernet if the file stays
@@ -415,9 +416,3 @@ class PcapWriter:
             self._f.close()
         else:
             self._f.flush()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

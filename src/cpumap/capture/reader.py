@@ -34,19 +34,16 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
+from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
 from ..abi import LINKTYPE_RAW
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import MAX_PROBLEMS, CaptureError, CaptureErrorKind
 from .streams import Input, open_input, read_after, read_full
-
-if TYPE_CHECKING:
-    from typing import Self
 
 CHUNK_SIZE = 1 << 22  # bytes read per chunk: ~8000 typical packets, so numpy's ~2 µs calls vanish
 
@@ -149,7 +146,7 @@ def _join(a: Chunk, b: Chunk) -> Chunk:
     return _concat([a, b])
 
 
-class CaptureReader(abc.ABC):
+class CaptureReader(Closing, abc.ABC):
     """A capture file as a stream of packets: iterate for :class:`Packet`, or call
     :meth:`batches` for :class:`PacketBatch` columns (the engine's fast path).
 
@@ -284,7 +281,7 @@ class CaptureReader(abc.ABC):
         """The parser state a format module changes while parsing (see :meth:`_step`)."""
         return None
 
-    def _restore(self, snapshot: object) -> None:  # noqa: B027 (a hook; most need none)
+    def _restore(self, snapshot: object) -> None:  # a hook; most formats need none
         """Put back what :meth:`_snapshot` saved (a format with parse state overrides)."""
 
     def _step(self) -> Chunk | None:
@@ -489,17 +486,6 @@ class CaptureReader(abc.ABC):
         self._pending.clear()
         for c in self._closers:
             c.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r} skipped={self.skipped}>"

@@ -50,6 +50,7 @@ import numpy as np
 
 from .. import _atomics as at
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
 from ..programs.context import frame_skbs
@@ -131,7 +132,7 @@ class Feedable(Protocol):
     def owner_pid(self) -> int: ...
 
 
-class RxProducer:
+class RxProducer(Closing):
     """An RX queue running ``program`` and redirecting into ``cmap``.
 
     Options: ``index`` (producer slot, default: any free one), ``poll_size`` (packets
@@ -223,12 +224,6 @@ class RxProducer:
         """Times a lossless flush slept for room in a full ring (``backpressure`` > 0).
         Many against the polls say the workers, not this side, set the pace."""
         return self._bulk.room_waits
-
-    def __enter__(self) -> RxProducer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- receiving -----------------------------------------------------------------------------
     def receive(self, batch: PacketBatch) -> None:

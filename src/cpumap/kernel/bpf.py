@@ -39,9 +39,9 @@ import platform
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
+from ..closing import Closing
 from ..cpus import possible_cpus
 from ..errors import ClosedResourceError
 from ..map_errors import as_uint, walk_keys
@@ -282,7 +282,7 @@ def _obj_info(fd: int, info: ctypes.Structure) -> None:
     bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"fd={fd}")
 
 
-class _FdOwner:
+class _FdOwner(Closing):
     """Owns one bpf fd: ``close()`` is idempotent, and a finalizer closes a forgotten one."""
 
     _fd: int
@@ -305,17 +305,6 @@ class _FdOwner:
     def close(self) -> None:
         """Close the fd (the kernel frees the object when its last reference goes).  Idempotent."""
         self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- maps -------------------------------------------------------------------------------

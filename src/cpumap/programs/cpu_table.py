@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _atomics as at
+from ..closing import Closing
 from ..errors import Error
 from ..shm import Layout, Segment
 
@@ -92,7 +93,7 @@ class TableSnapshot:
         return len(self.cpus)
 
 
-class CpuTable:
+class CpuTable(Closing):
     """``cpus_available`` + ``cpus_count`` in shared memory (see the module docstring).
 
     ``capacity`` is the most CPUs the table can hold; ``cpus`` its first contents.
@@ -208,12 +209,6 @@ class CpuTable:
     def close(self) -> None:
         """Drop this process's mapping (idempotent; the memory goes with the last one)."""
         self._seg.close()
-
-    def __enter__(self) -> CpuTable:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _cpu(value: object) -> int:
