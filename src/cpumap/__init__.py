@@ -63,6 +63,7 @@ from .live import Fanout, FanoutMode, LiveSource
 from .map_errors import MapError
 from .packets import Packet, PacketBatch
 from .programs import (
+    BUILTIN_PROGRAMS,
     MODES,
     BrokenTableError,
     CpuTable,
@@ -85,6 +86,7 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_NOEXIST",
+    "BUILTIN_PROGRAMS",
     "LINKTYPE_ETHERNET",
     "MODES",
     "QSIZE_MAX",

@@ -19,9 +19,10 @@ from .contract import WorkerInfo, batch_handler, is_batch_handler, is_vectorized
 from .cpu_table import BrokenTableError, CpuTable
 from .loader import LoadError, load_handler, load_object, load_program
 from .runner import ProgramRunner, Verdicts
-from .steering import MODES, FlowHash, Steering, make_program
+from .steering import BUILTIN_PROGRAMS, MODES, FlowHash, Steering, make_program
 
 __all__ = [
+    "BUILTIN_PROGRAMS",
     "MODES",
     "NO_KEY",
     "BrokenTableError",

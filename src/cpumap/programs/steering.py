@@ -43,7 +43,7 @@ Every program is one object with two methods: :meth:`Steering.frame` (per frame,
 :class:`~cpumap.programs.context.XdpBatch`, returning ``(uint8 verdicts, uint32 keys)``).  Calling
 the object runs the form chosen by ``vectorized``, the attribute the engine reads.  Both
 forms give the same verdict and target for every frame, malformed and truncated ones
-included (tests/test_steering.py proves it with hypothesis).
+included (tests/programs/test_steering.py proves it with hypothesis).
 
 The vectorized form reads a fixed window of every frame (``bytes_at(0, 102)``: a view
 when the frames are consecutive in the pool) and works on whole columns: a batch costs a
@@ -81,9 +81,9 @@ from .xdp_parse import (
     SKIPPED,
     U32,
     Link,
-    flow_hash,
-    flow_hash_np,
     ip_np,
+    ip_pair_hash,
+    ip_pair_hash_np,
     ip_proto,
     parse_eth,
     parse_eth_np,
@@ -93,6 +93,8 @@ from .xdp_parse import (
 )
 
 __all__ = [
+    "BUILTIN_PROGRAMS",
+    "FLOW_HASH",
     "INITVAL",
     "MODES",
     "FlowHash",
@@ -542,10 +544,10 @@ class L4Hash(_ByValue):
     mode = "l4-hash"
 
     def _value(self, data: Any, n: int, et: int, l3: int) -> int:
-        return flow_hash(data, n, et, l3)
+        return ip_pair_hash(data, n, et, l3)
 
     def _values_np(self, link: Link) -> np.ndarray:
-        return flow_hash_np(link)
+        return ip_pair_hash_np(link)
 
 
 class _L4Port(_ByValue):
@@ -636,20 +638,31 @@ def _check_index(index: int, what: str) -> None:
 
 
 _PROGRAMS = (NoTouch, Touch, RoundRobin, L4Proto, L4Filter, L4Hash, L4Sport, L4Dport)
+# The xdp-bench redirect-cpu modes, by name.
 MODES: dict[str, type[Steering]] = {cls.mode: cls for cls in _PROGRAMS}
+FLOW_HASH = "flow-hash"  # FlowHash: the skb's symmetric hash, not an xdp-bench mode
+# Every built-in program's name: what make_program makes (and the command line's -p takes).
+BUILTIN_PROGRAMS: tuple[str, ...] = (*MODES, FLOW_HASH)
 
 
 def make_program(
-    mode: str,
+    name: str,
     cmap: CpuMapLike,
-    table: CpuTable | Sequence[int],
+    cpus: CpuTable | Sequence[int],
     *,
     vectorized: bool = True,
     **options: Any,
-) -> Steering:
-    """The built-in program named ``mode`` (``xdp-bench redirect-cpu -p MODE``; see
-    :data:`MODES`), over ``cmap`` and ``table``, with the mode's ``options``."""
-    cls = MODES.get(mode)
+) -> Steering | FlowHash:
+    """The built-in program ``name`` (one of :data:`BUILTIN_PROGRAMS`) over ``cmap``: an
+    ``xdp-bench redirect-cpu -p MODE`` mode (:data:`MODES`) over the CPU table ``cpus`` (a
+    :class:`CpuTable`, or a sequence for a fixed one) with the mode's ``options``, or
+    ``flow-hash``, a :class:`FlowHash` over the keys ``cpus`` (a sequence; no options)."""
+    if name == FLOW_HASH:
+        if isinstance(cpus, CpuTable):
+            raise TypeError("flow-hash spreads over a fixed sequence of keys, not a CpuTable")
+        return FlowHash(cmap, cpus, vectorized=vectorized, **options)
+    cls = MODES.get(name)
     if cls is None:
-        raise ValueError(f"unknown steering mode {mode!r}; choose one of: {', '.join(MODES)}")
-    return cls(cmap, table, vectorized=vectorized, **options)
+        choices = ", ".join(BUILTIN_PROGRAMS)
+        raise ValueError(f"unknown steering mode {name!r}; choose one of: {choices}")
+    return cls(cmap, cpus, vectorized=vectorized, **options)
