@@ -7,9 +7,11 @@ bytes.  The magic says the byte order and the sub-second unit: ``a1b2c3d4`` micr
 
 Theory of operation
 -------------------
-Reading is the chunk pump of :mod:`cpumap.capture.reader`.  In a chunk the only per-record Python
-work is ``pos += 16 + caplen`` (one ``unpack_from``, and not even a bounds test: the call
-raises at the end of the chunk); every header field is then gathered
+Reading is the chunk pump of :mod:`cpumap.capture.reader`.  In a chunk the only per-record
+work is the walk ``pos += 16 + caplen``, a chain no numpy call can take, so it is compiled
+(:func:`walk_records`, ``cpumap._records``: a few ns a record); :func:`walk_records_py` is
+the same walk in Python (one ``unpack_from`` a record), kept as the reference the C walk
+must equal (tests/capture/test_record_walk.py).  Every header field is then gathered
 with numpy from the list of record offsets, and checked there, vectorised.  The walk does not
 check the caplen it follows: a record with an absurd caplen inside the chunk sends the walk
 into the weeds, but the check that follows finds the first bad record and everything from it

@@ -11,11 +11,12 @@ caller keeps.
 Theory of operation
 -------------------
 Python's cost is per call, not per byte.  A reader therefore never makes a ``bytes`` per
-packet on the batch path: it reads a big chunk, walks the record headers with one
-``struct.unpack_from`` per record (the only per-packet Python work: the position of record
-*i + 1* depends on the length in record *i*), then gathers every header field of the chunk
-with a few numpy calls and hands out :class:`PacketBatch` views whose ``start`` indexes into
-the chunk.  A record cut by the chunk boundary is carried into the next chunk.
+packet on the batch path: it reads a big chunk, walks the record headers (the only
+per-packet work, a chain: the position of record *i + 1* depends on the length in record
+*i*; compiled for pcap, ``cpumap._records``, and one ``struct.unpack_from`` per block for
+pcapng), then gathers every header field of the chunk with a few numpy calls and hands out
+:class:`PacketBatch` views whose ``start`` indexes into the chunk.  A record cut by the
+chunk boundary is carried into the next chunk.
 
 The format modules implement ``_parse(buf, eof) -> (chunk | None, stop)``: parse what they
 can of ``buf`` (the carried bytes plus the new read), say where they stopped, and set

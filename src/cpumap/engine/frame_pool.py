@@ -270,7 +270,6 @@ class FrameAllocator:
         self._free: list[int] = ok[::-1].tolist()  # popped from the end: low blocks first
         self._next = 0  # next unused frame of the current block
         self._end = 0  # end of the current block
-        self.reclaims = 0
 
     @property
     def size(self) -> int:
@@ -300,7 +299,6 @@ class FrameAllocator:
         if len(done):
             t[done] = TAG_FREE
             self._free.extend(done[::-1].tolist())
-        self.reclaims += 1
         return len(done) * self.block
 
     def alloc_range(self, n: int) -> int | None:
