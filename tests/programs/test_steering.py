@@ -563,6 +563,79 @@ def test_forms_agree_on_uniform_batches(bench: Bench, frames: list[bytes], cpus)
         table.close()
 
 
+# -- the fast paths equal their general paths ---------------------------------------------------
+# steering.py's fast paths each name the test here that holds them equal to the general path.
+def _where(n: int, scattered: bool, data: st.DataObject) -> list[int]:
+    if scattered:
+        return data.draw(st.permutations(range(POOL_FRAMES)))[:n]
+    first = data.draw(st.integers(0, POOL_FRAMES - n))
+    return list(range(first, first + n))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    cpu=st.integers(0, MAX_ENTRIES + 1),
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_by_value_modes_over_one_cpu_skip_the_values(
+    bench: Bench, frames, linktypes, cpu: int, scattered: bool, data: st.DataObject
+) -> None:
+    """Over one CPU the by-value modes skip their values (value % 1 == 0): the same verdicts
+    and keys as the per-frame form, and as the general path (a table of the CPU twice:
+    value % 2 picks it either way)."""
+    where = _where(len(frames), scattered, data)
+    bench.load(frames, where, linktypes[: len(frames)])
+    for mode in ("l4-hash", "l4-sport", "l4-dport"):
+        one = bench.vectorized(make_program(mode, bench.cmap, [cpu]), where)
+        assert one == bench.vectorized(make_program(mode, bench.cmap, [cpu, cpu]), where), mode
+        assert one == bench.per_frame(
+            make_program(mode, bench.cmap, [cpu], vectorized=False), where
+        )
+
+
+FLOW_HASH_KEYS = st.one_of(
+    st.integers(1, 9).map(lambda n: list(range(n))),  # identity keys: no gather
+    st.sampled_from([1, 2, 4, 8]).flatmap(  # a power of two: a mask, not a modulo
+        lambda n: st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)
+    ),
+    st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=9),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    keys=FLOW_HASH_KEYS,
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_flow_hash_fast_paths_equal_the_general_path(
+    bench: Bench, frames, linktypes, keys: list[int], scattered: bool, data: st.DataObject
+) -> None:
+    """FlowHash's fast paths -- one key (no parse), a mask for a power of two, identity
+    keys (no gather), ``redirect_map`` inlined per frame -- against the general path:
+    ``ctx.redirect_map(cmap, keys[skb.hash % len(keys)])`` for every frame."""
+    where = _where(len(frames), scattered, data)
+    bench.load(frames, where, linktypes[: len(frames)])
+    per, vec = FlowHash(bench.cmap, keys, vectorized=False), FlowHash(bench.cmap, keys)
+    ctx = bench.ctx
+    general = []
+    for i in where:
+        ctx.load(i, 0, 0, int(bench.pool.linktype[i]))
+        verdict = per.frame(ctx)
+        fast = (verdict, ctx.redirect_key, ctx.redirect_target)
+        ctx.load(i, 0, 0, int(bench.pool.linktype[i]))
+        key = keys[ctx.skb.hash % len(keys)]
+        verdict = ctx.redirect_map(bench.cmap, key)
+        assert fast == (verdict, ctx.redirect_key, ctx.redirect_target)
+        general.append((XDP_REDIRECT, key))
+    assert bench.vectorized(vec, where) == general
+
+
 def test_small_frames_take_the_gather_path_with_the_same_answers() -> None:
     """Frames holding fewer than the 102 bytes the vectorized forms read: bytes_at gathers
     (and clips at the pool's end) instead of slicing a view; the answers do not change."""

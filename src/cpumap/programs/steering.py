@@ -525,6 +525,7 @@ class _ByValue(Steering):
             verdicts, keys = _aborted(n)
         else:
             if count == 1:  # value % 1 == 0: no frame's value can change its CPU
+                # Fast path == the else branch; test_by_value_modes_over_one_cpu_skip_the_values.
                 values = np.zeros(n, dtype=np.uint32)
             else:
                 values = self._values_np(link)
@@ -610,6 +611,7 @@ class FlowHash:
     def frame(self, ctx: XdpContext) -> int:
         h = ctx.skb.hash  # the poll's hash column: parsed once for the batch
         # ctx.redirect_map(self.cmap, key) with no flags, inlined (two calls a frame fewer).
+        # Fast path == that call; test_flow_hash_fast_paths_equal_the_general_path.
         ctx.redirect_key = self._redirect_keys[h % len(self._redirect_keys)]
         ctx.redirect_target = self.cmap
         return XDP_REDIRECT
@@ -618,16 +620,17 @@ class FlowHash:
         if len(self.keys) == 1:
             # hash % 1 == 0: every frame goes to the one key, so the batch's headers need
             # not be parsed (a fixed redirect, as the kernel's redirect-cpu to one CPU).
+            # Fast path == the general take; test_flow_hash_fast_paths_equal_the_general_path.
             return (
                 np.full(len(batch), XDP_REDIRECT, dtype=np.uint8),
                 np.full(len(batch), self._keys_arr[0], dtype=np.uint32),
             )
         h = batch.skb.hash
-        if self._mask is None:
+        if self._mask is None:  # the general take: keys[hash % len(keys)]
             keys = self._keys_arr.take(h % len(self._keys_arr))
-        elif self._identity:
+        elif self._identity:  # == general take; test_flow_hash_fast_paths_equal_the_general_path
             keys = (h & self._mask).astype(np.uint32, copy=False)
-        else:
+        else:  # a mask: == the general take; test_flow_hash_fast_paths_equal_the_general_path
             keys = self._keys_arr.take(h & self._mask)
         return np.full(len(batch), XDP_REDIRECT, dtype=np.uint8), keys
 
