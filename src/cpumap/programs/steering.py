@@ -54,7 +54,7 @@ end are in the window but every use is masked by the frame's length.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,7 +119,22 @@ def _skipped(verdicts: np.ndarray, link: Link) -> None:
 
 
 # -- the programs ---------------------------------------------------------------------------
-class Steering(abc.ABC):
+class _TwoForms:
+    """A built-in program's two forms behind one call: ``frame(ctx)`` per frame, ``batch(batch)``
+    vectorized; calling the object runs the one ``vectorized`` (the attribute the engine
+    reads) chooses."""
+
+    vectorized: bool
+    frame: Callable[[XdpContext], int]  # each subclass's own
+    batch: Callable[[XdpBatch], tuple[np.ndarray, np.ndarray]]
+
+    def __call__(self, arg: Any) -> Any:
+        if self.vectorized:
+            return self.batch(arg)
+        return self.frame(arg)
+
+
+class Steering(_TwoForms, abc.ABC):
     """Base of the built-in programs: a CPU table, a map, and the two forms.
 
     ``cmap``: the map redirected into (the per-frame form calls ``ctx.redirect_map`` on
@@ -154,11 +169,6 @@ class Steering(abc.ABC):
         # Per-generation cache: the table's CPUs and which of them are usable.
         self._snap_gen = -1
         self._valid: np.ndarray | None = None
-
-    def __call__(self, arg: Any) -> Any:
-        if self.vectorized:
-            return self.batch(arg)
-        return self.frame(arg)
 
     def __repr__(self) -> str:
         form = "vectorized" if self.vectorized else "per frame"
@@ -580,7 +590,7 @@ class L4Dport(_L4Port):
 
 
 # -- the skb's flow hash: not an xdp-bench mode ---------------------------------------------
-class FlowHash:
+class FlowHash(_TwoForms):
     """Steer by the skb's symmetric flow hash: both directions of a flow land on one entry.
 
     ``keys`` are the map keys to spread over (the "available CPUs" table); frame goes to
@@ -602,11 +612,6 @@ class FlowHash:
         # As redirect_map stores them (a negative key names no entry).
         self._redirect_keys = [k & 0xFFFFFFFF if k >= 0 else NO_KEY for k in self.keys]
         self.vectorized = vectorized
-
-    def __call__(self, arg: Any) -> Any:
-        if self.vectorized:
-            return self.batch(arg)
-        return self.frame(arg)
 
     def frame(self, ctx: XdpContext) -> int:
         h = ctx.skb.hash  # the poll's hash column: parsed once for the batch
