@@ -42,7 +42,7 @@ from .abi import (
     XDP_TX,
     Verdict,
 )
-from .capture import CaptureError, open_capture, open_writer, write_capture
+from .capture import CaptureError, CaptureErrorKind, open_capture, open_writer, write_capture
 from .cpus import nr_cpus, parse_cpu_list, possible_cpus
 from .engine import (
     QSIZE_MAX,
@@ -57,11 +57,13 @@ from .engine import (
     RxProducer,
     WorkerResult,
 )
-from .errors import ClosedResourceError
+from .errors import ClosedResourceError, Error
 from .generator import Generator
 from .live import Fanout, FanoutMode, LiveSource
+from .map_errors import MapError
 from .packets import Packet, PacketBatch
 from .programs import (
+    BUILTIN_PROGRAMS,
     MODES,
     BrokenTableError,
     CpuTable,
@@ -84,6 +86,7 @@ __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
     "BPF_NOEXIST",
+    "BUILTIN_PROGRAMS",
     "LINKTYPE_ETHERNET",
     "MODES",
     "QSIZE_MAX",
@@ -94,6 +97,7 @@ __all__ = [
     "XDP_TX",
     "BrokenTableError",
     "CaptureError",
+    "CaptureErrorKind",
     "CaptureSink",
     "Chain",
     "ClosedResourceError",
@@ -102,6 +106,7 @@ __all__ = [
     "EnqueueEvent",
     "EntryState",
     "EntryStats",
+    "Error",
     "Fanout",
     "FanoutMode",
     "FlowHash",
@@ -111,6 +116,7 @@ __all__ = [
     "KthreadEvent",
     "LiveSource",
     "LoadError",
+    "MapError",
     "MapStats",
     "OutputMap",
     "Packet",

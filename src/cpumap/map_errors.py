@@ -1,5 +1,6 @@
-"""How a map operation fails, the kernel's way: ``OSError`` with the kernel's errno, the
-checks its u32/u64 arguments get, and the key walk ``bpftool map dump`` does.
+"""How a map operation fails, the kernel's way: :class:`MapError`, an ``OSError`` with the
+kernel's errno, the checks its u32/u64 arguments get, and the key walk ``bpftool map dump``
+does.
 
 Shared by the local map (``engine/map.py``) and the cluster map (``cluster/map.py``), so
 that both answer bad input with the same errors.
@@ -14,12 +15,25 @@ from typing import TypeVar
 
 import numpy as np
 
+from .errors import Error
+
 K = TypeVar("K")
 
 
-def map_error(code: int, detail: str) -> OSError:
-    """``OSError(code)`` whose message is the errno's text and what was wrong."""
-    return OSError(code, f"{os.strerror(code)}: {detail}")
+class MapError(Error, OSError):
+    """A map operation failed as the kernel's would: ``errno`` is the kernel's errno.
+
+    An ``OSError``, so code that caught the kernel's (or this package's) ``OSError`` and
+    read ``e.errno`` keeps working.  Unlike a bare ``OSError(errno.ENOENT, ...)`` it is not
+    turned into ``FileNotFoundError`` and the like: every map error is this one class, and
+    its errno says which.
+    """
+
+
+def map_error(code: int, detail: str) -> MapError:
+    """``MapError(code)`` whose message is the errno's text and what was wrong:
+    ``str(e)`` is ``"[Errno N] <strerror>: <detail>"``, ``e.strerror`` that message."""
+    return MapError(code, f"{os.strerror(code)}: {detail}")
 
 
 def as_uint(value: object, bits: int, what: str) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 
 from .capture import open_capture, open_writer, write_capture
 from .packets import Packet, PacketBatch
+from .programs import contract
 from .skb import Skb, SkbBatch
 
 IPPROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP", 47: "GRE", 50: "ESP"}
@@ -304,7 +305,7 @@ class Chain:
     def __init__(self, *handlers: Any) -> None:
         if not handlers:
             raise ValueError("Chain needs at least one handler")
-        kinds = {bool(getattr(h, "batch", False)) for h in handlers}
+        kinds = {contract.is_batch_handler(h) for h in handlers}
         if len(kinds) != 1:
             raise ValueError("Chain handlers must be all batch handlers or all per-skb")
         self.handlers = handlers
@@ -312,8 +313,7 @@ class Chain:
 
     def setup(self, info: Any) -> None:
         for h in self.handlers:
-            if hasattr(h, "setup"):
-                h.setup(info)
+            contract.setup(h, info)
 
     def __call__(self, arg: Any) -> Any:
         if self.batch:
@@ -331,4 +331,4 @@ class Chain:
         return None if ok else False
 
     def finish(self) -> list[Any]:
-        return [h.finish() if hasattr(h, "finish") else None for h in self.handlers]
+        return [contract.finish(h) for h in self.handlers]

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import cpumap.capture.reader as capture
 from cpumap.abi import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 from cpumap.capture import CaptureError, open_capture, write_capture
+from cpumap.capture import CaptureErrorKind as Kind
 from cpumap.capture.pcap import PcapReader, PcapWriter
 from cpumap.packets import Packet, PacketBatch
 
@@ -74,12 +75,13 @@ def test_error_message_names_file_offset_and_reason() -> None:
         "<stream>: offset 100: record caplen 4294967295 exceeds the maximum of 262144 for "
         "link type 1; the rest of the file cannot be trusted"
     )
-    assert isinstance(e, ValueError)
+    assert isinstance(e, ValueError) and e.kind is Kind.BAD_FRAMING
     again = pickle.loads(pickle.dumps(e))
-    assert (again.path, again.offset, again.reason, str(again)) == (
+    assert (again.path, again.offset, again.reason, again.kind, str(again)) == (
         e.path,
         e.offset,
         e.reason,
+        e.kind,
         str(e),
     )
 
@@ -95,6 +97,7 @@ def test_huge_caplen_is_an_error_not_an_allocation() -> None:
     finally:
         tracemalloc.stop()
     assert len(pkts) == 2 and r.skipped == 1 and r.problems[0].offset == len(data) - 16
+    assert r.problems[0].kind is Kind.BAD_FRAMING
     assert peak < 8 << 20
 
 
@@ -106,14 +109,17 @@ def test_skip_bad_stops_at_an_untrustworthy_record() -> None:
     assert len(pkts) == len(RECS) and r.skipped == 1
     assert r.problems[0].offset == len(good)
     assert "300000 exceeds the maximum of 262144" in r.problems[0].reason
+    assert r.problems[0].kind is Kind.BAD_FRAMING
 
 
 def test_caplen_above_original_length_is_skipped_alone() -> None:
     recs = [RECS[0], (7, 0, b"\x09" * 20, 10), RECS[1]]
-    with pytest.raises(CaptureError, match=r"offset 100: record caplen 20 exceeds its orig"):
+    with pytest.raises(CaptureError, match=r"offset 100: record caplen 20 exceeds its orig") as ei:
         read(pcap_bytes(recs))
+    assert ei.value.kind is Kind.BAD_RECORD
     pkts, r = read(pcap_bytes(recs), skip_bad=True)
     assert [p.data for p in pkts] == [RECS[0][2], RECS[1][2]] and r.skipped == 1
+    assert r.problems[0].kind is Kind.BAD_RECORD
 
 
 def test_strict_hands_out_the_packets_before_the_damage() -> None:
@@ -146,14 +152,15 @@ def test_truncated_last_record(cut: int, offset: int, reason: str) -> None:
     data = pcap_bytes(RECS[:2])[: 24 + 76 + cut]
     with pytest.raises(CaptureError) as ei:
         read(data)
-    assert (ei.value.offset, ei.value.reason) == (offset, reason)
+    assert (ei.value.offset, ei.value.reason, ei.value.kind) == (offset, reason, Kind.CUT_SHORT)
     pkts, r = read(data, skip_bad=True)
     assert len(pkts) == 1 and r.skipped == 1 and r.problems[0].offset == offset
 
 
 def test_link_type_field_upper_bits() -> None:
-    with pytest.raises(CaptureError, match=r"offset 20: .*reserved bits 0x00300000 set"):
+    with pytest.raises(CaptureError, match=r"offset 20: .*reserved bits 0x00300000 set") as ei:
         read(pcap_bytes(RECS, linktype=0x00300001), skip_bad=True)
+    assert ei.value.kind is Kind.UNSUPPORTED
     _, r = read(pcap_bytes(RECS, linktype=0x04000000 | (2 << 28) | LINKTYPE_RAW))
     assert r.linktype == LINKTYPE_RAW and r.fcs_len == 4
     _, r = read(pcap_bytes(RECS, linktype=0x30000001))  # FCS length without its flag: ignored
@@ -163,8 +170,9 @@ def test_link_type_field_upper_bits() -> None:
 @pytest.mark.parametrize("version", [(1, 4), (2, 5), (3, 0)])
 def test_unknown_versions_are_refused(version: tuple[int, int]) -> None:
     v = f"{version[0]}.{version[1]}"
-    with pytest.raises(CaptureError, match=rf"offset 4: unsupported pcap version {v}"):
+    with pytest.raises(CaptureError, match=rf"offset 4: unsupported pcap version {v}") as ei:
         read(pcap_bytes(RECS, version=version), skip_bad=True)
+    assert ei.value.kind is Kind.UNSUPPORTED
 
 
 def test_old_minor_versions_are_read() -> None:
@@ -178,10 +186,19 @@ def test_subsecond_field_out_of_range_is_kept() -> None:
 
 
 def test_not_a_pcap_file() -> None:
-    with pytest.raises(CaptureError, match=r"^<stream>: offset 0: not a pcap file: magic 0a0d0d0a"):
+    with pytest.raises(
+        CaptureError, match=r"^<stream>: offset 0: not a pcap file: magic 0a0d0d0a"
+    ) as ei:
         read(b"\x0a\x0d\x0d\x0a" + bytes(40))
-    with pytest.raises(CaptureError, match=r"pcap file header cut short: 10 of 24 bytes"):
+    assert ei.value.kind is Kind.NOT_A_CAPTURE
+    with pytest.raises(CaptureError, match=r"pcap file header cut short: 10 of 24 bytes") as ei:
         read(pcap_bytes([])[:10])
+    assert ei.value.kind is Kind.TOO_SHORT
+    with pytest.raises(
+        CaptureError, match=r"offset 0: file too short for a pcap header \(2 by"
+    ) as ei:
+        read(pcap_bytes([])[:2])
+    assert ei.value.kind is Kind.TOO_SHORT
 
 
 def test_gzip_is_detected_by_magic(tmp_path: Path) -> None:
@@ -192,6 +209,26 @@ def test_gzip_is_detected_by_magic(tmp_path: Path) -> None:
         assert [x.data for x in r] == [d for _, _, d, _ in RECS]
 
 
+def test_gzip_trailer_damage_is_reported_after_every_packet() -> None:
+    z = bytearray(gzip.compress(pcap_bytes(RECS)))
+    z[-8] ^= 0xFF  # the CRC: every byte of the capture is there, the stream is damaged
+    with open_capture(io.BytesIO(bytes(z))) as r:
+        got = []
+        with pytest.raises(CaptureError, match=r"gzip: CRC check failed") as ei:
+            got.extend(r)
+        assert len(got) == len(RECS)
+    assert ei.value.kind is Kind.BAD_GZIP
+    with open_capture(io.BytesIO(bytes(z)), skip_bad=True) as r:
+        assert len(list(r)) == len(RECS) and r.skipped == 1
+        assert r.problems[0].kind is Kind.BAD_GZIP
+
+
+def test_damaged_gzip_header() -> None:
+    with pytest.raises(CaptureError, match=r"^<stream>: offset 0: gzip: ") as ei:
+        open_capture(io.BytesIO(b"\x1f\x8b" + b"not a deflate stream" * 3))
+    assert ei.value.kind is Kind.BAD_GZIP
+
+
 def test_cut_gzip_stream(tmp_path: Path) -> None:
     recs = [(i, 0, bytes([i % 256]) * 100, 100) for i in range(2000)]
     z = gzip.compress(pcap_bytes(recs), compresslevel=1)
@@ -200,6 +237,7 @@ def test_cut_gzip_stream(tmp_path: Path) -> None:
     with pytest.raises(CaptureError) as ei, open_capture(p) as r:
         list(r)
     assert ei.value.path == str(p) and ei.value.offset > 24
+    assert ei.value.kind is Kind.CUT_SHORT  # the record the cut went through
     with open_capture(p, skip_bad=True) as r:
         pkts = list(r)
         assert r.skipped == 1 and 0 < len(pkts) < len(recs)
@@ -395,6 +433,7 @@ def _clean_or_positioned(data: bytes, skip_bad: bool) -> list[Packet] | CaptureE
         pkts, r = read(data, skip_bad=skip_bad)
     except CaptureError as e:
         assert 0 <= e.offset <= len(data) and e.path == "<stream>"
+        assert isinstance(e.kind, Kind)
         return e
     assert r.skipped == len(r.problems)
     return pkts

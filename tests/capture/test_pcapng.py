@@ -23,6 +23,7 @@ from cpumap.capture import (
     open_capture,
     write_capture,
 )
+from cpumap.capture import CaptureErrorKind as Kind
 from cpumap.capture.pcapng import MAX_INTERFACE_ID
 from cpumap.packets import Packet, PacketBatch
 
@@ -208,6 +209,7 @@ def test_block_length_not_a_multiple_of_4_is_named(tmp_path: Path) -> None:
         list(r)
     assert str(ei.value) == f"{p}: offset {len(good)}: block total length 3 is not a multiple of 4"
     assert (ei.value.path, ei.value.offset) == (str(p), len(good))
+    assert ei.value.kind is Kind.BAD_FRAMING
 
 
 def test_trailer_mismatch_in_a_run_resynchronises() -> None:
@@ -220,9 +222,11 @@ def test_trailer_mismatch_in_a_run_resynchronises() -> None:
     at = len(head + e1)
     assert ei.value.offset == at
     assert ei.value.reason == f"block total length {len(e2)} does not match its trailer 999"
+    assert ei.value.kind is Kind.BAD_FRAMING
     pkts, r = read(data, skip_bad=True)
     assert [p.data for p in pkts] == [bytes([0]) * 10, bytes([2]) * 12, bytes([3]) * 13]
     assert r.skipped == 1 and r.problems[0].offset == at
+    assert r.problems[0].kind is Kind.BAD_FRAMING
 
 
 def test_garbage_between_blocks_is_scanned_past(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,33 +239,41 @@ def test_garbage_between_blocks_is_scanned_past(monkeypatch: pytest.MonkeyPatch)
         pkts, r = read(data, skip_bad=True)
         assert [p.data for p in pkts] == [A, B, B, C], chunk
         assert r.skipped == 1 and r.problems[0].offset == len(head)
+        assert r.problems[0].kind is Kind.CUT_SHORT  # a lying length reads as a cut block
 
 
 @pytest.mark.parametrize(
-    ("bad", "reason"),
+    ("bad", "reason", "kind"),
     [
-        (epb(5, 0, A), "packet names interface 5 but section 0 has declared 1"),
-        (epb(0, 0, A, orig=10), "caplen 60 exceeds its original length 10"),
+        (epb(5, 0, A), "packet names interface 5 but section 0 has declared 1", Kind.BAD_RECORD),
+        (epb(0, 0, A, orig=10), "caplen 60 exceeds its original length 10", Kind.BAD_RECORD),
         (
             block(6, struct.pack("<5I", 0, 0, 0, 500, 500) + bytes(8)),
             "caplen 500 does not fit in its block (8 bytes of packet data)",
+            Kind.BAD_RECORD,
         ),
         (
             block(6, struct.pack("<5I", 0, 0, 0, 300_000, 300_000) + bytes(300_000)),
             "caplen 300000 exceeds the maximum of 262144 for link type 1",
+            Kind.BAD_RECORD,
         ),
-        (pb(3, 0, A), "packet names interface 3 but section 0 has declared 1"),
-        (block(6, bytes(8)), "block of type 0x6 is 20 bytes, below its minimum of 32"),
+        (pb(3, 0, A), "packet names interface 3 but section 0 has declared 1", Kind.BAD_RECORD),
+        (
+            block(6, bytes(8)),
+            "block of type 0x6 is 20 bytes, below its minimum of 32",
+            Kind.BAD_BLOCK,
+        ),
     ],
 )
-def test_damaged_packet_blocks_are_skipped_alone(bad: bytes, reason: str) -> None:
+def test_damaged_packet_blocks_are_skipped_alone(bad: bytes, reason: str, kind: Kind) -> None:
     head = shb() + idb() + epb(0, 1, A)
     data = head + bad + epb(0, 2, B)
     with pytest.raises(CaptureError) as ei:
         read(data)
-    assert (ei.value.offset, ei.value.reason) == (len(head), reason)
+    assert (ei.value.offset, ei.value.reason, ei.value.kind) == (len(head), reason, kind)
     pkts, r = read(data, skip_bad=True)
     assert [p.data for p in pkts] == [A, B] and r.skipped == 1
+    assert r.problems[0].kind is kind
 
 
 def test_strict_hands_out_the_packets_before_the_damage() -> None:
@@ -286,18 +298,24 @@ def test_damaged_interface_keeps_its_id() -> None:
     assert pkts == [P(B, ifindex=2, lt=LINKTYPE_RAW)]
     assert r.skipped == 3
     assert r.problems[1].reason == "packet names interface 1, whose description block was damaged"
+    kinds = [p.kind for p in r.problems]
+    assert kinds == [Kind.BAD_BLOCK, Kind.BAD_RECORD, Kind.BAD_RECORD]
 
 
 def test_option_running_past_its_block() -> None:
     bad_idb = block(1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 2, 200) + b"eth0")
-    with pytest.raises(CaptureError, match=r"option 2 of length 200 runs past the end"):
+    with pytest.raises(CaptureError, match=r"option 2 of length 200 runs past the end") as ei:
         read(shb() + bad_idb)
+    assert ei.value.kind is Kind.BAD_BLOCK
 
 
 def test_spb_without_interface_zero() -> None:
     data = shb() + spb(4, C)
-    with pytest.raises(CaptureError, match=r"simple packet block, but interface 0 is not declared"):
+    with pytest.raises(
+        CaptureError, match=r"simple packet block, but interface 0 is not declared"
+    ) as ei:
         read(data)
+    assert ei.value.kind is Kind.BAD_RECORD
 
 
 def test_unsupported_version_skips_the_section() -> None:
@@ -317,9 +335,11 @@ def test_unsupported_version_skips_the_section() -> None:
         read(data)
     assert ei.value.offset == second
     assert ei.value.reason == "unsupported pcapng version 2.0 (readable: 1.0, 1.2)"
+    assert ei.value.kind is Kind.UNSUPPORTED
     pkts, r = read(data, skip_bad=True)
     assert [p.data for p in pkts] == [A, C] and r.skipped == 1
     assert r.problems[0].reason.endswith("; section skipped")
+    assert r.problems[0].kind is Kind.UNSUPPORTED
 
 
 def test_version_1_2_is_read() -> None:
@@ -331,24 +351,40 @@ def test_version_1_2_is_read() -> None:
 def test_truncated_last_block(cut: int) -> None:
     head = shb() + idb() + epb(0, 0, A)
     data = head + epb(0, 1, B)[:cut]
-    with pytest.raises(CaptureError, match=rf"offset {len(head)}: block (header )?cut short"):
+    with pytest.raises(CaptureError, match=rf"offset {len(head)}: block (header )?cut short") as ei:
         read(data)
+    assert ei.value.kind is Kind.CUT_SHORT
     pkts, r = read(data, skip_bad=True)
     assert len(pkts) == 1 and r.skipped == 1
+
+
+@pytest.mark.parametrize("cut", [4, 11, 20, 27])
+def test_a_file_cut_inside_its_first_section_header_is_too_short(cut: int) -> None:
+    data = (shb() + idb())[:cut]
+    with pytest.raises(CaptureError, match=r"^<stream>: offset 0: block (header )?cut short") as ei:
+        read(data)
+    assert ei.value.kind is Kind.TOO_SHORT
 
 
 def test_bad_first_section_header() -> None:
     bad_bom = shb()[:8] + b"\x01\x02\x03\x04" + shb()[12:]
     data = bad_bom + shb() + idb() + epb(0, 0, A)
-    with pytest.raises(CaptureError, match=r"^<stream>: offset 0: section header byte-order magic"):
+    with pytest.raises(
+        CaptureError, match=r"^<stream>: offset 0: section header byte-order magic"
+    ) as ei:
         read(data)
+    assert ei.value.kind is Kind.BAD_FRAMING
     pkts, r = read(data, skip_bad=True)
     assert [p.data for p in pkts] == [A] and r.skipped == 1
 
 
 def test_not_a_pcapng_file() -> None:
-    with pytest.raises(CaptureError, match=r"offset 0: not a pcapng file: magic d4c3b2a1"):
+    with pytest.raises(CaptureError, match=r"offset 0: not a pcapng file: magic d4c3b2a1") as ei:
         read(b"\xd4\xc3\xb2\xa1" + bytes(20))
+    assert ei.value.kind is Kind.NOT_A_CAPTURE
+    with pytest.raises(CaptureError, match=r"offset 0: file too short for a pcapng header") as ei:
+        read(b"\x0a\x0d")
+    assert ei.value.kind is Kind.TOO_SHORT
 
 
 def test_gzip_and_open_capture(tmp_path: Path) -> None:
@@ -362,11 +398,19 @@ def test_gzip_and_open_capture(tmp_path: Path) -> None:
 def test_unknown_magic(tmp_path: Path) -> None:
     p = tmp_path / "junk.pcap"
     p.write_bytes(b"GIF89a" + bytes(100))
-    with pytest.raises(CaptureError, match=r"^.*junk.pcap: offset 0: unknown magic 47494638: "):
+    with pytest.raises(
+        CaptureError, match=r"^.*junk.pcap: offset 0: unknown magic 47494638: "
+    ) as ei:
         open_capture(p)
+    assert ei.value.kind is Kind.NOT_A_CAPTURE
     p.write_bytes(b"")
-    with pytest.raises(CaptureError, match=r"offset 0: empty file"):
+    with pytest.raises(CaptureError, match=r"offset 0: empty file") as ei:
         open_capture(p)
+    assert ei.value.kind is Kind.TOO_SHORT
+    p.write_bytes(b"\xd4\xc3")
+    with pytest.raises(CaptureError, match=r"offset 0: file too short \(2 bytes\)") as ei:
+        open_capture(p)
+    assert ei.value.kind is Kind.TOO_SHORT
 
 
 def test_batches_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -518,6 +562,7 @@ def _clean_or_positioned(data: bytes, skip_bad: bool) -> list[Packet] | CaptureE
         pkts, r = read(data, skip_bad=skip_bad)
     except CaptureError as e:
         assert 0 <= e.offset <= len(data)
+        assert isinstance(e.kind, Kind)
         return e
     assert r.skipped >= len(r.problems)
     return pkts

@@ -21,6 +21,7 @@ from cpumap.engine.ring import (
     OFF_ROOM_WAIT,
     WAIT_CHANGED,
     WAIT_NOT_SLEPT,
+    WAIT_SIGNAL,
     WAIT_TIMEOUT,
     WAIT_WOKEN,
     Ring,
@@ -90,7 +91,7 @@ def _producer(ring: Ring, base: int, count: int, chunk: int) -> None:
 
 def _consumer(ring: Ring, hand: np.ndarray, total: int, out) -> None:
     got = []
-    waits = {WAIT_WOKEN: 0, WAIT_CHANGED: 0, WAIT_TIMEOUT: 0, WAIT_NOT_SLEPT: 0, 3: 0}
+    waits = {WAIT_WOKEN: 0, WAIT_CHANGED: 0, WAIT_TIMEOUT: 0, WAIT_NOT_SLEPT: 0, WAIT_SIGNAL: 0}
     while len(got) < total:
         n = ring.available()
         if n:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cpumap
 from cpumap import XDP_DROP, CpuMap, PacketBatch, possible_cpus, redirect_map, vectorized
@@ -198,3 +200,59 @@ def test_every_packet_lands_whole_in_its_frame(lengths: list[int]) -> None:
             rx.allocator.free(np.arange(start, start + len(batch), dtype=np.uint32))
         finally:
             rx.close()
+
+
+# -- the copy's fast paths equal the per-packet copy --------------------------------------------
+# ``_fill``'s 2-D copy (equal lengths back to back), ``_copy_ragged``'s one-class gather and its
+# class-sorted gathers each equal ``_copy_each`` (one memoryview copy per packet) of every packet.
+LENGTHS = st.one_of(
+    st.tuples(st.integers(1, 300), st.integers(1, 40)).map(lambda t: [t[0]] * t[1]),
+    st.lists(st.integers(0, 80), min_size=1, max_size=40),  # one or two length classes
+    st.lists(st.one_of(st.integers(0, 2100), st.sampled_from([64, 1500])), min_size=1, max_size=40),
+)
+
+
+@pytest.fixture(scope="module")
+def producer():
+    with CpuMap(2, handler=None, frame_size=2048, headroom=256) as m:  # no entry: no fork
+        rx = m.producer(_drop)
+        try:
+            yield m, rx
+        finally:
+            rx.close()
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lengths=LENGTHS, gap=st.integers(0, 4), scattered=st.booleans(), seed=st.integers(0, 999))
+def test_fill_fast_paths_equal_the_per_packet_copy(
+    producer, lengths: list[int], gap: int, scattered: bool, seed: int
+) -> None:
+    m, rx = producer
+    pool = m.pool
+    h, room = pool.headroom, pool.frame_size - pool.headroom
+    batch = ragged(lengths, gap=gap, seed=seed)  # gap 0 and equal lengths: the 2-D path
+    n = len(batch)
+    start = rx.allocator.alloc_range(2 * n)
+    assert start is not None
+    taken = np.arange(start, start + 2 * n, dtype=np.uint32)
+    try:
+        if scattered:
+            frames = np.random.default_rng(seed).permutation(taken)[:n]
+            where: slice | np.ndarray = frames
+        else:
+            frames = taken[:n]
+            where = slice(start, start + n)
+        pool.data[taken] = 0
+        rx._fill(where, batch)
+        fast = [bytes(pool.packet(int(f))) for f in frames]
+        pool.data[taken] = 0
+        caplen = np.minimum(batch.caplen, room)
+        rx._copy_each(batch.buf, frames, batch.start, caplen)
+        general = [
+            bytes(pool.data[f, h : h + c]) for f, c in zip(frames, caplen.tolist(), strict=True)
+        ]
+        assert fast == general == [batch.packet(i).data[:room] for i in range(n)]
+    finally:
+        rx.allocator.free(taken)

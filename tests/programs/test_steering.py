@@ -1,21 +1,18 @@
-"""The built-in steering programs (steering.py, xdp_parse.py) and the CPU table (cpu_table.py).
+"""The built-in steering programs (steering.py, xdp_parse.py); the CPU table they read is
+tested in test_cpu_table.py.
 
 * the hash against golden values computed by a C build of xdp-tools' SuperFastHash;
+* l4-hash and IPv6 extension headers, as docs/steering.md says;
 * each mode's verdict and target on crafted frames, every option and quirk decision;
 * per frame == vectorized for any frame (hypothesis: random, crafted, malformed and
   truncated frames, random CPU tables, consecutive and scattered batches);
-* the CPU table: set/read, errors, no torn read against a writer in another process, a
-  dead writer;
 * a few end-to-end runs through a real CpuMap.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import multiprocessing
-import os
 import struct
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
@@ -24,16 +21,34 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cpumap.programs.cpu_table as cpu_table_mod
+import cpumap
+import cpumap.programs
 from cpumap import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, CpuMap, possible_cpus
 from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Flow, Generator, read_stamp
 from cpumap.packets import PacketBatch
 from cpumap.programs import FlowHash
 from cpumap.programs.context import NO_KEY, XdpBatch, XdpContext
-from cpumap.programs.cpu_table import BrokenTableError, CpuTable
-from cpumap.programs.steering import MODES, L4Filter, L4Hash, L4Proto, RoundRobin, make_program
-from cpumap.programs.xdp_parse import ETH_HLEN, INITVAL, superfasthash4, superfasthash4_np
+from cpumap.programs.cpu_table import CpuTable
+from cpumap.programs.steering import (
+    BUILTIN_PROGRAMS,
+    MODES,
+    FlowHash,
+    L4Filter,
+    L4Hash,
+    L4Proto,
+    RoundRobin,
+    make_program,
+)
+from cpumap.programs.xdp_parse import (
+    ETH_HLEN,
+    INITVAL,
+    ip_pair_hash,
+    parse_eth,
+    superfasthash4,
+    superfasthash4_np,
+)
+from cpumap.skb import Skb
 
 MAX_ENTRIES = 4
 POOL_FRAMES = 64
@@ -216,6 +231,44 @@ def test_superfasthash_forms_agree(value: int, seed: int) -> None:
     assert got.tolist() == [superfasthash4(value, seed)]
 
 
+# -- l4-hash and IPv6 extension headers ---------------------------------------------------------
+# What docs/steering.md says, shown: l4-hash seeds the hash with the fixed header's next-header
+# field (extension headers are not walked, as in xdp-tools' sample: ``xdp_parse.ip_pair_hash``
+# is what l4-hash hashes), so one address pair whose packets carry different extension
+# headers -- a hop-by-hop option on some, a fragment header on others -- hashes three ways and
+# can be sent to three CPUs.  ``Skb.hash`` (flow-hash) walks them and keeps the pair together.
+V6_UDP = udp(4000, 53)
+HOP_BY_HOP_UDP = bytes([17, 0, 1, 4, 0, 0, 0, 0]) + V6_UDP
+FRAGMENT_UDP = bytes([17, 0, 0, 0, 0, 0, 0, 1]) + V6_UDP
+V6_PLAIN = eth(0x86DD) + ipv6(17, V6_UDP)
+V6_HOP_BY_HOP = eth(0x86DD) + ipv6(0, HOP_BY_HOP_UDP)
+V6_FRAGMENT = eth(0x86DD) + ipv6(44, FRAGMENT_UDP)
+
+
+def l4_hash(frame: bytes) -> int:
+    et, l3 = parse_eth(frame, len(frame))
+    return ip_pair_hash(frame, len(frame), et, l3)
+
+
+def test_extension_headers_give_one_address_pair_several_l4_hashes() -> None:
+    hashes = {l4_hash(f) for f in (V6_PLAIN, V6_HOP_BY_HOP, V6_FRAGMENT)}
+    assert len(hashes) == 3
+    assert len({h % 16 for h in hashes}) > 1  # over 16 CPUs, more than one of them
+
+
+def test_the_same_headers_l4_hash_alike_in_both_directions() -> None:
+    back = {"src": "fd00::2", "dst": "fd00::1"}
+    for f, reverse in (
+        (V6_PLAIN, eth(0x86DD) + ipv6(17, V6_UDP, **back)),
+        (V6_HOP_BY_HOP, eth(0x86DD) + ipv6(0, HOP_BY_HOP_UDP, **back)),
+    ):
+        assert l4_hash(f) == l4_hash(reverse)
+
+
+def test_flow_hash_keeps_a_hop_by_hop_option_with_its_flow() -> None:
+    assert Skb(V6_PLAIN).hash == Skb(V6_HOP_BY_HOP).hash
+
+
 # -- each mode ----------------------------------------------------------------------------------
 R = XDP_REDIRECT
 
@@ -382,6 +435,23 @@ def test_make_program_and_option_errors(bench: Bench) -> None:
     assert "l4-hash" in repr(prog)
 
 
+def test_make_program_makes_every_builtin_flow_hash_included(bench: Bench) -> None:
+    assert (*MODES, "flow-hash") == BUILTIN_PROGRAMS
+    assert cpumap.BUILTIN_PROGRAMS is cpumap.programs.BUILTIN_PROGRAMS is BUILTIN_PROGRAMS
+    for name in BUILTIN_PROGRAMS:
+        for vectorized in (True, False):
+            prog = make_program(name, bench.cmap, [1, 0], vectorized=vectorized)
+            assert prog.vectorized is vectorized
+    prog = make_program("flow-hash", bench.cmap, [3, 1], vectorized=False)
+    assert isinstance(prog, FlowHash) and prog.keys == [3, 1] and prog.cmap is bench.cmap
+    with pytest.raises(TypeError, match=r"not a CpuTable"), CpuTable(2, [0]) as table:
+        make_program("flow-hash", bench.cmap, table)
+    with pytest.raises(TypeError):  # flow-hash takes no options
+        make_program("flow-hash", bench.cmap, [0], drop_ports=[9])
+    with pytest.raises(ValueError, match=r"choose one of: no-touch, .*, l4-dport, flow-hash$"):
+        make_program("flowhash", bench.cmap, [0])
+
+
 # -- per frame == vectorized, for any frame --------------------------------------------------
 TPIDS = st.sampled_from([0x8100, 0x88A8, 0x9100])
 ETHERTYPES = st.one_of(
@@ -494,6 +564,79 @@ def test_forms_agree_on_uniform_batches(bench: Bench, frames: list[bytes], cpus)
         table.close()
 
 
+# -- the fast paths equal their general paths ---------------------------------------------------
+# steering.py's fast paths each name the test here that holds them equal to the general path.
+def _where(n: int, scattered: bool, data: st.DataObject) -> list[int]:
+    if scattered:
+        return data.draw(st.permutations(range(POOL_FRAMES)))[:n]
+    first = data.draw(st.integers(0, POOL_FRAMES - n))
+    return list(range(first, first + n))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    cpu=st.integers(0, MAX_ENTRIES + 1),
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_by_value_modes_over_one_cpu_skip_the_values(
+    bench: Bench, frames, linktypes, cpu: int, scattered: bool, data: st.DataObject
+) -> None:
+    """Over one CPU the by-value modes skip their values (value % 1 == 0): the same verdicts
+    and keys as the per-frame form, and as the general path (a table of the CPU twice:
+    value % 2 picks it either way)."""
+    where = _where(len(frames), scattered, data)
+    bench.load(frames, where, linktypes[: len(frames)])
+    for mode in ("l4-hash", "l4-sport", "l4-dport"):
+        one = bench.vectorized(make_program(mode, bench.cmap, [cpu]), where)
+        assert one == bench.vectorized(make_program(mode, bench.cmap, [cpu, cpu]), where), mode
+        assert one == bench.per_frame(
+            make_program(mode, bench.cmap, [cpu], vectorized=False), where
+        )
+
+
+FLOW_HASH_KEYS = st.one_of(
+    st.integers(1, 9).map(lambda n: list(range(n))),  # identity keys: no gather
+    st.sampled_from([1, 2, 4, 8]).flatmap(  # a power of two: a mask, not a modulo
+        lambda n: st.lists(st.integers(0, 2**32 - 1), min_size=n, max_size=n)
+    ),
+    st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=9),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    keys=FLOW_HASH_KEYS,
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_flow_hash_fast_paths_equal_the_general_path(
+    bench: Bench, frames, linktypes, keys: list[int], scattered: bool, data: st.DataObject
+) -> None:
+    """FlowHash's fast paths -- one key (no parse), a mask for a power of two, identity
+    keys (no gather), ``redirect_map`` inlined per frame -- against the general path:
+    ``ctx.redirect_map(cmap, keys[skb.hash % len(keys)])`` for every frame."""
+    where = _where(len(frames), scattered, data)
+    bench.load(frames, where, linktypes[: len(frames)])
+    per, vec = FlowHash(bench.cmap, keys, vectorized=False), FlowHash(bench.cmap, keys)
+    ctx = bench.ctx
+    general = []
+    for i in where:
+        ctx.load(i, 0, 0, int(bench.pool.linktype[i]))
+        verdict = per.frame(ctx)
+        fast = (verdict, ctx.redirect_key, ctx.redirect_target)
+        ctx.load(i, 0, 0, int(bench.pool.linktype[i]))
+        key = keys[ctx.skb.hash % len(keys)]
+        verdict = ctx.redirect_map(bench.cmap, key)
+        assert fast == (verdict, ctx.redirect_key, ctx.redirect_target)
+        general.append((XDP_REDIRECT, key))
+    assert bench.vectorized(vec, where) == general
+
+
 def test_small_frames_take_the_gather_path_with_the_same_answers() -> None:
     """Frames holding fewer than the 102 bytes the vectorized forms read: bytes_at gathers
     (and clips at the pool's end) instead of slicing a view; the answers do not change."""
@@ -556,84 +699,6 @@ def test_l4_hash_is_symmetric(bench: Bench, v6: bool, proto: int, tags: int, dat
     rev = et + make(proto, udp(*reversed(ports)), src=str(b), dst=str(a))
     got = run_mode(bench, "l4-hash", [fwd, rev], cpus)
     assert got[0] == got[1] and got[0][0] == R
-
-
-# -- the CPU table ----------------------------------------------------------------------------
-def test_cpu_table_set_read_and_generation() -> None:
-    with CpuTable(4) as t:
-        assert (t.generation, t.cpus, len(t)) == (0, (), 0)
-        assert t.set([3, 1]) == 1
-        snap = t.read()
-        assert (snap.generation, snap.cpus, snap.array.tolist()) == (1, (3, 1), [3, 1])
-        assert t.read() is snap  # unchanged: the cached snapshot, one atomic load
-        with pytest.raises(ValueError):
-            snap.array[0] = 7  # snapshots are read-only
-        assert t.set([]) == 2 and t.cpus == ()
-        assert t.set(np.array([0, 0, 1])) == 3 and t.cpus == (0, 0, 1)
-        assert "generation=3" in repr(t)
-
-
-def test_cpu_table_errors() -> None:
-    with pytest.raises(ValueError, match=r"^capacity must be an int >= 1, not 0$"):
-        CpuTable(0)
-    with CpuTable(2, [1]) as t:
-        with pytest.raises(ValueError, match=r"^3 CPUs do not fit in a table of capacity 2$"):
-            t.set([0, 1, 2])
-        with pytest.raises(TypeError, match=r"^a CPU must be an int, not str$"):
-            t.set(["0"])
-        with pytest.raises(ValueError, match=r"^CPU -1 is not a u32$"):
-            t.set([-1])
-        assert (t.generation, t.cpus) == (1, (1,))  # unchanged by the failed sets
-
-
-def _writer(table: CpuTable, stop) -> None:
-    g = 0
-    while g % 64 or not stop.is_set():
-        k = g % table.capacity + 1
-        table.set([g % 251] * k)  # every entry says which table this is; k says how many
-        g += 1
-
-
-@pytest.mark.slow
-def test_cpu_table_never_torn_under_a_writer_in_another_process() -> None:
-    """A forked writer sets tables whose entries all equal ``round % 251`` and whose count
-    is a function of the round; the reader must only ever see whole tables.  It reads
-    until it has seen 300 different generations."""
-    capacity = 16
-    with CpuTable(capacity) as table:
-        ctx = multiprocessing.get_context("fork")
-        stop = ctx.Event()
-        writer = ctx.Process(target=_writer, args=(table, stop))
-        writer.start()
-        seen = set()
-        deadline = time.monotonic() + 30
-        try:
-            while len(seen) < 300:
-                assert time.monotonic() < deadline, f"saw only {len(seen)} generations"
-                snap = table.read()
-                if snap.generation == 0:
-                    continue
-                g = snap.generation - 1  # the writer's round
-                assert snap.cpus == (g % 251,) * (g % capacity + 1), snap
-                seen.add(snap.generation)
-        finally:
-            stop.set()
-            writer.join(30)
-        assert writer.exitcode == 0
-        final = table.read()
-        assert final.generation % 64 == 0 and final.generation >= max(seen)
-
-
-def test_cpu_table_dead_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cpumap import _atomics
-
-    monkeypatch.setattr(cpu_table_mod, "READ_TIMEOUT", 0.05)
-    with CpuTable(2, [0]) as table:
-        _atomics.store_u32(table._seq_addr, 3)  # a writer died between its CAS and its store
-        with pytest.raises(BrokenTableError):
-            table.read()
-        with pytest.raises(BrokenTableError):
-            table.set([1])
 
 
 # -- end to end through a real CpuMap ------------------------------------------------------------
@@ -719,25 +784,3 @@ def test_table_change_moves_traffic_end_to_end() -> None:
         m.wait_idle()
         per_cpu = {e.cpu: e.delivered for e in m.stats().entries}
         assert per_cpu == {CPUS[0]: 256, CPUS[1]: 256}
-
-
-@pytest.mark.slow
-def test_a_forked_process_reads_the_parents_table() -> None:
-    """The table is shared memory: a set in the parent is seen by a forked child."""
-    with CpuTable(2, [0]) as table:
-        go_r, go_w = os.pipe()
-        back_r, back_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: wait for the parent's set, then report what it reads
-            try:
-                os.read(go_r, 1)
-                os.write(back_w, bytes(table.read().cpus))
-            finally:
-                os._exit(0)
-        table.set([1, 1])
-        os.write(go_w, b"x")
-        assert os.read(back_r, 2) == b"\x01\x01"
-        _, status = os.waitpid(pid, 0)
-        for fd in (go_r, go_w, back_r, back_w):
-            os.close(fd)
-        assert status == 0

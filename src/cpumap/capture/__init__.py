@@ -6,8 +6,9 @@ pump and the ways packets come out) -> ``streams`` (bytes in and out) -> ``damag
 error and the limits).  A format module knows its format and nothing else; ``reader`` knows
 no format.
 Rule 2: memory is constant in the file size (a reader holds one chunk), and damage is never
-silent: it raises :class:`CaptureError` naming the file and the byte offset, or -- with
-``skip_bad`` -- is counted (``damage.py`` says which damage can be skipped and how).
+silent: it raises :class:`CaptureError` naming the file, the byte offset and the damage's
+:class:`CaptureErrorKind`, or -- with ``skip_bad`` -- is counted (``damage.py`` says which
+damage can be skipped and how).
 Rule 3: packets come out as the engine takes them in (:mod:`cpumap.packets`): columns for
 the fast path, one :class:`~cpumap.packets.Packet` at a time for the rest.
 
@@ -16,7 +17,7 @@ the fast path, one :class:`~cpumap.packets.Packet` at a time for the rest.
             ...
 """
 
-from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, max_caplen
+from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, CaptureErrorKind, max_caplen
 from .files import CaptureWriter, open_capture, open_writer, write_capture
 from .pcap import PcapReader, PcapWriter
 from .pcapng import TS_TOO_EARLY, TS_TOO_LATE, Interface, PcapngReader, WideTime
@@ -30,6 +31,7 @@ __all__ = [
     "TS_TOO_EARLY",
     "TS_TOO_LATE",
     "CaptureError",
+    "CaptureErrorKind",
     "CaptureReader",
     "CaptureWriter",
     "Interface",

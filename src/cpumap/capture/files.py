@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 from ..abi import LINKTYPE_ETHERNET
 from ..packets import Packet, PacketBatch
-from .damage import CaptureError
+from .damage import CaptureError, CaptureErrorKind
 from .pcap import PCAP_MAGICS, PcapReader, PcapWriter
 from .pcapng import SHB_MAGIC, PcapngReader
 from .pcapng_writer import PcapngWriter
@@ -35,7 +35,9 @@ def open_capture(
         magic = inp.head[:4]
         if len(magic) < 4:
             what = "empty file" if not magic else f"file too short ({len(magic)} bytes)"
-            raise CaptureError(inp.name, 0, f"{what}: not a pcap or pcapng capture")
+            raise CaptureError(
+                inp.name, 0, f"{what}: not a pcap or pcapng capture", CaptureErrorKind.TOO_SHORT
+            )
         kwargs: dict[str, Any] = {"skip_bad": skip_bad, "batch_size": batch_size, "opened": inp}
         if magic in PCAP_MAGICS:
             return PcapReader(path, **kwargs)
@@ -46,6 +48,7 @@ def open_capture(
             0,
             f"unknown magic {magic.hex()}: not a pcap or pcapng capture"
             + (" (inside gzip)" if inp.compressed else ""),
+            CaptureErrorKind.NOT_A_CAPTURE,
         )
     except BaseException:
         for c in inp.closers:

@@ -7,9 +7,11 @@ bytes.  The magic says the byte order and the sub-second unit: ``a1b2c3d4`` micr
 
 Theory of operation
 -------------------
-Reading is the chunk pump of :mod:`cpumap.capture.reader`.  In a chunk the only per-record Python
-work is ``pos += 16 + caplen`` (one ``unpack_from``, and not even a bounds test: the call
-raises at the end of the chunk); every header field is then gathered
+Reading is the chunk pump of :mod:`cpumap.capture.reader`.  In a chunk the only per-record
+work is the walk ``pos += 16 + caplen``, a chain no numpy call can take, so it is compiled
+(:func:`walk_records`, ``cpumap._records``: a few ns a record); :func:`walk_records_py` is
+the same walk in Python (one ``unpack_from`` a record), kept as the reference the C walk
+must equal (tests/capture/test_record_walk.py).  Every header field is then gathered
 with numpy from the list of record offsets, and checked there, vectorised.  The walk does not
 check the caplen it follows: a record with an absurd caplen inside the chunk sends the walk
 into the weeds, but the check that follows finds the first bad record and everything from it
@@ -58,9 +60,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _records
 from ..abi import LINKTYPE_ETHERNET
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import CaptureError, max_caplen
+from .damage import CaptureErrorKind as Kind
 from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of
 from .streams import Input, open_output
 
@@ -150,21 +154,30 @@ class PcapReader(CaptureReader):
         magic = head[:4]
         if magic not in _MAGICS:
             if len(magic) < 4:
-                raise self._error(0, f"file too short for a pcap header ({len(head)} bytes)")
-            raise self._error(0, f"not a pcap file: magic {magic.hex()}")
+                raise self._error(
+                    0, f"file too short for a pcap header ({len(head)} bytes)", Kind.TOO_SHORT
+                )
+            raise self._error(0, f"not a pcap file: magic {magic.hex()}", Kind.NOT_A_CAPTURE)
         order, ns = _MAGICS[magic]
         if len(head) < FILE_HEADER_LEN:
-            raise self._error(0, f"pcap file header cut short: {len(head)} of 24 bytes")
+            raise self._error(
+                0, f"pcap file header cut short: {len(head)} of 24 bytes", Kind.TOO_SHORT
+            )
         major, minor, _zone, _sigfigs, snaplen, ltfield = struct.unpack_from(
             order + "HHiIII", head, 4
         )
         if major != 2 or minor > 4:
-            raise self._error(4, f"unsupported pcap version {major}.{minor} (readable: 2.0 to 2.4)")
+            raise self._error(
+                4,
+                f"unsupported pcap version {major}.{minor} (readable: 2.0 to 2.4)",
+                Kind.UNSUPPORTED,
+            )
         reserved = ltfield & LT_RESERVED1_MASK
         if reserved:
             raise self._error(
                 20,
                 f"link-type field 0x{ltfield:08x} has reserved bits 0x{reserved:08x} set",
+                Kind.UNSUPPORTED,
             )
         self.byteorder = order
         self.nanosecond = ns
@@ -202,7 +215,7 @@ class PcapReader(CaptureReader):
         if left >= 12:
             caplen = self._caplen_at(buf, pos)[0]
             if caplen > self._maxcap:
-                self._damaged(self._base + pos, self._caplen_reason(caplen))
+                self._damaged(self._base + pos, self._caplen_reason(caplen), Kind.BAD_FRAMING)
                 self._done = True
                 return chunk, end
             need = 16 + caplen
@@ -218,7 +231,7 @@ class PcapReader(CaptureReader):
                     f"record cut short: caplen {need - 16} but only {left - 16} bytes of data "
                     "at end of file"
                 )
-            self._damaged(self._base + pos, why)
+            self._damaged(self._base + pos, why, Kind.CUT_SHORT)
             return chunk, end
         self._need = need
         return chunk, stop
@@ -249,9 +262,11 @@ class PcapReader(CaptureReader):
                 self._damaged(
                     self._base + int(o[i]),
                     f"record caplen {int(caplen[i])} exceeds its original length {int(wire[i])}",
+                    Kind.BAD_RECORD,
                 )
         if cut is not None:
-            self._damaged(self._base + int(o[cut]), self._caplen_reason(int(caplen[cut])))
+            reason = self._caplen_reason(int(caplen[cut]))
+            self._damaged(self._base + int(o[cut]), reason, Kind.BAD_FRAMING)
         keep: slice | np.ndarray = slice(None, cut)
         if bad_len.any():
             ok = ~bad_len
@@ -280,7 +295,7 @@ _REC = struct.Struct("<IIII")
 _REC_DTYPE = np.dtype("<u4")
 
 
-class PcapWriter:
+class PcapWriter(Closing):
     """Write a pcap file: little-endian, version 2.4, µs or ns, one link type.
 
     ``linktype=None`` takes the link type of the first packet (Ethernet if the file stays
@@ -403,9 +418,3 @@ class PcapWriter:
             self._f.close()
         else:
             self._f.flush()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -71,6 +71,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .damage import CaptureError, max_caplen
+from .damage import CaptureErrorKind as Kind
 from .reader import CaptureReader, Chunk, canonical_linktype, chunk_of, empty_chunk
 from .streams import Input
 
@@ -231,11 +232,12 @@ def _ts_ns_array(ts: np.ndarray, ups: int, off: int) -> tuple[np.ndarray, np.nda
 
 
 class _Framing(Exception):  # an internal signal, never escapes the reader
-    """The block at ``pos`` has broken framing: resynchronise from there."""
+    """The block at ``pos`` has broken framing (or is cut short): resynchronise from there."""
 
-    def __init__(self, pos: int, reason: str) -> None:
+    def __init__(self, pos: int, reason: str, kind: Kind) -> None:
         self.pos = pos
         self.reason = reason
+        self.kind = kind
 
 
 class PcapngReader(CaptureReader):
@@ -288,8 +290,10 @@ class PcapngReader(CaptureReader):
         head = self._ensure(4)
         if head[:4] != SHB_MAGIC:
             if len(head) < 4:
-                raise self._error(0, f"file too short for a pcapng header ({len(head)} bytes)")
-            raise self._error(0, f"not a pcapng file: magic {head[:4].hex()}")
+                raise self._error(
+                    0, f"file too short for a pcapng header ({len(head)} bytes)", Kind.TOO_SHORT
+                )
+            raise self._error(0, f"not a pcapng file: magic {head[:4].hex()}", Kind.NOT_A_CAPTURE)
         self._header_only = self._holding = True
         try:
             while not (self._at_packet or self._done):
@@ -343,7 +347,7 @@ class PcapngReader(CaptureReader):
                 epb.clear()
                 self._need = 0
                 self._at_packet = False
-                self._damaged(self._base + f.pos, f.reason)
+                self._damaged(self._base + f.pos, f.reason, f.kind)
                 self._scan = "block" if self._sec is not None else "shb"
                 pos = f.pos + 4
         self._flush_slow(buf)
@@ -360,7 +364,8 @@ class PcapngReader(CaptureReader):
         epb.clear()
         cut = self._epb_run(buf, offs, sec)
         if cut is not None:
-            raise _Framing(offs[cut], self._framing_reason(buf, offs[cut], sec))
+            reason = self._framing_reason(buf, offs[cut], sec)
+            raise _Framing(offs[cut], reason, Kind.BAD_FRAMING)
 
     def _framing_reason(self, buf: bytes, pos: int, sec: _Section) -> str:
         _, blen = sec.hdr2(buf, pos)
@@ -465,7 +470,9 @@ class PcapngReader(CaptureReader):
         """Report the damaged EPB at ``pos`` (the vectorised check found it; say why)."""
         _, blen, iface, hi, lo, cap, orig = struct.unpack_from(sec.order + "7I", buf, pos)
         reason = self._packet_problem(sec, iface, cap, orig, blen - 32, (hi << 32) | lo)
-        self._damaged(self._base + pos, reason or "enhanced packet block is damaged")
+        self._damaged(
+            self._base + pos, reason or "enhanced packet block is damaged", Kind.BAD_RECORD
+        )
 
     def _packet_problem(
         self, sec: _Section, iface: int, cap: int, orig: int, room: int, ts: int | None
@@ -512,7 +519,8 @@ class PcapngReader(CaptureReader):
             bom = buf[pos + 8 : pos + 12]
             if bom not in (_BOM_LE, _BOM_BE):
                 self._flush(buf, epb)
-                raise _Framing(pos, f"section header byte-order magic {bom.hex()} is unknown")
+                why = f"section header byte-order magic {bom.hex()} is unknown"
+                raise _Framing(pos, why, Kind.BAD_FRAMING)
             order = "<" if bom == _BOM_LE else ">"
             (blen,) = struct.unpack_from(order + "I", buf, pos + 4)
             btype = BT_SHB
@@ -532,13 +540,14 @@ class PcapngReader(CaptureReader):
                 why = f"exceeds the maximum of {limit}"
             else:
                 why = f"is below the minimum of {floor}"
-            raise _Framing(pos, f"block total length {blen} {why}")
+            raise _Framing(pos, f"block total length {blen} {why}", Kind.BAD_FRAMING)
         if left < blen:
             return self._short(pos, left, blen, eof, epb, buf)
         (trailer,) = struct.unpack_from(order + "I", buf, pos + blen - 4)
         if trailer != blen:
             self._flush(buf, epb)
-            raise _Framing(pos, f"block total length {blen} does not match its trailer {trailer}")
+            why = f"block total length {blen} does not match its trailer {trailer}"
+            raise _Framing(pos, why, Kind.BAD_FRAMING)
         if self._header_only and btype in (BT_EPB, BT_SPB, BT_PB):
             self._at_packet = True
             return -(pos + 1)
@@ -548,6 +557,7 @@ class PcapngReader(CaptureReader):
                 self._base + pos,
                 f"block of type 0x{btype:x} is {blen} bytes, below its minimum of "
                 f"{_MIN_LEN[btype]}",
+                Kind.BAD_BLOCK,
             )
             return pos + blen
 
@@ -573,7 +583,10 @@ class PcapngReader(CaptureReader):
         self._flush(buf, epb)
         what = "block header" if need <= 12 else "block"
         # The file is cut short, or the length lies; a resync scan tells which (with skip_bad).
-        raise _Framing(pos, f"{what} cut short: {need} bytes needed, {left} left at end of file")
+        # Cut inside the first section header, the file is shorter than its file header.
+        kind = Kind.TOO_SHORT if self._base + pos == 0 else Kind.CUT_SHORT
+        reason = f"{what} cut short: {need} bytes needed, {left} left at end of file"
+        raise _Framing(pos, reason, kind)
 
     def _section(self, buf: bytes, pos: int, blen: int, order: str) -> None:
         major, minor = struct.unpack_from(order + "HH", buf, pos + 12)
@@ -583,12 +596,13 @@ class PcapngReader(CaptureReader):
         if (major, minor) not in _SUPPORTED_VERSIONS:
             sec.skipping = True
             why = f"unsupported pcapng version {major}.{minor} (readable: 1.0, 1.2)"
-            self._damaged(self._base + pos, why + "; section skipped" if self.skip_bad else why)
+            why += "; section skipped" if self.skip_bad else ""
+            self._damaged(self._base + pos, why, Kind.UNSUPPORTED)
             self._scan = "shb"
             return
         problem = self._options(buf, pos + 24, pos + blen - 4, order, {})
         if problem:
-            self._damaged(self._base + pos, f"section header: {problem}")
+            self._damaged(self._base + pos, f"section header: {problem}", Kind.BAD_BLOCK)
 
     def _options(
         self, buf: bytes, p: int, end: int, order: str, want: dict[int, bytes]
@@ -628,7 +642,8 @@ class PcapngReader(CaptureReader):
         iid = len(sec.ifaces)
         if problem is not None:
             sec.add(None)
-            self._damaged(self._base + pos, f"interface {iid} description: {problem}")
+            why = f"interface {iid} description: {problem}"
+            self._damaged(self._base + pos, why, Kind.BAD_BLOCK)
             return
         name = opts[2].decode("utf-8", "replace") if opts[2] else None
         iface = Interface(sec.index, iid, canonical_linktype(linktype), snaplen, ups, off, name)
@@ -641,12 +656,14 @@ class PcapngReader(CaptureReader):
             it = sec.ifaces[0] if sec.ifaces else None
             if it is None:
                 why = "damaged" if sec.ifaces else "not declared"
-                self._damaged(self._base + pos, f"simple packet block, but interface 0 is {why}")
+                why = f"simple packet block, but interface 0 is {why}"
+                self._damaged(self._base + pos, why, Kind.BAD_RECORD)
                 return
             cap = orig if it.snaplen == 0 else min(orig, it.snaplen)
             problem = self._packet_problem(sec, 0, cap, orig, blen - 16, None)
             if problem:
-                self._damaged(self._base + pos, f"simple packet block: {problem}")
+                why = f"simple packet block: {problem}"
+                self._damaged(self._base + pos, why, Kind.BAD_RECORD)
                 return
             self._slow.append((pos + 12, cap, orig, 0, 0, it.linktype))
             return
@@ -659,7 +676,7 @@ class PcapngReader(CaptureReader):
         ts = (hi << 32) | lo
         problem = self._packet_problem(sec, iface, cap, orig, blen - 32, ts)
         if problem:
-            self._damaged(self._base + pos, problem)
+            self._damaged(self._base + pos, problem, Kind.BAD_RECORD)
             return
         it = sec.ifaces[iface]
         assert it is not None

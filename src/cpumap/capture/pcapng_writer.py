@@ -12,6 +12,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
 from .damage import max_caplen
@@ -28,7 +29,7 @@ def _option(code: int, value: bytes) -> bytes:
     return struct.pack("<HH", code, len(value)) + value + b"\0" * pad
 
 
-class PcapngWriter:
+class PcapngWriter(Closing):
     """Write a pcapng file: one little-endian section, IDBs as needed, EPBs.
 
     The interface id of a packet is its ``ifindex``: the writer declares interfaces
@@ -177,9 +178,3 @@ class PcapngWriter:
             self._f.close()
         else:
             self._f.flush()
-
-    def __enter__(self) -> PcapngWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

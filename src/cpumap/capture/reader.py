@@ -11,11 +11,12 @@ caller keeps.
 Theory of operation
 -------------------
 Python's cost is per call, not per byte.  A reader therefore never makes a ``bytes`` per
-packet on the batch path: it reads a big chunk, walks the record headers with one
-``struct.unpack_from`` per record (the only per-packet Python work: the position of record
-*i + 1* depends on the length in record *i*), then gathers every header field of the chunk
-with a few numpy calls and hands out :class:`PacketBatch` views whose ``start`` indexes into
-the chunk.  A record cut by the chunk boundary is carried into the next chunk.
+packet on the batch path: it reads a big chunk, walks the record headers (the only
+per-packet work, a chain: the position of record *i + 1* depends on the length in record
+*i*; compiled for pcap, ``cpumap._records``, and one ``struct.unpack_from`` per block for
+pcapng), then gathers every header field of the chunk with a few numpy calls and hands out
+:class:`PacketBatch` views whose ``start`` indexes into the chunk.  A record cut by the
+chunk boundary is carried into the next chunk.
 
 The format modules implement ``_parse(buf, eof) -> (chunk | None, stop)``: parse what they
 can of ``buf`` (the carried bytes plus the new read), say where they stopped, and set
@@ -34,19 +35,16 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple
+from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import numpy as np
 
 from ..abi import LINKTYPE_RAW
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import Packet, PacketBatch
-from .damage import MAX_PROBLEMS, CaptureError
+from .damage import MAX_PROBLEMS, CaptureError, CaptureErrorKind
 from .streams import Input, open_input, read_after, read_full
-
-if TYPE_CHECKING:
-    from typing import Self
 
 CHUNK_SIZE = 1 << 22  # bytes read per chunk: ~8000 typical packets, so numpy's ~2 µs calls vanish
 
@@ -149,7 +147,7 @@ def _join(a: Chunk, b: Chunk) -> Chunk:
     return _concat([a, b])
 
 
-class CaptureReader(abc.ABC):
+class CaptureReader(Closing, abc.ABC):
     """A capture file as a stream of packets: iterate for :class:`Packet`, or call
     :meth:`batches` for :class:`PacketBatch` columns (the engine's fast path).
 
@@ -231,15 +229,15 @@ class CaptureReader(abc.ABC):
 
     # -- helpers for format modules -----------------------------------------------------------
 
-    def _error(self, offset: int, reason: str) -> CaptureError:
-        return CaptureError(self.path, offset, reason)
+    def _error(self, offset: int, reason: str, kind: CaptureErrorKind) -> CaptureError:
+        return CaptureError(self.path, offset, reason, kind)
 
-    def _damaged(self, offset: int, reason: str) -> None:
+    def _damaged(self, offset: int, reason: str, kind: CaptureErrorKind) -> None:
         """A damaged record at absolute ``offset``: raise, or count it when skipping.
 
         Damage must be reported in file order (the first raised is the first in the file).
         """
-        err = self._error(offset, reason)
+        err = self._error(offset, reason, kind)
         if not self.skip_bad:
             raise err
         self.skipped += 1
@@ -284,7 +282,7 @@ class CaptureReader(abc.ABC):
         """The parser state a format module changes while parsing (see :meth:`_step`)."""
         return None
 
-    def _restore(self, snapshot: object) -> None:  # noqa: B027 (a hook; most need none)
+    def _restore(self, snapshot: object) -> None:  # a hook; most formats need none
         """Put back what :meth:`_snapshot` saved (a format with parse state overrides)."""
 
     def _step(self) -> Chunk | None:
@@ -332,7 +330,7 @@ class CaptureReader(abc.ABC):
                 self._done = True
                 if self._stream_error is not None and self.skipped == skipped_before:
                     try:
-                        self._damaged(self._base, self._stream_error)
+                        self._damaged(self._base, self._stream_error, CaptureErrorKind.BAD_GZIP)
                     except CaptureError as e:
                         self._failed = e
                         if chunk is None or not len(chunk.batch):
@@ -489,17 +487,6 @@ class CaptureReader(abc.ABC):
         self._pending.clear()
         for c in self._closers:
             c.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r} skipped={self.skipped}>"

@@ -17,7 +17,7 @@ from typing import IO, Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from .damage import CaptureError
+from .damage import CaptureError, CaptureErrorKind
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -121,7 +121,7 @@ def open_input(source: str | os.PathLike[str] | BinaryIO, sniff: int = 4) -> Inp
             try:
                 first = read_full(gz, sniff)
             except (OSError, EOFError, zlib.error) as e:
-                raise CaptureError(name, 0, f"gzip: {e}") from None
+                raise CaptureError(name, 0, f"gzip: {e}", CaptureErrorKind.BAD_GZIP) from None
             return Input(gz, name, first, True, tuple(closers))
         first = head + read_full(raw, sniff - len(head)) if len(head) == 2 else head
         return Input(raw, name, first, False, tuple(closers))

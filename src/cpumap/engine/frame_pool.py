@@ -41,11 +41,11 @@ runs low.  And after a crash the tags still say exactly where every frame is.
 from __future__ import annotations
 
 import errno
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..map_errors import map_error
 from ..shm import Layout, Segment
 
 TAG_FREE = 0
@@ -221,11 +221,11 @@ def check_memory(nbytes: int) -> None:
     cleanly later: the OOM killer would pick a process."""
     avail = available_memory()
     if avail is not None and nbytes > avail:
-        raise OSError(
+        raise map_error(
             errno.ENOMEM,
-            f"{os.strerror(errno.ENOMEM)}: a frame pool of {nbytes / 2**20:.0f} MiB does not fit "
-            f"in the {avail / 2**20:.0f} MiB of memory available: use fewer frames "
-            "(frames=N) or smaller ones (frame_size=N)",
+            f"a frame pool of {nbytes / 2**20:.0f} MiB does not fit in the "
+            f"{avail / 2**20:.0f} MiB of memory available: use fewer frames (frames=N) or "
+            "smaller ones (frame_size=N)",
         )
 
 
@@ -270,7 +270,6 @@ class FrameAllocator:
         self._free: list[int] = ok[::-1].tolist()  # popped from the end: low blocks first
         self._next = 0  # next unused frame of the current block
         self._end = 0  # end of the current block
-        self.reclaims = 0
 
     @property
     def size(self) -> int:
@@ -300,7 +299,6 @@ class FrameAllocator:
         if len(done):
             t[done] = TAG_FREE
             self._free.extend(done[::-1].tolist())
-        self.reclaims += 1
         return len(done) * self.block
 
     def alloc_range(self, n: int) -> int | None:

@@ -65,7 +65,6 @@ class ProducerRegistry:
         # Slots past ``claimable`` are reserved for workers (second stages), claimed by index.
         self.claimable = producers if claimable is None else claimable
         self._seq = segment.view("rcu_seq")
-        self._pid = segment.view("rcu_pid")
         self._seq_addr = [segment.address("rcu_seq", p * CACHE_LINE) for p in range(producers)]
         self._pid_addr = [segment.address("rcu_pid", p * CACHE_LINE) for p in range(producers)]
 

@@ -152,11 +152,12 @@ RING_HEADER_BYTES = 320
 
 MAX_CAPACITY = CPUMAP_QSIZE_MAX  # the kernel's sanity limit on qsize
 
+# What wait() and wait_room() return: _atomics.futex_wait's codes (0-3), and one of ours.
 WAIT_NOT_SLEPT = -1  # work or stop seen on the re-check: did not sleep
 WAIT_WOKEN = 0
-WAIT_CHANGED = 1  # wake_seq moved before we slept
-WAIT_TIMEOUT = 2
-WAIT_SIGNAL = 3
+WAIT_CHANGED = 1  # wake_seq moved before we slept (EAGAIN)
+WAIT_TIMEOUT = 2  # (ETIMEDOUT)
+WAIT_SIGNAL = 3  # a signal handler ran (EINTR): callers treat it as a wake-up and look again
 
 _SPINS_BEFORE_YIELD = 64
 _WAKE_ALL = 2**31 - 1  # futex_wake's "every waiter"

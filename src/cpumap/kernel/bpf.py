@@ -34,17 +34,17 @@ import ctypes
 import enum
 import errno
 import functools
-import numbers
 import os
 import platform
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
+from ..closing import Closing
 from ..cpus import possible_cpus
 from ..errors import ClosedResourceError
+from ..map_errors import as_uint, walk_keys
 
 # What the kernel is given a pointer to: a ctypes structure, array or scalar.
 CData = ctypes.Structure | ctypes.Array | ctypes.c_uint32 | ctypes.c_uint64 | ctypes.c_char
@@ -267,26 +267,14 @@ class CpumapVal(ctypes.Structure):
     _fields_ = (("qsize", ctypes.c_uint32), ("bpf_prog", ctypes.c_int32))
 
 
-def _check_uint(name: str, value: object, bits: int) -> int:
-    """``value`` as the kernel's u32/u64 argument: an int that fits, never wrapped.
-
-    The same errors, with the same words, as the engine's ``CpuMap`` (``TypeError``,
-    ``OverflowError``), so that code switching between the two sees one contract.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    v = int(value)
-    if not 0 <= v < (1 << bits):
-        raise OverflowError(f"{name} {v} does not fit in u{bits}")
-    return v
-
-
 def _check_u32(name: str, value: object) -> int:
-    return _check_uint(name, value, 32)
+    """``value`` as the kernel's u32 argument: an int that fits, never wrapped -- the
+    engine's own check (``map_errors.as_uint``), so both maps refuse with the same words."""
+    return as_uint(value, 32, name)
 
 
 def _check_u64(name: str, value: object) -> int:
-    return _check_uint(name, value, 64)
+    return as_uint(value, 64, name)
 
 
 def _obj_info(fd: int, info: ctypes.Structure) -> None:
@@ -294,7 +282,7 @@ def _obj_info(fd: int, info: ctypes.Structure) -> None:
     bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"fd={fd}")
 
 
-class _FdOwner:
+class _FdOwner(Closing):
     """Owns one bpf fd: ``close()`` is idempotent, and a finalizer closes a forgotten one."""
 
     _fd: int
@@ -317,17 +305,6 @@ class _FdOwner:
     def close(self) -> None:
         """Close the fd (the kernel frees the object when its last reference goes).  Idempotent."""
         self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- maps -------------------------------------------------------------------------------
@@ -473,15 +450,7 @@ class KernelCpuMap(_FdOwner):
 
     def keys(self) -> Iterator[int]:
         """Every key the kernel's get_next_key walk yields, from the first, until ``ENOENT``."""
-        key: int | None = None
-        while True:
-            try:
-                key = self.get_next_key(key)
-            except OSError as e:
-                if e.errno == errno.ENOENT:
-                    return
-                raise
-            yield key
+        return walk_keys(self.get_next_key)
 
     def __iter__(self) -> Iterator[int]:
         return self.keys()

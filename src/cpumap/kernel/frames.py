@@ -7,8 +7,9 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
+
+from ..closing import Closing
 
 
 def _csum16(data: bytes) -> int:
@@ -61,7 +62,7 @@ def local_ipv4() -> str | None:
     return None if addr.startswith("127.") else str(addr)
 
 
-class UdpSink:
+class UdpSink(Closing):
     """A UDP socket with the smallest receive buffer, and a frame addressed to it.
 
     Frames that the netstack delivers here are queued until the buffer is full, then
@@ -88,14 +89,3 @@ class UdpSink:
 
     def close(self) -> None:
         self.sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -28,10 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Final, Literal, Self, TypeVar
+from typing import Final, Literal, TypeVar
 
 from ..abi import XDP_DROP, XDP_PASS
+from ..closing import Closing
 from .asm import load_xdp, redirect_program, verdict_program
 from .bpf import BPF_F_TEST_XDP_LIVE_FRAMES, KernelCpuMap, TestRunResult
 from .frames import UdpSink, udp_frame
@@ -158,7 +158,7 @@ def run_pinned(cpu: int, fn: Callable[[], _T]) -> _T:
     return box["value"]  # type: ignore[return-value]
 
 
-class KernelCpumapRun:
+class KernelCpumapRun(Closing):
     """Frames through the kernel's cpumap, from ``rx_cpu`` to the entry for ``cpu``.
 
     Sets up a cpumap (max_entries = ``cpu + 1``) whose entry ``cpu`` has a ring of
@@ -323,17 +323,6 @@ class KernelCpumapRun:
     def close(self) -> None:
         """Close the programs and the map (the kernel stops the entry's kthread).  Idempotent."""
         self._stack.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def run_kernel_cpumap(qsize: int, cpu: int, **kwargs: object) -> CpumapRunResult:

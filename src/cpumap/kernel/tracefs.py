@@ -27,8 +27,9 @@ import select
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, NamedTuple, Self
+from typing import Final, NamedTuple
+
+from ..closing import Closing
 
 CPUMAP_EVENTS: Final = ("xdp/xdp_cpumap_enqueue", "xdp/xdp_cpumap_kthread")
 _TRACEFS_CANDIDATES: Final = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -97,7 +98,7 @@ def parse_trace_line(line: bytes) -> TraceEvent | None:
     return TraceEvent(m.group(3).decode(), int(m.group(1)), float(m.group(2)), fields)
 
 
-class TraceInstance:
+class TraceInstance(Closing):
     """A tracefs instance of our own with some events enabled, read through ``trace_pipe``.
 
     ``with TraceInstance(filter="map_id == 7") as tr: ...; events = tr.drain()``.  The
@@ -198,17 +199,6 @@ class TraceInstance:
                 self._write(f"events/{ev}/enable", "0")
         # rmdir fails with EBUSY while a file of the instance is open (not ours: closed above).
         os.rmdir(self.path)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def tracing_unavailable_reason() -> str | None:

@@ -56,6 +56,8 @@ from types import TracebackType
 
 import numpy as np
 
+from ..closing import Closing
+from ..errors import Error
 from ..packets import Packet, PacketBatch
 from .if_packet import PACKET_QDISC_BYPASS, SOL_PACKET
 
@@ -68,7 +70,7 @@ _counter = itertools.count()
 _NS_NAME = re.compile(r"^cpumap-(\d+)-\d+-[0-9a-f]+$")
 
 
-class NetnsError(RuntimeError):
+class NetnsError(Error, RuntimeError):
     """An ``ip`` command or a namespace operation failed; the message says which and why."""
 
 
@@ -311,7 +313,7 @@ Frames = PacketBatch | np.ndarray | Iterable[bytes | bytearray | memoryview | Pa
 an iterable of frames (``bytes``-like or :class:`~cpumap.packets.Packet`)."""
 
 
-class Injector:
+class Injector(Closing):
     """An AF_PACKET socket that transmits whole Ethernet frames out of one interface.
 
     The socket is created in ``netns`` (by name; ``None`` = the caller's) and stays there.
@@ -342,12 +344,6 @@ class Injector:
             with contextlib.suppress(OSError):  # an optimisation only (Linux >= 3.14)
                 sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
         self._sock: socket.socket | None = sock
-
-    def __enter__(self) -> Injector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the socket.  Idempotent."""

@@ -87,12 +87,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 
 from .. import _atomics
 from ..abi import ETH_P_8021Q, ETH_P_ALL
+from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
 from .if_packet import (
@@ -207,7 +207,7 @@ def _resolve_interface(interface: str | int) -> tuple[str, int]:
         ) from None
 
 
-class LiveSource:
+class LiveSource(Closing):
     """Packets from one interface, in batches, through a TPACKET_V3 ring.
 
     Parameters (bad values raise ``ValueError`` with the rule they break):
@@ -400,17 +400,6 @@ class LiveSource:
         with contextlib.suppress(BufferError):
             self._map.close()
         self._sock.close()
-
-    def __enter__(self) -> LiveSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

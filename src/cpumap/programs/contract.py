@@ -104,10 +104,12 @@ def batch_handler(fn: _F) -> _F:
 
 
 def is_vectorized(program: object) -> bool:
+    """Whether ``program`` is marked vectorized: the one test of the mark, everywhere."""
     return bool(getattr(program, "vectorized", False))
 
 
 def is_batch_handler(handler: object) -> bool:
+    """Whether ``handler`` is marked a batch handler: the one test of the mark, everywhere."""
     return bool(getattr(handler, "batch", False))
 
 

@@ -62,6 +62,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _atomics as at
+from ..closing import Closing
+from ..errors import Error
 from ..shm import Layout, Segment
 
 U32_MAX = 0xFFFFFFFF
@@ -69,7 +71,7 @@ READ_TIMEOUT = 1.0  # seconds a reader waits for a writer to finish before givin
 _SPINS_BEFORE_YIELD = 64
 
 
-class BrokenTableError(RuntimeError):
+class BrokenTableError(Error, RuntimeError):
     """The table stayed mid-update longer than :data:`READ_TIMEOUT`: its writer died."""
 
 
@@ -91,7 +93,7 @@ class TableSnapshot:
         return len(self.cpus)
 
 
-class CpuTable:
+class CpuTable(Closing):
     """``cpus_available`` + ``cpus_count`` in shared memory (see the module docstring).
 
     ``capacity`` is the most CPUs the table can hold; ``cpus`` its first contents.
@@ -207,12 +209,6 @@ class CpuTable:
     def close(self) -> None:
         """Drop this process's mapping (idempotent; the memory goes with the last one)."""
         self._seg.close()
-
-    def __enter__(self) -> CpuTable:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _cpu(value: object) -> int:

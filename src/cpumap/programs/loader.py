@@ -61,13 +61,14 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from ..errors import Error
 from . import contract
-from .steering import MODES
+from .steering import BUILTIN_PROGRAMS
 
 __all__ = ["LoadError", "load_handler", "load_object", "load_program"]
 
 
-class LoadError(ValueError):
+class LoadError(Error, ValueError):
     """A spec that cannot be loaded; the message says why and what to do."""
 
 
@@ -136,10 +137,9 @@ def _split(spec: str) -> tuple[str, str]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         hint = ""
-        if spec in MODES:
+        if spec in BUILTIN_PROGRAMS:
             hint = (
-                f"; {spec!r} is a built-in steering mode: "
-                f"cpumap.make_program({spec!r}, cmap, table)"
+                f"; {spec!r} is a built-in steering mode: cpumap.make_program({spec!r}, cmap, cpus)"
             )
         raise LoadError(f"{spec!r}: expected 'module:function' or 'path/to/file.py:function'{hint}")
     if not all(part.isidentifier() for part in attr.split(".")):

@@ -43,7 +43,7 @@ Every program is one object with two methods: :meth:`Steering.frame` (per frame,
 :class:`~cpumap.programs.context.XdpBatch`, returning ``(uint8 verdicts, uint32 keys)``).  Calling
 the object runs the form chosen by ``vectorized``, the attribute the engine reads.  Both
 forms give the same verdict and target for every frame, malformed and truncated ones
-included (tests/test_steering.py proves it with hypothesis).
+included (tests/programs/test_steering.py proves it with hypothesis).
 
 The vectorized form reads a fixed window of every frame (``bytes_at(0, 102)``: a view
 when the frames are consecutive in the pool) and works on whole columns: a batch costs a
@@ -54,7 +54,7 @@ end are in the window but every use is masked by the frame's length.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,9 +81,9 @@ from .xdp_parse import (
     SKIPPED,
     U32,
     Link,
-    flow_hash,
-    flow_hash_np,
     ip_np,
+    ip_pair_hash,
+    ip_pair_hash_np,
     ip_proto,
     parse_eth,
     parse_eth_np,
@@ -94,6 +94,7 @@ from .xdp_parse import (
 
 __all__ = [
     "BUILTIN_PROGRAMS",
+    "FLOW_HASH",
     "INITVAL",
     "MODES",
     "FlowHash",
@@ -118,7 +119,22 @@ def _skipped(verdicts: np.ndarray, link: Link) -> None:
 
 
 # -- the programs ---------------------------------------------------------------------------
-class Steering(abc.ABC):
+class _TwoForms:
+    """A built-in program's two forms behind one call: ``frame(ctx)`` per frame, ``batch(batch)``
+    vectorized; calling the object runs the one ``vectorized`` (the attribute the engine
+    reads) chooses."""
+
+    vectorized: bool
+    frame: Callable[[XdpContext], int]  # each subclass's own
+    batch: Callable[[XdpBatch], tuple[np.ndarray, np.ndarray]]
+
+    def __call__(self, arg: Any) -> Any:
+        if self.vectorized:
+            return self.batch(arg)
+        return self.frame(arg)
+
+
+class Steering(_TwoForms, abc.ABC):
     """Base of the built-in programs: a CPU table, a map, and the two forms.
 
     ``cmap``: the map redirected into (the per-frame form calls ``ctx.redirect_map`` on
@@ -153,11 +169,6 @@ class Steering(abc.ABC):
         # Per-generation cache: the table's CPUs and which of them are usable.
         self._snap_gen = -1
         self._valid: np.ndarray | None = None
-
-    def __call__(self, arg: Any) -> Any:
-        if self.vectorized:
-            return self.batch(arg)
-        return self.frame(arg)
 
     def __repr__(self) -> str:
         form = "vectorized" if self.vectorized else "per frame"
@@ -524,6 +535,7 @@ class _ByValue(Steering):
             verdicts, keys = _aborted(n)
         else:
             if count == 1:  # value % 1 == 0: no frame's value can change its CPU
+                # Fast path == the else branch; test_by_value_modes_over_one_cpu_skip_the_values.
                 values = np.zeros(n, dtype=np.uint32)
             else:
                 values = self._values_np(link)
@@ -543,10 +555,10 @@ class L4Hash(_ByValue):
     mode = "l4-hash"
 
     def _value(self, data: Any, n: int, et: int, l3: int) -> int:
-        return flow_hash(data, n, et, l3)
+        return ip_pair_hash(data, n, et, l3)
 
     def _values_np(self, link: Link) -> np.ndarray:
-        return flow_hash_np(link)
+        return ip_pair_hash_np(link)
 
 
 class _L4Port(_ByValue):
@@ -578,7 +590,7 @@ class L4Dport(_L4Port):
 
 
 # -- the skb's flow hash: not an xdp-bench mode ---------------------------------------------
-class FlowHash:
+class FlowHash(_TwoForms):
     """Steer by the skb's symmetric flow hash: both directions of a flow land on one entry.
 
     ``keys`` are the map keys to spread over (the "available CPUs" table); frame goes to
@@ -601,14 +613,10 @@ class FlowHash:
         self._redirect_keys = [k & 0xFFFFFFFF if k >= 0 else NO_KEY for k in self.keys]
         self.vectorized = vectorized
 
-    def __call__(self, arg: Any) -> Any:
-        if self.vectorized:
-            return self.batch(arg)
-        return self.frame(arg)
-
     def frame(self, ctx: XdpContext) -> int:
         h = ctx.skb.hash  # the poll's hash column: parsed once for the batch
         # ctx.redirect_map(self.cmap, key) with no flags, inlined (two calls a frame fewer).
+        # Fast path == that call; test_flow_hash_fast_paths_equal_the_general_path.
         ctx.redirect_key = self._redirect_keys[h % len(self._redirect_keys)]
         ctx.redirect_target = self.cmap
         return XDP_REDIRECT
@@ -617,16 +625,17 @@ class FlowHash:
         if len(self.keys) == 1:
             # hash % 1 == 0: every frame goes to the one key, so the batch's headers need
             # not be parsed (a fixed redirect, as the kernel's redirect-cpu to one CPU).
+            # Fast path == the general take; test_flow_hash_fast_paths_equal_the_general_path.
             return (
                 np.full(len(batch), XDP_REDIRECT, dtype=np.uint8),
                 np.full(len(batch), self._keys_arr[0], dtype=np.uint32),
             )
         h = batch.skb.hash
-        if self._mask is None:
+        if self._mask is None:  # the general take: keys[hash % len(keys)]
             keys = self._keys_arr.take(h % len(self._keys_arr))
-        elif self._identity:
+        elif self._identity:  # == general take; test_flow_hash_fast_paths_equal_the_general_path
             keys = (h & self._mask).astype(np.uint32, copy=False)
-        else:
+        else:  # a mask: == the general take; test_flow_hash_fast_paths_equal_the_general_path
             keys = self._keys_arr.take(h & self._mask)
         return np.full(len(batch), XDP_REDIRECT, dtype=np.uint8), keys
 
@@ -637,24 +646,31 @@ def _check_index(index: int, what: str) -> None:
 
 
 _PROGRAMS = (NoTouch, Touch, RoundRobin, L4Proto, L4Filter, L4Hash, L4Sport, L4Dport)
+# The xdp-bench redirect-cpu modes, by name.
 MODES: dict[str, type[Steering]] = {cls.mode: cls for cls in _PROGRAMS}
-BUILTIN_PROGRAMS: tuple[str, ...] = (*MODES, "flow-hash")  # every name make_program takes
+FLOW_HASH = "flow-hash"  # FlowHash: the skb's symmetric hash, not an xdp-bench mode
+# Every built-in program's name: what make_program makes (and the command line's -p takes).
+BUILTIN_PROGRAMS: tuple[str, ...] = (*MODES, FLOW_HASH)
 
 
 def make_program(
-    mode: str,
+    name: str,
     cmap: CpuMapLike,
-    table: CpuTable | Sequence[int],
+    cpus: CpuTable | Sequence[int],
     *,
     vectorized: bool = True,
     **options: Any,
-) -> Steering:
-    """The built-in program named ``mode`` (``xdp-bench redirect-cpu -p MODE``; see
-    :data:`MODES`; or ``flow-hash``, the skb's symmetric hash), over ``cmap`` and
-    ``table``, with the mode's ``options``."""
-    if mode == "flow-hash" and not options:
-        return FlowHash(cmap, table, vectorized=vectorized)  # type: ignore[return-value]
-    cls = MODES.get(mode)
+) -> Steering | FlowHash:
+    """The built-in program ``name`` (one of :data:`BUILTIN_PROGRAMS`) over ``cmap``: an
+    ``xdp-bench redirect-cpu -p MODE`` mode (:data:`MODES`) over the CPU table ``cpus`` (a
+    :class:`CpuTable`, or a sequence for a fixed one) with the mode's ``options``, or
+    ``flow-hash``, a :class:`FlowHash` over the keys ``cpus`` (a sequence; no options)."""
+    if name == FLOW_HASH:
+        if isinstance(cpus, CpuTable):
+            raise TypeError("flow-hash spreads over a fixed sequence of keys, not a CpuTable")
+        return FlowHash(cmap, cpus, vectorized=vectorized, **options)
+    cls = MODES.get(name)
     if cls is None:
-        raise ValueError(f"unknown steering mode {mode!r}; choose one of: {', '.join(MODES)}")
-    return cls(cmap, table, vectorized=vectorized, **options)
+        choices = ", ".join(BUILTIN_PROGRAMS)
+        raise ValueError(f"unknown steering mode {name!r}; choose one of: {choices}")
+    return cls(cmap, cpus, vectorized=vectorized, **options)

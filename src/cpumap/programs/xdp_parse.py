@@ -29,7 +29,7 @@ The common batches take shortcuts that change no answer: a batch that is all IPv
 all IPv6), untagged and long enough needs no mask at all (``Link.only``), found with two
 byte-string comparisons of the EtherType and link-type columns (0.1 us) instead of
 reductions (2 us).  Tagged frames are shifted into place with masked row copies, so the
-L3 columns line up for every frame.  tests/test_steering.py proves per frame ==
+L3 columns line up for every frame.  tests/programs/test_steering.py proves per frame ==
 vectorized with hypothesis, malformed and truncated frames included.
 """
 
@@ -75,9 +75,9 @@ __all__ = [
     "U32",
     "Buffer",
     "Link",
-    "flow_hash",
-    "flow_hash_np",
     "ip_np",
+    "ip_pair_hash",
+    "ip_pair_hash_np",
     "ip_proto",
     "parse_eth",
     "parse_eth_np",
@@ -218,8 +218,10 @@ def ports(data: Buffer, n: int, et: int, l3: int) -> tuple[int, int]:
     return data[l4] << 8 | data[l4 + 1], data[l4 + 2] << 8 | data[l4 + 3]
 
 
-def flow_hash(data: Buffer, n: int, et: int, l3: int) -> int:
-    """``get_ipv4_hash_ip_pair`` / ``get_ipv6_hash_ip_pair``; 0 for non-IP."""
+def ip_pair_hash(data: Buffer, n: int, et: int, l3: int) -> int:
+    """xdp-tools' ``get_ipv4_hash_ip_pair`` / ``get_ipv6_hash_ip_pair``: the hash of the
+    address pair (``l4-hash``'s; not the skb's flow hash, which also hashes the ports); 0
+    for non-IP or a cut header."""
     if et == ETH_P_IP:
         if n < l3 + 20:
             return 0
@@ -393,8 +395,8 @@ def _sum6(l3: np.ndarray) -> np.ndarray:
     return w[:, 0] + w[:, 1]
 
 
-def flow_hash_np(link: Link) -> np.ndarray:
-    """:func:`flow_hash` over a batch: uint32, 0 for non-IP and cut headers."""
+def ip_pair_hash_np(link: Link) -> np.ndarray:
+    """:func:`ip_pair_hash` over a batch: uint32, 0 for non-IP and cut headers."""
     l3 = link.l3
     if link.only == IPV4 and link.l3min >= 20:  # the usual batch: no mask at all
         return superfasthash4_np(_sum4(l3), np.add(l3[:, 9], U32(INITVAL), dtype=np.uint32))
