@@ -189,17 +189,31 @@ class Count:
         return {"cpu": self.cpu, "packets": self.packets, "bytes": self.bytes}
 
 
+def _reports(results: Iterable[Any]) -> list[Any]:
+    """The handlers' reports in ``results`` (``WorkerResult``s or bare reports), a
+    ``Chain``'s list of reports flattened."""
+    reports: list[Any] = []
+    for r in results:
+        report = getattr(r, "result", r)
+        reports.extend(report if isinstance(report, list) else [report])
+    return reports
+
+
+def captures_written(results: Iterable[Any]) -> list[str]:
+    """The files the :class:`CaptureSink` s among ``results`` wrote (their ``finish()``
+    reports: ``{"capture": path, "packets": n}``), sorted."""
+    return sorted(
+        str(r["capture"]) for r in _reports(results) if isinstance(r, dict) and r.get("capture")
+    )
+
+
 def merge_flow_tables(results: Iterable[Any]) -> list[FlowStats]:
     """Join the reports of FlowTable workers (``CpuMap.results``), biggest flows first.
 
     A flow seen by several workers (its CPU changed, or the entry was replaced) is one row
     listing every CPU."""
     merged: dict[int, FlowStats] = {}
-    reports: list[Any] = []
-    for r in results:
-        report = getattr(r, "result", r)
-        reports.extend(report if isinstance(report, list) else [report])  # Chain: a list
-    for report in reports:
+    for report in _reports(results):
         if not isinstance(report, dict) or "flows" not in report:
             continue
         for h, f in report["flows"].items():

@@ -27,7 +27,6 @@ from cpumap import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, CpuMap, possib
 from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Flow, Generator, read_stamp
 from cpumap.packets import PacketBatch
-from cpumap.programs import FlowHash
 from cpumap.programs.context import NO_KEY, XdpBatch, XdpContext
 from cpumap.programs.cpu_table import CpuTable
 from cpumap.programs.steering import (

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Error
 from ..programs import contract
 from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
@@ -59,7 +60,7 @@ class Reply:
     pid: int  # the actor process that handled it (a restart makes a new one)
 
 
-class PlacementError(OSError):
+class PlacementError(Error, OSError):
     """The actor could not be pinned to its CPU on its node (``errno``: ENODEV)."""
 
 

@@ -61,8 +61,8 @@ from enum import StrEnum
 from typing import Any
 
 from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
-from ..engine.supervisor import HandlerSetupError
-from ..errors import ClosedResourceError
+from ..closing import Closing
+from ..errors import ClosedResourceError, HandlerSetupError
 from ..map_errors import as_uint, map_error, walk_keys
 from ..programs.contract import WorkerInfo
 from .actor import EntryActor
@@ -121,7 +121,7 @@ class EntryResult:
     error: str | None = None
 
 
-class ClusterMap:
+class ClusterMap(Closing):
     """A cpumap whose entries are Ray actors on the cluster's nodes (module docstring).
 
     ``handler``: the entries' handler (the same contract as ``CpuMap``'s: per frame, or a
@@ -165,13 +165,6 @@ class ClusterMap:
         self._lock = threading.RLock()
         self._running = False
         self._closed = False
-
-    # -- context manager ---------------------------------------------------------------------
-    def __enter__(self) -> ClusterMap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<ClusterMap id={self.map_id} entries={[str(p) for p in self._entries]}>"

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..closing import Closing
+
 LABEL = "cpumap.node"  # the node label that names a node for cpumap
 _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -138,18 +140,12 @@ def _affinity() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-class RaySession:
+class RaySession(Closing):
     """A connection to Ray for the length of a ``with`` block (see :func:`connect`)."""
 
     def __init__(self, started: bool, address: str) -> None:
         self.started = started  # this session started the instance: it shuts it down
         self.address = address
-
-    def __enter__(self) -> RaySession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Disconnect; a local instance this session started is shut down with it."""
