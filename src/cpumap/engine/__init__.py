@@ -22,12 +22,13 @@ Rule 3: a producer, a worker or a second stage is given the map's ``MapShared`` 
 pool; nothing reaches into ``CpuMap`` itself.
 """
 
+from ..errors import HandlerSetupError
 from .entry import Entry, EntryEvent, EntryState
 from .map import QSIZE_MAX, CpuMap
 from .rx import RxProducer
 from .second_stage import OutputMap
 from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
-from .supervisor import HandlerSetupError, RestartPolicy, WorkerEvent, WorkerResult
+from .supervisor import RestartPolicy, WorkerEvent, WorkerResult
 
 __all__ = [
     "QSIZE_MAX",

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .counters import KthreadRecord
+    from .messages import Exited
     from .ring import Ring
     from .worker import WorkerProcess
 
@@ -112,7 +113,7 @@ class Entry:
     last_exitcode: int | None = None  # of its last worker that died
     quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
     lost: int = 0  # frames lost with its workers
-    results: list[dict[str, Any]] = field(default_factory=list)  # what its workers reported
+    results: list[Exited] = field(default_factory=list)  # what its workers reported
 
     @property
     def cpu(self) -> int:

@@ -467,7 +467,7 @@ class CpuMap:
         the RX program run in this process for this map (``programs/user_errors.py``)."""
         out = user_errors.LOG.report(scope=self.map_id)
         for r in self.results:
-            out.extend(user_errors.from_dicts(r.user_errors))
+            out.extend(r.user_errors)
         return out
 
     # -- close ---------------------------------------------------------------------------------

@@ -44,15 +44,18 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import HandlerSetupError
 from ..programs.contract import WorkerInfo
+from ..programs.user_errors import UserError
 from .counters import KthreadCounter
 from .entry import Entry, EntryEvent, EntryState
 from .frame_pool import TAG_HAND, FramePool
+from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ownership import recover_partition, unpublished
 from .pids import pid_alive
 from .worker import WorkerProcess, WorkerSpec, worker_main
@@ -105,22 +108,19 @@ class WorkerEvent:
     lost: int = 0  # frames the event lost (recovered without an outcome)
 
 
-class HandlerSetupError(RuntimeError):
-    """The handler's ``setup()`` raised in a new worker; the update was not made."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class WorkerResult:
-    """What a worker reported when it exited."""
+    """What a worker reported when it exited (its ``Exited`` message, messages.py), and
+    whose it was."""
 
     key: int
     cpu: int
     generation: int
-    result: Any = None
-    error: str | None = None
+    result: Any = None  # the handler's finish() result
+    error: str | None = None  # the traceback of what ended the worker, if anything
     exitcode: int | None = None
-    outputs: list[Any] = field(default_factory=list)  # second-stage outputs' reports
-    user_errors: list[Any] = field(default_factory=list)  # programs/user_errors.py dicts
+    outputs: tuple[Any, ...] = ()  # second-stage outputs' finish() reports
+    user_errors: tuple[UserError, ...] = ()  # what failed in user code in that worker
 
 
 class Supervisor:
@@ -217,17 +217,19 @@ class Supervisor:
         try:
             msg = worker.receive(START_TIMEOUT)
         except BaseException:
-            worker.kill()
-            worker.join()
-            worker.close()
+            _discard_worker(worker)
             raise
-        if not msg or not msg.get("ready"):
-            worker.kill()
-            worker.join()
-            worker.close()
-            error = (msg or {}).get("error", "worker exited before it was ready")
-            raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
-        worker.pinned = bool(msg.get("pinned", True))
+        match msg:
+            case Ready(pinned=pinned):
+                worker.pinned = pinned
+            case SetupFailed(error=error):
+                _discard_worker(worker)
+                raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
+            case _:  # None (it died, or said nothing in time), or not its first message
+                _discard_worker(worker)
+                raise HandlerSetupError(
+                    f"worker for CPU {e.key} did not start:\nworker exited before it was ready"
+                )
         e.worker = worker
         self.shared.set_worker_pid(e.slot, worker.pid)
 
@@ -241,9 +243,7 @@ class Supervisor:
                 self.recover(e, drop_queued=True)
             return
         if w.has_report():
-            msg = w.receive()
-            if msg is not None:
-                e.results.append(msg)
+            _keep_report(e, w.receive())
         if w.is_alive():
             return
         if e.state == EntryState.DRAINING and w.exitcode == 0 and len(e.ring) == 0:
@@ -391,9 +391,7 @@ class Supervisor:
         """Wait for ``e``'s exited worker, keeping its last report."""
         if e.worker is None:
             return
-        msg = e.worker.receive()
-        if msg is not None:
-            e.results.append(msg)
+        _keep_report(e, e.worker.receive())
         e.worker.join()
 
     def kill(self, e: Entry) -> None:
@@ -409,18 +407,16 @@ class Supervisor:
         """Move ``e``'s workers' reports into :attr:`results`."""
         exitcode = e.worker.exitcode if e.worker is not None else None
         for msg in e.results:
-            if msg.get("ready"):
-                continue
             self.results.append(
                 WorkerResult(
                     e.key,
                     e.cpu,
                     e.generation,
-                    msg.get("result"),
-                    msg.get("error"),
+                    msg.result,
+                    msg.error,
                     exitcode,
-                    msg.get("outputs", []),
-                    msg.get("user_errors", []),
+                    msg.outputs,
+                    msg.user_errors,
                 )
             )
         e.results.clear()
@@ -436,6 +432,20 @@ class Supervisor:
         """Free ``e``'s reaped worker's pipe and process handle."""
         if e.worker is not None:
             e.worker.close()
+
+
+def _keep_report(e: Entry, msg: WorkerMessage | None) -> None:
+    """Keep a running worker's message for :meth:`Supervisor.collect`: only its last one,
+    ``Exited``, is a report (``Ready`` was read by ``start``; nothing else comes after)."""
+    if isinstance(msg, Exited):
+        e.results.append(msg)
+
+
+def _discard_worker(worker: WorkerProcess) -> None:
+    """A worker that did not start: kill it, wait for it, free its pipe."""
+    worker.kill()
+    worker.join()
+    worker.close()
 
 
 def _discard(proc: Any, conn: Any) -> None:

@@ -74,6 +74,7 @@ from ..programs.context import frame_skbs, skb_batch
 from ..programs.contract import WorkerInfo
 from .counters import KTHREAD_WORDS, KthreadCounter
 from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
+from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT
 from .second_stage import SecondStage
 
@@ -140,13 +141,14 @@ class WorkerProcess:
     def has_report(self) -> bool:
         return not self._conn.closed and bool(self._conn.poll())
 
-    def receive(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """Its next report, or None (none within ``timeout``, or it is gone)."""
+    def receive(self, timeout: float = 0.0) -> WorkerMessage | None:
+        """Its next message (messages.py), or None (none within ``timeout``, or it is
+        gone)."""
         if self._conn.closed:
             return None
         try:
             if self._conn.poll(timeout):
-                msg: dict[str, Any] = self._conn.recv()
+                msg: WorkerMessage = self._conn.recv()
                 return msg
         except (EOFError, OSError):
             # The worker is gone and said all it will: stop waiting on this pipe (it
@@ -177,7 +179,6 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     pinned = _pin(spec.info.cpu)
     info = replace(spec.info, pinned=pinned)
     handler = spec.handler
-    result: dict[str, Any] = {"pinned": pinned}
     stage = None
     try:
         if spec.second_stage is not None:
@@ -187,24 +188,35 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
             stage.setup(info)
         contract.setup(handler, info)
     except BaseException as e:
-        result_conn.send({"ready": False, "error": "".join(traceback.format_exception(e))})
+        result_conn.send(SetupFailed("".join(traceback.format_exception(e))))
         result_conn.close()
         return
-    result_conn.send({"ready": True, "pinned": pinned})
+    result_conn.send(Ready(pinned))
+    exited = _run(spec, stage, pinned)
+    try:
+        result_conn.send(exited)
+    except Exception as e:  # an unpicklable result must not lose the report
+        result_conn.send(
+            Exited(pinned, error=f"cannot send result: {e!r}", user_errors=exited.user_errors)
+        )
+    result_conn.close()
+
+
+def _run(spec: WorkerSpec, stage: SecondStage | None, pinned: bool) -> Exited:
+    """Consume until told to stop, then finish: the worker's last message."""
+    result: Any = None
+    outputs: tuple[Any, ...] = ()
+    error = None
     try:
         Worker(spec, stage).run()
-        if contract.has_finish(handler):
-            result["result"] = contract.finish(handler)
+        if contract.has_finish(spec.handler):
+            result = contract.finish(spec.handler)
         if stage is not None:
-            result["outputs"] = stage.finish()
+            outputs = tuple(stage.finish())
     except BaseException as e:  # report, never hang: the controller reaps us
-        result["error"] = "".join(traceback.format_exception(e))
-    result["user_errors"] = user_errors.report_dicts(spec.info.cpu)
-    try:
-        result_conn.send(result)
-    except Exception as e:  # an unpicklable result must not lose the error report
-        result_conn.send({"pinned": pinned, "error": f"cannot send result: {e!r}"})
-    result_conn.close()
+        error = "".join(traceback.format_exception(e))
+    errors = tuple(user_errors.LOG.report(cpu=spec.info.cpu))
+    return Exited(pinned, result, error, outputs, errors)
 
 
 def _watch_parent(parent: int, interval: float = 0.25) -> None:
