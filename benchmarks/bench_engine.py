@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cpumap import CpuMap, FlowHash, PacketBatch, batch_handler, possible_cpus
+from cpumap import CpuMap, FlowHash, MapOptions, PacketBatch, batch_handler, possible_cpus
 from cpumap.engine.bulkq import DEFAULT_BULK_SIZE
 from cpumap.engine.rx import DEFAULT_POLL_SIZE
 from cpumap.engine.worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL
@@ -144,7 +144,8 @@ def run_ours(
 ):
     handler = TouchBatch() if vectorized else TouchFrame()
     n = len(frames)
-    with CpuMap(max(cpus) + 1, handler=handler, batch_size=batch_size, busy_poll=busy_poll) as m:
+    options = MapOptions(busy_poll=busy_poll)
+    with CpuMap(max(cpus) + 1, handler=handler, batch_size=batch_size, options=options) as m:
         for c in cpus:
             m.update(c, qsize)
         prog = FlowHash(m, cpus, vectorized=vectorized)

@@ -23,25 +23,38 @@ pool; nothing reaches into ``CpuMap`` itself.
 """
 
 from ..errors import HandlerSetupError
-from .entry import Entry, EntryEvent, EntryState
-from .map import QSIZE_MAX, CpuMap
+from .entry import Entry, EntryEvent, EntryState, EntryStateError
+from .map import QSIZE_MAX, CpuMap, MapOptions
+from .report import MapReport
 from .rx import RxProducer
 from .second_stage import OutputMap
-from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
+from .stats import (
+    EnqueueEvent,
+    EnqueueRow,
+    EntryStats,
+    KthreadEvent,
+    MapStats,
+    ProducerStats,
+)
 from .supervisor import RestartPolicy, WorkerEvent, WorkerResult
 
 __all__ = [
     "QSIZE_MAX",
     "CpuMap",
     "EnqueueEvent",
+    "EnqueueRow",
     "Entry",
     "EntryEvent",
     "EntryState",
+    "EntryStateError",
     "EntryStats",
     "HandlerSetupError",
     "KthreadEvent",
+    "MapOptions",
+    "MapReport",
     "MapStats",
     "OutputMap",
+    "ProducerStats",
     "RestartPolicy",
     "RxProducer",
     "WorkerEvent",

@@ -93,6 +93,15 @@ class SupervisorThread:
         """Whether the caller is this thread."""
         return threading.current_thread() is self._thread
 
+    def forks_on_long_lived_thread(self) -> bool:
+        """Whether a fork through :meth:`call` now happens on a thread that lives as long
+        as the map: this one while it runs (it ends only when the map is closed), or --
+        :meth:`call` then runs the fork in the caller's thread -- the main thread (it lives
+        as long as the process).  A worker forked so may arm ``PR_SET_PDEATHSIG``, which
+        fires when the thread that forked it exits (worker.py); one forked from a
+        short-lived thread must rely on its watchdog instead."""
+        return self.alive or threading.current_thread() is threading.main_thread()
+
     def wake(self) -> None:
         """Make the thread run a pass now."""
         with contextlib.suppress(BlockingIOError, OSError):

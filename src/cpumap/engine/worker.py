@@ -88,6 +88,16 @@ DEFAULT_IDLE_TIMEOUT = 2.0  # seconds a sleeping worker waits before re-checking
 _K = KthreadCounter
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How every worker of one map runs: fixed when the map is created."""
+
+    handler: Any  # the "network stack" (programs/contract.py)
+    batch_size: int  # frames per batch, at most (the kernel's CPUMAP_BATCH)
+    idle_timeout: float  # seconds a sleeping worker waits before re-checking anyway
+    busy_poll: float  # seconds to poll an empty ring (yielding) before sleeping
+
+
 @dataclass
 class WorkerSpec:
     """Everything a worker needs; inherited through fork, never pickled.  The worker finds
@@ -96,13 +106,9 @@ class WorkerSpec:
     pool: FramePool
     shared: MapShared
     info: WorkerInfo
-    handler: Any
-    batch_size: int = DEFAULT_BATCH
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    busy_poll: float = 0.0  # seconds to poll an empty ring (yielding) before sleeping
+    config: WorkerConfig
     resume_counters: np.ndarray | None = None  # a replacement worker continues these
     second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
-    home: object = None  # the map, as a redirect target (for a second stage that redirects)
     parent_pid: int = 0  # the controlling process
     forked_by_long_lived_thread: bool = True  # the map's supervisor thread forked us
 
@@ -178,15 +184,12 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pinned = _pin(spec.info.cpu)
     info = replace(spec.info, pinned=pinned)
-    handler = spec.handler
     stage = None
     try:
         if spec.second_stage is not None:
-            stage = SecondStage(
-                spec.second_stage, spec.shared, spec.pool, info.slot, home=spec.home
-            )
+            stage = SecondStage(spec.second_stage, spec.shared, spec.pool, info.slot)
             stage.setup(info)
-        contract.setup(handler, info)
+        contract.setup(spec.config.handler, info)
     except BaseException as e:
         result_conn.send(SetupFailed("".join(traceback.format_exception(e))))
         result_conn.close()
@@ -209,8 +212,9 @@ def _run(spec: WorkerSpec, stage: SecondStage | None, pinned: bool) -> Exited:
     error = None
     try:
         Worker(spec, stage).run()
-        if contract.has_finish(spec.handler):
-            result = contract.finish(spec.handler)
+        handler = spec.config.handler
+        if contract.has_finish(handler):
+            result = contract.finish(handler)
         if stage is not None:
             outputs = tuple(stage.finish())
     except BaseException as e:  # report, never hang: the controller reaps us
@@ -252,8 +256,8 @@ class Worker:
         self.ring = shared.ring(slot)
         self.record = shared.kthread_record(slot)
         self.events = shared.kthread_log(slot)
-        self.handler = spec.handler
-        self.batch_size = spec.batch_size
+        self.handler = spec.config.handler
+        self.batch_size = spec.config.batch_size
         self.counters = np.zeros(KTHREAD_WORDS, dtype=np.int64)
         if spec.resume_counters is not None:
             self.counters[:] = spec.resume_counters
@@ -289,10 +293,10 @@ class Worker:
 
     def _sleep(self) -> None:
         ring = self.ring
-        if self.spec.busy_poll > 0 and self._busy_poll():
+        if self.spec.config.busy_poll > 0 and self._busy_poll():
             return
         seq = at.load_u32(ring.hdr + OFF_WAKE_SEQ)
-        rc = ring.wait(self.spec.idle_timeout)
+        rc = ring.wait(self.spec.config.idle_timeout)
         if rc == WAIT_NOT_SLEPT:
             return
         self._sched = 1
@@ -313,7 +317,7 @@ class Worker:
         the producer a syscall and, on a shared CPU, a context switch per flush.
         (NAPI busy polling, or AF_XDP without need_wakeup.)"""
         ring = self.ring
-        deadline = time.monotonic() + self.spec.busy_poll
+        deadline = time.monotonic() + self.spec.config.busy_poll
         while time.monotonic() < deadline:
             if ring.available() or ring.stop_requested():
                 return True
