@@ -160,6 +160,20 @@ def test_second_stage_exception_drops_the_batch() -> None:
         assert_balanced(m)
 
 
+def test_a_redirect_to_another_map_is_a_drop() -> None:
+    """A worker knows its own map by its control segment (it is handed no map object); a
+    second stage's redirect to any other map is dropped, as one it cannot reach."""
+    with CpuMap(max(CPUS) + 1) as other, CpuMap(max(CPUS) + 1) as m:
+        other.update(B, 256)
+        if B != A:
+            m.update(B, 256)  # the same key in this map: a redirect taken here would work
+        m.update(A, 256, program=lambda ctx: redirect_map(other, B))
+        s = m.run(flow_batch(2, 5), FlowHash(m, [A]))
+        assert s.second_stage_drop == 10 and s.second_stage_redirect == 0 and s.delivered == 0
+        assert_balanced(m)
+        assert other.stats().kthread_processed == 0
+
+
 def test_retiring_a_redirect_target_under_traffic_loses_nothing() -> None:
     """A worker that redirects is a producer too: the target's grace period waits for it."""
     if A == B:

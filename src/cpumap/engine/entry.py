@@ -3,10 +3,10 @@
 Rule 1: everything that decides which state an entry is in lives here, in
 :data:`TRANSITIONS`; an event the table does not list for the entry's state is a bug, and
 :meth:`Entry.fire` raises.  Rule 2: nothing here does anything: the map (``map.py``) fires
-the events, and the supervisor (``supervisor.py``) starts and reaps the worker processes.
-Rule 3: an entry has two writers, each of its own part: the map writes its ``state``
-(only through :meth:`Entry.fire`) and its ``grace`` snapshot; the supervisor writes its
-:class:`WorkerLife`.
+the events of an entry's life, and the supervisor (``supervisor.py``), which starts and
+reaps the worker processes, fires ``BROKE`` when it gives up on them.  Rule 3: the state
+changes only through :meth:`Entry.fire`; beside it, the map writes only the entry's
+``grace`` snapshot, and the supervisor only its :class:`WorkerLife`.
 
 Theory of operation: replace and delete while traffic flows
 -----------------------------------------------------------
@@ -44,8 +44,9 @@ the ring held is counted lost.  Where it goes depends on where it was::
     BROKEN_RETIRING --ABANDONED-->     RETIRED     close() ran out of time first
 
 Why a broken retiring entry still waits out its grace period: a producer that found it
-before it was unpublished may still push into its ring (refused, but it reads the ring's
-header), so the slot is not reused before every such producer has left.  An entry broken
+before it was unpublished may still flush into its slot's ring.  While the slot is this
+entry's, the killed ring refuses it; reused, the slot's ring would take those frames into
+another entry.  So the slot is freed only once every such producer has left.  An entry broken
 while DRAINING is past its grace period already: ``GRACE_ELAPSED`` holds at once (a grace
 period that ended stays ended: rcu.py), and it retires at the map's next pass.
 

@@ -41,9 +41,16 @@ retirements on its supervisor thread (watcher.py), at every map operation, in
 ``stats()``, ``poll()`` and ``close()`` (:meth:`CpuMap.poll`).  ``close(timeout)``
 retires everything, waits until every worker has exited, and returns by its deadline
 whatever is stuck, counting what it had to abandon.  The worker processes themselves --
-started, watched, recovered when they die, replaced -- are the supervisor's
-(supervisor.py); the supervisor thread runs the supervision on its own, so that a dead
-worker is replaced within milliseconds even while the program only feeds packets.
+started, watched, recovered when they die, replaced, broken, retired -- are the
+supervisor's (supervisor.py): of an entry, the map writes only its state (by firing
+events) and its grace snapshot, the supervisor its ``WorkerLife``.  Retiring an entry is
+the map firing the event, one ``Supervisor.retire`` call, then folding the entry's stats
+into :attr:`CpuMap.history` and freeing its slot.  The supervisor thread runs the
+supervision on its own, so that a dead worker is replaced within milliseconds even while
+the program only feeds packets.
+
+What a map reports: :meth:`CpuMap.stats` (a snapshot, cheap enough for a loop),
+:meth:`CpuMap.report` (the whole life in one record, after ``close()``).
 
 What is shared with producers and workers is in one control segment (control.py): this
 object hands it to them as :attr:`CpuMap.shared` and keeps the rest -- the entries, the

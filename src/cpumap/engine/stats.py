@@ -3,6 +3,9 @@
 :class:`MapStats` sums every producer and every entry, live and retired; :class:`EntryStats`
 is one entry (one update).  Both are built from the counter tables of ``counters.py`` by
 the tables below -- which stats field is which counter word -- and never change after.
+Per producer slot: :class:`ProducerStats` (``MapStats.producers``: its record) and
+:class:`EnqueueRow` (``EntryStats.enqueue_rows``: its flushes into the entry), so that a
+reader needs no counter table of its own.
 
 The accounting identity
 -----------------------
@@ -25,13 +28,13 @@ Faults, and the fields that report them
   never let go (stopped, hung) when the deadline came.  An outcome.
 * ``worker_deaths``, ``producer_deaths`` -- deaths the supervisor handled (each also a
   ``WorkerEvent``: ``CpuMap.worker_events()``); ``broken_entries``, ``stuck_workers``
-  -- entries in state ``broken`` / workers reported stuck, now; ``hop_limit`` -- frames a
-  second stage dropped for being redirected between entries too often (part of
-  ``second_stage_drop``).
-* per entry: ``state`` (``broken`` included), ``pid`` (0 while it has no worker),
-  ``exitcode`` (its last worker's, once dead), ``restarts``, ``heartbeat_age`` (seconds
-  since its worker last made progress; -1 if none), ``stuck`` (work waiting and no
-  progress for the map's ``stuck_after``).
+  -- entries broken (state ``broken`` or ``broken-retiring``) / workers reported stuck,
+  now; ``hop_limit`` -- frames a second stage dropped for being redirected between
+  entries too often (part of ``second_stage_drop``).
+* per entry: ``state`` (``broken``, ``broken-retiring`` included), ``pid`` (0 while it
+  has no worker), ``exitcode`` (its last worker's, once dead), ``restarts``,
+  ``heartbeat_age`` (seconds since its worker last made progress; -1 if none), ``stuck``
+  (work waiting and no progress for the map's ``stuck_after``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 replaces their worker processes.
 
 The map (``map.py``) decides *what* an entry is (``entry.py``); the supervisor runs the
-process that plays it.  Each entry has at most one live worker, a ``WorkerProcess``
-(worker.py): a process forked from the controlling process (the handler, a closure even, needs no
-pickling), pinned to the entry's CPU, with a pipe on which it says "ready" once its
-handler's ``setup()`` has run, and its results when it exits.
+process that plays it, and keeps the record of it: the entry's ``WorkerLife`` (its
+worker, restarts, restart heat, stuck-since, last exit, frames lost, reports), which only
+this module writes.  Each entry has at most one live worker, a ``WorkerProcess``
+(worker.py): a process forked from the controlling process (the handler, a closure even,
+needs no pickling), pinned to the entry's CPU, with a pipe on which it sends typed
+messages (messages.py): ``Ready`` once its handler's ``setup()`` has run (or
+``SetupFailed``), and ``Exited`` with its results when it exits.
 
 Supervision: a worker found dead while its entry lives (killed, crashed) is recovered --
 the frames it held without a committed outcome are counted ``lost`` and returned
@@ -18,16 +21,23 @@ Restarts are rate-limited with a decay (:class:`RestartPolicy`), not a lifetime 
 death adds one to the entry's *heat*, which halves every ``half_life`` seconds; an entry
 whose heat exceeds ``burst``, or whose replacement cannot start, is *broken*
 (entry.py): unpublished, so that a redirect to it is a redirect error, its ring killed,
-what it held counted ``lost``.  Every death, restart, break and stuck worker is recorded
-as a :class:`WorkerEvent`.
+what it held counted ``lost`` (the supervisor fires ``BROKE``: the one event it fires).
+Every death, restart, break and stuck worker is recorded as a :class:`WorkerEvent`.
+
+The end of a worker: when the map retires an entry it makes one call,
+:meth:`Supervisor.retire` -- wait for the exited worker, recover what it left unless it
+exited clean, collect its reports as :class:`WorkerResult` records, free its handle -- and
+gets back the entry's final counters; ``close()`` running out of time first calls
+:meth:`Supervisor.abandon` (kill, make the ring refuse producers).
 
 RX producers are supervised too (:meth:`Supervisor.supervise_producers`): a producer slot
 whose owner process died is claimed by the controller, and the partition it left is
 recovered whole (ownership.py), its frames counted ``lost``.
 
-Forking happens only on the map's supervisor thread (watcher.py: why), or, failing it, in
-the map's own thread; a supervision from another thread (a metrics scrape calling
-``stats()``) only reads.
+Forking happens only through the :class:`Forker` the supervisor is built with: the map's
+supervisor thread (watcher.py: why), which runs a fork in the caller's thread once it is
+gone; a supervision from another thread (a metrics scrape calling ``stats()``) only
+reads.
 
 Map operations run in the controlling process (the one that created the map); RX
 producers may run in processes forked from it.

@@ -49,7 +49,8 @@ them.
 
 Heartbeat: the worker stores ``time.monotonic_ns()`` in its slot's heartbeat word before
 and after every batch and whenever it wakes up, so that the controller can tell a worker
-stuck in its handler (work waiting, no progress) from an idle one (map.py reports it).
+stuck in its handler (work waiting, no progress) from an idle one (the supervisor reports
+it: ``Supervisor.check_progress``).
 
 Failure containment: whatever the handler returns or raises (any ``BaseException``), and
 whatever a second-stage program does, ends as a counted outcome of the batch; the worker
@@ -198,7 +199,8 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     exited = _run(spec, stage, pinned)
     try:
         result_conn.send(exited)
-    except Exception as e:  # an unpicklable result must not lose the report
+    except Exception as e:  # an unpicklable result must not lose the report: the error
+        # says why, and the user errors (ours: strings and counts) always pickle.
         result_conn.send(
             Exited(pinned, error=f"cannot send result: {e!r}", user_errors=exited.user_errors)
         )
