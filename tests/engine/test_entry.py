@@ -56,8 +56,11 @@ def test_an_entry_broken_while_retiring_is_broken_retiring(
     assert e.fire(E.GRACE_ELAPSED) == S.RETIRED
 
 
-def test_broken_is_a_property_of_two_states() -> None:
+def test_broken_and_current_are_properties_of_two_states_each() -> None:
     assert {s for s in S if s.broken} == {S.BROKEN, S.BROKEN_RETIRING}
+    # Current: not yet unpublished by an update or a delete.
+    assert {s for s in S if s.current} == {s for s in S if E.UNPUBLISHED in TRANSITIONS[s]}
+    assert {s for s in S if s.current} == {S.ACTIVE, S.BROKEN}
 
 
 @pytest.mark.parametrize(

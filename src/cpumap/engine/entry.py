@@ -96,6 +96,12 @@ class EntryState(StrEnum):
         """No worker consumes its ring, and none will: BROKEN or BROKEN_RETIRING."""
         return self in (EntryState.BROKEN, EntryState.BROKEN_RETIRING)
 
+    @property
+    def current(self) -> bool:
+        """The entry of its key now -- ``lookup`` finds it: ACTIVE or BROKEN (the others
+        were replaced or deleted: retiring, or retired)."""
+        return self in (EntryState.ACTIVE, EntryState.BROKEN)
+
 
 class EntryEvent(Enum):
     """What happens to an entry."""
