@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 
-from cpumap import CpuMap, FlowHash, possible_cpus
+from cpumap import CpuMap, FlowHash, MapOptions, RestartPolicy, possible_cpus
 from cpumap.generator import Generator
 from suite.rss import status_kib
 
@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[tuple[float, int, int]]] = {}
     worker_rss: list[int] = []
     kills = reconfigs = 0
-    with CpuMap(max(cpus) + 1, producers=2, restart_half_life=30.0) as m:
+    with CpuMap(
+        max(cpus) + 1, producers=2, options=MapOptions(restart=RestartPolicy(half_life=30.0))
+    ) as m:
         for cpu in cpus:
             m.update(cpu, 1024)
         stop = _MP.Event()

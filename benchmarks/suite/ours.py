@@ -30,7 +30,7 @@ import numpy as np
 
 from cpumap.abi import XDP_DROP
 from cpumap.cpus import pinned
-from cpumap.engine import CpuMap
+from cpumap.engine import CpuMap, MapOptions
 from cpumap.engine.frame_pool import FramePool
 from cpumap.packets import PacketBatch
 from cpumap.programs import FlowHash, batch_handler, vectorized
@@ -78,12 +78,16 @@ class Knobs:
     the sizes set are passed, so a default run makes the calls a user makes."""
 
     batch_size: int | None = None  #: the worker's batch (``CpuMap(batch_size=)``)
-    busy_poll: float | None = None  #: the worker's spin before sleeping (``CpuMap``)
+    busy_poll: float | None = None  #: the worker's spin before sleeping (``MapOptions``)
     poll_size: int | None = None  #: frames per RX poll (``producer(poll_size=)``)
     bulk_size: int | None = None  #: frames per flush (``producer(bulk_size=)``)
 
     def map_options(self) -> dict[str, Any]:
-        return _set({"batch_size": self.batch_size, "busy_poll": self.busy_poll})
+        """``CpuMap``'s keywords: ``batch_size``, and ``busy_poll`` in its options record."""
+        options = _set({"batch_size": self.batch_size})
+        if self.busy_poll is not None:
+            options["options"] = MapOptions(busy_poll=self.busy_poll)
+        return options
 
     def producer_options(self) -> dict[str, Any]:
         return _set({"poll_size": self.poll_size, "bulk_size": self.bulk_size})

@@ -96,7 +96,7 @@ def producer_process(
 
 def worker_pid(m: CpuMap, key: int) -> int:
     """The pid of ``key``'s current worker (0: none), read without supervising."""
-    w = m.entry(key).worker
+    w = m.entry(key).life.worker
     return w.pid if w is not None else 0
 
 

@@ -14,6 +14,7 @@ from cpumap import (
     XDP_TX,
     CpuMap,
     FlowHash,
+    MapOptions,
     PacketBatch,
     batch_handler,
     possible_cpus,
@@ -120,7 +121,7 @@ def test_redirect_map_flags_fallback_action() -> None:
 
 def test_queue_full_drops_at_flush_are_counted_and_returned() -> None:
     gate = Gate()
-    with CpuMap(1, handler=gate, trace_events=1024, batch_size=1) as m:
+    with CpuMap(1, handler=gate, batch_size=1, options=MapOptions(trace_events=1024)) as m:
         m.update(CPU, 32)
         entry = m.entry(CPU)
         with m.producer(lambda ctx: redirect_map(m, CPU), bulk_size=8) as rx:
@@ -142,7 +143,7 @@ def test_queue_full_drops_at_flush_are_counted_and_returned() -> None:
 @pytest.mark.parametrize("batch_size", [1, 8, 64])
 def test_worker_batches_respect_batch_size(batch_size: int) -> None:
     gate = Gate()
-    with CpuMap(1, handler=gate, trace_events=4096, batch_size=batch_size) as m:
+    with CpuMap(1, handler=gate, batch_size=batch_size, options=MapOptions(trace_events=4096)) as m:
         m.update(CPU, 1024)
         entry = m.entry(CPU)
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
@@ -171,7 +172,7 @@ def test_handler_drops_and_errors_are_kthread_drops() -> None:
             raise KeyError("handler bug")
         return True
 
-    with CpuMap(1, handler=handler, trace_events=256) as m:
+    with CpuMap(1, handler=handler, options=MapOptions(trace_events=256)) as m:
         m.update(CPU, 256)
         s = m.run(flow_batch(4, 10), FlowHash(m, [CPU]))
         assert (s.handler_drop, s.handler_error, s.delivered) == (10, 10, 20)
@@ -204,7 +205,7 @@ def test_no_wakeup_is_lost() -> None:
     """Many short bursts, each arriving as the worker goes back to sleep.  With a 60 s
     safety-net timeout a lost wake-up would stall a burst; every burst is waited for
     with a 10 s deadline, and the worker reports no timeout that found work."""
-    with CpuMap(1, idle_timeout=60) as m:
+    with CpuMap(1, options=MapOptions(idle_timeout=60)) as m:
         m.update(CPU, 64)
         one = flow_batch(1, 3)
         with m.producer(FlowHash(m, [CPU])) as rx:

@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpumap import CpuMap, batch_handler, possible_cpus, redirect_map, vectorized
+from cpumap import (
+    CpuMap,
+    MapOptions,
+    RestartPolicy,
+    batch_handler,
+    possible_cpus,
+    redirect_map,
+    vectorized,
+)
 from cpumap.abi import XDP_PASS, XDP_REDIRECT
 from cpumap.engine import EntryState
 from cpumap.engine.ring import OFF_PROD_LOCK
@@ -94,7 +102,7 @@ def test_1_a_killed_worker_is_noticed_without_stats_or_poll() -> None:
                 e = m.entry(CPU)
                 wait_until(lambda: e.ring.hand_count() == 1, what="frame 0 in hand")
                 rx.poll(flow_batch(2, 10))
-                old = e.worker.pid
+                old = e.life.worker.pid
                 t0 = time.monotonic_ns()
                 os.kill(old, signal.SIGKILL)
                 wait_until(lambda: any(ev.kind == "died" for ev in m.worker_events()))
@@ -121,7 +129,7 @@ def test_1_a_lossless_flush_waiting_on_a_dead_ring_resumes() -> None:
             t = threading.Thread(target=rx.poll, args=(flow_batch(4, 50),))
             t.start()  # 16 fit; it waits in the flush for room for 184 more
             wait_until(lambda: len(e.ring) == 16)
-            old = e.worker.pid
+            old = e.life.worker.pid
             os.kill(old, signal.SIGKILL)
             wait_replaced(m, CPU, old)
             gate.open()  # lets the replacement (and the dying worker's copy) through
@@ -135,14 +143,14 @@ def test_1_a_lossless_flush_waiting_on_a_dead_ring_resumes() -> None:
 
 
 def test_1_an_entry_that_keeps_dying_is_broken_visibly_and_redirects_fail() -> None:
-    with CpuMap(CPU + 1, restart_burst=1, restart_half_life=600) as m:
+    with CpuMap(CPU + 1, options=MapOptions(restart=RestartPolicy(burst=1, half_life=600))) as m:
         m.update(CPU, 64)
         for _ in range(2):  # the second death within the half-life breaks it
             old = worker_pid(m, CPU)
             os.kill(old, signal.SIGKILL)
             wait_until(lambda old=old: worker_pid(m, CPU) != old, what="the death was not handled")
         e = m.entry(CPU)
-        assert e.state == EntryState.BROKEN and e.worker is None
+        assert e.state == EntryState.BROKEN and e.life.worker is None
         assert m.lookup(CPU) == 64  # still an entry for the map's operations
         assert not m.has_entry(CPU)  # ...but not in the table the redirect path reads
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
@@ -171,14 +179,14 @@ def _scrape(m: CpuMap) -> str:
 
 def test_1_restarts_decay_a_worker_killed_every_so_often_is_always_replaced() -> None:
     """With a half-life of 0.2 s and a burst of 2, ten deaths 0.3 s apart never break it."""
-    with CpuMap(CPU + 1, restart_burst=2, restart_half_life=0.2) as m:
+    with CpuMap(CPU + 1, options=MapOptions(restart=RestartPolicy(burst=2, half_life=0.2))) as m:
         m.update(CPU, 64)
         for _ in range(10):
             old = worker_pid(m, CPU)
             os.kill(old, signal.SIGKILL)
             wait_replaced(m, CPU, old)
             time.sleep(0.3)  # the spacing is the point of the test: the heat decays
-        assert m.entry(CPU).state == EntryState.ACTIVE and m.entry(CPU).restarts == 10
+        assert m.entry(CPU).state == EntryState.ACTIVE and m.entry(CPU).life.restarts == 10
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
             rx.poll(flow_batch(2, 10))
         assert settled(m).delivered == 20
@@ -269,8 +277,13 @@ def test_4_forwarding_workers_killed_at_random_orphan_nothing() -> None:
     rng = random.Random(4)
     a, b = CPUS[0], CPUS[1]
     frames = traffic(4096)
-    # restart_burst: 15 deaths in a second must not break the entry (that is test 1's).
-    with CpuMap(max(CPUS) + 1, producers=2, batch_size=64, restart_burst=100) as m:
+    # restart.burst: 15 deaths in a second must not break the entry (that is test 1's).
+    with CpuMap(
+        max(CPUS) + 1,
+        producers=2,
+        batch_size=64,
+        options=MapOptions(restart=RestartPolicy(burst=100)),
+    ) as m:
         m.update(b, 64)
         m.update(a, 1024, program=lambda ctx: redirect_map(m, b))
         proc = producer_process(m, lambda ctx: redirect_map(m, a), frames)
@@ -337,7 +350,7 @@ def test_5_close_returns_by_its_deadline_with_a_hung_handler_and_a_stopped_worke
         with m.producer(lambda ctx: redirect_map(m, next(keys))) as rx:
             rx.poll(flow_batch(2, 10))
         wait_until(lambda: m.entry(a).ring.hand_count() and m.entry(b).ring.hand_count())
-        os.kill(m.entry(b).worker.pid, signal.SIGSTOP)
+        os.kill(m.entry(b).life.worker.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         m.close(timeout=2)
         elapsed = time.monotonic() - t0
@@ -494,7 +507,7 @@ def test_10_nothing_outlives_a_killed_controller_whatever_its_children_do() -> N
         t = threading.Thread(target=make)
         t.start(); t.join()
         m = box["m"]
-        pids = [m.entry(c).worker.pid for c in {CPUS[:2]!r}]
+        pids = [m.entry(c).life.worker.pid for c in {CPUS[:2]!r}]
         rx = m.producer(lambda ctx: redirect_map(m, {CPUS[0]}))
         rx.poll(flow_batch(1, 2))  # the first worker enters the hog
         if len(pids) > 1:
@@ -540,7 +553,7 @@ def test_11_a_failed_producer_leaves_no_slot_claimed() -> None:
 def test_12_a_worker_stuck_in_its_handler_is_reported() -> None:
     gate = Gate()
     try:
-        with CpuMap(CPU + 1, handler=gate, stuck_after=0.3) as m:
+        with CpuMap(CPU + 1, handler=gate, options=MapOptions(stuck_after=0.3)) as m:
             m.update(CPU, 64)
             with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
                 rx.poll(flow_batch(2, 5))
@@ -655,7 +668,11 @@ def test_random_faults_under_traffic_keep_every_frame_accounted_for() -> None:
     t0 = time.monotonic()
     try:
         with CpuMap(
-            max(CPUS) + 1, producers=3, batch_size=64, frames=3 * 8192, restart_burst=1e9
+            max(CPUS) + 1,
+            producers=3,
+            batch_size=64,
+            frames=3 * 8192,
+            options=MapOptions(restart=RestartPolicy(burst=1e9)),
         ) as m:
             m.update(b, 256)
             m.update(a, 256, program=forward)
@@ -701,7 +718,7 @@ def _trial(m, rng, kind, mode, rx, program, batches, interrupt, a, b) -> None:
         _feed(rx, rng, batches, at + 0.02, interrupt=(interrupt, at))
         return
     key = a if kind == "forwarder_kill" else rng.choice((a, b)) if kind == "worker_stop" else b
-    pid = m.entry(key).worker.pid
+    pid = m.entry(key).life.worker.pid
     fault = threading.Timer(at, _signal_worker, args=(kind, pid, rng.uniform(0.005, 0.05)))
     fault.start()
     try:

@@ -9,7 +9,17 @@ import time
 
 import pytest
 
-from cpumap import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CpuMap, nr_cpus, possible_cpus, redirect_map
+from cpumap import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    CpuMap,
+    MapOptions,
+    RestartPolicy,
+    nr_cpus,
+    possible_cpus,
+    redirect_map,
+)
 from cpumap.engine.counters import KthreadRecord
 from tests.helpers import Gate, flow_batch, wait_for
 
@@ -268,3 +278,33 @@ def test_forced_close_loses_no_frame_to_a_producer_still_in_its_batch() -> None:
         assert m.pool.audit().whole
     finally:
         gate.close()
+
+
+# -- options ------------------------------------------------------------------------------------
+def test_rarely_used_knobs_are_one_options_record() -> None:
+    opts = MapOptions(trace_events=16, stuck_after=2.0, restart=RestartPolicy(burst=3))
+    with CpuMap(2, frames=256, producers=2, batch_size=8, options=opts) as m:
+        assert m.options is opts and m.shared.trace_events == 16
+        assert m.supervisor.policy == RestartPolicy(3.0, 30.0) and m.supervisor.stuck_after == 2
+    with CpuMap(2) as m:
+        assert m.options == MapOptions()  # the defaults
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"trace_events": -1}, r"^trace_events must be >= 0, not -1$"),
+        ({"stuck_after": 0}, r"^stuck_after and restart.half_life must be > 0"),
+        ({"restart": RestartPolicy(half_life=0)}, r"restart.half_life must be > 0"),
+        ({"restart": RestartPolicy(burst=-1)}, r"restart.burst >= 0$"),
+    ],
+)
+def test_options_are_checked_when_made(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MapOptions(**options)  # type: ignore[arg-type]
+
+
+def test_the_old_keywords_are_gone() -> None:
+    for name in ("trace_events", "restart_burst", "restart_half_life", "supervise"):
+        with pytest.raises(TypeError):
+            CpuMap(2, **{name: 1})  # type: ignore[arg-type]

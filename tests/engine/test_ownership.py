@@ -4,13 +4,15 @@ record's phase; the restart policy's decay; the new stats fields in ``as_dict``.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from cpumap.engine import EntryStats, MapStats, RestartPolicy
+from cpumap.engine import EnqueueRow, EntryStats, MapStats, RestartPolicy
 from cpumap.engine.control import MapShared
 from cpumap.engine.counters import PHASE_CLOSED, PHASE_OPEN, ProducerCounter
-from cpumap.engine.entry import Entry, EntryState
+from cpumap.engine.entry import Entry, EntryEvent, WorkerLife
 from cpumap.engine.frame_pool import (
     TAG_DONE,
     TAG_FREE,
@@ -25,6 +27,7 @@ from cpumap.engine.ownership import (
     recover_partition,
     unpublished,
 )
+from cpumap.engine.stats import FaultCounts, WorkerStatus
 
 P = ProducerCounter
 
@@ -85,32 +88,41 @@ def test_recovery_counts_what_has_no_outcome_once(phase: int) -> None:
 
 def test_restart_policy_decays() -> None:
     policy = RestartPolicy(burst=2, half_life=10.0)
-    e = Entry(key=0, qsize=1, slot=0, generation=1, ring=None, record=None)  # type: ignore[arg-type]
-    assert policy.allows(e, 100.0) and policy.allows(e, 100.0)  # heat 1, 2
-    assert not policy.allows(e, 100.0)  # 3 > 2: broken
-    e.heat, e.heat_at = 2.0, 100.0
-    assert policy.allows(e, 110.0)  # 2 halves to 1, + 1 = 2
-    assert e.heat == pytest.approx(2.0)
+    life = WorkerLife()
+    assert policy.allows(life, 100.0) and policy.allows(life, 100.0)  # heat 1, 2
+    assert not policy.allows(life, 100.0)  # 3 > 2: broken
+    life.heat, life.heat_at = 2.0, 100.0
+    assert policy.allows(life, 110.0)  # 2 halves to 1, + 1 = 2
+    assert life.heat == pytest.approx(2.0)
 
 
 def test_new_stats_fields_are_in_as_dict() -> None:
+    e = Entry(key=0, qsize=64, slot=0, generation=1, ring=None, record=None)  # type: ignore[arg-type]
+    e.fire(EntryEvent.BROKE)
+    enqueue = np.array([[5, 1, 2, 0], [7, 0, 3, 0]], np.int64)  # two producer slots
     es = EntryStats.from_counters(
-        key=0,
-        qsize=64,
-        generation=1,
-        state=EntryState.BROKEN,
-        kthread=np.zeros(24, np.int64),
-        enqueue=np.zeros(4, np.int64),
-        restarts=3,
-        heartbeat_age=1.5,
-        stuck=True,
+        e,
+        np.zeros(24, np.int64),
+        enqueue,
+        WorkerStatus(restarts=3, heartbeat_age=1.5, stuck=True),
     )
+    assert (es.enqueue_processed, es.enqueue_drops, es.enqueue_flushes) == (12, 1, 5)
+    assert es.enqueue_rows == (EnqueueRow(0, 5, 1, 2), EnqueueRow(1, 7, 0, 3))
+    records = np.zeros((2, 16), np.int64)
+    records[1, P.RX], records[1, P.POLLS], records[1, P.LOST] = 9, 2, 1
     s = MapStats.from_counters(
-        1, np.zeros(16, np.int64), np.zeros(24, np.int64), 0, (es,), abandoned=2, worker_deaths=4
+        1, records, np.zeros(24, np.int64), (es,), FaultCounts(abandoned=2, worker_deaths=4)
     )
+    assert s.rx == 9 and s.lost == 1
+    assert [(p.producer, p.rx, p.polls, p.lost) for p in s.producers] == [
+        (0, 0, 0, 0),
+        (1, 9, 2, 1),
+    ]
     d = s.as_dict()
     for name in ("abandoned", "hop_limit", "worker_deaths", "producer_deaths"):
         assert name in d
     assert d["broken_entries"] == 1 and d["stuck_workers"] == 1 and d["abandoned"] == 2
     assert d["entries"][0]["restarts"] == 3 and d["entries"][0]["heartbeat_age"] == 1.5
-    assert "abandoned" in s.outcomes() and s.in_flight == -2
+    assert d["producers"][1]["rx"] == 9 and d["entries"][0]["enqueue_rows"][1]["processed"] == 7
+    json.dumps(d)  # plain data
+    assert "abandoned" in s.outcomes() and s.in_flight == 9 - 1 - 2

@@ -8,7 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpumap
-from cpumap import XDP_DROP, CpuMap, PacketBatch, possible_cpus, redirect_map, vectorized
+from cpumap import (
+    XDP_DROP,
+    CpuMap,
+    MapOptions,
+    PacketBatch,
+    possible_cpus,
+    redirect_map,
+    vectorized,
+)
 from cpumap.packets import Packet
 from tests.helpers import flow_batch, udp_frame
 
@@ -22,7 +30,7 @@ def seen_by_program(batch: PacketBatch, **producer_options) -> tuple[list[bytes]
         seen.append(bytes(ctx.data))
         return XDP_DROP
 
-    with CpuMap(1, frame_size=2048, headroom=256) as m:
+    with CpuMap(1, options=MapOptions(frame_size=2048, headroom=256)) as m:
         with m.producer(prog, **producer_options) as rx:
             rx.receive(batch)
         return seen, m.stats()

@@ -16,6 +16,7 @@ from cpumap import (
     XDP_TX,
     CpuMap,
     FlowHash,
+    MapOptions,
     PacketBatch,
     possible_cpus,
     redirect_map,
@@ -51,7 +52,7 @@ def test_pass_and_drop_are_counted_like_the_kthread_tracepoint() -> None:
     def stage(ctx):
         return (XDP_PASS, XDP_DROP, XDP_TX, 99)[_flow(ctx) % 4]  # TX and junk drop too
 
-    with CpuMap(max(CPUS) + 1, trace_events=1024) as m:
+    with CpuMap(max(CPUS) + 1, options=MapOptions(trace_events=1024)) as m:
         m.update(A, 256, program=stage)
         assert m.program_of(A) is stage
         s = m.run(flow_batch(8, 10), FlowHash(m, [A]))
@@ -66,7 +67,7 @@ def test_pass_and_drop_are_counted_like_the_kthread_tracepoint() -> None:
 def test_redirect_to_another_entry(form: str) -> None:
     if A == B:
         pytest.skip("needs two CPUs")
-    with CpuMap(max(CPUS) + 1, handler=Collect(), trace_events=1024) as m:
+    with CpuMap(max(CPUS) + 1, handler=Collect(), options=MapOptions(trace_events=1024)) as m:
         if form == "per-frame":
 
             def stage(ctx):
@@ -159,6 +160,20 @@ def test_second_stage_exception_drops_the_batch() -> None:
         assert_balanced(m)
 
 
+def test_a_redirect_to_another_map_is_a_drop() -> None:
+    """A worker knows its own map by its control segment (it is handed no map object); a
+    second stage's redirect to any other map is dropped, as one it cannot reach."""
+    with CpuMap(max(CPUS) + 1) as other, CpuMap(max(CPUS) + 1) as m:
+        other.update(B, 256)
+        if B != A:
+            m.update(B, 256)  # the same key in this map: a redirect taken here would work
+        m.update(A, 256, program=lambda ctx: redirect_map(other, B))
+        s = m.run(flow_batch(2, 5), FlowHash(m, [A]))
+        assert s.second_stage_drop == 10 and s.second_stage_redirect == 0 and s.delivered == 0
+        assert_balanced(m)
+        assert other.stats().kthread_processed == 0
+
+
 def test_retiring_a_redirect_target_under_traffic_loses_nothing() -> None:
     """A worker that redirects is a producer too: the target's grace period waits for it."""
     if A == B:
@@ -246,7 +261,7 @@ def test_second_stage_full_ring_drops_are_recovered_when_the_worker_dies() -> No
                 # full ring and dropped (released only after A commits).
                 rx.poll(PacketBatch.from_packets([udp_frame(f, 0) for f in range(6)]))
             h.wait_entered()  # A: stage done (flush included), handler running, no commit
-            pid = ea.worker.pid
+            pid = ea.life.worker.pid
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: pid_gone(pid))
             m.poll()  # the supervisor recovers A and restarts it
@@ -278,4 +293,4 @@ def test_second_stage_with_two_targets_in_a_batch_does_not_crash_the_worker() ->
         m.update(CPU, 256, program=stage)
         s = m.run(flow_batch(10, 1), lambda ctx: redirect_map(m, CPU))
         assert s.lost == 0, s.outcomes()
-        assert m.entry(CPU).restarts == 0
+        assert m.entry(CPU).life.restarts == 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpumap import CpuMap, possible_cpus, redirect_map
+from cpumap import CpuMap, MapOptions, RestartPolicy, possible_cpus, redirect_map
 from cpumap.engine.counters import KthreadCounter
 from cpumap.engine.entry import Entry
 from cpumap.engine.frame_pool import TAG_HAND, TAG_QUEUED, TAG_RETURNED
@@ -46,7 +46,7 @@ def test_sigkill_worker_mid_batch_frames_come_back_and_a_new_worker_takes_over()
     with CpuMap(1, handler=gate, batch_size=8) as m:
         m.update(CPU, 256)
         entry = m.entry(CPU)
-        first_pid = entry.worker.pid
+        first_pid = entry.life.worker.pid
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
             rx.poll(flow_batch(1, 1))
             wait_for(lambda: entry.ring.positions()[0] == 1)  # frame 0 in the worker's hand
@@ -60,7 +60,7 @@ def test_sigkill_worker_mid_batch_frames_come_back_and_a_new_worker_takes_over()
             assert s.in_flight == 0 and s.rx == sum(s.outcomes().values())
             assert m.pool.audit().whole
             entry = m.entry(CPU)
-            assert entry.restarts == 1 and entry.worker.pid != first_pid
+            assert entry.life.restarts == 1 and entry.life.worker.pid != first_pid
             # The entry keeps working after the restart.
             rx.poll(flow_batch(2, 5))
         m.wait_idle(30)
@@ -78,7 +78,7 @@ def test_killed_worker_of_a_retiring_entry_loses_only_what_it_held() -> None:
             wait_for(lambda: entry.ring.positions()[0] == 1)
             rx.poll(flow_batch(1, 20))
         m.delete(CPU)  # retiring: grace period, then drain
-        pid = entry.worker.pid
+        pid = entry.life.worker.pid
         os.kill(pid, signal.SIGKILL)
         # Dead before the gate opens, or the dying worker could eat the replacement's byte.
         wait_for(lambda: pid_gone(pid))
@@ -95,17 +95,17 @@ def _dead_entry(m: CpuMap) -> Entry:
     map sees no worker: it neither recovers nor replaces one)."""
     m.update(CPU, 64)
     e = m.entry(CPU)
-    e.worker.kill()
-    e.worker.join()
-    e.worker.close()
-    e.worker = None
+    e.life.worker.kill()
+    e.life.worker.join()
+    e.life.worker.close()
+    e.life.worker = None
     return e
 
 
 @pytest.mark.parametrize("step", ["taken", "committed", "half_released", "released"])
 def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
     # supervise=False: the test plays the worker; the supervisor thread would replace it.
-    with CpuMap(1, supervise=False) as m:
+    with CpuMap(1, options=MapOptions(supervise=False)) as m:
         e = _dead_entry(m)
         # Blocks of 4 frames, so that released frames come back (as a block) quickly.
         rx = m.producer(lambda ctx: redirect_map(m, CPU), poll_size=4)
@@ -134,7 +134,7 @@ def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
             assert set(got.tolist()) & set(ring.contents(cons, prod).tolist())
         m.supervisor.recover(e, drop_queued=False)
         lost = 4 if step == "taken" else 0
-        assert e.lost == lost
+        assert e.life.lost == lost
         assert ring.hand_count() == 0
         # The queued frames are untouched and still ours; a new worker would take them.
         cons, prod = ring.positions()
@@ -150,13 +150,13 @@ def test_recovery_at_every_step_of_the_commit_protocol(step: str) -> None:
         assert m.pool.audit().whole
         rec = e.record.read()
         rx_total = int(m.stats().rx)
-        assert rx_total == int(rec[K.DELIVERED]) + e.lost
+        assert rx_total == int(rec[K.DELIVERED]) + e.life.lost
 
 
 def test_recover_never_releases_a_frame_requeued_during_recovery(monkeypatch) -> None:
     """Recovery: "tagged for this ring" is ambiguous between in-hand and re-queued."""
     # supervise=False: the test plays the worker; the supervisor thread would replace it.
-    with CpuMap(1, supervise=False) as m:
+    with CpuMap(1, options=MapOptions(supervise=False)) as m:
         e = _dead_entry(m)
         rx = m.producer(lambda ctx: redirect_map(m, CPU), poll_size=4)  # blocks of 4
         rx.receive(flow_batch(1, 10))
@@ -248,11 +248,11 @@ def test_an_entry_whose_worker_cannot_restart_is_broken_and_loses_only_what_it_g
         m.update(CPU, 64)
         e = m.entry(CPU)
         flag.touch()
-        worker = e.worker
+        worker = e.life.worker
         os.kill(worker.pid, signal.SIGKILL)
         # The supervisor thread notices on its own: recovery, then a restart that fails.
-        wait_for(lambda: e.broken)
-        assert e.worker is None and e.state == "broken"
+        wait_for(lambda: e.state.broken)
+        assert e.life.worker is None and e.state == "broken"
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
             rx.poll(flow_batch(2, 10))
         m.poll()
@@ -269,6 +269,37 @@ def test_an_entry_whose_worker_cannot_restart_is_broken_and_loses_only_what_it_g
     assert m.stats().rx == sum(m.stats().outcomes().values())
 
 
+def test_an_entry_broken_while_retiring_is_broken_retiring_until_its_grace_ends() -> None:
+    """Changed with issue 17: it showed "grace" (a flag beside the state said broken), and
+    ``broken_entries`` did not count it."""
+    # burst 0: the first death breaks the entry.
+    with CpuMap(CPU + 1, options=MapOptions(restart=RestartPolicy(burst=0))) as m:
+        m.update(CPU, 64)
+        e = m.entry(CPU)
+        with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
+            rx.poll(flow_batch(1, 5))
+            m.wait_idle(10)
+            # The test plays a producer inside its RX batch: the grace period cannot end.
+            m.registry.read_lock(rx.index)
+            m.delete(CPU)
+            assert e.state == "grace"
+            pid = e.life.worker.pid
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: e.state.broken)  # the supervisor thread: died, then broken
+            s = m.stats()
+            (es,) = s.entries
+            assert es.state == "broken-retiring" and es.pid == 0 and es.exitcode == -9
+            assert s.broken_entries == 1
+            assert [ev.kind for ev in m.worker_events()] == ["died", "broken"]
+            m.registry.read_unlock(rx.index)  # the batch ends: so does the grace period
+            wait_for(lambda: m.stats().entries == ())
+        (retired,) = m.history
+        assert retired.state == "retired" and retired.exitcode == -9
+        s = m.stats()
+        assert s.broken_entries == 0 and (s.rx, s.delivered, s.lost) == (5, 5, 0)
+        assert m.pool.audit().whole
+
+
 # -- who forks: PR_SET_PDEATHSIG is per thread, and a scrape thread must not fork -------------
 def test_worker_started_from_a_thread_outlives_the_thread() -> None:
     """Workers forked by a short-lived thread must not die with it."""
@@ -277,29 +308,29 @@ def test_worker_started_from_a_thread_outlives_the_thread() -> None:
         t.start()
         t.join()
         e = m.entry(CPU)
-        assert stays_alive(e.worker), f"worker died: exitcode {e.worker.exitcode}"
+        assert stays_alive(e.life.worker), f"worker died: exitcode {e.life.worker.exitcode}"
 
 
 def test_stats_in_a_thread_never_forks_and_the_owner_replaces_the_worker() -> None:
     # supervise=False: the supervisor thread would replace the worker before the scrape.
-    with CpuMap(1, supervise=False) as m:
+    with CpuMap(1, options=MapOptions(supervise=False)) as m:
         m.update(CPU, 64)
         e = m.entry(CPU)
-        first = e.worker
+        first = e.life.worker
         os.kill(first.pid, signal.SIGKILL)
         # Reaped, not merely a zombie leader (its other threads may still be exiting).
         wait_for(lambda: not first.is_alive())
         t = threading.Thread(target=m.stats)  # what a metrics scrape does
         t.start()
         t.join()
-        assert e.worker is first and e.restarts == 0  # read-only from that thread
+        assert e.life.worker is first and e.life.restarts == 0  # read-only from that thread
         m.poll()  # the map's own thread supervises: recover and replace
-        assert e.worker is not first and e.restarts == 1
-        assert stays_alive(e.worker), f"replacement died: exitcode {e.worker.exitcode}"
+        assert e.life.worker is not first and e.life.restarts == 1
+        assert stays_alive(e.life.worker), f"replacement died: exitcode {e.life.worker.exitcode}"
 
 
 def test_stats_report_the_workers_pids() -> None:
     with CpuMap(1) as m:
         m.update(CPU, 64)
         (pid,) = worker_pids(m)
-        assert pid == m.entry(CPU).worker.pid and not pid_gone(pid)
+        assert pid == m.entry(CPU).life.worker.pid and not pid_gone(pid)

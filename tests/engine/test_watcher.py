@@ -31,6 +31,28 @@ def test_call_runs_on_the_thread_and_carries_results_and_errors() -> None:
     assert t.call(lambda: 7) == 7  # stopped: runs in the caller
 
 
+def test_a_fork_is_on_a_long_lived_thread_while_the_thread_runs_or_from_main() -> None:
+    def from_other_thread(t: SupervisorThread) -> bool:
+        seen: list[bool] = []
+        other = threading.Thread(target=lambda: seen.append(t.forks_on_long_lived_thread()))
+        other.start()
+        other.join()
+        return seen[0]
+
+    idle = SupervisorThread(lambda: True, list)  # never started (a map without supervision)
+    try:
+        # call() then forks in the caller: the main thread lives as long as the process.
+        assert idle.forks_on_long_lived_thread() and not from_other_thread(idle)
+    finally:
+        idle.stop()
+    t = _thread()
+    try:
+        assert t.forks_on_long_lived_thread() and from_other_thread(t)
+    finally:
+        t.stop()
+    assert not from_other_thread(t)
+
+
 def test_a_busy_supervision_is_retried_and_ticks_go_on() -> None:
     calls = []
     t = _thread(lambda: calls.append(time.monotonic()) or len(calls) > 3, tick=0.01)

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cpumap import CpuMap, HandlerSetupError
+from cpumap import CpuMap, HandlerSetupError, MapOptions
 from cpumap.kernel import (
     BPF_F_NUMA_NODE,
     CPUMAP_QSIZE_MAX,
@@ -430,7 +430,7 @@ def test_documented_d6_kthread_drops_counts_netstack_drops_in_ours_only() -> Non
 
     frame = np.frombuffer(udp_frame(64), dtype=np.uint8)
     batch = PacketBatch.from_array(np.tile(frame, (64, 1)))
-    with cpu_map(2, handler=_drop_everything, trace_events=1024) as ours:
+    with cpu_map(2, handler=_drop_everything, options=MapOptions(trace_events=1024)) as ours:
         ours.update(1, 256)
         stats = ours.run(batch, FlowHash(ours, [1]))
         _, kth = ours.events()

@@ -3,12 +3,15 @@
 Rule 1: data flows down, and each module owns one kernel concept (its theory of operation
 is in its docstring, with the argument for why its protocol is safe):
 
-* the process layer -- ``map`` (``CpuMap``: the map's operations, with the kernel's errnos),
-  ``entry`` (an entry's life, as a state table), ``supervisor`` (worker processes: start,
-  reap, recover, replace), ``watcher`` (the supervisor thread: supervision on its own,
-  and the one thread that forks), ``worker`` (the kthread: consume, second stage, deliver, commit),
-  ``second_stage`` (an entry's XDP program on its CPU), ``rx`` (``RxProducer``: the
-  driver's poll, where the XDP program runs), ``stats`` (frozen snapshots, events);
+* the process layer -- ``map`` (``CpuMap``: the map's operations, with the kernel's errnos;
+  ``MapOptions``), ``entry`` (an entry's life, as a state table; the supervisor's record
+  of its workers), ``supervisor`` (worker processes: start, reap, recover, replace,
+  break, retire), ``watcher`` (the supervisor thread: supervision on its own, and the
+  one thread that forks), ``worker`` (the kthread: consume, second stage, deliver,
+  commit), ``messages`` (what a worker tells its supervisor, typed), ``second_stage``
+  (an entry's XDP program on its CPU), ``rx`` (``RxProducer``: the driver's poll, where
+  the XDP program runs), ``stats`` (frozen snapshots, events), ``report`` (a map's whole
+  life, after ``close()``);
 * the shared-memory layer -- ``ownership`` (who holds each frame, and recovery: the
   state machine), ``control`` (``MapShared``: the map's control segment, the
   one seam between the map and its processes), ``bulkq`` (staging per destination, the
@@ -22,25 +25,39 @@ Rule 3: a producer, a worker or a second stage is given the map's ``MapShared`` 
 pool; nothing reaches into ``CpuMap`` itself.
 """
 
-from .entry import Entry, EntryEvent, EntryState
-from .map import QSIZE_MAX, CpuMap
+from ..errors import HandlerSetupError
+from .entry import Entry, EntryEvent, EntryState, EntryStateError
+from .map import QSIZE_MAX, CpuMap, MapOptions
+from .report import MapReport
 from .rx import RxProducer
 from .second_stage import OutputMap
-from .stats import EnqueueEvent, EntryStats, KthreadEvent, MapStats
-from .supervisor import HandlerSetupError, RestartPolicy, WorkerEvent, WorkerResult
+from .stats import (
+    EnqueueEvent,
+    EnqueueRow,
+    EntryStats,
+    KthreadEvent,
+    MapStats,
+    ProducerStats,
+)
+from .supervisor import RestartPolicy, WorkerEvent, WorkerResult
 
 __all__ = [
     "QSIZE_MAX",
     "CpuMap",
     "EnqueueEvent",
+    "EnqueueRow",
     "Entry",
     "EntryEvent",
     "EntryState",
+    "EntryStateError",
     "EntryStats",
     "HandlerSetupError",
     "KthreadEvent",
+    "MapOptions",
+    "MapReport",
     "MapStats",
     "OutputMap",
+    "ProducerStats",
     "RestartPolicy",
     "RxProducer",
     "WorkerEvent",

@@ -3,7 +3,10 @@
 Rule 1: everything that decides which state an entry is in lives here, in
 :data:`TRANSITIONS`; an event the table does not list for the entry's state is a bug, and
 :meth:`Entry.fire` raises.  Rule 2: nothing here does anything: the map (``map.py``) fires
-the events, and the supervisor (``supervisor.py``) starts and reaps the worker processes.
+the events of an entry's life, and the supervisor (``supervisor.py``), which starts and
+reaps the worker processes, fires ``BROKE`` when it gives up on them.  Rule 3: the state
+changes only through :meth:`Entry.fire`; beside it, the map writes only the entry's
+``grace`` snapshot, and the supervisor only its :class:`WorkerLife`.
 
 Theory of operation: replace and delete while traffic flows
 -----------------------------------------------------------
@@ -23,14 +26,42 @@ producer staged for it is already in its ring; the worker drains that ring and e
 when it is empty (worker.py); only when the entry is RETIRED is its slot reused.  Nothing is
 lost on the way.
 
-An ACTIVE entry whose worker dies is not moved: its worker is replaced (the supervisor).
-One whose workers die faster than the restart policy allows, or whose replacement cannot
-start, is BROKEN::
+Broken entries
+--------------
+A worker that dies is replaced (the supervisor), in whichever state its entry is: a
+retiring entry needs its worker too, to drain its ring.  An entry whose workers die faster
+than the restart policy allows, or whose replacement cannot start, is *broken*: it has no
+worker, its ring is killed (a producer's push is refused: counted ``queue_full``) and what
+the ring held is counted lost.  Where it goes depends on where it was::
 
-    ACTIVE  --BROKE-->        BROKEN     unpublished from the shared table (a redirect to
-                                         it is a redirect error), its ring killed and what
-                                         it held counted lost; lookup still finds it
-    BROKEN  --UNPUBLISHED-->  GRACE      replaced or deleted: it retires like any entry
+    ACTIVE  --BROKE-->           BROKEN     unpublished from the shared table (a redirect
+                                            to it is a redirect error); lookup still
+                                            finds it
+    BROKEN  --UNPUBLISHED-->     BROKEN_RETIRING   replaced or deleted
+    GRACE | DRAINING --BROKE-->  BROKEN_RETIRING   broken while it retired
+    BROKEN_RETIRING --GRACE_ELAPSED--> RETIRED     no producer holds it: its slot may be
+                                                   reused (no worker to stop and drain)
+    BROKEN_RETIRING --ABANDONED-->     RETIRED     close() ran out of time first
+
+Why a broken retiring entry still waits out its grace period: a producer that found it
+before it was unpublished may still flush into its slot's ring.  While the slot is this
+entry's, the killed ring refuses it; reused, the slot's ring would take those frames into
+another entry.  So the slot is freed only once every such producer has left.  An entry broken
+while DRAINING is past its grace period already: ``GRACE_ELAPSED`` holds at once (a grace
+period that ended stays ended: rcu.py), and it retires at the map's next pass.
+
+The whole picture (every arrow is a row of :data:`TRANSITIONS`)::
+
+             UNPUBLISHED         GRACE_ELAPSED              DRAINED
+    ACTIVE --------------> GRACE --------------> DRAINING ----------> RETIRED
+      |                      |                     |                   ^   ^
+      | BROKE                | BROKE               | BROKE             |   |
+      v                      v                     |                   |   |
+    BROKEN --UNPUBLISHED--> BROKEN_RETIRING <------+                   |   |
+                             |                                         |   |
+                             +------ GRACE_ELAPSED, ABANDONED ---------+   |
+                                                                           |
+    GRACE, DRAINING --ABANDONED--------------------------------------------+
 """
 
 from __future__ import annotations
@@ -39,10 +70,13 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any
 
+from ..errors import Error
+
 if TYPE_CHECKING:
     import numpy as np
 
     from .counters import KthreadRecord
+    from .messages import Exited
     from .ring import Ring
     from .worker import WorkerProcess
 
@@ -54,7 +88,19 @@ class EntryState(StrEnum):
     BROKEN = "broken"  # its workers kept dying: no worker, not in the shared table
     GRACE = "grace"  # unpublished; producers may still hold it until a grace period ends
     DRAINING = "draining"  # no producer can reach it; its worker empties the ring and exits
+    BROKEN_RETIRING = "broken-retiring"  # broken and unpublished: waits out the grace period
     RETIRED = "retired"  # its worker is gone and its slot free
+
+    @property
+    def broken(self) -> bool:
+        """No worker consumes its ring, and none will: BROKEN or BROKEN_RETIRING."""
+        return self in (EntryState.BROKEN, EntryState.BROKEN_RETIRING)
+
+    @property
+    def current(self) -> bool:
+        """The entry of its key now -- ``lookup`` finds it: ACTIVE or BROKEN (the others
+        were replaced or deleted: retiring, or retired)."""
+        return self in (EntryState.ACTIVE, EntryState.BROKEN)
 
 
 class EntryEvent(Enum):
@@ -72,21 +118,46 @@ TRANSITIONS: dict[EntryState, dict[EntryEvent, EntryState]] = {
         EntryEvent.UNPUBLISHED: EntryState.GRACE,
         EntryEvent.BROKE: EntryState.BROKEN,
     },
-    EntryState.BROKEN: {EntryEvent.UNPUBLISHED: EntryState.GRACE},
+    EntryState.BROKEN: {EntryEvent.UNPUBLISHED: EntryState.BROKEN_RETIRING},
     EntryState.GRACE: {
         EntryEvent.GRACE_ELAPSED: EntryState.DRAINING,
+        EntryEvent.BROKE: EntryState.BROKEN_RETIRING,
         EntryEvent.ABANDONED: EntryState.RETIRED,
     },
     EntryState.DRAINING: {
         EntryEvent.DRAINED: EntryState.RETIRED,
+        EntryEvent.BROKE: EntryState.BROKEN_RETIRING,
+        EntryEvent.ABANDONED: EntryState.RETIRED,
+    },
+    EntryState.BROKEN_RETIRING: {
+        EntryEvent.GRACE_ELAPSED: EntryState.RETIRED,
         EntryEvent.ABANDONED: EntryState.RETIRED,
     },
     EntryState.RETIRED: {},
 }
 
 
-class EntryStateError(RuntimeError):
+class EntryStateError(Error, RuntimeError):
     """An event that the entry's state does not allow: a bug in the engine."""
+
+
+@dataclass(eq=False)
+class WorkerLife:
+    """The supervisor's record of an entry's worker processes, over the entry's life.
+
+    Written only by the supervisor (``supervisor.py``), under the map's lock; the map and
+    the stats only read it.  The map's part of an entry is its state and grace snapshot.
+    """
+
+    worker: WorkerProcess | None = None  # the live (or dead, not yet reaped) worker
+    restarts: int = 0  # replacement workers started, over the entry's whole life
+    heat: float = 0.0  # recent deaths, decaying (supervisor.RestartPolicy)
+    heat_at: float = 0.0  # when ``heat`` was last brought up to date (monotonic)
+    stuck_since: float = 0.0  # when it was reported stuck (0: not stuck)
+    last_exitcode: int | None = None  # of its last worker that died
+    lost: int = 0  # frames lost with its workers (recovered without an outcome)
+    reports: list[Exited] = field(default_factory=list)  # received, not yet collected
+    quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
 
 
 @dataclass(eq=False)
@@ -101,27 +172,14 @@ class Entry:
     ring: Ring
     record: KthreadRecord
     program: Any = None  # the second stage (second_stage.py), or None
-    state: EntryState = EntryState.ACTIVE
-    worker: WorkerProcess | None = None  # the supervisor's handle; None: none running
+    state: EntryState = EntryState.ACTIVE  # written only by fire()
     grace: np.ndarray | None = None  # the producers' sequence words when it was unpublished
-    broken: bool = False  # its workers kept dying (also while retiring): none consumes
-    restarts: int = 0  # replacement workers started, over its whole life
-    heat: float = 0.0  # recent deaths, decaying (supervisor.RestartPolicy)
-    heat_at: float = 0.0  # when ``heat`` was last brought up to date (monotonic)
-    stuck_since: float = 0.0  # when it was reported stuck (0: not stuck)
-    last_exitcode: int | None = None  # of its last worker that died
-    quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
-    lost: int = 0  # frames lost with its workers
-    results: list[dict[str, Any]] = field(default_factory=list)  # what its workers reported
+    life: WorkerLife = field(default_factory=WorkerLife)  # the supervisor's
 
     @property
     def cpu(self) -> int:
         """The CPU its worker is pinned to (the key: a cpumap's key is a CPU)."""
         return self.key
-
-    @property
-    def retiring(self) -> bool:
-        return self.state in (EntryState.GRACE, EntryState.DRAINING)
 
     def fire(self, event: EntryEvent) -> EntryState:
         """Move to the state :data:`TRANSITIONS` gives for ``event``; returns it."""

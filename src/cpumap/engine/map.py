@@ -41,9 +41,16 @@ retirements on its supervisor thread (watcher.py), at every map operation, in
 ``stats()``, ``poll()`` and ``close()`` (:meth:`CpuMap.poll`).  ``close(timeout)``
 retires everything, waits until every worker has exited, and returns by its deadline
 whatever is stuck, counting what it had to abandon.  The worker processes themselves --
-started, watched, recovered when they die, replaced -- are the supervisor's
-(supervisor.py); the supervisor thread runs the supervision on its own, so that a dead
-worker is replaced within milliseconds even while the program only feeds packets.
+started, watched, recovered when they die, replaced, broken, retired -- are the
+supervisor's (supervisor.py): of an entry, the map writes only its state (by firing
+events) and its grace snapshot, the supervisor its ``WorkerLife``.  Retiring an entry is
+the map firing the event, one ``Supervisor.retire`` call, then folding the entry's stats
+into :attr:`CpuMap.history` and freeing its slot.  The supervisor thread runs the
+supervision on its own, so that a dead worker is replaced within milliseconds even while
+the program only feeds packets.
+
+What a map reports: :meth:`CpuMap.stats` (a snapshot, cheap enough for a loop),
+:meth:`CpuMap.report` (the whole life in one record, after ``close()``).
 
 What is shared with producers and workers is in one control segment (control.py): this
 object hands it to them as :attr:`CpuMap.shared` and keeps the rest -- the entries, the
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import errno
 import os
 import threading
@@ -62,6 +70,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,30 +83,24 @@ from ..packets import PacketBatch
 from ..programs import user_errors
 from ..programs.user_errors import UserError
 from .control import MapShared
-from .counters import KTHREAD_WORDS, KthreadCounter, ProducerCounter
+from .counters import KTHREAD_WORDS
 from .entry import Entry, EntryEvent, EntryState
 from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, FramePool
 from .ownership import held_without_outcome
+from .report import MapReport
 from .rx import RxProducer
 from .stats import (
     EnqueueEvent,
     EntryStats,
+    FaultCounts,
     KthreadEvent,
     MapStats,
     iter_enqueue_events,
     iter_kthread_events,
 )
-from .supervisor import (
-    RESTART_BURST,
-    RESTART_HALF_LIFE,
-    START_TIMEOUT,
-    RestartPolicy,
-    Supervisor,
-    WorkerEvent,
-    WorkerResult,
-)
+from .supervisor import START_TIMEOUT, RestartPolicy, Supervisor, WorkerEvent, WorkerResult
 from .watcher import SupervisorThread
-from .worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT
+from .worker import DEFAULT_BATCH, DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT, WorkerConfig
 
 if TYPE_CHECKING:
     from ..programs.contract import Handler
@@ -122,6 +125,39 @@ def _kill_workers_at_exit() -> None:
         m.kill_workers()
 
 
+@dataclass(frozen=True)
+class MapOptions:
+    """A :class:`CpuMap`'s rarely used knobs, in one record (the defaults suit most maps).
+
+    Engine: ``frame_size`` and ``headroom`` (of each pool frame), ``trace_events``
+    (records kept per tracepoint writer; 0 = events off), ``idle_timeout`` (a sleeping
+    worker's safety-net timeout), ``busy_poll`` (seconds a worker polls its empty ring
+    before sleeping: fewer wake-ups at high rates, a busier CPU at low ones; 0 = sleep at
+    once, as the kthread does).
+
+    Supervision: ``stuck_after`` (seconds a worker may make no progress while work waits
+    before it is reported stuck), ``restart`` (the restart rate limit:
+    supervisor.RestartPolicy), ``supervise`` (False: no supervisor thread -- dead workers
+    are then handled only by map operations, ``stats()`` and ``poll()``, as a tool that
+    plays a worker itself needs).
+    """
+
+    frame_size: int = DEFAULT_FRAME_SIZE
+    headroom: int = DEFAULT_HEADROOM
+    trace_events: int = 0
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    busy_poll: float = DEFAULT_BUSY_POLL
+    stuck_after: float = DEFAULT_STUCK_AFTER
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    supervise: bool = True
+
+    def __post_init__(self) -> None:
+        if self.trace_events < 0:
+            raise ValueError(f"trace_events must be >= 0, not {self.trace_events}")
+        if self.stuck_after <= 0 or self.restart.burst < 0 or self.restart.half_life <= 0:
+            raise ValueError("stuck_after and restart.half_life must be > 0, restart.burst >= 0")
+
+
 class CpuMap:
     """A user-space BPF_MAP_TYPE_CPUMAP: keys are CPUs, values are queue sizes, and each
     populated key has a worker pinned to its CPU running ``handler``.
@@ -132,18 +168,10 @@ class CpuMap:
     methods ``setup(info)`` and ``finish() -> result`` run at the worker's start and clean
     exit; results are collected in :attr:`results`.
 
-    Engine options: ``frames`` (pool size), ``frame_size``, ``headroom``, ``producers``
-    (RX producer slots, one pool partition each), ``batch_size`` (frames per worker
-    batch, the kernel's CPUMAP_BATCH), ``trace_events`` (records kept per tracepoint
-    writer; 0 = events off), ``idle_timeout`` (a sleeping worker's safety-net timeout),
-    ``busy_poll`` (seconds a worker polls its empty ring before sleeping: fewer wake-ups
-    at high rates, a busier CPU at low ones; 0 = sleep at once, as the kthread does).
-
-    Supervision options: ``stuck_after`` (seconds a worker may make no progress while
-    work waits before it is reported stuck), ``restart_burst`` and ``restart_half_life``
-    (the restart rate limit: supervisor.RestartPolicy), ``supervise`` (False: no
-    supervisor thread -- dead workers are then handled only by map operations,
-    ``stats()`` and ``poll()``, as a tool that plays a worker itself needs).
+    ``frames`` (pool size), ``producers`` (RX producer slots, one pool partition each),
+    ``batch_size`` (frames per worker batch, the kernel's CPUMAP_BATCH); the rest in
+    ``options`` (:class:`MapOptions`).  After :meth:`close`, :meth:`report` is the whole
+    run in one record.
     """
 
     def __init__(
@@ -152,17 +180,9 @@ class CpuMap:
         *,
         handler: Handler | Any = None,
         frames: int | None = None,
-        frame_size: int = DEFAULT_FRAME_SIZE,
-        headroom: int = DEFAULT_HEADROOM,
         producers: int = 1,
         batch_size: int = DEFAULT_BATCH,
-        trace_events: int = 0,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        busy_poll: float = DEFAULT_BUSY_POLL,
-        stuck_after: float = DEFAULT_STUCK_AFTER,
-        restart_burst: float = RESTART_BURST,
-        restart_half_life: float = RESTART_HALF_LIFE,
-        supervise: bool = True,
+        options: MapOptions | None = None,
     ) -> None:
         self._closed = True  # until fully built: close() must be safe on a failed init
         max_entries = as_uint(max_entries, 32, "max_entries")
@@ -174,21 +194,17 @@ class CpuMap:
             raise ValueError(f"producers must be >= 1, not {producers}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-        if trace_events < 0:
-            raise ValueError(f"trace_events must be >= 0, not {trace_events}")
-        if stuck_after <= 0 or restart_burst < 0 or restart_half_life <= 0:
-            raise ValueError("stuck_after and restart_half_life must be > 0, restart_burst >= 0")
-        self.stuck_after = stuck_after
+        opts = options if options is not None else MapOptions()
+        self.options = opts
         self.max_entries = max_entries
         self.map_id = next(_map_ids)
         self.handler = handler if handler is not None else _accept_all
         self.producers = producers
         self.batch_size = batch_size
-        self.trace_events = trace_events
         self.pool = FramePool(
             frames if frames is not None else DEFAULT_FRAMES_PER_PRODUCER * producers,
-            frame_size,
-            headroom,
+            opts.frame_size,
+            opts.headroom,
             partitions=producers,
         )
         # Live entries are bounded by the possible CPUs; retiring ones need room too.
@@ -200,18 +216,21 @@ class CpuMap:
             producers=producers,
             n_slots=n_slots,
             batch_size=batch_size,
-            trace_events=trace_events,
+            trace_events=opts.trace_events,
         )
         self.registry = self.shared.registry
+        self._owner = os.getpid()
+        self._owner_thread = threading.get_ident()
+        self._lock = threading.RLock()
+        # The thread first: the supervisor forks through it (watcher.py argues why).
+        self._watcher = SupervisorThread(self._supervise_on_thread, self._worker_pids)
         self.supervisor = Supervisor(
             self.shared,
             self.pool,
-            self.handler,
-            home=self,
-            batch_size=batch_size,
-            idle_timeout=idle_timeout,
-            busy_poll=busy_poll,
-            policy=RestartPolicy(restart_burst, restart_half_life),
+            self._watcher,
+            WorkerConfig(self.handler, batch_size, opts.idle_timeout, opts.busy_poll),
+            policy=opts.restart,
+            stuck_after=opts.stuck_after,
         )
         self.results: list[WorkerResult] = self.supervisor.results
         self.history: deque[EntryStats] = deque(maxlen=1024)
@@ -222,15 +241,7 @@ class CpuMap:
         self._retired_k = np.zeros(KTHREAD_WORDS, dtype=np.int64)
         self._retired_lost = 0
         self._closing_done = False  # close() finished: report what producers still hold
-        self._owner = os.getpid()
-        self._owner_thread = threading.get_ident()
-        self._lock = threading.RLock()
-        self._watcher = SupervisorThread(self._supervise_on_thread, self._worker_pids)
-        self.supervisor.fork_on = self._watcher.call
-        self.supervisor.forks_on_long_lived_thread = lambda: (
-            self._watcher.alive or threading.current_thread() is threading.main_thread()
-        )
-        if supervise:
+        if opts.supervise:
             self._watcher.start()
         _open_maps.add(self)
         self._closed = False
@@ -349,7 +360,8 @@ class CpuMap:
 
     def entry(self, key: int) -> Entry:
         """The controller's record of the live entry at ``key`` (its state, slot, ring,
-        worker, restarts); ENOENT like :meth:`lookup`.  For tools and tests."""
+        and its workers' :class:`~cpumap.engine.entry.WorkerLife`: worker, restarts);
+        ENOENT like :meth:`lookup`.  For tools and tests."""
         key = as_uint(key, 32, "key")
         with self._lock:
             self._check_open()
@@ -420,26 +432,21 @@ class CpuMap:
                 me = threading.get_ident()
                 with contextlib.suppress(Exception):  # the supervisor thread retries it
                     self._advance(restart=me == self._owner_thread or self._watcher.on_thread())
-            k = self._retired_k.copy()
-            lost = self._retired_lost
-            entries = []
-            now = time.monotonic_ns()
-            for e in self._live_entries():
-                rec = e.record.read()
-                k += rec
-                lost += e.lost
-                entries.append(self._entry_stats(e, rec, now=now))
-            producers = self.shared.producer_totals()
-            sup = self.supervisor
-            return MapStats.from_counters(
-                self.map_id,
-                producers,
-                k,
-                lost + int(producers[ProducerCounter.LOST]),
-                tuple(entries),
-                abandoned=self._held_by_producers() if self._closing_done else 0,
-                worker_deaths=sup.deaths,
-                producer_deaths=sup.producer_deaths,
+            return self._snapshot()
+
+    def report(self) -> MapReport:
+        """The map's whole life in one record: its stats with every entry it ever had
+        (retired and live, by key and generation), its workers' results, its process
+        events and its user-code errors.  Meant for after :meth:`close` (then every entry
+        is retired and every worker has reported); valid at any time."""
+        with self._lock:
+            now = self.stats()
+            entries = sorted([*self.history, *now.entries], key=lambda e: (e.key, e.generation))
+            return MapReport(
+                stats=dataclasses.replace(now, entries=tuple(entries)),
+                results=tuple(self.results),
+                events=tuple(self.supervisor.events),
+                user_errors=tuple(self.user_errors()),
             )
 
     def worker_events(self) -> list[WorkerEvent]:
@@ -467,7 +474,7 @@ class CpuMap:
         the RX program run in this process for this map (``programs/user_errors.py``)."""
         out = user_errors.LOG.report(scope=self.map_id)
         for r in self.results:
-            out.extend(user_errors.from_dicts(r.user_errors))
+            out.extend(r.user_errors)
         return out
 
     # -- close ---------------------------------------------------------------------------------
@@ -508,6 +515,35 @@ class CpuMap:
         of the map (a producer process exiting) must not touch the workers."""
         if os.getpid() == self._owner:
             self.supervisor.kill_all(self._live_entries())
+
+    def _snapshot(self) -> MapStats:
+        """Every counter now: the producers', the live entries' and the retired ones'."""
+        sup, shared = self.supervisor, self.shared
+        k = self._retired_k.copy()
+        lost = self._retired_lost
+        entries = []
+        now = time.monotonic_ns()
+        for e in self._live_entries():
+            rec = e.record.read()
+            k += rec
+            status = sup.status(e, now)
+            lost += status.lost
+            entries.append(
+                EntryStats.from_counters(e, rec, self._enqueue_rows(e), status, len(e.ring))
+            )
+        faults = FaultCounts(
+            lost=lost,
+            abandoned=self._held_by_producers() if self._closing_done else 0,
+            worker_deaths=sup.deaths,
+            producer_deaths=sup.producer_deaths,
+        )
+        records = [shared.producer_record(p).read().tolist() for p in range(self.producers)]
+        return MapStats.from_counters(self.map_id, records, k, tuple(entries), faults)
+
+    def _enqueue_rows(self, e: Entry) -> list[list[int]]:
+        """``e``'s enqueue counters, a row per producer slot (``EnqueueCounter`` words)."""
+        slot = e.slot
+        return [self.shared.enqueue_counters(p)[slot].tolist() for p in range(self.producers)]
 
     def _retire_all(self, deadline: float) -> None:
         for key in list(self._entries):
@@ -550,14 +586,14 @@ class CpuMap:
             if self._closed:
                 return True
             self._advance(restart=True)
-            self.supervisor.check_progress(self._live_entries(), self.stuck_after)
+            self.supervisor.check_progress(self._live_entries())
             return True
         finally:
             self._lock.release()
 
     def _worker_pids(self) -> list[int]:
         """The pids the supervisor thread watches (read without the lock: a copy)."""
-        return [e.worker.pid for e in self._live_entries() if e.worker is not None]
+        return [e.life.worker.pid for e in self._live_entries() if e.life.worker is not None]
 
     # -- internals: entries ----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -625,81 +661,52 @@ class CpuMap:
             self.supervisor.supervise(e, restart)
         if restart:
             self.supervisor.supervise_producers()
-        still: list[Entry] = []
         for e in self._retiring:
-            grace = e.grace
-            if e.state == EntryState.GRACE and grace is not None and self.registry.elapsed(grace):
-                e.fire(EntryEvent.GRACE_ELAPSED)
-                e.ring.request_stop()
-            if e.state == EntryState.DRAINING and self.supervisor.exited(e):
-                self._finish_retirement(e, EntryEvent.DRAINED)
-            if e.state != EntryState.RETIRED:
-                still.append(e)
-        self._retiring = still
+            self._advance_retiring(e)
+        self._retiring = [e for e in self._retiring if e.state != EntryState.RETIRED]
 
-    def _finish_retirement(self, e: Entry, event: EntryEvent) -> None:
-        """The worker drained its ring and exited (or was killed: ``ABANDONED``): fold its
-        stats, free its slot."""
-        sup = self.supervisor
-        sup.reap(e)
-        cons, prod = e.ring.positions()
-        committed = int(e.record.read()[KthreadCounter.COMMITTED])
-        if prod != cons or e.ring.hand_count() or cons != committed:
-            sup.recover(e, drop_queued=True)  # not after a clean exit; never lose frames
-        rec = e.record.read()
+    def _advance_retiring(self, e: Entry) -> None:
+        """One step of a retiring entry's life (entry.py): the grace period ends, its
+        worker drains its ring and exits, or -- broken, no worker -- it is done."""
+        waiting = e.state in (EntryState.GRACE, EntryState.BROKEN_RETIRING)
+        if waiting and (e.grace is None or not self.registry.elapsed(e.grace)):
+            return
+        if e.state == EntryState.GRACE:
+            e.fire(EntryEvent.GRACE_ELAPSED)
+            e.ring.request_stop()
+        if e.state == EntryState.DRAINING and self.supervisor.exited(e):
+            self._retire(e, EntryEvent.DRAINED)
+        elif e.state == EntryState.BROKEN_RETIRING:
+            self._retire(e, EntryEvent.GRACE_ELAPSED)
+
+    def _retire(self, e: Entry, event: EntryEvent) -> None:
+        """``event`` retires ``e``: its workers' end is the supervisor's; the map folds its
+        stats into the history and frees its slot (unless quarantined)."""
         e.fire(event)
-        exitcode = e.worker.exitcode if e.worker is not None else None
-        self.history.append(self._entry_stats(e, rec, exitcode=exitcode))
-        self._retired_k += rec
-        self._retired_lost += e.lost
-        sup.collect(e)
-        sup.release(e)
+        done = self.supervisor.retire(e)
+        self.history.append(
+            EntryStats.from_counters(
+                e, done.counters, self._enqueue_rows(e), done.status, len(e.ring)
+            )
+        )
+        self._retired_k += done.counters
+        self._retired_lost += done.status.lost
         self.shared.release_slot(e.slot)
-        if not e.quarantined:
+        if not done.quarantined:
             self._free_slots.append(e.slot)
 
     def _abandon(self, e: Entry, lock_deadline: float) -> None:
-        """Kill a worker that would not finish and recover what it held."""
-        self.supervisor.kill(e)
-        # A producer that never left its batch may still publish: make the ring refuse
-        # (its frames are then counted queue_full by that producer) before emptying it.
-        # One stopped inside the ring's lock is waited for only until ``lock_deadline``.
-        if not e.ring.kill(lock_deadline):
-            e.quarantined = True
-        self._finish_retirement(e, EntryEvent.ABANDONED)
+        """Kill a worker that would not finish, recover what it held, retire it."""
+        self.supervisor.abandon(e, lock_deadline)
+        self._retire(e, EntryEvent.ABANDONED)
         self._retiring.remove(e)
 
     def _wait_workers(self, timeout: float) -> None:
         """Sleep until a worker exits or reports, or ``timeout`` passes."""
-        if any(e.state == EntryState.GRACE for e in self._retiring):
+        waiting = (EntryState.GRACE, EntryState.BROKEN_RETIRING)  # for a grace period
+        if any(e.state in waiting for e in self._retiring):
             timeout = min(timeout, 0.001)  # grace periods end with RX batches: poll fast
         self.supervisor.wait(self._live_entries(), timeout)
-
-    def _entry_stats(
-        self, e: Entry, rec: np.ndarray, exitcode: int | None = None, now: int | None = None
-    ) -> EntryStats:
-        w = e.worker
-        now_ns = time.monotonic_ns() if now is None else now
-        if exitcode is None and w is not None and not w.is_alive():
-            exitcode = w.exitcode  # a dead worker not yet replaced (a scrape thread saw it)
-        if exitcode is None and w is None:
-            exitcode = e.last_exitcode  # broken: its last worker's
-        return EntryStats.from_counters(
-            key=e.key,
-            qsize=e.qsize,
-            generation=e.generation,
-            state=e.state,
-            kthread=rec,
-            enqueue=self.shared.enqueue_totals(e.slot),
-            pid=w.pid if w is not None else 0,
-            pinned=w.pinned if w is not None else True,
-            queued=len(e.ring),
-            lost=e.lost,
-            exitcode=exitcode,
-            restarts=e.restarts,
-            heartbeat_age=self.supervisor.heartbeat_age(e, now_ns) if w is not None else -1.0,
-            stuck=w is not None and self.supervisor.stuck(e, now_ns, self.stuck_after),
-        )
 
 
 def _accept_all(skb: object) -> None:

@@ -99,8 +99,9 @@ class StageResult:
 class SecondStage:
     """One entry's second-stage program, in its worker process.
 
-    ``home``: the map this worker belongs to (a redirect naming it goes to its entries);
-    ``slot``: the worker's slot, whose producer slot (rcu.py) its redirects run under.
+    ``shared``: the control segment of the map this worker belongs to (a redirect naming
+    that map goes to its entries); ``slot``: the worker's slot, whose producer slot
+    (rcu.py) its redirects run under.
     """
 
     def __init__(
@@ -110,13 +111,11 @@ class SecondStage:
         pool: FramePool,
         slot: int,
         *,
-        home: object,
         bulk_size: int = DEFAULT_BULK_SIZE,
     ) -> None:
         self.program = program
         self.shared = shared
         self.pool = pool
-        self.home = home
         self.registry_index = shared.second_stage_producer(slot)
         self._runner = ProgramRunner(program, pool, contain=BaseException)
         self._dropped: list[np.ndarray] = []
@@ -204,7 +203,11 @@ class SecondStage:
                 return
             self._to_outputs(ridx, rkeys, target, res)
             return
-        if target is not None and target is not self.home:
+        # Our own map is recognised by its control segment: the program's target is the map
+        # object it captured, and in this worker -- forked from the controller, whose heap
+        # it copies with every object's identity -- that map's ``shared`` is the very
+        # object our spec's ``shared`` is.  Any other map has another segment, or none.
+        if target is not None and getattr(target, "shared", None) is not self.shared:
             res.n_drop += len(ridx)  # a map we cannot reach from here
             res.release.append(ridx)
             return

@@ -3,6 +3,9 @@
 :class:`MapStats` sums every producer and every entry, live and retired; :class:`EntryStats`
 is one entry (one update).  Both are built from the counter tables of ``counters.py`` by
 the tables below -- which stats field is which counter word -- and never change after.
+Per producer slot: :class:`ProducerStats` (``MapStats.producers``: its record) and
+:class:`EnqueueRow` (``EntryStats.enqueue_rows``: its flushes into the entry), so that a
+reader needs no counter table of its own.
 
 The accounting identity
 -----------------------
@@ -25,25 +28,29 @@ Faults, and the fields that report them
   never let go (stopped, hung) when the deadline came.  An outcome.
 * ``worker_deaths``, ``producer_deaths`` -- deaths the supervisor handled (each also a
   ``WorkerEvent``: ``CpuMap.worker_events()``); ``broken_entries``, ``stuck_workers``
-  -- entries in state ``broken`` / workers reported stuck, now; ``hop_limit`` -- frames a
-  second stage dropped for being redirected between entries too often (part of
-  ``second_stage_drop``).
-* per entry: ``state`` (``broken`` included), ``pid`` (0 while it has no worker),
-  ``exitcode`` (its last worker's, once dead), ``restarts``, ``heartbeat_age`` (seconds
-  since its worker last made progress; -1 if none), ``stuck`` (work waiting and no
-  progress for the map's ``stuck_after``).
+  -- entries broken (state ``broken`` or ``broken-retiring``) / workers reported stuck,
+  now; ``hop_limit`` -- frames a second stage dropped for being redirected between
+  entries too often (part of ``second_stage_drop``).
+* per entry: ``state`` (``broken``, ``broken-retiring`` included), ``pid`` (0 while it
+  has no worker), ``exitcode`` (its last worker's, once dead), ``restarts``,
+  ``heartbeat_age`` (seconds since its worker last made progress; -1 if none), ``stuck``
+  (work waiting and no progress for the map's ``stuck_after``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Final
+from operator import itemgetter
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from .counters import EnqueueCounter, KthreadCounter, ProducerCounter
 from .entry import EntryState
+
+if TYPE_CHECKING:
+    from .entry import Entry
 
 # -- which field is which counter --------------------------------------------------------
 _MAP_FROM_PRODUCERS: Final = {
@@ -76,6 +83,12 @@ _MAP_FROM_KTHREADS: Final = {
     "late_wakeups": KthreadCounter.LATE_WAKEUPS,
     "hop_limit": KthreadCounter.HOP_LIMIT,
 }
+# A producer's own record: the map's sums, and what is the producer's alone.
+_PRODUCER_FROM_RECORD: Final = {
+    **_MAP_FROM_PRODUCERS,
+    "queue_full": ProducerCounter.QUEUE_FULL,
+    "lost": ProducerCounter.LOST,
+}
 _ENTRY_FROM_ENQUEUES: Final = {
     "enqueue_processed": EnqueueCounter.PROCESSED,
     "enqueue_drops": EnqueueCounter.DROPS,
@@ -96,6 +109,38 @@ _ENTRY_FROM_KTHREAD: Final = {
     "sleeps": KthreadCounter.SLEEPS,
     "late_wakeups": KthreadCounter.LATE_WAKEUPS,
 }
+
+
+class _Words:
+    """The fields a table names, read from a record's words (a list: ``tolist()``):
+    ``words(values) -> {field: value}``.  stats() runs in loops (``wait_idle``), so the
+    indices are plain ints picked by one ``itemgetter`` call."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.names = tuple(table)
+        self._get = itemgetter(*(int(i) for i in table.values()))
+
+    def __call__(self, values: list[int]) -> dict[str, int]:
+        return dict(zip(self.names, self._get(values), strict=True))
+
+
+_MAP_P, _MAP_K = _Words(_MAP_FROM_PRODUCERS), _Words(_MAP_FROM_KTHREADS)
+_ENTRY_ENQ, _ENTRY_K = _Words(_ENTRY_FROM_ENQUEUES), _Words(_ENTRY_FROM_KTHREAD)
+_ENQ_PROCESSED, _ENQ_DROPS, _ENQ_FLUSHES = (
+    int(EnqueueCounter.PROCESSED),
+    int(EnqueueCounter.DROPS),
+    int(EnqueueCounter.FLUSHES),
+)
+
+# Rows of counter words, one per producer slot: a 2-D array, or its rows as lists (cheaper
+# to gather from several records than a stacked array).
+Rows = np.ndarray | list[list[int]]
+
+
+def _as_lists(rows: Rows) -> list[list[int]]:
+    return rows.tolist() if isinstance(rows, np.ndarray) else rows
+
+
 _OUTCOME_FIELDS: Final = (
     "xdp_aborted",
     "xdp_drop",
@@ -143,6 +188,63 @@ class KthreadEvent:
 
 
 @dataclass(frozen=True)
+class WorkerStatus:
+    """An entry's worker as the stats show it, at one moment (``Supervisor.status``)."""
+
+    pid: int = 0  # 0: none running (broken)
+    pinned: bool = True
+    exitcode: int | None = None  # its last worker's, once dead
+    restarts: int = 0
+    lost: int = 0  # frames lost with the entry's workers
+    heartbeat_age: float = -1.0  # seconds since its last progress (-1: none)
+    stuck: bool = False  # work waiting, no progress for the map's stuck_after
+
+
+@dataclass(frozen=True)
+class EnqueueRow:
+    """The enqueue tracepoint's totals of one producer slot into one entry."""
+
+    producer: int
+    processed: int = 0  # frames offered, including the dropped ones
+    drops: int = 0  # did not fit: the ring was full
+    flushes: int = 0
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    """One RX producer slot's counters (its record: ``counters.ProducerCounter``)."""
+
+    producer: int
+    rx: int = 0
+    polls: int = 0
+    xdp_aborted: int = 0
+    xdp_drop: int = 0
+    xdp_pass: int = 0
+    xdp_tx: int = 0
+    xdp_redirect: int = 0
+    redirect_err: int = 0
+    no_frame: int = 0
+    truncated: int = 0
+    enqueue_processed: int = 0
+    enqueue_flushes: int = 0
+    queue_full: int = 0  # dropped at its flushes (ring full)
+    lost: int = 0  # recovered with no outcome after its process died (ownership.py)
+
+    @classmethod
+    def from_record(cls, producer: int, record: np.ndarray | list[int]) -> ProducerStats:
+        """The stats of producer slot ``producer`` whose record is ``record``."""
+        words = record.tolist() if isinstance(record, np.ndarray) else record
+        return cls(producer, *_producer_words(words))
+
+
+# ProducerStats's fields after ``producer``, in order: built positionally (one per producer
+# slot in every stats()), which is faster than by keyword.
+_producer_words = itemgetter(
+    *(int(_PRODUCER_FROM_RECORD[f.name]) for f in fields(ProducerStats)[1:])
+)
+
+
+@dataclass(frozen=True)
 class EntryStats:
     """One map entry's counters (an entry is one update: replacing a key makes a new one)."""
 
@@ -175,45 +277,60 @@ class EntryStats:
     restarts: int = 0  # replacement workers started
     heartbeat_age: float = -1.0  # seconds since its worker's last progress (-1: none)
     stuck: bool = False  # work waiting, no progress for the map's stuck_after
+    enqueue_rows: tuple[EnqueueRow, ...] = ()  # the enqueue_* counters per producer slot
 
     @classmethod
     def from_counters(
         cls,
-        *,
-        key: int,
-        qsize: int,
-        generation: int,
-        state: EntryState,
+        entry: Entry,
         kthread: np.ndarray,
-        enqueue: np.ndarray,
-        pid: int = 0,
-        pinned: bool = True,
+        enqueue: Rows,
+        worker: WorkerStatus = WorkerStatus(),
         queued: int = 0,
-        lost: int = 0,
-        exitcode: int | None = None,
-        restarts: int = 0,
-        heartbeat_age: float = -1.0,
-        stuck: bool = False,
     ) -> EntryStats:
-        """The stats of an entry whose worker record is ``kthread`` and whose enqueue totals
-        (summed over producers) are ``enqueue``."""
+        """The stats of ``entry`` whose worker record is ``kthread``, whose enqueue
+        counters are ``enqueue`` (a row of ``EnqueueCounter`` words per producer slot) and
+        whose ring holds ``queued`` frames."""
+        rows = _as_lists(enqueue)
+        totals = [sum(column) for column in zip(*rows, strict=True)]
+        k = kthread.tolist()
         return cls(
-            key=key,
-            cpu=key,
-            qsize=qsize,
-            generation=generation,
-            state=state,
-            pid=pid,
-            pinned=pinned,
+            key=entry.key,
+            cpu=entry.cpu,
+            qsize=entry.qsize,
+            generation=entry.generation,
+            state=entry.state,
+            pid=worker.pid,
+            pinned=worker.pinned,
             queued=queued,
-            lost=lost,
-            exitcode=exitcode,
-            restarts=restarts,
-            heartbeat_age=heartbeat_age,
-            stuck=stuck,
-            **{name: int(enqueue[i]) for name, i in _ENTRY_FROM_ENQUEUES.items()},
-            **{name: int(kthread[i]) for name, i in _ENTRY_FROM_KTHREAD.items()},
+            lost=worker.lost,
+            exitcode=worker.exitcode,
+            restarts=worker.restarts,
+            heartbeat_age=worker.heartbeat_age,
+            stuck=worker.stuck,
+            enqueue_rows=tuple(
+                EnqueueRow(p, r[_ENQ_PROCESSED], r[_ENQ_DROPS], r[_ENQ_FLUSHES])
+                for p, r in enumerate(rows)
+            ),
+            **_ENTRY_ENQ(totals),
+            **_ENTRY_K(k),
         )
+
+    def as_dict(self) -> dict[str, object]:
+        """Every field, as plain JSON-able data (the rows as dicts)."""
+        d: dict[str, object] = vars(self).copy()
+        d["enqueue_rows"] = [vars(r).copy() for r in self.enqueue_rows]
+        return d
+
+
+@dataclass(frozen=True)
+class FaultCounts:
+    """What the map counted beside the counter tables (its supervisor, ``close()``)."""
+
+    lost: int = 0  # frames lost with workers, live and retired entries (not producers')
+    abandoned: int = 0  # frames close() gave up on
+    worker_deaths: int = 0
+    producer_deaths: int = 0
 
 
 @dataclass(frozen=True)
@@ -255,35 +372,38 @@ class MapStats:
     broken_entries: int = 0
     stuck_workers: int = 0
     entries: tuple[EntryStats, ...] = field(default=())
+    producers: tuple[ProducerStats, ...] = field(default=())  # every producer slot
 
     @classmethod
     def from_counters(
         cls,
         map_id: int,
-        producers: np.ndarray,
+        producers: Rows,
         kthreads: np.ndarray,
-        lost: int,
         entries: tuple[EntryStats, ...],
-        *,
-        abandoned: int = 0,
-        worker_deaths: int = 0,
-        producer_deaths: int = 0,
+        faults: FaultCounts = FaultCounts(),
     ) -> MapStats:
-        """The stats of a map whose producer records sum to ``producers`` and whose worker
-        records (live and retired entries) sum to ``kthreads``."""
-        queue_full = producers[ProducerCounter.QUEUE_FULL] + kthreads[KthreadCounter.FWD_QUEUE_FULL]
+        """The stats of a map whose producer records are ``producers`` (one row per
+        producer slot) and whose worker records (live and retired entries) sum to
+        ``kthreads``."""
+        rows = _as_lists(producers)
+        per_producer = tuple(ProducerStats.from_record(p, r) for p, r in enumerate(rows))
+        total = [sum(column) for column in zip(*rows, strict=True)]
+        k = kthreads.tolist()
+        queue_full = total[ProducerCounter.QUEUE_FULL] + k[KthreadCounter.FWD_QUEUE_FULL]
         return cls(
             map_id=map_id,
-            queue_full=int(queue_full),
-            lost=lost,
-            abandoned=abandoned,
-            worker_deaths=worker_deaths,
-            producer_deaths=producer_deaths,
-            broken_entries=sum(1 for e in entries if e.state == EntryState.BROKEN),
+            queue_full=queue_full,
+            lost=faults.lost + total[ProducerCounter.LOST],
+            abandoned=faults.abandoned,
+            worker_deaths=faults.worker_deaths,
+            producer_deaths=faults.producer_deaths,
+            broken_entries=sum(1 for e in entries if e.state.broken),
             stuck_workers=sum(1 for e in entries if e.stuck),
             entries=entries,
-            **{name: int(producers[i]) for name, i in _MAP_FROM_PRODUCERS.items()},
-            **{name: int(kthreads[i]) for name, i in _MAP_FROM_KTHREADS.items()},
+            producers=per_producer,
+            **_MAP_P(total),
+            **_MAP_K(k),
         )
 
     def outcomes(self) -> dict[str, int]:
@@ -296,11 +416,16 @@ class MapStats:
         return self.rx - sum(self.outcomes().values())
 
     def as_dict(self) -> dict[str, object]:
+        """Every field and ``in_flight``, as plain JSON-able data (entries and producers as
+        lists of dicts)."""
         d: dict[str, object] = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "entries"
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("entries", "producers")
         }
         d["in_flight"] = self.in_flight
-        d["entries"] = [vars(e).copy() for e in self.entries]
+        d["entries"] = [e.as_dict() for e in self.entries]
+        d["producers"] = [vars(p).copy() for p in self.producers]
         return d
 
 

@@ -2,10 +2,13 @@
 replaces their worker processes.
 
 The map (``map.py``) decides *what* an entry is (``entry.py``); the supervisor runs the
-process that plays it.  Each entry has at most one live worker, a ``WorkerProcess``
-(worker.py): a process forked from the controlling process (the handler, a closure even, needs no
-pickling), pinned to the entry's CPU, with a pipe on which it says "ready" once its
-handler's ``setup()`` has run, and its results when it exits.
+process that plays it, and keeps the record of it: the entry's ``WorkerLife`` (its
+worker, restarts, restart heat, stuck-since, last exit, frames lost, reports), which only
+this module writes.  Each entry has at most one live worker, a ``WorkerProcess``
+(worker.py): a process forked from the controlling process (the handler, a closure even,
+needs no pickling), pinned to the entry's CPU, with a pipe on which it sends typed
+messages (messages.py): ``Ready`` once its handler's ``setup()`` has run (or
+``SetupFailed``), and ``Exited`` with its results when it exits.
 
 Supervision: a worker found dead while its entry lives (killed, crashed) is recovered --
 the frames it held without a committed outcome are counted ``lost`` and returned
@@ -18,16 +21,23 @@ Restarts are rate-limited with a decay (:class:`RestartPolicy`), not a lifetime 
 death adds one to the entry's *heat*, which halves every ``half_life`` seconds; an entry
 whose heat exceeds ``burst``, or whose replacement cannot start, is *broken*
 (entry.py): unpublished, so that a redirect to it is a redirect error, its ring killed,
-what it held counted ``lost``.  Every death, restart, break and stuck worker is recorded
-as a :class:`WorkerEvent`.
+what it held counted ``lost`` (the supervisor fires ``BROKE``: the one event it fires).
+Every death, restart, break and stuck worker is recorded as a :class:`WorkerEvent`.
+
+The end of a worker: when the map retires an entry it makes one call,
+:meth:`Supervisor.retire` -- wait for the exited worker, recover what it left unless it
+exited clean, collect its reports as :class:`WorkerResult` records, free its handle -- and
+gets back the entry's final counters; ``close()`` running out of time first calls
+:meth:`Supervisor.abandon` (kill, make the ring refuse producers).
 
 RX producers are supervised too (:meth:`Supervisor.supervise_producers`): a producer slot
 whose owner process died is claimed by the controller, and the partition it left is
 recovered whole (ownership.py), its frames counted ``lost``.
 
-Forking happens only on the map's supervisor thread (watcher.py: why), or, failing it, in
-the map's own thread; a supervision from another thread (a metrics scrape calling
-``stats()``) only reads.
+Forking happens only through the :class:`Forker` the supervisor is built with: the map's
+supervisor thread (watcher.py: why), which runs a fork in the caller's thread once it is
+gone; a supervision from another thread (a metrics scrape calling ``stats()``) only
+reads.
 
 Map operations run in the controlling process (the one that created the map); RX
 producers may run in processes forked from it.
@@ -44,18 +54,22 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from ..errors import HandlerSetupError
 from ..programs.contract import WorkerInfo
+from ..programs.user_errors import UserError
 from .counters import KthreadCounter
-from .entry import Entry, EntryEvent, EntryState
+from .entry import Entry, EntryEvent, EntryState, WorkerLife
 from .frame_pool import TAG_HAND, FramePool
+from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ownership import recover_partition, unpublished
 from .pids import pid_alive
-from .worker import WorkerProcess, WorkerSpec, worker_main
+from .stats import WorkerStatus
+from .worker import WorkerConfig, WorkerProcess, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
     from .control import MapShared
@@ -79,13 +93,13 @@ class RestartPolicy:
     burst: float = RESTART_BURST
     half_life: float = RESTART_HALF_LIFE
 
-    def allows(self, e: Entry, now: float) -> bool:
-        """Count one death of ``e``'s worker at ``now``; whether it may be replaced."""
-        if e.heat_at:
-            e.heat *= 0.5 ** ((now - e.heat_at) / self.half_life)
-        e.heat += 1.0
-        e.heat_at = now
-        return e.heat <= self.burst
+    def allows(self, life: WorkerLife, now: float) -> bool:
+        """Count one death of ``life``'s worker at ``now``; whether it may be replaced."""
+        if life.heat_at:
+            life.heat *= 0.5 ** ((now - life.heat_at) / self.half_life)
+        life.heat += 1.0
+        life.heat_at = now
+        return life.heat <= self.burst
 
 
 @dataclass(frozen=True)
@@ -105,55 +119,67 @@ class WorkerEvent:
     lost: int = 0  # frames the event lost (recovered without an outcome)
 
 
-class HandlerSetupError(RuntimeError):
-    """The handler's ``setup()`` raised in a new worker; the update was not made."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class WorkerResult:
-    """What a worker reported when it exited."""
+    """What a worker reported when it exited (its ``Exited`` message, messages.py), and
+    whose it was."""
 
     key: int
     cpu: int
     generation: int
-    result: Any = None
-    error: str | None = None
+    result: Any = None  # the handler's finish() result
+    error: str | None = None  # the traceback of what ended the worker, if anything
     exitcode: int | None = None
-    outputs: list[Any] = field(default_factory=list)  # second-stage outputs' reports
-    user_errors: list[Any] = field(default_factory=list)  # programs/user_errors.py dicts
+    outputs: tuple[Any, ...] = ()  # second-stage outputs' finish() reports
+    user_errors: tuple[UserError, ...] = ()  # what failed in user code in that worker
+
+
+class Forker(Protocol):
+    """Where the supervisor's forks run: the map's supervisor thread (watcher.py)."""
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (a fork) where forks run; return its result or raise its error."""
+        ...
+
+    def forks_on_long_lived_thread(self) -> bool:
+        """Whether a fork through :meth:`call` now runs on a thread that lives as long as
+        the map (its worker may then arm the parent-death signal: worker.py)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetiredWorker:
+    """What a retired entry's workers leave behind (:meth:`Supervisor.retire`)."""
+
+    counters: np.ndarray  # its worker record, final (after any recovery): KthreadCounter
+    status: WorkerStatus  # its last worker, as the stats show it (exit code, lost, ...)
+    quarantined: bool  # its ring was killed without its lock: never reuse the slot
 
 
 class Supervisor:
-    """Starts and watches the worker processes of one map's entries."""
+    """Starts and watches the worker processes of one map's entries; owns every entry's
+    :class:`~cpumap.engine.entry.WorkerLife` (the only writer of it)."""
 
     def __init__(
         self,
         shared: MapShared,
         pool: FramePool,
-        handler: Any,
+        forker: Forker,
+        config: WorkerConfig,
         *,
-        home: object,
-        batch_size: int,
-        idle_timeout: float,
-        busy_poll: float,
-        policy: RestartPolicy | None = None,
+        policy: RestartPolicy,
+        stuck_after: float,
     ) -> None:
         self.shared = shared
         self.pool = pool
-        self.handler = handler
-        self.home = home
-        self.batch_size = batch_size
-        self.idle_timeout = idle_timeout
-        self.busy_poll = busy_poll
+        self.forker = forker
+        self.config = config
+        self.policy = policy
+        self.stuck_after = stuck_after
         self.results: list[WorkerResult] = []
-        self.policy = policy or RestartPolicy()
         self.events: deque[WorkerEvent] = deque(maxlen=1024)
-        self.producer_lost = 0  # frames recovered from dead producers (also in their records)
         self.deaths = 0  # workers found dead while their entry needed them
         self.producer_deaths = 0  # producer processes found dead, their partition recovered
-        # Runs a fork on the map's supervisor thread (watcher.py); None: fork here.
-        self.fork_on: Callable[[Callable[[], Any]], Any] | None = None
-        self.forks_on_long_lived_thread: Callable[[], bool] = lambda: False
         self._mp = multiprocessing.get_context("fork")
 
     def record(self, kind: str, e: Entry, pid: int = 0, **extra: Any) -> None:
@@ -169,27 +195,48 @@ class Supervisor:
         ``resume``: the counters a replacement continues.  Raises ``OSError(ENOMEM)`` when
         no process can be started, ``HandlerSetupError`` when the handler's setup fails.
         """
+        life = e.life
+        if life.worker is not None:  # a dead predecessor (this is a restart): free its fds
+            life.worker.join()
+            life.worker.close()
+            life.worker = None
+        worker = self._fork(e, self._spec(e, resume))
+        try:
+            msg = worker.receive(START_TIMEOUT)
+        except BaseException:
+            _discard_worker(worker)
+            raise
+        match msg:
+            case Ready(pinned=pinned):
+                worker.pinned = pinned
+            case SetupFailed(error=error):
+                _discard_worker(worker)
+                raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
+            case _:  # None: it died, or said nothing in time
+                _discard_worker(worker)
+                raise HandlerSetupError(
+                    f"worker for CPU {e.key} did not start:\nworker exited before it was ready"
+                )
+        life.worker = worker
+        self.shared.set_worker_pid(e.slot, worker.pid)
+
+    def _spec(self, e: Entry, resume: np.ndarray | None) -> WorkerSpec:
         info = WorkerInfo(
             self.shared.map_id, e.key, e.cpu, e.qsize, e.slot, e.generation, pinned=True
         )
-        spec = WorkerSpec(
+        return WorkerSpec(
             pool=self.pool,
             shared=self.shared,
             info=info,
-            handler=self.handler,
-            batch_size=self.batch_size,
-            idle_timeout=self.idle_timeout,
-            busy_poll=self.busy_poll,
+            config=self.config,
             resume_counters=resume,
             second_stage=e.program,
-            home=self.home,
             parent_pid=os.getpid(),
-            forked_by_long_lived_thread=self.forks_on_long_lived_thread(),
+            forked_by_long_lived_thread=self.forker.forks_on_long_lived_thread(),
         )
-        if e.worker is not None:  # a dead predecessor (this is a restart): free its fds
-            e.worker.join()
-            e.worker.close()
-            e.worker = None
+
+    def _fork(self, e: Entry, spec: WorkerSpec) -> WorkerProcess:
+        """Fork ``e``'s worker process (through the forker), with the pipe it reports on."""
         r, w = self._mp.Pipe(duplex=False)
         proc = self._mp.Process(
             target=worker_main,
@@ -198,10 +245,7 @@ class Supervisor:
             daemon=True,
         )
         try:
-            if self.fork_on is not None:
-                self.fork_on(proc.start)
-            else:
-                proc.start()
+            self.forker.call(proc.start)
         except OSError as exc:
             r.close()
             w.close()
@@ -213,77 +257,67 @@ class Supervisor:
             _discard(proc, r)
             raise
         w.close()
-        worker = WorkerProcess(proc, r, pinned=True)
-        try:
-            msg = worker.receive(START_TIMEOUT)
-        except BaseException:
-            worker.kill()
-            worker.join()
-            worker.close()
-            raise
-        if not msg or not msg.get("ready"):
-            worker.kill()
-            worker.join()
-            worker.close()
-            error = (msg or {}).get("error", "worker exited before it was ready")
-            raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
-        worker.pinned = bool(msg.get("pinned", True))
-        e.worker = worker
-        self.shared.set_worker_pid(e.slot, worker.pid)
+        return WorkerProcess(proc, r, pinned=True)
 
     # -- watching ----------------------------------------------------------------------------
     def supervise(self, e: Entry, restart: bool = True) -> None:
         """Read what ``e``'s worker reported; a worker that exited while it still had work
         to do died: recover and (``restart``) replace it, or break the entry."""
-        w = e.worker
+        w = e.life.worker
         if w is None:  # no worker could be started again: broken
-            if e.broken:
+            if e.state.broken:
                 self.recover(e, drop_queued=True)
             return
         if w.has_report():
-            msg = w.receive()
-            if msg is not None:
-                e.results.append(msg)
+            _keep_report(e, w.receive())
         if w.is_alive():
             return
         if e.state == EntryState.DRAINING and w.exitcode == 0 and len(e.ring) == 0:
             return  # a clean exit: the map finishes the retirement
-        if e.broken:
+        if e.state.broken:
             self.recover(e, drop_queued=True)  # nobody consumes: keep the ring empty
             return
-        if not restart:
-            return  # the next supervision from a thread that may fork does the rest
+        if restart:  # else the next supervision from a thread that may fork does it
+            self._replace_dead(e, w)
+
+    def _replace_dead(self, e: Entry, dead: WorkerProcess) -> None:
+        """Recover what ``dead`` held, and start a replacement -- or break the entry when
+        its workers die too fast or the replacement cannot start."""
+        life = e.life
         lost = self.recover(e, drop_queued=False)
-        e.last_exitcode = w.exitcode
+        life.last_exitcode = dead.exitcode
         self.deaths += 1
-        self.record("died", e, w.pid, exitcode=w.exitcode, lost=lost)
-        if not self.policy.allows(e, time.monotonic()):
-            self.collect(e)
+        self.record("died", e, dead.pid, exitcode=dead.exitcode, lost=lost)
+        allowed = self.policy.allows(life, time.monotonic())
+        self._collect(e)
+        if not allowed:
             self.break_entry(e)
             return
-        self.collect(e)
         try:
             self.start(e, e.record.read())
         except (OSError, HandlerSetupError):
             self.break_entry(e)
             return
-        e.restarts += 1
-        self.record("restarted", e, e.worker.pid if e.worker is not None else 0)
+        life.restarts += 1
+        self.record("restarted", e, life.worker.pid if life.worker is not None else 0)
 
     def break_entry(self, e: Entry) -> None:
-        """Its workers keep dying: nobody will consume its ring.  Unpublish it (a redirect
-        to it is a redirect error from now on), kill its ring (a producer waiting on it
-        gives up: lossless flushes resume), and count what it held ``lost``."""
-        e.broken = True
-        if e.state == EntryState.ACTIVE:
-            e.fire(EntryEvent.BROKE)
+        """Its workers keep dying: nobody will consume its ring.  Fire ``BROKE`` (entry.py
+        says where to: an active entry is unpublished -- a redirect to it is a redirect
+        error from now on -- a retiring one waits out its grace period), kill its ring (a
+        producer waiting on it gives up: lossless flushes resume), and count what it held
+        ``lost``."""
+        was_active = e.state == EntryState.ACTIVE
+        e.fire(EntryEvent.BROKE)
+        if was_active:
             self.shared.publish(e.key, -1)
-        if e.worker is not None and not e.worker.is_alive():
-            e.worker.join()
-            e.worker.close()
-            e.worker = None
+        life = e.life
+        if life.worker is not None and not life.worker.is_alive():
+            life.worker.join()
+            life.worker.close()
+            life.worker = None
         if not e.ring.kill(time.monotonic() + _KILL_LOCK_WAIT):
-            e.quarantined = True  # a stopped producer holds its lock: it may still publish
+            life.quarantined = True  # a stopped producer holds its lock: it may still publish
         lost = self.recover(e, drop_queued=True)
         self.record("broken", e, lost=lost)
 
@@ -304,7 +338,6 @@ class Supervisor:
             finally:
                 registry.unclaim(p)
             total += lost
-            self.producer_lost += lost
             self.producer_deaths += 1
             self.events.append(
                 WorkerEvent(time.monotonic_ns(), "producer_died", p, -1, 0, owner, lost=lost)
@@ -312,40 +345,59 @@ class Supervisor:
         return total
 
     # -- progress (worker.py's heartbeat) -------------------------------------------------------
-    def check_progress(self, entries: Iterable[Entry], stuck_after: float) -> None:
+    def check_progress(self, entries: Iterable[Entry]) -> None:
         """Report (once per episode) a worker that has work waiting and made no progress
         for ``stuck_after`` seconds: stuck in its handler, or stopped."""
         now = time.monotonic()
         for e in entries:
-            if e.worker is None:
+            life = e.life
+            if life.worker is None:
                 continue
-            if self.stuck(e, time.monotonic_ns(), stuck_after):
-                if not e.stuck_since:
-                    e.stuck_since = now
-                    self.record("stuck", e, e.worker.pid)
+            if self.stuck(e, time.monotonic_ns()):
+                if not life.stuck_since:
+                    life.stuck_since = now
+                    self.record("stuck", e, life.worker.pid)
             else:
-                e.stuck_since = 0.0
+                life.stuck_since = 0.0
 
     def heartbeat_age(self, e: Entry, now_ns: int) -> float:
         """Seconds since ``e``'s worker last made progress (-1: none reported yet)."""
         beat = self.shared.heartbeat(e.slot)
         return (now_ns - beat) / 1e9 if beat else -1.0
 
-    def stuck(self, e: Entry, now_ns: int, stuck_after: float) -> bool:
+    def stuck(self, e: Entry, now_ns: int) -> bool:
         """Work waiting (in the ring or in hand) and no progress for ``stuck_after``."""
         has_work = len(e.ring) > 0 or e.ring.hand_count() > 0
-        return has_work and self.heartbeat_age(e, now_ns) > stuck_after
+        return has_work and self.heartbeat_age(e, now_ns) > self.stuck_after
+
+    def status(self, e: Entry, now_ns: int) -> WorkerStatus:
+        """``e``'s worker as the stats show it, at ``now_ns`` (monotonic)."""
+        life = e.life
+        w = life.worker
+        if w is None:  # broken: its last worker's exit
+            return WorkerStatus(exitcode=life.last_exitcode, restarts=life.restarts, lost=life.lost)
+        return WorkerStatus(
+            pid=w.pid,
+            pinned=w.pinned,
+            # A dead worker not yet replaced (a scrape thread saw it), or a reaped one.
+            exitcode=None if w.is_alive() else w.exitcode,
+            restarts=life.restarts,
+            lost=life.lost,
+            heartbeat_age=self.heartbeat_age(e, now_ns),
+            stuck=self.stuck(e, now_ns),
+        )
 
     def exited(self, e: Entry) -> bool:
         """Whether ``e`` has no live worker."""
-        return e.worker is None or not e.worker.is_alive()
+        w = e.life.worker
+        return w is None or not w.is_alive()
 
     def wait(self, entries: Iterable[Entry], timeout: float) -> None:
         """Sleep until a worker of ``entries`` exits or reports, or ``timeout`` passes."""
         waitables: list[Any] = []
         for e in entries:
-            if e.worker is not None and e.state != EntryState.RETIRED:
-                waitables.extend(e.worker.waitables())
+            if e.life.worker is not None and e.state != EntryState.RETIRED:
+                waitables.extend(e.life.worker.waitables())
         if waitables:
             multiprocessing.connection.wait(waitables, timeout)
         else:
@@ -359,8 +411,8 @@ class Supervisor:
         after its worker died), the frames queued in its ring are released and counted
         ``lost`` too.  Precondition: the entry's worker is dead.
         """
-        ring, pool = e.ring, self.pool
-        before = e.lost
+        ring, pool, life = e.ring, self.pool, e.life
+        before = life.lost
         rec = e.record.read()
         cons, prod = ring.positions()
         committed = int(rec[KthreadCounter.COMMITTED])
@@ -374,68 +426,101 @@ class Supervisor:
             forwarded = unpublished(pool, self.shared.rings(), hand, stage)
             held = np.concatenate([hand[pool.tag[hand] == TAG_HAND + e.slot], forwarded])
             if committed < cons:  # died before committing: no outcome for these
-                e.lost += len(held)
+                life.lost += len(held)
             pool.release(held)
         end = cons
         if drop_queued and len(queued):
-            e.lost += len(queued)
+            life.lost += len(queued)
             pool.release(queued)
             end = prod
         ring.reset_consumer(end)
         rec[KthreadCounter.COMMITTED] = end
         e.record.publish(rec)
-        return e.lost - before
+        return life.lost - before
 
     # -- the end of a worker ----------------------------------------------------------------
-    def reap(self, e: Entry) -> None:
+    def retire(self, e: Entry) -> RetiredWorker:
+        """The end of a retired entry's workers, in this order: wait for its exited worker
+        (keeping its last report); recover what it left unless it exited clean (never lose
+        a frame); read its final counters; move its reports into :attr:`results`; free its
+        process handle and pipe.  Precondition: no live worker (drained, or abandoned)."""
+        self._reap(e)
+        if not self._exited_clean(e):
+            self.recover(e, drop_queued=True)
+        status = self.status(e, time.monotonic_ns())
+        counters = e.record.read()
+        self._collect(e)
+        if e.life.worker is not None:
+            e.life.worker.close()
+        return RetiredWorker(counters, status, e.life.quarantined)
+
+    def abandon(self, e: Entry, lock_deadline: float) -> None:
+        """A retiring entry whose worker would not finish in time (``close()``): kill its
+        worker if it still runs (SIGKILL: also ends a stopped one) and wait for it; then
+        make its ring refuse producers -- one that never left its batch may still publish
+        (its frames are then counted ``queue_full`` by that producer) -- before the
+        retirement empties it.  A producer stopped inside the ring's lock is waited for
+        only until ``lock_deadline``; the slot is then quarantined."""
+        w = e.life.worker
+        if w is not None and w.is_alive():
+            w.kill()
+            w.join()
+            self.record("abandoned", e, w.pid, exitcode=w.exitcode)
+        if not e.ring.kill(lock_deadline):
+            e.life.quarantined = True
+
+    def kill_all(self, entries: Iterable[Entry]) -> None:
+        """SIGKILL every worker, without waiting (the controller is exiting)."""
+        for e in entries:
+            if e.life.worker is not None:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(e.life.worker.pid, signal.SIGKILL)
+
+    def _reap(self, e: Entry) -> None:
         """Wait for ``e``'s exited worker, keeping its last report."""
-        if e.worker is None:
-            return
-        msg = e.worker.receive()
-        if msg is not None:
-            e.results.append(msg)
-        e.worker.join()
+        w = e.life.worker
+        if w is not None:
+            _keep_report(e, w.receive())
+            w.join()
 
-    def kill(self, e: Entry) -> None:
-        """Kill ``e``'s worker if it still runs (SIGKILL: also ends a stopped one), and
-        wait for it."""
-        if e.worker is not None and e.worker.is_alive():
-            pid = e.worker.pid
-            e.worker.kill()
-            e.worker.join()
-            self.record("abandoned", e, pid, exitcode=e.worker.exitcode)
+    def _exited_clean(self, e: Entry) -> bool:
+        """Its worker drained the ring, committed every outcome and holds nothing."""
+        cons, prod = e.ring.positions()
+        committed = int(e.record.read()[KthreadCounter.COMMITTED])
+        return prod == cons and e.ring.hand_count() == 0 and cons == committed
 
-    def collect(self, e: Entry) -> None:
+    def _collect(self, e: Entry) -> None:
         """Move ``e``'s workers' reports into :attr:`results`."""
-        exitcode = e.worker.exitcode if e.worker is not None else None
-        for msg in e.results:
-            if msg.get("ready"):
-                continue
+        life = e.life
+        exitcode = life.worker.exitcode if life.worker is not None else None
+        for msg in life.reports:
             self.results.append(
                 WorkerResult(
                     e.key,
                     e.cpu,
                     e.generation,
-                    msg.get("result"),
-                    msg.get("error"),
+                    msg.result,
+                    msg.error,
                     exitcode,
-                    msg.get("outputs", []),
-                    msg.get("user_errors", []),
+                    msg.outputs,
+                    msg.user_errors,
                 )
             )
-        e.results.clear()
+        life.reports.clear()
 
-    def kill_all(self, entries: Iterable[Entry]) -> None:
-        """SIGKILL every worker, without waiting (the controller is exiting)."""
-        for e in entries:
-            if e.worker is not None:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(e.worker.pid, signal.SIGKILL)
 
-    def release(self, e: Entry) -> None:
-        """Free ``e``'s reaped worker's pipe and process handle."""
-        if e.worker is not None:
-            e.worker.close()
+def _keep_report(e: Entry, msg: WorkerMessage | None) -> None:
+    """Keep a running worker's message for collection: only its last one, ``Exited``, is a
+    report (``Ready`` was read by :meth:`Supervisor.start`; nothing comes after)."""
+    if isinstance(msg, Exited):
+        e.life.reports.append(msg)
+
+
+def _discard_worker(worker: WorkerProcess) -> None:
+    """A worker that did not start: kill it, wait for it, free its pipe."""
+    worker.kill()
+    worker.join()
+    worker.close()
 
 
 def _discard(proc: Any, conn: Any) -> None:

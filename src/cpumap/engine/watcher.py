@@ -11,16 +11,20 @@ its own code.  Three places could notice it:
   rings it is waiting on, it may run in a process that cannot fork replacements (a
   forked producer), and a producer that is not polling sees nothing;
 * ``stats()``/``poll()``, as before: only when the program calls them;
-* a thread of the controlling process, which owns the workers: it sleeps in ``poll(2)``
-  on one *pidfd* per worker (readable the moment the process exits, SIGKILL included)
-  and on a wake-up pipe, so a death wakes it at once at no cost while nothing happens.
+* a thread of the controlling process, which owns the workers: it sleeps in
+  ``select(2)`` on one *pidfd* per worker (readable the moment the process exits,
+  SIGKILL included) and on a wake-up pipe, so a death wakes it at once at no cost while
+  nothing happens.
 
 We take the third.  It holds its own pidfds (opened and closed here, never shared with the
 map's thread, so no descriptor is closed under a waiter), and it wakes every
 :data:`TICK` seconds anyway: to find dead RX producers (they are not our children: no
 pidfd is needed, the registry's owner pids are probed) and to check heartbeats.  What it
-does on waking -- recover, replace, break -- is the map's ``_supervise`` under the map's
-lock, taken with a timeout so that the thread never waits long on a map operation.
+does on waking is the ``supervise`` callable it was given: the map's supervision pass
+(``CpuMap._supervise_on_thread``: advance retirements, have the supervisor recover,
+replace or break every dead worker and recover dead producers' partitions, check
+progress), under the map's lock, taken with a timeout so that the thread never waits long
+on a map operation.
 
 Why it is also the one thread that forks: ``PR_SET_PDEATHSIG`` fires when the *thread*
 that forked a child exits, not the process.  Forking every worker from this thread, which
@@ -29,7 +33,10 @@ no worker outlives the controller, whichever thread created the map or updated i
 whatever state the worker is in (SIGKILL ends a stopped process too).  Another thread asks
 for a fork with :meth:`SupervisorThread.call` and waits for it; the thread serves such
 requests before it takes the map's lock, so a map operation that holds the lock while it
-waits for a fork cannot deadlock with it.
+waits for a fork cannot deadlock with it.  The map hands this thread to its supervisor at
+construction as the supervisor's ``Forker`` (supervisor.py):
+:meth:`SupervisorThread.forks_on_long_lived_thread` tells a new worker whether it may arm
+the parent-death signal.
 """
 
 from __future__ import annotations
@@ -92,6 +99,15 @@ class SupervisorThread:
     def on_thread(self) -> bool:
         """Whether the caller is this thread."""
         return threading.current_thread() is self._thread
+
+    def forks_on_long_lived_thread(self) -> bool:
+        """Whether a fork through :meth:`call` now happens on a thread that lives as long
+        as the map: this one while it runs (it ends only when the map is closed), or --
+        :meth:`call` then runs the fork in the caller's thread -- the main thread (it lives
+        as long as the process).  A worker forked so may arm ``PR_SET_PDEATHSIG``, which
+        fires when the thread that forked it exits (worker.py); one forked from a
+        short-lived thread must rely on its watchdog instead."""
+        return self.alive or threading.current_thread() is threading.main_thread()
 
     def wake(self) -> None:
         """Make the thread run a pass now."""

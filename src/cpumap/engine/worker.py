@@ -49,7 +49,8 @@ them.
 
 Heartbeat: the worker stores ``time.monotonic_ns()`` in its slot's heartbeat word before
 and after every batch and whenever it wakes up, so that the controller can tell a worker
-stuck in its handler (work waiting, no progress) from an idle one (map.py reports it).
+stuck in its handler (work waiting, no progress) from an idle one (the supervisor reports
+it: ``Supervisor.check_progress``).
 
 Failure containment: whatever the handler returns or raises (any ``BaseException``), and
 whatever a second-stage program does, ends as a counted outcome of the batch; the worker
@@ -74,6 +75,7 @@ from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
 from .counters import KTHREAD_WORDS, KthreadCounter
 from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
+from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT
 from .second_stage import SecondStage
 
@@ -87,6 +89,16 @@ DEFAULT_IDLE_TIMEOUT = 2.0  # seconds a sleeping worker waits before re-checking
 _K = KthreadCounter
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How every worker of one map runs: fixed when the map is created."""
+
+    handler: Any  # the "network stack" (programs/contract.py)
+    batch_size: int  # frames per batch, at most (the kernel's CPUMAP_BATCH)
+    idle_timeout: float  # seconds a sleeping worker waits before re-checking anyway
+    busy_poll: float  # seconds to poll an empty ring (yielding) before sleeping
+
+
 @dataclass
 class WorkerSpec:
     """Everything a worker needs; inherited through fork, never pickled.  The worker finds
@@ -95,13 +107,9 @@ class WorkerSpec:
     pool: FramePool
     shared: MapShared
     info: WorkerInfo
-    handler: Any
-    batch_size: int = DEFAULT_BATCH
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    busy_poll: float = 0.0  # seconds to poll an empty ring (yielding) before sleeping
+    config: WorkerConfig
     resume_counters: np.ndarray | None = None  # a replacement worker continues these
     second_stage: Any = None  # the entry's program on this CPU (second_stage.py)
-    home: object = None  # the map, as a redirect target (for a second stage that redirects)
     parent_pid: int = 0  # the controlling process
     forked_by_long_lived_thread: bool = True  # the map's supervisor thread forked us
 
@@ -140,13 +148,14 @@ class WorkerProcess:
     def has_report(self) -> bool:
         return not self._conn.closed and bool(self._conn.poll())
 
-    def receive(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """Its next report, or None (none within ``timeout``, or it is gone)."""
+    def receive(self, timeout: float = 0.0) -> WorkerMessage | None:
+        """Its next message (messages.py), or None (none within ``timeout``, or it is
+        gone)."""
         if self._conn.closed:
             return None
         try:
             if self._conn.poll(timeout):
-                msg: dict[str, Any] = self._conn.recv()
+                msg: WorkerMessage = self._conn.recv()
                 return msg
         except (EOFError, OSError):
             # The worker is gone and said all it will: stop waiting on this pipe (it
@@ -176,35 +185,44 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pinned = _pin(spec.info.cpu)
     info = replace(spec.info, pinned=pinned)
-    handler = spec.handler
-    result: dict[str, Any] = {"pinned": pinned}
     stage = None
     try:
         if spec.second_stage is not None:
-            stage = SecondStage(
-                spec.second_stage, spec.shared, spec.pool, info.slot, home=spec.home
-            )
+            stage = SecondStage(spec.second_stage, spec.shared, spec.pool, info.slot)
             stage.setup(info)
-        contract.setup(handler, info)
+        contract.setup(spec.config.handler, info)
     except BaseException as e:
-        result_conn.send({"ready": False, "error": "".join(traceback.format_exception(e))})
+        result_conn.send(SetupFailed("".join(traceback.format_exception(e))))
         result_conn.close()
         return
-    result_conn.send({"ready": True, "pinned": pinned})
+    result_conn.send(Ready(pinned))
+    exited = _run(spec, stage, pinned)
+    try:
+        result_conn.send(exited)
+    except Exception as e:  # an unpicklable result must not lose the report: the error
+        # says why, and the user errors (ours: strings and counts) always pickle.
+        result_conn.send(
+            Exited(pinned, error=f"cannot send result: {e!r}", user_errors=exited.user_errors)
+        )
+    result_conn.close()
+
+
+def _run(spec: WorkerSpec, stage: SecondStage | None, pinned: bool) -> Exited:
+    """Consume until told to stop, then finish: the worker's last message."""
+    result: Any = None
+    outputs: tuple[Any, ...] = ()
+    error = None
     try:
         Worker(spec, stage).run()
+        handler = spec.config.handler
         if contract.has_finish(handler):
-            result["result"] = contract.finish(handler)
+            result = contract.finish(handler)
         if stage is not None:
-            result["outputs"] = stage.finish()
+            outputs = tuple(stage.finish())
     except BaseException as e:  # report, never hang: the controller reaps us
-        result["error"] = "".join(traceback.format_exception(e))
-    result["user_errors"] = user_errors.report_dicts(spec.info.cpu)
-    try:
-        result_conn.send(result)
-    except Exception as e:  # an unpicklable result must not lose the error report
-        result_conn.send({"pinned": pinned, "error": f"cannot send result: {e!r}"})
-    result_conn.close()
+        error = "".join(traceback.format_exception(e))
+    errors = tuple(user_errors.LOG.report(cpu=spec.info.cpu))
+    return Exited(pinned, result, error, outputs, errors)
 
 
 def _watch_parent(parent: int, interval: float = 0.25) -> None:
@@ -240,8 +258,8 @@ class Worker:
         self.ring = shared.ring(slot)
         self.record = shared.kthread_record(slot)
         self.events = shared.kthread_log(slot)
-        self.handler = spec.handler
-        self.batch_size = spec.batch_size
+        self.handler = spec.config.handler
+        self.batch_size = spec.config.batch_size
         self.counters = np.zeros(KTHREAD_WORDS, dtype=np.int64)
         if spec.resume_counters is not None:
             self.counters[:] = spec.resume_counters
@@ -277,10 +295,10 @@ class Worker:
 
     def _sleep(self) -> None:
         ring = self.ring
-        if self.spec.busy_poll > 0 and self._busy_poll():
+        if self.spec.config.busy_poll > 0 and self._busy_poll():
             return
         seq = at.load_u32(ring.hdr + OFF_WAKE_SEQ)
-        rc = ring.wait(self.spec.idle_timeout)
+        rc = ring.wait(self.spec.config.idle_timeout)
         if rc == WAIT_NOT_SLEPT:
             return
         self._sched = 1
@@ -301,7 +319,7 @@ class Worker:
         the producer a syscall and, on a shared CPU, a context switch per flush.
         (NAPI busy polling, or AF_XDP without need_wakeup.)"""
         ring = self.ring
-        deadline = time.monotonic() + self.spec.busy_poll
+        deadline = time.monotonic() + self.spec.config.busy_poll
         while time.monotonic() < deadline:
             if ring.available() or ring.stop_requested():
                 return True

@@ -18,8 +18,9 @@ Cost: recording happens only on the failure path.  Formatting a traceback (tens 
 microseconds) happens once per kind; after that a record is a dict lookup and an add.
 
 Worker processes inherit a copy of their parent's log at fork; :func:`_reset_in_child`
-empties it there, so a worker reports only its own errors (``report()`` into its result
-message, which ``CpuMap.user_errors()`` gathers).
+empties it there, so a worker reports only its own errors: ``LOG.report()``, as the
+:class:`UserError` records of its last message (``engine/messages.py``'s ``Exited``: a
+frozen dataclass pickles as it is), which ``CpuMap.user_errors()`` gathers.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ Kind = tuple[int | None, str, str]
 
 @dataclass(frozen=True)
 class UserError:
-    """One kind of user-code failure: where, what, the first one's text, how many."""
+    """One kind of user-code failure: where, what, the first one's text, how many.
+    (:meth:`as_dict` is its JSON form.)"""
 
     where: str  # "handler", "program", "output", ...
     what: str  # an exception's type name, or "invalid verdict" / "bad return value"
@@ -107,15 +109,6 @@ LOG = UserErrorLog()
 def record(where: str, exc: BaseException | None = None, **kw: Any) -> None:
     """Record into this process's :data:`LOG` (see :meth:`UserErrorLog.record`)."""
     LOG.record(where, exc, **kw)
-
-
-def report_dicts(cpu: int | None = None) -> list[dict[str, Any]]:
-    """This process's errors as plain dicts (for a worker's result message)."""
-    return [e.as_dict() for e in LOG.report(cpu=cpu)]
-
-
-def from_dicts(items: list[dict[str, Any]] | None) -> list[UserError]:
-    return [UserError(**d) for d in items or ()]
 
 
 def note_vectorized_return(out: Any, n: int, where: str, scope: int | None = None) -> None:
