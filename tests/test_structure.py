@@ -9,9 +9,9 @@
 * Data flows down: a module imports only from its own layer or the layers below it
   (:data:`LAYERS`, the rules each package's ``__init__`` states).
 * No function takes more than :data:`MAX_PARAMETERS` parameters (``self``/``cls`` not
-  counted), but the constructors of the classes a user builds (what a package exports in
-  its ``__all__``: ``Generator``, ``LiveSource``...), whose keywords are their options:
-  elsewhere, loose values travel as one record.
+  counted), but the constructors of the classes a user builds (what a module or package
+  exports in its ``__all__``: ``Generator``, ``LiveSource``, ``L4Filter``...), whose
+  keywords are their options: elsewhere, loose values travel as one record.
 * No message between processes is a dict: what goes through ``send`` is a typed record
   (a frozen dataclass), read by its fields, not by string keys.
 
@@ -225,11 +225,9 @@ def long_modules(known: dict[str, Module], limit: int = MAX_LINES) -> list[str]:
 
 
 def exported_names(known: dict[str, Module]) -> frozenset[str]:
-    """Every name some package of the tree exports (its ``__init__``'s ``__all__``)."""
+    """Every name some module or package of the tree exports (its ``__all__``)."""
     names: set[str] = set()
     for m in python(known):
-        if not m.is_package:
-            continue
         for node in ast.parse(m.path.read_text()).body:
             if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets

@@ -83,7 +83,7 @@ class MapCollector(Collector):
             g = GaugeMetricFamily(f"cpumap_{name}", doc, labels=["map_id"])
             g.add_metric([mid], getattr(s, name))
             yield g
-        live = [e for e in s.entries if e.state in (EntryState.ACTIVE, EntryState.BROKEN)]
+        live = [e for e in s.entries if e.state.current]
         for name, doc in _ENTRY_COUNTERS.items():
             c = CounterMetricFamily(f"cpumap_entry_{name}", doc, labels=["map_id", "cpu"])
             for e in live:
@@ -98,7 +98,7 @@ class MapCollector(Collector):
 
 def _entry_gauge(e: EntryStats, name: str) -> float:
     if name == "broken":
-        return float(e.state == EntryState.BROKEN)
+        return float(e.state == EntryState.BROKEN)  # at its key: a retiring one is not listed
     if name == "stuck":
         return float(e.stuck)
     if name == "heartbeat_age_seconds":

@@ -116,7 +116,8 @@ def per_producer(
         for r in e.enqueue_rows
     }
     producers = []
-    for e in sorted(cur.stats.entries, key=_entry_key):
+    current = (e for e in cur.stats.entries if e.state.current)  # the entries at their keys
+    for e in sorted(current, key=_entry_key):
         for r in e.enqueue_rows:
             b = before.get((r.producer, *_entry_key(e))) or EnqueueRow(r.producer, 0, 0, 0)
             flushes = r.flushes - b.flushes

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The worker consumes its entry's ring in batches of up to ``batch_size`` frames (the
 kernel's CPUMAP_BATCH is 8; ours is chosen by measurement, see bench_engine.py), builds
-the skb (programs/context.py), and hands it to the user's handler -- our "network stack" -- which
+the skb (skb/build.py), and hands it to the user's handler -- our "network stack" -- which
 accepts it or drops it.  The frames then go back to the pool.  With the ring empty the
 worker sleeps and is woken by a producer's flush (ring.py argues why no wake-up is lost);
 conversely each ``take`` that frees slots wakes a lossless producer that sleeps for room
