@@ -23,21 +23,21 @@ def run_on_ray(config: RunConfig) -> RunReport:
     ray = config.ray
     assert ray is not None  # Invariant: run() sends only --ray runs here
     try:
-        from ..cluster import run_captures
+        from ..cluster import RunOptions, SourceOptions, run_captures
     except ImportError as e:  # pragma: no cover - depends on the installed extras
         raise UsageError(f"--ray needs Ray: pip install 'cpumap[cluster]' ({e})") from None
+    src = config.source
+    reading = SourceOptions(lossless=src.lossless, poll_size=src.poll, skip_bad=src.skip_bad)
     try:
         result = run_captures(
-            config.source.captures,
+            src.captures,
             entries=ray.entries,
             program=config.program.name,
             handler=config.handler.handler,
             ray_address=ray.address,
             qsize=config.qsize,
             source_nodes=dict(ray.source_nodes),
-            lossless=config.source.lossless,
-            poll_size=config.source.poll,
-            skip_bad=config.source.skip_bad,
+            options=RunOptions(source=reading),
         )
     except (ConnectionError, OSError, ValueError) as e:
         raise UsageError(f"--ray {ray.address}: {e}") from None
