@@ -222,7 +222,7 @@ LENGTHS = st.one_of(
 
 @pytest.fixture(scope="module")
 def producer():
-    with CpuMap(2, handler=None, frame_size=2048, headroom=256) as m:  # no entry: no fork
+    with CpuMap(2, options=MapOptions(frame_size=2048, headroom=256)) as m:  # no entry: no fork
         rx = m.producer(_drop)
         try:
             yield m, rx
