@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
+from ..closing import Closing
 from ..cpus import nr_cpus, possible_cpus
 from ..errors import ClosedResourceError
 from ..map_errors import as_uint, map_error, walk_keys
@@ -158,7 +159,7 @@ class MapOptions:
             raise ValueError("stuck_after and restart.half_life must be > 0, restart.burst >= 0")
 
 
-class CpuMap:
+class CpuMap(Closing):
     """A user-space BPF_MAP_TYPE_CPUMAP: keys are CPUs, values are queue sizes, and each
     populated key has a worker pinned to its CPU running ``handler``.
 
@@ -250,13 +251,6 @@ class CpuMap:
     def owner_pid(self) -> int:
         """The controlling process: the one that created the map."""
         return self._owner
-
-    # -- context manager ---------------------------------------------------------------------
-    def __enter__(self) -> CpuMap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         keys = sorted(self._entries)
