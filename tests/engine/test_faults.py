@@ -234,17 +234,30 @@ def test_2_producers_killed_at_random_moments_lossy_recover_their_partition_whol
 @pytest.mark.parametrize("backpressure", [0.0, 30.0])
 def test_3_keyboard_interrupts_at_random_moments_keep_the_books(backpressure: float) -> None:
     """SIGALRM at a random moment raises KeyboardInterrupt exactly as Ctrl-C would (in the
-    main thread, between any two bytecodes), 30 times, during polls into a small ring."""
+    main thread, between any two bytecodes), 30 times, during polls into a small ring.
+
+    An interrupt that lands inside a finalizer (a ``__del__``, a weakref callback) cannot
+    propagate: Python reports it as unraisable and goes on, as it would for a real Ctrl-C.
+    Such a round is counted from the unraisable hook, not missed (seen once in a loaded
+    run); every round's interrupt is either caught here or swallowed there."""
     rng = random.Random(3)
     frames = traffic(4096, batch=512)
     armed = [False]
+    swallowed = [0]
 
     def interrupt(signum, frame):
         if armed[0]:
             armed[0] = False
             raise KeyboardInterrupt
 
+    def unraisable(u: sys.UnraisableHookArgs) -> None:
+        if u.exc_type is KeyboardInterrupt:
+            swallowed[0] += 1
+        else:
+            sys.__unraisablehook__(u)
+
     old = signal.signal(signal.SIGALRM, interrupt)
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     hits = 0
     try:
         with CpuMap(CPU + 1, batch_size=32) as m:
@@ -265,10 +278,11 @@ def test_3_keyboard_interrupts_at_random_moments_keep_the_books(backpressure: fl
                 settled(m)  # nothing staged survives the interrupt: the pool is whole
             rx.close()
             s = settled(m)
-            assert hits == 30, hits
+            assert hits + swallowed[0] == 30, (hits, swallowed[0])
             assert s.rx == s.delivered + s.xdp_aborted + s.queue_full
     finally:
         signal.signal(signal.SIGALRM, old)
+        sys.unraisablehook = old_hook
 
 
 # -- 4. a worker killed while its second stage forwards -------------------------------------------
