@@ -51,9 +51,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cpumap.engine.supervisor",
         "cpumap.engine.watcher",
         "cpumap.engine.worker",
+        "cpumap.engine.messages",
         "cpumap.engine.second_stage",
         "cpumap.engine.rx",
         "cpumap.engine.stats",
+        "cpumap.engine.report",
     ),
     ("cpumap.programs",),  # user code and how it is called
     # The engine's shared-memory layer: no process, no user code.
