@@ -57,12 +57,17 @@ DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at t
 
 
 def run(config: RunConfig, console: Console) -> int:
-    """Run ``config`` to its end and show it; the exit status."""
-    stop = threading.Event()
-    with SignalStop(stop) as signals:
-        report = (
-            run_on_ray(config) if config.ray is not None else run_here(config, console, signals)
-        )
+    """Run ``config`` to its end and show it; the exit status.
+
+    A local run turns SIGINT/SIGTERM into a stop after draining (:class:`SignalStop`); a
+    run on a Ray cluster keeps Python's default: the first Ctrl-C ends it at once (Ray
+    tears its tasks and actors down with the driver)."""
+    if config.ray is not None:
+        report = run_on_ray(config)
+        show(report, config.view, console)
+        return int(report.exit_status)
+    with SignalStop(threading.Event()) as signals:
+        report = run_here(config, console, signals)
         show(report, config.view, console)
     return int(report.exit_status)
 
