@@ -165,8 +165,8 @@ def local_report(
     worker_errors = tuple((r.cpu, r.error) for r in mine.results if r.error)
     user_errors = tuple(sorted(mine.user_errors, key=_user_error_order))
     notes = (
-        *((ending.stuck,) if ending.stuck else ()),
         *pace_note(ending.room_waits, _polls(stats, ending.producer), config),
+        *((ending.stuck,) if ending.stuck else ()),
         *event_notes(mine.events),
         *exit_notes(mine.results),
         *source_notes(config.program.name, facts, stats.xdp_pass),
