@@ -207,6 +207,15 @@ def test_a_queue_the_device_lacks(veth: VethPair, memory: mmap.mmap) -> None:
         assert XskSocket(umem, veth.local.ifname, queue=0).queue == 0
 
 
+def test_a_umem_from_another_namespace_is_refused(veth: VethPair, memory: mmap.mmap) -> None:
+    """Its socket would resolve the ifindex where it was made: another device, silently."""
+    with Umem(memory) as umem:  # made here, in the test's namespace
+        with veth.in_local(), pytest.raises(XskError) as info:
+            XskSocket(umem, veth.local.ifname)
+        assert info.value.errno == errno.EINVAL
+        assert "the UMEM was made in another network namespace" in str(info.value)
+
+
 def test_an_unknown_interface(memory: mmap.mmap) -> None:
     with Umem(memory) as umem, pytest.raises(XskError) as info:
         XskSocket(umem, "cpumap-nonesuch")

@@ -81,7 +81,11 @@ where the driver has it (``ndo_xsk_wakeup``) and copy mode otherwise, and
 insists (the kernel's EOPNOTSUPP on veth); ``COPY`` never tries.
 
 An XskSocket belongs to the network namespace of the thread that made it (the interface is
-resolved there), and is used by one thread of the process that made it.
+resolved there), and is used by one thread of the process that made it.  The UMEM's socket is
+made with the Umem, and bind() resolves an ifindex in *its* namespace: a Umem made in one
+namespace and bound to an interface of another would silently bind another device (the
+same ifindex there), so that is refused -- make a Umem and its first socket in the same
+namespace.
 """
 
 from __future__ import annotations
@@ -244,6 +248,13 @@ def queue_counts(ifname: str) -> tuple[int, int] | None:
     return rx + combined, tx + combined
 
 
+def thread_netns() -> tuple[int, int]:
+    """The calling thread's network namespace, as (device, inode) of its nsfs file: the
+    namespace a socket made now belongs to, and where bind() resolves an ifindex."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
@@ -332,6 +343,8 @@ class Umem(Closing):
         self.frame_offset = XDP_PACKET_HEADROOM + headroom
         """Where a received frame starts in its chunk."""
         self._binding: UmemBinding | None = None
+        self.netns = thread_netns()
+        """The network namespace of the UMEM's socket: its first XskSocket binds there."""
         self._claimed = False  # the UMEM's socket was handed to its first XskSocket
         self._sockets: list[XskSocket] = []
         self._closed = True  # until construction completes
@@ -552,6 +565,13 @@ class XskSocket(Closing):
             raise XskError(
                 errno.EINVAL,
                 "a socket sharing a UMEM takes the mode of the UMEM's first socket: pass AUTO",
+            )
+        if not self.shared and umem.netns != thread_netns():
+            raise XskError(
+                errno.EINVAL,
+                f"the UMEM was made in another network namespace than {self.ifname!r}: its "
+                "socket would bind an ifindex of that namespace; make the Umem where you make "
+                "its first XskSocket (inside the same `entered(netns)` block)",
             )
         _check_queue(self.ifname, queue)
         self._closed = True  # until construction completes
