@@ -7,7 +7,7 @@ the shared leaves (``cpumap.abi``, ``cpumap.cpus``, ``cpumap.errors``).
 
 Theory of operation
 -------------------
-Four modules, re-exported here:
+Modules, their public names re-exported here:
 
 * :mod:`cpumap.kernel.bpf`, the syscall layer: ``union bpf_attr`` members as ctypes
   structs, one ``bpf(2)`` call per operation, the kernel's errno raised unchanged as
@@ -25,6 +25,12 @@ Four modules, re-exported here:
 * :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
   measurement: live-frames test runs pinned to an RX CPU so that frames really cross to the
   entry's kthread.
+* :mod:`cpumap.kernel.xdp`: XDP on an interface -- :func:`attach` (a ``BPF_LINK_CREATE``
+  link, netlink ``IFLA_XDP`` as the fallback) returning an :class:`XdpLink` that detaches
+  on close and when the process dies, native or generic (:class:`XdpMode`); the
+  :class:`XskMap` and its redirect program for AF_XDP; refusals as :class:`XdpError`
+  naming what to change.  :mod:`cpumap.kernel.netlink` writes the few rtnetlink and
+  generic-netlink messages it needs by hand.
 
 Usage::
 
@@ -96,6 +102,17 @@ from .tracefs import (
     tracefs_root,
     tracing_unavailable_reason,
 )
+from .xdp import (
+    XdpError,
+    XdpLink,
+    XdpMode,
+    XskMap,
+    attach,
+    attach_netlink,
+    counting_program,
+    pass_program,
+    xsk_redirect_program,
+)
 
 __all__ = [
     "BPF_ANY",
@@ -124,11 +141,19 @@ __all__ = [
     "TraceEvent",
     "TraceInstance",
     "UdpSink",
+    "XdpError",
+    "XdpLink",
+    "XdpMode",
+    "XskMap",
+    "attach",
+    "attach_netlink",
     "bpf_unavailable_reason",
+    "counting_program",
     "live_frames_unavailable_reason",
     "load_xdp",
     "local_ipv4",
     "nr_cpus",
+    "pass_program",
     "possible_cpus",
     "redirect_by_byte_program",
     "redirect_program",
@@ -142,4 +167,5 @@ __all__ = [
     "tracing_unavailable_reason",
     "udp_frame",
     "verdict_program",
+    "xsk_redirect_program",
 ]

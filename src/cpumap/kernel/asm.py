@@ -64,6 +64,9 @@ HELPER_REDIRECT_MAP: Final = 51
 # Offsets in struct xdp_md (linux/bpf.h).
 XDP_MD_DATA: Final = 0
 XDP_MD_DATA_END: Final = 4
+XDP_MD_INGRESS_IFINDEX: Final = 12
+XDP_MD_RX_QUEUE_INDEX: Final = 16
+XDP_MD_SIZE: Final = 24  # up to egress_ifindex
 
 _INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst:4|src:4, off, imm
 
@@ -242,3 +245,32 @@ def load_xdp(insns: bytes, *, cpumap_stage: bool = False, name: str = "") -> Ker
     """Load an XDP program; ``cpumap_stage`` makes it a cpumap entry's second stage."""
     attach = AttachType.XDP_CPUMAP if cpumap_stage else AttachType.NONE
     return KernelProgram(insns, expected_attach_type=attach, name=name)
+
+
+def redirect_by_queue_program(map_fd: int, *, fail_action: int = XDP_PASS) -> bytes:
+    """``return bpf_redirect_map(&map, ctx->rx_queue_index, fail_action)``: libxdp's
+    default AF_XDP program, each RX queue's frames to that queue's socket in an XSKMAP."""
+    asm = Asm().ldx(BPF_W, R2, R1, XDP_MD_RX_QUEUE_INDEX).ld_map_fd(R1, map_fd)
+    return asm.mov_imm(R3, fail_action).call(HELPER_REDIRECT_MAP).exit().assemble()
+
+
+def _count_into(asm: Asm, counter_fd: int, skip: str) -> Asm:
+    """``counter[0] += 1`` on this CPU's slot of a per-CPU u64 array; ``skip`` if no slot.
+
+    Leaves the count before this frame in r1.  A per-CPU array needs no atomics: XDP on
+    one CPU is never preempted by itself.  Clobbers r0-r5.
+    """
+    asm.st_imm(BPF_W, R10, -4, 0)  # u32 key = 0 on the stack
+    asm.ld_map_fd(R1, counter_fd).mov_reg(R2, R10).alu_imm(BPF_ADD, R2, -4)
+    asm.call(HELPER_MAP_LOOKUP_ELEM).jmp_imm(BPF_JEQ, R0, 0, to=skip)
+    asm.ldx(BPF_DW, R1, R0, 0).mov_reg(R2, R1).alu_imm(BPF_ADD, R2, 1)
+    return asm.stx(BPF_DW, R0, R2, 0)
+
+
+def count_program(counter_fd: int, verdict: int = XDP_PASS) -> bytes:
+    """Count every frame in ``counter[0]`` (a per-CPU u64 array), then ``return verdict``:
+    a receiver whose count a test reads."""
+    if verdict not in (XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX):
+        raise ValueError(f"verdict must be XDP_ABORTED, DROP, PASS or TX, got {verdict}")
+    asm = _count_into(Asm(), counter_fd, skip="out")
+    return asm.label("out").mov_imm(R0, verdict).exit().assemble()
