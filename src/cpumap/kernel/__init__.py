@@ -31,6 +31,10 @@ Modules, their public names re-exported here:
   :class:`XskMap` and its redirect program for AF_XDP; refusals as :class:`XdpError`
   naming what to change.  :mod:`cpumap.kernel.netlink` writes the few rtnetlink and
   generic-netlink messages it needs by hand.
+* :mod:`cpumap.kernel.trafficgen`: :class:`TrafficGen`, frames out of an interface (on a
+  veth: into its peer) at millions a second by live test runs of an XDP_TX program, as
+  ``xdp-trafficgen`` sends them (``cpumap gen`` on the command line); it checks for a
+  peer that would drop every frame unseen.
 
 Usage::
 
@@ -43,6 +47,14 @@ Usage::
 
     with KernelCpumapRun(192, cpu=1, frames=100_000, second_stage="drop") as run:
         print(run.run().frames_per_s)
+
+    with entered(peer_ns), pass_program() as prog:      # cpumap.live.netns.entered
+        link = attach("veth1", prog, XdpMode.NATIVE)    # the peer now has NAPI
+    with entered(local_ns):
+        gen = TrafficGen("veth0", [frame])              # resolved in veth0's namespace
+    with gen, link:
+        print(gen.napi_problem())                       # None: every frame can arrive
+        print(gen.run(GenOptions(count=10_000_000)).frames_per_s)
 
 Where this kernel's behaviour differs from the 2019 ``cpumap.c`` our engine follows, and
 where our engine must differ from the kernel, is written down in
@@ -102,6 +114,7 @@ from .tracefs import (
     tracefs_root,
     tracing_unavailable_reason,
 )
+from .trafficgen import GenOptions, GenOptionsError, GenResult, TrafficGen
 from .xdp import (
     XdpError,
     XdpLink,
@@ -132,6 +145,9 @@ __all__ = [
     "CpumapRunResult",
     "CpumapRunSample",
     "EnqueueTotals",
+    "GenOptions",
+    "GenOptionsError",
+    "GenResult",
     "KernelArrayMap",
     "KernelCpuMap",
     "KernelCpumapRun",
@@ -140,6 +156,7 @@ __all__ = [
     "TestRunResult",
     "TraceEvent",
     "TraceInstance",
+    "TrafficGen",
     "UdpSink",
     "XdpError",
     "XdpLink",

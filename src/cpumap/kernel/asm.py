@@ -41,6 +41,7 @@ BPF_K: Final = 0x00
 BPF_X: Final = 0x08
 # ALU operations.
 BPF_ADD: Final = 0x00
+BPF_SUB: Final = 0x10
 BPF_AND: Final = 0x50
 BPF_MOD: Final = 0x90
 BPF_MOV: Final = 0xB0
@@ -60,6 +61,9 @@ R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 # Helper ids (enum bpf_func_id, linux/bpf.h).
 HELPER_MAP_LOOKUP_ELEM: Final = 1
 HELPER_REDIRECT_MAP: Final = 51
+HELPER_XDP_ADJUST_TAIL: Final = 65
+HELPER_XDP_GET_BUFF_LEN: Final = 188
+HELPER_XDP_STORE_BYTES: Final = 190
 
 # Offsets in struct xdp_md (linux/bpf.h).
 XDP_MD_DATA: Final = 0
@@ -110,6 +114,9 @@ class Asm:
 
     def alu_imm(self, op: int, dst: int, imm: int) -> Self:
         return self._emit(BPF_ALU64 | op | BPF_K, dst, imm=imm)
+
+    def alu_reg(self, op: int, dst: int, src: int) -> Self:
+        return self._emit(BPF_ALU64 | op | BPF_X, dst, src)
 
     def ld_map_fd(self, dst: int, fd: int) -> Self:
         """``dst = map`` (``BPF_LD_IMM64`` with ``src = BPF_PSEUDO_MAP_FD``; two slots)."""
@@ -274,3 +281,34 @@ def count_program(counter_fd: int, verdict: int = XDP_PASS) -> bytes:
         raise ValueError(f"verdict must be XDP_ABORTED, DROP, PASS or TX, got {verdict}")
     asm = _count_into(Asm(), counter_fd, skip="out")
     return asm.label("out").mov_imm(R0, verdict).exit().assemble()
+
+
+def frame_table_program(counter_fd: int, table_fd: int, entries: int, max_len: int) -> bytes:
+    """Rewrite each frame into the next of ``entries`` frames of a table, then XDP_TX.
+
+    Frame n (``counter[0]``, per CPU) becomes table entry ``n % entries``: an array map
+    whose value is ``u32 length, u32 pad, bytes[max_len]``.  The frame's length is set
+    with ``bpf_xdp_adjust_tail`` (to the entry's, from what the frame has now: a live
+    test run's page may come back shrunk), then the bytes are written with
+    ``bpf_xdp_store_bytes``.  A frame that cannot be rewritten is aborted, never sent
+    as something else.  The bounds check on the length is what lets the verifier accept
+    a variable-size store.
+    """
+    if not 1 <= entries < 2**31 or not 1 <= max_len < 2**16:
+        raise ValueError(f"entries and max_len out of range: {entries}, {max_len}")
+    asm = Asm().mov_reg(R6, R1)  # ctx, kept across calls
+    _count_into(asm, counter_fd, skip="abort")
+    asm.mov_reg(R7, R1).alu_imm(BPF_MOD, R7, entries)  # this frame's entry
+    asm.stx(BPF_W, R10, R7, -8)
+    asm.ld_map_fd(R1, table_fd).mov_reg(R2, R10).alu_imm(BPF_ADD, R2, -8)
+    asm.call(HELPER_MAP_LOOKUP_ELEM).jmp_imm(BPF_JEQ, R0, 0, to="abort")
+    asm.mov_reg(R7, R0).ldx(BPF_W, R8, R7, 0)  # r7 = entry, r8 = its length
+    asm.jmp_imm(BPF_JGT, R8, max_len, to="abort").jmp_imm(BPF_JEQ, R8, 0, to="abort")
+    asm.mov_reg(R1, R6).call(HELPER_XDP_GET_BUFF_LEN)
+    asm.mov_reg(R2, R8).alu_reg(BPF_SUB, R2, R0)  # delta = wanted - current length
+    asm.jmp_imm(BPF_JEQ, R2, 0, to="store")
+    asm.mov_reg(R1, R6).call(HELPER_XDP_ADJUST_TAIL).jmp_imm(BPF_JNE, R0, 0, to="abort")
+    asm.label("store").mov_reg(R1, R6).mov_imm(R2, 0).mov_reg(R3, R7).alu_imm(BPF_ADD, R3, 8)
+    asm.mov_reg(R4, R8).call(HELPER_XDP_STORE_BYTES).jmp_imm(BPF_JNE, R0, 0, to="abort")
+    asm.mov_imm(R0, XDP_TX).exit()
+    return asm.label("abort").mov_imm(R0, XDP_ABORTED).exit().assemble()
