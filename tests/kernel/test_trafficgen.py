@@ -13,10 +13,12 @@ import errno
 import fcntl
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -293,3 +295,22 @@ def test_the_longest_frame_a_page_holds_goes_out() -> None:
             res = gen.run(GenOptions(count=10))
             wait_for(lambda: counter.lookup(0) >= 10, DEADLINE_S)
         assert (res.sent, res.drops, counter.lookup(0)) == (10, 0, 10)
+
+
+@needs_root
+@pytest.mark.root
+def test_ctrl_c_while_joining_stops_the_sender_before_it_propagates(veth: VethPair) -> None:
+    main = threading.main_thread()
+    assert threading.current_thread() is main  # a real SIGINT interrupts the main thread only
+    timer = threading.Timer(0.3, signal.pthread_kill, (main.ident, signal.SIGINT))
+    with pass_program() as prog, attach_peer(veth, prog), generator(veth, [udp_frame(64)]) as gen:
+        timer.start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):  # a minute's frames: only a stop ends it soon
+                gen.run(GenOptions(count=300_000_000, frames_per_call=100_000))
+        finally:
+            timer.cancel()
+            timer.join()
+    assert time.monotonic() - t0 < 10  # the sender stopped after its call in flight
+    assert not [t for t in threading.enumerate() if t.name == "cpumap-gen" and t.is_alive()]

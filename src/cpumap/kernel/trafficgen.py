@@ -17,10 +17,10 @@ rewrites each frame into the next entry (``asm.frame_table_program``: length by
 
 Calls: a live test run with ``repeat >= 2`` costs a fixed ~24-40 ms, so frames go out in
 large calls (:attr:`GenOptions.frames_per_call`, 1 Mi by default: 5.4 M frames/s into a
-peer that drops in XDP, on our 2-core VM, where calls of 65 Ki reach ~1.4 M/s), repeated.  A rate is kept by pacing between calls (calls of
-a tenth of a second's frames, each started when the frames before it are due); a
-duration by sizing the calls from the pace measured so far, so that the last one ends
-near it.
+peer that drops in XDP, on our 2-core VM, where calls of 65 Ki reach ~1.4 M/s),
+repeated.  A rate is kept by pacing between calls (calls of a tenth of a second's
+frames, each started when the frames before it are due); a duration by sizing the calls
+from the pace measured so far, so that the last one ends near it.
 
 Drops: frames A hands its driver but cannot put in B's ring (the ring full, a frame over
 B's MTU) count in A's ``tx_dropped`` (``IFLA_STATS64``), read before and after the run:

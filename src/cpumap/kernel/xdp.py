@@ -259,9 +259,13 @@ class XdpLink(FdOwner):
 
 
 def attach(interface: str | int, program: KernelProgram, mode: XdpMode = XdpMode.NATIVE) -> XdpLink:
-    """Attach ``program`` to ``interface`` (a name or an index, resolved in the calling
-    thread's network namespace) in ``mode``: a ``BPF_LINK_CREATE`` link, or netlink where
-    the kernel makes no XDP links.  :class:`XdpError` for every refusal."""
+    """Attach ``program`` to ``interface`` in ``mode``: a ``BPF_LINK_CREATE`` link, or
+    netlink where the kernel makes no XDP links.  :class:`XdpError` for every refusal.
+
+    ``interface`` (a name or an index) is resolved in the calling thread's network
+    namespace: for an interface in namespace ``ns``, call it inside
+    ``cpumap.live.netns.entered(ns)``; the link can then be closed from anywhere.
+    """
     return XdpLink(interface, program, mode)
 
 
