@@ -93,6 +93,12 @@ def test_produce_takes_what_fits_and_reports_it(ring: Pair) -> None:
     assert everything == [2, 3, 4, 5, 6, 7, 0, 1]
 
 
+def test_produce_can_mask_entries_on_the_way_in(ring: Pair) -> None:
+    rx_addrs = np.array([256, 2048 + 256 + 64, 5 * 2048 + 2047], dtype=np.uint64)
+    assert ring.prod.produce(rx_addrs, mask=~2047 & (2**64 - 1)) == 3
+    assert ring.cons.peek(8).tolist() == [0, 2048, 5 * 2048]
+
+
 def test_release_and_submit_count_what_was_handed_out(ring: Pair) -> None:
     ring.prod.reserve(4)[:] = [1, 2, 3, 4]
     ring.prod.submit(2)  # the other two slots are handed out again by the next reserve

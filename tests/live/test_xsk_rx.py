@@ -119,7 +119,7 @@ def drain(
         if xsk.poll(0.02):
             while len(desc := xsk.rx.peek(256)):
                 got += [bytes(f) for f in umem.frames(desc)]
-                xsk.fill.produce(umem.chunk_base(desc["addr"]))  # after the frames are read
+                assert xsk.recycle(desc) == len(desc)  # after the frames are read
                 xsk.rx.release(len(desc))
         elif len(got) + xsk.statistics().rx_lost + lost_elsewhere() >= until:
             break

@@ -391,9 +391,14 @@ class Umem(Closing):
         indices = np.arange(start, self.chunks if stop is None else stop, dtype=np.uint64)
         return indices * np.uint64(self.chunk_size)
 
+    @property
+    def chunk_mask(self) -> int:
+        """An address ANDed with this is its chunk's base (aligned chunks)."""
+        return ~(self.chunk_size - 1) & 0xFFFF_FFFF_FFFF_FFFF
+
     def chunk_base(self, addrs: np.ndarray) -> np.ndarray:
         """The chunk each address (a descriptor's ``addr``) falls in, as a fill entry."""
-        return addrs & np.uint64(~(self.chunk_size - 1) & 0xFFFF_FFFF_FFFF_FFFF)
+        return addrs & np.uint64(self.chunk_mask)
 
     def frames(self, desc: np.ndarray) -> list[memoryview]:
         """Zero-copy views of the frames of RX descriptors ``desc`` (for tests and tools:
@@ -496,7 +501,10 @@ def _bind_refusal(err: int, ifname: str, queue: int, flags: int) -> XskError:
     elif err == errno.EOPNOTSUPP and flags & XDP_ZEROCOPY:
         why = f"{ifname}'s driver has no AF_XDP zero-copy: use XskMode.AUTO or COPY"
     elif err == errno.EBUSY:
-        why = "another AF_XDP socket or UMEM is bound there: close it, or share its UMEM"
+        why = (
+            "another AF_XDP socket or UMEM is bound there: close it, or share its UMEM (the "
+            "kernel frees a closed socket's hold on the queue shortly after: ~20 ms measured)"
+        )
     elif err == errno.ENODEV:
         why = "the interface is gone"
     else:
@@ -678,6 +686,15 @@ class XskSocket(Closing):
         """The socket's fd: the value of its XSKMAP entry, and pollable (readable: RX)."""
         self._check_open()
         return self._sock.fileno()
+
+    def recycle(self, desc: np.ndarray) -> int:
+        """Give the chunks of RX descriptors ``desc`` back to this socket's fill ring, in one
+        pass (each address ANDed down to its chunk's base on the way in); return how many.
+
+        Read their frames first: the submit is what lets the kernel write into them.  With
+        the default fill size every chunk the caller holds fits (the module's argument).
+        """
+        return self.fill.produce(desc["addr"], self.umem.chunk_mask)
 
     # --- waiting and kicking ------------------------------------------------------------
 

@@ -118,6 +118,8 @@ class Ring:
             self._map, dtype=dtype, count=entries, offset=offsets.desc
         )
         """The descriptor array itself, for reading only (use the batch calls to move)."""
+        self._readonly = self.desc.view()  # peeked slices inherit it: made once, not per call
+        self._readonly.flags.writeable = False
         self._closed = False
 
     def _check_open(self) -> None:
@@ -129,7 +131,7 @@ class Ring:
         if self._closed:
             return
         self._closed = True
-        self.desc = np.empty(0, dtype=self.desc.dtype)
+        self.desc = self._readonly = np.empty(0, dtype=self.desc.dtype)
         with contextlib.suppress(BufferError):  # a caller's view pins it: unmapped with that
             self._map.close()
 
@@ -188,11 +190,13 @@ class ProducerRing(Ring):
         self._reserved = 0  # what was reserved beyond n is handed out again next time
         _atomics.store_u32(self._producer, self._head)
 
-    def produce(self, entries: np.ndarray) -> int:
+    def produce(self, entries: np.ndarray, mask: int | None = None) -> int:
         """Copy ``entries`` into the ring and submit them; return how many fitted.
 
         At most two copies (the ring may wrap) and one release store, whatever the count.
         Entries that did not fit (the first returned-count are in) are the caller's still.
+        ``mask``: AND each entry with it on the way in (RX addresses to their chunks' bases
+        in the same pass, :meth:`cpumap.live.xsk.XskSocket.recycle`).
         """
         if self._reserved:
             raise RuntimeError("produce() with slots reserved: submit() them first")
@@ -201,7 +205,11 @@ class ProducerRing(Ring):
             view = self.reserve(len(entries) - done)
             if not len(view):
                 break
-            view[:] = entries[done : done + len(view)]
+            part = entries[done : done + len(view)]
+            if mask is None:
+                view[:] = part
+            else:
+                np.bitwise_and(part, np.uint64(mask), out=view)
             done += len(view)
         self.submit()
         return done
@@ -252,9 +260,7 @@ class ConsumerRing(Ring):
         start = (self._tail + self._peeked) & self._mask
         count = max(0, min(n, ready, self.entries - start))
         self._peeked += count
-        view = self.desc[start : start + count]
-        view.flags.writeable = False
-        return view
+        return self._readonly[start : start + count]
 
     def release(self, n: int | None = None) -> None:
         """Give the oldest ``n`` peeked slots (all when ``None``) back to the kernel (D)."""
