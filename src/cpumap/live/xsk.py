@@ -18,13 +18,15 @@ chunk's *address* is its byte offset in the memory; a received frame starts
 in copy mode and in zero-copy mode alike a frame's bytes are
 ``umem.buffer[addr : addr + len]`` for the descriptor's ``addr`` and ``len``.
 
-The engine's frame pool fits as it is: its ``data`` array is one memfd segment laid out
-by :class:`cpumap.shm.Layout` with the array aligned to 4096, ``count`` rows of
-``frame_size`` (2048) bytes -- a UMEM whose chunk ``i`` is pool frame ``i`` (``addr >> 11``),
-``Umem(pool.data)``.  The kernel then writes frames into pool frames, and every process
-that inherited the segment reads them where they landed (``tests/live/test_xsk.py``
-shows both).  Who holds which frame -- the pool's ownership tags -- is the integration's
-business, not this module's: here the caller tracks its chunks.
+The engine's frame pool fits as it is: its ``data`` array sits in a memfd segment laid out
+by :class:`cpumap.shm.Layout` at a 4096 boundary, ``count`` rows of ``frame_size`` (2048
+or 4096) bytes -- a UMEM whose chunk ``i`` is pool frame ``i`` (``addr >> 11``):
+``Umem(pool.data)``, only the data array (descriptors and tags stay outside the UMEM).  The
+pool's default headroom, 256, is where the kernel puts a frame with no UMEM headroom.  The
+kernel then writes frames into pool frames (``tests/live/test_xsk_rx.py``), and every
+process that inherited the segment sees them there (the live-path notes measured a forked
+child reading them).  Who holds which frame -- the pool's ownership tags -- is the
+integration's business, not this module's: here the caller tracks its chunks.
 
 The UMEM is registered on a socket: the :class:`Umem` owns that socket, and the first
 :class:`XskSocket` made over it binds it.  More sockets share the UMEM
@@ -71,8 +73,8 @@ is the power of two at or above the chunk count).  Then :meth:`ProducerRing.prod
 chunks the caller holds always fits: the fill ring holds at most the chunks the caller
 does not, so its free slots are at least the chunks the caller does hold.  The receive
 loop is thus: put every chunk into the fill ring once; per batch, peek RX descriptors,
-read (or hand on) the frames, ``produce`` the chunks whose frames are done
-(:meth:`Umem.chunk_base`), release the descriptors -- one call each, per batch, as
+read (or hand on) the frames, give back the chunks whose frames are done
+(:meth:`XskSocket.recycle`), release the descriptors -- one call each, per batch, as
 Suricata's AF_XDP capture does.
 
 Copy and zero-copy.  ``XskMode.AUTO`` binds with neither flag: the kernel uses zero-copy
