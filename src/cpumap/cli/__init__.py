@@ -5,13 +5,15 @@
     cpumap run --iface eth0 --duration 10 --lossy -e
     cpumap run --generate 1000000 --handler mymod:handle --json
     cpumap bench --quick                # every side in one run: a table of ratios
+    cpumap gen --iface veth0 --count 10000000   # frames out of an interface (root)
 
 Modules, in the order a run meets them: ``args`` (the grammar, and every check that needs
 no worker, ending in a frozen ``config.RunConfig``), ``build`` (engine objects and the
 source from the configuration), ``run`` (feeding, ending well), ``cluster`` (the same run
 on a Ray cluster), ``report`` (the run's one frozen ``RunReport``: the notes, the exit
 status, the JSON summary), ``view`` (pure renderers: the live view and the summary),
-``errors`` (the exit statuses and the errors that end a run early).  ``docs/cli.md``
+``errors`` (the exit statuses and the errors that end a run early); ``gen`` is ``cpumap
+gen``, grammar and all (a traffic generator, beside the run).  ``docs/cli.md``
 documents the exit statuses, the ``--json`` schema and the live view's fields.
 
 Rule 1: the only package that knows about argparse and rich; the engine never prints.
@@ -59,6 +61,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[0] == "gen":  # the traffic generator, with its own grammar
+        from .gen import main as gen_main
+
+        return gen_main(argv[1:])
     console = console or default_console()
     ap = build_parser()
     args = ap.parse_args(argv)

@@ -34,7 +34,7 @@ from .errors import EXIT_TABLE, UsageError
 if TYPE_CHECKING:
     from ..cluster.places import Place
 
-COMMANDS = ("run", "bench")
+COMMANDS = ("run", "bench", "gen")
 REMOTE_ACTIONS = ("disabled", "drop", "pass", "redirect")
 
 
@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure every side in one run: the kernel's cpumap, ours, Python pipelines, "
         "loops, the main job (--quick: about a minute; see docs/performance.md)",
+        add_help=False,
+    )
+    sub.add_parser(  # handed to cli/gen.py by main(), likewise
+        "gen",
+        help="send frames out of an interface at millions a second, as xdp-trafficgen "
+        "(root; `cpumap gen --help`)",
         add_help=False,
     )
     run = sub.add_parser(

@@ -7,7 +7,7 @@ the shared leaves (``cpumap.abi``, ``cpumap.cpus``, ``cpumap.errors``).
 
 Theory of operation
 -------------------
-Four modules, re-exported here:
+Modules, their public names re-exported here:
 
 * :mod:`cpumap.kernel.bpf`, the syscall layer: ``union bpf_attr`` members as ctypes
   structs, one ``bpf(2)`` call per operation, the kernel's errno raised unchanged as
@@ -25,6 +25,16 @@ Four modules, re-exported here:
 * :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
   measurement: live-frames test runs pinned to an RX CPU so that frames really cross to the
   entry's kthread.
+* :mod:`cpumap.kernel.xdp`: XDP on an interface -- :func:`attach` (a ``BPF_LINK_CREATE``
+  link, netlink ``IFLA_XDP`` as the fallback) returning an :class:`XdpLink` that detaches
+  on close and when the process dies, native or generic (:class:`XdpMode`); the
+  :class:`XskMap` and its redirect program for AF_XDP; refusals as :class:`XdpError`
+  naming what to change.  :mod:`cpumap.kernel.netlink` writes the few rtnetlink and
+  generic-netlink messages it needs by hand.
+* :mod:`cpumap.kernel.trafficgen`: :class:`TrafficGen`, frames out of an interface (on a
+  veth: into its peer) at millions a second by live test runs of an XDP_TX program, as
+  ``xdp-trafficgen`` sends them (``cpumap gen`` on the command line); it checks for a
+  peer that would drop every frame unseen.
 
 Usage::
 
@@ -37,6 +47,14 @@ Usage::
 
     with KernelCpumapRun(192, cpu=1, frames=100_000, second_stage="drop") as run:
         print(run.run().frames_per_s)
+
+    with entered(peer_ns), pass_program() as prog:      # cpumap.live.netns.entered
+        link = attach("veth1", prog, XdpMode.NATIVE)    # the peer now has NAPI
+    with entered(local_ns):
+        gen = TrafficGen("veth0", [frame])              # resolved in veth0's namespace
+    with gen, link:
+        print(gen.napi_problem())                       # None: every frame can arrive
+        print(gen.run(GenOptions(count=10_000_000)).frames_per_s)
 
 Where this kernel's behaviour differs from the 2019 ``cpumap.c`` our engine follows, and
 where our engine must differ from the kernel, is written down in
@@ -96,6 +114,18 @@ from .tracefs import (
     tracefs_root,
     tracing_unavailable_reason,
 )
+from .trafficgen import GenOptions, GenOptionsError, GenResult, TrafficGen
+from .xdp import (
+    XdpError,
+    XdpLink,
+    XdpMode,
+    XskMap,
+    attach,
+    attach_netlink,
+    counting_program,
+    pass_program,
+    xsk_redirect_program,
+)
 
 __all__ = [
     "BPF_ANY",
@@ -115,6 +145,9 @@ __all__ = [
     "CpumapRunResult",
     "CpumapRunSample",
     "EnqueueTotals",
+    "GenOptions",
+    "GenOptionsError",
+    "GenResult",
     "KernelArrayMap",
     "KernelCpuMap",
     "KernelCpumapRun",
@@ -123,12 +156,21 @@ __all__ = [
     "TestRunResult",
     "TraceEvent",
     "TraceInstance",
+    "TrafficGen",
     "UdpSink",
+    "XdpError",
+    "XdpLink",
+    "XdpMode",
+    "XskMap",
+    "attach",
+    "attach_netlink",
     "bpf_unavailable_reason",
+    "counting_program",
     "live_frames_unavailable_reason",
     "load_xdp",
     "local_ipv4",
     "nr_cpus",
+    "pass_program",
     "possible_cpus",
     "redirect_by_byte_program",
     "redirect_program",
@@ -142,4 +184,5 @@ __all__ = [
     "tracing_unavailable_reason",
     "udp_frame",
     "verdict_program",
+    "xsk_redirect_program",
 ]

@@ -41,6 +41,7 @@ BPF_K: Final = 0x00
 BPF_X: Final = 0x08
 # ALU operations.
 BPF_ADD: Final = 0x00
+BPF_SUB: Final = 0x10
 BPF_AND: Final = 0x50
 BPF_MOD: Final = 0x90
 BPF_MOV: Final = 0xB0
@@ -60,10 +61,16 @@ R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 # Helper ids (enum bpf_func_id, linux/bpf.h).
 HELPER_MAP_LOOKUP_ELEM: Final = 1
 HELPER_REDIRECT_MAP: Final = 51
+HELPER_XDP_ADJUST_TAIL: Final = 65
+HELPER_XDP_GET_BUFF_LEN: Final = 188
+HELPER_XDP_STORE_BYTES: Final = 190
 
 # Offsets in struct xdp_md (linux/bpf.h).
 XDP_MD_DATA: Final = 0
 XDP_MD_DATA_END: Final = 4
+XDP_MD_INGRESS_IFINDEX: Final = 12
+XDP_MD_RX_QUEUE_INDEX: Final = 16
+XDP_MD_SIZE: Final = 24  # up to egress_ifindex
 
 _INSN = struct.Struct("<BBhi")  # struct bpf_insn: code, dst:4|src:4, off, imm
 
@@ -107,6 +114,9 @@ class Asm:
 
     def alu_imm(self, op: int, dst: int, imm: int) -> Self:
         return self._emit(BPF_ALU64 | op | BPF_K, dst, imm=imm)
+
+    def alu_reg(self, op: int, dst: int, src: int) -> Self:
+        return self._emit(BPF_ALU64 | op | BPF_X, dst, src)
 
     def ld_map_fd(self, dst: int, fd: int) -> Self:
         """``dst = map`` (``BPF_LD_IMM64`` with ``src = BPF_PSEUDO_MAP_FD``; two slots)."""
@@ -242,3 +252,63 @@ def load_xdp(insns: bytes, *, cpumap_stage: bool = False, name: str = "") -> Ker
     """Load an XDP program; ``cpumap_stage`` makes it a cpumap entry's second stage."""
     attach = AttachType.XDP_CPUMAP if cpumap_stage else AttachType.NONE
     return KernelProgram(insns, expected_attach_type=attach, name=name)
+
+
+def redirect_by_queue_program(map_fd: int, *, fail_action: int = XDP_PASS) -> bytes:
+    """``return bpf_redirect_map(&map, ctx->rx_queue_index, fail_action)``: libxdp's
+    default AF_XDP program, each RX queue's frames to that queue's socket in an XSKMAP."""
+    asm = Asm().ldx(BPF_W, R2, R1, XDP_MD_RX_QUEUE_INDEX).ld_map_fd(R1, map_fd)
+    return asm.mov_imm(R3, fail_action).call(HELPER_REDIRECT_MAP).exit().assemble()
+
+
+def _count_into(asm: Asm, counter_fd: int, skip: str) -> Asm:
+    """``counter[0] += 1`` on this CPU's slot of a per-CPU u64 array; ``skip`` if no slot.
+
+    Leaves the count before this frame in r1.  A per-CPU array needs no atomics: XDP on
+    one CPU is never preempted by itself.  Clobbers r0-r5.
+    """
+    asm.st_imm(BPF_W, R10, -4, 0)  # u32 key = 0 on the stack
+    asm.ld_map_fd(R1, counter_fd).mov_reg(R2, R10).alu_imm(BPF_ADD, R2, -4)
+    asm.call(HELPER_MAP_LOOKUP_ELEM).jmp_imm(BPF_JEQ, R0, 0, to=skip)
+    asm.ldx(BPF_DW, R1, R0, 0).mov_reg(R2, R1).alu_imm(BPF_ADD, R2, 1)
+    return asm.stx(BPF_DW, R0, R2, 0)
+
+
+def count_program(counter_fd: int, verdict: int = XDP_PASS) -> bytes:
+    """Count every frame in ``counter[0]`` (a per-CPU u64 array), then ``return verdict``:
+    a receiver whose count a test reads."""
+    if verdict not in (XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX):
+        raise ValueError(f"verdict must be XDP_ABORTED, DROP, PASS or TX, got {verdict}")
+    asm = _count_into(Asm(), counter_fd, skip="out")
+    return asm.label("out").mov_imm(R0, verdict).exit().assemble()
+
+
+def frame_table_program(counter_fd: int, table_fd: int, entries: int, max_len: int) -> bytes:
+    """Rewrite each frame into the next of ``entries`` frames of a table, then XDP_TX.
+
+    Frame n (``counter[0]``, per CPU) becomes table entry ``n % entries``: an array map
+    whose value is ``u32 length, u32 pad, bytes[max_len]``.  The frame's length is set
+    with ``bpf_xdp_adjust_tail`` (to the entry's, from what the frame has now: a live
+    test run's page may come back shrunk), then the bytes are written with
+    ``bpf_xdp_store_bytes``.  A frame that cannot be rewritten is aborted, never sent
+    as something else.  The bounds check on the length is what lets the verifier accept
+    a variable-size store.
+    """
+    if not 1 <= entries < 2**31 or not 1 <= max_len < 2**16:
+        raise ValueError(f"entries and max_len out of range: {entries}, {max_len}")
+    asm = Asm().mov_reg(R6, R1)  # ctx, kept across calls
+    _count_into(asm, counter_fd, skip="abort")
+    asm.mov_reg(R7, R1).alu_imm(BPF_MOD, R7, entries)  # this frame's entry
+    asm.stx(BPF_W, R10, R7, -8)
+    asm.ld_map_fd(R1, table_fd).mov_reg(R2, R10).alu_imm(BPF_ADD, R2, -8)
+    asm.call(HELPER_MAP_LOOKUP_ELEM).jmp_imm(BPF_JEQ, R0, 0, to="abort")
+    asm.mov_reg(R7, R0).ldx(BPF_W, R8, R7, 0)  # r7 = entry, r8 = its length
+    asm.jmp_imm(BPF_JGT, R8, max_len, to="abort").jmp_imm(BPF_JEQ, R8, 0, to="abort")
+    asm.mov_reg(R1, R6).call(HELPER_XDP_GET_BUFF_LEN)
+    asm.mov_reg(R2, R8).alu_reg(BPF_SUB, R2, R0)  # delta = wanted - current length
+    asm.jmp_imm(BPF_JEQ, R2, 0, to="store")
+    asm.mov_reg(R1, R6).call(HELPER_XDP_ADJUST_TAIL).jmp_imm(BPF_JNE, R0, 0, to="abort")
+    asm.label("store").mov_reg(R1, R6).mov_imm(R2, 0).mov_reg(R3, R7).alu_imm(BPF_ADD, R3, 8)
+    asm.mov_reg(R4, R8).call(HELPER_XDP_STORE_BYTES).jmp_imm(BPF_JNE, R0, 0, to="abort")
+    asm.mov_imm(R0, XDP_TX).exit()
+    return asm.label("abort").mov_imm(R0, XDP_ABORTED).exit().assemble()

@@ -70,6 +70,7 @@ class Cmd(enum.IntEnum):
     PROG_LOAD = 5
     PROG_TEST_RUN = 10
     OBJ_GET_INFO_BY_FD = 15
+    LINK_CREATE = 28
 
 
 class MapType(enum.IntEnum):
@@ -78,6 +79,7 @@ class MapType(enum.IntEnum):
     ARRAY = 2
     PERCPU_ARRAY = 6
     CPUMAP = 16
+    XSKMAP = 17
 
 
 class ProgType(enum.IntEnum):
@@ -233,6 +235,18 @@ class InfoAttr(ctypes.Structure):
     )
 
 
+class LinkCreateAttr(ctypes.Structure):
+    """The ``BPF_LINK_CREATE`` struct (``link_create``) of ``union bpf_attr``, up to
+    ``flags`` (``target_ifindex`` shares its place with ``target_fd``)."""
+
+    _fields_ = (
+        ("prog_fd", ctypes.c_uint32),
+        ("target_ifindex", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    )
+
+
 class MapInfo(ctypes.Structure):
     """``struct bpf_map_info`` (linux/bpf.h), the leading fields we read."""
 
@@ -282,8 +296,12 @@ def _obj_info(fd: int, info: ctypes.Structure) -> None:
     bpf(Cmd.OBJ_GET_INFO_BY_FD, attr, f"fd={fd}")
 
 
-class _FdOwner(Closing):
-    """Owns one bpf fd: ``close()`` is idempotent, and a finalizer closes a forgotten one."""
+class FdOwner(Closing):
+    """Owns one bpf fd: ``close()`` is idempotent, and a finalizer closes a forgotten one.
+
+    Closing the fd drops our reference to the kernel object (a map, a program, a link);
+    the kernel frees the object when its last reference goes.
+    """
 
     _fd: int
 
@@ -346,7 +364,7 @@ class CpuMapValue:
     """Id of the entry's second-stage XDP program, 0 for none (always 0 on a 4-byte map)."""
 
 
-class KernelCpuMap(_FdOwner):
+class KernelCpuMap(FdOwner):
     """A real ``BPF_MAP_TYPE_CPUMAP``: key = CPU number, value = queue size (+ program).
 
     Every operation is one ``bpf(2)`` call and raises the kernel's errno as ``OSError``;
@@ -456,7 +474,7 @@ class KernelCpuMap(_FdOwner):
         return self.keys()
 
 
-class KernelArrayMap(_FdOwner):
+class KernelArrayMap(FdOwner):
     """A ``BPF_MAP_TYPE_ARRAY`` (or per-CPU array) of u64 counters, for programs to count into."""
 
     def __init__(self, max_entries: int, *, percpu: bool = False, name: str = "") -> None:
@@ -486,7 +504,7 @@ class KernelArrayMap(_FdOwner):
 # --- programs ---------------------------------------------------------------------------
 
 
-class KernelProgram(_FdOwner):
+class KernelProgram(FdOwner):
     """A loaded BPF program (``BPF_PROG_LOAD``).
 
     ``insns`` is the raw instruction bytes (8 bytes each, see ``cpumap.kernel.asm``).  On a
@@ -593,6 +611,20 @@ class TestRunResult:
     """Mean nanoseconds per repetition, as the kernel measured it."""
     data_out: bytes
     """The frame after the program (empty in live-frames mode)."""
+
+
+def link_create(prog_fd: int, target_ifindex: int, attach_type: int, flags: int = 0) -> int:
+    """``BPF_LINK_CREATE``: a new link's fd (the caller owns it), or the kernel's errno.
+
+    The link holds the program attached for as long as the fd (or a dup of it) is open.
+    """
+    attr = LinkCreateAttr(
+        prog_fd=_check_u32("prog_fd", prog_fd),
+        target_ifindex=_check_u32("target_ifindex", target_ifindex),
+        attach_type=_check_u32("attach_type", attach_type),
+        flags=_check_u32("flags", flags),
+    )
+    return bpf(Cmd.LINK_CREATE, attr, f"ifindex={target_ifindex} flags={flags}")
 
 
 # --- the machine ------------------------------------------------------------------------

@@ -1,19 +1,31 @@
 """Live interfaces: packets from a real network interface, and the real interfaces to test on.
 
-Rule 1: the kernel's packet-socket ABI is declared once, in ``if_packet`` (constants and
-ctypes structures of ``<linux/if_packet.h>``); ``source`` uses it and knows nothing of the
-engine: it yields :class:`~cpumap.packets.PacketBatch` columns, like every source.
+Rule 1: each kernel socket ABI is declared once, in its own module of constants and ctypes
+structures: ``if_packet`` (``<linux/if_packet.h>``) and ``if_xdp`` (``<linux/if_xdp.h>``).
+``source`` uses the first and knows nothing of the engine: it yields
+:class:`~cpumap.packets.PacketBatch` columns, like every source.  ``xsk`` (with its rings in
+``xsk_rings``) uses the second: AF_XDP sockets over a UMEM the caller provides; it moves
+chunk addresses, and what holds which chunk is its caller's business, not the engine's here.
 Rule 2: ``netns`` makes throw-away network namespaces and veth pairs (iproute2's ``ip``)
 and injects frames into them: the real interfaces the live tests and benchmarks run on.  It
 is a test bench, imported by name (``cpumap.live.netns``), not re-exported here.
-Both need root (CAP_NET_RAW, CAP_NET_ADMIN); nothing here is imported by the engine.
+All need root (CAP_NET_RAW, CAP_NET_ADMIN); nothing here is imported by the engine.
 """
 
 from .source import Fanout, FanoutMode, LiveSource, LiveStatistics
+from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics
+from .xsk_rings import ConsumerRing, ProducerRing
 
 __all__ = [
+    "ConsumerRing",
     "Fanout",
     "FanoutMode",
     "LiveSource",
     "LiveStatistics",
+    "ProducerRing",
+    "Umem",
+    "XskError",
+    "XskMode",
+    "XskSocket",
+    "XskStatistics",
 ]
