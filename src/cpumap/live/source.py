@@ -126,6 +126,7 @@ from .if_packet import (
     tpacket_req3,
     tpacket_stats_v3,
 )
+from .interface import resolve_interface
 
 # Field offsets for the hot path, taken from the structures above (one source of truth).
 _BD = struct.Struct("=IIIIII")  # tpacket_block_desc: version .. blk_len
@@ -192,21 +193,6 @@ class LiveStatistics:
     """Ring blocks consumed (a block with no frames gives no batch)."""
 
 
-def _resolve_interface(interface: str | int) -> tuple[str, int]:
-    if isinstance(interface, bool) or not isinstance(interface, str | int):
-        raise TypeError(f"interface must be a name or an ifindex, got {interface!r}")
-    try:
-        if isinstance(interface, int):
-            return socket.if_indextoname(interface), interface
-        return interface, socket.if_nametoindex(interface)
-    except OSError:
-        raise OSError(
-            errno.ENODEV,
-            f"no network interface {interface!r} in this network namespace "
-            "(list them with `ip link`)",
-        ) from None
-
-
 class LiveSource(Closing):
     """Packets from one interface, in batches, through a TPACKET_V3 ring.
 
@@ -264,7 +250,7 @@ class LiveSource(Closing):
         if not 0 <= rx_queue <= 0xFFFFFFFF:
             raise ValueError(f"rx_queue must be >= 0, got {rx_queue}")
 
-        self.ifname, self.ifindex = _resolve_interface(interface)
+        self.ifname, self.ifindex = resolve_interface(interface)
         self.rx_queue = rx_queue
         self.promiscuous = promiscuous
         self.fanout = fanout

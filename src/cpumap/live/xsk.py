@@ -138,6 +138,7 @@ from .if_xdp import (
     xdp_statistics,
     xdp_umem_reg,
 )
+from .interface import NoSuchInterface, resolve_interface
 from .xsk_rings import XDP_DESC, ConsumerRing, ProducerRing
 
 UmemMemory = np.ndarray | mmap.mmap | memoryview | bytearray
@@ -222,18 +223,11 @@ def _mmap_offsets(sock: socket.socket) -> xdp_mmap_offsets:
 
 
 def _resolve(interface: str | int) -> tuple[str, int]:
-    """(name, ifindex) in the calling thread's network namespace."""
-    if isinstance(interface, bool) or not isinstance(interface, str | int):
-        raise TypeError(f"interface must be a name or an ifindex, got {interface!r}")
+    """(name, ifindex) in the calling thread's network namespace, as an XskError."""
     try:
-        if isinstance(interface, int):
-            return socket.if_indextoname(interface), interface
-        return interface, socket.if_nametoindex(interface)
-    except OSError:
-        raise XskError(
-            errno.ENODEV,
-            f"no network interface {interface!r} in this network namespace (see `ip link`)",
-        ) from None
+        return resolve_interface(interface)
+    except NoSuchInterface as e:
+        raise XskError(e.errno, e.strerror) from None
 
 
 def queue_counts(ifname: str) -> tuple[int, int] | None:
