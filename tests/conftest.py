@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cpumap.live.netns import VethPair
 from tests.helpers import LeakCheck, become_subreaper
 
 pytest_plugins = ["pytester"]
@@ -43,3 +44,11 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     grace = float(os.environ.get("CPUMAP_TEST_LEAK_GRACE", "10"))
     leaks = check.leaks(grace)
     assert not leaks, str(leaks)
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPair]:
+    """A veth pair between two fresh network namespaces, gone after the test (root only:
+    the modules that use it skip with ``tests.helpers.veth_unavailable``'s reason)."""
+    with VethPair() as pair:
+        yield pair

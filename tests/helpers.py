@@ -14,6 +14,8 @@ import numpy as np
 
 from cpumap import CpuMap, MapStats, PacketBatch
 from cpumap.engine.ring import RING_HEADER_BYTES, Ring
+from cpumap.kernel import bpf_unavailable_reason
+from cpumap.live.netns import NetnsError, VethPair, sweep_stale
 from cpumap.shm import Layout
 
 MEMFD_MARK = "memfd:cpumap-"  # how the project's segments appear in /proc/<pid>/maps
@@ -94,6 +96,27 @@ class Collect:
 
 
 # -- waiting and checking -----------------------------------------------------------------
+def veth_unavailable(
+    needs: str, *, bpf: bool = False, also: Callable[[VethPair], object] | None = None
+) -> str | None:
+    """Why the tests of a veth pair in fresh network namespaces cannot run here (None: they
+    can): not root (``needs`` says what for), no bpf(2) (``bpf``), or the pair -- and
+    ``also``, a check run with it -- cannot be made.  Leftovers of killed runs are swept
+    first."""
+    if os.geteuid() != 0:
+        return f"needs root: {needs}"
+    if bpf and (reason := bpf_unavailable_reason()) is not None:
+        return reason
+    try:
+        sweep_stale()
+        with VethPair() as pair:
+            if also is not None:
+                also(pair)
+    except (NetnsError, OSError) as e:
+        return f"cannot make a veth pair in a network namespace here ({needs}): {e}"
+    return None
+
+
 def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
     """Poll ``cond`` until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

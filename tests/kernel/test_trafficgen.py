@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import os
 import re
 import signal
 import socket
@@ -19,12 +18,11 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from cpumap.abi import XDP_DROP
-from cpumap.kernel import KernelArrayMap, bpf_unavailable_reason, udp_frame
+from cpumap.kernel import KernelArrayMap, udp_frame
 from cpumap.kernel.asm import frame_table_program
 from cpumap.kernel.netlink import get_link
 from cpumap.kernel.trafficgen import (
@@ -42,8 +40,8 @@ from cpumap.kernel.xdp import (
     counting_program,
     pass_program,
 )
-from cpumap.live.netns import NetnsError, VethPair, ip
-from tests.helpers import wait_for
+from cpumap.live.netns import VethPair, ip
+from tests.helpers import veth_unavailable, wait_for
 
 DEADLINE_S = 10.0
 MARKER_ETHERTYPE = 0x88B5  # IEEE "local experimental": the stack leaves such frames alone
@@ -92,27 +90,8 @@ def test_the_frame_table_program_checks_its_sizes() -> None:
 # --- on a veth pair ---------------------------------------------------------------------------
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and bpf(2)"
-    if (reason := bpf_unavailable_reason()) is not None:
-        return reason
-    try:
-        with VethPair():
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot create a network namespace with a veth pair here: {e}"
-    return None
-
-
-_REASON = _unavailable()
+_REASON = veth_unavailable("network namespaces and bpf(2)", bpf=True)
 needs_root = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 def generator(pair: VethPair, frames: list[bytes]) -> TrafficGen:

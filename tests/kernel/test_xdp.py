@@ -17,12 +17,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 
 from cpumap.abi import BPF_EXIST, BPF_NOEXIST, XDP_DROP
-from cpumap.kernel import KernelArrayMap, bpf_unavailable_reason, udp_frame
+from cpumap.kernel import KernelArrayMap, udp_frame
 from cpumap.kernel.netlink import NETLINK_ROUTE, NetlinkSocket, get_link, set_xdp
 from cpumap.kernel.xdp import (
     XdpError,
@@ -34,36 +33,17 @@ from cpumap.kernel.xdp import (
     pass_program,
     xsk_redirect_program,
 )
-from cpumap.live.netns import NetnsError, VethPair, ip
-from tests.helpers import wait_for
+from cpumap.live.netns import VethPair, ip
+from tests.helpers import veth_unavailable, wait_for
 
 pytestmark = pytest.mark.root
 AF_XDP = 44
 DEADLINE_S = 10.0
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and bpf(2)"
-    if (reason := bpf_unavailable_reason()) is not None:
-        return reason
-    try:
-        with VethPair():
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot create a network namespace with a veth pair here: {e}"
-    return None
-
-
-_REASON = _unavailable()
+_REASON = veth_unavailable("network namespaces and bpf(2)", bpf=True)
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 def attached(pair: VethPair) -> tuple[int, int]:

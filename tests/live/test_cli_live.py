@@ -13,14 +13,16 @@ import pytest
 
 from cpumap.generator import Generator
 from cpumap.live.netns import VethPair
-
-from .test_live_engine import _unavailable
+from tests.helpers import veth_unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 CPUMAP = str(Path(sys.executable).with_name("cpumap"))
 
 
-@pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+_REASON = veth_unavailable("network namespaces and AF_PACKET sockets")
+
+
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_a_live_run_reports_every_frame_and_the_socket_rings_drops() -> None:
     sent = list(Generator(flows=16, sizes=(128,), count=2000, seed=9).batches(250))
     with VethPair(local_netns=False) as pair:

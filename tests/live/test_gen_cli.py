@@ -9,22 +9,20 @@ for the first frames with a deadline.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cpumap.abi import XDP_DROP
 from cpumap.capture import write_capture
-from cpumap.kernel import KernelArrayMap, bpf_unavailable_reason, udp_frame
+from cpumap.kernel import KernelArrayMap, udp_frame
 from cpumap.kernel.xdp import XdpLink, attach, counting_program
-from cpumap.live.netns import NetnsError, VethPair
-from tests.helpers import wait_for
+from cpumap.live.netns import VethPair
+from tests.helpers import veth_unavailable, wait_for
 
 pytestmark = pytest.mark.slow
 CPUMAP = str(Path(sys.executable).with_name("cpumap"))
@@ -63,27 +61,8 @@ def test_bad_arguments_are_one_line_and_status_2(argv: list[str], message: str) 
     assert r.stderr.count("\n") == 1
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and bpf(2)"
-    if (reason := bpf_unavailable_reason()) is not None:
-        return reason
-    try:
-        with VethPair():
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot create a network namespace with a veth pair here: {e}"
-    return None
-
-
-_REASON = _unavailable()
+_REASON = veth_unavailable("network namespaces and bpf(2)", bpf=True)
 needs_root = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 def counting_peer(pair: VethPair, counter: KernelArrayMap) -> XdpLink:

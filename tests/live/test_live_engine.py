@@ -5,7 +5,6 @@ Needs root (namespaces, packet sockets); skips with the reason otherwise."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -13,21 +12,13 @@ import pytest
 from cpumap import CpuMap, make_program, possible_cpus
 from cpumap.generator import Generator, read_stamp
 from cpumap.live import LiveSource
-from cpumap.live.netns import NetnsError, VethPair
+from cpumap.live.netns import VethPair
+from tests.helpers import veth_unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 CPUS = sorted(possible_cpus())
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and AF_PACKET sockets"
-    try:
-        with VethPair():
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot create a network namespace with a veth pair here: {e}"
-    return None
+_REASON = veth_unavailable("network namespaces and AF_PACKET sockets")
+needs_veth = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 
 
 class Seen:
@@ -43,7 +34,7 @@ class Seen:
         return self.cpu, self.seen
 
 
-@pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+@needs_veth
 @pytest.mark.parametrize("mode", ["l4-hash", "l4-sport"])
 def test_live_traffic_reaches_the_workers_whole_and_in_order(mode: str) -> None:
     gen = Generator(
@@ -87,7 +78,7 @@ def test_live_traffic_reaches_the_workers_whole_and_in_order(mode: str) -> None:
     assert len(seen) == total  # exactly once
 
 
-@pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+@needs_veth
 def test_cli_live_duration_ends_a_quiet_interface() -> None:
     from rich.console import Console
 

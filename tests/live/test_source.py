@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,9 +33,9 @@ from cpumap.live.netns import (
     VethPair,
     entered,
     ip,
-    sweep_stale,
 )
 from cpumap.packets import Packet, PacketBatch
+from tests.helpers import veth_unavailable
 
 pytestmark = pytest.mark.root
 
@@ -45,27 +44,9 @@ RING = dict(block_size=1 << 16, block_count=16, block_timeout_ms=2)
 MARKER_ETHERTYPE = 0x88B5  # IEEE "local experimental": nothing else uses it
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and AF_PACKET sockets"
-    try:
-        sweep_stale()
-        with VethPair():
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot create a network namespace with a veth pair here: {e}"
-    return None
-
-
-_REASON = _netns_unavailable()
+_REASON = veth_unavailable("network namespaces and AF_PACKET sockets")
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 def open_local(pair: VethPair, **kw: Any) -> LiveSource:

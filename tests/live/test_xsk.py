@@ -21,9 +21,10 @@ import pytest
 from cpumap.engine.frame_pool import FramePool
 from cpumap.errors import ClosedResourceError, Error
 from cpumap.live import LiveSource, Umem, XskError, XskMode, XskSocket, XskStatistics
-from cpumap.live.netns import NetnsError, VethPair, entered, ip, sweep_stale, unique_netns_name
+from cpumap.live.netns import VethPair, entered, ip, unique_netns_name
 from cpumap.live.xsk import queue_counts
 from cpumap.live.xsk_rings import XDP_DESC
+from tests.helpers import veth_unavailable
 
 pytestmark = pytest.mark.root
 
@@ -31,27 +32,11 @@ CHUNK = 2048
 DEADLINE_S = 5.0
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces and AF_XDP sockets"
-    try:
-        sweep_stale()
-        with VethPair(), Umem(mmap.mmap(-1, 4 * CHUNK)):
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot make a veth pair and an AF_XDP UMEM here: {e}"
-    return None
-
-
-_REASON = _unavailable()
+_REASON = veth_unavailable(
+    "network namespaces and AF_XDP sockets", also=lambda _: Umem(mmap.mmap(-1, 4 * CHUNK)).close()
+)
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +26,9 @@ from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Generator
 from cpumap.kernel.xdp import XdpMode, XskMap, attach, xsk_redirect_program
 from cpumap.live import Umem, XskSocket
-from cpumap.live.netns import NetnsError, VethPair, ip, sweep_stale
+from cpumap.live.netns import VethPair, ip
 from cpumap.live.xsk import UmemMemory
+from tests.helpers import veth_unavailable
 
 pytestmark = pytest.mark.root
 
@@ -36,27 +36,18 @@ CHUNK = 2048
 DEADLINE_S = 5.0
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: network namespaces, AF_XDP sockets and XDP programs"
-    try:
-        sweep_stale()
-        with VethPair() as pair, pair.in_local(), Umem(mmap.mmap(-1, 4 * CHUNK)):
-            pass
-    except (NetnsError, OSError) as e:
-        return f"cannot make a veth pair and an AF_XDP UMEM here: {e}"
-    return None
+def _umem_in_local(pair: VethPair) -> None:
+    with pair.in_local(), Umem(mmap.mmap(-1, 4 * CHUNK)):
+        pass
 
 
-_REASON = _unavailable()
+_REASON = veth_unavailable(
+    "network namespaces, AF_XDP sockets and XDP programs",
+    bpf=True,
+    also=lambda pair: _umem_in_local(pair),
+)
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    with VethPair() as pair:
-        yield pair
 
 
 @contextlib.contextmanager
