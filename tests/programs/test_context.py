@@ -11,11 +11,17 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpumap.abi import LINKTYPE_ETHERNET
 from cpumap.engine.frame_pool import FramePool
 from cpumap.programs.context import XdpContext
 from cpumap.skb import SkbView, frame_skbs
-from tests.skb.helpers import EXAMPLE_FRAMES, PROPERTY_SETTINGS, fill_pool, frames, pool_expected
+from tests.skb.helpers import (
+    EXAMPLE_FRAMES,
+    PROPERTY_SETTINGS,
+    fill_pool,
+    frames,
+    placed,
+    pool_expected,
+)
 
 POOL = 64
 FRAME_SIZE = 256
@@ -58,13 +64,8 @@ def test_ctx_skb_is_frame_skbs(
     # The fast path (ctx.skb in a poll) against the general one (frame_skbs), frame by
     # frame, reading the skb of some rows only (the columns are parsed on the first read,
     # whichever row it is), with the poll's start given or not.
-    batch = [(lt, raw[: FRAME_SIZE - HEADROOM]) for lt, raw in batch]
-    batch = [(lt if 0 <= lt < 65536 else LINKTYPE_ETHERNET, raw) for lt, raw in batch]
+    batch, where = placed(batch, order, first, POOL, FRAME_SIZE - HEADROOM)
     n = len(batch)
-    if order == "consecutive":
-        where = list(range(first, first + n))
-    else:
-        where = np.random.default_rng(first).permutation(POOL)[:n].tolist()
     read = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
     pool = FramePool(POOL, frame_size=FRAME_SIZE, headroom=HEADROOM)
     try:

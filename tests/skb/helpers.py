@@ -298,6 +298,17 @@ def frames(draw: st.DrawFn) -> tuple[int, bytes]:
 # --- frames in a frame pool -------------------------------------------------------------------
 
 
+def placed(
+    batch: list[tuple[int, bytes]], order: str, first: int, pool_frames: int, room: int
+) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """Hypothesis's frames made to fit a pool frame (``room`` bytes, a u16 link type) and
+    where they go: ``first, first + 1, ...`` (``consecutive``) or scattered over the pool."""
+    batch = [(lt if 0 <= lt < 65536 else LINKTYPE_ETHERNET, raw[:room]) for lt, raw in batch]
+    if order == "consecutive":
+        return batch, list(range(first, first + len(batch)))
+    return batch, np.random.default_rng(first).permutation(pool_frames)[: len(batch)].tolist()
+
+
 def fill_pool(pool: FramePool, where: list[int], batch: list[tuple[int, bytes]]) -> None:
     """Frames ``batch`` in frames ``where`` of ``pool``, as the RX side writes them, with
     distinct descriptors and a metadata area on every third frame; garbage elsewhere."""

@@ -11,11 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpumap.abi import LINKTYPE_ETHERNET
 from cpumap.cluster.frames import FrameBlock
 from cpumap.engine.frame_pool import FramePool
 from cpumap.skb import Frames, Skb, SkbView, consecutive_start, frame_skbs, parsed_skbs, skb_batch
-from tests.skb.helpers import EXAMPLE_FRAMES, PROPERTY_SETTINGS, fill_pool, frames, pool_expected
+from tests.skb.helpers import (
+    EXAMPLE_FRAMES,
+    PROPERTY_SETTINGS,
+    fill_pool,
+    frames,
+    placed,
+    pool_expected,
+)
 
 POOL = 64
 FRAME_SIZE = 256
@@ -31,13 +37,8 @@ HEADROOM = 64
 def test_frame_skbs_equal_per_frame_skbs(
     batch: list[tuple[int, bytes]], order: str, first: int
 ) -> None:
-    batch = [(lt, data[: FRAME_SIZE - HEADROOM]) for lt, data in batch]
-    batch = [(lt if 0 <= lt < 65536 else LINKTYPE_ETHERNET, data) for lt, data in batch]
+    batch, where = placed(batch, order, first, POOL, FRAME_SIZE - HEADROOM)
     n = len(batch)
-    if order == "consecutive":
-        where = list(range(first, first + n))
-    else:
-        where = np.random.default_rng(first).permutation(POOL)[:n].tolist()
     pool = FramePool(POOL, frame_size=FRAME_SIZE, headroom=HEADROOM)
     try:
         fill_pool(pool, where, batch)
