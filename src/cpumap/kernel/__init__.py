@@ -20,6 +20,10 @@ Modules, their public names re-exported here:
   to a cpumap entry: fixed, round-robin, by a frame byte; a second stage that returns one
   verdict); :mod:`cpumap.kernel.frames`: frames the netstack accepts, and a socket to
   deliver them to.
+* :mod:`cpumap.kernel.steering`: our eight steering modes (``cpumap.programs.steering``) as
+  eBPF programs of the assembler, redirecting into a kernel cpumap with the Python form's
+  decisions (:class:`SteeringSpec`, :func:`load_steering`), every frame counted per CPU in
+  :class:`SteeringCounters`.
 * :mod:`cpumap.kernel.tracefs`: the ``xdp:xdp_cpumap_enqueue`` /
   ``xdp:xdp_cpumap_kthread`` tracepoints read from a tracefs instance of our own.
 * :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
@@ -104,6 +108,14 @@ from .runner import (
     run_pinned,
     rx_drop_ceiling,
 )
+from .steering import (
+    STEERING_MODES,
+    SteeringCounters,
+    SteeringCounts,
+    SteeringSpec,
+    load_steering,
+    steering_program,
+)
 from .tracefs import (
     EnqueueTotals,
     KthreadTotals,
@@ -134,6 +146,7 @@ __all__ = [
     "BPF_F_TEST_XDP_LIVE_FRAMES",
     "BPF_NOEXIST",
     "CPUMAP_QSIZE_MAX",
+    "STEERING_MODES",
     "XDP_ABORTED",
     "XDP_DROP",
     "XDP_PASS",
@@ -153,6 +166,9 @@ __all__ = [
     "KernelCpumapRun",
     "KernelProgram",
     "KthreadTotals",
+    "SteeringCounters",
+    "SteeringCounts",
+    "SteeringSpec",
     "TestRunResult",
     "TraceEvent",
     "TraceInstance",
@@ -167,6 +183,7 @@ __all__ = [
     "bpf_unavailable_reason",
     "counting_program",
     "live_frames_unavailable_reason",
+    "load_steering",
     "load_xdp",
     "local_ipv4",
     "nr_cpus",
@@ -178,6 +195,7 @@ __all__ = [
     "run_kernel_cpumap",
     "run_pinned",
     "rx_drop_ceiling",
+    "steering_program",
     "sum_enqueue",
     "sum_kthread",
     "tracefs_root",

@@ -26,6 +26,7 @@ BPF_LD: Final = 0x00
 BPF_LDX: Final = 0x01
 BPF_ST: Final = 0x02
 BPF_STX: Final = 0x03
+BPF_ALU: Final = 0x04  # 32-bit ALU: results zero-extended (u32 arithmetic, as C's)
 BPF_JMP: Final = 0x05
 BPF_ALU64: Final = 0x07
 # Sizes.
@@ -43,13 +44,20 @@ BPF_X: Final = 0x08
 BPF_ADD: Final = 0x00
 BPF_SUB: Final = 0x10
 BPF_AND: Final = 0x50
+BPF_LSH: Final = 0x60
+BPF_RSH: Final = 0x70
 BPF_MOD: Final = 0x90
+BPF_XOR: Final = 0xA0
 BPF_MOV: Final = 0xB0
+BPF_END: Final = 0xD0  # byte swap, with BPF_TO_BE: to big-endian (network order)
+BPF_TO_BE: Final = 0x08
 # Jump operations.
 BPF_JA: Final = 0x00
 BPF_JEQ: Final = 0x10
 BPF_JGT: Final = 0x20
+BPF_JGE: Final = 0x30
 BPF_JNE: Final = 0x50
+BPF_JLT: Final = 0xA0
 BPF_CALL: Final = 0x80
 BPF_EXIT: Final = 0x90
 
@@ -117,6 +125,21 @@ class Asm:
 
     def alu_reg(self, op: int, dst: int, src: int) -> Self:
         return self._emit(BPF_ALU64 | op | BPF_X, dst, src)
+
+    def alu32_imm(self, op: int, dst: int, imm: int) -> Self:
+        """``(u32) dst op= imm``; the upper half of ``dst`` becomes 0."""
+        return self._emit(BPF_ALU | op | BPF_K, dst, imm=imm)
+
+    def alu32_reg(self, op: int, dst: int, src: int) -> Self:
+        """``(u32) dst op= (u32) src``; the upper half of ``dst`` becomes 0."""
+        return self._emit(BPF_ALU | op | BPF_X, dst, src)
+
+    def to_be(self, dst: int, bits: int) -> Self:
+        """``dst = htobe<bits>(dst)``: a network-order field loaded on a little-endian host
+        becomes its value (the upper bits are cleared)."""
+        if bits not in (16, 32, 64):
+            raise ValueError(f"bits must be 16, 32 or 64, got {bits}")
+        return self._emit(BPF_ALU | BPF_END | BPF_TO_BE, dst, imm=bits)
 
     def ld_map_fd(self, dst: int, fd: int) -> Self:
         """``dst = map`` (``BPF_LD_IMM64`` with ``src = BPF_PSEUDO_MAP_FD``; two slots)."""
