@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,7 +34,6 @@ from hypothesis import strategies as st
 from cpumap import CpuMap
 from cpumap.abi import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from cpumap.capture import CaptureError, open_capture
-from cpumap.engine.frame_pool import FramePool
 from cpumap.generator import Generator
 from cpumap.kernel import (
     XDP_ABORTED,
@@ -54,9 +52,9 @@ from cpumap.kernel.steering import (
     load_steering,
 )
 from cpumap.programs import xdp_parse
-from cpumap.programs.context import NO_KEY, XdpContext
 from cpumap.programs.cpu_table import CpuTable
 from cpumap.programs.steering import MODES, make_program
+from tests.kernel.python_forms import Outcome, PythonForm
 
 _BPF_REASON = bpf_unavailable_reason()
 pytestmark = [
@@ -67,14 +65,12 @@ pytestmark = [
 MAX_ENTRIES = 16
 QSIZE = 64
 LINEAR = 3520  # bytes of a test-run frame the program sees (4096 - 256 headroom - 320 tail)
-POOL_FRAMES = 128
 CAPTURES = Path(
     os.environ.get("CPUMAP_CAPTURES")
     or Path(__file__).resolve().parents[2].parent / "shared" / "captures"
 )
 POPULATED = sorted(c for c in possible_cpus() if c < MAX_ENTRIES)
 MAC = bytes.fromhex("020000000002020000000001")
-Outcome = tuple[int, int]  # (verdict, key redirected to or attempted; -1 for none)
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -171,48 +167,25 @@ def captured() -> list[bytes]:
 
 
 # -- the two forms -----------------------------------------------------------------------------
-class Forms:
-    """A kernel cpumap with entries on the possible CPUs, its counters, and what the Python
-    form needs (a CpuMap of the same size for its max_entries, a frame pool, a context)."""
+class Forms(PythonForm):
+    """A kernel cpumap with entries on the possible CPUs and its counters, beside the Python
+    form's map (of the same size), pool and context."""
 
     def __init__(self) -> None:
+        super().__init__(MAX_ENTRIES)
         self.kmap = KernelCpuMap(MAX_ENTRIES)
         for cpu in POPULATED:
             self.kmap.update(cpu, QSIZE)
         self.counters = SteeringCounters(MAX_ENTRIES)
-        self.cmap = CpuMap(MAX_ENTRIES)
-        self.pool = FramePool(POOL_FRAMES, frame_size=9216 + 256, headroom=256)
-        self.ctx = XdpContext(self.pool)
         self.cpu = min(os.sched_getaffinity(0))
 
     def close(self) -> None:
-        self.cmap.close()
-        self.pool.close()
+        super().close()
         self.counters.close()
         self.kmap.close()
 
     def python(self, mode: str, cpus: Sequence[int], frames: Sequence[bytes], **options: Any):
-        """The Python form's outcome per frame (per-frame form, one object for all)."""
-        out: list[Outcome] = []
-        with CpuTable(max(len(cpus), 1), cpus) as table:
-            prog = make_program(mode, self.cmap, table, vectorized=False, **options)
-            for at in range(0, len(frames), POOL_FRAMES):
-                chunk = frames[at : at + POOL_FRAMES]
-                self._load(chunk)
-                for i in range(len(chunk)):
-                    self.ctx.load(i, 0, 0, LINKTYPE_ETHERNET)
-                    v = prog.frame(self.ctx)  # type: ignore[union-attr]
-                    key = self.ctx.redirect_key
-                    out.append((int(v), int(key) if v == XDP_REDIRECT and key != NO_KEY else -1))
-        return out
-
-    def _load(self, frames: Sequence[bytes]) -> None:
-        pool = self.pool
-        for i, f in enumerate(frames):
-            pool.data[i, pool.headroom : pool.headroom + len(f)] = np.frombuffer(f, np.uint8)
-            pool.length[i] = len(f)
-            pool.linktype[i] = LINKTYPE_ETHERNET
-            pool.meta_len[i] = 0
+        return self.decisions(mode, cpus, frames, **options)
 
     def kernel(self, prog: KernelProgram, frames: Sequence[bytes]) -> list[Outcome]:
         """The BPF form's outcome per frame: the test run's verdict, and the key it tried
@@ -397,7 +370,7 @@ def test_documented_k4_the_kernel_sees_every_frame_as_ethernet(forms: Forms) -> 
     raw = ipv4(17, udp(1, 2))  # a LINKTYPE_RAW packet: its bytes 12-13 are the source address
     with CpuTable(1, [0]) as table:
         prog = make_program("l4-hash", forms.cmap, table, vectorized=False)
-        forms._load([raw])
+        forms.load([raw], LINKTYPE_RAW)
         forms.ctx.load(0, 0, 0, LINKTYPE_RAW)
         assert prog.frame(forms.ctx) == XDP_PASS  # ours skips a frame that is not Ethernet
     # The program reads 0x0a00 as an 802.3 length... and the bytes as Ethernet all the same.

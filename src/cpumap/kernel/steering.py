@@ -110,6 +110,7 @@ __all__ = [
     "SteeringCounts",
     "SteeringSpec",
     "load_steering",
+    "percpu_values",
     "steering_program",
 ]
 
@@ -212,6 +213,19 @@ def _drop_ports(ports: Iterable[int]) -> frozenset[int]:
 # --- the counters ---------------------------------------------------------------------------
 
 
+def percpu_values(counters: KernelArrayMap, key: int) -> dict[int, int]:
+    """Entry ``key`` of a per-CPU u64 array on every possible CPU: ``{cpu: value}`` (one
+    ``bpf(2)`` lookup; the kernel copies one 8-byte value per possible CPU, in CPU order)."""
+    if not counters.percpu:
+        raise ValueError("percpu_values reads a per-CPU array")
+    cpus = sorted(possible_cpus())
+    k = ctypes.c_uint32(key)
+    vals = (ctypes.c_uint64 * len(cpus))()
+    attr = MapElemAttr(map_fd=counters.fd, key=ctypes.addressof(k), value=ctypes.addressof(vals))
+    bpf(Cmd.MAP_LOOKUP_ELEM, attr, f"key={key}")
+    return dict(zip(cpus, vals, strict=True))
+
+
 @dataclass(frozen=True, slots=True)
 class SteeringCounts:
     """What a steering program counted, summed over the CPUs that ran it."""
@@ -244,7 +258,6 @@ class SteeringCounters(Closing):
         self.position: Final = max_entries + _MAX_VERDICT + 1
         self.last: Final = self.position + 1
         self.map: Final = KernelArrayMap(self.last + 1, percpu=True, name="steer_counts")
-        self._cpus = sorted(possible_cpus())
 
     @property
     def fd(self) -> int:
@@ -258,12 +271,7 @@ class SteeringCounters(Closing):
         """Slot ``slot`` of every possible CPU: ``{cpu: value}`` (one ``bpf(2)`` lookup)."""
         if not 0 <= slot <= self.last:
             raise ValueError(f"slot must be in 0..{self.last}, got {slot}")
-        key = ctypes.c_uint32(slot)
-        # The kernel copies one 8-byte value per possible CPU, in CPU order.
-        vals = (ctypes.c_uint64 * len(self._cpus))()
-        attr = MapElemAttr(map_fd=self.fd, key=ctypes.addressof(key), value=ctypes.addressof(vals))
-        bpf(Cmd.MAP_LOOKUP_ELEM, attr, f"slot={slot}")
-        return dict(zip(self._cpus, vals, strict=True))
+        return percpu_values(self.map, slot)
 
     def last_key(self, cpu: int) -> int:
         """The key of the last redirect a program attempted on ``cpu``."""
