@@ -23,7 +23,9 @@ Modules, their public names re-exported here:
 * :mod:`cpumap.kernel.steering`: our eight steering modes (``cpumap.programs.steering``) as
   eBPF programs of the assembler, redirecting into a kernel cpumap with the Python form's
   decisions (:class:`SteeringSpec`, :func:`load_steering`), every frame counted per CPU in
-  :class:`SteeringCounters`.
+  :class:`SteeringCounters`.  :mod:`cpumap.kernel.redirect_cpu`: :class:`KernelSteering`,
+  ``xdp-bench redirect-cpu`` from these parts -- a mode attached to an interface, a cpumap
+  over a CPU list whose entries' second stage drops, passes or redirects, per-CPU counts.
 * :mod:`cpumap.kernel.tracefs`: the ``xdp:xdp_cpumap_enqueue`` /
   ``xdp:xdp_cpumap_kthread`` tracepoints read from a tracefs instance of our own.
 * :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
@@ -59,6 +61,13 @@ Usage::
     with gen, link:
         print(gen.napi_problem())                       # None: every frame can arrive
         print(gen.run(GenOptions(count=10_000_000)).frames_per_s)
+
+    spec = SteeringSpec.of("l4-hash", [0, 1])           # as make_program("l4-hash", ...)
+    with entered(peer_ns):                              # xdp-bench redirect-cpu, ours
+        steering = KernelSteering("veth1", spec, qsize=2048, remote_action="drop")
+    with steering:
+        ...                                             # traffic
+        print(steering.counts().redirected, steering.delivered())
 
 Where this kernel's behaviour differs from the 2019 ``cpumap.c`` our engine follows, and
 where our engine must differ from the kernel, is written down in
@@ -99,6 +108,7 @@ from .bpf import (
     bpf_unavailable_reason,
 )
 from .frames import UdpSink, local_ipv4, udp_frame
+from .redirect_cpu import REMOTE_ACTIONS, KernelSteering, RemoteAction, remote_program
 from .runner import (
     CpumapRunResult,
     CpumapRunSample,
@@ -114,6 +124,7 @@ from .steering import (
     SteeringCounts,
     SteeringSpec,
     load_steering,
+    percpu_values,
     steering_program,
 )
 from .tracefs import (
@@ -146,6 +157,7 @@ __all__ = [
     "BPF_F_TEST_XDP_LIVE_FRAMES",
     "BPF_NOEXIST",
     "CPUMAP_QSIZE_MAX",
+    "REMOTE_ACTIONS",
     "STEERING_MODES",
     "XDP_ABORTED",
     "XDP_DROP",
@@ -165,7 +177,9 @@ __all__ = [
     "KernelCpuMap",
     "KernelCpumapRun",
     "KernelProgram",
+    "KernelSteering",
     "KthreadTotals",
+    "RemoteAction",
     "SteeringCounters",
     "SteeringCounts",
     "SteeringSpec",
@@ -188,10 +202,12 @@ __all__ = [
     "local_ipv4",
     "nr_cpus",
     "pass_program",
+    "percpu_values",
     "possible_cpus",
     "redirect_by_byte_program",
     "redirect_program",
     "redirect_round_robin_program",
+    "remote_program",
     "run_kernel_cpumap",
     "run_pinned",
     "rx_drop_ceiling",
