@@ -15,7 +15,7 @@ Python form's words.  :func:`steering_program` compiles it into one program:
   ``XDP_ABORTED`` when the list is empty or the CPU is not a key of the map (the sample's
   sentinel) -- is decided at build time, and a frame's index picks it through a chain of
   compares.  No table map, so no torn read of a table being rewritten: a new list is a new
-  program (``XdpLink`` swaps programs atomically when the hook is re-attached).
+  program, attached anew.
 * **Parsing is the Python form's, step for step** (``cpumap.programs.xdp_parse``): Ethernet and
   at most two 802.1Q/802.1ad tags, a frame shorter than 14 bytes, with an 802.3 length, or cut
   inside a tag is skipped (``XDP_PASS``); the IPv4 protocol when its 20 bytes are there, the
