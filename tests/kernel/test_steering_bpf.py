@@ -322,14 +322,40 @@ def random_frame(draw: st.DrawFn) -> bytes:
     return frame[: draw(st.integers(14, len(frame)))]
 
 
-@settings(max_examples=40, deadline=None)
+@st.composite
+def mode_options(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A mode, and for ``l4-proto``/``l4-filter`` random options of the Python form."""
+    mode = draw(st.sampled_from(STEERING_MODES))
+    if mode not in OPTIONS:
+        return mode, {}
+    index = st.integers(0, 7)
+    options: dict[str, Any] = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "proto_index": st.dictionaries(st.sampled_from([0, 1, 6, 17, 44, 58]), index),
+                "default_index": index,
+                "non_ip_index": index,
+                "strict_index": st.booleans(),
+            },
+        )
+    )
+    if mode == "l4-filter":
+        ports = st.lists(st.sampled_from([9, 53, 443, 4000, 65535]) | st.integers(1, 9), max_size=4)
+        options.update(draw(st.fixed_dictionaries({}, optional={"drop_ports": ports})))
+        options.update(draw(st.fixed_dictionaries({}, optional={"filter_ipv6": st.booleans()})))
+    return mode, options
+
+
+@settings(max_examples=60, deadline=None)
 @given(
-    st.sampled_from(STEERING_MODES),
+    mode_options(),
     st.lists(st.integers(0, 20), max_size=6),
     st.lists(random_frame(), min_size=1, max_size=16),
 )
-def test_random_frames(forms: Forms, mode: str, cpus: list[int], frames: list[bytes]) -> None:
-    forms.compare(mode, cpus, frames)
+def test_random_frames(forms: Forms, mode_options, cpus: list[int], frames: list[bytes]) -> None:
+    mode, options = mode_options
+    forms.compare(mode, cpus, frames, **options)
 
 
 # -- where the kernel makes a difference (docs/kernel-differences.md, section 6) ----------------
