@@ -494,6 +494,8 @@ def _source_node(text: str, captures: tuple[str, ...]) -> tuple[str, str]:
 
 
 def check_capture_path(path: str) -> None:
+    if path == "-":  # standard input: a pipe, checked when read
+        return
     p = Path(path)
     if not p.exists():
         raise UsageError(
