@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
 from .args import build_parser, normalize_argv, parse_cpus, run_config
 from .errors import EXIT_TABLE, ExitStatus, SetupError, UsageError, os_error_text
-from .output import reopen_closed_std_fds
+from .output import claimed_by_another, reopen_closed_std_fds, taken
 from .run import run as run_command
 
 __all__ = [
@@ -84,6 +85,11 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             config = run_config(args)
         except OSError as e:  # a path that cannot even be looked at: too long, no access
             raise UsageError(os_error_text(e)) from None
+        except UsageError:
+            write = getattr(args, "write", None)
+            if write and claimed_by_another(Path(write)):  # its files are not "earlier"
+                raise taken(Path(write)) from None
+            raise
         return run_command(config, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")

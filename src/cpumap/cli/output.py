@@ -154,16 +154,35 @@ def claim_write_dir(directory: Path) -> int:
         os.close(fd)
         if e.errno != errno.EWOULDBLOCK:
             raise UsageError(f"--write {directory}: cannot lock it: {e.strerror}") from None
-        raise UsageError(
-            f"--write {directory}: another cpumap run is writing there; wait for it to "
-            f"end or choose another directory"
-        ) from None
+        raise taken(directory) from None
     try:
         check_write_dir(directory)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def taken(directory: Path) -> UsageError:
+    return UsageError(
+        f"--write {directory}: another cpumap run is writing there; wait for it to end "
+        f"or choose another directory"
+    )
+
+
+def claimed_by_another(directory: Path) -> bool:
+    """Another run holds ``directory`` now (its files there are not an earlier run's)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno == errno.EWOULDBLOCK
+    finally:
+        os.close(fd)  # a lock we took goes with it
+    return False
 
 
 def merge_into(files: Sequence[str], into: Path) -> int:

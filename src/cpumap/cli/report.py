@@ -100,6 +100,7 @@ class RunReport:
     exit_status: ExitStatus
     flows: tuple[FlowStats, ...] = ()  # the flow tables of every entry, merged
     cluster: ClusterFacts | None = None
+    stopped_at_once: str | None = None  # the second signal: workers killed, not drained
 
     @property
     def accounted(self) -> bool:
@@ -137,6 +138,7 @@ class RunReport:
             "merged": self.written.merged,
             "notes": list(self.notes),
             "stopped_by": self.stopped_by,
+            "stopped_at_once": self.stopped_at_once,
             "error": self.error,
             "exit_status": int(self.exit_status),
         }
@@ -196,6 +198,9 @@ def local_report(
         error=failure,
         exit_status=status,
         flows=_flows(config, mine.results),
+        stopped_at_once=(
+            signal.Signals(ending.at_once).name if ending.at_once is not None else None
+        ),
     )
 
 
