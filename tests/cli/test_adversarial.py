@@ -171,7 +171,7 @@ def fifo(tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_fifo_with_no_writer_ends_at_a_signal(fifo, tmp_path, sig) -> None:
     proc = start(["run", "--json", str(fifo)], cwd=tmp_path)
     # No first line to wait for: the run blocks in opening the FIFO.  Wait until it has

@@ -171,7 +171,7 @@ def local_report(
     user_errors = tuple(sorted(mine.user_errors, key=_user_error_order))
     notes = (
         *unopened_note(facts),
-        *at_once_note(ending, stats),
+        *at_once_note(ending),
         *pace_note(ending.room_waits, _polls(stats, ending.producer), config),
         *((ending.stuck,) if ending.stuck else ()),
         *event_notes(mine.events),
@@ -245,7 +245,7 @@ def unopened_note(facts: SourceFacts) -> list[str]:
     return [f"{facts.what}: {why} before a capture header came; nothing was read"]
 
 
-def at_once_note(ending: Ending, stats: MapStats) -> list[str]:
+def at_once_note(ending: Ending) -> list[str]:
     """What a second signal cost: the workers killed, the frames they held (queued in
     their rings or in their hands) counted lost, the batch being received counted
     aborted.  Said here so that the summary's text balances with its table."""
