@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="CAPTURE",
-        help="a pcap or pcapng file (gzip is fine); several with --ray",
+        help="a pcap or pcapng file (gzip is fine; - reads standard input); several with --ray",
     )
     src.add_argument("--iface", help="receive live from this interface (needs root)")
     src.add_argument("--generate", type=_ranged(0, None), metavar="N", help="N generated frames")
