@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -116,10 +117,14 @@ def one_error_line(err: str, *words: str) -> str:
 
 def wait_first_line(proc: subprocess.Popen[str]) -> str:
     """The run's first line on stdout (it is up: its signal handlers are in place)."""
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], BOUND)
+    return wait_line(proc.stdout)
+
+
+def wait_line(stream: Any) -> str:
+    """The next line of ``stream`` (within :data:`BOUND`)."""
+    ready, _, _ = select.select([stream], [], [], BOUND)
     assert ready, "the run wrote nothing"
-    return proc.stdout.readline()
+    return stream.readline()
 
 
 def whole_packets(data: bytes) -> int:
@@ -267,7 +272,12 @@ def test_signals_at_random_moments(slow_handler, first, second, delay, gap) -> N
     time.sleep(delay)  # a random moment of the run
     proc.send_signal(first)
     if second is not None:
-        time.sleep(gap)  # draining a full ring at 1 ms a frame takes seconds
+        # Once the run has taken the first (two signals sent at once may merge into one,
+        # or be handled in signal-number order): then at a random moment of the drain,
+        # which for a full ring at 1 ms a frame takes seconds.
+        notice = wait_line(proc.stderr)
+        assert f"cpumap: {first.name}: reading stopped; draining" in notice, notice
+        time.sleep(gap)
         proc.send_signal(second)
     ended = finish(proc)
     assert ended.rc == STATUS[first], ended.err

@@ -15,14 +15,18 @@ The path of a run, top to bottom (``docs/design.md`` follows it module by module
 Ending
 ------
 A run ends when its source does, at ``--duration``, at SIGINT or SIGTERM, or when the
-source fails (a damaged capture).  Each way takes the same path: stop reading, let the RX
-producer flush its bulk queues (leaving the ``with`` of the producer), wait until every
-frame read has an outcome (``wait_idle``), close the map (every worker drains its ring,
-runs ``finish()`` and exits: no process, no shared memory is left), and print the summary
-with the accounting identity.  The signal handler only sets an event the feed loop checks
-after every batch, so no frame is half-received; a second signal raises
-``KeyboardInterrupt`` for an operator who will not wait (the map's ``close`` still reaps
-every worker).  The exit status says how it ended (``errors.ExitStatus``).
+source or its output fails (a damaged capture, stdout on a full disk).  Each way takes
+the same path: stop reading, let the RX producer flush its bulk queues (leaving the
+``with`` of the producer), wait until every frame read has an outcome (``drain``), close
+the map (every worker drains its ring, runs ``finish()`` and exits: no process, no shared
+memory is left), and print the summary with the accounting identity.  The signal handler
+only sets the stop (:class:`~cpumap.capture.Stop`), which the feed loop checks after
+every batch and which also ends a read that waits for bytes (a FIFO, a pipe:
+``capture/stop.py``), so no frame is half-received and no silent writer holds the run.
+A second signal stops at once: the drain is skipped and the map closed with no time, its
+workers killed and what they held counted lost -- the summary still balances and says so
+(:class:`SignalStop` argues where the second signal may cut).  The exit status says how
+it ended (``errors.ExitStatus``); docs/cli.md has the table of every way out.
 """
 
 from __future__ import annotations
@@ -209,6 +213,8 @@ def feed_and_drain(
             except KeyboardInterrupt:  # the second signal, inside a receive (SignalStop)
                 failure, cut = None, True
             producer, room_waits = rx.index, rx.room_waits
+        if signals.signum is not None and not signals.hurry:
+            say_draining(signals.signum, cmap.stats().in_flight)
         stuck = None if signals.hurry else drain(cmap, signals)
     elapsed = time.monotonic() - t0
     return Ending(
@@ -248,6 +254,17 @@ def feed(
     return None
 
 
+def say_draining(signum: int, in_flight: int) -> None:
+    """On stderr, at the first signal: the run is not stuck, and how to stop it now."""
+    name = signal.Signals(signum).name
+    print(
+        f"cpumap: {name}: reading stopped; draining the {in_flight:,} frames in flight "
+        f"(a second signal stops at once)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def drain(cmap: CpuMap, signals: SignalStop) -> str | None:
     """Wait until no frame is in flight, or a second signal; what went wrong if neither
     comes within :data:`DRAIN_TIMEOUT`."""
@@ -272,15 +289,15 @@ def close_map(cmap: CpuMap, signals: SignalStop, ending: Ending) -> Ending:
     after a second signal or a drain that timed out, is killed now and what it held is
     counted lost.  ``ending`` with what that close cost."""
     before = cmap.stats().lost
-    if signals.hurry or ending.stuck is not None:
-        cmap.close(timeout=0.0 if signals.hurry else 1.0)
+    at_once = signals.second  # a second signal from here on waits for the close
+    if at_once is not None or ending.stuck is not None:
+        cmap.close(timeout=0.0 if at_once is not None else 1.0)
     else:
-        # A second signal here waits for this close: its rings are empty (drained), the
-        # workers only run finish() and exit; interrupting the map's own bookkeeping
-        # could leave a worker nobody reaps.
+        # The rings are drained: the workers only run finish() and exit.  A signal now
+        # is not allowed to cut the map's own bookkeeping (a worker nobody reaps).
         cmap.close(timeout=CLOSE_TIMEOUT)
     killed = cmap.stats().lost - before
-    return dataclasses.replace(ending, at_once=signals.second, killed_lost=killed)
+    return dataclasses.replace(ending, at_once=at_once, killed_lost=killed)
 
 
 def write_outputs(
