@@ -24,7 +24,7 @@ from ..live import LiveSource
 from ..packets import PacketBatch
 from ..programs import MODES, LoadError, load_program, make_program, vectorized
 from .config import ProgramConfig, SourceConfig
-from .errors import UsageError
+from .errors import UsageError, limit_text
 
 # Link types by name, for the note on non-Ethernet captures under a built-in mode.
 LINKTYPE_NAMES = {0: "BSD loopback", 1: "Ethernet", 101: "raw IP", 108: "OpenBSD loopback",
@@ -188,8 +188,8 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
         return Source(iter(()), what, config.lossless, unopened=e.why)
     except CaptureError as e:
         raise UsageError(describe_capture_error(e, config.skip_bad)) from None
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror or e}") from None
+    except OSError as e:  # the limit too, if one explains it (EMFILE: ulimit -n)
+        raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
     except BaseException:
         if stdin is not None:
             stdin.close()

@@ -88,7 +88,9 @@ def os_error_text(e: OSError) -> str:
 def start_failure(e: BaseException) -> LimitError:
     """Why the map (its segments, its threads, its workers) could not start, as one line."""
     if isinstance(e, OSError):
-        return LimitError(f"cannot start the map: {os_error_text(e)}")
+        cause = e.__cause__  # a worker's start: ENOMEM, from what fork or a pipe said
+        hint = limit_text(cause.errno) if isinstance(cause, OSError) else ""
+        return LimitError(f"cannot start the map: {os_error_text(e)}{hint}")
     # RuntimeError("can't start new thread"): a thread's stack did not fit the address
     # space, or no more processes (threads count) were allowed.
     hint = limit_text(errno.ENOMEM) or limit_text(errno.EAGAIN)

@@ -123,7 +123,10 @@ def start_and_feed(
     out: Output,
 ) -> Ending:
     """The entries, then feeding and draining (nothing fed after a second signal)."""
-    program = steering_program(config.program, cmap, config.cpus)
+    try:
+        program = steering_program(config.program, cmap, config.cpus)
+    except OSError as e:  # EMFILE: the CPU table's segment
+        raise start_failure(e) from None
     serve_metrics(cmap, config.view, console)
     start_entries(cmap, config)
     if signals.hurry:  # a second signal while the workers started: nothing to feed
