@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cpumap.capture import open_capture
@@ -261,6 +261,7 @@ signals = st.sampled_from([signal.SIGINT, signal.SIGTERM])
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(first=signals, second=st.none() | signals, delay=st.floats(0, 0.5), gap=st.floats(0, 0.3))
+@example(first=signal.SIGTERM, second=signal.SIGTERM, delay=0.1, gap=0.1)  # 143, not 130
 def test_signals_at_random_moments(slow_handler, first, second, delay, gap) -> None:
     """A run behind a 1 ms/frame handler (its ring stays full): the first signal drains
     and summarises; a second one, while the run drains, stops it at once -- the workers
