@@ -42,6 +42,8 @@ from hypothesis import strategies as st
 from cpumap.capture import open_capture
 from cpumap.cpus import usable_cpus
 from cpumap.demo import demo_capture_path
+from cpumap.live.netns import VethPair
+from tests.helpers import veth_unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -240,6 +242,19 @@ def test_a_pipe_on_stdin_ends_at_a_signal(tmp_path) -> None:
     assert ended.rc == 130, ended.err
     balanced(ended.summary)
     assert ended.summary["rx"] == whole_packets(DEMO[:PREFIX])
+
+
+def test_a_live_interface_with_no_traffic_ends_at_a_signal(tmp_path) -> None:
+    if (reason := veth_unavailable("a live capture on a veth")) is not None:
+        pytest.skip(reason)
+    with VethPair(local_netns=False) as pair:
+        proc = start(["run", "--json", "-i", "0.05", "--iface", pair.local.ifname], cwd=tmp_path)
+        assert json.loads(wait_first_line(proc))["rx"] == 0  # up, and nothing comes
+        proc.send_signal(signal.SIGTERM)
+        ended = finish(proc)
+    assert ended.rc == 143, ended.err
+    balanced(ended.summary)
+    assert ended.summary["stopped_by"] == "SIGTERM"
 
 
 # -- signals at random moments, once and twice ---------------------------------------------------

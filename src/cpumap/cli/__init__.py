@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     except SetupError as e:  # a handler's setup() raised: nothing ran
         print(f"cpumap: error: {e}", file=sys.stderr)
         return ExitStatus.USER_ERROR
-    except KeyboardInterrupt:  # a signal before the run's own handlers were in place
-        print("cpumap: interrupted before the run started; nothing ran", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C where Python's own handler is in place (--ray)
+        print("cpumap: interrupted: stopped at once, no summary", file=sys.stderr)
         return ExitStatus.SIGINT
 
 
