@@ -172,6 +172,11 @@ def local_report(
     notes = (
         *unopened_note(facts),
         *at_once_note(ending),
+        *(
+            [f"the files in {config.write} are incomplete: their workers were killed"]
+            if ending.at_once is not None and config.write is not None
+            else []
+        ),
         *pace_note(ending.room_waits, _polls(stats, ending.producer), config),
         *((ending.stuck,) if ending.stuck else ()),
         *event_notes(mine.events),
