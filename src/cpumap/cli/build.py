@@ -178,32 +178,32 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
     path = config.captures[0] if config.captures else str(demo_capture_path())
     what = "the embedded demo capture" if config.demo else path
     stdin = _stdin() if path == STDIN else None
+    what = "standard input" if stdin is not None else what
     try:
         reader = open_capture(
             stdin or path, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop
         )
-    except ReadInterrupted as e:
+    except BaseException as e:
         if stdin is not None:
             stdin.close()
-        return Source(iter(()), what, config.lossless, unopened=e.why)
-    except CaptureError as e:
-        raise UsageError(describe_capture_error(e, config.skip_bad)) from None
-    except OSError as e:  # the limit too, if one explains it (EMFILE: ulimit -n)
-        raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
-    except BaseException:
-        if stdin is not None:
-            stdin.close()
+        if isinstance(e, ReadInterrupted):
+            return Source(iter(()), what, config.lossless, unopened=e.why)
+        if isinstance(e, CaptureError):
+            raise UsageError(describe_capture_error(e, config.skip_bad)) from None
+        if isinstance(e, OSError):  # the limit too, if one explains it (EMFILE: ulimit -n)
+            raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
         raise
-    what = "standard input" if stdin is not None else what
     return Source(reader.batches(config.poll), what, config.lossless, reader=reader, also=stdin)
 
 
 def _stdin() -> BinaryIO:
     """Standard input as a binary file of its own (a duplicate: closing it leaves fd 0)."""
     try:
-        return os.fdopen(os.dup(0), "rb", buffering=0)
+        f = os.fdopen(os.dup(0), "rb", buffering=0)
     except OSError as e:
         raise UsageError(f"-: standard input is not open ({e.strerror})") from None
+    f.name = "standard input"  # what errors name (not the duplicate's number)
+    return f
 
 
 def describe_capture_error(e: CaptureError, skip_bad: bool) -> str:
