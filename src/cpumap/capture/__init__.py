@@ -2,8 +2,9 @@
 
 Rule 1: one module per concept, and data flows one way: ``files`` (open by magic or by
 name) -> the formats (``pcap``, ``pcapng`` with ``pcapng_writer``) -> ``reader`` (the chunk
-pump and the ways packets come out) -> ``streams`` (bytes in and out) -> ``damage`` (the
-error and the limits).  A format module knows its format and nothing else; ``reader`` knows
+pump and the ways packets come out) -> ``streams`` (bytes in and out) -> ``stop`` (a read
+that waits for a writer, ended by a stop or a deadline) -> ``damage`` (the error and the
+limits).  A format module knows its format and nothing else; ``reader`` knows
 no format.
 Rule 2: memory is constant in the file size (a reader holds one chunk), and damage is never
 silent: it raises :class:`CaptureError` naming the file, the byte offset and the damage's
@@ -23,6 +24,7 @@ from .pcap import PcapReader, PcapWriter
 from .pcapng import TS_TOO_EARLY, TS_TOO_LATE, Interface, PcapngReader, WideTime
 from .pcapng_writer import PcapngWriter
 from .reader import CHUNK_SIZE, CaptureReader
+from .stop import ReadInterrupted, Stop
 
 __all__ = [
     "CHUNK_SIZE",
@@ -39,6 +41,8 @@ __all__ = [
     "PcapWriter",
     "PcapngReader",
     "PcapngWriter",
+    "ReadInterrupted",
+    "Stop",
     "WideTime",
     "max_caplen",
     "open_capture",

@@ -18,19 +18,26 @@ from .pcap import PCAP_MAGICS, PcapReader, PcapWriter
 from .pcapng import SHB_MAGIC, PcapngReader
 from .pcapng_writer import PcapngWriter
 from .reader import CaptureReader
+from .stop import Stop
 from .streams import open_input
 
 
 def open_capture(
-    path: str | os.PathLike[str] | BinaryIO, *, skip_bad: bool = False, batch_size: int = 256
+    path: str | os.PathLike[str] | BinaryIO,
+    *,
+    skip_bad: bool = False,
+    batch_size: int = 256,
+    stop: Stop | None = None,
 ) -> CaptureReader:
     """Open a pcap or pcapng file, gzip-compressed or not, by its magic (not its name).
 
     Returns a :class:`~cpumap.capture.PcapReader` or :class:`~cpumap.capture.PcapngReader`.
     Raises :class:`CaptureError` for an unknown magic (naming the bytes found) or a damaged
-    file header, and ``OSError`` when the file cannot be opened.
+    file header, and ``OSError`` when the file cannot be opened.  With ``stop``, a FIFO or
+    pipe is read through its waits: opening and every read raise
+    :class:`~cpumap.capture.stop.ReadInterrupted` once it is set (``stop.py``).
     """
-    inp = open_input(path)
+    inp = open_input(path, stop=stop)
     try:
         magic = inp.head[:4]
         if len(magic) < 4:

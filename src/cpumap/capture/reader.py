@@ -192,6 +192,9 @@ class CaptureReader(Closing, abc.ABC):
         self._stream = inp.stream
         self.path: str = inp.name
         self.compressed: bool = inp.compressed
+        # A pipe or FIFO read through a stop's waits: a short read is what the writer gave
+        # so far, not the end of the file (only an empty read is).
+        self._partial = inp.partial
         self.skip_bad = skip_bad
         self.batch_size = batch_size
         self.skipped = 0
@@ -206,11 +209,15 @@ class CaptureReader(Closing, abc.ABC):
         self._holding = False  # a format module reading ahead may leave bytes at end of file
         self._failed: CaptureError | None = None  # strict mode: raised once its packets are out
         self._pending: deque[Chunk] = deque()
+        # Bytes the header's read brought beyond the header, to parse before any read: a
+        # pipe's writer may give nothing more for a long time (or ever).
+        self._unparsed = False
         try:
             self._start()
         except BaseException:
             self.close()
             raise
+        self._unparsed = self._partial and bool(self._leftover)
 
     # -- what a format module provides --------------------------------------------------------
 
@@ -246,6 +253,8 @@ class CaptureReader(Closing, abc.ABC):
 
     def _read(self, n: int) -> bytes:
         if not self.compressed:
+            if self._partial:
+                return self._stream.read(n) or b""
             return read_full(self._stream, n)
         # gzip: read1 piece by piece, so that a damaged or cut stream still delivers every byte
         # before the damage; the error is reported once the parser has used those bytes.
@@ -258,6 +267,8 @@ class CaptureReader(Closing, abc.ABC):
                     break
                 parts.append(d)
                 got += len(d)
+                if self._partial:  # what the writer gave so far
+                    break
         except (OSError, EOFError, zlib.error) as e:
             self._stream_error = f"gzip: {e}"
             self._eof = True
@@ -265,9 +276,10 @@ class CaptureReader(Closing, abc.ABC):
 
     def _ensure(self, n: int) -> bytes:
         """At least ``n`` bytes from ``_base`` on (fewer only at end of file)."""
-        if len(self._leftover) < n and not self._eof:
+        while len(self._leftover) < n and not self._eof:
             more = self._read(max(n - len(self._leftover), 4096))
-            if len(self._leftover) + len(more) < n:
+            # A short read is the end of a file; of a pipe, only an empty one is.
+            if not more or (not self._partial and len(self._leftover) + len(more) < n):
                 self._eof = True
             self._leftover += more
         return self._leftover
@@ -295,7 +307,7 @@ class CaptureReader(Closing, abc.ABC):
         if self._closed:
             raise ClosedResourceError("I/O operation on a closed capture reader")
         buf: bytes | bytearray | np.ndarray = self._leftover
-        if not self._eof:
+        if not self._eof and not self._unparsed:
             want = max(CHUNK_SIZE, self._need - len(self._leftover))
             if self.compressed:
                 data = self._read(want)
@@ -303,11 +315,18 @@ class CaptureReader(Closing, abc.ABC):
                 buf = self._leftover + data if self._leftover else data
             else:
                 # The carried bytes and the new ones in one buffer, made once.
-                buf = read_after(self._stream, self._leftover, want, as_array=self._array_chunks)
+                buf = read_after(
+                    self._stream,
+                    self._leftover,
+                    want,
+                    as_array=self._array_chunks,
+                    partial=self._partial,
+                )
                 got = len(buf) - len(self._leftover)
-            if got < want:
+            if got == 0 or (got < want and not self._partial):
                 self._eof = True
         self._need = 0
+        self._unparsed = False
         skipped_before = self.skipped
         saved = self._snapshot()
         try:
@@ -403,7 +422,8 @@ class CaptureReader(Closing, abc.ABC):
                 self._put_back(c, len(b) - operator.length_hint(starts))
 
     def batches(self, n: int | None = None) -> Iterator[PacketBatch]:
-        """The packets as batches of exactly ``n`` (default ``batch_size``), the last smaller.
+        """The packets as batches of exactly ``n`` (default ``batch_size``), the last smaller
+        -- and, from a pipe whose writer has given nothing more yet, the packets so far.
 
         Strict mode: the packets before the damage come out first, as from iteration --
         the short batch before the error included -- and the error is raised after them.
@@ -420,6 +440,11 @@ class CaptureReader(Closing, abc.ABC):
         i = 0  # packets of c handed out or moved into carry
         try:
             while True:
+                if carry is not None and self._would_wait():
+                    # A pipe that has nothing more now: what is whole goes out, short,
+                    # rather than wait for a writer that may never write (or a stop).
+                    out, carry = carry, None
+                    yield out.batch
                 try:
                     c = self._take()
                 except CaptureError:
@@ -455,6 +480,13 @@ class CaptureReader(Closing, abc.ABC):
                 self._put_back(c, i)
             if carry is not None:
                 self._pending.appendleft(carry)
+
+    def _would_wait(self) -> bool:
+        """A pipe with nothing to give now: the next read would wait for its writer."""
+        if not self._partial or self._pending or not self._closers:
+            return False
+        ready = getattr(self._closers[-1], "ready", None)  # the WaitingReader
+        return ready is not None and not ready()
 
     @property
     def progress(self) -> tuple[int, int | None]:

@@ -18,6 +18,7 @@ from typing import IO, Any, BinaryIO, NamedTuple
 import numpy as np
 
 from .damage import CaptureError, CaptureErrorKind
+from .stop import Stop, WaitingReader, open_waiting, waiting
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -46,7 +47,12 @@ class Prefixed:
 
 
 def read_after(
-    f: IO[bytes] | Prefixed, prefix: bytes, n: int, *, as_array: bool = False
+    f: IO[bytes] | Prefixed,
+    prefix: bytes,
+    n: int,
+    *,
+    as_array: bool = False,
+    partial: bool = False,
 ) -> bytearray | np.ndarray:
     """``prefix`` and then up to ``n`` more bytes of ``f`` (fewer only at end of file), in
     one new buffer: a ``bytearray``, or with ``as_array`` a uint8 array (for a parser that
@@ -56,7 +62,10 @@ def read_after(
     then the joined copy, each a fresh buffer to fault in); ``readinto`` lands the file's
     bytes where they stay.  Why an array: ``bytearray(n)`` zero-fills what the read
     overwrites at once, ``np.empty`` does not (a quarter less time per chunk, measured).
-    Short reads from pipes are retried, as in :func:`read_full`.
+    Short reads from pipes are retried, as in :func:`read_full` -- unless ``partial``
+    (``f`` is a :class:`~cpumap.capture.stop.WaitingReader`): then the read stops at what
+    the writer has given so far (at least a byte, none only at the end): a capture that
+    trickles through a pipe is parsed as it comes, not when a chunk is full.
     """
     k = len(prefix)
     readinto = getattr(f, "readinto", None)
@@ -72,9 +81,12 @@ def read_after(
             if not more:
                 break
             got += more
+            if partial and not f.ready():  # type: ignore[union-attr]
+                break
     if got < k + n:
         if as_array:
-            return buf[:got]
+            # A short read of a pipe: its own buffer, not a view keeping the whole chunk.
+            return buf[:got].copy() if partial else buf[:got]
         del buf[got:]  # the view is released: the buffer may shrink
     return buf
 
@@ -101,18 +113,32 @@ class Input(NamedTuple):
     head: bytes  # the first bytes of the (decompressed) capture, already read from stream
     compressed: bool
     closers: tuple[Any, ...]  # what close() must close, innermost first
+    partial: bool = False  # a pipe or FIFO: a read returns what the writer gave so far
 
 
-def open_input(source: str | os.PathLike[str] | BinaryIO, sniff: int = 4) -> Input:
-    """Open ``source``, undo gzip if its magic says so, and read the first ``sniff`` bytes."""
+def open_input(
+    source: str | os.PathLike[str] | BinaryIO, sniff: int = 4, *, stop: Stop | None = None
+) -> Input:
+    """Open ``source``, undo gzip if its magic says so, and read the first ``sniff`` bytes.
+
+    With ``stop``, a FIFO, pipe or terminal is read through its waits (``stop.py``): the
+    open and every read end with :class:`~cpumap.capture.stop.ReadInterrupted` when it is
+    set or its deadline passes, however long the writer keeps silent."""
     closers: list[Any] = []
+    raw: Any
     if isinstance(source, str | os.PathLike):
         name = os.fspath(source)
-        raw: IO[bytes] = open(name, "rb")  # noqa: SIM115 (closed by the reader)
+        # Closed by the reader (closers).
+        raw = open(name, "rb") if stop is None else open_waiting(name, stop)  # noqa: SIM115
         closers.append(raw)
     else:
         raw = source
         name = str(getattr(source, "name", "<stream>"))
+        w = waiting(source, name, stop) if stop is not None else None  # type: ignore[arg-type]
+        if w is not None:
+            raw = w
+            closers.append(w)
+    partial = isinstance(raw, WaitingReader)
     try:
         head = read_full(raw, 2)
         if head == GZIP_MAGIC:
@@ -122,9 +148,9 @@ def open_input(source: str | os.PathLike[str] | BinaryIO, sniff: int = 4) -> Inp
                 first = read_full(gz, sniff)
             except (OSError, EOFError, zlib.error) as e:
                 raise CaptureError(name, 0, f"gzip: {e}", CaptureErrorKind.BAD_GZIP) from None
-            return Input(gz, name, first, True, tuple(closers))
+            return Input(gz, name, first, True, tuple(closers), partial)
         first = head + read_full(raw, sniff - len(head)) if len(head) == 2 else head
-        return Input(raw, name, first, False, tuple(closers))
+        return Input(raw, name, first, False, tuple(closers), partial)
     except BaseException:
         for c in closers:
             c.close()

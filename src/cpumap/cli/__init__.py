@@ -12,7 +12,8 @@ no worker, ending in a frozen ``config.RunConfig``), ``build`` (engine objects a
 source from the configuration), ``run`` (feeding, ending well), ``cluster`` (the same run
 on a Ray cluster), ``report`` (the run's one frozen ``RunReport``: the notes, the exit
 status, the JSON summary), ``view`` (pure renderers: the live view and the summary),
-``errors`` (the exit statuses and the errors that end a run early); ``gen`` is ``cpumap
+``errors`` (the exit statuses and the errors that end a run early), ``output`` (stdout
+guarded, the ``--write`` directory claimed, the merge written whole); ``gen`` is ``cpumap
 gen``, grammar and all (a traffic generator, beside the run).  ``docs/cli.md``
 documents the exit statuses, the ``--json`` schema and the live view's fields.
 
@@ -27,14 +28,15 @@ clock and the map.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 
 from .args import build_parser, normalize_argv, parse_cpus, run_config
-from .errors import EXIT_TABLE, ExitStatus, SetupError, UsageError
+from .errors import EXIT_TABLE, ExitStatus, SetupError, UsageError, os_error_text
+from .output import claimed_by_another, reopen_closed_std_fds, taken
 from .run import run as run_command
 
 __all__ = [
@@ -55,7 +57,17 @@ def default_console() -> Console:
     return c if c.is_terminal else Console(width=PLAIN_WIDTH, no_color=True)
 
 
+def stdout_or_stderr() -> None:
+    """``cpumap run >&-``: with stdout closed, the run's output (the summary, the JSON
+    lines) goes to stderr, so that how it ended is still said somewhere."""
+    if reopen_closed_std_fds():
+        sys.stdout = sys.stderr
+        print("cpumap: stdout is closed: the output goes to stderr", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    if argv is None:  # the command itself (not a test calling main)
+        stdout_or_stderr()
     argv = normalize_argv(sys.argv[1:] if argv is None else argv)
     if argv[0] == "bench":  # the checkout's benchmarks/ suite, with its own grammar
         from .bench import main as bench_main
@@ -69,19 +81,24 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return run_command(run_config(args), console)
+        try:
+            config = run_config(args)
+        except OSError as e:  # a path that cannot even be looked at: too long, no access
+            raise UsageError(os_error_text(e)) from None
+        except UsageError:
+            write = getattr(args, "write", None)
+            if write and claimed_by_another(Path(write)):  # its files are not "earlier"
+                raise taken(Path(write)) from None
+            raise
+        return run_command(config, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
     except SetupError as e:  # a handler's setup() raised: nothing ran
         print(f"cpumap: error: {e}", file=sys.stderr)
         return ExitStatus.USER_ERROR
-    except KeyboardInterrupt:  # a second signal: the map is closed, every worker reaped
-        print("cpumap: stopped at once (second signal); no summary", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C where Python's own handler is in place (--ray)
+        print("cpumap: interrupted: stopped at once, no summary", file=sys.stderr)
         return ExitStatus.SIGINT
-    except BrokenPipeError:  # `cpumap run --json | head -1`: the reader has gone
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail too
-        return ExitStatus.BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="CAPTURE",
-        help="a pcap or pcapng file (gzip is fine); several with --ray",
+        help="a pcap or pcapng file (gzip is fine; - reads standard input); several with --ray",
     )
     src.add_argument("--iface", help="receive live from this interface (needs root)")
     src.add_argument("--generate", type=_ranged(0, None), metavar="N", help="N generated frames")
@@ -494,6 +494,8 @@ def _source_node(text: str, captures: tuple[str, ...]) -> tuple[str, str]:
 
 
 def check_capture_path(path: str) -> None:
+    if path == "-":  # standard input: a pipe, checked when read
+        return
     p = Path(path)
     if not p.exists():
         raise UsageError(

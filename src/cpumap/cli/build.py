@@ -7,14 +7,15 @@ the map (a built-in program steers into it) or opens a file or socket (the sourc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET, XDP_DROP, XDP_PASS, XDP_REDIRECT
-from ..capture import CaptureError, CaptureErrorKind, open_capture
+from ..capture import CaptureError, CaptureErrorKind, ReadInterrupted, Stop, open_capture
 from ..closing import Closing
 from ..demo import demo_capture_path
 from ..engine import CpuMap, OutputMap
@@ -23,7 +24,7 @@ from ..live import LiveSource
 from ..packets import PacketBatch
 from ..programs import MODES, LoadError, load_program, make_program, vectorized
 from .config import ProgramConfig, SourceConfig
-from .errors import UsageError
+from .errors import UsageError, limit_text
 
 # Link types by name, for the note on non-Ethernet captures under a built-in mode.
 LINKTYPE_NAMES = {0: "BSD loopback", 1: "Ethernet", 101: "raw IP", 108: "OpenBSD loopback",
@@ -89,6 +90,7 @@ class SourceFacts:
     drops: int | None = None  # live: the socket ring's own drops (tp_drops)
     linktypes: tuple[int, ...] = ()  # a capture's link types
     wide_times: int = 0  # pcapng: packets whose time int64 ns cannot hold
+    unopened: str | None = None  # "stopped"/"deadline" before a capture's header came
 
 
 class Source(Closing):
@@ -102,12 +104,17 @@ class Source(Closing):
         *,
         reader: Any = None,
         live: LiveSource | None = None,
+        unopened: str | None = None,
+        also: Any = None,
     ) -> None:
         self.what = what
         self.lossless = lossless
+        # A capture stopped before its header came ("stopped", "deadline"): nothing read.
+        self.unopened = unopened
         self._batches = batches
         self._reader = reader
         self._live = live
+        self._also = also  # closed with the reader: standard input's duplicate
 
     def next_batch(self) -> PacketBatch | None:
         """The next batch; None at the end of a file -- or, live, when none came within
@@ -135,7 +142,7 @@ class Source(Closing):
     def facts(self) -> SourceFacts:
         reader = self._reader
         if reader is None:
-            return SourceFacts(self.what, self.lossless, drops=self.drops)
+            return SourceFacts(self.what, self.lossless, drops=self.drops, unopened=self.unopened)
         return SourceFacts(
             self.what,
             self.lossless,
@@ -145,13 +152,21 @@ class Source(Closing):
         )
 
     def close(self) -> None:
-        for c in (self._reader, self._live):
+        for c in (self._reader, self._live, self._also):
             if c is not None:
                 c.close()
 
 
-def open_source(config: SourceConfig) -> Source:
-    """The source ``config`` names, opened (a bad capture is a usage error here)."""
+STDIN = "-"  # the capture path that reads standard input (`tcpdump -w - | cpumap run -`)
+
+
+def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
+    """The source ``config`` names, opened (a bad capture is a usage error here).
+
+    A capture is read through ``stop``'s waits: a FIFO with no writer, a pipe that stalls,
+    never hold the run past a signal or ``--duration``.  Stopped before the capture's
+    header came, the source is an empty one that says so (:attr:`Source.unopened`): the
+    run still ends through its summary."""
     if config.iface is not None:
         return _live(config)
     if config.generate is not None:
@@ -161,14 +176,34 @@ def open_source(config: SourceConfig) -> Source:
         what = f"{config.generate:,} generated frames"
         return Source(gen.batches(config.poll), what, config.lossless)
     path = config.captures[0] if config.captures else str(demo_capture_path())
-    try:
-        reader = open_capture(path, skip_bad=config.skip_bad, batch_size=config.poll)
-    except CaptureError as e:
-        raise UsageError(describe_capture_error(e, config.skip_bad)) from None
-    except OSError as e:
-        raise UsageError(f"{path}: {e.strerror or e}") from None
     what = "the embedded demo capture" if config.demo else path
-    return Source(reader.batches(config.poll), what, config.lossless, reader=reader)
+    stdin = _stdin() if path == STDIN else None
+    what = "standard input" if stdin is not None else what
+    try:
+        reader = open_capture(
+            stdin or path, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop
+        )
+    except BaseException as e:
+        if stdin is not None:
+            stdin.close()
+        if isinstance(e, ReadInterrupted):
+            return Source(iter(()), what, config.lossless, unopened=e.why)
+        if isinstance(e, CaptureError):
+            raise UsageError(describe_capture_error(e, config.skip_bad)) from None
+        if isinstance(e, OSError):  # the limit too, if one explains it (EMFILE: ulimit -n)
+            raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
+        raise
+    return Source(reader.batches(config.poll), what, config.lossless, reader=reader, also=stdin)
+
+
+def _stdin() -> BinaryIO:
+    """Standard input as a binary file of its own (a duplicate: closing it leaves fd 0)."""
+    try:
+        f = os.fdopen(os.dup(0), "rb", buffering=0)
+    except OSError as e:
+        raise UsageError(f"-: standard input is not open ({e.strerror})") from None
+    f.name = "standard input"  # what errors name (not the duplicate's number)
+    return f
 
 
 def describe_capture_error(e: CaptureError, skip_bad: bool) -> str:

@@ -41,6 +41,9 @@ class Ending:
     stuck: str | None = None  # the drain timed out: a handler that never returns
     producer: int = 0  # the RX producer's slot
     room_waits: int = 0  # polls in which the RX side slept for room in a full ring
+    at_once: int | None = None  # a second signal: the workers were killed, not drained
+    killed_lost: int = 0  # frames the close counted lost (killed workers held them)
+    cut: bool = False  # the second signal cut a receive short (its frames: xdp aborted)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class RunReport:
     exit_status: ExitStatus
     flows: tuple[FlowStats, ...] = ()  # the flow tables of every entry, merged
     cluster: ClusterFacts | None = None
+    stopped_at_once: str | None = None  # the second signal: workers killed, not drained
 
     @property
     def accounted(self) -> bool:
@@ -134,6 +138,7 @@ class RunReport:
             "merged": self.written.merged,
             "notes": list(self.notes),
             "stopped_by": self.stopped_by,
+            "stopped_at_once": self.stopped_at_once,
             "error": self.error,
             "exit_status": int(self.exit_status),
         }
@@ -165,6 +170,13 @@ def local_report(
     worker_errors = tuple((r.cpu, r.error) for r in mine.results if r.error)
     user_errors = tuple(sorted(mine.user_errors, key=_user_error_order))
     notes = (
+        *unopened_note(facts),
+        *at_once_note(ending),
+        *(
+            [f"the files in {config.write} are incomplete: their workers were killed"]
+            if ending.at_once is not None and config.write is not None
+            else []
+        ),
         *pace_note(ending.room_waits, _polls(stats, ending.producer), config),
         *((ending.stuck,) if ending.stuck else ()),
         *event_notes(mine.events),
@@ -191,6 +203,9 @@ def local_report(
         error=failure,
         exit_status=status,
         flows=_flows(config, mine.results),
+        stopped_at_once=(
+            signal.Signals(ending.at_once).name if ending.at_once is not None else None
+        ),
     )
 
 
@@ -227,6 +242,29 @@ def local_exit_status(
     return ExitStatus.OK
 
 
+def unopened_note(facts: SourceFacts) -> list[str]:
+    """A capture (a FIFO, a pipe) whose header never came before the stop."""
+    if facts.unopened is None:
+        return []
+    why = "--duration passed" if facts.unopened == "deadline" else "the run was stopped"
+    return [f"{facts.what}: {why} before a capture header came; nothing was read"]
+
+
+def at_once_note(ending: Ending) -> list[str]:
+    """What a second signal cost: the workers killed, the frames they held (queued in
+    their rings or in their hands) counted lost, the batch being received counted
+    aborted.  Said here so that the summary's text balances with its table."""
+    if ending.at_once is None:
+        return []
+    name = signal.Signals(ending.at_once).name
+    aborted = "; the batch it cut short is counted xdp aborted" if ending.cut else ""
+    return [
+        f"stopped at once by a second signal ({name}): the workers were killed without "
+        f"draining or finish(); {ending.killed_lost:,} frames they held are counted "
+        f"lost{aborted}"
+    ]
+
+
 def pace_note(room_waits: int, polls: int, config: RunConfig) -> list[str]:
     """A hint when the workers, not the RX side, set the pace of a lossless run that keeps
     the RX CPU to itself: a costly handler may gain from a worker there too."""
@@ -257,9 +295,12 @@ def event_notes(events: Sequence[WorkerEvent]) -> list[str]:
         )
     for ev in events:
         if ev.kind == "broken":
+            queued = (
+                f"; the {ev.lost:,} frames queued in its ring are counted lost" if (ev.lost) else ""
+            )
             lines.append(
                 f"CPU {ev.cpu} is broken: its worker kept dying and was not restarted; "
-                f"frames redirected to it count as redirect errors"
+                f"frames redirected to it count as redirect errors{queued}"
             )
         elif ev.kind == "stuck":
             lines.append(f"the worker for CPU {ev.cpu} (pid {ev.pid}) made no progress")

@@ -15,45 +15,54 @@ The path of a run, top to bottom (``docs/design.md`` follows it module by module
 Ending
 ------
 A run ends when its source does, at ``--duration``, at SIGINT or SIGTERM, or when the
-source fails (a damaged capture).  Each way takes the same path: stop reading, let the RX
-producer flush its bulk queues (leaving the ``with`` of the producer), wait until every
-frame read has an outcome (``wait_idle``), close the map (every worker drains its ring,
-runs ``finish()`` and exits: no process, no shared memory is left), and print the summary
-with the accounting identity.  The signal handler only sets an event the feed loop checks
-after every batch, so no frame is half-received; a second signal raises
-``KeyboardInterrupt`` for an operator who will not wait (the map's ``close`` still reaps
-every worker).  The exit status says how it ended (``errors.ExitStatus``).
+source or its output fails (a damaged capture, stdout on a full disk).  Each way takes
+the same path: stop reading, let the RX producer flush its bulk queues (leaving the
+``with`` of the producer), wait until every frame read has an outcome (``drain``), close
+the map (every worker drains its ring, runs ``finish()`` and exits: no process, no shared
+memory is left), and print the summary with the accounting identity.  The signal handler
+only sets the stop (:class:`~cpumap.capture.Stop`), which the feed loop checks after
+every batch and which also ends a read that waits for bytes (a FIFO, a pipe:
+``capture/stop.py``), so no frame is half-received and no silent writer holds the run.
+A second signal stops at once: the drain is skipped and the map closed with no time, its
+workers killed and what they held counted lost -- the summary still balances and says so
+(:class:`SignalStop` argues where the second signal may cut).  The exit status says how
+it ended (``errors.ExitStatus``); docs/cli.md has the table of every way out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
-from ..capture import CaptureError
+from ..capture import CaptureError, ReadInterrupted, Stop
 from ..closing import Closing
 from ..cpus import pinned
 from ..engine import CpuMap, WorkerResult
 from ..errors import HandlerSetupError
 from ..packets import PacketBatch
-from ..sinks import merge_captures
 from .build import Source, describe_capture_error, open_source, remote_program, steering_program
 from .cluster import run_on_ray
 from .config import RunConfig, ViewConfig
-from .errors import SetupError, UsageError
+from .errors import SetupError, UsageError, os_error_text, start_failure
+from .output import Output, claim_write_dir, merge_into
 from .report import SIGNAL_STATUS, Ending, RunReport, Written, local_report, written_by
 from .view import Sample, interval_record, render_live, render_summary
 
 DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at the end
+DRAIN_SLICE = 0.05  # the drain looks for a second signal this often
+CLOSE_TIMEOUT = 60.0  # seconds for the workers to drain, run finish() and exit
 
 
 def run(config: RunConfig, console: Console) -> int:
@@ -66,26 +75,63 @@ def run(config: RunConfig, console: Console) -> int:
         report = run_on_ray(config)
         show(report, config.view, console)
         return int(report.exit_status)
-    with SignalStop(threading.Event()) as signals:
-        report = run_here(config, console, signals)
-        show(report, config.view, console)
-    return int(report.exit_status)
+    with Stop() as stop, SignalStop(stop) as signals, Output(console, stop) as out:
+        if config.duration:  # a capture that gives no byte must not outlast it either
+            stop.deadline = time.monotonic() + config.duration
+        report = run_here(config, console, signals, out)
+        show(report, config.view, console, out)
+        status = out.exit_status(report.exit_status)
+        if out.error is not None and not isinstance(out.error, BrokenPipeError):
+            print(f"cpumap: error: {output_failure(out.error, report)}", file=sys.stderr)
+    return int(status)
 
 
-def run_here(config: RunConfig, console: Console, signals: SignalStop) -> RunReport:
+def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Output) -> RunReport:
     """The run on this machine's CPUs: the map, its workers, the RX side in this process."""
-    with open_source(config.source) as source:
-        if config.view.mode != "json":
-            console.print(banner(config, source), highlight=False)
-        cmap = CpuMap(max(config.cpus) + 1, handler=config.handler.handler, batch_size=config.batch)
-        with cmap:
-            program = steering_program(config.program, cmap, config.cpus)
-            serve_metrics(cmap, config.view, console)
-            start_entries(cmap, config)
-            ending = feed_and_drain(cmap, program, source, config, console, signals)
-        facts = source.facts()
-    mine = cmap.report()
-    return local_report(config, facts, mine, ending, write_outputs(config, mine.results))
+    claim = claim_write_dir(config.write) if config.write is not None else None
+    try:
+        with open_source(config.source, signals.stop) as source:
+            if config.view.mode != "json":
+                console.print(banner(config, source), highlight=False)
+            cmap = new_map(config)
+            with cmap:
+                ending = start_and_feed(cmap, source, config, console, signals, out)
+                ending = close_map(cmap, signals, ending)
+            facts = source.facts()
+        mine = cmap.report()
+        written = write_outputs(config, mine.results, at_once=ending.at_once is not None)
+        return local_report(config, facts, mine, ending, written)
+    finally:
+        if claim is not None:
+            os.close(claim)
+
+
+def new_map(config: RunConfig) -> CpuMap:
+    """The map, or one line naming the limit that keeps it from starting."""
+    try:
+        return CpuMap(max(config.cpus) + 1, handler=config.handler.handler, batch_size=config.batch)
+    except (OSError, MemoryError, RuntimeError) as e:  # EMFILE, ENOMEM, no thread
+        raise start_failure(e) from None
+
+
+def start_and_feed(
+    cmap: CpuMap,
+    source: Source,
+    config: RunConfig,
+    console: Console,
+    signals: SignalStop,
+    out: Output,
+) -> Ending:
+    """The entries, then feeding and draining (nothing fed after a second signal)."""
+    try:
+        program = steering_program(config.program, cmap, config.cpus)
+    except OSError as e:  # EMFILE: the CPU table's segment
+        raise start_failure(e) from None
+    serve_metrics(cmap, config.view, console)
+    start_entries(cmap, config)
+    if signals.hurry:  # a second signal while the workers started: nothing to feed
+        return Ending(0.0, signals.signum, at_once=signals.second)
+    return feed_and_drain(cmap, program, source, config, (console, out), signals)
 
 
 def banner(config: RunConfig, source: Source) -> str:
@@ -124,8 +170,8 @@ def start_entries(cmap: CpuMap, config: RunConfig) -> None:
             cmap.update(cpu, config.qsize, program=remote)
     except HandlerSetupError as e:
         raise SetupError(f"--handler {config.handler.name}: {setup_failure(e)}") from None
-    except OSError as e:  # ENOMEM: no process could be started
-        raise UsageError(f"cannot start the workers: {e}") from None
+    except (OSError, RuntimeError) as e:  # ENOMEM: no process could be started
+        raise start_failure(e) from None
 
 
 def setup_failure(e: HandlerSetupError) -> str:
@@ -144,44 +190,57 @@ def feed_and_drain(
     program: Any,
     source: Source,
     config: RunConfig,
-    console: Console,
+    shown: tuple[Console, Output],
     signals: SignalStop,
 ) -> Ending:
     """The RX side until the source ends, a stop or the deadline; then wait until every
     frame read has its outcome.  A drain that times out (a handler that never returns)
-    closes the map at once: its worker is killed and what it held counted lost."""
+    closes the map at once: its worker is killed and what it held counted lost.  A second
+    signal skips the drain (:func:`close_map` kills the workers)."""
     t0 = time.monotonic()
     backpressure = 10.0 if source.lossless else 0.0
-    with View(config.view, console, lambda now: take_sample(cmap, source, now - t0)) as view:
+    console, out = shown
+    sample = lambda now: take_sample(cmap, source, now - t0)  # noqa: E731
+    with View(config.view, console, out, sample) as view:
         # Only this thread is pinned (the supervisor and the view keep their masks): the
         # RX side gets the CPU the targets leave it, as the NIC queue's CPU.
         with (
             cmap.producer(program, poll_size=config.source.poll, backpressure=backpressure) as rx,
             pinned(config.rx_cpu),
         ):
-            deadline = t0 + config.duration if config.duration else None
-            failure = feed(rx.receive, source, view, signals.stop, deadline, config.source.skip_bad)
+            # From now, --duration counts reading time, as before the wait for a source.
+            signals.stop.deadline = t0 + config.duration if config.duration else None
+            cut = False
+            try:
+                failure = feed(rx.receive, source, view, signals, config.source.skip_bad)
+            except KeyboardInterrupt:  # the second signal, inside a receive (SignalStop)
+                failure, cut = None, True
             producer, room_waits = rx.index, rx.room_waits
-        stuck = drain(cmap)
+        if signals.signum is not None and not signals.hurry:
+            say_draining(signals.signum, cmap.stats().in_flight)
+        stuck = None if signals.hurry else drain(cmap, signals)
     elapsed = time.monotonic() - t0
-    if stuck is not None:
-        cmap.close(timeout=1.0)  # the stuck worker is killed, its frames counted lost
-    return Ending(elapsed, signals.signum, failure, stuck, producer, room_waits)
+    return Ending(
+        elapsed, signals.signum, failure, stuck, producer, room_waits, signals.second, cut=cut
+    )
 
 
 def feed(
     receive: Callable[[PacketBatch], None],
     source: Source,
     view: View,
-    stop: threading.Event,
-    deadline: float | None,
+    signals: SignalStop,
     skip_bad: bool,
 ) -> str | None:
-    """Feed batches until the source ends, ``stop`` is set or ``deadline`` passes; the
-    source's failure message, if it failed."""
+    """Feed batches until the source ends, the stop is set or its deadline passes; the
+    source's failure message, if it failed.  A read that waits for bytes (a FIFO, a pipe)
+    ends at the stop or the deadline too (``capture/stop.py``)."""
+    stop = signals.stop
     while not stop.is_set():
         try:
             batch = source.next_batch()
+        except ReadInterrupted:
+            return None
         except CaptureError as e:
             return describe_capture_error(e, skip_bad)
         except OSError as e:
@@ -189,35 +248,90 @@ def feed(
         if batch is None and not source.endless:
             return None
         if batch is not None:
-            receive(batch)
+            with signals.interruptible():
+                receive(batch)
         now = time.monotonic()
         view.tick(now)
-        if deadline is not None and now >= deadline:
+        if stop.expired():
             return None
     return None
 
 
-def drain(cmap: CpuMap) -> str | None:
-    """Wait until no frame is in flight; what went wrong if that never happens."""
-    try:
-        cmap.wait_idle(DRAIN_TIMEOUT)
-    except TimeoutError as e:
-        return f"{e}: a handler does not return; its worker is killed"
+def say_draining(signum: int, in_flight: int) -> None:
+    """On stderr, at the first signal: the run is not stuck, and how to stop it now."""
+    name = signal.Signals(signum).name
+    print(
+        f"cpumap: {name}: reading stopped; draining the {in_flight:,} frames in flight "
+        f"(a second signal stops at once)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def drain(cmap: CpuMap, signals: SignalStop) -> str | None:
+    """Wait until no frame is in flight, or a second signal; what went wrong if neither
+    comes within :data:`DRAIN_TIMEOUT`."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while not signals.hurry:
+        left = deadline - time.monotonic()
+        try:
+            cmap.wait_idle(max(0.0, min(DRAIN_SLICE, left)))
+            return None
+        except TimeoutError:
+            if left <= DRAIN_SLICE:
+                n = cmap.stats().in_flight
+                return (
+                    f"{n} frames still in flight after {DRAIN_TIMEOUT:g}s: a handler does "
+                    f"not return; its worker is killed"
+                )
     return None
 
 
-def write_outputs(config: RunConfig, results: tuple[WorkerResult, ...]) -> Written:
-    """The files ``--write`` made, merged into ``--merge``'s when asked."""
+def close_map(cmap: CpuMap, signals: SignalStop, ending: Ending) -> Ending:
+    """Close the map: every worker drains its ring, runs ``finish()`` and exits -- or,
+    after a second signal or a drain that timed out, is killed now and what it held is
+    counted lost.  ``ending`` with what that close cost."""
+    before = cmap.stats().lost
+    at_once = signals.second  # a second signal from here on waits for the close
+    if at_once is not None or ending.stuck is not None:
+        cmap.close(timeout=0.0 if at_once is not None else 1.0)
+    else:
+        # The rings are drained: the workers only run finish() and exit.  A signal now
+        # is not allowed to cut the map's own bookkeeping (a worker nobody reaps).
+        cmap.close(timeout=CLOSE_TIMEOUT)
+    killed = cmap.stats().lost - before
+    return dataclasses.replace(ending, at_once=at_once, killed_lost=killed)
+
+
+def write_outputs(
+    config: RunConfig, results: tuple[WorkerResult, ...], *, at_once: bool = False
+) -> Written:
+    """The files ``--write`` made, merged into ``--merge``'s when asked (not after a
+    second signal: the workers were killed before their files were finished)."""
     if config.write is None:
         return Written()
     files = written_by(results)
     if config.merge is None:
         return Written(files)
     into = str(config.merge)
+    if at_once:
+        return Written(files, into=into, error=f"--merge {into}: not merged (stopped at once)")
     try:
-        return Written(files, merge_captures(list(files), config.merge), into)
+        return Written(files, merge_into(files, config.merge), into)
     except (OSError, CaptureError) as e:
-        return Written(files, into=into, error=f"--merge {into}: {e}")
+        why = os_error_text(e) if isinstance(e, OSError) else str(e)
+        return Written(files, into=into, error=f"--merge {into}: {why}")
+
+
+def output_failure(error: OSError, report: RunReport) -> str:
+    """The one line that ends a run whose stdout failed: what failed, and how the run
+    ended (its summary could not be shown)."""
+    s = report.stats
+    held = "every one accounted for" if report.accounted else "NOT all accounted for"
+    return (
+        f"stdout: {error.strerror or error}; the summary could not be written: "
+        f"{s.rx:,} frames received, {held}"
+    )
 
 
 # -- what the run shows ---------------------------------------------------------------------------
@@ -241,9 +355,14 @@ class View(Closing):
     """Where the live view goes: a rich Live on a terminal, JSON lines, or nowhere."""
 
     def __init__(
-        self, config: ViewConfig, console: Console, sample: Callable[[float], Sample]
+        self,
+        config: ViewConfig,
+        console: Console,
+        out: Output,
+        sample: Callable[[float], Sample],
     ) -> None:
         self.config = config
+        self.out = out
         self.sample = sample
         self.prev: Sample | None = None
         self.last = 0.0
@@ -261,7 +380,7 @@ class View(Closing):
         rec = interval_record(self.prev, cur, extended=self.config.extended)
         self.prev, self.last = cur, now
         if self.config.mode == "json":
-            emit_json(rec)
+            emit_json(rec, self.out)
         elif self.live is not None:
             live = render_live(rec, extended=self.config.extended, title="cpumap")
             self.live.update(live, refresh=True)
@@ -272,44 +391,82 @@ class View(Closing):
             self.live = None
 
 
-def show(report: RunReport, view: ViewConfig, console: Console) -> None:
+def show(report: RunReport, view: ViewConfig, console: Console, out: Output | None = None) -> None:
     """The summary (text, or one JSON object), the error on stderr, the exit status."""
     if view.mode == "json":
-        emit_json(report.as_json())
+        emit_json(report.as_json(), out)
     else:
         for part in render_summary(report, view.top):
             console.print(part, highlight=False)
     if report.error:
         print(f"cpumap: error: {report.error}", file=sys.stderr)
-    status = report.exit_status
+    status = out.exit_status(report.exit_status) if out is not None else report.exit_status
     if status and view.mode != "json":
         console.print(f"exit status {int(status)}: {status.name.lower().replace('_', ' ')}")
 
 
-def emit_json(rec: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(rec, default=str) + "\n")
-    sys.stdout.flush()
+def emit_json(rec: dict[str, Any], out: Output | None = None) -> None:
+    stream: Any = out.json if out is not None else sys.stdout
+    stream.write(json.dumps(rec, default=str) + "\n")
+    stream.flush()
 
 
 class SignalStop(Closing):
-    """SIGINT/SIGTERM set ``stop`` (the first); a second one raises KeyboardInterrupt.
+    """SIGINT/SIGTERM: the first sets ``stop`` -- reading ends (a read waiting for bytes
+    too: ``capture/stop.py``), every frame read is drained, the summary printed.  Every
+    later one hurries: the run stops at once, its workers are killed and what they held
+    is counted lost, and the summary is still printed (the exit status is the first
+    signal's).
+
+    Why the second signal raises ``KeyboardInterrupt`` only inside :meth:`interruptible`:
+    a handler's exception lands at whatever bytecode the main thread is at -- inside a map
+    operation that forks a worker, inside ``close()`` between taking an entry out and
+    retiring it -- and what it cuts may be left half done (a worker that nobody reaps).
+    The RX producer's ``receive`` is made to be cut (rx.py: an interrupted poll counts
+    what it held ``xdp_aborted``); everywhere else the second signal only sets
+    :attr:`hurry`, which the drain looks at every :data:`DRAIN_SLICE` and which makes
+    the close kill the workers at once.  The flag is cleared before raising, so a third
+    signal cannot cut the poll's own clean-up.
 
     Installed only from the main thread (Python's rule); the old handlers come back at
     :meth:`close`."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: Stop) -> None:
         self.stop = stop
-        self.signum: int | None = None
+        self.signum: int | None = None  # the first
+        self.second: int | None = None  # the first of the later ones
+        self._cut = False  # inside interruptible(): a later signal raises
         self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNAL_STATUS:
                 self._old[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def hurry(self) -> bool:
+        """A second signal came: stop at once."""
+        return self.second is not None
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A second signal inside this block raises ``KeyboardInterrupt``."""
+        self._cut = True
+        try:
+            if self.hurry:  # it came between the check and here
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._cut = False
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+            self.stop.set()
+            return
+        if self.second is None:
+            self.second = signum
+        if self._cut:
+            self._cut = False
             raise KeyboardInterrupt
-        self.signum = signum
-        self.stop.set()
 
     def close(self) -> None:
         for sig, old in self._old.items():

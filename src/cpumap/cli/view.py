@@ -394,7 +394,13 @@ def render_summary(report: RunReport, top: int) -> list[Any]:
         parts.append(Text(f"wrote {', '.join(written.files)}"))
     if written.merged is not None:
         parts.append(Text(f"merged {written.merged:,} packets into {written.into}"))
-    if report.stopped_by:
+    if report.stopped_at_once:
+        stopped = (
+            f"stopped by {report.stopped_by}, then at once by {report.stopped_at_once}: "
+            f"the workers were killed, what they held is counted lost"
+        )
+        parts.append(Text(stopped))
+    elif report.stopped_by:
         stopped = f"stopped by {report.stopped_by}: the frames read were drained and counted"
         parts.append(Text(stopped))
     return parts
