@@ -309,10 +309,23 @@ class XskSource(Closing):
 
     def _take(self, i: int, ring: ConsumerRing) -> int:
         """One batch of socket ``i``'s RX ring into the producer; its size."""
+        idx = self._read(i, ring)
+        n = len(idx)
+        if n:
+            self._received += n
+            self._polls += 1
+            self.rx.poll_placed(idx)
+        return n
+
+    def _read(self, i: int, ring: ConsumerRing) -> np.ndarray:
+        """Up to a poll of socket ``i``'s RX descriptors: their frames' pool descriptors
+        written, the descriptors released; the frames' indices.  The ring's views live
+        only in this call: one left in a traceback would pin the ring's mapping, and with
+        it the socket, after close."""
         desc = ring.peek(self.rx.poll_size)
         n = len(desc)
         if n == 0:
-            return 0
+            return np.zeros(0, dtype=np.uint32)
         addr = desc["addr"]
         idx = (addr >> np.uint64(self._shift)).astype(np.uint32)
         rec = self._templates[i][:n]
@@ -323,10 +336,7 @@ class XskSource(Closing):
         ring.release(n)  # before poll_placed: a descriptor read twice would count twice
         self._lent[i] -= n
         self.pool.desc[idx] = rec
-        self._received += n
-        self._polls += 1
-        self.rx.poll_placed(idx)
-        return n
+        return idx
 
     def _refill(self, i: int, *, reclaim: bool) -> None:
         """Lend socket ``i`` what it is owed and submit it to its fill ring."""
@@ -380,10 +390,11 @@ class XskSource(Closing):
                 self._link.close()  # no new frame is redirected to the sockets
             if not grace_period():
                 time.sleep(0.05)  # no membarrier: NAPI polls last microseconds
+            # Final now: no frame reaches the sockets any more.
+            self._final = [s.statistics() for s in self.sockets]
             if not self.rx.closed:
                 while self._take_all_final():
                     pass
-            self._final = [s.statistics() for s in self.sockets]
         finally:
             self._stopped = True
             self._teardown()
