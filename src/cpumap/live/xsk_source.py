@@ -113,10 +113,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _open: weakref.WeakSet[XskSource] = weakref.WeakSet()
 
 
+# In a forked child: netlink attachments inherited, kept referenced so that their
+# finalizer (which detaches the program from the device) never runs there.
+_kept_in_child: list[XdpLink] = []
+
+
 def _forget_in_children() -> None:
     """After fork, in the child: drop every open source's descriptors and mappings."""
     for src in list(_open):
-        src._forget()
+        src.forget()
 
 
 os.register_at_fork(after_in_child=_forget_in_children)
@@ -419,12 +424,14 @@ class XskSource(Closing):
             self._link.close()
         self._stack.close()  # the program, the map, the UMEM and its sockets
 
-    def _forget(self) -> None:
-        """In a forked child: close the descriptors and unmap the rings, detaching nothing
-        (a link fd closed here only drops the child's reference)."""
+    def forget(self) -> None:
+        """In a forked child (the fork hook calls it): close the descriptors and unmap the
+        rings, detaching nothing -- a link fd closed here only drops the child's
+        reference; a netlink attachment (no link fd) is the parent's to remove, so its
+        object is kept alive here and its finalizer never runs."""
         link = self._link
         if link is not None and link.via == "netlink":
-            link._finalizer.detach()  # the device's attachment is the parent's to remove
+            _kept_in_child.append(link)
             self._link = None
         self._stopped = self._closed = True
         with contextlib.suppress(Exception):
