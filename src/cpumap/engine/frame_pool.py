@@ -28,7 +28,8 @@ to the kernel by a source that places frames itself -- an AF_XDP socket's fill r
 kernel's hands, its RX ring not yet read).  The state machine --
 who may write each tag, and what recovery does from each state -- is written in one
 place, ``ownership.py``, with the argument for why no frame ends in two outcomes or none.
-At any quiescent point every frame is FREE or RETURNED, and ``audit()`` proves the pool
+At any quiescent point every frame is FREE or RETURNED (or KERNEL, while a source that
+places frames is open: it returns them when it closes), and ``audit()`` proves the pool
 whole.
 
 Why tags instead of a shared free list: frees come from every worker process, allocations
