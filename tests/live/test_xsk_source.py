@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import mmap
 import os
 import signal
@@ -40,7 +41,7 @@ from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
 from cpumap.kernel.xdp import XdpError, XdpMode, link_state
 from cpumap.live import Umem, XskError, XskMode, XskSource
-from cpumap.live.netns import VethPair, ip
+from cpumap.live.netns import VethPair, entered, ip, unique_netns_name
 from cpumap.programs import vectorized
 from tests.helpers import pid_gone, veth_unavailable, wait_for
 
@@ -408,4 +409,81 @@ def test_an_mtu_too_large_for_native_xdp_names_the_fix() -> None:
         assert m.pool.audit().kernel == 0 and xdp_sockets(pair) == 0
         with reopened(pair, rx, mode=XdpMode.SKB) as src:  # generic XDP takes any MTU
             assert xdp_attached(pair) == 2 and src.mode is XdpMode.SKB
+    assert m.pool.audit().whole
+
+
+# --- several queues -------------------------------------------------------------------------------
+
+
+class Queues:
+    """A handler that counts frames by the RX queue they came in on."""
+
+    def __init__(self) -> None:
+        self.by_queue: dict[int, int] = {}
+
+    def __call__(self, skb) -> bool:
+        self.by_queue[skb.rx_queue] = self.by_queue.get(skb.rx_queue, 0) + 1
+        return True
+
+    def finish(self) -> dict[int, int]:
+        return self.by_queue
+
+
+def mac_of(netns: str, ifname: str) -> bytes:
+    (info,) = json.loads(ip("-n", netns, "-j", "link", "show", "dev", ifname))
+    return bytes.fromhex(info["address"].replace(":", ""))
+
+
+@pytest.fixture
+def two_queue_pair() -> Iterator[tuple[str, str, bytes, bytes]]:
+    """A veth pair with two RX queues a side: (local ns, peer ns, local MAC, peer MAC);
+    the ends are called ``mqa`` (local) and ``mqb``."""
+    local, peer = unique_netns_name(), unique_netns_name()
+    made = []
+    try:
+        for ns in (local, peer):
+            ip("netns", "add", ns)
+            made.append(ns)
+            with entered(ns):  # no IPv6: the kernel sends nothing of its own on the links
+                for conf in ("all", "default"):
+                    with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                        f.write("1")
+        queues = ("numtxqueues", "2", "numrxqueues", "2")
+        ip("-n", local, "link", "add", "mqa", *queues, "type", "veth",
+           "peer", "name", "mqb", *queues, "netns", peer)  # fmt: skip
+        ip("-n", local, "link", "set", "mqa", "up")
+        ip("-n", peer, "link", "set", "mqb", "up")
+        macs = [mac_of(ns, dev) for ns, dev in ((local, "mqa"), (peer, "mqb"))]
+        yield local, peer, macs[0], macs[1]
+    finally:
+        for ns in made:
+            ip("netns", "delete", ns)
+
+
+def test_every_queue_has_its_socket_and_frames_carry_their_queue(two_queue_pair) -> None:
+    local, peer, local_mac, peer_mac = two_queue_pair
+    gen = Generator(
+        flows=4, sizes=(64,), seed=1, protocols=("udp",), ip_versions=(4,), count=4,
+        dst_mac=local_mac, src_mac=peer_mac,
+    )  # fmt: skip
+    frames = [p.data for b in gen.batches(64) for p in b]
+    cpus = sorted(usable_cpus())[:2]
+    with CpuMap(CPU + 1, handler=Queues(), frames=4096) as m:
+        m.update(CPU, 4096)
+        with m.producer(to_cpu, backpressure=10.0) as rx:
+            with entered(local):
+                src = XskSource(rx, "mqa")
+            with src:
+                assert src.queues == (0, 1) and len(src.sockets) == 2
+                with entered(peer), TrafficGen("mqb", frames) as tg:
+                    for cpu in cpus:  # a veth frame lands on queue (sending CPU % queues)
+                        tg.run(GenOptions(count=500, cpu=cpu))
+                want = 500 * len(cpus)
+                receive_until(src, lambda: placed_or_dropped(src) >= want)
+                src.stop()
+                stats = src.statistics()
+        assert_books_balance(m)
+    by_queue = {q: n for r in m.results for q, n in (r.result or {}).items()}
+    assert stats.drops == 0 and sum(by_queue.values()) == stats.received == want
+    assert set(by_queue) == {c % 2 for c in cpus}
     assert m.pool.audit().whole
