@@ -487,3 +487,33 @@ def test_every_queue_has_its_socket_and_frames_carry_their_queue(two_queue_pair)
     assert stats.drops == 0 and sum(by_queue.values()) == stats.received == want
     assert set(by_queue) == {c % 2 for c in cpus}
     assert m.pool.audit().whole
+
+
+def test_without_root_the_error_says_so(veth: VethPair) -> None:
+    """A child that enters the namespace as root, then drops to nobody, is refused with
+    the kernel's EPERM and what to do; nothing is left lent."""
+    with CpuMap(CPU + 1, frames=1024, producers=2) as m:
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                rx = m.producer(to_cpu, index=1)
+                with veth.in_local():
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    try:
+                        XskSource(rx, veth.local.ifname)
+                    except (XskError, XdpError) as e:
+                        lent = m.pool.audit().kernel
+                        os.write(w, f"{e.errno} {lent} {e.strerror}".encode())
+                        code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r) as f:
+            said = f.read()
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    err, lent, text = said.split(" ", 2)
+    assert int(err) == errno.EPERM and int(lent) == 0 and "root" in text
