@@ -298,8 +298,11 @@ class FrameAllocator:
         next time.  Only this allocator ever changes RETURNED to FREE in its partition.
         """
         t = self._tags2d
-        returned = t == TAG_RETURNED
-        back = (returned | (t == TAG_FREE)).all(axis=1) & returned.any(axis=1)
+        # Every frame FREE (0) or RETURNED (2): the two tags with no bit but RETURNED's
+        # (RX 1, DONE 3, KERNEL 4, QUEUED/HAND above 0xff all have another), so one pass.
+        back = ((t | TAG_RETURNED) == TAG_RETURNED).all(axis=1)
+        if self._free:  # already free: every frame FREE (a block elsewhere has a RETURNED
+            back[self._free] = False  # or a held frame: only this method writes FREE)
         if self._end > self._next:  # the current block, still being used
             back[(self._next - 1 - self.lo) // self.block] = False
         done = np.flatnonzero(back)
