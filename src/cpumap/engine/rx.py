@@ -565,7 +565,18 @@ def _consecutive_start(idx: np.ndarray) -> int | None:
     """``idx[0]`` when ``idx`` is ``idx[0], idx[0] + 1, ...`` (the program then sees views
     of the frames), else None.  Placed frames mostly are: a fill ring hands chunks out in
     the order they were lent, and they are lent a block at a time."""
-    first = int(idx[0])
-    if int(idx[-1]) - first != len(idx) - 1:
+    first, n = int(idx[0]), len(idx)
+    if int(idx[-1]) - first != n - 1:
         return None
-    return first if len(idx) < 3 or bool((np.diff(idx) == 1).all()) else None
+    return first if n < 3 or np.array_equal(idx, _ascending(n) + np.uint32(first)) else None
+
+
+def _ascending(n: int) -> np.ndarray:
+    """``0, 1, ..., n - 1`` (uint32), from one array grown as needed."""
+    global _ASCENDING
+    if len(_ASCENDING) < n:
+        _ASCENDING = np.arange(max(n, 2 * len(_ASCENDING)), dtype=np.uint32)
+    return _ASCENDING[:n]
+
+
+_ASCENDING = np.arange(DEFAULT_POLL_SIZE, dtype=np.uint32)

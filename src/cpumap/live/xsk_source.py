@@ -275,6 +275,7 @@ class XskSource(Closing):
         pool, n = self.pool, self.rx.poll_size
         self._shift = pool.frame_size.bit_length() - 1
         self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), 4)
+        self._up = np.arange(n, dtype=np.uint32)  # 0, 1, ...: a run of consecutive frames
         self._mask = np.uint64(pool.frame_size - 1)
         self._templates = []
         for s in self.sockets:
@@ -354,7 +355,7 @@ class XskSource(Closing):
         # As u64 words: numpy copies structured records field by field (~9x slower).
         words = rec.view(np.uint64).reshape(n, 4)
         first = int(idx[0])
-        if int(idx[-1]) - first == n - 1 and (n < 3 or bool((np.diff(idx) == 1).all())):
+        if int(idx[-1]) - first == n - 1 and np.array_equal(idx - np.uint32(first), self._up[:n]):
             self._desc_words[first : first + n] = words  # the usual case: one memcpy
         else:
             self._desc_words[idx] = words
