@@ -36,9 +36,10 @@ rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
 begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
 descriptor still in the ring at that point would be read again by the next poll and
 counted twice.  Then the fill rings are refilled: each socket is owed the frames it
-received; once a block's worth is owed (or the ring runs low), ``rx.lend`` reclaims
-released frames and they go back into the fill ring -- the kernel's
-``xdp_return_frame``.  The kernel's own counters say what it could not deliver:
+received; once a block's worth is owed, ``rx.lend`` reclaims released frames and they go
+back into the fill ring -- the kernel's ``xdp_return_frame`` (a refill that comes up
+short, every frame still in flight in the engine, waits a millisecond before the next
+try: a try scans the partition's tags).  The kernel's own counters say what it could not deliver:
 ``rx_ring_full`` (we fell behind), ``rx_dropped`` (no chunk: every frame in flight in the
 engine, or the fill ring empty); their sum is :attr:`XskSource.drops`, the source's drops
 (as ``tp_drops`` is the TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
@@ -106,6 +107,7 @@ from .xsk_rings import ConsumerRing
 
 MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
 _SPIN_S = 50e-6  # spin this long on the RX rings before sleeping in poll(2)
+_RETRY_S = 1e-3  # a refill that came up short is tried again after this long
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
 _MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
 
@@ -268,8 +270,9 @@ class XskSource(Closing):
         self._lent = [0] * n
         # Refill once this many are owed: a block may be back by then (a reclaim scan).
         self._step = max(1, min(rx.lend_block, share // 4))
+        self._retry_at = [0.0] * n  # after a refill that came up short: not before this
         for i in range(n):
-            self._refill(i, reclaim=True)
+            self._refill(i)
 
     def _prepare_poll(self) -> None:
         pool, n = self.pool, self.rx.poll_size
@@ -318,7 +321,7 @@ class XskSource(Closing):
                 if n < self.rx.poll_size:
                     break
             if self._target[i] - self._lent[i] >= self._step:
-                self._refill(i, reclaim=True)
+                self._refill(i)
         return got
 
     def _take(self, i: int, ring: ConsumerRing) -> int:
@@ -361,12 +364,20 @@ class XskSource(Closing):
             self._desc_words[idx] = words
         return idx
 
-    def _refill(self, i: int, *, reclaim: bool) -> None:
-        """Lend socket ``i`` what it is owed and submit it to its fill ring."""
+    def _refill(self, i: int) -> None:
+        """Lend socket ``i`` what it is owed and submit it to its fill ring.
+
+        A refill that comes up short (the frames are still in flight in the engine) is
+        not tried again for ``_RETRY_S``: each try is a scan of the partition's tags, and
+        under load a poll comes every ~100 us while a block comes back every few.  The
+        fill ring keeps the rest of the partition meanwhile."""
         want = self._target[i] - self._lent[i]
-        if want <= 0:
+        now = time.monotonic()
+        if want <= 0 or now < self._retry_at[i]:
             return
-        idx = self.rx.lend(want, reclaim=reclaim)
+        idx = self.rx.lend(want)
+        if len(idx) < want:
+            self._retry_at[i] = now + _RETRY_S
         if not len(idx):
             return
         s = self.sockets[i]
