@@ -142,6 +142,7 @@ class Source(Closing):
             yield
             return
         self._xsk = _open_xsk(self._af_xdp, rx)
+        self.what = _xsk_what(self._af_xdp, self._xsk.zero_copy)  # the summary says which
         try:
             yield
         finally:
@@ -234,8 +235,13 @@ def _af_xdp(config: SourceConfig) -> Source:
         resolve_interface(iface)
     except NoSuchInterface as e:
         raise UsageError(f"--iface {iface}: {e.strerror}") from None  # it names `ip link`
-    what = f"interface {iface} (AF_XDP, {config.xdp_mode} XDP)"
-    return Source(None, what, False, af_xdp=config)
+    return Source(None, _xsk_what(config), False, af_xdp=config)
+
+
+def _xsk_what(config: SourceConfig, zero_copy: bool | None = None) -> str:
+    """``interface IF (AF_XDP, MODE XDP[, copy mode | zero-copy])``."""
+    how = "" if zero_copy is None else ", zero-copy" if zero_copy else ", copy mode"
+    return f"interface {config.iface} (AF_XDP, {config.xdp_mode} XDP{how})"
 
 
 def _open_xsk(config: SourceConfig, rx: Any) -> XskSource:
