@@ -108,6 +108,7 @@ from .xsk_rings import ConsumerRing
 MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
 _SPIN_S = 50e-6  # spin this long on the RX rings before sleeping in poll(2)
 _RETRY_S = 1e-3  # a refill that came up short is tried again after this long
+_BUDGET = 4  # batches a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
 _MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
 
@@ -314,9 +315,13 @@ class XskSource(Closing):
         return False
 
     def _take_all(self) -> int:
+        """Up to ``_BUDGET`` batches from each socket's RX ring, then its refill: a poll
+        returns to its caller (a stop, a deadline) however fast frames come, as NAPI's
+        budget returns the CPU to the kernel."""
         got = 0
         for i, ring in enumerate(self._rings):
-            while n := self._take(i, ring):
+            for _ in range(_BUDGET):
+                n = self._take(i, ring)
                 got += n
                 if n < self.rx.poll_size:
                     break
