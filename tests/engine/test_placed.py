@@ -5,8 +5,8 @@ kernel's half (AF_XDP on a veth) is ``tests/live/test_xsk_source.py``."""
 
 from __future__ import annotations
 
-import os
-import signal
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -133,28 +133,30 @@ def test_recovery_returns_lent_frames_only_when_the_lender_is_gone() -> None:
 
 @pytest.mark.slow
 def test_a_producer_process_killed_with_frames_lent_gives_them_all_back() -> None:
+    rows = packet_rows(32)  # made here: the child only places them
+    mp = multiprocessing.get_context("fork")
+    ready = mp.Event()
     with CpuMap(CPU + 1, frames=256, producers=2) as m:
         m.update(CPU, 256)
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:  # a producer process: lends its partition, places some, then waits
-            try:
-                rx = m.producer(drop, index=1, poll_size=32)
-                lent = rx.lend(rx.lendable)
-                place(m.pool, lent[:32], packet_rows(32))
-                rx.poll_placed(lent[:32])
-                os.write(w, b"1")
-                os.read(r, 1)  # never comes: killed here
-            finally:
-                os._exit(1)
-        os.read(r, 1)
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+
+        def lend_place_and_wait() -> None:  # a producer process, killed in its wait
+            rx = m.producer(drop, index=1, poll_size=32)
+            lent = rx.lend(rx.lendable)
+            place(m.pool, lent[:32], rows)
+            rx.poll_placed(lent[:32])
+            ready.set()
+            time.sleep(600)
+
+        proc = mp.Process(target=lend_place_and_wait, daemon=True)
+        proc.start()
+        try:
+            assert ready.wait(30), "the producer process did not get there"
+        finally:
+            proc.kill()
+            proc.join(30)
         lo, hi = m.pool.partition_range(1)
         assert (m.pool.tag[lo:hi] == TAG_KERNEL).sum() == (hi - lo) - 32
         wait_for(lambda: m.stats().producer_deaths == 1)  # the supervisor recovers it
         s = balanced(m)
         assert s.rx == 32 and s.xdp_drop == 32 and s.lost == 0
-        os.close(r)
-        os.close(w)
     assert m.pool.audit().whole
