@@ -34,12 +34,17 @@ their chunk addresses turned into frame indices (``addr // frame_size``) and hea
 rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
 ``poll_placed``.  The release comes *before* ``poll_placed``: once ``poll_placed`` has
 begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
-descriptor still in the ring at that point would be read again by the next poll and
-counted twice.  Then the fill rings are refilled: each socket is owed the frames it
-received; once a block's worth is owed, ``rx.lend`` reclaims released frames and they go
-back into the fill ring -- the kernel's ``xdp_return_frame`` (a refill that comes up
-short, every frame still in flight in the engine, waits a millisecond before the next
-try: a try scans the partition's tags).  The kernel's own counters say what it could not deliver:
+descriptor still in the ring at that point would be read again by the next poll -- the
+same frame placed twice.  The price of that order: an exception raised in the few
+bytecodes between the release and ``poll_placed``'s first store (a second Ctrl-C: the
+CLI's first one only sets an event) leaves that batch lent and counted by nobody until
+the source closes and returns it -- never a frame in two places.
+
+Then the fill rings are refilled: each socket is owed the frames it received; once a
+block's worth is owed, ``rx.lend`` reclaims released frames and they go back into the
+fill ring -- the kernel's ``xdp_return_frame`` (a refill that comes up short, every
+frame still in flight in the engine, waits a millisecond before the next try: a try
+scans the partition's tags).  The kernel's own counters say what it could not deliver:
 ``rx_ring_full`` (we fell behind), ``rx_dropped`` (no chunk: every frame in flight in the
 engine, or the fill ring empty); their sum is :attr:`XskSource.drops`, the source's drops
 (as ``tp_drops`` is the TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
