@@ -207,6 +207,7 @@ def feed_and_drain(
         with (
             cmap.producer(program, poll_size=config.source.poll, backpressure=backpressure) as rx,
             pinned(config.rx_cpu),
+            source.placing(rx),  # --af-xdp: frames placed into rx; stopped before it closes
         ):
             # From now, --duration counts reading time, as before the wait for a source.
             signals.stop.deadline = t0 + config.duration if config.duration else None
