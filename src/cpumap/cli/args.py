@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..cluster.places import Place
 
 COMMANDS = ("run", "bench", "gen")
+XDP_MODES = ("native", "skb")  # as xdp-bench's -m (cpumap.kernel.xdp.XdpMode)
 REMOTE_ACTIONS = ("disabled", "drop", "pass", "redirect")
 
 
@@ -236,6 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: at the end)",
     )
     run.add_argument("--promisc", action="store_true", help="live: promiscuous mode")
+    run.add_argument(
+        "--af-xdp",
+        action="store_true",
+        help="live: receive through AF_XDP sockets, an XDP program redirecting each RX "
+        "queue; the kernel writes frames straight into the frame pool (needs --iface)",
+    )
+    run.add_argument(
+        "-m",
+        "--xdp-mode",
+        choices=XDP_MODES,
+        help="--af-xdp: run the redirect program in the driver (native) or on the skb "
+        "(skb: any driver, any MTU) (default: native)",
+    )
+    run.add_argument(
+        "--queue",
+        type=_ranged(0, 0xFFFF),
+        action="append",
+        metavar="Q",
+        help="--af-xdp: an RX queue to receive from (repeat; default: every queue)",
+    )
     run.add_argument("--top", type=_ranged(0, None), default=10, help="flows to list (flow-table)")
     run.add_argument(
         "-i", "--interval", type=_positive_float, default=2.0, help="seconds between updates"
@@ -305,6 +326,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             iface=args.iface,
             generate=args.generate,
             promiscuous=args.promisc,
+            **af_xdp_options(args),
             skip_bad=args.skip_bad,
             lossless=not args.lossy,
             poll=args.poll,
@@ -321,6 +343,24 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         view=view,
         ray=ray,
     )
+
+
+def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--af-xdp``, ``-m`` and ``--queue``, checked: the AF_XDP fields of the source."""
+    if not args.af_xdp:
+        for given, name in ((args.xdp_mode, "-m/--xdp-mode"), (args.queue, "--queue")):
+            if given:
+                raise UsageError(f"{name} goes with --af-xdp: add --af-xdp --iface IFACE")
+        return {}
+    if not args.iface:
+        raise UsageError("--af-xdp receives from an interface: add --iface IFACE")
+    if args.promisc:
+        raise UsageError(
+            "--promisc is the TPACKET_V3 path's; with --af-xdp set the interface "
+            "promiscuous itself: `ip link set IFACE promisc on`"
+        )
+    queues = tuple(dict.fromkeys(args.queue)) if args.queue else None
+    return {"af_xdp": True, "xdp_mode": args.xdp_mode or "native", "queues": queues}
 
 
 def chosen_cpus(args: argparse.Namespace) -> list[int]:

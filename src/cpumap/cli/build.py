@@ -7,6 +7,8 @@ the map (a built-in program steers into it) or opens a file or socket (the sourc
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,9 @@ from ..closing import Closing
 from ..demo import demo_capture_path
 from ..engine import CpuMap, OutputMap
 from ..generator import Generator
-from ..live import LiveSource
+from ..kernel.xdp import XdpError, XdpMode
+from ..live import LiveSource, XskError, XskSource
+from ..live.interface import NoSuchInterface, resolve_interface
 from ..packets import PacketBatch
 from ..programs import MODES, LoadError, load_program, make_program, vectorized
 from .config import ProgramConfig, SourceConfig
@@ -102,25 +106,46 @@ class Source(Closing):
         *,
         reader: Any = None,
         live: LiveSource | None = None,
+        af_xdp: SourceConfig | None = None,
     ) -> None:
         self.what = what
         self.lossless = lossless
         self._batches = batches
         self._reader = reader
         self._live = live
+        self._af_xdp = af_xdp  # an AF_XDP source to open on the producer (placing)
+        self._xsk: XskSource | None = None
 
     def next_batch(self) -> PacketBatch | None:
         """The next batch; None at the end of a file -- or, live, when none came within
         0.1 s (a live source never ends: see :attr:`endless`)."""
         if self._live is not None:
             return self._live.poll_batch(0.1)
+        if self._xsk is not None:  # frames go straight into the producer (placing)
+            self._xsk.poll(0.1)
+            return None
         assert self._batches is not None  # Invariant: a source that is not live has batches
         return next(self._batches, None)
 
     @property
     def endless(self) -> bool:
         """A live interface: only a stop, a deadline or a failure ends it."""
-        return self._live is not None
+        return self._live is not None or self._af_xdp is not None
+
+    @contextlib.contextmanager
+    def placing(self, rx: Any) -> Iterator[None]:
+        """While the block runs, a source that places frames itself (``--af-xdp``) feeds
+        ``rx`` from :meth:`next_batch`; on the way out it stops -- the program detached,
+        the RX rings read dry, the sockets closed -- before ``rx`` closes.  Nothing for
+        the other sources."""
+        if self._af_xdp is None:
+            yield
+            return
+        self._xsk = _open_xsk(self._af_xdp, rx)
+        try:
+            yield
+        finally:
+            self._xsk.stop()
 
     @property
     def progress(self) -> tuple[int, int | None] | None:
@@ -129,7 +154,10 @@ class Source(Closing):
 
     @property
     def drops(self) -> int | None:
-        """A live socket's own drops so far (``tp_drops``)."""
+        """A live socket's own drops so far (``tp_drops``; AF_XDP: ``rx_dropped +
+        rx_ring_full``)."""
+        if self._xsk is not None:
+            return self._xsk.drops
         return self._live.drops if self._live is not None else None
 
     def facts(self) -> SourceFacts:
@@ -145,13 +173,15 @@ class Source(Closing):
         )
 
     def close(self) -> None:
-        for c in (self._reader, self._live):
+        for c in (self._reader, self._live, self._xsk):
             if c is not None:
                 c.close()
 
 
 def open_source(config: SourceConfig) -> Source:
     """The source ``config`` names, opened (a bad capture is a usage error here)."""
+    if config.iface is not None and config.af_xdp:
+        return _af_xdp(config)
     if config.iface is not None:
         return _live(config)
     if config.generate is not None:
@@ -191,6 +221,33 @@ def _live(config: SourceConfig) -> Source:
         hint = "" if "ip link" in text else "; see `ip link` for interfaces"
         raise UsageError(f"--iface {iface}: {text}{hint}") from None
     return Source(None, f"interface {iface}", False, live=src)
+
+
+def _af_xdp(config: SourceConfig) -> Source:
+    """``--iface IF --af-xdp``: checked now (root, the interface), opened on the producer
+    (:meth:`Source.placing`: the pool it lends from is the map's)."""
+    iface = config.iface
+    assert iface is not None  # Invariant: args.py refuses --af-xdp without --iface
+    if os.geteuid() != 0:
+        raise UsageError(f"--iface {iface} --af-xdp: AF_XDP and XDP need root: run as root")
+    try:
+        resolve_interface(iface)
+    except NoSuchInterface as e:
+        raise UsageError(f"--iface {iface}: {e.strerror}") from None  # it names `ip link`
+    what = f"interface {iface} (AF_XDP, {config.xdp_mode} XDP)"
+    return Source(None, what, False, af_xdp=config)
+
+
+def _open_xsk(config: SourceConfig, rx: Any) -> XskSource:
+    """The AF_XDP source on ``rx``; what the kernel refuses is a usage error."""
+    iface = config.iface
+    assert iface is not None  # Invariant: only _af_xdp makes such a source
+    try:
+        return XskSource(rx, iface, queues=config.queues, mode=XdpMode(config.xdp_mode))
+    except (XdpError, XskError) as e:
+        raise UsageError(f"--iface {iface} --af-xdp: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"--iface {iface} --af-xdp: {e}") from None
 
 
 def non_ethernet_note(program: str, linktypes: tuple[int, ...], xdp_pass: int) -> str | None:

@@ -33,6 +33,9 @@ class SourceConfig:
     iface: str | None = None
     generate: int | None = None  # frames to generate
     promiscuous: bool = False  # live: promiscuous mode
+    af_xdp: bool = False  # live: through AF_XDP sockets (frames placed in the pool)
+    xdp_mode: str = "native"  # --af-xdp: where the redirect program runs (native, skb)
+    queues: tuple[int, ...] | None = None  # --af-xdp: RX queues (None: every one)
     skip_bad: bool = False  # captures: skip damaged records instead of failing
     lossless: bool = True  # full rings make the RX side wait (False: drop, as the kernel)
     poll: int = 1024  # frames per RX poll

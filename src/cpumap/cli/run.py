@@ -158,6 +158,7 @@ def feed_and_drain(
         with (
             cmap.producer(program, poll_size=config.source.poll, backpressure=backpressure) as rx,
             pinned(config.rx_cpu),
+            source.placing(rx),  # --af-xdp: frames placed into rx; stopped before it closes
         ):
             deadline = t0 + config.duration if config.duration else None
             failure = feed(rx.receive, source, view, signals.stop, deadline, config.source.skip_bad)

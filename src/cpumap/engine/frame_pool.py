@@ -23,7 +23,9 @@ cheap to write as a column.  ``pool.length`` etc. are views of the fields.  The 
 Ownership: who holds a frame is always written down
 -----------------------------------------------------
 ``tag[i]`` says who holds frame ``i`` (``TAG_FREE``, ``TAG_RX``, ``TAG_DONE``,
-``TAG_QUEUED + publisher``, ``TAG_HAND + slot``, ``TAG_RETURNED``).  The state machine --
+``TAG_QUEUED + publisher``, ``TAG_HAND + slot``, ``TAG_RETURNED``, and ``TAG_KERNEL``: lent
+to the kernel by a source that places frames itself -- an AF_XDP socket's fill ring, the
+kernel's hands, its RX ring not yet read).  The state machine --
 who may write each tag, and what recovery does from each state -- is written in one
 place, ``ownership.py``, with the argument for why no frame ends in two outcomes or none.
 At any quiescent point every frame is FREE or RETURNED, and ``audit()`` proves the pool
@@ -52,6 +54,7 @@ TAG_FREE = 0
 TAG_RX = 1
 TAG_RETURNED = 2
 TAG_DONE = 3  # held by its RX producer, outcome decided (ownership.py)
+TAG_KERNEL = 4  # lent to the kernel (an AF_XDP fill ring, the kernel, its RX ring unread)
 TAG_QUEUED = 0x100  # + the publisher's registry index (an RX producer or a second stage)
 TAG_HAND = 0x10000  # + map slot number
 MAX_PUBLISHERS = TAG_HAND - TAG_QUEUED
@@ -85,6 +88,7 @@ class PoolAudit:
     returned: int  # released, not yet reclaimed: as good as free
     rx: int  # held by RX producers (RX or DONE)
     queued: int  # in rings or in workers' hands
+    kernel: int = 0  # lent to the kernel (TAG_KERNEL): back through the RX ring or at close
 
     @property
     def whole(self) -> bool:
@@ -192,7 +196,9 @@ class FramePool:
         free = int(np.count_nonzero(tags == TAG_FREE))
         ret = int(np.count_nonzero(tags == TAG_RETURNED))
         rx = int(np.count_nonzero((tags == TAG_RX) | (tags == TAG_DONE)))
-        return PoolAudit(self.count, free, ret, rx, self.count - free - ret - rx)
+        kernel = int(np.count_nonzero(tags == TAG_KERNEL))
+        queued = self.count - free - ret - rx - kernel
+        return PoolAudit(self.count, free, ret, rx, queued, kernel)
 
     def close(self) -> None:
         self.mv.release()
@@ -301,9 +307,10 @@ class FrameAllocator:
             self._free.extend(done[::-1].tolist())
         return len(done) * self.block
 
-    def alloc_range(self, n: int) -> int | None:
-        """The first of ``n`` consecutive frames, tagged TAG_RX; None if no block has
-        room (after a reclaim) or ``n`` exceeds the block size."""
+    def alloc_range(self, n: int, tag: int = TAG_RX) -> int | None:
+        """The first of ``n`` consecutive frames, tagged ``tag`` (TAG_RX, or TAG_KERNEL for
+        frames lent to the kernel); None if no block has room (after a reclaim) or ``n``
+        exceeds the block size."""
         if n > self.block or n <= 0:
             return None
         if self._end - self._next < n:
@@ -315,20 +322,46 @@ class FrameAllocator:
             self._end = self._next + self.block
         start = self._next
         self._next += n
-        self.pool.tag[start : start + n] = TAG_RX
+        self.pool.tag[start : start + n] = tag
         return start
 
-    def alloc(self, n: int) -> np.ndarray:
-        """Up to ``n`` frames (fewer when the partition is exhausted), tagged TAG_RX."""
+    def alloc(self, n: int, tag: int = TAG_RX) -> np.ndarray:
+        """Up to ``n`` frames (fewer when the partition is exhausted), tagged ``tag``."""
         parts = []
         have = 0
         while have < n:
             k = min(n - have, self.block)
-            start = self.alloc_range(k)
+            start = self.alloc_range(k, tag)
             if start is None:
                 break
             parts.append(np.arange(start, start + k, dtype=np.uint32))
             have += k
+        if not parts:
+            return np.zeros(0, dtype=np.uint32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def alloc_some(self, n: int, tag: int, *, reclaim: bool = True) -> np.ndarray:
+        """Up to ``n`` frames tagged ``tag``, wasting none: the rest of the current block
+        first, then whole free blocks (after a reclaim, if ``reclaim`` and none is free);
+        fewer, or none, when the partition has no more.  For frames lent one poll's worth
+        at a time (an AF_XDP fill ring), where :meth:`alloc`'s "retire the rest of the
+        block" would strand frames until their block's others come back."""
+        parts = []
+        while n > 0:
+            rest = self._end - self._next
+            if rest == 0:
+                if not self._free and not (reclaim and self.reclaim()):
+                    break
+                b = self._free.pop()
+                self._next = self.lo + b * self.block
+                self._end = self._next + self.block
+                rest = self.block
+            k = min(n, rest)
+            start = self._next
+            self._next += k
+            self.pool.tag[start : start + k] = tag
+            parts.append(np.arange(start, start + k, dtype=np.uint32))
+            n -= k
         if not parts:
             return np.zeros(0, dtype=np.uint32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -26,6 +26,11 @@ tag                  held by / meaning                            written by
 ``HAND + slot``      taken by slot ``slot``'s worker, in its      that worker (``Ring.take``)
                      hand buffer
 ``RETURNED``         released; its allocator takes it back        the last holder
+``KERNEL``           lent by its partition's RX producer to a     the producer (lend,
+                     source that places frames itself: in an      poll_placed,
+                     AF_XDP socket's fill ring, in the kernel's   return_lent); its
+                     hands, or written and in the socket's RX     recoverer
+                     ring, not yet read
 ===================  ===========================================  ====================
 
 Transitions: FREE -> RX (alloc) -> DONE (outcome) -> RETURNED (after the commit);
@@ -33,6 +38,52 @@ RX -> QUEUED+pub (flush) -> HAND+slot (take) -> RETURNED (after the worker's com
 HAND+slot -> QUEUED+pub' (its second stage forwards; then HAND+slot' at the next worker),
 or QUEUED+pub -> RX|HAND (a flush that did not fit: the holder takes the rest back);
 RETURNED -> FREE (the allocator's reclaim, whole blocks only).
+Placed frames: FREE -> KERNEL (lend) -> RX (poll_placed, then as above), or KERNEL ->
+RETURNED (return_lent, once the lender's sockets are closed).
+
+Placed frames: the kernel's part (AF_XDP; live/xsk_source.py)
+-------------------------------------------------------------
+A source that places frames itself (the kernel writing into a UMEM that *is* the pool's
+data array) is lent frames, places packets in them, and hands their indices back with
+their bytes and descriptors written; the producer moves indices only.  While a frame is
+KERNEL it is in exactly one of the places ``live/xsk.py``'s chunk diagram names, and
+each is left by one move of one party::
+
+    lend (producer)        fill.produce (lender)     the kernel takes it for a frame
+    FREE -------> KERNEL: in the lender's hands ----> fill ring ----------> kernel
+                                                                              |
+    RX <------ poll_placed (producer) <-- lender peeks <-- RX ring <-- frame written
+
+* ``lend`` takes frames from the producer's own allocator (FREE, its partition, whole
+  blocks from its reclaim) and tags them KERNEL in the same store: no other party
+  allocates in the partition, so a lent frame is nobody else's.
+* The kernel hands a chunk back only by an RX descriptor (``received``); a frame it
+  could not deliver (RX ring full, fill ring empty) is counted by the socket
+  (``rx_ring_full``, ``rx_dropped``) and its chunk stays in the kernel's hands -- still
+  KERNEL, to be written by the next frame.  So every frame redirected to a socket is read
+  from its RX ring once, or counted as a source drop once.
+* ``poll_placed`` retags what the lender read off its RX ring RX, before the OPEN commit
+  counts them in ``rx``: from there on they are ordinary RX frames.  Each RX descriptor
+  is read once (``xsk_rings``: one consumer, acquire/release indices), so a chunk is
+  placed once per frame the kernel wrote into it.
+* The way back to the fill ring is the allocator's: workers release frames (RETURNED),
+  the producer's reclaim finds whole blocks, ``lend`` tags them KERNEL again and the
+  lender submits them -- the kernel's ``xdp_return_frame``.  Block reclaim rather than a
+  per-poll tag scan: a fill ring is consumed in the order it was filled, so frames come
+  back in lending order and a block comes back whole soon after its last frame is
+  received; the reclaim is one vectorised scan, run only when a block's worth may be
+  back, and its argument (frame_pool.FrameAllocator.reclaim) is unchanged by KERNEL:
+  a KERNEL frame is neither FREE nor RETURNED, so its block waits for it.  The price:
+  a frame the kernel keeps (its own free list, a zero-copy driver's hardware ring)
+  holds back its block's neighbours -- a few frames, against a fill ring that holds the
+  rest of the partition.
+* Completion ring: nothing is transmitted (no TX ring), so no chunk goes through it.
+* ``return_lent`` (KERNEL -> RETURNED) only when the lender's sockets are closed: then no
+  descriptor in a fill or RX ring can be used any more, and chunks in the kernel's hands
+  are released with the socket (the kernel unbinds it after a grace period), so the
+  memory is simply the pool's again.  Frames in the RX ring are read out first when the
+  source stops (it detaches its program, waits a grace period, drains), so they are
+  counted in ``rx``, not returned unseen.
 
 The producer's commit protocol (rx.py)
 --------------------------------------
@@ -62,6 +113,19 @@ its owner dead, or the producer itself after an exception)
 * then one commit (phase CLOSED) and every such frame RETURNED.
 * ``QUEUED + p`` inside a ring, ``HAND``, ``RETURNED``, ``FREE``: nothing to do -- the ring's
   worker, that worker's supervisor, the next allocator own them.
+* ``KERNEL`` (``kernel_gone``): when the lender is gone -- the producer's process died
+  (its sockets closed with it: the lender keeps no copy of them in any forked child), or
+  a new producer claims the slot -- they are simply the partition's again: RETURNED, no
+  outcome (no frame was ever placed in them, or it was placed and never read: counted
+  by nobody, like a frame a NIC ring holds at a reset).  When the caller is the live
+  producer (an exception in a poll, or its ``close()``), they are still lent: the socket
+  may write them any moment; they are left KERNEL, and the lender returns them after it
+  closes its sockets (``return_lent``).
+
+A dead worker that held placed frames is no different: they are ``HAND + slot``, the
+supervisor counts them ``lost`` and releases them (RETURNED), the producer's reclaim and
+``lend`` put them back in the fill ring.  Nothing leaks, and after the lender and the
+producer close, every frame is FREE or RETURNED: ``audit().whole``.
 
 A dead worker (supervisor.py, worker.py's commit protocol): frames of its hand still
 tagged ``HAND + slot``, and those tagged ``QUEUED + (its second stage)`` in no ring (a
@@ -87,7 +151,7 @@ import numpy as np
 
 from .control import MapShared
 from .counters import PHASE_CLOSED, PHASE_OPEN, ProducerCounter
-from .frame_pool import TAG_DONE, TAG_QUEUED, TAG_RETURNED, TAG_RX, FramePool
+from .frame_pool import TAG_DONE, TAG_KERNEL, TAG_QUEUED, TAG_RETURNED, TAG_RX, FramePool
 from .ring import Ring
 
 _P = ProducerCounter
@@ -143,13 +207,17 @@ def recover_partition(
     *,
     outcome: int = _P.LOST,
     record: np.ndarray | None = None,
+    kernel_gone: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Give back every frame producer ``p``'s partition holds with no outcome, counting
     it ``outcome``, and commit; returns (the committed record, frames counted).
 
     ``record``: the record to continue (the producer's own, after an exception); default
-    the committed one.  Precondition: the caller holds ``p``'s registry slot, and its
-    previous holder is dead or is the caller."""
+    the committed one.  ``kernel_gone``: frames lent to the kernel (``KERNEL``) are the
+    partition's again (their lender is gone with its previous holder) -- False when the
+    caller is the live producer, whose lender may still be writing them.  Precondition:
+    the caller holds ``p``'s registry slot, and its previous holder is dead or is the
+    caller."""
     rec = shared.producer_record(p)
     values = rec.read() if record is None else record.copy()
     lo, hi = pool.partition_range(p)
@@ -169,4 +237,16 @@ def recover_partition(
     rec.publish(values)
     pool.tag[held] = TAG_RETURNED
     pool.tag[done] = TAG_RETURNED
+    if kernel_gone:
+        return_lent(pool, p)
     return values, counted
+
+
+def return_lent(pool: FramePool, p: int) -> int:
+    """Frames of partition ``p`` lent to the kernel (``KERNEL``) released (RETURNED);
+    returns how many.  Precondition: their lender's sockets are closed (see "Placed
+    frames"), and the caller holds ``p``'s registry slot."""
+    lo, hi = pool.partition_range(p)
+    lent = lo + np.flatnonzero(pool.tag[lo:hi] == TAG_KERNEL)
+    pool.tag[lent] = TAG_RETURNED
+    return len(lent)

@@ -58,8 +58,8 @@ from ..skb import frame_skbs
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .control import MapShared
 from .counters import PHASE_CLOSED, PHASE_OPEN, PRODUCER_WORDS, EnqueueCounter, ProducerCounter
-from .frame_pool import TAG_DONE, TAG_RETURNED, FrameAllocator, FramePool
-from .ownership import queued_tag, recover_partition
+from .frame_pool import TAG_DONE, TAG_KERNEL, TAG_RETURNED, TAG_RX, FrameAllocator, FramePool
+from .ownership import queued_tag, recover_partition, return_lent
 
 DEFAULT_POLL_SIZE = 1024  # packets per poll (NAPI's weight is 64; ours: per-call costs)
 DEFAULT_FRAME_WAIT = 10.0
@@ -215,9 +215,18 @@ class RxProducer(Closing):
         # Nothing is held between polls -- unless an abort was itself interrupted (a
         # second Ctrl-C): then what it left is counted now, not left to the slot's next owner.
         self._counts, _ = recover_partition(
-            self.pool, self.shared, self.index, outcome=_P.XDP_ABORTED, record=self._counts
+            self.pool,
+            self.shared,
+            self.index,
+            outcome=_P.XDP_ABORTED,
+            record=self._counts,
+            kernel_gone=False,  # a lender still open returns its frames itself (return_lent)
         )
         self.shared.registry.unclaim(self.index)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def room_waits(self) -> int:
@@ -267,8 +276,13 @@ class RxProducer(Closing):
     def _run_poll(
         self, idx: np.ndarray, where: slice | np.ndarray, start: int | None, batch: PacketBatch
     ) -> None:
-        registry = self.shared.registry
         self._fill(where, batch)
+        self._steer(idx, start)
+
+    def _steer(self, idx: np.ndarray, start: int | None) -> None:
+        """Run the program over frames ``idx`` (bytes and descriptors written), dispatch
+        the verdicts and flush, inside one read-side section."""
+        registry = self.shared.registry
         registry.read_lock(self.index)
         try:
             self._dispatch(idx, self._runner.run(idx, start), start)
@@ -279,6 +293,66 @@ class RxProducer(Closing):
             raise
         finally:
             registry.read_unlock(self.index)
+
+    # -- placed frames: a source that writes the frames itself (AF_XDP) ---------------------
+    def lend(self, n: int, *, reclaim: bool = True) -> np.ndarray:
+        """Up to ``n`` frames of this producer's partition, tagged ``TAG_KERNEL``: lent to
+        a source that places frames itself (an AF_XDP socket's fill ring, the kernel
+        writing into them).  Fewer, or none, when the partition has no more free: frames
+        come back as workers release them (``reclaim``: look for whole blocks released
+        when none is free -- one scan of the partition's tags, so a caller lending every
+        poll asks for it only when a block's worth may be back).
+
+        A lent frame comes back one of two ways only: through :meth:`poll_placed` (the
+        kernel wrote a frame into it) or :meth:`return_lent` (the lender is gone).  Lend
+        only what you will hand to the kernel: an exception between this call and the
+        hand-over leaves the frames lent until :meth:`return_lent` (ownership.py)."""
+        self._check_usable()
+        if n <= 0:
+            return np.zeros(0, dtype=np.uint32)
+        return self.allocator.alloc_some(n, TAG_KERNEL, reclaim=reclaim)
+
+    def poll_placed(self, idx: np.ndarray) -> None:
+        """One NAPI poll over frames ``idx`` that a source placed itself: lent frames
+        (:meth:`lend`) whose bytes and descriptors are written.  Nothing is copied: the
+        frames move KERNEL -> RX and then follow the poll's commit protocol exactly as
+        :meth:`poll`'s (``rx`` counted at the OPEN commit, outcomes at the CLOSED one,
+        an interruption counted ``xdp_aborted`` by :meth:`_abort_poll`)."""
+        self._check_usable()
+        n = len(idx)
+        if n == 0:
+            return
+        idx = np.asarray(idx, dtype=np.uint32)
+        self._local = [0] * PRODUCER_WORDS
+        try:
+            self.pool.tag[idx] = TAG_RX  # ours now: the lender read them off its RX ring
+            self._commit_open(n, n)
+            self._steer(idx, _consecutive_start(idx))
+            self._commit_closed()
+        except BaseException:
+            self._abort_poll()
+            raise
+
+    @property
+    def lendable(self) -> int:
+        """The most frames :meth:`lend` can have out at once: the partition's."""
+        return self.allocator.size
+
+    @property
+    def lend_block(self) -> int:
+        """Frames that come back to :meth:`lend` together (a block of the allocator)."""
+        return self.allocator.block
+
+    def return_lent(self) -> int:
+        """Take back every frame of the partition still lent (``TAG_KERNEL``) as released;
+        returns how many.  Precondition: nobody can write them any more -- the lender's
+        sockets are closed (a frame in a fill ring or in the kernel's hands is then simply
+        ours again: the memory never stopped being the pool's)."""
+        return return_lent(self.pool, self.index)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("producer is closed")
 
     # -- the commit protocol (ownership.py) ----------------------------------------------------
     def _commit_open(self, n: int, got: int) -> None:
@@ -327,7 +401,12 @@ class RxProducer(Closing):
                 if w not in _OPEN_WORDS and w not in _OUTCOME_WORDS and w != _P.PHASE:
                     committed[w] += self._local[w]
         self._counts, _ = recover_partition(
-            self.pool, self.shared, self.index, outcome=_P.XDP_ABORTED, record=committed
+            self.pool,
+            self.shared,
+            self.index,
+            outcome=_P.XDP_ABORTED,
+            record=committed,
+            kernel_gone=False,  # still lent: the lender's socket may write them any moment
         )
         self._done.clear()  # released by the recovery
 
@@ -480,3 +559,13 @@ class RxProducer(Closing):
             self._events.emit(
                 (time.monotonic_ns(), shared.map_id, processed, drops, shared.slot_cpu(slot))
             )
+
+
+def _consecutive_start(idx: np.ndarray) -> int | None:
+    """``idx[0]`` when ``idx`` is ``idx[0], idx[0] + 1, ...`` (the program then sees views
+    of the frames), else None.  Placed frames mostly are: a fill ring hands chunks out in
+    the order they were lent, and they are lent a block at a time."""
+    first = int(idx[0])
+    if int(idx[-1]) - first != len(idx) - 1:
+        return None
+    return first if len(idx) < 3 or bool((np.diff(idx) == 1).all()) else None

@@ -6,6 +6,9 @@ structures: ``if_packet`` (``<linux/if_packet.h>``) and ``if_xdp`` (``<linux/if_
 :class:`~cpumap.packets.PacketBatch` columns, like every source.  ``xsk`` (with its rings in
 ``xsk_rings``) uses the second: AF_XDP sockets over a UMEM the caller provides; it moves
 chunk addresses, and what holds which chunk is its caller's business, not the engine's here.
+``xsk_source`` puts the two together for the engine: a UMEM over the frame pool, frames lent
+by an RX producer (which it names by a protocol: the engine sits above this package) and
+placed by the kernel.
 Rule 2: ``netns`` makes throw-away network namespaces and veth pairs (iproute2's ``ip``)
 and injects frames into them: the real interfaces the live tests and benchmarks run on.  It
 is a test bench, imported by name (``cpumap.live.netns``), not re-exported here.
@@ -15,6 +18,7 @@ All need root (CAP_NET_RAW, CAP_NET_ADMIN); nothing here is imported by the engi
 from .source import Fanout, FanoutMode, LiveSource, LiveStatistics
 from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics
 from .xsk_rings import ConsumerRing, ProducerRing
+from .xsk_source import XskSource, XskSourceStatistics
 
 __all__ = [
     "ConsumerRing",
@@ -27,5 +31,7 @@ __all__ = [
     "XskError",
     "XskMode",
     "XskSocket",
+    "XskSource",
+    "XskSourceStatistics",
     "XskStatistics",
 ]

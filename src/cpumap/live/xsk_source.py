@@ -1,0 +1,469 @@
+"""AF_XDP source: frames land in the frame pool, placed by the kernel, at line rate.
+
+One :class:`XskSource` feeds one :class:`~cpumap.engine.rx.RxProducer` from every RX
+queue of one interface (or the queues given): it attaches an XDP program that redirects
+each queue into its AF_XDP socket (``kernel.xdp``: an XSKMAP and
+``bpf_redirect_map(xskmap, rx_queue_index, XDP_PASS)``), registers the frame pool's data
+array as the sockets' UMEM (``Umem(pool.data)``: chunk ``i`` *is* pool frame ``i``), and
+stocks each socket's fill ring with frames lent by the producer.  The kernel writes each
+frame straight into a pool frame; a poll reads the RX rings' descriptors, writes the pool
+descriptors with numpy in one go and hands the producer frame *indices*
+(:meth:`RxProducer.poll_placed`): no byte is copied in user space.
+
+Stable API (the benchmark and docs use it)::
+
+    src = XskSource(rx, interface, *, queues=None, mode=XdpMode.NATIVE,
+                    bind=XskMode.AUTO, ring_size=2048)
+    src.poll(timeout: float = 0.0) -> int      # frames placed into rx by this call
+    src.statistics() -> XskSourceStatistics    # received, drops (XSK counters), ...
+    src.drops -> int                           # rx_dropped + rx_ring_full, all sockets
+    src.stop()                                 # detach, drain, close sockets, return frames
+    src.close()                                # stop() if not done; idempotent
+
+Theory of operation: where a frame is (nothing lost, nothing doubled)
+----------------------------------------------------------------------
+The pool's ownership tags say it (``engine/ownership.py``, "Placed frames", has the
+state table and the argument)::
+
+    rx.lend -> KERNEL -> fill ring -> the kernel -> RX ring -> rx.poll_placed -> RX -> ...
+                                                     workers release -> RETURNED -> rx.lend
+
+Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors,
+their chunk addresses turned into frame indices (``addr // frame_size``) and headrooms
+(``addr % frame_size``), the descriptors written (length, wire_len, ts_ns, ifindex,
+rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
+``poll_placed``.  The release comes *before* ``poll_placed``: once ``poll_placed`` has
+begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
+descriptor still in the ring at that point would be read again by the next poll and
+counted twice.  Then the fill rings are refilled: each socket is owed the frames it
+received; once a block's worth is owed (or the ring runs low), ``rx.lend`` reclaims
+released frames and they go back into the fill ring -- the kernel's
+``xdp_return_frame``.  The kernel's own counters say what it could not deliver:
+``rx_ring_full`` (we fell behind), ``rx_dropped`` (no chunk: every frame in flight in the
+engine, or the fill ring empty); their sum is :attr:`XskSource.drops`, the source's drops
+(as ``tp_drops`` is the TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
+too, but not added: in copy mode each such frame is already in ``rx_dropped``.
+
+So, over a source's life: frames the program redirected to the sockets == frames placed
+(the producer's ``rx``) + :attr:`XskSource.drops` -- exactly, because :meth:`stop`
+detaches the program, waits an RCU grace period (``membarrier(MEMBARRIER_CMD_GLOBAL)``
+runs ``synchronize_rcu``: every NAPI poll that ran the old program, and the flush to the
+RX ring at its end, is over) and only then reads the RX rings dry.
+
+Copy and zero-copy: sockets bind with :class:`XskMode` ``bind`` (``AUTO``: zero-copy
+where the driver offers it, copy otherwise, the fallback in :attr:`XskSource.notes`; veth
+has no zero-copy).  Need-wakeup is on: a zero-copy driver that found its fill ring empty
+sleeps until kicked, and the refill kicks it (copy mode never asks).
+
+Waiting: a poll with nothing ready spins a few microseconds on the RX rings' producer
+indices (no syscall), then sleeps in ``poll(2)`` on every socket at once: under load the
+next frame usually arrives within the spin, and each wake-up saved is a few microseconds.
+
+Theory of operation: nothing outlives its owner
+-----------------------------------------------
+The program is attached by a ``BPF_LINK_CREATE`` link (a file descriptor): closing it --
+:meth:`stop`, or the kernel when the process dies, however it dies -- detaches the
+program.  A process forked while the source is open (a worker the supervisor starts or
+restarts, a producer process) would inherit the link's and the sockets' descriptors and
+their ring mappings, and keep the program attached and the sockets bound after this
+process is gone: so a fork hook (``os.register_at_fork(after_in_child=...)``) closes
+every open source's descriptors and unmaps its rings in the child, before the child runs
+anything else -- without detaching (a netlink attachment's finalizer is disarmed there,
+not run).  The child never touches the pool's frames through them: it has no socket.
+
+Refusals: what the kernel refuses -- no such interface, not root, a queue out of range,
+an MTU too large for native XDP on veth, zero-copy forced where the driver has none --
+comes as the :class:`~cpumap.kernel.xdp.XdpError` or :class:`~cpumap.live.xsk.XskError`
+those modules raise, with the kernel's errno and what to change.
+
+Threads and namespaces: a source is used by one thread (its producer's).  Build it
+inside the interface's network namespace (``with cpumap.live.netns.entered(ns):``): the
+interface, the UMEM's socket and the attachment are resolved there.  The pool's frame
+size must be 2048 or 4096 (a UMEM chunk) and its data array page-aligned (it is).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..abi import LINKTYPE_ETHERNET
+from ..closing import Closing
+from ..errors import ClosedResourceError
+from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
+from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics, queue_counts
+from .xsk_rings import ConsumerRing
+
+DEFAULT_RING_SIZE = 2048  # RX ring entries per socket (libxdp's default)
+_SPIN_S = 50e-6  # spin this long on the RX rings before sleeping in poll(2)
+_MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
+_MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_open: weakref.WeakSet[XskSource] = weakref.WeakSet()
+
+
+# In a forked child: netlink attachments inherited, kept referenced so that their
+# finalizer (which detaches the program from the device) never runs there.
+_kept_in_child: list[XdpLink] = []
+
+
+def _forget_in_children() -> None:
+    """After fork, in the child: drop every open source's descriptors and mappings."""
+    for src in list(_open):
+        src.forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_children)
+
+
+def grace_period() -> bool:
+    """Wait for an RCU grace period (``membarrier(MEMBARRIER_CMD_GLOBAL)``): every
+    softirq section begun before this call -- a NAPI poll running an XDP program, and the
+    flush of its AF_XDP deliveries -- has ended when it returns.  False where the kernel
+    refuses (nohz_full kernels): the caller falls back to a short wait."""
+    nr = _MEMBARRIER_BY_MACHINE.get(os.uname().machine)
+    return nr is not None and _libc.syscall(nr, _MEMBARRIER_CMD_GLOBAL, 0, 0) == 0
+
+
+class PlacingProducer(Protocol):
+    """What an :class:`XskSource` needs of its producer (an
+    :class:`~cpumap.engine.rx.RxProducer`; the engine sits above this package, so it is
+    named by what it does): its pool, the size of a poll, and the placed-frames calls."""
+
+    pool: Any  # a FramePool: frame_size, data, desc
+    poll_size: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def lendable(self) -> int: ...
+
+    @property
+    def lend_block(self) -> int: ...
+
+    def lend(self, n: int, *, reclaim: bool = True) -> np.ndarray: ...
+
+    def poll_placed(self, idx: np.ndarray) -> None: ...
+
+    def return_lent(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class XskSourceStatistics:
+    """An AF_XDP source's counters since it opened, over all its sockets."""
+
+    received: int
+    """Frames read off the RX rings and placed into the producer."""
+    polls: int
+    """Batches placed (one ``poll_placed`` each)."""
+    rx_dropped: int
+    """The kernel found no chunk (fill ring empty), or the frame did not fit one."""
+    rx_ring_full: int
+    """The kernel found the RX ring full: the consumer fell behind."""
+    rx_fill_ring_empty_descs: int
+    """Times the kernel found a fill ring empty (in copy mode these frames are also in
+    ``rx_dropped``: not added to :attr:`drops`)."""
+    rx_invalid_descs: int
+
+    @property
+    def drops(self) -> int:
+        """Frames redirected to the sockets and not delivered: the source's drops."""
+        return self.rx_dropped + self.rx_ring_full
+
+
+class XskSource(Closing):
+    """Every RX queue of ``interface`` (or ``queues``) through AF_XDP into ``rx``.
+
+    ``rx``: the producer whose partition lends the frames (its pool is the UMEM).
+    ``mode``: where the redirect program runs (:class:`XdpMode`: native or skb).
+    ``bind``: how the sockets bind (:class:`XskMode`; ``AUTO`` falls back to copy mode
+    with a note in :attr:`notes`).  ``ring_size``: RX ring entries per socket.
+    Build it in the interface's network namespace.  Errors: ``XdpError`` / ``XskError``
+    with the kernel's errno and what to change; ``ValueError`` for a pool whose frames
+    cannot be UMEM chunks.
+    """
+
+    def __init__(
+        self,
+        rx: PlacingProducer,
+        interface: str | int,
+        *,
+        queues: Sequence[int] | None = None,
+        mode: XdpMode = XdpMode.NATIVE,
+        bind: XskMode = XskMode.AUTO,
+        ring_size: int = DEFAULT_RING_SIZE,
+    ) -> None:
+        pool = rx.pool
+        fs = pool.frame_size
+        if fs not in (2048, 4096):
+            raise ValueError(f"frame_size {fs}: an AF_XDP UMEM chunk is 2048 or 4096 bytes")
+        self.rx = rx
+        self.pool = pool
+        self.mode = XdpMode(mode)
+        self._closed = True  # until built: close() undoes what was made
+        self._stopped = True
+        self._pid = os.getpid()
+        self._link: XdpLink | None = None
+        self._stack = contextlib.ExitStack()
+        self._received = self._polls = 0
+        self._final: list[XskStatistics] | None = None
+        try:
+            self._open(interface, queues, bind, ring_size)
+        except BaseException:
+            self._teardown()
+            rx.return_lent()  # what _stock lent: its fill ring is closed
+            raise
+        self._closed = self._stopped = False
+        _open.add(self)
+
+    # -- building ------------------------------------------------------------------------------
+    def _open(
+        self, interface: str | int, queues: Sequence[int] | None, bind: XskMode, ring_size: int
+    ) -> None:
+        pool, stack = self.pool, self._stack
+        self.umem = stack.enter_context(Umem(pool.data, chunk_size=pool.frame_size))
+        first = XskSocket(self.umem, interface, _first(queues), rx_size=ring_size, mode=bind)
+        self.ifname, self.ifindex = first.ifname, first.ifindex
+        self.queues = tuple(queues) if queues is not None else _all_queues(self.ifname)
+        self.sockets = [first] + [
+            XskSocket(self.umem, self.ifindex, q, rx_size=ring_size) for q in self.queues[1:]
+        ]
+        self.notes = tuple(dict.fromkeys(s.note for s in self.sockets if s.note))
+        """Why a socket is not zero-copy (``AUTO`` fell back to copy mode)."""
+        self.zero_copy = first.zero_copy
+        xskmap = stack.enter_context(XskMap(max(self.queues) + 1, name="cpumap_xsks"))
+        for s in self.sockets:
+            xskmap.set(s.queue, s.fileno())
+        self._prepare_poll()
+        self._stock()
+        program = stack.enter_context(xsk_redirect_program(xskmap))
+        self._link = attach(self.ifindex, program, self.mode)
+
+    def _stock(self) -> None:
+        """Lend each socket its share of the partition and put it in its fill ring."""
+        rx, n = self.rx, len(self.sockets)
+        share = rx.lendable // n
+        if share < 1:
+            raise ValueError(f"the producer's partition has fewer frames than {n} sockets")
+        self._target = [share] * n  # frames each socket should have lent (fill + kernel)
+        self._lent = [0] * n
+        # Refill once this many are owed: a block may be back by then (a reclaim scan).
+        self._step = max(1, min(rx.lend_block, share // 4))
+        for i in range(n):
+            self._refill(i, reclaim=True)
+
+    def _prepare_poll(self) -> None:
+        pool, n = self.pool, self.rx.poll_size
+        self._shift = pool.frame_size.bit_length() - 1
+        self._mask = np.uint64(pool.frame_size - 1)
+        self._templates = []
+        for s in self.sockets:
+            t = np.zeros(n, dtype=pool.desc.dtype)
+            t["ifindex"] = self.ifindex
+            t["rx_queue"] = s.queue
+            t["linktype"] = LINKTYPE_ETHERNET
+            self._templates.append(t)
+        self._poller = select.poll()
+        for s in self.sockets:
+            self._poller.register(s.fileno(), select.POLLIN)
+        self._rings: list[ConsumerRing] = [s.rx for s in self.sockets if s.rx is not None]
+
+    # -- receiving -----------------------------------------------------------------------------
+    def poll(self, timeout: float = 0.0) -> int:
+        """Place what the RX rings hold into the producer, waiting up to ``timeout``
+        seconds for a first frame (0: never sleeps); returns the frames placed."""
+        self._check_open()
+        got = self._take_all()
+        if got or timeout <= 0:
+            return got
+        if self._spin() or self._poller.poll(max(1, round(timeout * 1000))):
+            got = self._take_all()
+        return got
+
+    def _spin(self) -> bool:
+        end = time.perf_counter() + _SPIN_S
+        rings = self._rings
+        while time.perf_counter() < end:
+            for r in rings:
+                if r.available():
+                    return True
+        return False
+
+    def _take_all(self) -> int:
+        got = 0
+        for i, ring in enumerate(self._rings):
+            while n := self._take(i, ring):
+                got += n
+                if n < self.rx.poll_size:
+                    break
+            if self._target[i] - self._lent[i] >= self._step:
+                self._refill(i, reclaim=True)
+        return got
+
+    def _take(self, i: int, ring: ConsumerRing) -> int:
+        """One batch of socket ``i``'s RX ring into the producer; its size."""
+        idx = self._read(i, ring)
+        n = len(idx)
+        if n:
+            self._received += n
+            self._polls += 1
+            self.rx.poll_placed(idx)
+        return n
+
+    def _read(self, i: int, ring: ConsumerRing) -> np.ndarray:
+        """Up to a poll of socket ``i``'s RX descriptors: their frames' pool descriptors
+        written, the descriptors released; the frames' indices.  The ring's views live
+        only in this call: one left in a traceback would pin the ring's mapping, and with
+        it the socket, after close."""
+        desc = ring.peek(self.rx.poll_size)
+        n = len(desc)
+        if n == 0:
+            return np.zeros(0, dtype=np.uint32)
+        addr = desc["addr"]
+        idx = (addr >> np.uint64(self._shift)).astype(np.uint32)
+        rec = self._templates[i][:n]
+        rec["length"] = desc["len"]
+        rec["wire_len"] = desc["len"]
+        rec["headroom"] = addr & self._mask
+        rec["ts_ns"] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
+        ring.release(n)  # before poll_placed: a descriptor read twice would count twice
+        self._lent[i] -= n
+        self.pool.desc[idx] = rec
+        return idx
+
+    def _refill(self, i: int, *, reclaim: bool) -> None:
+        """Lend socket ``i`` what it is owed and submit it to its fill ring."""
+        want = self._target[i] - self._lent[i]
+        if want <= 0:
+            return
+        idx = self.rx.lend(want, reclaim=reclaim)
+        if not len(idx):
+            return
+        s = self.sockets[i]
+        addrs = idx.astype(np.uint64) << np.uint64(self._shift)
+        put = s.fill.produce(addrs)
+        self._lent[i] += put
+        if put < len(idx):  # cannot happen with the default fill size (xsk.py's argument)
+            raise XskError(errno.ENOBUFS, f"fill ring of {s!r} took {put} of {len(idx)}")
+        s.wake_rx()
+
+    # -- statistics ----------------------------------------------------------------------------
+    def statistics(self) -> XskSourceStatistics:
+        """The counters so far (the kernel's, read now; the last read after :meth:`stop`)."""
+        per = self._final if self._final is not None else self._read_kernel()
+        return XskSourceStatistics(
+            received=self._received,
+            polls=self._polls,
+            rx_dropped=sum(s.rx_dropped for s in per),
+            rx_ring_full=sum(s.rx_ring_full for s in per),
+            rx_fill_ring_empty_descs=sum(s.rx_fill_ring_empty_descs for s in per),
+            rx_invalid_descs=sum(s.rx_invalid_descs for s in per),
+        )
+
+    @property
+    def drops(self) -> int:
+        """Frames the kernel could not deliver to the sockets (``rx_dropped +
+        rx_ring_full``, all sockets): the source's drops."""
+        return self.statistics().drops
+
+    def _read_kernel(self) -> list[XskStatistics]:
+        if self._stopped:
+            return []
+        return [s.statistics() for s in self.sockets]
+
+    # -- ending --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Detach the program, wait a grace period, place what the RX rings still hold,
+        close the sockets and return every frame still lent.  Idempotent.  The
+        statistics stay readable."""
+        if self._stopped or os.getpid() != self._pid:
+            return
+        try:
+            if self._link is not None:
+                self._link.close()  # no new frame is redirected to the sockets
+            if not grace_period():
+                time.sleep(0.05)  # no membarrier: NAPI polls last microseconds
+            # Final now: no frame reaches the sockets any more.
+            self._final = [s.statistics() for s in self.sockets]
+            if not self.rx.closed:
+                while self._take_all_final():
+                    pass
+        finally:
+            self._stopped = True
+            self._teardown()
+            # The sockets are closed: what the kernel held is the partition's again.
+            self.rx.return_lent()
+
+    def _take_all_final(self) -> int:
+        return sum(self._take(i, ring) for i, ring in enumerate(self._rings))
+
+    def close(self) -> None:
+        """:meth:`stop` if not done yet.  Idempotent."""
+        if self._closed and self._stopped:
+            return
+        try:
+            self.stop()
+        finally:
+            self._closed = True
+            _open.discard(self)
+
+    def _teardown(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        self._stack.close()  # the program, the map, the UMEM and its sockets
+
+    def forget(self) -> None:
+        """In a forked child (the fork hook calls it): close the descriptors and unmap the
+        rings, detaching nothing -- a link fd closed here only drops the child's
+        reference; a netlink attachment (no link fd) is the parent's to remove, so its
+        object is kept alive here and its finalizer never runs."""
+        link = self._link
+        if link is not None and link.via == "netlink":
+            _kept_in_child.append(link)
+            self._link = None
+        self._stopped = self._closed = True
+        with contextlib.suppress(Exception):
+            self._teardown()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise ClosedResourceError("AF_XDP source is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._stopped else "open"
+        how = "zero-copy" if getattr(self, "zero_copy", False) else "copy"
+        return f"<XskSource {getattr(self, 'ifname', '?')} queues={self.queues} {how} {state}>"
+
+
+def _first(queues: Sequence[int] | None) -> int:
+    if queues is None:
+        return 0
+    if not queues:
+        raise XskError(errno.EINVAL, "no queues given: name at least one RX queue")
+    return queues[0]
+
+
+def _all_queues(ifname: str) -> tuple[int, ...]:
+    """Every RX queue the device has (ethtool's channel counts; one where it does not say)."""
+    counts = queue_counts(ifname)
+    return tuple(range(counts[0] if counts and counts[0] else 1))

@@ -1,0 +1,411 @@
+"""AF_XDP into the frame pool for real: an :class:`XskSource` on the local end of a veth
+pair feeds an RX producer of a :class:`CpuMap`, traffic comes from the peer by the
+kernel's live test runs (:class:`TrafficGen`), and the kernel writes every frame into a
+pool frame that goes through the map to a worker's handler.
+
+Checked: frames reach the handler byte-identical, in order; under overload every frame
+the hook redirected is placed (``rx``) or counted by the sockets (the source's drops),
+and ``rx`` is the sum of the outcomes; a worker SIGKILLed holding placed frames costs
+them (``lost``) and they go back to the fill ring; the program is detached and the
+sockets closed after ``close()``, after an exception, with a child forked while the
+source was open still alive, and after a SIGKILL of the controller; what the kernel
+refuses is refused by name.  The pool is whole after every close.  Needs root; skips
+otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpumap import CpuMap
+from cpumap.abi import XDP_REDIRECT
+from cpumap.cpus import usable_cpus
+from cpumap.engine.frame_pool import TAG_HAND
+from cpumap.engine.rx import RxProducer
+from cpumap.generator import Generator
+from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
+from cpumap.kernel.xdp import XdpError, XdpMode, link_state
+from cpumap.live import Umem, XskError, XskMode, XskSource
+from cpumap.live.netns import VethPair, ip
+from cpumap.programs import vectorized
+from tests.helpers import pid_gone, veth_unavailable, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = min(usable_cpus())
+DEADLINE_S = 30.0
+
+
+def _umem_in_local(pair: VethPair) -> None:
+    with pair.in_local(), Umem(mmap.mmap(-1, 4 * 2048)):
+        pass
+
+
+_REASON = veth_unavailable(
+    "network namespaces, AF_XDP sockets and XDP programs",
+    bpf=True,
+    also=_umem_in_local,
+)
+if _REASON is not None:
+    pytest.skip(_REASON, allow_module_level=True)
+
+
+@vectorized
+def to_cpu(batch) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame to entry ``CPU``."""
+    n = len(batch)
+    return np.full(n, XDP_REDIRECT, dtype=np.uint8), np.full(n, CPU, dtype=np.uint32)
+
+
+class Keep:
+    """A handler that keeps every frame's bytes and reports them at the end."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def __call__(self, skb) -> bool:
+        self.seen.append(skb.bytes())
+        return True
+
+    def finish(self) -> list[bytes]:
+        return self.seen
+
+
+class HoldWhile:
+    """A handler that holds its batch while ``flag`` exists (a worker with frames in hand)."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __call__(self, skb) -> bool:
+        while self.flag.exists():
+            time.sleep(0.005)
+        return True
+
+
+def frames_for(pair: VethPair, flows: int, sizes: tuple[int, ...] = (64, 65, 300, 1514)):
+    gen = Generator(
+        flows=flows,
+        sizes=sizes,
+        seed=7,
+        protocols=("udp",),
+        ip_versions=(4,),
+        count=flows,
+        dst_mac=pair.local.mac_bytes,
+        src_mac=pair.peer.mac_bytes,
+    )
+    return [p.data for b in gen.batches(256) for p in b]
+
+
+def open_source(pair: VethPair, rx: RxProducer, **kw) -> XskSource:
+    with pair.in_local():
+        return XskSource(rx, pair.local.ifname, **kw)
+
+
+def reopened(pair: VethPair, rx: RxProducer, **kw) -> XskSource:
+    """A source on a queue whose last socket has just closed: the kernel lets the queue go
+    a little after the close (deferred work), and refuses it (EBUSY) until then."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return open_source(pair, rx, **kw)
+        except XskError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
+
+
+def xdp_attached(pair: VethPair) -> int:
+    """The local end's XDP attach mode (0: nothing attached), read in its namespace."""
+    with pair.in_local():
+        return link_state(pair.local.ifname).xdp_attached
+
+
+def xdp_sockets(pair: VethPair) -> int:
+    """AF_XDP sockets open in the local namespace, by any process: the ``sockets`` column
+    of its ``/proc/net/protocols`` line for XDP (the kernel counts them per namespace)."""
+    with pair.in_local(), open("/proc/thread-self/net/protocols") as f:
+        for line in f:
+            if line.split()[0] == "XDP":
+                return int(line.split()[2])
+    raise AssertionError("no XDP line in /proc/net/protocols")
+
+
+@contextlib.contextmanager
+def sending(pair: VethPair, frames: list[bytes], options: GenOptions) -> Iterator[list[GenResult]]:
+    """The generator sending from the peer in a thread while the block runs; its result
+    in the list once the block ends (it waits for the generator)."""
+    with pair.in_peer():
+        gen = TrafficGen(pair.peer.ifname, frames)
+    box: list[GenResult] = []
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: box.append(gen.run(options, stop)))
+    t.start()
+    try:
+        yield box
+    finally:
+        t.join()
+        gen.close()
+
+
+def receive_until(src: XskSource, done: Callable[[], bool]) -> None:
+    """Poll the source until ``done()``, or fail at the deadline."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        assert time.monotonic() < deadline, f"not done in time: {src.statistics()}"
+        src.poll(0.01)
+
+
+def in_hand(m: CpuMap) -> int:
+    """Frames a worker has taken from its ring (tagged ``HAND + slot``)."""
+    return int(np.count_nonzero(m.pool.tag >= TAG_HAND))
+
+
+def placed_or_dropped(src: XskSource) -> int:
+    st = src.statistics()
+    return st.received + st.drops
+
+
+def all_lent_but_a_block(m: CpuMap, rx: RxProducer) -> bool:
+    a = m.pool.audit()
+    return a.kernel + a.returned == rx.lendable and a.returned < rx.lend_block
+
+
+def assert_books_balance(m: CpuMap) -> None:
+    m.wait_idle(DEADLINE_S)
+    s = m.stats()
+    assert s.in_flight == 0 and s.rx == sum(s.outcomes().values()), s.outcomes()
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+def test_frames_reach_the_handler_byte_identical_and_in_order(veth: VethPair) -> None:
+    frames = frames_for(veth, 16)
+    n = 2000
+    with CpuMap(CPU + 1, handler=Keep(), frames=4096) as m:
+        m.update(CPU, 4096)
+        # Lossless inside the engine; and room for every frame in the fill and RX rings,
+        # so that the kernel delivers all of them however late we read.
+        with m.producer(to_cpu, backpressure=10.0) as rx, open_source(veth, rx) as src:
+            assert src.queues == (0,) and not src.zero_copy and src.notes  # veth: copy mode
+            assert m.pool.audit().kernel == rx.lendable  # the fill ring stocked
+            with sending(veth, frames, GenOptions(count=n)) as box:
+                receive_until(src, lambda: bool(box) and src.statistics().received >= n)
+            src.stop()
+            stats = src.statistics()
+        assert_books_balance(m)
+    got = [f for r in m.results for f in (r.result or [])]
+    assert box[0].sent == n and box[0].drops == 0 and stats.drops == 0
+    assert stats.received == n
+    assert got == [frames[i % len(frames)] for i in range(n)]  # every byte, in order
+    assert m.pool.audit().whole, m.pool.audit()
+
+
+def test_under_overload_every_frame_redirected_is_placed_or_a_source_drop(veth: VethPair) -> None:
+    """A small pool and a small RX ring against a flood: the kernel drops (RX ring full,
+    no chunk), the engine drops (ring full), and the books still balance."""
+    frames = frames_for(veth, 4, sizes=(64,))
+    with CpuMap(CPU + 1, frames=512) as m:
+        m.update(CPU, 128)
+        with m.producer(to_cpu, poll_size=64) as rx, open_source(veth, rx, ring_size=64) as src:
+            with sending(veth, frames, GenOptions(count=300_000)) as box:
+                receive_until(src, lambda: bool(box))
+            src.stop()  # detach, grace period, the RX ring read dry
+            stats = src.statistics()
+        assert_books_balance(m)
+        s = m.stats()
+    res = box[0]
+    assert stats.drops > 0  # the overload happened
+    assert s.rx == stats.received
+    # Every frame that reached the interface's program was redirected to the socket.
+    assert res.sent - res.drops == s.rx + stats.drops
+    assert m.pool.audit().whole, m.pool.audit()
+
+
+def test_a_worker_killed_holding_placed_frames_costs_them_and_they_go_back_to_the_fill_ring(
+    veth: VethPair, tmp_path: Path
+) -> None:
+    flag = tmp_path / "hold"
+    flag.touch()
+    frames = frames_for(veth, 8, sizes=(64, 200))
+    with CpuMap(CPU + 1, handler=HoldWhile(flag), frames=1024) as m:
+        m.update(CPU, 256)
+        with m.producer(to_cpu, backpressure=10.0, poll_size=64) as rx:
+            with open_source(veth, rx) as src:
+                with sending(veth, frames, GenOptions(count=200)) as box:
+                    receive_until(src, lambda: bool(box) and src.statistics().received >= 200)
+                wait_for(lambda: m.pool.audit().queued == 200, DEADLINE_S)  # in ring and hand
+                wait_for(lambda: in_hand(m) > 0, DEADLINE_S)  # its handler holds a batch
+                old = m.entry(CPU).life.worker.pid
+                os.kill(old, signal.SIGKILL)
+                flag.unlink()
+                wait_for(lambda: m.stats().lost > 0, DEADLINE_S)
+                # Released by the supervisor, reclaimed and lent again: every frame of the
+                # partition is back in the fill ring, but those of the block whose rest
+                # still waits there (blocks come back whole).
+                receive_until(src, lambda: all_lent_but_a_block(m, rx))
+                # ... and the run goes on receiving: three times the pool, paced in bursts
+                # of 500 (a burst the pool cannot hold would be the fill ring's drops).
+                gen = GenOptions(count=3000, rate=5000)
+                with sending(veth, frames, gen) as box2:
+                    receive_until(src, lambda: bool(box2) and placed_or_dropped(src) >= 3200)
+                src.stop()
+                stats = src.statistics()
+            assert_books_balance(m)
+            s = m.stats()
+    assert box2[0].drops == 0 and s.rx == stats.received
+    assert s.rx + stats.drops == 3200 and s.rx > 200 + len(m.pool.data)
+    assert 0 < s.lost <= 200 and s.delivered == s.rx - s.lost
+    assert m.pool.audit().whole, m.pool.audit()
+
+
+# --- nothing outlives the source ---------------------------------------------------------------
+
+
+def test_close_detaches_the_program_and_closes_the_sockets(veth: VethPair) -> None:
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
+        src = open_source(veth, rx)
+        assert xdp_attached(veth) and xdp_sockets(veth) == 1
+        src.close()
+        assert not xdp_attached(veth) and xdp_sockets(veth) == 0
+        src.close()  # idempotent
+        assert m.pool.audit().kernel == 0
+    assert m.pool.audit().whole
+
+
+class Boom(BaseException):
+    """Not an Exception: the program runner lets it through (a Ctrl-C would do the same)."""
+
+
+def test_an_exception_in_a_poll_counts_the_frames_aborted_and_close_detaches(
+    veth: VethPair,
+) -> None:
+    @vectorized
+    def explodes(batch):
+        raise Boom
+
+    frames = frames_for(veth, 2, sizes=(64,))
+    with CpuMap(CPU + 1, frames=1024) as m:
+        m.update(CPU, 64)
+        with m.producer(explodes) as rx:
+            with pytest.raises(Boom), open_source(veth, rx) as src:
+                with sending(veth, frames, GenOptions(count=50)):
+                    pass
+                receive_until(src, lambda: False)  # the poll raises Boom
+            assert not xdp_attached(veth) and xdp_sockets(veth) == 0
+            assert m.pool.audit().kernel == 0
+        s = m.stats()
+    assert s.xdp_aborted > 0 and s.rx == sum(s.outcomes().values())
+    assert m.pool.audit().whole
+
+
+def test_a_child_forked_while_the_source_is_open_keeps_nothing_attached(veth: VethPair) -> None:
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
+        src = open_source(veth, rx)
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # holds whatever it inherited until the parent writes
+            os.close(w)
+            os.read(r, 1)
+            os._exit(0)
+        os.close(r)
+        try:
+            src.close()
+            assert not xdp_attached(veth) and xdp_sockets(veth) == 0  # the child lives on
+            assert not pid_gone(child)
+        finally:
+            os.write(w, b"x")
+            os.close(w)
+            os.waitpid(child, 0)
+
+
+def test_a_sigkilled_controller_leaves_nothing_on_the_interface(veth: VethPair) -> None:
+    """The controller attaches, then starts a worker (forked after the attach), and dies
+    by SIGKILL: the kernel detaches the program and closes the sockets."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from cpumap import CpuMap
+        from cpumap.live import XskSource
+        from cpumap.live.netns import entered
+        from tests.live.test_xsk_source import to_cpu
+
+        m = CpuMap({CPU + 1}, frames=1024)
+        rx = m.producer(to_cpu)
+        with entered({veth.local.netns!r}):
+            src = XskSource(rx, {veth.local.ifname!r})
+        m.update({CPU}, 64)  # a worker forked while the source is open
+        print(m.entry({CPU}).life.worker.pid, flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        worker = int(proc.stdout.readline())  # type: ignore[union-attr]
+        assert xdp_attached(veth) and xdp_sockets(veth) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: pid_gone(worker), DEADLINE_S)
+    wait_for(lambda: not xdp_attached(veth) and xdp_sockets(veth) == 0, DEADLINE_S)
+    out = ip("-n", str(veth.local.netns), "-d", "link", "show", "dev", veth.local.ifname)
+    assert "xdp" not in out.replace("xdp_", "")  # no prog/xdp line
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "words"),
+    [
+        ({"queues": [3]}, errno.EINVAL, "queue out of range"),
+        ({"bind": XskMode.ZEROCOPY}, errno.EOPNOTSUPP, "no AF_XDP zero-copy"),
+    ],
+)
+def test_what_the_kernel_refuses_is_refused_by_name(
+    veth: VethPair, kwargs: dict, err: int, words: str
+) -> None:
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
+        with pytest.raises(XskError, match=words) as e:
+            open_source(veth, rx, **kwargs)
+        assert e.value.errno == err
+        assert not xdp_attached(veth) and m.pool.audit().kernel == 0
+    assert m.pool.audit().whole
+
+
+def test_no_such_interface(veth: VethPair) -> None:
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
+        with veth.in_local(), pytest.raises(XskError, match="ip link") as e:
+            XskSource(rx, "nosuchif0")
+        assert e.value.errno == errno.ENODEV and m.pool.audit().kernel == 0
+
+
+def test_an_mtu_too_large_for_native_xdp_names_the_fix() -> None:
+    with VethPair(mtu=9000) as pair, CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
+        with pytest.raises(XdpError, match="-m skb") as e:
+            open_source(pair, rx)
+        assert e.value.errno == errno.ERANGE and "mtu 3500" in str(e.value)
+        assert m.pool.audit().kernel == 0 and xdp_sockets(pair) == 0
+        with reopened(pair, rx, mode=XdpMode.SKB) as src:  # generic XDP takes any MTU
+            assert xdp_attached(pair) == 2 and src.mode is XdpMode.SKB
+    assert m.pool.audit().whole
