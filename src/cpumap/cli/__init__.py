@@ -69,7 +69,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
-        return run_command(run_config(args), console)
+        config = run_config(args)
+        if config.kernel is not None:  # the kernel's own cpumap: its eBPF side loads only then
+            from .kernel_run import run_kernel
+
+            return run_kernel(config, console)
+        return run_command(config, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
     except SetupError as e:  # a handler's setup() raised: nothing ran

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--handler",
-        help="flow-table (the default), count, or module:function (not with --kernel)",
+        help="flow-table, count, or module:function; not with --kernel (default: flow-table)",
     )
     run.add_argument(
         "--write",

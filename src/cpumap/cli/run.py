@@ -62,10 +62,6 @@ def run(config: RunConfig, console: Console) -> int:
     A local run turns SIGINT/SIGTERM into a stop after draining (:class:`SignalStop`); a
     run on a Ray cluster keeps Python's default: the first Ctrl-C ends it at once (Ray
     tears its tasks and actors down with the driver)."""
-    if config.kernel is not None:  # the kernel's own cpumap; the eBPF side loads only then
-        from .kernel_run import run_kernel
-
-        return run_kernel(config, console)
     if config.ray is not None:
         report = run_on_ray(config)
         show(report, config.view, console)
