@@ -30,10 +30,12 @@ from cpumap.cli.kernel_view import (
 )
 from cpumap.kernel import GenOptions, SteeringSpec, TrafficGen, possible_cpus
 from cpumap.kernel.tracepoint_counts import CpuTracepointCounts
-from cpumap.kernel.xdp import link_state
+from cpumap.kernel.xdp import attach, link_state, pass_program
 from cpumap.live.netns import VethPair
 from tests.helpers import veth_unavailable, wait_for
 from tests.kernel.python_forms import PythonForm
+from tests.kernel.test_steering_bpf import eth, ipv4, udp
+from tests.live.test_cli_af_xdp import gro_on
 
 pytestmark = pytest.mark.slow
 
@@ -215,6 +217,54 @@ def test_sigint_detaches_drains_and_summarises(veth: VethPair) -> None:
     assert proc.returncode == 130, out + err
     s = summary_of(out)
     assert s["stopped_by"] == "SIGINT" and s["exit_status"] == 130
+    assert_books_balance(s, sent)
+    for e in s["entries"]:  # the second stage passed every frame that reached it
+        assert e["xdp_pass"] == e["delivered"] and e["xdp_drop"] == e["xdp_redirect"] == 0
+    assert xdp_prog_id(veth) == 0
+
+
+@needs_root
+@pytest.mark.root
+def test_remote_redirect_out_of_a_device(veth: VethPair) -> None:
+    """``--remote-action redirect -D PEER``: each CPU's second stage sends the frames back
+    out of the peer; the kthread counts every one as redirected.  (The local end needs
+    NAPI to take them -- a program of its own: without one the kernel refuses each
+    redirect, and the kthread row says ``drop``, as xdp-bench's would.)"""
+    table = [eth(0x0800) + ipv4(17, udp(port, 7)) + bytes(18) for port in range(32)]
+    argv = ("--remote-action", "redirect", "-D", veth.peer.ifname, "--duration", "3")
+    with veth.in_local(), pass_program() as prog:
+        link = attach(veth.local.ifname, prog)
+    with link:
+        proc = start(veth, *argv, "--json")
+        try:
+            sent = send(veth, table, 4000)
+            out, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            stop(proc)
+    assert proc.returncode == 0, out + err
+    s = summary_of(out)
+    assert s["remote_action"] == "redirect" and s["redirect_device"] == veth.peer.ifname
+    assert_books_balance(s, sent)
+    assert sum(e["xdp_redirect"] for e in s["entries"]) == sum(e["delivered"] for e in s["entries"])
+
+
+@needs_root
+@pytest.mark.root
+def test_skb_mode_end_to_end(veth: VethPair) -> None:
+    """``-m skb``: generic XDP on the peer (GRO on gives it NAPI, so that the generator's
+    frames arrive); every UDP frame sent is seen once and balanced."""
+    with veth.in_peer():
+        gro_on(veth.peer.ifname)
+    table = [eth(0x0800) + ipv4(17, udp(port, 7)) + bytes(18) for port in range(32)]
+    proc = start(veth, "-m", "skb", "--remote-action", "drop", "--duration", "3", "--json")
+    try:
+        sent = send(veth, table, 4000)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, out + err
+    s = summary_of(out)
+    assert s["xdp_mode"] == "skb" and s["source"].endswith("(kernel cpumap, skb XDP)")
     assert_books_balance(s, sent)
     assert xdp_prog_id(veth) == 0
 
