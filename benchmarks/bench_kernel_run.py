@@ -125,12 +125,17 @@ def report(rate: float | None, results: dict[str, list[dict[str, float]]]) -> No
         each = " ".join(f"{x['through'] / 1e6:.2f}" for x in results[r])
         figures = " ".join(f"{m[k] / 1e6:8.2f}" for k in ("offered", "rx", "through"))
         print(f"  {r:<8} {figures}   ({each})")
-    ratio = (
-        med["kernel"]["through"] / med["user"]["through"]
-        if med["user"]["through"]
-        else float("inf")
+    pairs = [
+        k["through"] / u["through"]
+        for k, u in zip(results["kernel"], results["user"], strict=True)
+        if u["through"]
+    ]
+    ratio = med["kernel"]["through"] / med["user"]["through"] if med["user"]["through"] else 0.0
+    each = " ".join(f"{r:.2f}" for r in pairs)
+    print(
+        f"  ratio kernel / user, frames through to CPU 1: {ratio:.2f}x of the medians; "
+        f"per pair {each} (median {statistics.median(pairs):.2f}x)"
     )
-    print(f"  ratio kernel / user, frames through to CPU 1: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
