@@ -19,7 +19,9 @@ widened to u64), filtered on our cpumap's ``map_id``:
 * enqueue ``(map_id, processed, drops, to_cpu)``, run on the RX CPU at each bulk-queue
   flush: by ``to_cpu``, ``processed`` (frames flushed, *including* ``drops``), ``drops``
   (the ring full) and ``flushes`` (events: ``processed / flushes`` is xdp-bench's bulk
-  average).
+  average).  Generic (skb-mode) XDP has no bulk queue: one event per SKB, ``processed`` 1
+  when it went into the ring and ``drops`` 1 when it did not -- there ``processed``
+  *excludes* the drops (measured: ``tests/cli/test_kernel_run.py``'s skb run).
 * kthread ``(map_id, processed, drops, sched, xdp_stats)``, run by the entry's kthread on
   its CPU: by that CPU (``bpf_get_smp_processor_id``), ``processed``, ``drops`` (SKB
   allocation failures), ``sched`` (batches after which it slept), ``batches`` (events), and
