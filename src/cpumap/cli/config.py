@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ..cluster.places import Place
+    from ..kernel.steering import SteeringSpec
 
 ViewMode = Literal["text", "quiet", "json"]
 
@@ -98,7 +99,7 @@ class KernelConfig:
     """``--kernel``: the kernel's own cpumap steering ``--iface``, as ``xdp-bench
     redirect-cpu`` sets it up (the mode and CPUs are the run's ``program`` and ``cpus``)."""
 
-    spec: Any  # the steering program's cpumap.kernel.SteeringSpec, checked
+    spec: SteeringSpec  # the steering program as the eBPF form takes it, checked
     xdp_mode: str = "native"  # -m: where the steering program runs (native, skb)
     remote_action: str = "pass"  # each entry's second stage: drop, pass, redirect
     redirect_device: str | None = None  # --redirect-device: where "redirect" sends frames
