@@ -101,6 +101,19 @@ def test_an_interface_refusing_native_xdp_is_one_line_naming_the_fix() -> None:
             assert not link_state(pair.local.ifname).xdp_attached
 
 
+@needs_root
+@pytest.mark.root
+def test_an_interface_with_a_program_already_is_one_line_and_left_as_it_was(
+    veth: VethPair,
+) -> None:
+    with veth.in_peer(), pass_program() as prog:
+        link = attach(veth.peer.ifname, prog)
+    with link:
+        r = cpumap("run", "--iface", veth.peer.ifname, "--kernel", netns=veth.peer.netns)
+        assert_usage_error(r, "already has an XDP program")
+        assert xdp_prog_id(veth) == link.prog_id  # the program that was there stays
+
+
 # -- runs with traffic -----------------------------------------------------------------------
 
 
