@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             if write and claimed_by_another(Path(write)):  # its files are not "earlier"
                 raise taken(Path(write)) from None
             raise
+        if config.kernel is not None:  # the kernel's own cpumap: its eBPF side loads only then
+            from .kernel_run import run_kernel
+
+            return run_kernel(config, console)
         return run_command(config, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")

@@ -22,6 +22,7 @@ from ..programs.contract import is_batch_handler
 from ..sinks import CaptureSink, Chain, Count, FlowTable
 from .config import (
     HandlerConfig,
+    KernelConfig,
     ProgramConfig,
     RayConfig,
     RunConfig,
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the handler) or redirect (to an output that counts and discards)",
     )
     run.add_argument(
-        "--handler", default="flow-table", help="flow-table, count, or module:function"
+        "--handler",
+        help="flow-table, count, or module:function; not with --kernel (default: flow-table)",
     )
     run.add_argument(
         "--write",
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-m",
         "--xdp-mode",
         choices=XDP_MODES,
-        help="--af-xdp: run the redirect program in the driver (native) or on the skb "
+        help="--af-xdp, --kernel: run the XDP program in the driver (native) or on the skb "
         "(skb: any driver, any MTU) (default: native)",
     )
     run.add_argument(
@@ -256,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="Q",
         help="--af-xdp: an RX queue to receive from (repeat; default: every queue)",
+    )
+    run.add_argument(
+        "--kernel",
+        action="store_true",
+        help="with --iface: steer with the kernel's own cpumap, as xdp-bench redirect-cpu: "
+        "the program (-p, one of the eight modes) on the interface's XDP hook, a real "
+        "cpumap entry of -q frames per CPU whose second stage does --remote-action (default "
+        "pass: to the netstack); the figures are the kernel's (root; docs/cli.md)",
+    )
+    run.add_argument(
+        "-D",
+        "--redirect-device",
+        metavar="DEV",
+        help="--kernel --remote-action redirect: the device each CPU's second stage "
+        "redirects frames out of, as xdp-bench's -D",
     )
     run.add_argument("--top", type=_ranged(0, None), default=10, help="flows to list (flow-table)")
     run.add_argument(
@@ -306,6 +323,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     """Every check of ``run``'s arguments that needs no worker, then the frozen
     configuration the run reads (raises UsageError, before any process, segment or file
     of the run exists)."""
+    if args.kernel:
+        return kernel_run_config(args)
+    if args.redirect_device:
+        raise UsageError(
+            "--redirect-device goes with --kernel --remote-action redirect (without --kernel "
+            "a redirect goes to an output that counts and discards)"
+        )
     captures = tuple(args.capture or ())
     for path in captures:
         check_capture_path(path)
@@ -319,7 +343,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     program = program_config(args, len(cpus))
     view = view_config(args)
     write, merge = output_paths(args)
-    handler = handler_config(args.handler, write, on_ray=ray is not None)
+    handler = handler_config(args.handler or "flow-table", write, on_ray=ray is not None)
     return RunConfig(
         source=SourceConfig(
             captures=captures,
@@ -343,6 +367,81 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         view=view,
         ray=ray,
     )
+
+
+# What a run of the kernel's cpumap does not take: each is refused before anything loads.
+_USERSPACE_ONLY = {
+    "handler": "--handler is not supported with --kernel yet: behind the kernel's cpumap "
+    "each CPU runs its second stage (--remote-action drop|pass|redirect), not a Python "
+    "handler (handlers there are a stretch goal); drop --handler",
+    "ray": "--ray runs our engine on a cluster; drop --kernel or --ray",
+    "write": "--write is not supported with --kernel (the frames stay in the kernel)",
+    "merge": "--merge is not supported with --kernel (the frames stay in the kernel)",
+    "rx_cpu": "--rx-cpu is not for --kernel: the kernel receives on the CPU of the "
+    "interface's RX queue (set its IRQ affinity instead)",
+    "per_frame": "--per-frame is not for --kernel: the eBPF program runs per frame anyway",
+    "lossy": "--lossy is not needed with --kernel: the kernel's cpumap drops at a full ring",
+    "queue": "--queue goes with --af-xdp, not --kernel (the program is on every RX queue)",
+    "promisc": "--promisc is not for --kernel: set it with `ip link set IFACE promisc on`",
+    "metrics_port": "--metrics-port is not supported with --kernel yet",
+    "skip_bad": "--skip-bad is for capture files, not --kernel",
+}
+
+
+def kernel_run_config(args: argparse.Namespace) -> RunConfig:
+    """``--kernel``, checked: the kernel's own cpumap on ``--iface`` (raises UsageError,
+    before any program or map is loaded)."""
+    if not args.iface:
+        raise UsageError("--kernel steers an interface's traffic: add --iface IFACE")
+    if args.af_xdp:
+        raise UsageError(
+            "--kernel and --af-xdp: choose one (the kernel's cpumap steers in the kernel, "
+            "--af-xdp brings the frames to ours)"
+        )
+    for name, words in _USERSPACE_ONLY.items():
+        if getattr(args, name, None):
+            raise UsageError(words)
+    # Imported here: only a --kernel run needs the eBPF side.
+    from ..kernel.steering import STEERING_MODES
+
+    if args.program not in STEERING_MODES:
+        raise UsageError(
+            f"--program {args.program} has no eBPF form for --kernel: use one of "
+            f"{', '.join(STEERING_MODES)} (or drop --kernel to run it in our engine)"
+        )
+    cpus = tuple(sorted({c for p in _cpu_parts(args) for c in parse_cpus(p)}) or usable_cpus())
+    program = program_config(args, len(cpus))
+    return RunConfig(
+        source=SourceConfig(iface=args.iface, lossless=False),
+        program=program,
+        cpus=cpus,
+        qsize=args.qsize,
+        duration=args.duration,
+        view=view_config(args),
+        kernel=kernel_config(args, program, cpus),
+    )
+
+
+def kernel_config(
+    args: argparse.Namespace, program: ProgramConfig, cpus: tuple[int, ...]
+) -> KernelConfig:
+    """The steering spec, the XDP mode and the remote action of a ``--kernel`` run."""
+    from ..kernel.steering import SteeringSpec
+
+    try:
+        spec = SteeringSpec.of(program.name, cpus, **dict(program.options))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--program {program.name}: {e}; see `cpumap run --help`") from None
+    # No --remote-action is xdp-bench's "disabled": frames go on to the netstack, which
+    # the "pass" second stage does too, counting them.
+    action = "pass" if args.remote_action == "disabled" else args.remote_action
+    if (action == "redirect") != bool(args.redirect_device):
+        raise UsageError(
+            "--remote-action redirect needs the device: add --redirect-device DEV"
+            if action == "redirect"
+            else "--redirect-device goes with --remote-action redirect"
+        )
+    return KernelConfig(spec, args.xdp_mode or "native", action, args.redirect_device)
 
 
 def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:

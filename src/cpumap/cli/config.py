@@ -9,7 +9,8 @@ a tuple), and a test can build a run from a literal.
 The records are grouped by who reads them: where frames come from (:class:`SourceConfig`),
 what steers them (:class:`ProgramConfig`), what handles them (:class:`HandlerConfig`: the
 user's module is loaded here, once), what is shown (:class:`ViewConfig`), and for a
-run on a Ray cluster where it goes (:class:`RayConfig`).
+run on a Ray cluster where it goes (:class:`RayConfig`); a run of the kernel's own cpumap
+(``--kernel``) adds :class:`KernelConfig`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ..cluster.places import Place
+    from ..kernel.steering import SteeringSpec
 
 ViewMode = Literal["text", "quiet", "json"]
 
@@ -93,6 +95,17 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class KernelConfig:
+    """``--kernel``: the kernel's own cpumap steering ``--iface``, as ``xdp-bench
+    redirect-cpu`` sets it up (the mode and CPUs are the run's ``program`` and ``cpus``)."""
+
+    spec: SteeringSpec  # the steering program as the eBPF form takes it, checked
+    xdp_mode: str = "native"  # -m: where the steering program runs (native, skb)
+    remote_action: str = "pass"  # each entry's second stage: drop, pass, redirect
+    redirect_device: str | None = None  # --redirect-device: where "redirect" sends frames
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything ``cpumap run`` was asked to do, checked."""
 
@@ -108,3 +121,4 @@ class RunConfig:
     merge: Path | None = None  # ... and are merged into this one
     view: ViewConfig = field(default_factory=ViewConfig)
     ray: RayConfig | None = None  # set: the entries run on a Ray cluster
+    kernel: KernelConfig | None = None  # set: the kernel's cpumap on --iface (--kernel)

@@ -28,6 +28,8 @@ Modules, their public names re-exported here:
   over a CPU list whose entries' second stage drops, passes or redirects, per-CPU counts.
 * :mod:`cpumap.kernel.tracefs`: the ``xdp:xdp_cpumap_enqueue`` /
   ``xdp:xdp_cpumap_kthread`` tracepoints read from a tracefs instance of our own.
+  :mod:`cpumap.kernel.tracepoint_counts`: the same two summed per CPU in the kernel by
+  raw-tracepoint programs (as xdp-bench reads them; ``KernelSteering(tracepoints=True)``).
 * :mod:`cpumap.kernel.runner`: :class:`KernelCpumapRun` puts these together as a reusable
   measurement: live-frames test runs pinned to an RX CPU so that frames really cross to the
   entry's kthread.

@@ -70,6 +70,7 @@ class Cmd(enum.IntEnum):
     PROG_LOAD = 5
     PROG_TEST_RUN = 10
     OBJ_GET_INFO_BY_FD = 15
+    RAW_TRACEPOINT_OPEN = 17
     LINK_CREATE = 28
 
 
@@ -86,6 +87,7 @@ class ProgType(enum.IntEnum):
     """``enum bpf_prog_type`` (linux/bpf.h)."""
 
     XDP = 6
+    RAW_TRACEPOINT = 17
 
 
 class AttachType(enum.IntEnum):
@@ -244,6 +246,17 @@ class LinkCreateAttr(ctypes.Structure):
         ("target_ifindex", ctypes.c_uint32),
         ("attach_type", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
+    )
+
+
+class RawTracepointAttr(ctypes.Structure):
+    """The ``BPF_RAW_TRACEPOINT_OPEN`` struct (``raw_tracepoint``) of ``union bpf_attr``."""
+
+    _fields_ = (
+        ("name", ctypes.c_uint64),
+        ("prog_fd", ctypes.c_uint32),
+        ("_pad0", ctypes.c_uint32),
+        ("cookie", ctypes.c_uint64),
     )
 
 
@@ -625,6 +638,15 @@ def link_create(prog_fd: int, target_ifindex: int, attach_type: int, flags: int 
         flags=_check_u32("flags", flags),
     )
     return bpf(Cmd.LINK_CREATE, attr, f"ifindex={target_ifindex} flags={flags}")
+
+
+def raw_tracepoint_open(name: str, prog_fd: int) -> int:
+    """``BPF_RAW_TRACEPOINT_OPEN``: a raw-tracepoint program on tracepoint ``name`` (e.g.
+    ``"xdp_cpumap_enqueue"``); the fd (the caller owns it) holds it attached until closed,
+    by the owner or by the kernel when the owner dies."""
+    buf = ctypes.create_string_buffer(name.encode())
+    attr = RawTracepointAttr(name=_ptr(buf), prog_fd=_check_u32("prog_fd", prog_fd))
+    return bpf(Cmd.RAW_TRACEPOINT_OPEN, attr, f"tracepoint={name}")
 
 
 # --- the machine ------------------------------------------------------------------------

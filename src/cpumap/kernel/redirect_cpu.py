@@ -47,6 +47,7 @@ from .asm import (
 )
 from .bpf import KernelArrayMap, KernelCpuMap, KernelProgram
 from .steering import SteeringCounters, SteeringCounts, SteeringSpec, load_steering, percpu_values
+from .tracepoint_counts import CpumapTracepointCounts
 from .xdp import XdpLink, XdpMode, attach, link_state
 
 __all__ = ["HELPER_REDIRECT", "REMOTE_ACTIONS", "KernelSteering", "RemoteAction", "remote_program"]
@@ -91,7 +92,11 @@ class KernelSteering(Closing):
     each entry's second stage does with a frame -- ``"drop"``, ``"pass"`` (an SKB to the
     netstack), ``"redirect"`` (out of ``redirect_to``, an interface name or index).
     ``mode``: native (the driver) or SKB (generic) XDP.  ``fail_action``: the verdict when
-    the chosen entry is gone (``bpf_redirect_map``'s flags).
+    the chosen entry is gone (``bpf_redirect_map``'s flags).  ``tracepoints``: also count
+    the ``xdp_cpumap_enqueue``/``xdp_cpumap_kthread`` tracepoints of this cpumap per CPU, as
+    xdp-bench does, from before the attach (:attr:`tracepoints`, a
+    :class:`~cpumap.kernel.tracepoint_counts.CpumapTracepointCounts`; None where the host
+    refuses, with the reason in :attr:`tracepoints_refused`).
 
     Refusals: a CPU that is not possible, or a bad ``qsize``, as ``ValueError`` (before any
     map exists); what the kernel refuses at attach as :class:`XdpError` naming the fix.
@@ -107,6 +112,7 @@ class KernelSteering(Closing):
         redirect_to: str | int | None = None,
         mode: XdpMode = XdpMode.NATIVE,
         fail_action: int = XDP_ABORTED,
+        tracepoints: bool = False,
     ) -> None:
         possible = possible_cpus()
         bad = sorted(set(spec.cpus) - possible)
@@ -121,8 +127,12 @@ class KernelSteering(Closing):
         self.spec: Final = spec
         self.remote_action: Final = remote_action
         self._stack = contextlib.ExitStack()
+        self.tracepoints: CpumapTracepointCounts | None = None
+        self.tracepoints_refused: str | None = "not asked for"
         try:
             self._build(spec, qsize, remote_action, ifindex, fail_action)
+            if tracepoints:
+                self._count_tracepoints()
             self.link: XdpLink = self._stack.enter_context(attach(interface, self.program, mode))
         except BaseException:
             self._stack.close()
@@ -152,6 +162,17 @@ class KernelSteering(Closing):
         self.program: KernelProgram = enter(
             load_steering(spec, self.cpumap, self.counters, fail_action=fail)
         )
+
+    def _count_tracepoints(self) -> None:
+        """The cpumap tracepoints counted from before the attach, so that no frame is
+        flushed uncounted; where the host refuses, None and the reason."""
+        try:
+            self.tracepoints = self._stack.enter_context(
+                CpumapTracepointCounts(self.cpumap.map_id, self.cpumap.max_entries)
+            )
+            self.tracepoints_refused = None
+        except OSError as e:
+            self.tracepoints_refused = f"the kernel refused a program on them: {e.strerror or e}"
 
     def close(self) -> None:
         """Detach the program, then release the programs and maps.  Idempotent."""
