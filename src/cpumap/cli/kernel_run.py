@@ -29,13 +29,13 @@ import dataclasses
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 from rich.console import Console
 from rich.live import Live
 
+from ..capture import Stop
 from ..closing import Closing
 from ..kernel.redirect_cpu import KernelSteering
 from ..kernel.xdp import XdpError, XdpMode
@@ -57,7 +57,7 @@ TICK_S = 0.25  # the longest this loop waits before looking at the clock again
 
 def run_kernel(config: RunConfig, console: Console) -> int:
     """Run ``config`` (a ``--kernel`` run) to its end and show it; the exit status."""
-    with SignalStop(threading.Event()) as signals:
+    with SignalStop(Stop()) as signals:
         report = run_steering(config, console, signals)
         show_kernel(report, config.view, console)
     return int(report.exit_status)
@@ -199,7 +199,7 @@ def settle(watch: Watch, timeout: float = SETTLE_S) -> bool:
     return False
 
 
-def wait_for_end(stop: threading.Event, view: KernelView, deadline: float | None) -> None:
+def wait_for_end(stop: Stop, view: KernelView, deadline: float | None) -> None:
     """Until ``stop`` (a signal) or ``deadline``, showing the view every interval."""
     while not stop.is_set():
         now = time.monotonic()
