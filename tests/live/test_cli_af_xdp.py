@@ -133,3 +133,23 @@ def test_a_run_end_to_end_in_json(mode: str) -> None:
     assert summary["rx"] > 0 and summary["rx"] == sum(summary["outcomes"].values())
     assert isinstance(summary["source_drops"], int)
     assert summary["rx"] + summary["source_drops"] <= box[0].sent
+
+
+@needs_root
+@pytest.mark.root
+def test_the_text_summary_names_the_af_xdp_drop_counters() -> None:
+    with VethPair() as pair:
+        stop, box = threading.Event(), []
+        sender = _sender(pair, stop, box)
+        sender.start()
+        try:
+            r = cpumap(
+                "run", "--iface", pair.local.ifname, "--af-xdp", "--duration", "1", "--quiet",
+                netns=pair.local.netns,
+            )  # fmt: skip
+        finally:
+            stop.set()
+            sender.join()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "AF_XDP socket drops (kernel, rx_dropped + rx_ring_full)" in r.stdout
+    assert "tp_drops" not in r.stdout  # TPACKET_V3's counter is not this source's

@@ -90,7 +90,8 @@ class SourceFacts:
     what: str  # for the banner and the summary: a path, an interface, ...
     lossless: bool
     skipped: int = 0  # damaged records skipped (--skip-bad)
-    drops: int | None = None  # live: the socket ring's own drops (tp_drops)
+    drops: int | None = None  # live: the socket's own drops (see drops_what)
+    drops_what: str = "socket ring drops (kernel, tp_drops)"  # what ``drops`` counts
     linktypes: tuple[int, ...] = ()  # a capture's link types
     wide_times: int = 0  # pcapng: packets whose time int64 ns cannot hold
     unopened: str | None = None  # "stopped"/"deadline" before a capture's header came
@@ -167,10 +168,23 @@ class Source(Closing):
             return self._xsk.drops
         return self._live.drops if self._live is not None else None
 
+    @property
+    def drops_what(self) -> str:
+        """What :attr:`drops` counts, for the summary's line."""
+        if self._af_xdp is not None:
+            return "AF_XDP socket drops (kernel, rx_dropped + rx_ring_full)"
+        return "socket ring drops (kernel, tp_drops)"
+
     def facts(self) -> SourceFacts:
         reader = self._reader
         if reader is None:
-            return SourceFacts(self.what, self.lossless, drops=self.drops, unopened=self.unopened)
+            return SourceFacts(
+                self.what,
+                self.lossless,
+                drops=self.drops,
+                drops_what=self.drops_what,
+                unopened=self.unopened,
+            )
         return SourceFacts(
             self.what,
             self.lossless,

@@ -342,7 +342,7 @@ def source_notes(program: str, facts: SourceFacts, xdp_pass: int) -> list[str]:
             f"exactly by the reader; shown saturated)"
         )
     if facts.drops is not None:
-        notes.append(f"socket ring drops (kernel, tp_drops): {facts.drops:,}")
+        notes.append(f"{facts.drops_what}: {facts.drops:,}")
     return notes
 
 
