@@ -49,7 +49,7 @@ def assert_usage_error(r: subprocess.CompletedProcess[str], words: str) -> None:
     ("argv", "words"),
     [
         (["--af-xdp"], "--af-xdp receives from an interface: add --iface IFACE"),
-        (["--generate", "10", "-m", "skb"], "-m/--xdp-mode goes with --af-xdp"),
+        (["--generate", "10", "-m", "skb"], "-m/--xdp-mode goes with --af-xdp or --kernel"),
         (["--generate", "10", "--queue", "1"], "--queue goes with --af-xdp"),
         (["--iface", "lo", "--af-xdp", "--promisc"], "ip link set IFACE promisc on"),
     ],

@@ -447,9 +447,12 @@ def kernel_config(
 def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--af-xdp``, ``-m`` and ``--queue``, checked: the AF_XDP fields of the source."""
     if not args.af_xdp:
-        for given, name in ((args.xdp_mode, "-m/--xdp-mode"), (args.queue, "--queue")):
-            if given:
-                raise UsageError(f"{name} goes with --af-xdp: add --af-xdp --iface IFACE")
+        if args.xdp_mode:  # (--kernel takes it too, and is checked before this)
+            raise UsageError(
+                "-m/--xdp-mode goes with --af-xdp or --kernel: add one of them and --iface IFACE"
+            )
+        if args.queue is not None:
+            raise UsageError("--queue goes with --af-xdp: add --af-xdp --iface IFACE")
         return {}
     if not args.iface:
         raise UsageError("--af-xdp receives from an interface: add --iface IFACE")
