@@ -158,6 +158,7 @@ class WorkerLife:
     lost: int = 0  # frames lost with its workers (recovered without an outcome)
     reports: list[Exited] = field(default_factory=list)  # received, not yet collected
     quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
+    finish_error: str | None = None  # "finish() failed: ..." of its last, drained worker
 
 
 @dataclass(eq=False)
