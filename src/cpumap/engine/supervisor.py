@@ -63,6 +63,7 @@ from ..errors import HandlerSetupError
 from ..programs.contract import WorkerInfo
 from ..programs.user_errors import UserError
 from .counters import KthreadCounter, ProducerCounter
+from .descendants import exited_unreaped
 from .entry import Entry, EntryEvent, EntryState, WorkerLife
 from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
 from .messages import Exited, Ready, SetupFailed, WorkerMessage
@@ -585,11 +586,16 @@ class Supervisor:
             e.life.quarantined = True
 
     def kill_all(self, entries: Iterable[Entry]) -> None:
-        """SIGKILL every worker, without waiting (the controller is exiting)."""
+        """SIGKILL every worker and its process group (what its handler started:
+        descendants.py), without waiting (the controller is exiting)."""
         for e in entries:
-            if e.life.worker is not None:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(e.life.worker.pid, signal.SIGKILL)
+            w = e.life.worker
+            if w is not None and w.pid:
+                if exited_unreaped(w.pid) is not None:  # our child, not reaped: its own id
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(w.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)  # not yet in its group, or left it
 
     def _reap(self, e: Entry) -> None:
         """Wait for ``e``'s exited worker, keeping its last report."""
