@@ -348,7 +348,8 @@ def test_8_a_producer_of_a_closed_map_refuses_to_poll() -> None:
 def test_8_a_replaced_entrys_worker_handle_keeps_its_pid() -> None:
     with CpuMap(CPU + 1) as m:
         m.update(CPU, 64)
-        w = m.entry(CPU).life.worker
+        w = m.entry(CPU).worker
+        assert w is m.entry(CPU).life.worker
         pid = w.pid
         m.update(CPU, 64)
         wait_until(lambda: (m.poll(), not m._retiring)[1], 30, "the old entry did not retire")

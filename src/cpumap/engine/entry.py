@@ -182,6 +182,13 @@ class Entry:
         """The CPU its worker is pinned to (the key: a cpumap's key is a CPU)."""
         return self.key
 
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """Its current worker (``life.worker``; None while it has none).  A handle kept
+        after the worker is replaced or retired still reads its ``pid`` and
+        ``exitcode``; it no longer runs."""
+        return self.life.worker
+
     def fire(self, event: EntryEvent) -> EntryState:
         """Move to the state :data:`TRANSITIONS` gives for ``event``; returns it."""
         new = TRANSITIONS[self.state].get(event)

@@ -689,7 +689,7 @@ class CpuMap(Closing):
         if e.state == EntryState.GRACE:
             e.fire(EntryEvent.GRACE_ELAPSED)
             e.ring.request_stop()
-        if e.state == EntryState.DRAINING and self.supervisor.exited(e):
+        if e.state == EntryState.DRAINING and self.supervisor.drained(e):
             self._retire(e, EntryEvent.DRAINED)
         elif e.state == EntryState.BROKEN_RETIRING:
             self._retire(e, EntryEvent.GRACE_ELAPSED)

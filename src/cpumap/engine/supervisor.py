@@ -481,10 +481,13 @@ class Supervisor:
             finish_error=life.finish_error,
         )
 
-    def exited(self, e: Entry) -> bool:
-        """Whether ``e`` has no live worker."""
+    def drained(self, e: Entry) -> bool:
+        """Whether ``e``'s worker has exited with its ring drained, every outcome
+        committed and nothing in hand.  A worker that died with work left is not: the
+        next supervision with ``restart`` replaces it -- even if it died after this pass's
+        :meth:`supervise` saw it alive."""
         w = e.life.worker
-        return w is None or not w.is_alive()
+        return w is not None and not w.is_alive() and self._exited_clean(e)
 
     def wait(self, entries: Iterable[Entry], timeout: float) -> None:
         """Sleep until a worker of ``entries`` exits or reports, or ``timeout`` passes."""
