@@ -29,7 +29,11 @@ lost on the way.
 Broken entries
 --------------
 A worker that dies is replaced (the supervisor), in whichever state its entry is: a
-retiring entry needs its worker too, to drain its ring.  An entry whose workers die faster
+retiring entry needs its worker too, to drain its ring.  But a DRAINING entry's worker that
+exits having drained its ring (every outcome committed, nothing in hand) did not die,
+whatever its exit status: it had nothing left but ``finish()``, and a replacement would only
+run ``setup()`` and ``finish()`` again.  The entry is DRAINED; a ``finish()`` that failed to
+report is named (``WorkerLife.finish_error``), never restarted.  An entry whose workers die faster
 than the restart policy allows, or whose replacement cannot start, is *broken*: it has no
 worker, its ring is killed (a producer's push is refused: counted ``queue_full``) and what
 the ring held is counted lost.  Where it goes depends on where it was::

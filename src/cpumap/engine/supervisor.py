@@ -15,7 +15,13 @@ the frames it held without a committed outcome are counted ``lost`` and returned
 (:meth:`Supervisor.recover`, the supervisor's half of worker.py's commit protocol) -- and
 replaced by a new worker on the same ring, which continues the dead one's counters.
 Who notices: the map's supervisor thread (watcher.py argues the choice), within
-milliseconds of the death; every map operation, ``stats()`` and ``poll()`` too.
+milliseconds of the death; every map operation, ``stats()`` and ``poll()`` too.  A
+retiring worker that exits after draining its ring is no death, however it exits: if its
+``finish()`` could not report (it raised, exited the process, returned what cannot be
+pickled, closed the pipe) the retirement names it -- ``finish_failed`` -- and nothing is
+restarted (entry.py).  A worker's exit also ends what its handler started: its process
+group (descendants.py).  A new worker has ``setup_timeout`` seconds to report ready; one
+still in ``setup()`` then is killed, and the error says so.
 
 Restarts are rate-limited with a decay (:class:`RestartPolicy`), not a lifetime count: each
 death adds one to the entry's *heat*, which halves every ``half_life`` seconds; an entry
