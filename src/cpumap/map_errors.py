@@ -1,6 +1,6 @@
 """How a map operation fails, the kernel's way: :class:`MapError`, an ``OSError`` with the
-kernel's errno, the checks its u32/u64 arguments get, and the key walk ``bpftool map dump``
-does.
+kernel's errno, the checks its u32/u64 arguments (and its durations in seconds) get, and
+the key walk ``bpftool map dump`` does.
 
 Shared by the local map (``engine/map.py``) and the cluster map (``cluster/map.py``), so
 that both answer bad input with the same errors.
@@ -9,6 +9,7 @@ that both answer bad input with the same errors.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -43,6 +44,19 @@ def as_uint(value: object, bits: int, what: str) -> int:
     v = int(value)
     if not 0 <= v < (1 << bits):
         raise OverflowError(f"{what} {v} does not fit in u{bits}")
+    return v
+
+
+def as_seconds(value: object, what: str, *, zero_ok: bool = True) -> float:
+    """A duration argument in seconds: a real number, finite, >= 0 (> 0 unless
+    ``zero_ok``).  NaN and infinity are refused: a NaN deadline never passes and never
+    fails a comparison, and an infinite one turns a bounded wait into a hang."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{what} must be a finite number of seconds {bound}, not {value!r}")
     return v
 
 

@@ -99,6 +99,33 @@ class PacketBatch:
             return None
         return length
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first packet that breaks the invariant: columns
+        of different lengths, or a packet that starts before its buffer or runs past it
+        (``start[i] + caplen[i] > len(buf)``).  Two reductions over the batch: cheap
+        beside copying it (the RX side checks every batch it is given)."""
+        n = len(self.start)
+        for name in ("caplen", "wire_len", "ts_ns", "ifindex", "linktype", "rx_queue"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"batch columns differ in length: {name} has {len(getattr(self, name))}, "
+                    f"start has {n}"
+                )
+        if n == 0:
+            return
+        size = len(self.buf)
+        ends = self.start + self.caplen.astype(np.int64)
+        bad = (self.start < 0) | (ends > size)
+        if bad.any():
+            i = int(np.argmax(bad))
+            s, c = int(self.start[i]), int(self.caplen[i])
+            raise ValueError(
+                f"packet {i} of the batch (start {s}, caplen {c}) runs past its buffer "
+                f"of {size} bytes"
+                if s >= 0
+                else f"packet {i} of the batch starts before its buffer (start {s})"
+            )
+
     def slice(self, lo: int, hi: int) -> PacketBatch:
         """Packets ``lo:hi`` (views, no copy)."""
         return PacketBatch(

@@ -293,10 +293,10 @@ def test_rarely_used_knobs_are_one_options_record() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"trace_events": -1}, r"^trace_events must be >= 0, not -1$"),
-        ({"stuck_after": 0}, r"^stuck_after and restart.half_life must be > 0"),
-        ({"restart": RestartPolicy(half_life=0)}, r"restart.half_life must be > 0"),
-        ({"restart": RestartPolicy(burst=-1)}, r"restart.burst >= 0$"),
+        ({"trace_events": -1}, r"^trace_events must be in 0\.\.1048576, not -1$"),
+        ({"stuck_after": 0}, r"^stuck_after must be a finite number of seconds > 0, not 0$"),
+        ({"restart": RestartPolicy(half_life=0)}, r"^restart.half_life must be a finite"),
+        ({"restart": RestartPolicy(burst=-1)}, r"^restart.burst must be finite and >= 0"),
     ],
 )
 def test_options_are_checked_when_made(options: dict[str, object], message: str) -> None:

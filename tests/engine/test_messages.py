@@ -66,6 +66,7 @@ def test_an_unpicklable_finish_result_still_reports() -> None:
         m.run(flow_batch(1, 2), lambda ctx: redirect_map(m, CPU))
     (r,) = m.results
     assert r.result is None and r.exitcode == 0
-    assert r.error is not None and r.error.startswith("cannot send result:")
+    assert r.error is not None and r.error.startswith("finish() failed: its result cannot be sent:")
+    assert r.finish_error == r.error and m.stats().finish_failures == 1
     # The user errors are ours (strings and ints): they survive the fallback.
     assert [(e.where, e.what, e.count) for e in r.user_errors] == [("handler", "ValueError", 2)]

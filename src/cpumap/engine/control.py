@@ -16,14 +16,15 @@ Layout of the segment (``shm.Layout``; every array starts on a cache line)::
     rcu_seq, rcu_pid             the producer registry (rcu.py): RX producers first, then
                                  one producer slot per ring slot (its worker's second stage)
     heartbeat[n_slots, 8]        uint64  per slot: its worker's last progress (monotonic ns)
+    map_state[16]                uint32  [0]: 1 once the map is closed (producers refuse)
     prec, enq, krec, events      the counters (counters.py)
 
 A *slot* is a ring with its worker's hand and record.  An entry (entry.py) occupies one
 slot from its creation to its retirement; there are more slots than CPUs, because a
 replaced entry keeps its slot while it drains.
 
-Who writes what: the table and ``slot_info`` only the controller; a ring as ring.py says;
-a producer's counters only that producer; a slot's record only its worker.
+Who writes what: the table, ``slot_info`` and ``map_state`` only the controller; a ring
+as ring.py says; a producer's counters only that producer; a slot's record only its worker.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class MapShared:
         layout.add("ring_slots", np.uint32, (n_slots, MAX_CAPACITY), align=4096)
         layout.add("hand", np.uint32, (n_slots, batch_size))
         layout.add("heartbeat", np.uint64, (n_slots, 8))
+        layout.add("map_state", np.uint32, 16)
         add_registry(layout, producers + n_slots)
         add_counters(layout, producers, n_slots, trace_events)
         self._seg: Segment = layout.create()
@@ -77,6 +79,7 @@ class MapShared:
         self._info = seg.view("slot_info")
         self._hands = seg.view("hand")
         self._heartbeat = seg.view("heartbeat")
+        self._state = seg.view("map_state")
         self._enq = seg.view("enq")
         self.registry = ProducerRegistry(seg, producers + n_slots, producers)
         ring_slots = seg.view("ring_slots")
@@ -167,6 +170,17 @@ class MapShared:
     def second_stage_producer(self, slot: int) -> int:
         """The producer slot (rcu.py) of ``slot``'s worker, for its second stage."""
         return self.producers + slot
+
+    # -- the map's life -------------------------------------------------------------------
+    def mark_closed(self) -> None:
+        """The map is closed: every producer refuses its next poll (any process)."""
+        self._state[0] = 1
+
+    @property
+    def closed(self) -> bool:
+        """Whether the map was closed (a producer checks it at the start of every poll:
+        one load; a poll already past it finishes, and its frames are counted)."""
+        return bool(self._state[0])
 
     # -- producers -----------------------------------------------------------------------
     def producer_record(self, p: int) -> ProducerRecord:

@@ -29,7 +29,11 @@ lost on the way.
 Broken entries
 --------------
 A worker that dies is replaced (the supervisor), in whichever state its entry is: a
-retiring entry needs its worker too, to drain its ring.  An entry whose workers die faster
+retiring entry needs its worker too, to drain its ring.  But a DRAINING entry's worker that
+exits having drained its ring (every outcome committed, nothing in hand) did not die,
+whatever its exit status: it had nothing left but ``finish()``, and a replacement would only
+run ``setup()`` and ``finish()`` again.  The entry is DRAINED; a ``finish()`` that failed to
+report is named (``WorkerLife.finish_error``), never restarted.  An entry whose workers die faster
 than the restart policy allows, or whose replacement cannot start, is *broken*: it has no
 worker, its ring is killed (a producer's push is refused: counted ``queue_full``) and what
 the ring held is counted lost.  Where it goes depends on where it was::
@@ -158,6 +162,7 @@ class WorkerLife:
     lost: int = 0  # frames lost with its workers (recovered without an outcome)
     reports: list[Exited] = field(default_factory=list)  # received, not yet collected
     quarantined: bool = False  # its ring was killed without its lock: never reuse the slot
+    finish_error: str | None = None  # "finish() failed: ..." of its last, drained worker
 
 
 @dataclass(eq=False)
@@ -180,6 +185,13 @@ class Entry:
     def cpu(self) -> int:
         """The CPU its worker is pinned to (the key: a cpumap's key is a CPU)."""
         return self.key
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """Its current worker (``life.worker``; None while it has none).  A handle kept
+        after the worker is replaced or retired still reads its ``pid`` and
+        ``exitcode``; it no longer runs."""
+        return self.life.worker
 
     def fire(self, event: EntryEvent) -> EntryState:
         """Move to the state :data:`TRANSITIONS` gives for ``event``; returns it."""

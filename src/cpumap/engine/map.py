@@ -64,6 +64,7 @@ import atexit
 import contextlib
 import dataclasses
 import errno
+import math
 import os
 import threading
 import time
@@ -79,14 +80,14 @@ from ..abi import BPF_ANY, BPF_EXIST, BPF_NOEXIST, CPUMAP_QSIZE_MAX
 from ..closing import Closing
 from ..cpus import nr_cpus, possible_cpus
 from ..errors import ClosedResourceError
-from ..map_errors import as_uint, map_error, walk_keys
+from ..map_errors import as_seconds, as_uint, map_error, walk_keys
 from ..packets import PacketBatch
 from ..programs import user_errors
 from ..programs.user_errors import UserError
 from .control import MapShared
 from .counters import KTHREAD_WORDS
 from .entry import Entry, EntryEvent, EntryState
-from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, FramePool
+from .frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM, MAX_PUBLISHERS, FramePool
 from .ownership import held_without_outcome
 from .report import MapReport
 from .rx import RxProducer
@@ -111,6 +112,8 @@ QSIZE_MAX = CPUMAP_QSIZE_MAX  # the kernel's sanity limit
 # so a partition needs room for its rings' contents plus a few blocks in flight.
 DEFAULT_FRAMES_PER_PRODUCER = 16384
 DEFAULT_STUCK_AFTER = 10.0  # seconds without progress, with work waiting: "stuck"
+# Records per tracepoint writer: 80 bytes each, one log per producer and per slot.
+MAX_TRACE_EVENTS = 1 << 20
 _CLOSE_LOCK_SHARE = 0.25  # of close()'s timeout, for a ring's producer lock at the end
 
 _map_ids = iter(range(1, 1 << 31))
@@ -137,7 +140,10 @@ class MapOptions:
     once, as the kthread does).
 
     Supervision: ``stuck_after`` (seconds a worker may make no progress while work waits
-    before it is reported stuck), ``restart`` (the restart rate limit:
+    before it is reported stuck; a producer whose pool partition has no free frame for as
+    long is reported ``starved``), ``setup_timeout`` (seconds a new worker's handler
+    ``setup()`` may take: a worker still in it then is killed and the update fails with
+    ``HandlerSetupError``), ``restart`` (the restart rate limit:
     supervisor.RestartPolicy), ``supervise`` (False: no supervisor thread -- dead workers
     are then handled only by map operations, ``stats()`` and ``poll()``, as a tool that
     plays a worker itself needs).
@@ -149,14 +155,21 @@ class MapOptions:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     busy_poll: float = DEFAULT_BUSY_POLL
     stuck_after: float = DEFAULT_STUCK_AFTER
+    setup_timeout: float = START_TIMEOUT
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     supervise: bool = True
 
     def __post_init__(self) -> None:
-        if self.trace_events < 0:
-            raise ValueError(f"trace_events must be >= 0, not {self.trace_events}")
-        if self.stuck_after <= 0 or self.restart.burst < 0 or self.restart.half_life <= 0:
-            raise ValueError("stuck_after and restart.half_life must be > 0, restart.burst >= 0")
+        _check_int_in(self.trace_events, "trace_events", 0, MAX_TRACE_EVENTS)
+        as_seconds(self.idle_timeout, "idle_timeout", zero_ok=False)
+        as_seconds(self.busy_poll, "busy_poll")
+        as_seconds(self.stuck_after, "stuck_after", zero_ok=False)
+        as_seconds(self.setup_timeout, "setup_timeout", zero_ok=False)
+        if not isinstance(self.restart, RestartPolicy):
+            raise TypeError(f"restart must be a RestartPolicy, not {type(self.restart).__name__}")
+        as_seconds(self.restart.half_life, "restart.half_life", zero_ok=False)
+        if not (math.isfinite(self.restart.burst) and self.restart.burst >= 0):
+            raise ValueError(f"restart.burst must be finite and >= 0, not {self.restart.burst}")
 
 
 class CpuMap(Closing):
@@ -191,11 +204,14 @@ class CpuMap(Closing):
             raise map_error(errno.EINVAL, "max_entries is 0")
         if max_entries > nr_cpus():
             raise map_error(errno.E2BIG, f"max_entries {max_entries} > NR_CPUS {nr_cpus()}")
-        if producers < 1:
-            raise ValueError(f"producers must be >= 1, not {producers}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        _check_int_in(producers, "producers", 1, MAX_PUBLISHERS)
+        # A batch never holds more than a ring can: the hand buffer is sized by it.
+        _check_int_in(batch_size, "batch_size", 1, QSIZE_MAX)
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable (or None), not {type(handler).__name__}")
         opts = options if options is not None else MapOptions()
+        if not isinstance(opts, MapOptions):
+            raise TypeError(f"options must be a MapOptions, not {type(opts).__name__}")
         self.options = opts
         self.max_entries = max_entries
         self.map_id = next(_map_ids)
@@ -232,6 +248,7 @@ class CpuMap(Closing):
             WorkerConfig(self.handler, batch_size, opts.idle_timeout, opts.busy_poll),
             policy=opts.restart,
             stuck_after=opts.stuck_after,
+            setup_timeout=opts.setup_timeout,
         )
         self.results: list[WorkerResult] = self.supervisor.results
         self.history: deque[EntryStats] = deque(maxlen=1024)
@@ -497,6 +514,7 @@ class CpuMap(Closing):
             self.supervisor.supervise_producers()
             self._count_abandoned()
             self._closed = True
+            self.shared.mark_closed()
             _open_maps.discard(self)
         finally:
             if locked:
@@ -530,6 +548,8 @@ class CpuMap(Closing):
             abandoned=self._held_by_producers() if self._closing_done else 0,
             worker_deaths=sup.deaths,
             producer_deaths=sup.producer_deaths,
+            finish_failures=sup.finish_failures,
+            starved_producers=sup.starvation.now(),
         )
         records = [shared.producer_record(p).read().tolist() for p in range(self.producers)]
         return MapStats.from_counters(self.map_id, records, k, tuple(entries), faults)
@@ -581,6 +601,7 @@ class CpuMap(Closing):
                 return True
             self._advance(restart=True)
             self.supervisor.check_progress(self._live_entries())
+            self.supervisor.check_pool()
             return True
         finally:
             self._lock.release()
@@ -668,7 +689,7 @@ class CpuMap(Closing):
         if e.state == EntryState.GRACE:
             e.fire(EntryEvent.GRACE_ELAPSED)
             e.ring.request_stop()
-        if e.state == EntryState.DRAINING and self.supervisor.exited(e):
+        if e.state == EntryState.DRAINING and self.supervisor.drained(e):
             self._retire(e, EntryEvent.DRAINED)
         elif e.state == EntryState.BROKEN_RETIRING:
             self._retire(e, EntryEvent.GRACE_ELAPSED)
@@ -677,7 +698,7 @@ class CpuMap(Closing):
         """``event`` retires ``e``: its workers' end is the supervisor's; the map folds its
         stats into the history and frees its slot (unless quarantined)."""
         e.fire(event)
-        done = self.supervisor.retire(e)
+        done = self.supervisor.retire(e, drained=event == EntryEvent.DRAINED)
         self.history.append(
             EntryStats.from_counters(
                 e, done.counters, self._enqueue_rows(e), done.status, len(e.ring)
@@ -701,6 +722,14 @@ class CpuMap(Closing):
         if any(e.state in waiting for e in self._retiring):
             timeout = min(timeout, 0.001)  # grace periods end with RX batches: poll fast
         self.supervisor.wait(self._live_entries(), timeout)
+
+
+def _check_int_in(value: object, what: str, lo: int, hi: int) -> None:
+    """An int argument within ``lo..hi`` (a TypeError for a non-int, a ValueError else)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, not {value}")
 
 
 def _accept_all(skb: object) -> None:

@@ -13,7 +13,8 @@ reads it.  In one worker's life, in this order:
 * :class:`Exited` -- exactly once, last, after a ``Ready``: the handler's ``finish()``
   result, the second stage's outputs' reports, the error that ended the worker (if any),
   and its user-code failures (``programs/user_errors.py``).  A worker killed (SIGKILL, a
-  crash) sends none: the supervisor then sees end of file and reads the exit code.
+  crash), or whose ``finish()`` exits the process or closes the pipe, sends none: the
+  supervisor then sees end of file and reads the exit code.
 
 Why frozen dataclasses, not dicts: the reader dispatches on the message's *type*
 (``match``), so a misspelt key cannot silently read as "absent"; the fields are typed
@@ -55,6 +56,8 @@ class Exited:
     error: str | None = None  # the formatted traceback of what ended it, if anything
     outputs: tuple[Any, ...] = ()  # the finish() reports of its second stage's outputs
     user_errors: tuple[UserError, ...] = ()  # what failed in user code in this worker
+    finish_error: str | None = None  # "finish() failed: ...": it raised, or its result
+    # could not be sent (then ``result`` is None)
 
 
 WorkerMessage = Ready | SetupFailed | Exited

@@ -52,6 +52,7 @@ from .. import _atomics as at
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from ..closing import Closing
 from ..errors import ClosedResourceError
+from ..map_errors import as_seconds
 from ..packets import PacketBatch
 from ..programs.runner import ProgramRunner, Verdicts
 from ..skb import frame_skbs
@@ -120,6 +121,14 @@ def _die_with(owner: int, interval: float = 0.25) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _check_count(value: object, what: str) -> None:
+    """A count argument: an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, not {value}")
+
+
 class Feedable(Protocol):
     """What a producer needs of the map it feeds (a ``CpuMap``): its shared state, its
     frame pool and its controlling process's pid.  The map itself is also the target its
@@ -156,11 +165,17 @@ class RxProducer(Closing):
         frame_wait: float = DEFAULT_FRAME_WAIT,
         backpressure: float = 0.0,
     ) -> None:
-        if poll_size < 1:
-            raise ValueError(f"poll_size must be >= 1, not {poll_size}")
+        _check_count(poll_size, "poll_size")
+        _check_count(bulk_size, "bulk_size")
         if not callable(program):
             raise TypeError(f"program must be callable, not {type(program).__name__}")
+        if pass_handler is not None and not callable(pass_handler):
+            raise TypeError(f"pass_handler must be callable, not {type(pass_handler).__name__}")
+        frame_wait = as_seconds(frame_wait, "frame_wait")
+        backpressure = as_seconds(backpressure, "backpressure")
         shared = cmap.shared
+        if shared.closed:
+            raise ClosedResourceError("map is closed")
         if index is not None and not 0 <= index < shared.producers:
             raise ValueError(f"producer index must be in 0..{shared.producers - 1}, not {index}")
         self.shared = shared
@@ -246,6 +261,9 @@ class RxProducer(Closing):
         """One NAPI poll over ``batch`` (any size; see the module docstring)."""
         if self._closed:
             raise ClosedResourceError("producer is closed")
+        if self.shared.closed:
+            raise ClosedResourceError("map is closed")
+        batch.check()  # before anything is counted: a bad batch is refused whole
         n = len(batch)
         if n == 0:
             return

@@ -29,8 +29,12 @@ Faults, and the fields that report them
 * ``worker_deaths``, ``producer_deaths`` -- deaths the supervisor handled (each also a
   ``WorkerEvent``: ``CpuMap.worker_events()``); ``broken_entries``, ``stuck_workers``
   -- entries broken (state ``broken`` or ``broken-retiring``) / workers reported stuck,
-  now; ``hop_limit`` -- frames a second stage dropped for being redirected between
-  entries too often (part of ``second_stage_drop``).
+  now; ``finish_failures`` -- retired entries whose worker drained its ring but whose
+  ``finish()`` raised or could not report (never a death, never a restart: per entry,
+  ``EntryStats.finish_error`` says why); ``starved_producers`` -- RX producers whose pool
+  partition has had no free frame for the map's ``stuck_after``, now; ``hop_limit`` --
+  frames a second stage dropped for being redirected between entries too often (part of
+  ``second_stage_drop``).
 * per entry: ``state`` (``broken``, ``broken-retiring`` included), ``pid`` (0 while it
   has no worker), ``exitcode`` (its last worker's, once dead), ``restarts``,
   ``heartbeat_age`` (seconds since its worker last made progress; -1 if none), ``stuck``
@@ -198,6 +202,7 @@ class WorkerStatus:
     lost: int = 0  # frames lost with the entry's workers
     heartbeat_age: float = -1.0  # seconds since its last progress (-1: none)
     stuck: bool = False  # work waiting, no progress for the map's stuck_after
+    finish_error: str | None = None  # its drained worker's finish() failed: why
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,8 @@ class EntryStats:
     restarts: int = 0  # replacement workers started
     heartbeat_age: float = -1.0  # seconds since its worker's last progress (-1: none)
     stuck: bool = False  # work waiting, no progress for the map's stuck_after
+    finish_error: str | None = None  # "finish() failed: ...": its last worker drained
+    # the ring, but its finish() raised or could not report (not a death: no restart)
     enqueue_rows: tuple[EnqueueRow, ...] = ()  # the enqueue_* counters per producer slot
 
     @classmethod
@@ -308,6 +315,7 @@ class EntryStats:
             restarts=worker.restarts,
             heartbeat_age=worker.heartbeat_age,
             stuck=worker.stuck,
+            finish_error=worker.finish_error,
             enqueue_rows=tuple(
                 EnqueueRow(p, r[_ENQ_PROCESSED], r[_ENQ_DROPS], r[_ENQ_FLUSHES])
                 for p, r in enumerate(rows)
@@ -331,6 +339,8 @@ class FaultCounts:
     abandoned: int = 0  # frames close() gave up on
     worker_deaths: int = 0
     producer_deaths: int = 0
+    finish_failures: int = 0
+    starved_producers: int = 0
 
 
 @dataclass(frozen=True)
@@ -371,6 +381,8 @@ class MapStats:
     producer_deaths: int = 0
     broken_entries: int = 0
     stuck_workers: int = 0
+    finish_failures: int = 0
+    starved_producers: int = 0
     entries: tuple[EntryStats, ...] = field(default=())
     producers: tuple[ProducerStats, ...] = field(default=())  # every producer slot
 
@@ -398,6 +410,8 @@ class MapStats:
             abandoned=faults.abandoned,
             worker_deaths=faults.worker_deaths,
             producer_deaths=faults.producer_deaths,
+            finish_failures=faults.finish_failures,
+            starved_producers=faults.starved_producers,
             broken_entries=sum(1 for e in entries if e.state.broken),
             stuck_workers=sum(1 for e in entries if e.stuck),
             entries=entries,

@@ -15,7 +15,13 @@ the frames it held without a committed outcome are counted ``lost`` and returned
 (:meth:`Supervisor.recover`, the supervisor's half of worker.py's commit protocol) -- and
 replaced by a new worker on the same ring, which continues the dead one's counters.
 Who notices: the map's supervisor thread (watcher.py argues the choice), within
-milliseconds of the death; every map operation, ``stats()`` and ``poll()`` too.
+milliseconds of the death; every map operation, ``stats()`` and ``poll()`` too.  A
+retiring worker that exits after draining its ring is no death, however it exits: if its
+``finish()`` could not report (it raised, exited the process, returned what cannot be
+pickled, closed the pipe) the retirement names it -- ``finish_failed`` -- and nothing is
+restarted (entry.py).  A worker's exit also ends what its handler started: its process
+group (descendants.py).  A new worker has ``setup_timeout`` seconds to report ready; one
+still in ``setup()`` then is killed, and the error says so.
 
 Restarts are rate-limited with a decay (:class:`RestartPolicy`), not a lifetime count: each
 death adds one to the entry's *heat*, which halves every ``half_life`` seconds; an entry
@@ -62,9 +68,10 @@ import numpy as np
 from ..errors import HandlerSetupError
 from ..programs.contract import WorkerInfo
 from ..programs.user_errors import UserError
-from .counters import KthreadCounter
+from .counters import KthreadCounter, ProducerCounter
+from .descendants import exited_unreaped
 from .entry import Entry, EntryEvent, EntryState, WorkerLife
-from .frame_pool import TAG_HAND, FramePool
+from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
 from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ownership import recover_partition, unpublished
 from .pids import pid_alive
@@ -107,7 +114,11 @@ class WorkerEvent:
     """Something that happened to a map's processes: ``kind`` is one of ``died`` (a worker
     exited while its entry needed it), ``restarted``, ``broken``, ``stuck`` (work waiting,
     no progress for the map's ``stuck_after``), ``abandoned`` (killed by ``close()``),
-    ``producer_died`` (an RX producer's process died; ``key`` is its producer slot)."""
+    ``finish_failed`` (a retiring worker drained its ring but its ``finish()`` could not
+    report: the entry's ``finish_error`` says why), ``producer_died`` (an RX producer's
+    process died; ``key`` is its producer slot), ``starved`` (an RX producer's pool
+    partition had no free frame for ``stuck_after``; ``key`` is its producer slot, ``cpu``
+    -1)."""
 
     ts_ns: int
     kind: str
@@ -132,6 +143,68 @@ class WorkerResult:
     exitcode: int | None = None
     outputs: tuple[Any, ...] = ()  # second-stage outputs' finish() reports
     user_errors: tuple[UserError, ...] = ()  # what failed in user code in that worker
+    finish_error: str | None = None  # "finish() failed: ...": raised, or could not report
+
+
+class Starvation:
+    """Which RX producers' pool partitions are starved: no free frame for ``stuck_after``.
+
+    A producer that cannot get frames waits in its poll (up to its ``frame_wait``, then
+    counts ``no_frame``) and reports nothing; the frames it waits for are held elsewhere
+    -- a ring nobody consumes, a worker stopped with them in hand, a copy of a worker that
+    took them.  So the controller looks at the pool itself: partition ``p`` is starved
+    when, at every look for ``stuck_after`` seconds, none of its frames was free or
+    returned (their tags: ownership.py) and producer ``p`` finished no poll (its record's
+    ``polls`` did not move -- a producer that keeps polling is not starved, however busy
+    its pool).  Reported once per episode; it ends when a frame of the partition is free
+    again.  Reads only shared memory (the tags, the producer's record): any thread.
+    """
+
+    INTERVAL = 0.25  # seconds between looks, at most (a look scans the partition's tags)
+
+    def __init__(self, pool: FramePool, shared: MapShared, stuck_after: float) -> None:
+        self.pool = pool
+        self.shared = shared
+        self.stuck_after = stuck_after
+        self._since: dict[int, tuple[float, int]] = {}  # p -> (starved since, its polls)
+        self.starved: set[int] = set()  # reported, not over yet
+        self._next = 0.0
+
+    def check(self, now: float) -> list[int]:
+        """Look again (at most every :attr:`INTERVAL`); returns the producers newly starved."""
+        if now < self._next:
+            return []
+        self._next = now + min(self.INTERVAL, self.stuck_after / 4)
+        newly = []
+        for p in range(self.shared.producers):
+            if not self.shared.registry.owner(p) or self._has_free_frame(p):
+                self._since.pop(p, None)
+                self.starved.discard(p)
+                continue
+            polls = int(self.shared.producer_record(p).read()[ProducerCounter.POLLS])
+            since, seen = self._since.get(p, (now, polls))
+            if seen != polls:  # it finished a poll: frames came, starvation starts over
+                since = now
+                self.starved.discard(p)
+            self._since[p] = (since, polls)
+            if p not in self.starved and now - since >= self.stuck_after:
+                self.starved.add(p)
+                newly.append(p)
+        return newly
+
+    def now(self) -> int:
+        """How many producers are starved right now: reported, and still without a free
+        frame (read at once, not at the next look: a stats() after it ends is exact)."""
+        return sum(
+            1
+            for p in list(self.starved)
+            if self.shared.registry.owner(p) and not self._has_free_frame(p)
+        )
+
+    def _has_free_frame(self, p: int) -> bool:
+        lo, hi = self.pool.partition_range(p)
+        # TAG_FREE (0) and TAG_RETURNED (2) are the two tags t with t | 2 == 2.
+        return bool(((self.pool.tag[lo:hi] | TAG_RETURNED) == TAG_RETURNED).any())
 
 
 class Forker(Protocol):
@@ -169,6 +242,7 @@ class Supervisor:
         *,
         policy: RestartPolicy,
         stuck_after: float,
+        setup_timeout: float = START_TIMEOUT,
     ) -> None:
         self.shared = shared
         self.pool = pool
@@ -176,10 +250,13 @@ class Supervisor:
         self.config = config
         self.policy = policy
         self.stuck_after = stuck_after
+        self.setup_timeout = setup_timeout
         self.results: list[WorkerResult] = []
         self.events: deque[WorkerEvent] = deque(maxlen=1024)
         self.deaths = 0  # workers found dead while their entry needed them
         self.producer_deaths = 0  # producer processes found dead, their partition recovered
+        self.finish_failures = 0  # retired entries whose last worker's finish() failed
+        self.starvation = Starvation(pool, shared, stuck_after)
         self._mp = multiprocessing.get_context("fork")
 
     def record(self, kind: str, e: Entry, pid: int = 0, **extra: Any) -> None:
@@ -202,7 +279,7 @@ class Supervisor:
             life.worker = None
         worker = self._fork(e, self._spec(e, resume))
         try:
-            msg = worker.receive(START_TIMEOUT)
+            msg = worker.receive(self.setup_timeout)
         except BaseException:
             _discard_worker(worker)
             raise
@@ -213,12 +290,23 @@ class Supervisor:
                 _discard_worker(worker)
                 raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{error}")
             case _:  # None: it died, or said nothing in time
-                _discard_worker(worker)
-                raise HandlerSetupError(
-                    f"worker for CPU {e.key} did not start:\nworker exited before it was ready"
-                )
+                why = self._not_ready(worker)
+                raise HandlerSetupError(f"worker for CPU {e.key} did not start:\n{why}")
         life.worker = worker
         self.shared.set_worker_pid(e.slot, worker.pid)
+
+    def _not_ready(self, worker: WorkerProcess) -> str:
+        """Why ``worker`` sent neither ``Ready`` nor ``SetupFailed``, once it is gone: it
+        exited (its pipe at end of file), or it is still in ``setup()`` at the deadline --
+        alive, hung -- and is killed."""
+        hung = not worker.said_all() and worker.is_alive()
+        _discard_worker(worker)
+        if hung:
+            return (
+                f"setup() did not finish within {self.setup_timeout:g} s; the worker was "
+                "killed (MapOptions.setup_timeout sets the deadline)"
+            )
+        return f"the worker {exit_status(worker.exitcode)} before it was ready"
 
     def _spec(self, e: Entry, resume: np.ndarray | None) -> WorkerSpec:
         info = WorkerInfo(
@@ -272,8 +360,12 @@ class Supervisor:
             _keep_report(e, w.receive())
         if w.is_alive():
             return
-        if e.state == EntryState.DRAINING and w.exitcode == 0 and len(e.ring) == 0:
-            return  # a clean exit: the map finishes the retirement
+        if e.state == EntryState.DRAINING and self._exited_clean(e):
+            # It drained its ring, committed every outcome and holds nothing: told to
+            # stop, it had nothing left but finish().  However it exited, a replacement
+            # would only run setup() and finish() again -- no restart: the map retires
+            # it, and the retirement names a finish() that failed (retire()).
+            return
         if e.state.broken:
             self.recover(e, drop_queued=True)  # nobody consumes: keep the ring empty
             return
@@ -360,6 +452,13 @@ class Supervisor:
             else:
                 life.stuck_since = 0.0
 
+    def check_pool(self) -> None:
+        """Report (once per episode) an RX producer whose pool partition has had no free
+        frame for ``stuck_after`` (:class:`Starvation`)."""
+        for p in self.starvation.check(time.monotonic()):
+            owner = self.shared.registry.owner(p)
+            self.events.append(WorkerEvent(time.monotonic_ns(), "starved", p, -1, 0, owner))
+
     def heartbeat_age(self, e: Entry, now_ns: int) -> float:
         """Seconds since ``e``'s worker last made progress (-1: none reported yet)."""
         beat = self.shared.heartbeat(e.slot)
@@ -385,12 +484,16 @@ class Supervisor:
             lost=life.lost,
             heartbeat_age=self.heartbeat_age(e, now_ns),
             stuck=self.stuck(e, now_ns),
+            finish_error=life.finish_error,
         )
 
-    def exited(self, e: Entry) -> bool:
-        """Whether ``e`` has no live worker."""
+    def drained(self, e: Entry) -> bool:
+        """Whether ``e``'s worker has exited with its ring drained, every outcome
+        committed and nothing in hand.  A worker that died with work left is not: the
+        next supervision with ``restart`` replaces it -- even if it died after this pass's
+        :meth:`supervise` saw it alive."""
         w = e.life.worker
-        return w is None or not w.is_alive()
+        return w is not None and not w.is_alive() and self._exited_clean(e)
 
     def wait(self, entries: Iterable[Entry], timeout: float) -> None:
         """Sleep until a worker of ``entries`` exits or reports, or ``timeout`` passes."""
@@ -439,20 +542,42 @@ class Supervisor:
         return life.lost - before
 
     # -- the end of a worker ----------------------------------------------------------------
-    def retire(self, e: Entry) -> RetiredWorker:
+    def retire(self, e: Entry, *, drained: bool = False) -> RetiredWorker:
         """The end of a retired entry's workers, in this order: wait for its exited worker
         (keeping its last report); recover what it left unless it exited clean (never lose
-        a frame); read its final counters; move its reports into :attr:`results`; free its
-        process handle and pipe.  Precondition: no live worker (drained, or abandoned)."""
+        a frame); name a ``finish()`` that failed (``drained``: its worker drained the
+        ring and exited); read its final counters; move its reports into
+        :attr:`results`; free its process handle and pipe.  Precondition: no live worker
+        (drained, or abandoned)."""
         self._reap(e)
         if not self._exited_clean(e):
             self.recover(e, drop_queued=True)
+        elif drained and e.life.worker is not None:
+            self._check_finish(e, e.life.worker)
         status = self.status(e, time.monotonic_ns())
         counters = e.record.read()
         self._collect(e)
         if e.life.worker is not None:
             e.life.worker.close()
         return RetiredWorker(counters, status, e.life.quarantined)
+
+    def _check_finish(self, e: Entry, w: WorkerProcess) -> None:
+        """A drained worker's end: its ``finish()`` failed if it reported so, or if it
+        sent no report at all (it exited inside ``finish()``, its result pipe was closed,
+        it was killed).  Counted once, named in the entry's stats, an event and a result;
+        never a restart (supervise())."""
+        life = e.life
+        last = life.reports[-1] if life.reports else None
+        if last is not None:
+            why = last.finish_error
+        else:
+            why = f"finish() failed: the worker {exit_status(w.exitcode)} without its report"
+            life.reports.append(Exited(w.pinned, error=why, finish_error=why))
+        if why is None:
+            return
+        life.finish_error = why
+        self.finish_failures += 1
+        self.record("finish_failed", e, w.pid, exitcode=w.exitcode)
 
     def abandon(self, e: Entry, lock_deadline: float) -> None:
         """A retiring entry whose worker would not finish in time (``close()``): kill its
@@ -470,11 +595,16 @@ class Supervisor:
             e.life.quarantined = True
 
     def kill_all(self, entries: Iterable[Entry]) -> None:
-        """SIGKILL every worker, without waiting (the controller is exiting)."""
+        """SIGKILL every worker and its process group (what its handler started:
+        descendants.py), without waiting (the controller is exiting)."""
         for e in entries:
-            if e.life.worker is not None:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(e.life.worker.pid, signal.SIGKILL)
+            w = e.life.worker
+            if w is not None and w.pid:
+                if exited_unreaped(w.pid) is not None:  # our child, not reaped: its own id
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(w.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)  # not yet in its group, or left it
 
     def _reap(self, e: Entry) -> None:
         """Wait for ``e``'s exited worker, keeping its last report."""
@@ -504,9 +634,22 @@ class Supervisor:
                     exitcode,
                     msg.outputs,
                     msg.user_errors,
+                    msg.finish_error,
                 )
             )
         life.reports.clear()
+
+
+def exit_status(code: int | None) -> str:
+    """How a process ended, in words: "exited with status 5", "was killed by SIGKILL"."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _keep_report(e: Entry, msg: WorkerMessage | None) -> None:

@@ -59,12 +59,15 @@ lives on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,6 +77,14 @@ from ..programs import contract, user_errors
 from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
 from .counters import KTHREAD_WORDS, KthreadCounter
+from .descendants import (
+    adopt_descendants,
+    end_group,
+    exit_if_copy,
+    exited_unreaped,
+    join_group,
+    kill_descendants,
+)
 from .frame_pool import TAG_HAND, TAG_RETURNED, FramePool
 from .messages import Exited, Ready, SetupFailed, WorkerMessage
 from .ring import OFF_WAKE_SEQ, WAIT_NOT_SLEPT, WAIT_TIMEOUT
@@ -115,32 +126,73 @@ class WorkerSpec:
 
 
 class WorkerProcess:
-    """One worker process of an entry, and the pipe it reports on."""
+    """One worker process of an entry, and the pipe it reports on.
+
+    Its ``pid`` and, once it has exited, its ``exitcode`` stay readable after
+    :meth:`close` (a handle kept by a tool outlives the entry's retirement).  Whoever
+    first sees it exited -- :meth:`is_alive`, :meth:`join` -- kills what is left of its
+    process group (descendants.py), before reaping it where it can."""
 
     def __init__(self, proc: Any, conn: Any, pinned: bool) -> None:
         self._proc = proc
         self._conn = conn
         self.pinned = pinned
+        self._pid: int = proc.pid or 0
+        self._exitcode: int | None = None
+        self._closed = False
+        self._group_ended = False
+        if self._pid:
+            join_group(self._pid)
 
     @property
     def pid(self) -> int:
-        return self._proc.pid or 0
+        return self._pid
 
     @property
     def exitcode(self) -> int | None:
-        return self._proc.exitcode
+        """Its exit status once exited and reaped (negative: the signal that killed it)."""
+        return self._exitcode if self._closed else self._proc.exitcode
 
     def is_alive(self) -> bool:
+        if self._closed:
+            return False
+        self._end_group_if_exited()
         return bool(self._proc.is_alive())
 
     def kill(self) -> None:
-        self._proc.kill()
+        if not self._closed:
+            self._proc.kill()
 
     def join(self, timeout: float | None = None) -> None:
-        self._proc.join(timeout)
+        """Wait (up to ``timeout``) for it to exit, then end its group and reap it.  Waits
+        on a pidfd, not on its sentinel pipe: a handler's children inherit the pipe's
+        write end and keep it open after the worker has exited."""
+        if self._closed:
+            return
+        if self._pid:
+            with contextlib.suppress(OSError):
+                fd = os.pidfd_open(self._pid)
+                try:
+                    select.select([fd], [], [], timeout)
+                finally:
+                    os.close(fd)
+        self._end_group_if_exited()
+        self._proc.join(0 if timeout is not None else None)
+
+    def _end_group_if_exited(self) -> None:
+        """Its descendants go once it has exited (descendants.py argues the order)."""
+        if self._group_ended or not self._pid:
+            return
+        state = exited_unreaped(self._pid)
+        if state is False:
+            return
+        self._group_ended = True
+        end_group(self._pid, reaped=state is None)
 
     def waitables(self) -> list[Any]:
         """What to wait on for its exit or its next report."""
+        if self._closed:
+            return []
         if self._conn.closed:
             return [self._proc.sentinel]
         return [self._proc.sentinel, self._conn]
@@ -163,10 +215,19 @@ class WorkerProcess:
             self._conn.close()
         return None
 
+    def said_all(self) -> bool:
+        """Whether its pipe reached end of file: it exited, or closed its end."""
+        return bool(self._conn.closed)
+
     def close(self) -> None:
-        """Free its pipe and its process sentinel (it has exited: join first)."""
+        """Free its pipe and its process sentinel (it has exited: join first).  Its pid
+        and exit code stay readable."""
+        if self._closed:
+            return
+        self._exitcode = self._proc.exitcode
         self._conn.close()
         self._proc.close()
+        self._closed = True
 
 
 def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
@@ -180,9 +241,19 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
         at.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != spec.parent_pid:  # the parent died before we armed anything
         os._exit(1)
+    # And what the handler starts dies with us (descendants.py).
+    adopt_descendants()
     _watch_parent(spec.parent_pid)
     # Ctrl-C goes to the whole process group; the controller decides how to stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve(spec, result_conn)
+    finally:
+        kill_descendants()
+
+
+def _serve(spec: WorkerSpec, result_conn: Any) -> None:
+    """Set up, report ready, consume until told to stop, finish, report."""
     pinned = _pin(spec.info.cpu)
     info = replace(spec.info, pinned=pinned)
     stage = None
@@ -192,37 +263,56 @@ def worker_main(spec: WorkerSpec, result_conn: Any) -> None:
             stage.setup(info)
         contract.setup(spec.config.handler, info)
     except BaseException as e:
-        result_conn.send(SetupFailed("".join(traceback.format_exception(e))))
-        result_conn.close()
+        exit_if_copy()
+        _send_last(result_conn, SetupFailed("".join(traceback.format_exception(e))))
         return
+    exit_if_copy()
     result_conn.send(Ready(pinned))
-    exited = _run(spec, stage, pinned)
+    _send_last(result_conn, _run(spec, stage, pinned))
+
+
+def _send_last(conn: Any, msg: WorkerMessage) -> None:
+    """Send the worker's last message and close the pipe.  A result that cannot be
+    pickled (whatever its ``__reduce__`` raises, a BaseException too) must not lose the
+    report: an ``Exited`` saying why goes instead, with the user errors (ours: strings and
+    counts, they always pickle).  A pipe the handler closed takes nothing: the supervisor
+    then names the missing report (supervisor.py)."""
     try:
-        result_conn.send(exited)
-    except Exception as e:  # an unpicklable result must not lose the report: the error
-        # says why, and the user errors (ours: strings and counts) always pickle.
-        result_conn.send(
-            Exited(pinned, error=f"cannot send result: {e!r}", user_errors=exited.user_errors)
+        data = ForkingPickler.dumps(msg)
+    except BaseException as e:
+        if not isinstance(msg, Exited):
+            raise
+        why = f"finish() failed: its result cannot be sent: {e!r}"
+        data = ForkingPickler.dumps(
+            Exited(msg.pinned, error=why, user_errors=msg.user_errors, finish_error=why)
         )
-    result_conn.close()
+    with contextlib.suppress(OSError, ValueError):  # closed under us (by the handler)
+        conn.send_bytes(data)
+        conn.close()
 
 
 def _run(spec: WorkerSpec, stage: SecondStage | None, pinned: bool) -> Exited:
     """Consume until told to stop, then finish: the worker's last message."""
     result: Any = None
     outputs: tuple[Any, ...] = ()
-    error = None
+    error = finish_error = None
     try:
         Worker(spec, stage).run()
-        handler = spec.config.handler
-        if contract.has_finish(handler):
-            result = contract.finish(handler)
-        if stage is not None:
-            outputs = tuple(stage.finish())
     except BaseException as e:  # report, never hang: the controller reaps us
         error = "".join(traceback.format_exception(e))
+    else:
+        try:
+            handler = spec.config.handler
+            if contract.has_finish(handler):
+                result = contract.finish(handler)
+            if stage is not None:
+                outputs = tuple(stage.finish())
+        except BaseException as e:
+            error = "".join(traceback.format_exception(e))
+            finish_error = f"finish() failed: {e!r}"
+        exit_if_copy()  # a fork made in finish() returns here: it must not report
     errors = tuple(user_errors.LOG.report(cpu=spec.info.cpu))
-    return Exited(pinned, result, error, outputs, errors)
+    return Exited(pinned, result, error, outputs, errors, finish_error)
 
 
 def _watch_parent(parent: int, interval: float = 0.25) -> None:
@@ -278,6 +368,7 @@ class Worker:
         ring = self.ring
         beat = self._heartbeat
         while True:
+            exit_if_copy()  # a handler's fork that returned from it: never a consumer
             avail = ring.available()
             if avail:
                 at.store_u64(beat, time.monotonic_ns())
@@ -332,6 +423,7 @@ class Worker:
         stage = self.stage.run(idx) if self.stage is not None else None
         deliver = idx if stage is None else stage.passed
         delivered, hdrop, herr, bfail = self._deliver(deliver) if len(deliver) else (0, 0, 0, 0)
+        exit_if_copy()  # a handler forked: its copy of the batch is not to be committed
         drops = hdrop + herr + bfail
         c[_K.PROCESSED] += n
         c[_K.BATCHES] += 1
