@@ -330,6 +330,20 @@ class FailingSetup:
         raise RuntimeError(f"cannot open the database on CPU {info.cpu}")
     def __call__(self, skb):
         return None
+
+class HangingSetup:
+    def setup(self, info):
+        import threading
+        threading.Event().wait()
+    def __call__(self, skb):
+        return None
+
+class ExitingFinish:
+    def __call__(self, skb):
+        return None
+    def finish(self):
+        import os
+        os._exit(5)
 """
 
 
@@ -369,6 +383,31 @@ def test_a_failing_setup_is_one_clear_message(user_code, capsys) -> None:
     assert f"setup() raised RuntimeError: cannot open the database on CPU {FIRST_CPU}" in err
     assert "usercode.py" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_hanging_setup_is_killed_at_the_setup_timeout_and_says_so(user_code, capsys) -> None:
+    rc, _ = run_cli(
+        "run", "--handler", f"{user_code}:HangingSetup", "--cpus", FIRST_CPU,
+        "--setup-timeout", "0.5", "--generate", "100",
+    )  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "setup() did not finish within 0.5 s; the worker was killed" in err
+    assert "--setup-timeout sets the deadline" in err and "setup() raised" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_finish_that_cannot_report_is_a_user_error_named_not_a_death(user_code) -> None:
+    rc, text = run_cli(
+        "run", "--handler", f"{user_code}:ExitingFinish", "--cpus", FIRST_CPU,
+        "--generate", "1000", "--quiet",
+    )  # fmt: skip
+    assert rc == 1, text
+    assert "finish() failed: the worker exited with status 5 without its report" in text
+    assert "exit status 1: user error" in text and "died" not in text
+    assert re.search(r"delivered\s+│\s+1,000", text)  # nothing lost: every frame delivered
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ exists.  Nothing after this module sees the ``argparse.Namespace``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -238,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="stop after this many seconds (default: at the end)",
     )
+    run.add_argument(
+        "--setup-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each worker's handler setup() may take before the worker is killed "
+        "and the run refused (default: 60)",
+    )
     run.add_argument("--promisc", action="store_true", help="live: promiscuous mode")
     run.add_argument(
         "--af-xdp",
@@ -344,6 +353,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     view = view_config(args)
     write, merge = output_paths(args)
     handler = handler_config(args.handler or "flow-table", write, on_ray=ray is not None)
+    handler = dataclasses.replace(handler, setup_timeout=args.setup_timeout)
     return RunConfig(
         source=SourceConfig(
             captures=captures,

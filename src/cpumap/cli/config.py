@@ -72,6 +72,7 @@ class HandlerConfig:
     # capture writer for --write.  On a Ray cluster a module:function stays its spec: it
     # is loaded on each entry's node.
     handler: Any = None
+    setup_timeout: float = 60.0  # --setup-timeout: MapOptions.setup_timeout
 
 
 @dataclass(frozen=True)

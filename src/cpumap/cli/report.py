@@ -230,14 +230,21 @@ def local_exit_status(
     if failure is not None:
         return ExitStatus.SOURCE
     s = mine.stats
-    died = any(r.exitcode not in (0, None) for r in mine.results) or any(
-        e.exitcode not in (0, None) for e in s.entries
+    # A drained worker whose finish() failed (it exited without its report) lost nothing:
+    # that is the user's code failing, named in the notes, not a death.
+    died = any(r.exitcode not in (0, None) and not r.finish_error for r in mine.results) or any(
+        e.exitcode not in (0, None) and not e.finish_error for e in s.entries
     )
     deaths = any(ev.kind == "died" for ev in mine.events)
     dead = deaths or s.worker_deaths or s.broken_entries or s.abandoned
     if s.lost or died or dead or (lossless and s.queue_full):
         return ExitStatus.LOST
-    if mine.user_errors or s.handler_error or any(r.error for r in mine.results):
+    if (
+        mine.user_errors
+        or s.handler_error
+        or s.finish_failures
+        or any(r.error for r in mine.results)
+    ):
         return ExitStatus.USER_ERROR
     return ExitStatus.OK
 

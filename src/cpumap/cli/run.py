@@ -49,7 +49,7 @@ from rich.live import Live
 from ..capture import CaptureError, ReadInterrupted, Stop
 from ..closing import Closing
 from ..cpus import pinned
-from ..engine import CpuMap, WorkerResult
+from ..engine import CpuMap, MapOptions, WorkerResult
 from ..errors import HandlerSetupError
 from ..packets import PacketBatch
 from .build import Source, describe_capture_error, open_source, remote_program, steering_program
@@ -109,7 +109,12 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
 def new_map(config: RunConfig) -> CpuMap:
     """The map, or one line naming the limit that keeps it from starting."""
     try:
-        return CpuMap(max(config.cpus) + 1, handler=config.handler.handler, batch_size=config.batch)
+        return CpuMap(
+            max(config.cpus) + 1,
+            handler=config.handler.handler,
+            batch_size=config.batch,
+            options=MapOptions(setup_timeout=config.handler.setup_timeout),
+        )
     except (OSError, MemoryError, RuntimeError) as e:  # EMFILE, ENOMEM, no thread
         raise start_failure(e) from None
 
@@ -178,6 +183,9 @@ def setup_failure(e: HandlerSetupError) -> str:
     """A failing ``setup()`` as one message: the worker, the exception, where it was."""
     text = str(e)
     first, _, tb = text.partition("\n")
+    if "Traceback (most recent call last)" not in tb:  # it hung or exited: no exception
+        why = tb.strip().replace("MapOptions.setup_timeout", "--setup-timeout")
+        return f"{first.rstrip(':')}: {why or 'unknown error'}"
     lines = [ln for ln in tb.strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else "unknown error"
     where = [ln.strip() for ln in lines if ln.strip().startswith("File ")]
