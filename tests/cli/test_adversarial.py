@@ -92,14 +92,14 @@ def start(
     )
 
 
-def finish(proc: subprocess.Popen[str]) -> Ended:
-    """Its end within :data:`BOUND`, or a failed test (the run is killed: nothing leaks)."""
+def finish(proc: subprocess.Popen[str], bound: float = BOUND) -> Ended:
+    """Its end within ``bound``, or a failed test (the run is killed: nothing leaks)."""
     try:
-        out, err = proc.communicate(timeout=BOUND)
+        out, err = proc.communicate(timeout=bound)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        pytest.fail(f"cpumap did not end within {BOUND:g} s: it hangs")
+        pytest.fail(f"cpumap did not end within {bound:g} s: it hangs")
     assert "Traceback" not in err, err
     return Ended(proc.returncode, out or "", err)
 
@@ -456,3 +456,51 @@ def test_a_run_holding_its_directory_refuses_a_second(tmp_path, fifo) -> None:
     one_error_line(second.err, "another cpumap run is writing there")
     assert ended.rc == 0, ended.err
     assert ended.summary["merged"] == ended.summary["rx"] == whole_packets(DEMO)
+
+
+SLOW_FINISH = """
+import pathlib, threading
+
+class SlowFinish:
+    def __init__(self):
+        self.n = 0
+    def __call__(self, skb):
+        self.n += 1
+    def finish(self):
+        pathlib.Path("finishing").touch()  # the run is closing: its rings are drained
+        threading.Event().wait()
+"""
+
+
+@pytest.mark.parametrize(
+    "signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM, signal.SIGINT)]
+)
+def test_a_second_signal_cuts_a_close_waiting_for_finish(tmp_path: Path, signals) -> None:
+    """Reading done and every ring drained, the close waits for a ``finish()`` that never
+    returns: the second signal ends that wait (CpuMap.hurry_close) -- well before the
+    close's own 60 s -- the summary balances and the status is the first signal's."""
+    (tmp_path / "slowfinish.py").write_text(SLOW_FINISH)
+    proc = start(
+        ["run", "--generate", "2000", "--handler", "slowfinish:SlowFinish", "--json",
+         "--cpus", LAST_CPU],
+        cwd=tmp_path,
+    )  # fmt: skip
+    marker = tmp_path / "finishing"
+    deadline = time.monotonic() + BOUND
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "finish() never ran"
+        time.sleep(0.01)
+    first, second = signals
+    proc.send_signal(first)
+    # Two signals sent back to back may arrive as one (a pending signal is one bit): the
+    # second goes after the run said it heard the first.
+    said = wait_line(proc.stderr)
+    assert "the workers are finishing (a second signal stops them at once)" in said, said
+    proc.send_signal(second)
+    # Half the close's own 60 s wait: a close that was not cut fails here.
+    ended = finish(proc, bound=min(BOUND, 30.0))
+    assert ended.rc == STATUS[first], ended.err
+    s = ended.summary
+    balanced(s)
+    assert s["stopped_by"] == first.name and s["stopped_at_once"] == second.name, s
+    assert s["outcomes"].get("delivered") == 2000  # drained before: nothing lost

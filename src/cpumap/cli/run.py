@@ -94,6 +94,7 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
             if config.view.mode != "json":
                 console.print(banner(config, source), highlight=False)
             cmap = new_map(config)
+            signals.on_hurry(cmap.hurry_close)  # a second signal cuts a close's wait too
             with cmap:
                 ending = start_and_feed(cmap, source, config, console, signals, out)
                 ending = close_map(cmap, signals, ending)
@@ -266,6 +267,13 @@ def feed(
     return None
 
 
+def _say_raw(text: str) -> None:
+    """``text`` on stderr with one write(2): safe inside a signal handler, which may have
+    interrupted the main thread inside ``print`` (a buffered stream is not reentrant)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
+
+
 def say_draining(signum: int, in_flight: int) -> None:
     """On stderr, at the first signal: the run is not stuck, and how to stop it now."""
     name = signal.Signals(signum).name
@@ -301,15 +309,22 @@ def close_map(cmap: CpuMap, signals: SignalStop, ending: Ending) -> Ending:
     after a second signal or a drain that timed out, is killed now and what it held is
     counted lost.  ``ending`` with what that close cost."""
     before = cmap.stats().lost
-    at_once = signals.second  # a second signal from here on waits for the close
-    if at_once is not None or ending.stuck is not None:
-        cmap.close(timeout=0.0 if at_once is not None else 1.0)
+    if signals.hurry or ending.stuck is not None:
+        cmap.close(timeout=0.0 if signals.hurry else 1.0)
     else:
         # The rings are drained: the workers only run finish() and exit.  A signal now
-        # is not allowed to cut the map's own bookkeeping (a worker nobody reaps).
+        # does not cut the map's own bookkeeping (a worker nobody reaps): a first one
+        # says so, a second one ends the close's wait (on_hurry: CpuMap.hurry_close).
+        signals.closing = True
         cmap.close(timeout=CLOSE_TIMEOUT)
     killed = cmap.stats().lost - before
-    return dataclasses.replace(ending, at_once=at_once, killed_lost=killed)
+    # A signal that came during the close counts as the run's own (status, summary).
+    return dataclasses.replace(
+        ending,
+        signum=ending.signum if ending.signum is not None else signals.signum,
+        at_once=signals.second,
+        killed_lost=killed,
+    )
 
 
 def write_outputs(
@@ -445,6 +460,8 @@ class SignalStop(Closing):
         self.signum: int | None = None  # the first
         self.second: int | None = None  # the first of the later ones
         self._cut = False  # inside interruptible(): a later signal raises
+        self._hurried: list[Callable[[], None]] = []  # on_hurry()
+        self.closing = False  # the map is closing: a first signal says what a second does
         self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNAL_STATUS:
@@ -454,6 +471,13 @@ class SignalStop(Closing):
     def hurry(self) -> bool:
         """A second signal came: stop at once."""
         return self.second is not None
+
+    def on_hurry(self, call: Callable[[], None]) -> None:
+        """Call ``call`` (from the signal handler: it must only set flags) at the second
+        signal -- or now, if it already came."""
+        self._hurried.append(call)
+        if self.hurry:
+            call()
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
@@ -470,9 +494,16 @@ class SignalStop(Closing):
         if self.signum is None:
             self.signum = signum
             self.stop.set()
+            if self.closing:  # nothing else will tell the user the run heard it
+                _say_raw(
+                    f"cpumap: {signal.Signals(signum).name}: the workers are finishing "
+                    "(a second signal stops them at once)\n"
+                )
             return
         if self.second is None:
             self.second = signum
+            for call in self._hurried:
+                call()
         if self._cut:
             self._cut = False
             raise KeyboardInterrupt

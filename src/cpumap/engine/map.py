@@ -259,6 +259,7 @@ class CpuMap(Closing):
         self._retired_k = np.zeros(KTHREAD_WORDS, dtype=np.int64)
         self._retired_lost = 0
         self._closing_done = False  # close() finished: report what producers still hold
+        self._hurry = False  # hurry_close(): a close in progress stops waiting
         if opts.supervise:
             self._watcher.start()
         _open_maps.add(self)
@@ -521,6 +522,18 @@ class CpuMap(Closing):
                 self._lock.release()
         self._watcher.stop(max(0.1, deadline - time.monotonic()))
 
+    def hurry_close(self) -> None:
+        """Make a close in progress -- or the next one -- stop waiting: the workers still
+        draining their rings or running ``finish()`` are killed and what they held is
+        counted ``lost``, as at ``close(timeout=0)``.
+
+        Safe to call from a signal handler that interrupted ``close()`` itself (a second
+        Ctrl-C): it only stores a flag.  ``close()``'s wait loop reads it at least every
+        50 ms (its longest sleep) and then goes on to the same path as an expired
+        deadline -- the one that kills and recovers -- so nothing ``close()`` was in the
+        middle of is cut: the flag ends the waiting, never the bookkeeping."""
+        self._hurry = True
+
     def kill_workers(self) -> None:
         """SIGKILL every worker now, without recovery (the controlling process is exiting:
         its shared memory goes with it).  Only in the controlling process: a forked copy
@@ -562,10 +575,12 @@ class CpuMap(Closing):
     def _retire_all(self, deadline: float) -> None:
         for key in list(self._entries):
             self._replace(key, None)
-        while self._retiring and time.monotonic() < deadline:
+        while self._retiring and time.monotonic() < deadline and not self._hurry:
             self._advance()
             if self._retiring:
                 self._wait_workers(min(0.05, max(0.0, deadline - time.monotonic())))
+        if self._hurry:
+            deadline = time.monotonic()
         # A ring's producer lock held by a stopped producer gets a share of the time left.
         lock_deadline = time.monotonic() + max(0.0, deadline - time.monotonic()) * _CLOSE_LOCK_SHARE
         for e in list(self._retiring):
