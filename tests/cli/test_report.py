@@ -34,3 +34,9 @@ def test_a_second_signal_is_named_with_what_it_cost() -> None:
     assert "second signal (SIGTERM)" in note and "3,072 frames they held are counted lost" in note
     assert "xdp aborted" in note
     assert at_once_note(Ending(1.0, signal.SIGINT)) == []
+
+
+def test_a_starved_producer_is_a_line_of_the_summary() -> None:
+    ev = WorkerEvent(0, "starved", 0, -1, 0, 1234)
+    (line,) = event_notes([ev])
+    assert line.startswith("RX producer 0 had no free frame") and "pool partition" in line

@@ -311,6 +311,12 @@ def event_notes(events: Sequence[WorkerEvent]) -> list[str]:
             )
         elif ev.kind == "stuck":
             lines.append(f"the worker for CPU {ev.cpu} (pid {ev.pid}) made no progress")
+        elif ev.kind == "starved":
+            lines.append(
+                f"RX producer {ev.key} had no free frame for the stuck threshold: every "
+                "frame of its pool partition was held elsewhere (a handler keeping frames, "
+                "or a handler's child process consuming them)"
+            )
         elif ev.kind == "producer_died":
             lines.append(f"RX producer {ev.key} (pid {ev.pid}) died; its frames are counted")
     return lines
