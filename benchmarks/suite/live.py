@@ -448,6 +448,8 @@ def _figures(
         "rx_user_ns": per(rx_cpu.user_ns, rx),
         "worker_ns": per(cpu["worker"].total_ns, delivered),
         "other_ns": per(cpu.get("other", CpuSpent()).total_ns, rx),
+        # Seconds of CPU each part used over the window: how the receiving CPU was shared.
+        **{f"{part}_cpu_s": c.total_ns / 1e9 for part, c in cpu.items()},
     }
 
 
