@@ -112,9 +112,18 @@ class LiveOptions:
     """The offered load, the same for every row."""
 
     rate: float | None = 3e6
-    """Frames per second the generator offers."""
+    """Frames per second the generator offers on average (None: as fast as it goes).  It
+    paces between calls, not within one: each call sends a tenth of a second's frames at
+    the generator's full speed (~5 M/s here), then it waits for their due time.  So a
+    rate well below its speed offers bursts at that speed with gaps, not a steady trickle;
+    3 M/s keeps the gaps short while every row still gets the same load."""
     window_s: float = 3.0
     """Seconds it offers them for."""
+    napi_cpu: int = USER_CPU
+    """Where B's NAPI thread runs: with the receiver (the default: the wire alone on its
+    CPU, so that every row is offered the same load) or :data:`WIRE_CPU` (the NIC's
+    interrupt CPU as the wire's: the receive work no longer shares our CPU, but it
+    slows the generator, and the offered load then differs by row)."""
 
 
 # --- what can run here -----------------------------------------------------------------------
@@ -397,7 +406,7 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
     run = CpumapRun(pair, extra)
     try:
         run.wait_ready()
-        napi = napi_thread(pair, USER_CPU)
+        napi = napi_thread(pair, opts.napi_cpu)
         watched = run.watched() | {"napi": [(napi, napi)]}
         before = read_clocks(watched)
         offered = offer(pair, opts)
@@ -493,7 +502,7 @@ def kernel_row(opts: LiveOptions) -> dict[str, Any]:
         hook = stack.enter_context(load_xdp(redirect_program(cpumap, USER_CPU), name="live_rx"))
         with pair.in_local():
             stack.enter_context(attach(pair.local.ifname, hook, XdpMode.NATIVE))
-        napi = napi_thread(pair, USER_CPU)
+        napi = napi_thread(pair, opts.napi_cpu)
         kthread = _cpumap_kthread(cpumap.map_id, USER_CPU)
         watched = {"napi": [(napi, napi)], "worker": [(kthread, kthread)]}
         before = read_clocks(watched)
