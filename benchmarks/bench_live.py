@@ -10,7 +10,7 @@ this script prints every figure of every round -- drops where they happen, CPU p
 by part -- and each row's ratio to the TPACKET_V3 row of the same round.
 
     .venv/bin/python benchmarks/bench_live.py [--rate FPS] [--window S] [--rounds N]
-                                              [--rows tpacket,af_xdp,kernel] [--napi-cpu 0|1] [--json]
+        [--rows tpacket,af_xdp,kernel] [--napi-cpu 0|1] [--json]
 
 Needs root.  The machines are shared and noisy: trust the same-round ratios more than
 the figures.
