@@ -72,6 +72,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from cpumap.abi import XDP_DROP
+from cpumap.closing import Closing
 from cpumap.generator import Generator
 from cpumap.kernel import (
     GenOptions,
@@ -96,8 +98,8 @@ from cpumap.kernel import (
 from cpumap.kernel.asm import count_program
 from cpumap.live.netns import VethPair, sweep_stale
 
-WIRE_CPU: Final = 0  # the generator and B's NAPI thread: the wire and the kernel's receive
-USER_CPU: Final = 1  # our RX producer and worker; the kernel cpumap's entry
+WIRE_CPU: Final = 0  # the generator: the wire
+USER_CPU: Final = 1  # all the receiving: B's NAPI, our RX producer and worker, the cpumap's entry
 FLOWS: Final = 64  # distinct frames the generator sends in turn (each rewrite ~30 ns)
 FRAME_SIZE: Final = 64
 OTHER_HOST_MAC: Final = "02:00:00:00:00:02"  # frames for another host, as a tap sees them
@@ -316,21 +318,22 @@ def offer(pair: VethPair, opts: LiveOptions) -> dict[str, Any]:
 # --- `cpumap run --iface B` ------------------------------------------------------------------
 
 
-class CpumapRun:
+class CpumapRun(Closing):
     """``cpumap run --iface B --json`` in B's namespace, its JSON lines read by a thread.
 
     Stopped by SIGINT (its own clean ending: drain, summary), killed if it will not end;
-    :meth:`close` always leaves no process behind."""
+    :meth:`close` always leaves no process behind.  Its stderr goes to a file, which no
+    amount of it can fill (a pipe nobody reads would stop the run)."""
 
     def __init__(self, pair: VethPair, extra: list[str]) -> None:
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.last: dict[str, Any] | None = None
         cmd = ["ip", "netns", "exec", str(pair.local.netns)]  # exec: the same pid
         cmd += [sys.executable, "-m", "cpumap.cli", "run", "--iface", pair.local.ifname]
         cmd += ["--cpus", str(USER_CPU), "--rx-cpu", str(USER_CPU), "--handler", "count"]
         cmd += ["-q", str(QSIZE), "--json", "--interval", str(TICK_S), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed by close()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        assert self.proc.stdout is not None  # Invariant: stdout=PIPE
         self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
         self._reader.start()
 
@@ -342,10 +345,7 @@ class CpumapRun:
 
     def next_record(self, timeout: float) -> dict[str, Any] | None:
         """The next JSON object (None: the run ended)."""
-        rec = self.lines.get(timeout=timeout)
-        if rec is not None:
-            self.last = rec
-        return rec
+        return self.lines.get(timeout=timeout)
 
     def wait_ready(self) -> None:
         """Until its feed loop runs (its first interval record)."""
@@ -369,6 +369,8 @@ class CpumapRun:
         raise TimeoutError("cpumap run did not drain")
 
     def watched(self) -> Watched:
+        """Its threads by part: the main thread reads and steers (the RX side, pinned by
+        ``--rx-cpu``), every process it forked is a worker, its other threads the rest."""
         pid = self.proc.pid
         workers = [pt for child in process_tree(pid) for pt in threads_of(child)]
         others = [pt for pt in threads_of(pid) if pt[1] != pid]
@@ -385,8 +387,8 @@ class CpumapRun:
     def stderr_tail(self) -> str:
         if self.proc.poll() is None:
             return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().strip()[-500:] or f"exit status {self.proc.returncode}"
+        self._stderr.seek(0)
+        return self._stderr.read().strip()[-500:] or f"exit status {self.proc.returncode}"
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -396,16 +398,15 @@ class CpumapRun:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
 
 def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str, Any]:
     """Offer the load to a running ``cpumap run``; its figures.  B's NAPI thread is made
     once the run is ready: with ``--af-xdp`` it is the run's program that gives B NAPI."""
-    run = CpumapRun(pair, extra)
-    try:
+    with CpumapRun(pair, extra) as run:
         run.wait_ready()
         napi = napi_thread(pair, opts.napi_cpu)
         watched = run.watched() | {"napi": [(napi, napi)]}
@@ -414,8 +415,6 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
         run.wait_drained()
         cpu = spent(watched, before, read_clocks(watched))
         summary = run.stop()
-    finally:
-        run.close()
     out = summary["outcomes"]
     figures = _figures(
         offered,
