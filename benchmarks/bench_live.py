@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -131,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--rows takes {', '.join(ROWS)}; --rate >= 0, --window > 0, --rounds >= 1")
     opts = live.LiveOptions(rate=args.rate or None, window_s=args.window, napi_cpu=args.napi_cpu)
     skipped = skip_reasons(rows)
+    load = [os.getloadavg()[0]]
     results = run_rounds([r for r in rows if r not in skipped], opts, args.rounds)
+    load.append(os.getloadavg()[0])
     if args.json:
         doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results)}
-        print(json.dumps(doc | {"skipped": skipped}, indent=2))
+        print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
         print_table(results, skipped, opts)
+        print(f"load average {load[0]:.2f} -> {load[1]:.2f} (other work on the machine: noise)")
     return 0
 
 

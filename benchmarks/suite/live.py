@@ -105,9 +105,11 @@ FRAME_SIZE: Final = 64
 OTHER_HOST_MAC: Final = "02:00:00:00:00:02"  # frames for another host, as a tap sees them
 QSIZE: Final = 2048
 READY_S: Final = 30.0  # for `cpumap run` to start (imports, workers) and say so
-QUIET_S: Final = 0.3  # no new frame this long after the generator stopped: drained
+QUIET_S: Final = 0.6  # no new frame this long after the generator stopped: drained
 DRAIN_S: Final = 10.0
-TICK_S: Final = 0.05  # the run's --interval: how often it reports its counters
+# The run's --interval: how often it reports its counters (each report costs its RX thread
+# a read of every counter: at 20 a second, py-spy saw 7 % of the RX process there).
+TICK_S: Final = 0.25
 
 
 @dataclass(frozen=True)
