@@ -10,7 +10,7 @@ this script prints every figure of every round -- drops where they happen, CPU p
 by part -- and each row's ratio to the TPACKET_V3 row of the same round.
 
     .venv/bin/python benchmarks/bench_live.py [--rate FPS] [--window S] [--rounds N]
-        [--rows tpacket,af_xdp,kernel] [--napi-cpu 0|1] [--json]
+        [--rows tpacket,af_xdp,kernel] [--worker-cpu 0|1] [--json]
 
 Needs root.  The machines are shared and noisy: trust the same-round ratios more than
 the figures.
@@ -92,8 +92,9 @@ def median_row(figs: list[dict]) -> dict[str, Any]:
 def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: Any) -> None:
     rate = f"{opts.rate / 1e6:.1f} M/s" if opts.rate else "as fast as it goes"
     print(
-        f"live path, 64-byte frames offered at {rate}, {opts.window_s:g} s a row, B's NAPI "
-        f"on CPU {opts.napi_cpu}, medians of {len(next(iter(results.values()), []))} rounds"
+        f"live path, 64-byte frames offered at {rate}, {opts.window_s:g} s a row, NAPI and RX "
+        f"on CPU {live.RX_CPU}, worker on CPU {opts.worker_cpu}, medians of "
+        f"{len(next(iter(results.values()), []))} rounds"
     )
     head = ["row", *(c[1] for c in COLUMNS), "x TPACKET_V3"]
     print(" | ".join(head))
@@ -118,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds (each runs every row)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
     ap.add_argument(
-        "--napi-cpu",
+        "--worker-cpu",
         type=int,
-        choices=(live.WIRE_CPU, live.USER_CPU),
-        default=live.LiveOptions.napi_cpu,
-        help="the CPU of B's NAPI thread (default: the receiver's; see suite/live.py)",
+        choices=(live.WIRE_CPU, live.RX_CPU),
+        default=live.LiveOptions.worker_cpu,
+        help=f"the worker's CPU, the kernel's entry's (default {live.WIRE_CPU}, the wire's; "
+        f"{live.RX_CPU}: all receiving on one CPU; see suite/live.py)",
     )
     ap.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = ap.parse_args(argv)
@@ -130,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown or args.rate < 0 or args.window <= 0 or args.rounds < 1:
         ap.error(f"--rows takes {', '.join(ROWS)}; --rate >= 0, --window > 0, --rounds >= 1")
-    opts = live.LiveOptions(rate=args.rate or None, window_s=args.window, napi_cpu=args.napi_cpu)
+    opts = live.LiveOptions(
+        rate=args.rate or None, window_s=args.window, worker_cpu=args.worker_cpu
+    )
     skipped = skip_reasons(rows)
     load = [os.getloadavg()[0]]
     results = run_rounds([r for r in rows if r not in skipped], opts, args.rounds)

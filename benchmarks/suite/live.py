@@ -32,6 +32,7 @@ pinned there, as a NIC queue's interrupt CPU; our RX producer and worker (``--rx
 --cpus 1``); for the anchor, the kernel cpumap's entry kthread.  One CPU's worth of
 receiving, shared as the scheduler shares it: frames it cannot take are dropped where
 they meet a full ring -- B's (A's ``tx_drops``), the source's, or our map's.
+(:attr:`LiveOptions.worker_cpu` moves the worker, or the entry, to CPU 0 instead.)
 
 What each row reports (``extra``):
 
@@ -99,11 +100,11 @@ from cpumap.kernel.asm import count_program
 from cpumap.live.netns import VethPair, sweep_stale
 
 WIRE_CPU: Final = 0  # the generator: the wire
-USER_CPU: Final = 1  # all the receiving: B's NAPI, our RX producer and worker, the cpumap's entry
+RX_CPU: Final = 1  # B's NAPI and our RX producer (by default the worker too): the receiver
 FLOWS: Final = 64  # distinct frames the generator sends in turn (each rewrite ~30 ns)
 FRAME_SIZE: Final = 64
 OTHER_HOST_MAC: Final = "02:00:00:00:00:02"  # frames for another host, as a tap sees them
-QSIZE: Final = 2048
+QSIZE: Final = 2048  # the map's ring per CPU: cpumap run's default and xdp-bench's
 READY_S: Final = 30.0  # for `cpumap run` to start (imports, workers) and say so
 QUIET_S: Final = 0.6  # no new frame this long after the generator stopped: drained
 DRAIN_S: Final = 10.0
@@ -124,11 +125,14 @@ class LiveOptions:
     3 M/s keeps the gaps short while every row still gets the same load."""
     window_s: float = 3.0
     """Seconds it offers them for."""
-    napi_cpu: int = USER_CPU
-    """Where B's NAPI thread runs: with the receiver (the default: the wire alone on its
-    CPU, so that every row is offered the same load) or :data:`WIRE_CPU` (the NIC's
-    interrupt CPU as the wire's: the receive work no longer shares our CPU, but it
-    slows the generator, and the offered load then differs by row)."""
+    worker_cpu: int = RX_CPU
+    """The worker's CPU (the kernel's row: its entry's).  :data:`RX_CPU`, the default, puts
+    all the receiving on one CPU and leaves the wire alone on the other, so that every row
+    is offered the same load; the RX producer and the worker then take turns on their
+    CPU.  :data:`WIRE_CPU` is cpumap's own layout -- the receiving CPU hands frames to
+    another -- with the wire on that other CPU: the worker then waits for the
+    generator's calls (tens of ms each) and the generator for the worker, so neither the
+    offered load nor the worker's turns are the same from row to row."""
 
 
 # --- what can run here -----------------------------------------------------------------------
@@ -138,8 +142,8 @@ def unavailable_reason() -> str | None:
     """Why the live rows cannot run here (None: they can)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, XDP, bpf(2))"
-    if not {WIRE_CPU, USER_CPU} <= os.sched_getaffinity(0):
-        return f"needs CPUs {WIRE_CPU} and {USER_CPU}"
+    if not {WIRE_CPU, RX_CPU} <= os.sched_getaffinity(0):
+        return f"needs CPUs {WIRE_CPU} and {RX_CPU}"
     try:
         reason = bpf_unavailable_reason() or live_frames_unavailable_reason()
     except Exception as e:  # a probe that itself fails: say so, do not crash the bench
@@ -327,11 +331,11 @@ class CpumapRun(Closing):
     :meth:`close` always leaves no process behind.  Its stderr goes to a file, which no
     amount of it can fill (a pipe nobody reads would stop the run)."""
 
-    def __init__(self, pair: VethPair, extra: list[str]) -> None:
+    def __init__(self, pair: VethPair, worker_cpu: int, extra: list[str]) -> None:
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         cmd = ["ip", "netns", "exec", str(pair.local.netns)]  # exec: the same pid
         cmd += [sys.executable, "-m", "cpumap.cli", "run", "--iface", pair.local.ifname]
-        cmd += ["--cpus", str(USER_CPU), "--rx-cpu", str(USER_CPU), "--handler", "count"]
+        cmd += ["--cpus", str(worker_cpu), "--rx-cpu", str(RX_CPU), "--handler", "count"]
         cmd += ["-q", str(QSIZE), "--json", "--interval", str(TICK_S), *extra]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed by close()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
@@ -408,9 +412,9 @@ class CpumapRun(Closing):
 def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str, Any]:
     """Offer the load to a running ``cpumap run``; its figures.  B's NAPI thread is made
     once the run is ready: with ``--af-xdp`` it is the run's program that gives B NAPI."""
-    with CpumapRun(pair, extra) as run:
+    with CpumapRun(pair, opts.worker_cpu, extra) as run:
         run.wait_ready()
-        napi = napi_thread(pair, opts.napi_cpu)
+        napi = napi_thread(pair, RX_CPU)
         watched = run.watched() | {"napi": [(napi, napi)]}
         before = read_clocks(watched)
         offered = offer(pair, opts)
@@ -496,22 +500,23 @@ def af_xdp_row(opts: LiveOptions) -> dict[str, Any]:
 
 
 def kernel_row(opts: LiveOptions) -> dict[str, Any]:
-    """The kernel's cpumap: B's XDP program redirects to the entry for :data:`USER_CPU`,
+    """The kernel's cpumap: B's XDP program redirects to the entry for the worker's CPU,
     whose program counts and drops."""
     delivered = KernelArrayMap(1, percpu=True)
     with contextlib.ExitStack() as stack:
         pair = stack.enter_context(_pair())
         stack.enter_context(delivered)
-        cpumap = stack.enter_context(KernelCpuMap(USER_CPU + 1, name="cpumap_live"))
+        entry = opts.worker_cpu
+        cpumap = stack.enter_context(KernelCpuMap(max(entry, RX_CPU) + 1, name="cpumap_live"))
         stage = stack.enter_context(
             load_xdp(count_program(delivered.fd, XDP_DROP), cpumap_stage=True, name="live_stage")
         )
-        cpumap.update(USER_CPU, QSIZE, prog_fd=stage.fd)
-        hook = stack.enter_context(load_xdp(redirect_program(cpumap, USER_CPU), name="live_rx"))
+        cpumap.update(entry, QSIZE, prog_fd=stage.fd)
+        hook = stack.enter_context(load_xdp(redirect_program(cpumap, entry), name="live_rx"))
         with pair.in_local():
             stack.enter_context(attach(pair.local.ifname, hook, XdpMode.NATIVE))
-        napi = napi_thread(pair, opts.napi_cpu)
-        kthread = _cpumap_kthread(cpumap.map_id, USER_CPU)
+        napi = napi_thread(pair, RX_CPU)
+        kthread = _cpumap_kthread(cpumap.map_id, entry)
         watched = {"napi": [(napi, napi)], "worker": [(kthread, kthread)]}
         before = read_clocks(watched)
         offered = offer(pair, opts)

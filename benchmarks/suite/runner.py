@@ -381,7 +381,7 @@ class Bench:
         offered = f"{rate / 1e6:.1f} M/s" if rate else "as fast as the generator goes"
         self.say(
             f"[b]live[/b]: veth, 64 B frames offered at {offered} for {opts.window_s:g} s a "
-            f"row (CPU {live.WIRE_CPU}: the generator; CPU {live.USER_CPU}: all receive work)"
+            f"row (CPU {live.WIRE_CPU}: the generator; CPU {live.RX_CPU}: all the receiving)"
         )
         why = live.unavailable_reason()
         self.rounds(
