@@ -43,6 +43,7 @@ COLUMNS = (
     ("rx_kernel_ns", "RX kernel ns", 1, "{:.0f}"),
     ("rx_user_ns", "RX user ns", 1, "{:.0f}"),
     ("worker_ns", "worker ns", 1, "{:.0f}"),
+    ("cpu_fps", "1 CPU's worth/s", 1e-6, "{:.2f} M"),
 )
 
 
@@ -68,15 +69,17 @@ def run_rounds(rows: list[str], opts: live.LiveOptions, rounds: int) -> dict[str
     return results
 
 
-def ratios(results: dict[str, list[dict]]) -> dict[str, float | None]:
-    """Each row's median over rounds of its frames/s over TPACKET_V3's in that round."""
+def ratios(results: dict[str, list[dict]], key: str = "fps") -> dict[str, float | None]:
+    """Each row's median over rounds of its ``key`` over TPACKET_V3's in that round."""
     base = results.get("tpacket")
     out: dict[str, float | None] = {}
     for r, figs in results.items():
-        if not base or len(base) != len(figs):
+        pairs = [(f.get(key), b.get(key)) for f, b in zip(figs, base or [], strict=False)]
+        pairs = [(f, b) for f, b in pairs if f and b]
+        if not base or len(base) != len(figs) or not pairs:
             out[r] = None
             continue
-        out[r] = statistics.median(f["fps"] / b["fps"] for f, b in zip(figs, base, strict=True))
+        out[r] = statistics.median(f / b for f, b in pairs)
     return out
 
 
@@ -96,16 +99,16 @@ def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: A
         f"on CPU {live.RX_CPU}, worker on CPU {opts.worker_cpu}, medians of "
         f"{len(next(iter(results.values()), []))} rounds"
     )
-    head = ["row", *(c[1] for c in COLUMNS), "x TPACKET_V3"]
+    head = ["row", *(c[1] for c in COLUMNS), "x TPACKET_V3", "1 CPU's worth x TPACKET_V3"]
     print(" | ".join(head))
-    rx = ratios(results)
+    rx, per_cpu = ratios(results), ratios(results, "cpu_fps")
     for r, figs in results.items():
         med = median_row(figs)
         cells = [
             fmt.format(med[key] * scale) if key in med else "-" for key, _, scale, fmt in COLUMNS
         ]
-        ratio = rx.get(r)
-        print(" | ".join([r, *cells, f"{ratio:.2f}x" if ratio else "-"]))
+        shown = [f"{x:.2f}x" if x else "-" for x in (rx.get(r), per_cpu.get(r))]
+        print(" | ".join([r, *cells, *shown]))
     for r, why in skipped.items():
         print(f"{r}: skipped ({why})")
 
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_rounds([r for r in rows if r not in skipped], opts, args.rounds)
     load.append(os.getloadavg()[0])
     if args.json:
-        doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results)}
+        doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results),
+               "cpu_ratios": ratios(results, "cpu_fps")}  # fmt: skip
         print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
         print_table(results, skipped, opts)

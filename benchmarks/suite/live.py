@@ -46,7 +46,9 @@ What each row reports (``extra``):
   rx - source_drops``, 0 when the books balance (for the kernel's row 0 by
   construction); ``hook`` (TPACKET_V3): the frames B's XDP program passed, counted by it.
 * frames/s (the row's figure): frames delivered to the handler (kernel: counted by the
-  entry's program) per second of the generator's run.
+  entry's program) per second of the generator's run.  ``cpu_fps``: 1 s over the CPU
+  per frame below (RX kernel + RX user + worker), what one CPU would deliver doing
+  nothing else -- less at the mercy of the scheduler and of the machine's other work.
 * CPU per frame, from each thread's scheduler clock (``/proc/.../schedstat``, ns) over
   the window, split into user and kernel by the ticks of ``/proc/.../stat``:
   ``rx_kernel_ns`` = B's NAPI thread (the driver, the XDP program, and the copy into the
@@ -449,7 +451,7 @@ def _figures(
     def per(ns: float, n: int) -> float | None:
         return ns / n if n else None
 
-    return {
+    fig = {
         "fps": delivered / secs,
         "offered": offered["sent"] / secs,
         "sent": offered["sent"],
@@ -468,6 +470,11 @@ def _figures(
         # Seconds of CPU each part used over the window: how the receiving CPU was shared.
         **{f"{part}_cpu_s": c.total_ns / 1e9 for part, c in cpu.items()},
     }
+    # What one CPU doing nothing else would deliver at these costs: less at the mercy of
+    # how the scheduler shared the CPU, and of the machine's other work, than fps.
+    cost = _sum(fig["rx_kernel_ns"], fig["rx_user_ns"], fig["worker_ns"])
+    fig["cpu_fps"] = 1e9 / cost if cost else None
+    return fig
 
 
 def _sum(*parts: float | None) -> float | None:

@@ -153,7 +153,8 @@ def live_note(extra: dict[str, Any]) -> str:
         f"offered {(extra.get('offered') or 0) / 1e6:.2f} M/s; dropped at B's ring "
         f"{share('tx_drops')}, source {share('source_drops')}, map {share('map_drops')}; "
         f"unaccounted {extra.get('unaccounted', '-')}; ns/frame: RX kernel {ns('rx_kernel_ns')}"
-        f" + user {ns('rx_user_ns')}, worker {ns('worker_ns')}"
+        f" + user {ns('rx_user_ns')}, worker {ns('worker_ns')}; one CPU's worth "
+        f"{(extra.get('cpu_fps') or 0) / 1e6:.2f} M/s"
     )
 
 
