@@ -320,7 +320,7 @@ def offer(pair: VethPair, opts: LiveOptions) -> dict[str, Any]:
         if problem is not None:
             raise RuntimeError(f"B cannot receive: {problem}")
         res = gen.run(GenOptions(duration_s=opts.window_s, rate=opts.rate, cpu=WIRE_CPU))
-    return {"sent": res.sent, "seconds": res.seconds, "tx_drops": res.drops}
+    return {"sent": res.sent, "seconds": res.seconds, "tx_drops": res.drops, "rate": opts.rate}
 
 
 # --- `cpumap run --iface B` ------------------------------------------------------------------
@@ -454,6 +454,7 @@ def _figures(
     fig = {
         "fps": delivered / secs,
         "offered": offered["sent"] / secs,
+        "rate": offered["rate"] or 0,  # what was asked for (0: as fast as it goes)
         "sent": offered["sent"],
         "tx_drops": offered["tx_drops"],
         "rx": rx,

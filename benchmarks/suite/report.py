@@ -149,8 +149,10 @@ def live_note(extra: dict[str, Any]) -> str:
         v = extra.get(key)
         return "-" if v is None else f"{v:.0f}"
 
+    offered, rate = extra.get("offered") or 0, extra.get("rate") or 0
+    short = " (the generator fell short: its CPU was busy)" if offered < 0.9 * rate else ""
     return (
-        f"offered {(extra.get('offered') or 0) / 1e6:.2f} M/s; dropped at B's ring "
+        f"offered {offered / 1e6:.2f} M/s{short}; dropped at B's ring "
         f"{share('tx_drops')}, source {share('source_drops')}, map {share('map_drops')}; "
         f"unaccounted {extra.get('unaccounted', '-')}; ns/frame: RX kernel {ns('rx_kernel_ns')}"
         f" + user {ns('rx_user_ns')}, worker {ns('worker_ns')}; one CPU's worth "
