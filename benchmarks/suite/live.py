@@ -432,7 +432,14 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
         map_drops=out["queue_full"],
         cpu=cpu,
     )
-    return figures | {"accounted": int(summary["accounted"])}
+    counters = summary["counters"]
+    return figures | {
+        "accounted": int(summary["accounted"]),
+        # Frames per RX poll and per worker batch: each costs a fixed part (numpy calls,
+        # a flush, a wake-up), so smaller ones cost more a frame.
+        "per_poll": summary["rx"] / max(counters["polls"], 1),
+        "per_batch": counters["kthread_processed"] / max(counters["kthread_batches"], 1),
+    }
 
 
 def _figures(
