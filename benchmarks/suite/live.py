@@ -177,8 +177,6 @@ def af_xdp_unavailable_reason() -> str | None:
 
 # --- CPU clocks ------------------------------------------------------------------------------
 
-_TICK_NS: Final = 1e9 / os.sysconf("SC_CLK_TCK")
-
 
 @dataclass(frozen=True)
 class ThreadTime:
