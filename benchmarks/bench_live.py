@@ -115,6 +115,21 @@ def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: A
         print(f"{r}: skipped ({why})")
 
 
+def machine() -> dict[str, Any]:
+    """Where and what was measured: the date, the kernel, which cpumap ran."""
+    import datetime
+    import platform
+
+    import cpumap
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpumap": os.path.dirname(cpumap.__file__),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     load.append(os.getloadavg()[0])
     if args.json:
         doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results),
-               "cpu_ratios": ratios(results, "cpu_fps")}  # fmt: skip
+               "cpu_ratios": ratios(results, "cpu_fps"), "machine": machine()}  # fmt: skip
         print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
         print_table(results, skipped, opts)
