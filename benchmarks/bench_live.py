@@ -116,17 +116,14 @@ def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: A
 
 
 def machine() -> dict[str, Any]:
-    """Where and what was measured: the date, the kernel, which cpumap ran."""
+    """Where and when it was measured."""
     import datetime
     import platform
-
-    import cpumap
 
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "kernel": platform.release(),
         "cpus": len(os.sched_getaffinity(0)),
-        "cpumap": os.path.dirname(cpumap.__file__),
     }
 
 
