@@ -44,6 +44,7 @@ COLUMNS = (
     ("rx_user_ns", "RX user ns", 1, "{:.0f}"),
     ("worker_ns", "worker ns", 1, "{:.0f}"),
     ("cpu_fps", "1 CPU's worth/s", 1e-6, "{:.2f} M"),
+    ("cpu_share", "CPU share", 100, "{:.0f} %"),
     ("per_poll", "frames/poll", 1, "{:.0f}"),
     ("per_batch", "frames/batch", 1, "{:.0f}"),
 )

@@ -241,6 +241,20 @@ def spent(watched: Watched, before: Reading, after: Reading) -> dict[str, CpuSpe
     return out
 
 
+class CpuWindow:
+    """The CPU each part of ``watched`` spends from now until :meth:`end`, and the wall
+    time between: how much of the receiving CPU the row had."""
+
+    def __init__(self, watched: Watched) -> None:
+        self.watched = watched
+        self.before = read_clocks(watched)
+        self.t0 = time.monotonic()
+
+    def end(self) -> tuple[dict[str, CpuSpent], float]:
+        after = read_clocks(self.watched)
+        return spent(self.watched, self.before, after), time.monotonic() - self.t0
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid``'s descendants (the processes it forked, and theirs)."""
     found: list[int] = []
@@ -416,10 +430,10 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
         run.wait_ready()
         napi = napi_thread(pair, RX_CPU)
         watched = run.watched() | {"napi": [(napi, napi)]}
-        before = read_clocks(watched)
+        window = CpuWindow(watched)
         offered = offer(pair, opts)
         run.wait_drained()
-        cpu = spent(watched, before, read_clocks(watched))
+        cpu, wall_s = window.end()
         summary = run.stop()
     out = summary["outcomes"]
     figures = _figures(
@@ -429,6 +443,7 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
         source_drops=summary.get("source_drops") or 0,
         map_drops=out["queue_full"],
         cpu=cpu,
+        wall_s=wall_s,
     )
     counters = summary["counters"]
     return figures | {
@@ -448,6 +463,7 @@ def _figures(
     source_drops: int,
     map_drops: int,
     cpu: dict[str, CpuSpent],
+    wall_s: float,
 ) -> dict[str, Any]:
     secs = offered["seconds"]
     napi = cpu["napi"]
@@ -475,6 +491,9 @@ def _figures(
         "other_ns": per(cpu.get("other", CpuSpent()).total_ns, rx),
         # Seconds of CPU each part used over the window: how the receiving CPU was shared.
         **{f"{part}_cpu_s": c.total_ns / 1e9 for part, c in cpu.items()},
+        # CPU-seconds the row used per second of the window: with everything on one CPU,
+        # the share of it the row had (the machine's other work took the rest).
+        "cpu_share": sum(c.total_ns for c in cpu.values()) / 1e9 / wall_s,
     }
     # What one CPU doing nothing else would deliver at these costs: less at the mercy of
     # how the scheduler shared the CPU, and of the machine's other work, than fps.
@@ -531,12 +550,14 @@ def kernel_row(opts: LiveOptions) -> dict[str, Any]:
         napi = napi_thread(pair, RX_CPU)
         kthread = _cpumap_kthread(cpumap.map_id, entry)
         watched = {"napi": [(napi, napi)], "worker": [(kthread, kthread)]}
-        before = read_clocks(watched)
+        window = CpuWindow(watched)
         offered = offer(pair, opts)
         n = _wait_count(delivered, offered["sent"] - offered["tx_drops"])
-        cpu = spent(watched, before, read_clocks(watched))
+        cpu, wall_s = window.end()
     seen = offered["sent"] - offered["tx_drops"]  # every frame B's hook ran on
-    return _figures(offered, rx=n, delivered=n, source_drops=seen - n, map_drops=0, cpu=cpu)
+    return _figures(
+        offered, rx=n, delivered=n, source_drops=seen - n, map_drops=0, cpu=cpu, wall_s=wall_s
+    )
 
 
 def _cpumap_kthread(map_id: int, cpu: int) -> int:
