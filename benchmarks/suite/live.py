@@ -49,6 +49,8 @@ What each row reports (``extra``):
   entry's program) per second of the generator's run.  ``cpu_fps``: 1 s over the CPU
   per frame below (RX kernel + RX user + worker), what one CPU would deliver doing
   nothing else -- less at the mercy of the scheduler and of the machine's other work.
+  ``cpu_share``: the CPU-seconds the row's threads used per second of the window (with
+  everything on one CPU: the share of it they had).
 * CPU per frame, from each thread's scheduler clock (``/proc/.../schedstat``, ns) over
   the window, split into user and kernel by the ticks of ``/proc/.../stat``:
   ``rx_kernel_ns`` = B's NAPI thread (the driver, the XDP program, and the copy into the

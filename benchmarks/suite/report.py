@@ -156,7 +156,8 @@ def live_note(extra: dict[str, Any]) -> str:
         f"{share('tx_drops')}, source {share('source_drops')}, map {share('map_drops')}; "
         f"unaccounted {extra.get('unaccounted', '-')}; ns/frame: RX kernel {ns('rx_kernel_ns')}"
         f" + user {ns('rx_user_ns')}, worker {ns('worker_ns')}; one CPU's worth "
-        f"{(extra.get('cpu_fps') or 0) / 1e6:.2f} M/s"
+        f"{(extra.get('cpu_fps') or 0) / 1e6:.2f} M/s; it had {extra.get('cpu_share', 0):.0%}"
+        " of a CPU"
     )
 
 
