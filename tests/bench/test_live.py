@@ -36,6 +36,11 @@ def test_this_thread_has_a_clock_and_a_dead_one_none() -> None:
     assert live.thread_time(2**22 + 1) is None  # above pid_max's default: no such process
 
 
+def test_without_root_the_live_rows_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert live.unavailable_reason() == "needs root (network namespaces, XDP, bpf(2))"
+
+
 def row(key: str, fps: float | None, skipped: str | None = None, **extra: float) -> Row:
     r = Row(key, "live", key, fps=fps, skipped=skipped, baseline="live.tpacket")
     r.extra.update(extra)
