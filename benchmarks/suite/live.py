@@ -156,11 +156,17 @@ def unavailable_reason() -> str | None:
         return reason
     try:
         sweep_stale()
-        with VethPair():
-            pass
+        with VethPair() as pair:
+            threaded = _has_threaded_napi(pair)
     except OSError as e:
         return f"cannot make a veth pair in a network namespace: {e}"
-    return None
+    return None if threaded else "no threaded NAPI here (/sys/class/net/IF/threaded, Linux 5.12)"
+
+
+def _has_threaded_napi(pair: VethPair) -> bool:
+    path = f"/sys/class/net/{pair.local.ifname}/threaded"
+    cmd = ["ip", "netns", "exec", str(pair.local.netns), "test", "-e", path]
+    return subprocess.run(cmd, timeout=30, capture_output=True, check=False).returncode == 0
 
 
 def af_xdp_unavailable_reason() -> str | None:
