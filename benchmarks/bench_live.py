@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         choices=(live.WIRE_CPU, live.RX_CPU),
         default=live.LiveOptions.worker_cpu,
-        help=f"the worker's CPU, the kernel's entry's (default {live.WIRE_CPU}, the wire's; "
-        f"{live.RX_CPU}: all receiving on one CPU; see suite/live.py)",
+        help=f"the worker's CPU, the kernel's entry's (default {live.WIRE_CPU}, beside the "
+        f"generator; {live.RX_CPU}: all the receiving on one CPU; see suite/live.py)",
     )
     ap.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = ap.parse_args(argv)

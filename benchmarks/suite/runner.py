@@ -381,7 +381,8 @@ class Bench:
         offered = f"{rate / 1e6:.1f} M/s" if rate else "as fast as the generator goes"
         self.say(
             f"[b]live[/b]: veth, 64 B frames offered at {offered} for {opts.window_s:g} s a "
-            f"row (CPU {live.WIRE_CPU}: the generator; CPU {live.RX_CPU}: all the receiving)"
+            f"row (CPU {live.RX_CPU}: NAPI and the RX side; CPU {live.WIRE_CPU}: the worker, "
+            "and the generator)"
         )
         why = live.unavailable_reason()
         self.rounds(
