@@ -3,8 +3,9 @@
 One command runs, on the same frames and in the same process: the kernel's cpumap (where
 root and bpf(2) allow), our engine in its four shapes, the Python pipelines a user would
 write without us (``multiprocessing.Queue``, faster-fifo, pyzmq), single-process loops
-(Skb, dpkt) and the main job (``cpumap run`` on a generated capture) against tshark and a
-dpkt script.  Every figure is a median of several runs within the run, and every ratio is
+(Skb, dpkt), the main job (``cpumap run`` on a generated capture) against tshark and a
+dpkt script, and the live path (as root: one offered load on a veth through TPACKET_V3,
+AF_XDP and the kernel's cpumap).  Every figure is a median of several runs within the run, and every ratio is
 against a baseline measured in the same run: the machines are shared and noisy, so only
 ratios mean something.  A side that cannot run here (no root, a package that did not
 install, no tshark) is a row with a reason, not a failure.
