@@ -7,8 +7,8 @@ write without us (``multiprocessing.Queue``, faster-fifo, pyzmq), single-process
 dpkt script, and the live path (as root: one offered load on a veth through TPACKET_V3,
 AF_XDP and the kernel's cpumap).  Every figure is a median of several runs within the
 run, and every ratio is against a baseline measured in the same run: the machines are
-shared and noisy, so only ratios mean something.  A side that cannot run here (no root, a package that did not
-install, no tshark) is a row with a reason, not a failure.
+shared and noisy, so only ratios mean something.  A side that cannot run here (no root, a
+package that did not install, no tshark) is a row with a reason, not a failure.
 
 Rules: this package lives outside ``cpumap`` (in ``benchmarks/``, beside the other
 benchmark scripts, which import from it), and uses the package only through its
