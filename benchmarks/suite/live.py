@@ -9,7 +9,8 @@ Each row gets a veth pair of its own, in two fresh network namespaces (``VethPai
 loop), and the *receiving* end B (``pair.local``), where the row's receive path reads.
 Every row is offered the same load: 64-byte UDP/IPv4 frames over :data:`FLOWS` flows,
 addressed to another host's MAC (a tap's traffic: the stack drops them at ``ip_rcv``,
-the cheapest case for a socket path), at :attr:`LiveOptions.rate` frames/s for
+the cheapest case for a socket path), at :attr:`LiveOptions.rate` frames/s (on average:
+the generator sends in bursts at its full speed, see there) for
 :attr:`LiveOptions.window_s` seconds.
 
 Rows:
@@ -18,12 +19,12 @@ Rows:
   -> worker -> the ``count`` handler, which accepts every frame).  B carries an XDP_PASS
   program: a veth receives frames redirected into it only with NAPI, which XDP gives it
   (``docs/live.md``, the peer pitfall).
-* ``live.af_xdp``: ``cpumap run --iface B --af-xdp`` (the AF_XDP socket over the frame
+* ``live.af_xdp``: ``cpumap run --iface B --af-xdp -m native`` (the AF_XDP socket over the frame
   pool, the RX producer moving indices) -> worker -> ``count``.  Its own redirect
   program is B's XDP program.
 * ``live.kernel``: the kernel's own cpumap, the anchor: B's XDP program redirects each
-  frame into a ``BPF_MAP_TYPE_CPUMAP`` entry for CPU 1 whose program counts it and
-  returns XDP_DROP (the remote drop of ``xdp-bench redirect-cpu -r drop``).
+  frame into a ``BPF_MAP_TYPE_CPUMAP`` entry for the worker's CPU whose program counts it
+  and returns XDP_DROP (the remote drop of ``xdp-bench redirect-cpu -r drop``).
 
 Where things run (2 CPUs), cpumap's own layout: CPU 1 receives -- B's NAPI, made a
 kthread of its own (``/sys/class/net/B/threaded``) and pinned there, as a NIC queue's
