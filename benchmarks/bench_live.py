@@ -1,227 +1,171 @@
-"""Live source and generator throughput, each beside its baseline in the same run.
+"""The live path in full: one offered load through TPACKET_V3, AF_XDP and the kernel's cpumap.
 
-Live source (needs root): 64-byte UDP frames over a veth pair between two fresh namespaces.
+Every row gets 64-byte UDP frames from the kernel traffic generator
+(:class:`cpumap.kernel.TrafficGen`, live test runs of XDP_TX out of one end of a veth pair
+in fresh namespaces) at the same rate, and takes them end to end into a handler:
+``cpumap run --iface B`` (TPACKET_V3), ``cpumap run --iface B --af-xdp`` (AF_XDP, where
+this checkout has it) and the kernel's own cpumap with a remote XDP_DROP (the anchor).
+The measurement is the suite's (``suite.live``: the ``live`` rows of ``cpumap bench``);
+this script prints every figure of every round -- drops where they happen, CPU per frame
+by part -- and each row's ratio to the TPACKET_V3 row of the same round.
 
-* ``drain``: the peer sends N frames while nobody reads (they wait in the ring, or in the
-  baseline socket's receive queue, sized to hold them all); then the clock runs while the
-  receiver takes them all.  This isolates the receiver's cost per frame.
-  - ``ring``: :class:`~cpumap.live.LiveSource` (TPACKET_V3), yielding PacketBatches.
-  - ``recvfrom``: a plain AF_PACKET socket and a ``sock.recvfrom(2048)`` loop (one syscall
-    and one ``bytes`` per frame, no batch built).
-  - ``recv_into``: the same with ``recv_into`` a preallocated buffer (the cheapest plain loop).
-* ``live``: a sender process in the peer namespace sends N frames as fast as it can while
-  the receiver runs; frames/s received (first to last) and the drops.  On a 2-core machine
-  the sender (a Python loop, one ``send`` per frame) is the bottleneck: this shows whether
-  the receiver keeps up, not its ceiling.
+    .venv/bin/python benchmarks/bench_live.py [--rate FPS] [--window S] [--rounds N]
+        [--rows tpacket,af_xdp,kernel] [--worker-cpu 0|1] [--json]
 
-Generator: ``frames(n)`` (the 2-D fast path), ``batches()`` (PacketBatches with timestamps)
-for 64-byte UDP over 1024 flows, and ``batches()`` for the default mix (3 sizes, UDP/TCP/ICMP,
-IPv4/IPv6, half VLAN-tagged).
-
-    .venv/bin/python benchmarks/bench_live.py [--frames N] [--repeat R] [--no-live]
-
-The machines are shared and noisy: best of R, and trust the ratios more than the figures.
+Needs root.  The machines are shared and noisy: trust the same-round ratios more than
+the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import socket
-import time
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
+from suite import live
 
-from cpumap.abi import ETH_P_ALL
-from cpumap.generator import Generator
-from cpumap.live import LiveSource
-from cpumap.live.netns import Injector, VethPair
-
-SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: root may exceed rmem_max
-
-
-def _frames(pair: VethPair, n: int) -> np.ndarray:
-    gen = Generator(flows=1024, sizes=64, protocols=("udp",), ip_versions=(4,))
-    frames = gen.frames(n)
-    frames[:, 0:6] = np.frombuffer(pair.local.mac_bytes, dtype=np.uint8)
-    return frames
-
-
-def _plain_socket(pair: VethPair, rcvbuf: int) -> socket.socket:
-    with pair.in_local():
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-        sock.bind((pair.local.ifname, ETH_P_ALL))
-    return sock
-
-
-def _drain_ring(pair: VethPair, frames: np.ndarray) -> tuple[float, int]:
-    n = len(frames)
-    with pair.in_local():
-        src = LiveSource(pair.local.ifname, block_size=1 << 20, block_count=96)
-    with src:
-        pair.inject(frames)
-        got = 0
-        t0 = time.perf_counter()
-        while got < n:
-            batch = src.poll_batch(1.0)
-            if batch is None:
-                break
-            got += len(batch)
-        dt = time.perf_counter() - t0
-        assert src.statistics().kernel_drops == 0, "ring too small for the burst"
-    return got / dt, got
+ROWS: dict[str, Callable[[live.LiveOptions], dict[str, Any]]] = {
+    "tpacket": live.tpacket_row,
+    "af_xdp": live.af_xdp_row,
+    "kernel": live.kernel_row,
+}
+COLUMNS = (
+    ("fps", "delivered/s", 1e-6, "{:.3f} M"),
+    ("offered", "offered/s", 1e-6, "{:.2f} M"),
+    ("tx_drops", "B ring drops", 1, "{:,.0f}"),
+    ("source_drops", "source drops", 1, "{:,.0f}"),
+    ("map_drops", "map drops", 1, "{:,.0f}"),
+    ("unaccounted", "unaccounted", 1, "{:,.0f}"),
+    ("rx_kernel_ns", "RX kernel ns", 1, "{:.0f}"),
+    ("rx_user_ns", "RX user ns", 1, "{:.0f}"),
+    ("worker_ns", "worker ns", 1, "{:.0f}"),
+    ("cpu_fps", "1 CPU's worth/s", 1e-6, "{:.2f} M"),
+    ("cpu_share", "CPU share", 100, "{:.0f} %"),
+    ("per_poll", "frames/poll", 1, "{:.0f}"),
+    ("per_batch", "frames/batch", 1, "{:.0f}"),
+)
 
 
-def _drain_plain(pair: VethPair, frames: np.ndarray, into: bool) -> tuple[float, int]:
-    n = len(frames)
-    sock = _plain_socket(pair, 1 << 30)
-    try:
-        pair.inject(frames)
-        sock.settimeout(1.0)
-        got = 0
-        buf = bytearray(2048)
-        t0 = time.perf_counter()
-        try:
-            if into:
-                recv_into = sock.recv_into
-                while got < n:
-                    recv_into(buf)
-                    got += 1
-            else:
-                recvfrom = sock.recvfrom
-                while got < n:
-                    recvfrom(2048)
-                    got += 1
-        except TimeoutError:
-            pass
-        dt = time.perf_counter() - t0
-    finally:
-        sock.close()
-    return got / dt, got
+def skip_reasons(rows: list[str]) -> dict[str, str]:
+    """Rows that cannot run here, and why."""
+    why = live.unavailable_reason()
+    out = {r: why for r in rows} if why else {}
+    if "af_xdp" in rows and "af_xdp" not in out:
+        xsk = live.af_xdp_unavailable_reason()
+        if xsk:
+            out["af_xdp"] = xsk
+    return out
 
 
-def _sender(pair: VethPair, frames: np.ndarray) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            with Injector(pair.peer.ifname, netns=pair.peer.netns) as inj:
-                inj.send(frames)
-        finally:
-            os._exit(0)
-    return pid
+def run_rounds(rows: list[str], opts: live.LiveOptions, rounds: int) -> dict[str, list[dict]]:
+    """Each round runs every row once, in turn; each row's figures per round."""
+    results: dict[str, list[dict]] = {r: [] for r in rows}
+    for k in range(rounds):
+        for r in rows:
+            fig = ROWS[r](opts)
+            results[r].append(fig)
+            print(f"round {k + 1} {r:8s} {fig['fps'] / 1e6:.3f} M/s delivered", file=sys.stderr)
+    return results
 
 
-def _live(pair: VethPair, frames: np.ndarray, kind: str) -> tuple[float, int, int]:
-    """(frames/s received, received, dropped) with a concurrent sender."""
-    n = len(frames)
-    if kind == "ring":
-        with pair.in_local():
-            src = LiveSource(pair.local.ifname, block_size=1 << 18, block_count=16)
-        got, first, last = 0, 0.0, 0.0
-        pid = _sender(pair, frames)
-        while got < n:
-            batch = src.poll_batch(0.5)
-            if batch is None:
-                break
-            last = time.perf_counter()
-            first = first or last
-            got += len(batch)
-        drops = src.statistics().kernel_drops
-        src.close()
+def ratios(results: dict[str, list[dict]], key: str = "fps") -> dict[str, float | None]:
+    """Each row's median over rounds of its ``key`` over TPACKET_V3's in that round."""
+    base = results.get("tpacket")
+    out: dict[str, float | None] = {}
+    for r, figs in results.items():
+        pairs = [(f.get(key), b.get(key)) for f, b in zip(figs, base or [], strict=False)]
+        pairs = [(f, b) for f, b in pairs if f and b]
+        if not base or len(base) != len(figs) or not pairs:
+            out[r] = None
+            continue
+        out[r] = statistics.median(f / b for f, b in pairs)
+    return out
+
+
+def median_row(figs: list[dict]) -> dict[str, Any]:
+    keys = [k for k, v in figs[0].items() if isinstance(v, int | float)]
+    return {
+        k: statistics.median(f[k] for f in figs if f.get(k) is not None)
+        for k in keys
+        if any(f.get(k) is not None for f in figs)
+    }
+
+
+def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: Any) -> None:
+    rate = f"{opts.rate / 1e6:.1f} M/s" if opts.rate else "as fast as it goes"
+    print(
+        f"live path, 64-byte frames offered at {rate}, {opts.window_s:g} s a row, NAPI and RX "
+        f"on CPU {live.RX_CPU}, worker on CPU {opts.worker_cpu}, medians of "
+        f"{len(next(iter(results.values()), []))} rounds"
+    )
+    head = ["row", *(c[1] for c in COLUMNS), "x TPACKET_V3", "1 CPU's worth x TPACKET_V3"]
+    print(" | ".join(head))
+    rx, per_cpu = ratios(results), ratios(results, "cpu_fps")
+    for r, figs in results.items():
+        med = median_row(figs)
+        cells = [
+            fmt.format(med[key] * scale) if key in med else "-" for key, _, scale, fmt in COLUMNS
+        ]
+        shown = [f"{x:.2f}x" if x else "-" for x in (rx.get(r), per_cpu.get(r))]
+        print(" | ".join([r, *cells, *shown]))
+    for r, why in skipped.items():
+        print(f"{r}: skipped ({why})")
+
+
+def machine() -> dict[str, Any]:
+    """Where and when it was measured."""
+    import datetime
+    import platform
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "kernel": platform.release(),
+        "cpus": len(os.sched_getaffinity(0)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--rate", type=float, default=live.LiveOptions.rate, help="frames/s offered (0: max)"
+    )
+    ap.add_argument("--window", type=float, default=4.0, help="seconds offered per row")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (each runs every row)")
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated: " + ",".join(ROWS))
+    ap.add_argument(
+        "--worker-cpu",
+        type=int,
+        choices=(live.WIRE_CPU, live.RX_CPU),
+        default=live.LiveOptions.worker_cpu,
+        help=f"the worker's CPU, the kernel's entry's (default {live.WIRE_CPU}, beside the "
+        f"generator; {live.RX_CPU}: all the receiving on one CPU; see suite/live.py)",
+    )
+    ap.add_argument("--json", action="store_true", help="print every figure as JSON")
+    args = ap.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or args.rate < 0 or args.window <= 0 or args.rounds < 1:
+        ap.error(f"--rows takes {', '.join(ROWS)}; --rate >= 0, --window > 0, --rounds >= 1")
+    opts = live.LiveOptions(
+        rate=args.rate or None, window_s=args.window, worker_cpu=args.worker_cpu
+    )
+    skipped = skip_reasons(rows)
+    load = [os.getloadavg()[0]]
+    results = run_rounds([r for r in rows if r not in skipped], opts, args.rounds)
+    load.append(os.getloadavg()[0])
+    if args.json:
+        doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results),
+               "cpu_ratios": ratios(results, "cpu_fps"), "machine": machine()}  # fmt: skip
+        print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
-        sock = _plain_socket(pair, 1 << 22)  # a few MB: like the ring above (4 MB)
-        sock.settimeout(0.5)
-        got, first, last = 0, 0.0, 0.0
-        pid = _sender(pair, frames)
-        buf = bytearray(2048)
-        try:
-            while got < n:
-                sock.recv_into(buf)
-                last = time.perf_counter()
-                first = first or last
-                got += 1
-        except TimeoutError:
-            pass
-        drops = n - got
-        sock.close()
-    os.waitpid(pid, 0)
-    return (got - 1) / (last - first) if got > 1 else 0.0, got, drops
-
-
-def bench_live(n: int, repeat: int, live: bool) -> None:
-    print(f"live source: {n} 64-byte UDP frames over veth, best of {repeat}")
-    with VethPair() as pair:
-        frames = _frames(pair, n)
-        runs = {
-            "drain ring (LiveSource)": lambda: _drain_ring(pair, frames),
-            "drain recvfrom loop": lambda: _drain_plain(pair, frames, into=False),
-            "drain recv_into loop": lambda: _drain_plain(pair, frames, into=True),
-        }
-        results = {}
-        for name, fn in runs.items():
-            best = max((fn() for _ in range(repeat)), key=lambda r: r[0])
-            results[name] = best[0]
-            print(f"  {name:28s} {best[0] / 1e6:7.3f} M frames/s  ({best[1]} frames)")
-        ratio = results["drain ring (LiveSource)"] / results["drain recvfrom loop"]
-        print(f"  ring / recvfrom: {ratio:.1f}x")
-        if live:
-            for kind in ("ring", "recv_into"):
-                fps, got, drops = max(
-                    (_live(pair, frames, kind) for _ in range(repeat)), key=lambda r: r[0]
-                )
-                print(
-                    f"  live {kind:23s} {fps / 1e6:7.3f} M frames/s  "
-                    f"received {got}, dropped {drops}"
-                )
-
-
-def bench_generator(n: int, repeat: int) -> None:
-    print(f"generator: best of {repeat}")
-    bench = Generator(flows=1024, sizes=64, protocols=("udp",), ip_versions=(4,))
-    mix = Generator(flows=1024, vlan=(None, 10))
-
-    def frames(reuse: bool = False) -> float:
-        into = np.empty((65536, 64), dtype=np.uint8) if reuse else None
-        t = time.perf_counter()
-        for k in range(0, n - n % 65536, 65536):
-            bench.frames(65536, k, out=into)
-        return (n - n % 65536) / (time.perf_counter() - t)
-
-    def batches(gen: Generator, m: int) -> float:
-        t = time.perf_counter()
-        got = 0
-        for b in gen.batches(65536):
-            got += len(b)
-            if got >= m:
-                break
-        return got / (time.perf_counter() - t)
-
-    frames()  # warm up: first touches of fresh memory and the numpy allocator
-    for name, fn in (
-        ("frames(65536) 64 B UDP", frames),
-        ("frames(65536, out=buf) 64 B", lambda: frames(reuse=True)),
-        ("batches(65536) 64 B UDP", lambda: batches(bench, n)),
-        ("batches(65536) mixed", lambda: batches(mix, n // 4)),
-    ):
-        best = max(fn() for _ in range(repeat))
-        print(f"  {name:28s} {best / 1e6:7.2f} M frames/s")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=200_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--no-live", action="store_true", help="skip the concurrent-sender runs")
-    ap.add_argument("--generator-only", action="store_true")
-    args = ap.parse_args()
-    bench_generator(max(args.frames, 1_000_000), args.repeat)
-    if not args.generator_only:
-        if os.geteuid() != 0:
-            print("live source: skipped (needs root)")
-            return
-        bench_live(args.frames, args.repeat, not args.no_live)
+        print_table(results, skipped, opts)
+        print(f"load average {load[0]:.2f} -> {load[1]:.2f} (other work on the machine: noise)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -91,6 +91,7 @@ def goals(rows: dict[str, Row], costs: dict[str, Any], machine: dict[str, Any]) 
     else:
         goal("main job frames/s (M)", job.fps / 1e6 if job and job.fps else None, 1.0)
         goal("main job / tshark -z conv", _ratio(rows, "job.cpumap_run", "job.tshark"), 20)
+    out += live_goals(rows)
     rss = costs.get("rss_max_growth")
     goal("RSS growth over the run (%)", None if rss is None else 100 * rss, 5, at_most=True)
     out.append(
@@ -104,6 +105,60 @@ def goals(rows: dict[str, Row], costs: dict[str, Any], machine: dict[str, Any]) 
         }
     )
     return out
+
+
+LIVE_GOAL_RATIO = 2.0  # issue 18: AF_XDP >= 2x TPACKET_V3 at the same offered load (stretch 3x)
+LIVE_GOAL_RX_US = 0.3  # issue 18: AF_XDP's RX side (kernel + user) per frame
+
+
+def live_goals(rows: dict[str, Row]) -> list[dict[str, Any]]:
+    """Issue 18's goals, from the live rows (``suite.live``)."""
+    names = (
+        "live: AF_XDP / TPACKET_V3 frames/s, same offered load (stretch 3)",
+        "live: AF_XDP RX side, kernel + user, per frame (µs)",
+    )
+    xsk, tp = rows.get("live.af_xdp"), rows.get("live.tpacket")
+    why = next((r.skipped for r in (xsk, tp) if r is not None and r.skipped), None)
+    if xsk is None or tp is None or why or xsk.fps is None or tp.fps is None:
+        why = why or "the live rows did not run (--only live)"
+        return [
+            {"goal": n, "value": None, "target": t, "at_most": m, "met": None, "skipped": why}
+            for n, t, m in zip(
+                names, (LIVE_GOAL_RATIO, LIVE_GOAL_RX_US), (False, True), strict=True
+            )
+        ]
+    ratio = paired_ratio(xsk, tp) or xsk.fps / tp.fps
+    rx_ns = [xsk.extra.get("rx_kernel_ns"), xsk.extra.get("rx_user_ns")]
+    rx_us = sum(rx_ns) / 1e3 if None not in rx_ns else None
+    return [
+        {"goal": names[0], "value": ratio, "target": LIVE_GOAL_RATIO, "at_most": False,
+         "met": ratio >= LIVE_GOAL_RATIO},
+        {"goal": names[1], "value": rx_us, "target": LIVE_GOAL_RX_US, "at_most": True,
+         "met": None if rx_us is None else rx_us <= LIVE_GOAL_RX_US},
+    ]  # fmt: skip
+
+
+def live_note(extra: dict[str, Any]) -> str:
+    """A live row's note: the load, where frames were dropped, the CPU per frame."""
+    sent = extra.get("sent") or 0
+
+    def share(key: str) -> str:
+        return f"{(extra.get(key) or 0) / sent:.0%}" if sent else "-"
+
+    def ns(key: str) -> str:
+        v = extra.get(key)
+        return "-" if v is None else f"{v:.0f}"
+
+    offered, rate = extra.get("offered") or 0, extra.get("rate") or 0
+    short = " (the generator fell short: its CPU was busy)" if offered < 0.9 * rate else ""
+    return (
+        f"offered {offered / 1e6:.2f} M/s{short}; dropped at B's ring "
+        f"{share('tx_drops')}, source {share('source_drops')}, map {share('map_drops')}; "
+        f"unaccounted {extra.get('unaccounted', '-')}; ns/frame: RX kernel {ns('rx_kernel_ns')}"
+        f" + user {ns('rx_user_ns')}, worker {ns('worker_ns')}; one CPU's worth "
+        f"{(extra.get('cpu_fps') or 0) / 1e6:.2f} M/s; it had {extra.get('cpu_share', 0):.0%}"
+        " of a CPU"
+    )
 
 
 def best_pipeline(rows: dict[str, Row], size: int) -> str | None:
@@ -127,15 +182,20 @@ def render(result: dict[str, Any], console: Console) -> None:
         t.add_column(col, justify="right" if col in ("frames/s", "ratio") else "left")
     rows = result["rows"]
     for r in rows:
-        note = r["skipped"] or ", ".join(
-            f"{k} {_short(v)}" for k, v in r["extra"].items() if k != "round_group"
-        )
+        if r["skipped"]:
+            note = r["skipped"]
+        elif r["group"] == "live":
+            note = live_note(r["extra"])
+        else:
+            note = ", ".join(
+                f"{k} {_short(v)}" for k, v in r["extra"].items() if k != "round_group"
+            )
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         t.add_row(
             r["group"], Text(r["name"]), _fps(r["fps"]), r["baseline"] or "", ratio, Text(note)
         )
     console.print(t)
-    g = Table(title="goals (issue 10)", title_justify="left")
+    g = Table(title="goals (issue 10; live: issue 18)", title_justify="left")
     for col in ("goal", "measured", "target", "met"):
         g.add_column(col, justify="left" if col == "goal" else "right")
     for goal in result["goals"]:

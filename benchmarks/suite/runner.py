@@ -16,10 +16,10 @@ from typing import Any
 
 from rich.console import Console
 
-from . import kernel, main_job, ours, python_side, report, rss
+from . import kernel, live, main_job, ours, python_side, report, rss
 from .common import Row, make_frames, per_second, usable_cpus
 
-SECTIONS = ("kernel", "ours", "pipelines", "loops", "main-job", "rss")
+SECTIONS = ("kernel", "ours", "pipelines", "loops", "main-job", "rss", "live")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Sizes:
     rss_frames: int
     repeat: int
     job_rounds: int
+    live_window_s: float  # seconds of offered traffic per live row and round
+    live_rounds: int
 
     def scaled(self, k: float) -> Sizes:
         def s(n: int, least: int = 2048) -> int:
@@ -50,11 +52,13 @@ class Sizes:
             s(self.rss_frames, 20_000),
             self.repeat,
             self.job_rounds,
+            max(self.live_window_s * k, 0.5),
+            self.live_rounds,
         )
 
 
-QUICK = Sizes(400_000, 100_000, 150_000, 40_000, 300_000, 200_000, 1_000_000, 3, 1)
-FULL = Sizes(2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5, 1)
+QUICK = Sizes(400_000, 100_000, 150_000, 40_000, 300_000, 200_000, 1_000_000, 3, 1, 1.5, 2)
+FULL = Sizes(2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5, 1, 4.0, 3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--capture", metavar="FILE", help="main job: use this pcap, not a generated one"
     )
     ap.add_argument("--keep-capture", metavar="FILE", help="main job: keep the generated pcap here")
+    ap.add_argument(
+        "--live-rate",
+        type=float,
+        default=live.LiveOptions.rate,
+        metavar="FPS",
+        help="live: frames/s the generator offers every row (0: as fast as it goes; "
+        f"default {live.LiveOptions.rate:g})",
+    )
     return ap
 
 
@@ -360,6 +372,52 @@ class Bench:
         growth = ", ".join(f"{k} {100 * g:+.1f}%" for k, g in out["growth"].items())
         self.say(f"  RSS growth after warm-up: {growth} ({out['fps'] / 1e6:.2f} M frames/s)")
 
+    def live(self, rate: float) -> None:
+        """The live path: the same offered load through TPACKET_V3, AF_XDP and the kernel's
+        cpumap, in rounds (``suite.live``)."""
+        if "live" not in self.sections:
+            return
+        opts = live.LiveOptions(rate=rate or None, window_s=self.sizes.live_window_s)
+        offered = f"{rate / 1e6:.1f} M/s" if rate else "as fast as the generator goes"
+        self.say(
+            f"[b]live[/b]: veth, 64 B frames offered at {offered} for {opts.window_s:g} s a "
+            f"row (CPU {live.RX_CPU}: NAPI and the RX side; CPU {live.WIRE_CPU}: the worker, "
+            "and the generator)"
+        )
+        why = live.unavailable_reason()
+        self.rounds(
+            [
+                Spec(
+                    "live.tpacket",
+                    "live",
+                    "live",
+                    "live: TPACKET_V3 -> map -> count handler (cpumap run --iface)",
+                    lambda: live.tpacket_row(opts),
+                    baseline="live.tpacket",
+                    skip=why,
+                ),
+                Spec(
+                    "live.af_xdp",
+                    "live",
+                    "live",
+                    "live: AF_XDP -> map -> count handler (cpumap run --iface --af-xdp)",
+                    lambda: live.af_xdp_row(opts),
+                    baseline="live.tpacket",
+                    skip=why or live.af_xdp_unavailable_reason(),
+                ),
+                Spec(
+                    "live.kernel",
+                    "live",
+                    "live",
+                    "live: kernel cpumap, remote XDP_DROP (the anchor)",
+                    lambda: live.kernel_row(opts),
+                    baseline="live.tpacket",
+                    skip=why,
+                ),
+            ],
+            repeat=self.sizes.live_rounds,
+        )
+
     def _two_cpus(self) -> str | None:
         if not {0, 1} <= set(self.cpus):
             return f"needs CPUs 0 and 1 (usable: {self.cpus})"
@@ -406,9 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.scale <= 0:
         build_parser().error("--scale must be > 0")
+    if args.live_rate < 0:
+        build_parser().error("--live-rate must be >= 0 frames/s (0: as fast as it goes)")
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.repeat:
-        sizes = replace(sizes, repeat=max(args.repeat, 1))
+        sizes = replace(sizes, repeat=max(args.repeat, 1), live_rounds=max(args.repeat, 1))
     console = Console()
     if not console.is_terminal:  # a log file: room for the table's columns
         console = Console(width=150)
@@ -426,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.batch_paths()
     bench.main_job(args.capture, args.keep_capture)
     bench.rss()
+    bench.live(args.live_rate)
     m["load_after"] = round(os.getloadavg()[0], 2)
     bench.finish_rows()
     result = {

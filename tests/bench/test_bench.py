@@ -57,6 +57,9 @@ def test_quick_bench_on_a_tiny_size_reports_every_row(tmp_path: Path) -> None:
         "job.cpumap_run",
         "job.tshark",
         "job.dpkt",
+        "live.tpacket",
+        "live.af_xdp",
+        "live.kernel",
     ):
         assert expected in keys
     for row in result["rows"]:
