@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cpumap.engine.frame_pool import FramePool
-from cpumap.programs.context import XdpContext
+from cpumap.programs.context import XdpBatch, XdpContext
 from cpumap.skb import SkbView, frame_skbs
 from tests.skb.helpers import (
     EXAMPLE_FRAMES,
@@ -83,5 +83,34 @@ def test_ctx_skb_is_frame_skbs(
             assert skb is ctx.skb  # one view per frame
             assert bytes(skb.data) == bytes(want.data) == batch[j][1]
             assert skb.as_dict() == want.as_dict()
+    finally:
+        pool.close()
+
+
+@given(
+    st.lists(st.integers(0, POOL - 1), min_size=1, max_size=16, unique=True),
+    st.integers(-4, 80),
+    st.integers(1, 40),
+    st.booleans(),
+)
+@PROPERTY_SETTINGS
+def test_bytes_at_of_scattered_frames_is_the_per_byte_gather(
+    where: list[int], offset: int, width: int, shifted: bool
+) -> None:
+    """The row gather for scattered frames at the pool's headroom equals the general path
+    (a position per byte) -- and a frame whose packet starts elsewhere takes the latter."""
+    pool = FramePool(POOL, frame_size=FRAME_SIZE, headroom=HEADROOM)
+    try:
+        rng = np.random.default_rng(len(where) * 1000 + offset)
+        pool.data[:] = rng.integers(0, 256, pool.data.shape, dtype=np.uint8)
+        idx = np.array(where, dtype=np.uint32)
+        if shifted:
+            pool.headroom_col[idx[0]] = HEADROOM - 8  # bpf_xdp_adjust_head grew it
+        batch = XdpBatch(pool, idx)
+        got = batch.bytes_at(offset, width)
+        pos = idx.astype(np.int64)[:, None] * FRAME_SIZE + pool.headroom_col[idx][:, None]
+        pos = pos + np.arange(offset, offset + width)
+        want = pool.flat[np.minimum(pos, len(pool.flat) - 1)]
+        assert np.array_equal(got, want)
     finally:
         pool.close()

@@ -345,6 +345,11 @@ class XdpBatch:
         return self.pool.linktype[self._where]
 
     @cached_property
+    def _uniform_headroom(self) -> bool:
+        """Every frame's packet starts at the pool's headroom (the usual case)."""
+        return bool((self.pool.headroom_col[self.index] == self.pool.headroom).all())
+
+    @cached_property
     def _base(self) -> np.ndarray:
         pool = self.pool
         return self.index.astype(np.int64) * pool.frame_size + pool.headroom_col[self.index]
@@ -353,9 +358,16 @@ class XdpBatch:
         """``[n, width]`` uint8: bytes ``offset..offset+width`` of each packet.  Bytes
         past a packet's end read as whatever the frame holds: mask with ``length``."""
         pool = self.pool
-        if self.start is not None and offset >= 0 and offset + width <= pool.max_packet:
+        inside = offset >= 0 and offset + width <= pool.max_packet
+        if self.start is not None and inside:
             h = pool.headroom + offset
             return pool.data[self._where, h : h + width]
+        if inside and self._uniform_headroom:
+            # Scattered frames (placed by AF_XDP, in the order workers released them) that
+            # all start at the pool's headroom: one row gather, a copy as the general
+X
+            h = pool.headroom + offset
+            return pool.data[self.index, h : h + width]
         cols = np.arange(offset, offset + width, dtype=np.int64)
         pos = self._base[:, None] + cols
         np.minimum(pos, len(self.pool.flat) - 1, out=pos)
