@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,8 +92,11 @@ def run_local(paths: list[Path], cpus: list[int]) -> float:
     return n / dt
 
 
-def run_cluster(paths: list[Path], cpus: list[int], qsize: int, poll: int) -> tuple[float, float]:
-    """(frames/s of the run, seconds to populate the map)."""
+def run_cluster(
+    paths: list[Path], cpus: list[int], qsize: int, poll: int
+) -> tuple[float, float, float]:
+    """(frames/s from the first poll to the last outcome, seconds to populate the map,
+    frames/s of the whole run_map: Ray's start of the source tasks' workers included)."""
     t0 = time.perf_counter()
     with ClusterMap(FlowTable()) as cmap:
         for c in cpus:
@@ -100,7 +104,36 @@ def run_cluster(paths: list[Path], cpus: list[int], qsize: int, poll: int) -> tu
         setup = time.perf_counter() - t0
         result = run_map(cmap, paths, "l4-hash", options=SourceOptions(poll_size=poll))
     assert result.in_flight == 0
-    return result.stats.rx / result.seconds, setup
+    wall = getattr(result, "wall_seconds", 0.0) or result.seconds
+    return result.stats.rx / result.seconds, setup, result.stats.rx / wall
+
+
+def cli_rate(path: Path, *ray: str) -> float:
+    """frames/s of ``cpumap run [--ray ...] FILE --json`` with the CLI's defaults (from
+    the summary's ``rx`` and ``elapsed_s``: the run, not Python's or Ray's start)."""
+    cmd = [sys.executable, "-m", "cpumap.cli", "run", *ray, str(path), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-400:]}")
+    s = json.loads(done.stdout.splitlines()[-1])
+    assert s["in_flight"] == 0 and s["accounted"], s
+    return s["rx"] / s["elapsed_s"]
+
+
+def cli_rates(directory: Path, frames: int, repeat: int) -> dict[str, float]:
+    """``cpumap run FILE`` against ``cpumap run --ray auto FILE`` on the same file, each
+    with the CLI's defaults, alternated ``repeat`` times (best of each)."""
+    (path,) = make_captures(directory, 1, frames)
+    local, cluster = [], []
+    for _ in range(repeat):
+        local.append(cli_rate(path))
+        cluster.append(cli_rate(path, "--ray", "auto"))
+    return {
+        "cli_frames": frames,
+        "cli_local_frames_per_s": max(local),
+        "cli_cluster_frames_per_s": max(cluster),
+        "cli_ratio_cluster_over_local": max(cluster) / max(local),
+    }
 
 
 def actor_rates() -> dict[str, float]:
@@ -186,7 +219,31 @@ def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
     return {"object_transfer_between_nodes_MiB_per_s": best}
 
 
-def parcel_rate(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[str, float]:
+class EventfulEntry(EntryActor):
+    """The entry with Ray's task events on for its offers (Ray's default)."""
+
+    async def offer(self, source: int, parts: list[Any], lossless: bool) -> Any:
+        return await super().offer(source, parts, lossless)
+
+
+def parcel_rates(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[str, float]:
+    """Offers into an accept-all entry, with Ray's task events off (what the entries do)
+    and on (Ray's default), alternated, best of three each."""
+    off, on = [], []
+    for _ in range(3):
+        off.append(parcel_rate(EntryActor, frames, size, calls)["parcel_frames_per_s"])
+        on.append(parcel_rate(EventfulEntry, frames, size, calls)["parcel_frames_per_s"])
+    return {
+        "parcel_frames_per_s": max(off),
+        "parcels_per_s": max(off) / frames,
+        "parcel_frames_per_s_task_events_on": max(on),
+        "ratio_task_events_off_over_on": max(off) / max(on),
+    }
+
+
+def parcel_rate(
+    cls: type, frames: int = 1024, size: int = 128, calls: int = 200
+) -> dict[str, float]:
     import ray
 
     gen = Generator(flows=64, sizes=size, protocols=("udp",), seed=3, count=frames)
@@ -194,12 +251,14 @@ def parcel_rate(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[s
     fill(block, next(gen.batches(frames)))
     parcel = pack(block, np.arange(frames, dtype=np.uint32))
     info = WorkerInfo(0, 0, 0, 2048, 0, 0, False)
-    actor = ray.remote(EntryActor).options(num_cpus=0).remote(None, info, False)
+    actor = ray.remote(cls).options(num_cpus=0).remote(None, info, False)
     ray.get(actor.ready.remote())
     t0 = time.perf_counter()
-    refs = [actor.deliver.remote(parcel.rows, parcel.desc) for _ in range(calls)]
+    refs = [actor.offer.remote(0, [parcel], True) for _ in range(calls)]
     ray.get(refs)
+    report = ray.get(actor.tally.remote(0, 60.0))
     dt = time.perf_counter() - t0
+    assert report.counts[2] == calls * frames, report
     ray.kill(actor)
     return {"parcel_frames_per_s": calls * frames / dt, "parcels_per_s": calls / dt}
 
@@ -214,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=int, default=4096, help="cluster sources' poll size")
     ap.add_argument("--object-store", type=int, default=300, help="MB for the local Ray")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--cli-frames", type=int, default=600_000, help="frames of the CLI comparison (0: skip)"
+    )
+    ap.add_argument("--only-ratios", action="store_true", help="skip the Ray cost figures")
     args = ap.parse_args(argv)
     cpus = [int(c) for c in args.cpus.split(",")]
     out: dict[str, Any] = {
@@ -233,24 +296,31 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=False,
         )
         try:
-            local, cluster, setup = [], [], []
+            local, cluster, setup, whole = [], [], [], []
             for _ in range(args.repeat):
                 local.append(run_local(paths, cpus))
-                fps, s = run_cluster(paths, cpus, args.qsize, args.poll)
+                fps, s, wall = run_cluster(paths, cpus, args.qsize, args.poll)
                 cluster.append(fps)
                 setup.append(s)
+                whole.append(wall)
             out.update(
                 local_frames_per_s=max(local),
                 cluster_frames_per_s=max(cluster),
                 ratio_cluster_over_local=max(cluster) / max(local),
                 cluster_map_setup_s=min(setup),
+                cluster_whole_run_frames_per_s=max(whole),
             )
-            out.update(actor_rates())
-            out.update(object_store_rates())
-            out.update(parcel_rate())
+            print(f"ratio_cluster_over_local {out['ratio_cluster_over_local']:.3f}", flush=True)
+            if not args.only_ratios:
+                out.update(actor_rates())
+                out.update(object_store_rates())
+                out.update(parcel_rates())
         finally:
             session.close()
-    out.update(transfer_rate(object_store=args.object_store))
+        if args.cli_frames:
+            out.update(cli_rates(Path(tmp), args.cli_frames, args.repeat))
+    if not args.only_ratios:
+        out.update(transfer_rate(object_store=args.object_store))
     for k, v in out.items():
         print(f"{k:32} {v:,.2f}" if isinstance(v, float) else f"{k:32} {v}")
     if args.json:

@@ -21,7 +21,7 @@ package.
 ``docs/cluster.md`` says when to use it, how to deploy it and what it costs.
 """
 
-from .actor import EntryActor, Reply
+from .actor import EntryActor, Report
 from .frames import FrameBlock, Parcel
 from .map import ActorState, ClusterEntry, ClusterMap, EntryResult
 from .places import LOCAL_NODE, Place, as_place, parse_entries
@@ -47,7 +47,7 @@ __all__ = [
     "Parcel",
     "Place",
     "RaySession",
-    "Reply",
+    "Report",
     "RunOptions",
     "SourceFigures",
     "SourceOptions",

@@ -86,10 +86,11 @@ class ClusterResult:
     entries: list[EntryFigures]
     nodes: list[NodeFigures]
     sources: list[SourceFigures]
-    seconds: float
+    seconds: float  # from the first poll of any source to the last outcome (a local run's)
     ray_address: str
     complete: bool = True  # False when a source task failed (its books are missing)
     results: list[Any] = field(default_factory=list)  # the entries' finish() results
+    wall_seconds: float = 0.0  # the whole run: sources' start (Ray's workers) to the report
 
     def outcomes(self) -> dict[str, int]:
         return self.stats.outcomes()

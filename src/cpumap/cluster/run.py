@@ -41,6 +41,7 @@ from .source import (
     ProgramFactory,
     SourceOptions,
     SourceReport,
+    Start,
     read_capture,
 )
 
@@ -96,13 +97,14 @@ def run_map(
     reports: list[SourceReport | None] = []
     errors: list[str | None] = []
     try:
-        targets = cmap.targets(len(files))
+        targets = cmap.targets()
         task = ray.remote(num_cpus=0, max_retries=0)(read_capture)
+        run_id = int.from_bytes(os.urandom(8), "little")
         refs = [
             task.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(placed[f].node_id, soft=False)
-            ).remote(f, targets, program, options or SourceOptions())
-            for f in files
+            ).remote(f, targets, program, options or SourceOptions(), Start(i, run_id, len(files)))
+            for i, f in enumerate(files)
         ]
         reports, errors = _gather(ray, refs, timeout)
     finally:
@@ -118,9 +120,20 @@ def run_map(
         cmap.end_run(pids, failures)
     run = _Run(files, placed, reports, errors, nodes)
     result = _result(cmap, entries, run)
-    result.seconds = time.perf_counter() - t0
+    result.wall_seconds = time.perf_counter() - t0
+    result.seconds = _busy_seconds(run.books) or result.wall_seconds
     result.ray_address = ray_address
     return result
+
+
+def _busy_seconds(books: list[SourceReport]) -> float:
+    """From the first poll of any source to the last source's last outcome: what a local
+    run's elapsed time measures (first poll to drain), without the start of Ray's worker
+    processes (``wall_seconds`` has it).  0.0 when no source read anything."""
+    spans = [(r.started, r.ended) for r in books if r.started and r.ended]
+    if not spans:
+        return 0.0
+    return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
 def _gather(
