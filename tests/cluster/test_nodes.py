@@ -133,7 +133,11 @@ def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw: Any) -> tuple[Any,
     def go() -> None:
         try:
             box["result"] = run_map(
-                cmap, paths, "l4-hash", options=SourceOptions(stall_timeout=30), **kw
+                cmap,
+                paths,
+                "l4-hash",
+                options=SourceOptions(stall_timeout=30, parcel_frames=128),
+                **kw,
             )
         except BaseException as e:
             box["error"] = e

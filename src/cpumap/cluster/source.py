@@ -314,7 +314,7 @@ class Outbox:
         refs = {
             key: link.target.actor.tally.remote(self.source, self.stall)
             for key, link in enumerate(self.links)
-            if key not in self.keys.dead and link.totals
+            if key not in self.keys.dead and self.books.per_entry[key, 0]  # it sent some
         }
         for key, ref in refs.items():
             self._take(key, ref, self.stall + 10.0)
