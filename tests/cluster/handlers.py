@@ -69,7 +69,7 @@ class BadSetup:
 class HoldUntil:
     """A batch handler that, on CPU ``victim`` (any node when ``node_id`` is None), holds
     its first batch until the file ``marks/release`` exists (``marks/held`` says it is
-    holding), then accepts everything.  Records the largest batch it saw."""
+    holding), then accepts everything.  Records the largest batch it saw and the frames."""
 
     batch = True
 
@@ -79,6 +79,7 @@ class HoldUntil:
         self.node_id = node_id
         self.here = False
         self.largest = 0
+        self.frames = 0
 
     def setup(self, info: Any) -> None:
         import ray
@@ -88,6 +89,7 @@ class HoldUntil:
 
     def __call__(self, batch: SkbBatch) -> None:
         self.largest = max(self.largest, len(batch))
+        self.frames += len(batch)
         if self.here:
             self.here = False
             (self.marks / "held").touch()
@@ -97,4 +99,4 @@ class HoldUntil:
         return None
 
     def finish(self) -> dict[str, int]:
-        return {"largest": self.largest}
+        return {"largest": self.largest, "frames": self.frames}

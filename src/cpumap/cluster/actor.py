@@ -189,6 +189,7 @@ class EntryActor:
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.watchers: list[asyncio.Future[None]] = []
         self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
+        self.offering: dict[int, int] = {}  # per source: its offers still taking frames
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
         self.worker = _start_worker(self, pin)
 
@@ -202,15 +203,19 @@ class EntryActor:
         if not self.waiting:  # nobody before it: what fits goes in now
             rest = self._enqueue(source, rest)
         first_in_line = False
-        while rest and lossless:
-            fut = asyncio.get_running_loop().create_future()
-            if first_in_line:  # it was first and still found too little room: first again
-                self.waiting.appendleft(fut)
-            else:
-                self.waiting.append(fut)
-            await fut
-            rest = self._enqueue(source, rest)
-            first_in_line = True
+        self.offering[source] = self.offering.get(source, 0) + 1
+        try:
+            while rest and lossless:
+                fut = asyncio.get_running_loop().create_future()
+                if first_in_line:  # first, and still too little room: first again
+                    self.waiting.appendleft(fut)
+                else:
+                    self.waiting.append(fut)
+                await fut
+                rest = self._enqueue(source, rest)
+                first_in_line = True
+        finally:
+            self.offering[source] -= 1
         with self.lock:
             self._counts(source)[1] += sum(len(p) for p in rest)
             self.calls += 1
@@ -338,10 +343,14 @@ class EntryActor:
         return rest
 
     def _settled(self, source: int) -> bool:
+        """Whether every frame ``source`` offered here is handled or refused (none waits
+        for room, none is queued or in the handler's hands)."""
         with self.lock:
             c = self.counts.get(source)
-            done = c is None or int(c[_OUTCOMES].sum()) == int(c[0])
-            self.wanted |= not done  # the caller will wait for outcomes
+            done = not self.offering.get(source) and (
+                c is None or int(c[_OUTCOMES].sum()) == int(c[0])
+            )
+            self.wanted |= not done  # the caller will wait for the worker's progress
             return done
 
     def _idle(self) -> bool:
