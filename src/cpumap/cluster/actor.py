@@ -194,12 +194,13 @@ class EntryActor:
         self.worker = _start_worker(self, pin)
 
     # -- the producer's side (the event loop) ------------------------------------------------
-    async def offer(self, source: int, parts: list[Parcel], lossless: bool) -> Report:
-        """Put ``parts`` (one source's frames, in order) into the queue: what fits now;
+    async def offer(self, source: int, parts: list[Any], lossless: bool) -> Report:
+        """Put ``parts`` (one source's frames, in order: parcels, or the ``ObjectRef`` of a
+        list of them, fetched here) into the queue: what fits now;
         the rest refused (drop-and-count), or for a ``lossless`` source taken as room
         appears, after the offers that were waiting before it.  The source's totals."""
         self._bind_loop()
-        rest = [p for p in parts if len(p)]
+        rest = [p for p in await _fetched(parts) if len(p)]
         if not self.waiting:  # nobody before it: what fits goes in now
             rest = self._enqueue(source, rest)
         first_in_line = False
@@ -216,10 +217,12 @@ class EntryActor:
                 first_in_line = True
         finally:
             self.offering[source] -= 1
+            # Room may be left for the next in line -- also when this offer was cancelled
+            # (its caller died) after it was woken: the turn must not be lost with it.
+            self._wake_next()
         with self.lock:
             self._counts(source)[1] += sum(len(p) for p in rest)
             self.calls += 1
-        self._wake_next()  # room may be left for the next in line
         return self._report(source)
 
     async def tally(self, source: int, timeout: float) -> Report:
@@ -291,6 +294,9 @@ class EntryActor:
             out.update(
                 offers=self.calls,
                 parts=self.worker.parts,
+                queued=self.queued,
+                busy=self.busy,
+                waiting=len(self.waiting),
                 max_queued=self.max_queued,
                 qsize=self.qsize,
                 reconstructed=self.reconstructed,
@@ -458,6 +464,23 @@ def _start_worker(entry: EntryActor, pin: bool) -> _Worker:
         w.join()
         raise failure
     return w
+
+
+async def _fetched(parts: list[Any]) -> list[Parcel]:
+    """The parcels of an offer.  A source sends the ``ObjectRef`` of its parts (in a list,
+    so that Ray does not resolve it before the call runs): fetched here, in the call's own
+    coroutine, a parcel that cannot be fetched -- its source's node died with it -- fails
+    that offer alone.  Passed as a plain argument, Ray would fetch it before dispatching
+    the call, and the actor's other calls would wait behind that fetch until Ray gives up
+    on the node (tens of seconds)."""
+    import ray
+
+    if not parts or not isinstance(parts[0], ray.ObjectRef):
+        return parts
+    out: list[Parcel] = []
+    for got in await asyncio.gather(*parts):
+        out.extend(got)
+    return out
 
 
 def _split(p: Parcel, k: int) -> tuple[Parcel, Parcel]:

@@ -296,7 +296,10 @@ class Outbox:
         if not self.keys.has_entry(key):  # it died while we waited
             self._unsent(n)
             return
-        ref = link.target.actor.offer.remote(self.source, parts, self.lossless)
+        import ray
+
+        # The parts go as a put object behind a reference (actor.py's _fetched says why).
+        ref = link.target.actor.offer.remote(self.source, [ray.put(parts)], self.lossless)
         link.pending.append((ref, n))
         link.unanswered += n
         self.books.add(key, "sent", n)
