@@ -1,30 +1,39 @@
-"""The cluster map on one machine against the local map, on the same captures, in one run.
+"""The cluster map against the local map, on the same captures, in one run.
 
-What is measured (frames/s from the first packet read to the last frame handled, best of
-``--repeat``), each beside its baseline in the same run:
+What is measured, each beside its baseline in the same run (best of ``--repeat``):
 
 * ``local``    -- ``CpuMap`` with one entry per ``--cpus`` CPU, the l4-hash program, a
-  ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``);
+  ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``):
+  frames/s from its first poll to its drain, and CPU seconds per frame (this process and
+  its workers);
 * ``cluster``  -- ``run_map`` over a ``ClusterMap`` with the same entries on a local Ray
-  instance: one source task per file, parcels through the object store, entry actors.
-  The ratio ``cluster / local`` is the overhead of going through Ray on one machine.
+  instance: one source task per file, parcels through the object store, entry actors:
+  frames/s from the first poll of any source to the last outcome (``result.seconds``,
+  what a local run's elapsed time measures), the same over the whole ``run_map``
+  (``cluster_whole_run``: Ray starting the source tasks' workers included), and CPU
+  seconds per frame (every process of the tree: sources, entries, Ray's daemons).
+  ``ratio_cluster_over_local`` is the price of going through Ray on one machine;
+* ``cli``      -- ``cpumap run FILE --json`` against ``cpumap run --ray auto FILE --json``
+  on one file of ``--cli-frames`` frames, each with the CLI's defaults (rates from the
+  summaries' ``rx`` / ``elapsed_s``);
+* ``three_nodes`` (``--three-nodes``) -- three Ray nodes on this machine
+  (``ray.cluster_utils.Cluster``, loopback), one file read on each, one entry on each,
+  beside the local map over the same files.
 
-And the figures ``docs/cluster.md`` rests on for scaling out:
-
-* ``actor calls/s`` -- an empty actor method, one call at a time (round trip), and 1,000
-  calls in flight (the pipelined rate a source sees);
-* ``object store`` -- ``ray.put`` then ``ray.get`` of a 64 MiB numpy array (MiB/s each;
-  a get on the node that holds the object maps it, zero-copy: its figure is a per-call
-  cost, not a bandwidth), and a get that moves it from another node's store (two Ray
-  nodes on this machine, over loopback TCP: the object manager's transfer path);
-* ``parcel`` -- the per-parcel cost of ``deliver`` with an accept-all handler, at 1,024
-  frames of 128 bytes (frames/s one source can push into one entry).
+And the figures ``docs/cluster.md`` rests on: actor calls/s (one at a time, and 1,000 in
+flight), the object store (``ray.put``/``ray.get`` of 64 MiB; a get that moves it between
+two nodes' stores over loopback), and offers of 1,024 frames of 128 bytes into one
+accept-all entry -- with Ray's task events off, as the entries' offers are, and on (Ray's
+default): the measurement behind that choice.
 
     .venv/bin/python benchmarks/bench_cluster.py [--files 3] [--packets 40000]
-        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--json FILE]
+        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--cli-frames 600000]
+        [--three-nodes] [--only-ratios] [--json FILE]
 
-Starts and stops its own local Ray (on loopback, ``--object-store`` MB).  The machines are
-shared and noisy: trust the ratios printed in one run, not the absolute figures.
+``--only-ratios`` runs the ratios alone -- and so also against an older ``cpumap`` on
+``PYTHONPATH``, for a before/after.  Starts and stops its own Ray instances (on loopback,
+``--object-store`` MB).  The machines are shared and noisy: trust the ratios printed in
+one run, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -76,11 +85,55 @@ def make_captures(directory: Path, files: int, packets: int) -> list[Path]:
     return paths
 
 
-def run_local(paths: list[Path], cpus: list[int]) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(ray: bool = True) -> dict[int, float]:
+    """CPU seconds (user + system) of this process and every descendant, by pid: Ray's
+    processes (gcs, raylets, workers) are all descendants of a driver that started Ray;
+    ``ray=False`` leaves them out (a local run's figure: they idle beside it)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdecimal():
+            continue
+        try:
+            f = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(f[1])
+        cpu[int(entry.name)] = (int(f[11]) + int(f[12])) / _TICK
+    mine, todo = {os.getpid()}, [os.getpid()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in mine:
+                mine.add(c)
+                todo.append(c)
+    return {pid: cpu[pid] for pid in mine if pid in cpu and (ray or not _is_ray(pid))}
+
+
+def _is_ray(pid: int) -> bool:
+    try:
+        return b"ray" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def cpu_spent(before: dict[int, float], ray: bool = True) -> float:
+    """CPU seconds the process tree spent since ``before`` (new processes from zero)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in tree_cpu(ray).items())
+
+
+def run_local(paths: list[Path], cpus: list[int]) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of the local map over ``paths``."""
     with CpuMap(max(cpus) + 1, handler=FlowTable()) as cmap:
         for c in cpus:
             cmap.update(c, 2048)
         program = make_program("l4-hash", cmap, cpus)
+        cpu0 = tree_cpu(ray=False)
         t0 = time.perf_counter()
         n = 0
         for p in paths:
@@ -88,24 +141,35 @@ def run_local(paths: list[Path], cpus: list[int]) -> float:
                 s = cmap.run(reader.batches(1024), program)
         n = s.rx
         dt = time.perf_counter() - t0
+        spent = cpu_spent(cpu0, ray=False)
         program.table.close()
-    return n / dt
+    return n / dt, spent / n
 
 
 def run_cluster(
-    paths: list[Path], cpus: list[int], qsize: int, poll: int
-) -> tuple[float, float, float]:
-    """(frames/s from the first poll to the last outcome, seconds to populate the map,
-    frames/s of the whole run_map: Ray's start of the source tasks' workers included)."""
+    paths: list[Path],
+    places: list[str],
+    qsize: int,
+    poll: int,
+    homes: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Frames/s from the first poll to the last outcome, seconds to populate the map,
+    frames/s of the whole run_map (Ray's start of the source tasks' workers included) and
+    CPU seconds per frame (the whole process tree: sources, entries, Ray's daemons)."""
     t0 = time.perf_counter()
     with ClusterMap(FlowTable()) as cmap:
-        for c in cpus:
-            cmap.update(f"{c}", qsize)
+        for place in places:
+            cmap.update(place, qsize)
         setup = time.perf_counter() - t0
-        result = run_map(cmap, paths, "l4-hash", options=SourceOptions(poll_size=poll))
+        cpu0 = tree_cpu()
+        result = run_map(
+            cmap, paths, "l4-hash", options=SourceOptions(poll_size=poll), source_nodes=homes
+        )
+        spent = cpu_spent(cpu0)
     assert result.in_flight == 0
     wall = getattr(result, "wall_seconds", 0.0) or result.seconds
-    return result.stats.rx / result.seconds, setup, result.stats.rx / wall
+    n = result.stats.rx
+    return {"fps": n / result.seconds, "setup": setup, "whole": n / wall, "cpu": spent / n}
 
 
 def cli_rate(path: Path, *ray: str) -> float:
@@ -180,6 +244,52 @@ def object_store_rates(mib: int = 64) -> dict[str, float]:
 
 def _make_array(mib: int) -> np.ndarray:
     return np.full(mib << 20, 7, dtype=np.uint8)
+
+
+def three_nodes(
+    paths: list[Path], qsize: int, poll: int, repeat: int, object_store: int = 300
+) -> dict[str, float]:
+    """The cluster map over three Ray nodes on this machine (``ray.cluster_utils.Cluster``,
+    loopback): one file read on each node, one entry on each (CPUs 0, 1, 0), beside the
+    local map over the same files, alternated ``repeat`` times (best of each)."""
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": 1, "object_store_memory": object_store << 20}
+    names = ("head", "w1", "w2")
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "labels": {"cpumap.node": "head"},
+            **args,
+        },
+    )
+    try:
+        for name in names[1:]:
+            c.add_node(labels={"cpumap.node": name}, **args)
+        session = connect(c.address)
+        try:
+            c.wait_for_nodes()
+            homes = {str(p): names[i % 3] for i, p in enumerate(paths)}
+            places = ["head:0", "w1:1", "w2:0"]
+            local, cluster = [], []
+            for _ in range(repeat):
+                local.append(run_local(paths, [0, 1]))
+                cluster.append(run_cluster(paths, places, qsize, poll, homes))
+        finally:
+            session.close()
+    finally:
+        c.shutdown()
+    best = max(cluster, key=lambda r: r["fps"])
+    lbest = max(local)
+    return {
+        "three_nodes_local_frames_per_s": lbest[0],
+        "three_nodes_cluster_frames_per_s": best["fps"],
+        "three_nodes_ratio_cluster_over_local": best["fps"] / lbest[0],
+        "three_nodes_local_cpu_us_per_frame": lbest[1] * 1e6,
+        "three_nodes_cluster_cpu_us_per_frame": best["cpu"] * 1e6,
+    }
 
 
 def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
@@ -277,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cli-frames", type=int, default=600_000, help="frames of the CLI comparison (0: skip)"
     )
     ap.add_argument("--only-ratios", action="store_true", help="skip the Ray cost figures")
+    ap.add_argument(
+        "--three-nodes", action="store_true", help="also three Ray nodes on this machine"
+    )
     args = ap.parse_args(argv)
     cpus = [int(c) for c in args.cpus.split(",")]
     out: dict[str, Any] = {
@@ -296,19 +409,19 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=False,
         )
         try:
-            local, cluster, setup, whole = [], [], [], []
+            local, cluster = [], []
             for _ in range(args.repeat):
                 local.append(run_local(paths, cpus))
-                fps, s, wall = run_cluster(paths, cpus, args.qsize, args.poll)
-                cluster.append(fps)
-                setup.append(s)
-                whole.append(wall)
+                cluster.append(run_cluster(paths, [str(c) for c in cpus], args.qsize, args.poll))
+            best = max(cluster, key=lambda r: r["fps"])
             out.update(
-                local_frames_per_s=max(local),
-                cluster_frames_per_s=max(cluster),
-                ratio_cluster_over_local=max(cluster) / max(local),
-                cluster_map_setup_s=min(setup),
-                cluster_whole_run_frames_per_s=max(whole),
+                local_frames_per_s=max(local)[0],
+                cluster_frames_per_s=best["fps"],
+                ratio_cluster_over_local=best["fps"] / max(local)[0],
+                local_cpu_us_per_frame=max(local)[1] * 1e6,
+                cluster_cpu_us_per_frame=best["cpu"] * 1e6,
+                cluster_map_setup_s=min(r["setup"] for r in cluster),
+                cluster_whole_run_frames_per_s=max(r["whole"] for r in cluster),
             )
             print(f"ratio_cluster_over_local {out['ratio_cluster_over_local']:.3f}", flush=True)
             if not args.only_ratios:
@@ -319,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             session.close()
         if args.cli_frames:
             out.update(cli_rates(Path(tmp), args.cli_frames, args.repeat))
+        if args.three_nodes:
+            out.update(three_nodes(paths, args.qsize, args.poll, args.repeat))
     if not args.only_ratios:
         out.update(transfer_rate(object_store=args.object_store))
     for k, v in out.items():

@@ -25,7 +25,6 @@ def test_arguments_a_cluster_run_cannot_take_are_refused_before_ray_starts() -> 
     for extra, says in [
         (["--generate", "10"], "--ray runs capture files only"),
         (["--iface", "lo"], "--ray runs capture files only"),
-        ([], "--ray needs one or more capture files"),
     ]:
         done = _cpumap("run", "--ray", "auto", *extra, timeout=60)
         assert done.returncode == 2, done.stderr
@@ -69,3 +68,7 @@ def test_ray_auto_runs_several_captures_and_the_summary_balances(tmp_path: Path)
     assert two["rx"] == 2 * one["rx"]
     assert two["outcomes"]["delivered"] == 2 * one["outcomes"]["delivered"]
     assert all(pid_gone(e["pid"]) for e in two["entries"] if e["pid"])
+    # No file: the embedded demo capture, as a local run.
+    demo_run = summary_of(_cpumap("run", "--ray", "auto", "--cpus", "0", "--json"))
+    assert demo_run["rx"] == one["rx"] and demo_run["outcomes"] == one["outcomes"]
+    assert [s["path"] for s in demo_run["sources"]] == [demo]
