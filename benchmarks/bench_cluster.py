@@ -191,7 +191,7 @@ def cli_rates(directory: Path, frames: int, repeat: int) -> dict[str, float]:
     local, cluster = [], []
     for _ in range(repeat):
         local.append(cli_rate(path))
-        cluster.append(cli_rate(path, "--ray", "auto"))
+        cluster.append(cli_rate(path, "--ray", "local"))  # auto, unless a cluster is here
     return {
         "cli_frames": frames,
         "cli_local_frames_per_s": max(local),

@@ -281,15 +281,32 @@ def _wait_for_frames_of(source: int, cmap: ClusterMap, timeout: float = 60.0) ->
         time.sleep(0.01)
 
 
-def test_auto_finds_a_cluster_started_with_its_own_temp_dir(
+def test_auto_does_not_join_a_programs_own_local_instance(
     cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cluster's address file is in its own temp dir (``ray start --temp-dir``), not in
-    Ray's default one: ``auto`` still finds it, by its raylets, as Ray's ``auto`` does."""
+    """This module's nodes are a program's own (``cluster_utils.Cluster``, children of this
+    process), not ``ray start``'s: with no address file where Ray looks, ``auto`` does not
+    take them for this machine's cluster."""
     from cpumap.cluster.ray_setup import _cluster_here, ray_temp_dir, raylets_here
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray's default temp dir: empty
     assert ray_temp_dir() == tmp_path / "ray" and not ray_temp_dir().exists()
-    assert len(raylets_here()) >= 3  # this module's three nodes at least
-    assert _cluster_here()
+    ours = _raylet_children()
+    assert len(ours) >= 3  # this module's nodes
+    assert not set(raylets_here()) & ours
+    assert not _cluster_here() or raylets_here()  # only a `ray start` elsewhere counts
+
+
+def _raylet_children() -> set[int]:
+    """The raylets among this process's descendants."""
+    from tests.cluster.helpers import _descendants
+
+    out = set()
+    for pid in _descendants(os.getpid()):
+        try:
+            if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                out.add(pid)
+        except OSError:
+            continue
+    return out

@@ -210,7 +210,7 @@ def _cluster_here() -> bool:
     """Whether ``ray.init(address="auto")`` has a cluster to find: ``RAY_ADDRESS``; the
     address file ``ray start`` leaves in Ray's default temporary directory; or, for a
     cluster started with its own ``--temp-dir`` (whose address file is there instead), a
-    raylet running on this machine -- what Ray's ``auto`` looks for itself."""
+    raylet of ``ray start`` running on this machine -- what Ray's ``auto`` looks for."""
     if os.environ.get("RAY_ADDRESS"):
         return True
     if (ray_temp_dir() / "ray_current_cluster").exists():
@@ -226,9 +226,11 @@ def ray_temp_dir() -> Path:
 
 
 def raylets_here() -> list[int]:
-    """The pids of the raylets running on this machine (a Ray node each), found as Ray's
-    ``auto`` finds them: a process whose executable is named ``raylet`` and that was
-    given a ``--gcs-address``."""
+    """The pids of the raylets of started clusters running on this machine (a node each):
+    a process whose executable is named ``raylet`` and that was given a ``--gcs-address``
+    (as Ray's ``auto`` finds them), whose own ``--temp_dir`` holds the address file that
+    ``ray start`` writes there.  A program's own local instance (``ray.init()``) writes
+    none: ``auto`` must not join it."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdecimal():
@@ -237,11 +239,22 @@ def raylets_here() -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone, or not ours to read
             continue
-        if b"raylet" in os.path.basename(argv[0]) and any(
-            b"--gcs-address=" in a or b"--gcs_address=" in a for a in argv
-        ):
+        temp_dir = _raylet_temp_dir(argv)
+        if temp_dir is not None and (temp_dir / "ray_current_cluster").exists():
             found.append(int(entry.name))
     return found
+
+
+def _raylet_temp_dir(argv: list[bytes]) -> Path | None:
+    """The ``--temp_dir`` of a raylet's command line (None: not a raylet's)."""
+    if b"raylet" not in os.path.basename(argv[0]):
+        return None
+    if not any(b"--gcs-address=" in a or b"--gcs_address=" in a for a in argv):
+        return None
+    for a in argv:
+        if a.startswith(b"--temp_dir="):
+            return Path(os.fsdecode(a.partition(b"=")[2]))
+    return None
 
 
 class _Borrowed(RaySession):
