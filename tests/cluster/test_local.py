@@ -78,6 +78,23 @@ def test_ray_listens_on_loopback_only(ray_local: None) -> None:
     assert len(ray_processes()) >= 2  # gcs_server and raylet at least
 
 
+def test_auto_does_not_take_a_programs_own_instance_for_a_cluster(ray_local: None) -> None:
+    """This module's Ray is a program's own local instance (``ray.init``), which writes no
+    address file: ``auto`` in another program must start its own rather than join it."""
+    from cpumap.cluster.ray_setup import raylets_here
+    from tests.cluster.helpers import _descendants
+
+    ours = {p for p in _descendants(os.getpid()) if "raylet" in _exe(p)}
+    assert ours and not ours & set(raylets_here())
+
+
+def _exe(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+
+
 # -- map operations --------------------------------------------------------------------------
 def _errno(code: int, fn, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(OSError) as info:

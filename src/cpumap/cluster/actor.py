@@ -195,13 +195,13 @@ class EntryActor:
 
     # -- the producer's side (the event loop) ------------------------------------------------
     async def offer(self, source: int, parts: list[Any], lossless: bool) -> Report:
-        """Put ``parts`` (one source's frames, in order: parcels, or the ``ObjectRef`` of a
-        list of them, fetched here) into the queue: what fits now;
-        the rest refused (drop-and-count), or for a ``lossless`` source taken as room
-        appears, after the offers that were waiting before it.  The source's totals."""
+        """Put ``parts`` (one source's frames, in order: parcels, or the ``ObjectRef`` of
+        a list of them, fetched here) into the queue: what fits now; the rest refused
+        (drop-and-count), or for a ``lossless`` source taken as room appears, after the
+        offers that were waiting before it.  The source's totals."""
         self._bind_loop()
         rest = [p for p in await _fetched(parts) if len(p)]
-        if not self.waiting:  # nobody before it: what fits goes in now
+        if not self._others_waiting():  # nobody before it: what fits goes in now
             rest = self._enqueue(source, rest)
         first_in_line = False
         self.offering[source] = self.offering.get(source, 0) + 1
@@ -212,6 +212,8 @@ class EntryActor:
                     self.waiting.appendleft(fut)
                 else:
                     self.waiting.append(fut)
+                with self.lock:
+                    self.wanted = True  # the worker's next progress wakes the first
                 await fut
                 rest = self._enqueue(source, rest)
                 first_in_line = True
@@ -369,6 +371,12 @@ class EntryActor:
         with self.lock:
             c = self._counts(source)
             return Report(self.token, self.pid, tuple(int(x) for x in c), self.queued)
+
+    def _others_waiting(self) -> bool:
+        """Whether an offer waits for room (those whose caller went are dropped)."""
+        if any(f.done() for f in self.waiting):
+            self.waiting = deque(f for f in self.waiting if not f.done())
+        return bool(self.waiting)
 
     def _wake_next(self) -> None:
         """Room may have appeared: the first waiting offer tries again."""

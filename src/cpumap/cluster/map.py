@@ -38,9 +38,9 @@ What differs from ``CpuMap``, and why
 * Delete of a place not populated (on an alive node) succeeds, as the kernel's cpumap
   delete of an empty in-range key does.
 * Update, delete and close wait for the actors (a start is a Ray actor creation: ~0.1-1 s;
-  a retirement calls the handler's ``finish()`` and kills the actor), where ``CpuMap``
-  retires in the background: an entry's in-flight frames were settled by the run that sent
-  them (:mod:`source`), so nothing is left to drain.
+  a retirement lets the entry's queue drain, calls the handler's ``finish()`` and kills
+  the actor), where ``CpuMap`` retires in the background: an entry's frames were settled
+  by the run that sent them (:mod:`source`), so little is left to drain.
 * The map the steering program sees is a *snapshot* taken when a run starts: key ``i`` is
   the ``i``-th populated place in map order (:meth:`ClusterMap.targets`).  Every source of
   a run gets the same snapshot, so a flow reaches the same entry from whatever file or
@@ -171,9 +171,9 @@ class ClusterMap(Closing):
 
     # -- map operations ----------------------------------------------------------------------
     def update(self, place: PlaceLike, qsize: int, flags: int = BPF_ANY) -> None:
-        """Populate (or replace) ``place`` with an entry of ``qsize`` frames in flight at
-        most: a new actor on its node, pinned to its CPU.  ``qsize == 0`` deletes.  Errors:
-        see the table."""
+        """Populate (or replace) ``place`` with an entry whose queue holds ``qsize`` frames
+        (its ring): a new actor on its node, its worker thread pinned to its CPU.
+        ``qsize == 0`` deletes.  Errors: see the table."""
         place = as_place(place)
         qsize = as_uint(qsize, 32, "qsize")
         flags = as_uint(flags, 64, "flags")
