@@ -7,8 +7,9 @@ engine's; what changes is how frames move: through Ray's object store as numpy a
 on the node that holds each file (``source``).
 Rule 2: one module per concept, and data flows one way: ``run`` (a job end to end) ->
 ``map`` (the map: places, actors, errno) -> ``source`` (read, steer, send, keep the books)
--> ``actor`` (the entry: handler, outcomes) -> ``frames`` (blocks and parcels); ``places``
-(how entries are named) and ``ray_setup`` (joining or starting Ray, naming nodes) beside.
+-> ``actor`` (the entry: its queue, its worker, running totals) -> ``frames`` (blocks and
+parcels); ``places`` (how entries are named) and ``ray_setup`` (joining or starting Ray,
+naming nodes) beside.
 Rule 3: Ray is an optional extra (``cpumap[cluster]``): it is imported inside functions, so
 importing ``cpumap.cluster`` works without it, and nothing else of cpumap imports this
 package.

@@ -83,6 +83,7 @@ import errno
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +192,7 @@ class EntryActor:
         self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
         self.offering: dict[int, int] = {}  # per source: its offers still taking frames
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
-        self.worker = _start_worker(self, pin)
+        self.worker = _start_worker(self, pin, self._progressed)
 
     # -- the producer's side (the event loop) ------------------------------------------------
     async def offer(self, source: int, parts: list[Any], lossless: bool) -> Report:
@@ -407,10 +408,11 @@ class _Worker(threading.Thread):
     """The entry's kthread: pinned to its CPU, it sets the handler up, takes parts out of
     the queue one at a time and hands them to the handler, and finishes it at the end."""
 
-    def __init__(self, entry: EntryActor, pin: bool) -> None:
+    def __init__(self, entry: EntryActor, pin: bool, progressed: Callable[[], None]) -> None:
         super().__init__(name=f"cpumap-entry-{entry.info.cpu}", daemon=True)
         self.entry = entry
         self.pin = pin
+        self.progressed = progressed  # run on the entry's event loop when it made progress
         self.affinity: list[int] = []
         self.parts = 0
         self.result: Any = None
@@ -458,13 +460,13 @@ class _Worker(threading.Thread):
         loop = self.entry.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: the actor is ending
-                loop.call_soon_threadsafe(self.entry._progressed)
+                loop.call_soon_threadsafe(self.progressed)
 
 
-def _start_worker(entry: EntryActor, pin: bool) -> _Worker:
+def _start_worker(entry: EntryActor, pin: bool, progressed: Callable[[], None]) -> _Worker:
     """Start the worker thread and wait for its ``setup``: a failure raises here, so the
     actor's creation (the map update) fails with it."""
-    w = _Worker(entry, pin)
+    w = _Worker(entry, pin, progressed)
     w.start()
     w.started_up.wait()
     if w.failure is not None:

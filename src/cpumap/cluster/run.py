@@ -46,7 +46,7 @@ from .source import (
     read_capture,
 )
 
-DEFAULT_QSIZE = 8192  # in flight per entry: room for several parcels per source (docs)
+DEFAULT_QSIZE = 8192  # frames an entry queues (its ring), shared by every source
 DEFAULT_TIMEOUT = 3600.0  # seconds the driver waits for all sources
 
 
