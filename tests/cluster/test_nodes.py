@@ -279,34 +279,3 @@ def _wait_for_frames_of(source: int, cmap: ClusterMap, timeout: float = 60.0) ->
             return
         assert time.monotonic() < deadline, f"source {source} sent nothing in {timeout}s"
         time.sleep(0.01)
-
-
-def test_auto_finds_a_cluster_by_its_raylets_wherever_its_temp_dir(
-    cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With Ray's default temp dir elsewhere (``RAY_TMPDIR``: no address file there),
-    ``auto`` still finds this module's cluster: by its raylets, whose own ``--temp_dir``
-    holds the address file that ``cluster_utils``, as ``ray start``, wrote."""
-    from cpumap.cluster.ray_setup import _cluster_here, ray_temp_dir, raylets_here
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    assert ray_temp_dir() == tmp_path / "ray" and not ray_temp_dir().exists()
-    ours = _raylet_children()
-    assert len(ours) >= 3  # this module's nodes
-    assert ours <= set(raylets_here())
-    assert _cluster_here()
-
-
-def _raylet_children() -> set[int]:
-    """The raylets among this process's descendants."""
-    from tests.cluster.helpers import _descendants
-
-    out = set()
-    for pid in _descendants(os.getpid()):
-        try:
-            if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
-                out.add(pid)
-        except OSError:
-            continue
-    return out
