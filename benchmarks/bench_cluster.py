@@ -1,30 +1,41 @@
-"""The cluster map on one machine against the local map, on the same captures, in one run.
+"""The cluster map against the local map, on the same captures, in one run.
 
-What is measured (frames/s from the first packet read to the last frame handled, best of
-``--repeat``), each beside its baseline in the same run:
+What is measured, each beside its baseline in the same run (best of ``--repeat``):
 
 * ``local``    -- ``CpuMap`` with one entry per ``--cpus`` CPU, the l4-hash program, a
-  ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``);
+  ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``):
+  frames/s from its first poll to its drain, and CPU seconds per frame (this process and
+  its workers);
 * ``cluster``  -- ``run_map`` over a ``ClusterMap`` with the same entries on a local Ray
-  instance: one source task per file, parcels through the object store, entry actors.
-  The ratio ``cluster / local`` is the overhead of going through Ray on one machine.
+  instance: one source task per file, parcels through the object store, entry actors:
+  frames/s from the first poll of any source to the last outcome (``result.seconds``,
+  what a local run's elapsed time measures) and CPU seconds per frame (every process of
+  the tree: sources, entries, Ray's daemons), of a second run on the map (its source
+  workers started, as the local map's workers are before its run); and the frames/s of
+  the first, cold run over its whole ``run_map`` (``cluster_whole_run``: Ray starting the
+  source tasks' workers included).
+  ``ratio_cluster_over_local`` is the price of going through Ray on one machine;
+* ``cli``      -- ``cpumap run FILE --json`` against ``cpumap run --ray auto FILE --json``
+  on one file of ``--cli-frames`` frames, each with the CLI's defaults (rates from the
+  summaries' ``rx`` / ``elapsed_s``);
+* ``three_nodes`` (``--three-nodes``) -- three Ray nodes on this machine
+  (``ray.cluster_utils.Cluster``, loopback), one file read on each, one entry on each,
+  beside the local map over the same files.
 
-And the figures ``docs/cluster.md`` rests on for scaling out:
-
-* ``actor calls/s`` -- an empty actor method, one call at a time (round trip), and 1,000
-  calls in flight (the pipelined rate a source sees);
-* ``object store`` -- ``ray.put`` then ``ray.get`` of a 64 MiB numpy array (MiB/s each;
-  a get on the node that holds the object maps it, zero-copy: its figure is a per-call
-  cost, not a bandwidth), and a get that moves it from another node's store (two Ray
-  nodes on this machine, over loopback TCP: the object manager's transfer path);
-* ``parcel`` -- the per-parcel cost of ``deliver`` with an accept-all handler, at 1,024
-  frames of 128 bytes (frames/s one source can push into one entry).
+And the figures ``docs/cluster.md`` rests on: actor calls/s (one at a time, and 1,000 in
+flight), the object store (``ray.put``/``ray.get`` of 64 MiB; a get that moves it between
+two nodes' stores over loopback), and offers of 1,024 frames of 128 bytes into one
+accept-all entry -- with Ray's task events off, as the entries' offers are, and on (Ray's
+default): the measurement behind that choice.
 
     .venv/bin/python benchmarks/bench_cluster.py [--files 3] [--packets 40000]
-        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--json FILE]
+        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--cli-frames 600000]
+        [--three-nodes] [--only-ratios] [--json FILE]
 
-Starts and stops its own local Ray (on loopback, ``--object-store`` MB).  The machines are
-shared and noisy: trust the ratios printed in one run, not the absolute figures.
+``--only-ratios`` runs the ratios alone -- and so also against an older ``cpumap`` on
+``PYTHONPATH``, for a before/after.  Starts and stops its own Ray instances (on loopback,
+``--object-store`` MB).  The machines are shared and noisy: trust the ratios printed in
+one run, not the absolute figures.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,11 +87,55 @@ def make_captures(directory: Path, files: int, packets: int) -> list[Path]:
     return paths
 
 
-def run_local(paths: list[Path], cpus: list[int]) -> float:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(ray: bool = True) -> dict[int, float]:
+    """CPU seconds (user + system) of this process and every descendant, by pid: Ray's
+    processes (gcs, raylets, workers) are all descendants of a driver that started Ray;
+    ``ray=False`` leaves them out (a local run's figure: they idle beside it)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdecimal():
+            continue
+        try:
+            f = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(f[1])
+        cpu[int(entry.name)] = (int(f[11]) + int(f[12])) / _TICK
+    mine, todo = {os.getpid()}, [os.getpid()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in mine:
+                mine.add(c)
+                todo.append(c)
+    return {pid: cpu[pid] for pid in mine if pid in cpu and (ray or not _is_ray(pid))}
+
+
+def _is_ray(pid: int) -> bool:
+    try:
+        return b"ray" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def cpu_spent(before: dict[int, float], ray: bool = True) -> float:
+    """CPU seconds the process tree spent since ``before`` (new processes from zero)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in tree_cpu(ray).items())
+
+
+def run_local(paths: list[Path], cpus: list[int]) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of the local map over ``paths``."""
     with CpuMap(max(cpus) + 1, handler=FlowTable()) as cmap:
         for c in cpus:
             cmap.update(c, 2048)
         program = make_program("l4-hash", cmap, cpus)
+        cpu0 = tree_cpu(ray=False)
         t0 = time.perf_counter()
         n = 0
         for p in paths:
@@ -87,20 +143,65 @@ def run_local(paths: list[Path], cpus: list[int]) -> float:
                 s = cmap.run(reader.batches(1024), program)
         n = s.rx
         dt = time.perf_counter() - t0
+        spent = cpu_spent(cpu0, ray=False)
         program.table.close()
-    return n / dt
+    return n / dt, spent / n
 
 
-def run_cluster(paths: list[Path], cpus: list[int], qsize: int, poll: int) -> tuple[float, float]:
-    """(frames/s of the run, seconds to populate the map)."""
+def run_cluster(
+    paths: list[Path],
+    places: list[str],
+    qsize: int,
+    poll: int,
+    homes: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Seconds to populate the map; frames/s of a first, cold run over the whole
+    ``run_map`` (Ray starting the source tasks' workers included); then, of a second run
+    on the same map (its workers started), frames/s from the first poll to the last
+    outcome and CPU seconds per frame (the whole process tree: sources, entries, Ray's
+    daemons)."""
     t0 = time.perf_counter()
+    options = SourceOptions(poll_size=poll)
     with ClusterMap(FlowTable()) as cmap:
-        for c in cpus:
-            cmap.update(f"{c}", qsize)
+        for place in places:
+            cmap.update(place, qsize)
         setup = time.perf_counter() - t0
-        result = run_map(cmap, paths, "l4-hash", options=SourceOptions(poll_size=poll))
-    assert result.in_flight == 0
-    return result.stats.rx / result.seconds, setup
+        cold = run_map(cmap, paths, "l4-hash", options=options, source_nodes=homes)
+        cpu0 = tree_cpu()
+        result = run_map(cmap, paths, "l4-hash", options=options, source_nodes=homes)
+        spent = cpu_spent(cpu0)
+    assert result.in_flight == 0 and cold.in_flight == 0
+    wall = getattr(cold, "wall_seconds", 0.0) or cold.seconds
+    n = result.stats.rx
+    return {"fps": n / result.seconds, "setup": setup, "whole": n / wall, "cpu": spent / n}
+
+
+def cli_rate(path: Path, *ray: str) -> float:
+    """frames/s of ``cpumap run [--ray ...] FILE --json`` with the CLI's defaults (from
+    the summary's ``rx`` and ``elapsed_s``: the run, not Python's or Ray's start)."""
+    cmd = [sys.executable, "-m", "cpumap.cli", "run", *ray, str(path), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-400:]}")
+    s = json.loads(done.stdout.splitlines()[-1])
+    assert s["in_flight"] == 0 and s["accounted"], s
+    return s["rx"] / s["elapsed_s"]
+
+
+def cli_rates(directory: Path, frames: int, repeat: int) -> dict[str, float]:
+    """``cpumap run FILE`` against ``cpumap run --ray auto FILE`` on the same file, each
+    with the CLI's defaults, alternated ``repeat`` times (best of each)."""
+    (path,) = make_captures(directory, 1, frames)
+    local, cluster = [], []
+    for _ in range(repeat):
+        local.append(cli_rate(path))
+        cluster.append(cli_rate(path, "--ray", "local"))  # auto, unless a cluster is here
+    return {
+        "cli_frames": frames,
+        "cli_local_frames_per_s": max(local),
+        "cli_cluster_frames_per_s": max(cluster),
+        "cli_ratio_cluster_over_local": max(cluster) / max(local),
+    }
 
 
 def actor_rates() -> dict[str, float]:
@@ -149,6 +250,52 @@ def _make_array(mib: int) -> np.ndarray:
     return np.full(mib << 20, 7, dtype=np.uint8)
 
 
+def three_nodes(
+    paths: list[Path], qsize: int, poll: int, repeat: int, object_store: int = 300
+) -> dict[str, float]:
+    """The cluster map over three Ray nodes on this machine (``ray.cluster_utils.Cluster``,
+    loopback): one file read on each node, one entry on each (CPUs 0, 1, 0), beside the
+    local map over the same files, alternated ``repeat`` times (best of each)."""
+    from ray.cluster_utils import Cluster
+
+    args = {"num_cpus": 1, "object_store_memory": object_store << 20}
+    names = ("head", "w1", "w2")
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "labels": {"cpumap.node": "head"},
+            **args,
+        },
+    )
+    try:
+        for name in names[1:]:
+            c.add_node(labels={"cpumap.node": name}, **args)
+        session = connect(c.address)
+        try:
+            c.wait_for_nodes()
+            homes = {str(p): names[i % 3] for i, p in enumerate(paths)}
+            places = ["head:0", "w1:1", "w2:0"]
+            local, cluster = [], []
+            for _ in range(repeat):
+                local.append(run_local(paths, [0, 1]))
+                cluster.append(run_cluster(paths, places, qsize, poll, homes))
+        finally:
+            session.close()
+    finally:
+        c.shutdown()
+    best = max(cluster, key=lambda r: r["fps"])
+    lbest = max(local)
+    return {
+        "three_nodes_local_frames_per_s": lbest[0],
+        "three_nodes_cluster_frames_per_s": best["fps"],
+        "three_nodes_ratio_cluster_over_local": best["fps"] / lbest[0],
+        "three_nodes_local_cpu_us_per_frame": lbest[1] * 1e6,
+        "three_nodes_cluster_cpu_us_per_frame": best["cpu"] * 1e6,
+    }
+
+
 def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
     """MiB/s of a get that moves an object between two Ray nodes' stores (two nodes on
     this machine: the transfer goes over loopback TCP, the object manager's path)."""
@@ -186,7 +333,31 @@ def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
     return {"object_transfer_between_nodes_MiB_per_s": best}
 
 
-def parcel_rate(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[str, float]:
+class EventfulEntry(EntryActor):
+    """The entry with Ray's task events on for its offers (Ray's default)."""
+
+    async def offer(self, source: int, parts: list[Any], lossless: bool) -> Any:
+        return await super().offer(source, parts, lossless)
+
+
+def parcel_rates(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[str, float]:
+    """Offers into an accept-all entry, with Ray's task events off (what the entries do)
+    and on (Ray's default), alternated, best of three each."""
+    off, on = [], []
+    for _ in range(3):
+        off.append(parcel_rate(EntryActor, frames, size, calls)["parcel_frames_per_s"])
+        on.append(parcel_rate(EventfulEntry, frames, size, calls)["parcel_frames_per_s"])
+    return {
+        "parcel_frames_per_s": max(off),
+        "parcels_per_s": max(off) / frames,
+        "parcel_frames_per_s_task_events_on": max(on),
+        "ratio_task_events_off_over_on": max(off) / max(on),
+    }
+
+
+def parcel_rate(
+    cls: type, frames: int = 1024, size: int = 128, calls: int = 200
+) -> dict[str, float]:
     import ray
 
     gen = Generator(flows=64, sizes=size, protocols=("udp",), seed=3, count=frames)
@@ -194,12 +365,14 @@ def parcel_rate(frames: int = 1024, size: int = 128, calls: int = 200) -> dict[s
     fill(block, next(gen.batches(frames)))
     parcel = pack(block, np.arange(frames, dtype=np.uint32))
     info = WorkerInfo(0, 0, 0, 2048, 0, 0, False)
-    actor = ray.remote(EntryActor).options(num_cpus=0).remote(None, info, False)
+    actor = ray.remote(cls).options(num_cpus=0).remote(None, info, False)
     ray.get(actor.ready.remote())
     t0 = time.perf_counter()
-    refs = [actor.deliver.remote(parcel.rows, parcel.desc) for _ in range(calls)]
+    refs = [actor.offer.remote(0, [parcel], True) for _ in range(calls)]
     ray.get(refs)
+    report = ray.get(actor.tally.remote(0, 60.0))
     dt = time.perf_counter() - t0
+    assert report.counts[2] == calls * frames, report
     ray.kill(actor)
     return {"parcel_frames_per_s": calls * frames / dt, "parcels_per_s": calls / dt}
 
@@ -214,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=int, default=4096, help="cluster sources' poll size")
     ap.add_argument("--object-store", type=int, default=300, help="MB for the local Ray")
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--cli-frames", type=int, default=600_000, help="frames of the CLI comparison (0: skip)"
+    )
+    ap.add_argument("--only-ratios", action="store_true", help="skip the Ray cost figures")
+    ap.add_argument(
+        "--three-nodes", action="store_true", help="also three Ray nodes on this machine"
+    )
     args = ap.parse_args(argv)
     cpus = [int(c) for c in args.cpus.split(",")]
     out: dict[str, Any] = {
@@ -233,24 +413,33 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=False,
         )
         try:
-            local, cluster, setup = [], [], []
+            local, cluster = [], []
             for _ in range(args.repeat):
                 local.append(run_local(paths, cpus))
-                fps, s = run_cluster(paths, cpus, args.qsize, args.poll)
-                cluster.append(fps)
-                setup.append(s)
+                cluster.append(run_cluster(paths, [str(c) for c in cpus], args.qsize, args.poll))
+            best = max(cluster, key=lambda r: r["fps"])
             out.update(
-                local_frames_per_s=max(local),
-                cluster_frames_per_s=max(cluster),
-                ratio_cluster_over_local=max(cluster) / max(local),
-                cluster_map_setup_s=min(setup),
+                local_frames_per_s=max(local)[0],
+                cluster_frames_per_s=best["fps"],
+                ratio_cluster_over_local=best["fps"] / max(local)[0],
+                local_cpu_us_per_frame=max(local)[1] * 1e6,
+                cluster_cpu_us_per_frame=best["cpu"] * 1e6,
+                cluster_map_setup_s=min(r["setup"] for r in cluster),
+                cluster_whole_run_frames_per_s=max(r["whole"] for r in cluster),
             )
-            out.update(actor_rates())
-            out.update(object_store_rates())
-            out.update(parcel_rate())
+            print(f"ratio_cluster_over_local {out['ratio_cluster_over_local']:.3f}", flush=True)
+            if not args.only_ratios:
+                out.update(actor_rates())
+                out.update(object_store_rates())
+                out.update(parcel_rates())
         finally:
             session.close()
-    out.update(transfer_rate(object_store=args.object_store))
+        if args.cli_frames:
+            out.update(cli_rates(Path(tmp), args.cli_frames, args.repeat))
+        if args.three_nodes:
+            out.update(three_nodes(paths, args.qsize, args.poll, args.repeat))
+    if not args.only_ratios:
+        out.update(transfer_rate(object_store=args.object_store))
     for k, v in out.items():
         print(f"{k:32} {v:,.2f}" if isinstance(v, float) else f"{k:32} {v}")
     if args.json:

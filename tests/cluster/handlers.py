@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cpumap.skb import Skb, SkbBatch
 
 HOLD = 60.0  # seconds a stalled handler holds its batch at most (it is killed long before)
@@ -58,18 +56,6 @@ class Picky:
         return True
 
 
-class Slow:
-    """A batch handler doing 2 ms of work per batch: slower than a source sends."""
-
-    batch = True
-
-    def __call__(self, batch: SkbBatch) -> np.ndarray:
-        t = time.perf_counter() + 0.002
-        while time.perf_counter() < t:
-            pass
-        return np.ones(len(batch), dtype=bool)
-
-
 class BadSetup:
     """A handler whose setup raises: the map update must fail."""
 
@@ -78,3 +64,39 @@ class BadSetup:
 
     def __call__(self, skb: Skb) -> None:
         return None
+
+
+class HoldUntil:
+    """A batch handler that, on CPU ``victim`` (any node when ``node_id`` is None), holds
+    its first batch until the file ``marks/release`` exists (``marks/held`` says it is
+    holding), then accepts everything.  Records the largest batch it saw and the frames."""
+
+    batch = True
+
+    def __init__(self, marks: Path, victim: int = 0, node_id: str | None = None) -> None:
+        self.marks = marks
+        self.victim = victim
+        self.node_id = node_id
+        self.here = False
+        self.largest = 0
+        self.frames = 0
+
+    def setup(self, info: Any) -> None:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        self.here = info.cpu == self.victim and self.node_id in (None, node)
+
+    def __call__(self, batch: SkbBatch) -> None:
+        self.largest = max(self.largest, len(batch))
+        self.frames += len(batch)
+        if self.here:
+            self.here = False
+            (self.marks / "held").touch()
+            deadline = time.monotonic() + HOLD
+            while not (self.marks / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return None
+
+    def finish(self) -> dict[str, int]:
+        return {"largest": self.largest, "frames": self.frames}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from cpumap.demo import demo_capture_path
-from tests.helpers import pid_gone
+from tests.helpers import all_pids, descendants, pid_gone
 
 CPUMAP = str(Path(sys.executable).with_name("cpumap"))
 
@@ -25,7 +29,6 @@ def test_arguments_a_cluster_run_cannot_take_are_refused_before_ray_starts() -> 
     for extra, says in [
         (["--generate", "10"], "--ray runs capture files only"),
         (["--iface", "lo"], "--ray runs capture files only"),
-        ([], "--ray needs one or more capture files"),
     ]:
         done = _cpumap("run", "--ray", "auto", *extra, timeout=60)
         assert done.returncode == 2, done.stderr
@@ -69,3 +72,58 @@ def test_ray_auto_runs_several_captures_and_the_summary_balances(tmp_path: Path)
     assert two["rx"] == 2 * one["rx"]
     assert two["outcomes"]["delivered"] == 2 * one["outcomes"]["delivered"]
     assert all(pid_gone(e["pid"]) for e in two["entries"] if e["pid"])
+    # No file: the embedded demo capture, as a local run.
+    demo_run = summary_of(_cpumap("run", "--ray", "auto", "--cpus", "0", "--json"))
+    assert demo_run["rx"] == one["rx"] and demo_run["outcomes"] == one["outcomes"]
+    assert [s["path"] for s in demo_run["sources"]] == [demo]
+
+
+def _end_what_we_started(before: set[int]) -> None:
+    """End, by pid, every process of ours that was not there ``before`` -- ``ray start``'s
+    daemons and their workers, orphans that this test process (their subreaper) adopted --
+    and reap them; again until none is left (a worker is adopted when its raylet goes)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = all_pids()
+        ours = sorted(descendants(os.getpid(), now) & (now - before))
+        if not ours:
+            return
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in ours:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ray_auto_joins_a_cluster_started_with_its_own_temp_dir() -> None:
+    """``ray start --head --temp-dir DIR`` leaves its address file in DIR, not where Ray
+    looks by default: ``--ray auto`` still joins it (by its raylet) instead of starting a
+    local instance."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="cpumap-ray-", dir="/tmp")  # short: socket paths
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # loopback only
+    env.pop("RAY_ADDRESS", None)
+    before = all_pids()
+    started = subprocess.run(
+        [ray_cli, "start", "--head", f"--temp-dir={temp_dir}", "--port=0",
+         "--node-ip-address=127.0.0.1", "--num-cpus=1", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        done = subprocess.run(
+            [CPUMAP, "run", "--ray", "auto", "--cpus", "0", "--json"],
+            capture_output=True, text=True, timeout=240, check=False, env=env,
+        )  # fmt: skip
+        s = summary_of(done)
+        assert s["ray_address"] == "auto"  # joined: a local instance reads "local"
+    finally:
+        _end_what_we_started(before)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -23,7 +23,6 @@ from cpumap.cluster import (
     ActorState,
     ClusterMap,
     Place,
-    RunOptions,
     SourceOptions,
     connect,
     run_captures,
@@ -32,7 +31,7 @@ from cpumap.cluster import (
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
-from tests.cluster.handlers import BadSetup, Picky, Slow, StallOnce
+from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce
 from tests.cluster.helpers import (
     OBJECT_STORE,
     assert_loopback_only,
@@ -77,6 +76,23 @@ def test_ray_listens_on_loopback_only(ray_local: None) -> None:
     assert_loopback_only()
     # The end-of-module check finds Ray's processes by name: here they are, while it runs.
     assert len(ray_processes()) >= 2  # gcs_server and raylet at least
+
+
+def test_auto_does_not_take_a_programs_own_instance_for_a_cluster(ray_local: None) -> None:
+    """This module's Ray is a program's own local instance (``ray.init``), which writes no
+    address file: ``auto`` in another program must start its own rather than join it."""
+    from cpumap.cluster.ray_setup import raylets_here
+    from tests.cluster.helpers import _descendants
+
+    ours = {p for p in _descendants(os.getpid()) if "raylet" in _exe(p)}
+    assert ours and not ours & set(raylets_here())
+
+
+def _exe(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
 
 
 # -- map operations --------------------------------------------------------------------------
@@ -157,36 +173,106 @@ def test_per_frame_handler_outcomes_match_the_local_map(
     assert local.handler_drop and local.handler_error  # both kinds are exercised
 
 
-def test_lossless_back_pressure_bounds_parcels_by_the_share(
+def test_lossless_back_pressure_bounds_the_queue_by_its_qsize(
     ray_local: None, captures: list[Path], tmp_path: Path
 ) -> None:
-    # Two files, qsize 100: each source may hold 50 frames in flight to the entry.
-    result = run_captures(
-        captures[:2], entries="0", handler=StallOnce(tmp_path, victim=-1), qsize=100
-    )
+    """Two files into one entry of qsize 100: the entry's queue never holds more than 100
+    frames (its parcels larger than that wait in the entry, piece by piece), no handler
+    batch is larger, and every frame is delivered."""
+    import ray
+
+    with ClusterMap(StallOnce(tmp_path, victim=-1)) as cmap:
+        cmap.update("0", 100)
+        result = run_map(cmap, captures[:2], "l4-hash")
+        stats = ray.get(cmap.entry("0").actor.stats.remote())
     assert result.stats.in_flight == 0
     assert result.outcomes()["delivered"] == result.stats.rx == packets_in(captures[:2])
-    assert result.results[0].result["largest"] <= 50
-    assert result.entries[0].parcels >= result.stats.rx // 50
+    assert 0 < stats["max_queued"] <= 100 and stats["accepted"] == result.stats.rx
+    assert cmap.results[0].result["largest"] <= 100
 
 
-def test_drop_and_count_when_not_lossless(ray_local: None, captures: list[Path]) -> None:
-    lossy = RunOptions(source=SourceOptions(lossless=False))
-    result = run_captures(captures[:1], entries="0", handler=Slow(), qsize=16, options=lossy)
+def _parcel(frames: int) -> object:
+    """A parcel of ``frames`` 128-byte UDP frames."""
+    import numpy as np
+
+    from cpumap.cluster.frames import FrameBlock, fill, pack
+    from cpumap.generator import Generator
+
+    gen = Generator(flows=8, sizes=128, protocols=("udp",), seed=5, count=frames)
+    block = FrameBlock.empty(frames)
+    fill(block, next(gen.batches(frames)))
+    return pack(block, np.arange(frames, dtype=np.uint32))
+
+
+def test_an_offer_is_answered_when_queued_not_when_handled(ray_local: None, tmp_path: Path) -> None:
+    """The entry answers an offer once its frames are in the queue, with running totals,
+    while its handler still holds an earlier batch; drop-and-count refuses what does not
+    fit (counted, never queued); lossless waits in the entry until there is room."""
+    import ray
+
+    with ClusterMap(HoldUntil(tmp_path, victim=0)) as cmap:
+        cmap.update("0", 128)
+        actor = cmap.entry("0").actor
+        parcel = _parcel(100)
+        first = ray.get(actor.offer.remote(1, [parcel], True), timeout=30)
+        _wait_for(tmp_path / "held")  # the worker holds those 100 frames in the handler
+        assert first.counts[:3] == (100, 0, 0)  # accepted, none refused, none handled yet
+        lossy = ray.get([actor.offer.remote(2, [parcel], False) for _ in range(3)], timeout=30)
+        accepted, refused = lossy[-1].counts[:2]
+        assert (accepted, refused) == (128, 172)  # the queue's 128, the rest counted
+        assert lossy[-1].queued == 128
+        waiting = actor.offer.remote(3, [parcel], True)  # lossless: no room, it waits
+        ready, _ = ray.wait([waiting], timeout=0.5)
+        assert not ready
+        (tmp_path / "release").touch()
+        third = ray.get(waiting, timeout=30)
+        assert third.counts[:2] == (100, 0)
+        totals = {s: ray.get(actor.tally.remote(s, 30.0)).counts for s in (1, 2, 3)}
+        assert totals == {
+            1: (100, 0, 100, 0, 0, 0),
+            2: (128, 172, 128, 0, 0, 0),
+            3: (100, 0, 100, 0, 0, 0),
+        }
+        stats = ray.get(actor.stats.remote())
+        assert stats["max_queued"] <= 128 and stats["delivered"] == 328
+        assert ray.get(actor.idle.remote(5.0))
+    assert cmap.results[0].result["largest"] <= 100
+
+
+def test_drop_and_count_when_not_lossless(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """Behind a handler that holds a batch, a queue of 16 fills and what does not fit is
+    refused and counted queue_full; the rest is delivered once the handler lets go."""
+    import ray
+
+    with ClusterMap(HoldUntil(tmp_path, victim=0)) as cmap:
+        cmap.update("0", 16)
+        lossy = SourceOptions(lossless=False, stall_timeout=30)
+        t, box = _run_in_thread(cmap, captures[:1], options=lossy)
+        _wait_for(tmp_path / "held")
+        deadline = time.monotonic() + 30
+        while not ray.get(cmap.entry("0").actor.stats.remote())["refused"]:
+            assert time.monotonic() < deadline, "nothing was refused by a full queue"
+            time.sleep(0.01)
+        (tmp_path / "release").touch()
+        t.join(60)
+        assert not t.is_alive() and "error" not in box, box
+    result = box["result"]
     o = result.outcomes()
     assert result.stats.in_flight == 0
-    assert o["queue_full"] > 0  # a 2 ms handler behind a 16-frame bound
+    assert o["queue_full"] > 0
     assert o["delivered"] + o["queue_full"] == result.stats.rx == packets_in(captures[:1])
+    assert result.entries[0].sent == o["delivered"]  # sent: what the entry took
 
 
 def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw):  # type: ignore[no-untyped-def]
     box: dict[str, object] = {}
+    kw.setdefault("options", SourceOptions(stall_timeout=30, parcel_frames=128))
 
     def go() -> None:
         try:
-            box["result"] = run_map(
-                cmap, paths, "l4-hash", options=SourceOptions(stall_timeout=30), **kw
-            )
+            box["result"] = run_map(cmap, paths, "l4-hash", **kw)
         except BaseException as e:  # reported by the test
             box["error"] = e
 
@@ -284,12 +370,13 @@ def test_a_handler_stuck_forever_is_lost_not_hung(
         cmap.update("0", 256)
         cmap.update("1", 256)
         t0 = time.monotonic()
-        result = run_map(cmap, captures, "l4-hash", options=SourceOptions(stall_timeout=2.0))
+        stalling = SourceOptions(stall_timeout=2.0, parcel_frames=128)
+        result = run_map(cmap, captures, "l4-hash", options=stalling)
         assert time.monotonic() - t0 < 60
         s, o = result.stats, result.outcomes()
         assert s.rx == packets_in(captures) and s.in_flight == 0
         e0, e1 = result.entries
-        assert e0.lost == o["lost"] > 0 and any("no reply" in f for f in e0.failures)
+        assert e0.lost == o["lost"] > 0 and any("no answer" in f for f in e0.failures)
         assert e0.state == "dead" and o["redirect_err"] > 0 and e1.lost == 0
     finally:
         cmap.close()

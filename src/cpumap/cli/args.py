@@ -617,8 +617,6 @@ def ray_config(args: argparse.Namespace, captures: tuple[str, ...]) -> RayConfig
         raise UsageError("--remote-action is not supported with --ray (no second stages there)")
     if args.rx_cpu is not None:
         raise UsageError("--rx-cpu is not supported with --ray (each source picks its CPU)")
-    if not captures:
-        raise UsageError("--ray needs one or more capture files: cpumap run --ray auto FILE...")
     nodes = tuple(_source_node(text, captures) for text in args.source_node or ())
     return RayConfig(args.ray, ray_entries(",".join(_cpu_parts(args))), nodes)
 

@@ -6,13 +6,15 @@
 driver's node).  Each capture is read on the node ``--source-node FILE=NODE`` names (the
 driver's by default), steered by the same programs and handled by the same handlers as a
 local run, and the run ends in the same report (``report.py``) as a local one;
-``docs/cluster.md`` says what differs and what it costs.
+``docs/cluster.md`` says what differs and what it costs.  With no capture, the embedded demo
+capture is run, as a local run does.
 
 Ray is imported only here, and only when ``--ray`` is given (``cpumap[cluster]``).
 """
 
 from __future__ import annotations
 
+from ..demo import demo_capture_path
 from .config import RunConfig
 from .errors import UsageError
 from .report import RunReport, cluster_report
@@ -28,9 +30,10 @@ def run_on_ray(config: RunConfig) -> RunReport:
         raise UsageError(f"--ray needs Ray: pip install 'cpumap[cluster]' ({e})") from None
     src = config.source
     reading = SourceOptions(lossless=src.lossless, poll_size=src.poll, skip_bad=src.skip_bad)
+    captures = src.captures or (str(demo_capture_path()),)
     try:
         result = run_captures(
-            src.captures,
+            captures,
             entries=ray.entries,
             program=config.program.name,
             handler=config.handler.handler,

@@ -7,8 +7,9 @@ engine's; what changes is how frames move: through Ray's object store as numpy a
 on the node that holds each file (``source``).
 Rule 2: one module per concept, and data flows one way: ``run`` (a job end to end) ->
 ``map`` (the map: places, actors, errno) -> ``source`` (read, steer, send, keep the books)
--> ``actor`` (the entry: handler, outcomes) -> ``frames`` (blocks and parcels); ``places``
-(how entries are named) and ``ray_setup`` (joining or starting Ray, naming nodes) beside.
+-> ``actor`` (the entry: its queue, its worker, running totals) -> ``frames`` (blocks and
+parcels); ``places`` (how entries are named) and ``ray_setup`` (joining or starting Ray,
+naming nodes) beside.
 Rule 3: Ray is an optional extra (``cpumap[cluster]``): it is imported inside functions, so
 importing ``cpumap.cluster`` works without it, and nothing else of cpumap imports this
 package.
@@ -21,7 +22,7 @@ package.
 ``docs/cluster.md`` says when to use it, how to deploy it and what it costs.
 """
 
-from .actor import EntryActor, Reply
+from .actor import EntryActor, Report
 from .frames import FrameBlock, Parcel
 from .map import ActorState, ClusterEntry, ClusterMap, EntryResult
 from .places import LOCAL_NODE, Place, as_place, parse_entries
@@ -47,7 +48,7 @@ __all__ = [
     "Parcel",
     "Place",
     "RaySession",
-    "Reply",
+    "Report",
     "RunOptions",
     "SourceFigures",
     "SourceOptions",

@@ -1,42 +1,89 @@
-"""An entry of a cluster map: a Ray actor on its node, pinned to its CPU, running the handler.
+"""An entry of a cluster map: a Ray actor on its node that takes parcels as a ring does.
 
-The actor is the cluster's worker process (``cpumap.engine.worker``): it receives parcels of
-frames (:mod:`cpumap.cluster.frames`) instead of taking them from a ring, and hands them to
-the user's handler under the same contract (``cpumap.programs.contract``):
+The actor is the cluster's cpumap entry: its **queue** is the ring (``qsize`` frames) and its
+**worker thread** is the kthread (``cpumap.engine.worker``), pinned to the entry's CPU,
+running the user's handler under the same contract (``cpumap.programs.contract``):
 
 * per frame -- ``handler(skb)``, ``False`` drops -- or per batch (a :func:`batch_handler`:
   ``handler(skb_batch)`` returns ``None`` or one boolean per frame);
-* ``setup(info)`` once, when the actor starts (before its first frame), with a
+* ``setup(info)`` once, in the worker thread before its first frame, with a
   :class:`~cpumap.programs.contract.WorkerInfo` whose ``key`` is the entry's key in the
-  cluster map and ``cpu`` its CPU on its node; a setup that raises fails the map update;
-* ``finish()`` once, when the map closes the entry cleanly; its result is gathered in
-  ``ClusterMap.results``.
+  cluster map and ``cpu`` its CPU on its node; a setup that raises fails the actor's
+  creation (the map update);
+* ``finish()`` once, when the map retires the entry cleanly, after the queue has drained;
+  its result is gathered in ``ClusterMap.results``.
 
-Each parcel's outcomes -- delivered, handler_drop, handler_error, build_failed, the same
-rules as the local worker's ``_deliver_each``/``_deliver_batch`` -- are returned to the
-caller (the source) as a :class:`Reply`, with the pid of the process that handled it.
-The *source* keeps the books, not the actor: an actor that dies takes its counters with
-it, but the replies already returned are safe with their sources, and a parcel without a
-reply is exactly a parcel whose frames have no known outcome (``lost``; see
-:mod:`cpumap.cluster.source`).  The actor's own counters (:meth:`EntryActor.stats`) are a
-cross-check and a live view.
+Each handler call's outcomes -- delivered, handler_drop, handler_error, build_failed -- follow
+the local worker's ``_deliver_each``/``_deliver_batch`` rules.
 
-Concurrency: Ray runs an actor's calls one at a time, in submission order per caller
-(``max_concurrency=1``, the default): like a ring, a parcel waits in the actor's queue until
-the previous one is handled.  Parcels from different sources interleave in arrival order,
-as two RX queues' flushes interleave in one ring.
+Taking a parcel: the producer never waits for the consumer's work
+--------------------------------------------------------------------
+:meth:`EntryActor.offer` is an ``async`` method, run on the actor's event loop, apart from
+the worker thread: it puts the parcel's frames into the queue -- as many as there is room
+for -- and answers at once.  What did not fit is refused (drop-and-count: the source
+counts it ``queue_full``, the ring's drop) or, for a lossless source, waits *inside the
+actor* until the worker has taken enough frames out of the queue, first come first served
+(a lossless producer waiting on a full ring).  The worker takes one part at a time out of
+the queue -- the room is freed then, as the kthread's dequeue frees ring slots -- and hands
+it to the handler.  So a source keeps several parcels in flight and never waits on a
+handler, only on a full queue.
 
-Restarts: the actor is created with ``max_restarts`` (Ray re-creates it on its node when
-its process dies: ``__init__`` and ``setup`` run again, in a new process) and
-``max_task_retries=0``: a parcel in flight when the process died is *not* re-sent (it may
-have been handled in part: re-sending could deliver frames twice); it fails at its
-source, which counts it lost.
+Outcomes are reported later, *cumulatively*: every answer (:class:`Report`) carries, for the
+source that asked, this incarnation's running totals of the frames it accepted from that
+source, refused, and handled by outcome.  The source keeps the latest totals per
+incarnation (:mod:`cpumap.cluster.source`); :meth:`EntryActor.tally` answers the same
+totals once the source's frames have all been handled (or at a deadline), to settle a run.
+
+Why no frame is counted twice, or never (the protocol's safety argument)
+---------------------------------------------------------------------------
+Per source and entry, the source counts ``offered`` (frames put in offers).  Each
+incarnation ``P`` of the actor (a process; a restart is a new one, with a new ``token``)
+keeps, per source, monotone counters ``accepted_P``, ``refused_P`` and ``outcomes_P`` (one
+per kind), updated under one lock, with ``outcomes_P <= accepted_P`` (a frame is handled
+only after it was accepted).  A report is a consistent snapshot of them.  The source's
+books are *derived* from the latest report of each incarnation it heard from::
+
+    queue_full = sum_P refused_P        outcomes = sum_P outcomes_P
+    lost       = offered - queue_full - outcomes
+
+* Never twice: each frame of an offer is accepted or refused at most once, by the one
+  incarnation that ran the offer (``max_task_retries=0``: Ray never runs an offer again,
+  not even on the restarted actor), and handled at most once after that.  Counters are
+  totals, not increments: a report that is lost (the actor died before its answer left,
+  or the call failed in transit) loses no count, the next report of that incarnation
+  carries it, and two reports never add up (the source takes the latest, not the sum).
+* Never uncounted: ``sum_P (accepted_P + refused_P) <= offered`` (an incarnation counts only
+  frames of offers it ran) and ``outcomes_P <= accepted_P``, so ``lost >= 0`` and every
+  offered frame is exactly one of queue_full, an outcome, or lost.  ``lost`` is every frame
+  with no known outcome: in an offer whose call failed (in flight when the actor died), in
+  the queue or the handler of an incarnation that died before reporting it, or not yet
+  reported when the source's deadline passed.
+* An actor that dies between accept and outcome: the frames it accepted were reported
+  accepted, never as an outcome; its last report is final (it will send no other), so they
+  are lost, counted once.  A restarted actor starts from zero counters under a new token:
+  its reports are books apart, not a continuation.
+* A frame counted lost at a deadline is never handled later: the map kills an entry that is
+  not idle (queue empty, worker waiting) within ``alive_timeout`` after the run
+  (``ClusterMap.end_run``), and a killed actor's handler results are never gathered.
+
+The actor's counters are per source: a source whose task died leaves its totals in the
+entries, and the driver reads them (:meth:`EntryActor.tally`) for what it can still say
+about that source's frames (``cpumap.cluster.run``).
+
+Restarts: the actor is created with ``max_restarts`` (Ray re-creates it on its node when its
+process dies: ``__init__`` and ``setup`` run again, in a new process) and
+``max_task_retries=0`` (above).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
+import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,20 +95,40 @@ from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
 from .frames import Parcel, unpack
 
+# Per-source counters of an incarnation, in this order (Report.counts).
+REPORT_COUNTERS = (
+    "accepted",
+    "refused",
+    "delivered",
+    "handler_drop",
+    "handler_error",
+    "build_failed",
+)
+_OUTCOMES = slice(2, 6)
+_SWITCH_INTERVAL = 0.0005  # s: the event loop gets the GIL back this soon from the handler
+
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """The outcomes of one parcel, and which incarnation of the actor handled it."""
+class Report:
+    """One incarnation's running totals for one source (:data:`REPORT_COUNTERS`), which
+    incarnation (``token``, and its ``pid``) and the queue's depth when it was taken."""
 
-    delivered: int
-    handler_drop: int
-    handler_error: int
-    build_failed: int
-    pid: int  # the actor process that handled it (a restart makes a new one)
+    token: int
+    pid: int
+    counts: tuple[int, ...]
+    queued: int
 
 
 class PlacementError(Error, OSError):
     """The actor could not be pinned to its CPU on its node (``errno``: ENODEV)."""
+
+
+@dataclass(slots=True)
+class _Part:
+    """Frames of one source in the queue: the worker's unit of work (one handler call)."""
+
+    source: int
+    parcel: Parcel
 
 
 class EntryActor:
@@ -70,27 +137,27 @@ class EntryActor:
     ``handler`` is the user's handler object (pickled once per actor: each entry has its
     own copy, as each forked worker has), a loader spec string (``"file.py:name"``)
     loaded on the actor's node, or None (accept every frame).  ``info`` is what ``setup``
-    is told; ``info.cpu`` is the CPU the process pins itself to (``os.sched_setaffinity``).
+    is told; ``info.qsize`` bounds the queue; ``info.cpu`` is the CPU the worker thread
+    pins itself to (``os.sched_setaffinity``; Ray's own threads of the process are left
+    where Ray put them).
     """
 
     def __init__(self, handler: Any, info: WorkerInfo, pin: bool = True) -> None:
+        import sys
+
         import ray
 
         ctx = ray.get_runtime_context()
         self.reconstructed = bool(ctx.was_current_actor_reconstructed)
         self.node_id = str(ctx.get_node_id())
         self.pid = os.getpid()
-        self.pinned = False
-        if pin:
-            allowed = os.sched_getaffinity(0)
-            if info.cpu not in allowed:
-                raise PlacementError(
-                    errno.ENODEV,  # as CpuMap.update for a CPU that is not there
-                    f"CPU {info.cpu} is not available on node {self.node_id[:8]} "
-                    f"(allowed: {sorted(allowed)})",
-                )
-            os.sched_setaffinity(0, {info.cpu})
-            self.pinned = True
+        self.token = int.from_bytes(os.urandom(8), "little")
+        if pin and info.cpu not in os.sched_getaffinity(0):
+            raise PlacementError(
+                errno.ENODEV,  # as CpuMap.update for a CPU that is not there
+                f"CPU {info.cpu} is not available on node {self.node_id[:8]} "
+                f"(allowed: {sorted(os.sched_getaffinity(0))})",
+            )
         if handler is None:
             handler = accept_all
         elif isinstance(handler, str):
@@ -98,6 +165,7 @@ class EntryActor:
 
             handler = load_handler(handler)
         self.handler = handler
+        self.batch = contract.is_batch_handler(handler)
         self.info = WorkerInfo(
             map_id=info.map_id,
             key=info.key,
@@ -105,51 +173,336 @@ class EntryActor:
             qsize=info.qsize,
             slot=info.slot,
             generation=info.generation,
-            pinned=self.pinned,
+            pinned=pin,
         )
-        self.batch = contract.is_batch_handler(handler)
-        self.counts = np.zeros(4, dtype=np.int64)  # delivered, hdrop, herr, bfail
-        self.parcels = 0
-        contract.setup(handler, self.info)
+        self.qsize = max(info.qsize, 1)
+        # The queue and the counters: shared by the event loop and the worker thread.
+        self.lock = threading.Condition()
+        self.queue: deque[_Part | None] = deque()  # None: the worker's signal to stop
+        self.queued = 0  # frames in the queue (not counting the part in the handler's hands)
+        self.max_queued = 0
+        self.busy = False  # the worker holds a part
+        self.wanted = False  # the event loop waits for progress: the worker must say so
+        self.counts: dict[int, np.ndarray] = {}
+        self.calls = 0
+        # The event loop's side: offers waiting for room, and waiters for progress.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiting: deque[asyncio.Future[None]] = deque()
+        self.watchers: list[asyncio.Future[None]] = []
+        self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
+        self.offering: dict[int, int] = {}  # per source: its offers still taking frames
+        sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
+        self.worker = _start_worker(self, pin, self._progressed)
+
+    # -- the producer's side (the event loop) ------------------------------------------------
+    async def offer(self, source: int, parts: list[Any], lossless: bool) -> Report:
+        """Put ``parts`` (one source's frames, in order: parcels, or the ``ObjectRef`` of
+        a list of them, fetched here) into the queue: what fits now; the rest refused
+        (drop-and-count), or for a ``lossless`` source taken as room appears, after the
+        offers that were waiting before it.  The source's totals."""
+        self._bind_loop()
+        rest = [p for p in await _fetched(parts) if len(p)]
+        if not self._others_waiting():  # nobody before it: what fits goes in now
+            rest = self._enqueue(source, rest)
+        first_in_line = False
+        self.offering[source] = self.offering.get(source, 0) + 1
+        try:
+            while rest and lossless:
+                fut = asyncio.get_running_loop().create_future()
+                if first_in_line:  # first, and still too little room: first again
+                    self.waiting.appendleft(fut)
+                else:
+                    self.waiting.append(fut)
+                with self.lock:
+                    self.wanted = True  # the worker's next progress wakes the first
+                await fut
+                rest = self._enqueue(source, rest)
+                first_in_line = True
+        finally:
+            self.offering[source] -= 1
+            # Room may be left for the next in line -- also when this offer was cancelled
+            # (its caller died) after it was woken: the turn must not be lost with it.
+            self._wake_next()
+        with self.lock:
+            self._counts(source)[1] += sum(len(p) for p in rest)
+            self.calls += 1
+        return self._report(source)
+
+    async def tally(self, source: int, timeout: float) -> Report:
+        """``source``'s totals once every frame it got here has been handled, or when
+        ``timeout`` seconds have passed (whatever is handled by then)."""
+        self._bind_loop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._settled(source) and loop.time() < deadline:
+            fut = loop.create_future()
+            self.watchers.append(fut)
+            try:
+                await asyncio.wait_for(fut, deadline - loop.time())
+            except TimeoutError:
+                break
+        return self._report(source)
+
+    async def idle(self, timeout: float) -> bool:
+        """Whether the queue is empty and the worker waiting, within ``timeout`` s."""
+        self._bind_loop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._idle():
+            if loop.time() >= deadline:
+                return False
+            fut = loop.create_future()
+            self.watchers.append(fut)
+            try:
+                await asyncio.wait_for(fut, deadline - loop.time())
+            except TimeoutError:
+                return self._idle()
+        return True
+
+    async def gate(self, run: int, sources: int, timeout: float) -> bool:
+        """A start line for a run's ``sources`` (asked of the run's first entry): answers
+        once they have all arrived -- so they read together, as a local run's producer
+        starts once its workers are up, not as Ray happens to start their processes --
+        or after ``timeout`` s (False: some did not come)."""
+        arrived, event = self.gates.setdefault(run, ([0], asyncio.Event()))
+        arrived[0] += 1
+        if arrived[0] >= sources:
+            event.set()
+            self.gates.pop(run, None)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            self.gates.pop(run, None)
+            return False
+        return True
 
     def ready(self) -> dict[str, Any]:
-        """Where the actor runs: answered once it is constructed (``setup`` done)."""
+        """Where the actor runs: answered once it is constructed (``setup`` done); the
+        affinity is the worker thread's, where the handler runs."""
         return {
             "node_id": self.node_id,
             "pid": self.pid,
-            "pinned": self.pinned,
-            "affinity": sorted(os.sched_getaffinity(0)),
+            "token": self.token,
+            "pinned": self.info.pinned,
+            "affinity": self.worker.affinity,
             "reconstructed": self.reconstructed,
         }
 
-    def deliver(self, rows: np.ndarray, desc: np.ndarray) -> Reply:
-        """Hand one parcel's frames to the handler; their outcomes."""
-        block = unpack(Parcel(rows, desc))
-        idx = np.arange(block.count, dtype=np.uint32)
-        if self.batch:
-            out = _deliver_batch(self.handler, block, idx)
-        else:
-            out = _deliver_each(self.handler, block, idx)
-        self.counts += out
-        self.parcels += 1
-        return Reply(*out, self.pid)
+    def stats(self) -> dict[str, Any]:
+        """This incarnation's own counters, summed over sources (a cross-check of the
+        sources' books), and the queue's high-water mark."""
+        with self.lock:
+            total = sum(self.counts.values(), np.zeros(len(REPORT_COUNTERS), dtype=np.int64))
+            out: dict[str, Any] = dict(zip(REPORT_COUNTERS, map(int, total), strict=True))
+            out.update(
+                offers=self.calls,
+                parts=self.worker.parts,
+                queued=self.queued,
+                busy=self.busy,
+                waiting=len(self.waiting),
+                max_queued=self.max_queued,
+                qsize=self.qsize,
+                reconstructed=self.reconstructed,
+                pid=self.pid,
+            )
+        return out
 
-    def stats(self) -> dict[str, int]:
-        """This incarnation's own counters (a cross-check of the sources' books)."""
-        d, hd, he, bf = (int(x) for x in self.counts)
-        return {
-            "parcels": self.parcels,
-            "delivered": d,
-            "handler_drop": hd,
-            "handler_error": he,
-            "build_failed": bf,
-            "reconstructed": self.reconstructed,
-            "pid": self.pid,
-        }
+    async def finish(self) -> Any:
+        """Let the queue drain, stop the worker, and call the handler's ``finish()`` (if it
+        has one) in the worker thread: the entry's result."""
+        with self.lock:
+            self.queue.append(None)
+            self.lock.notify()
+        await asyncio.get_running_loop().run_in_executor(None, self.worker.join)
+        if self.worker.failure is not None:
+            raise self.worker.failure
+        return self.worker.result
 
-    def finish(self) -> Any:
-        """Call the handler's ``finish()`` (if it has one): the entry's result."""
-        return contract.finish(self.handler)
+    # -- internals ----------------------------------------------------------------------------
+    def _bind_loop(self) -> None:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+
+    def _counts(self, source: int) -> np.ndarray:
+        c = self.counts.get(source)
+        if c is None:
+            c = self.counts[source] = np.zeros(len(REPORT_COUNTERS), dtype=np.int64)
+        return c
+
+    def _enqueue(self, source: int, parts: list[Parcel]) -> list[Parcel]:
+        """Queue what fits of ``parts`` (splitting one at the room left); the rest."""
+        with self.lock:
+            counts = self._counts(source)
+            rest = list(parts)
+            while rest:
+                room = self.qsize - self.queued
+                if room <= 0:
+                    break
+                p = rest[0]
+                if len(p) > room:
+                    head, rest[0] = _split(p, room)
+                else:
+                    head = rest.pop(0)
+                self.queue.append(_Part(source, head))
+                self.queued += len(head)
+                counts[0] += len(head)  # accepted before the worker can see it
+            self.max_queued = max(self.max_queued, self.queued)
+            self.wanted |= bool(rest)  # the caller will wait for room
+            self.lock.notify()
+        return rest
+
+    def _settled(self, source: int) -> bool:
+        """Whether every frame ``source`` offered here is handled or refused (none waits
+        for room, none is queued or in the handler's hands)."""
+        with self.lock:
+            c = self.counts.get(source)
+            done = not self.offering.get(source) and (
+                c is None or int(c[_OUTCOMES].sum()) == int(c[0])
+            )
+            self.wanted |= not done  # the caller will wait for the worker's progress
+            return done
+
+    def _idle(self) -> bool:
+        with self.lock:
+            idle = not self.queue and not self.busy
+            self.wanted |= not idle
+            return idle
+
+    def _report(self, source: int) -> Report:
+        with self.lock:
+            c = self._counts(source)
+            return Report(self.token, self.pid, tuple(int(x) for x in c), self.queued)
+
+    def _others_waiting(self) -> bool:
+        """Whether an offer waits for room (those whose caller went are dropped)."""
+        if any(f.done() for f in self.waiting):
+            self.waiting = deque(f for f in self.waiting if not f.done())
+        return bool(self.waiting)
+
+    def _wake_next(self) -> None:
+        """Room may have appeared: the first waiting offer tries again."""
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _progressed(self) -> None:
+        """Called on the event loop when the worker took a part or finished one."""
+        self._wake_next()
+        watchers, self.watchers = self.watchers, []
+        for fut in watchers:
+            if not fut.done():
+                fut.set_result(None)
+
+
+# Ray records every call's state changes ("task events") for its dashboard and state API:
+# per offer that is work in both processes.  benchmarks/bench_cluster.py measures offers
+# with and without (parcel_rate): without is what it showed faster, so offers skip them
+# (the attribute is what ``@ray.method(enable_task_events=False)`` sets; setting it here
+# keeps Ray out of this module's import).
+EntryActor.offer.__ray_enable_task_events__ = False  # type: ignore[attr-defined]
+
+
+class _Worker(threading.Thread):
+    """The entry's kthread: pinned to its CPU, it sets the handler up, takes parts out of
+    the queue one at a time and hands them to the handler, and finishes it at the end."""
+
+    def __init__(self, entry: EntryActor, pin: bool, progressed: Callable[[], None]) -> None:
+        super().__init__(name=f"cpumap-entry-{entry.info.cpu}", daemon=True)
+        self.entry = entry
+        self.pin = pin
+        self.progressed = progressed  # run on the entry's event loop when it made progress
+        self.affinity: list[int] = []
+        self.parts = 0
+        self.result: Any = None
+        self.failure: BaseException | None = None
+        self.started_up = threading.Event()
+
+    def run(self) -> None:
+        e = self.entry
+        try:
+            if self.pin:
+                os.sched_setaffinity(0, {e.info.cpu})  # this thread only: the handler's
+            self.affinity = sorted(os.sched_getaffinity(0))
+            contract.setup(e.handler, e.info)
+        except BaseException as exc:
+            self.failure = exc
+            self.started_up.set()
+            return
+        self.started_up.set()
+        while True:
+            with e.lock:
+                while not e.queue:
+                    e.lock.wait()
+                part = e.queue.popleft()
+                if part is None:
+                    break
+                e.queued -= len(part.parcel)
+                e.busy = True
+                wanted, e.wanted = e.wanted, False
+            if wanted:
+                self._notify()  # room in the queue
+            out = _deliver(e.handler, e.batch, part.parcel)
+            with e.lock:
+                e.counts[part.source][_OUTCOMES] += out
+                e.busy = False
+                wanted, e.wanted = e.wanted, False
+            self.parts += 1
+            if wanted:
+                self._notify()  # outcomes to report
+        try:
+            self.result = contract.finish(e.handler)
+        except BaseException as exc:  # reported by finish(), as the local worker's
+            self.failure = exc
+
+    def _notify(self) -> None:
+        loop = self.entry.loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the actor is ending
+                loop.call_soon_threadsafe(self.progressed)
+
+
+def _start_worker(entry: EntryActor, pin: bool, progressed: Callable[[], None]) -> _Worker:
+    """Start the worker thread and wait for its ``setup``: a failure raises here, so the
+    actor's creation (the map update) fails with it."""
+    w = _Worker(entry, pin, progressed)
+    w.start()
+    w.started_up.wait()
+    if w.failure is not None:
+        failure = w.failure
+        w.join()
+        raise failure
+    return w
+
+
+async def _fetched(parts: list[Any]) -> list[Parcel]:
+    """The parcels of an offer.  A source sends the ``ObjectRef`` of its parts (in a list,
+    so that Ray does not resolve it before the call runs): fetched here, in the call's own
+    coroutine, a parcel that cannot be fetched -- its source's node died with it -- fails
+    that offer alone.  Passed as a plain argument, Ray would fetch it before dispatching
+    the call, and the actor's other calls would wait behind that fetch until Ray gives up
+    on the node (tens of seconds)."""
+    import ray
+
+    if not parts or not isinstance(parts[0], ray.ObjectRef):
+        return parts
+    out: list[Parcel] = []
+    for got in await asyncio.gather(*parts):
+        out.extend(got)
+    return out
+
+
+def _split(p: Parcel, k: int) -> tuple[Parcel, Parcel]:
+    return Parcel(p.rows[:k], p.desc[:k]), Parcel(p.rows[k:], p.desc[k:])
+
+
+def _deliver(handler: Any, batch: bool, parcel: Parcel) -> tuple[int, int, int, int]:
+    block = unpack(parcel)
+    idx = np.arange(block.count, dtype=np.uint32)
+    if batch:
+        return _deliver_batch(handler, block, idx)
+    return _deliver_each(handler, block, idx)
 
 
 # What a handler may raise and have its frames counted handler_error, as in the local

@@ -38,9 +38,9 @@ What differs from ``CpuMap``, and why
 * Delete of a place not populated (on an alive node) succeeds, as the kernel's cpumap
   delete of an empty in-range key does.
 * Update, delete and close wait for the actors (a start is a Ray actor creation: ~0.1-1 s;
-  a retirement calls the handler's ``finish()`` and kills the actor), where ``CpuMap``
-  retires in the background: an entry's in-flight frames were settled by the run that sent
-  them (:mod:`source`), so nothing is left to drain.
+  a retirement lets the entry's queue drain, calls the handler's ``finish()`` and kills
+  the actor), where ``CpuMap`` retires in the background: an entry's frames were settled
+  by the run that sent them (:mod:`source`), so little is left to drain.
 * The map the steering program sees is a *snapshot* taken when a run starts: key ``i`` is
   the ``i``-th populated place in map order (:meth:`ClusterMap.targets`).  Every source of
   a run gets the same snapshot, so a flow reaches the same entry from whatever file or
@@ -171,9 +171,9 @@ class ClusterMap(Closing):
 
     # -- map operations ----------------------------------------------------------------------
     def update(self, place: PlaceLike, qsize: int, flags: int = BPF_ANY) -> None:
-        """Populate (or replace) ``place`` with an entry of ``qsize`` frames in flight at
-        most: a new actor on its node, pinned to its CPU.  ``qsize == 0`` deletes.  Errors:
-        see the table."""
+        """Populate (or replace) ``place`` with an entry whose queue holds ``qsize`` frames
+        (its ring): a new actor on its node, its worker thread pinned to its CPU.
+        ``qsize == 0`` deletes.  Errors: see the table."""
         place = as_place(place)
         qsize = as_uint(qsize, 32, "qsize")
         flags = as_uint(flags, 64, "flags")
@@ -273,15 +273,11 @@ class ClusterMap(Closing):
             return [self._entries[p] for p in self._order()]
 
     # -- runs ----------------------------------------------------------------------------------
-    def targets(self, sources: int) -> list[Target]:
+    def targets(self) -> list[Target]:
         """The snapshot a run's sources steer into: key ``i`` is the ``i``-th entry in map
-        order; each source's share of an entry's qsize is ``qsize // sources`` (>= 1), so
-        the sources together never hold more than ``qsize`` of its frames in flight (when
-        ``sources`` > ``qsize``, one each: the bound is then ``sources``)."""
-        n = max(sources, 1)
-        return [
-            Target(i, e.place, e.actor, max(e.qsize // n, 1)) for i, e in enumerate(self.entries())
-        ]
+        order, with its actor and qsize (its queue's bound, shared by every source, as a
+        ring is by every producer)."""
+        return [Target(i, e.place, e.actor, e.qsize) for i, e in enumerate(self.entries())]
 
     def begin_run(self) -> list[ClusterEntry]:
         """Freeze the map for a run (updates then fail with EBUSY); the entries, in key
@@ -305,9 +301,10 @@ class ClusterMap(Closing):
                 e.pids |= pids.get(key, set())
                 e.failures.extend(failures.get(key, []))
             for e in entries:
-                if e.state == ActorState.LIVE and not _alive(ray, e.actor, self.alive_timeout):
-                    # Dead, or stuck in its handler (its parcels were settled as lost by
-                    # the stall rule): either way it is retired for good now.
+                if e.state == ActorState.LIVE and not _idle(ray, e.actor, self.alive_timeout):
+                    # Dead, or stuck in its handler (its frames were settled as lost at
+                    # the sources' deadline): either way it is retired for good now, so
+                    # that no frame counted lost is handled later (actor.py).
                     ray.kill(e.actor, no_restart=True)
                     e.state = ActorState.DEAD
 
@@ -367,7 +364,7 @@ class ClusterMap(Closing):
         actor = cls.options(
             num_cpus=0,  # placement is by node and CPU, not Ray's logical CPUs (docs)
             max_restarts=self.max_restarts,
-            max_task_retries=0,  # a parcel is never re-sent: source.py
+            max_task_retries=0,  # an offer is never run twice: actor.py
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote(self.handler, info, self.pin)
         try:
@@ -408,11 +405,10 @@ class ClusterMap(Closing):
         self.history.append(e)
 
 
-def _alive(ray: Any, actor: Any, timeout: float) -> bool:
-    """Whether ``actor`` answers within ``timeout`` (a dead one fails at once; a
-    restarting one answers once it is back)."""
+def _idle(ray: Any, actor: Any, timeout: float) -> bool:
+    """Whether ``actor`` answers within ``timeout`` with its queue empty and its worker
+    waiting (a dead one fails at once; a restarting one answers once it is back)."""
     try:
-        ray.get(actor.ready.remote(), timeout=timeout)
-        return True
+        return bool(ray.get(actor.idle.remote(timeout), timeout=timeout + 5.0))
     except Exception:
         return False

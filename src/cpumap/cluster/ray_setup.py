@@ -2,8 +2,9 @@
 
 :func:`connect` is what ``--ray auto|ADDRESS`` means:
 
-* ``"auto"``: join the cluster this machine already belongs to (``ray start`` ran here, or
-  ``RAY_ADDRESS`` is set); when there is none, start a local instance in this process --
+* ``"auto"``: join the cluster this machine already belongs to (``ray start`` ran here --
+  with its own ``--temp-dir`` too -- or ``RAY_ADDRESS`` is set); when there is none, start
+  a local instance in this process --
   the embedded default that works on one machine with no set-up.  A local instance gets
   Ray's dashboard when ``ray[default]`` is installed (``cpumap[cluster]``), as usual, and
   listens on 127.0.0.1 only when Ray was not yet imported (no other host needs it).
@@ -31,7 +32,6 @@ import errno
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,11 +207,54 @@ def connect(
 
 
 def _cluster_here() -> bool:
-    """Whether ``ray.init(address="auto")`` has a cluster to find: ``RAY_ADDRESS``, or the
-    address file ``ray start`` leaves in Ray's default temporary directory."""
+    """Whether ``ray.init(address="auto")`` has a cluster to find: ``RAY_ADDRESS``; the
+    address file ``ray start`` leaves in Ray's default temporary directory; or, for a
+    cluster started with its own ``--temp-dir`` (whose address file is there instead), a
+    raylet of ``ray start`` running on this machine -- what Ray's ``auto`` looks for."""
     if os.environ.get("RAY_ADDRESS"):
         return True
-    return (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists()
+    if (ray_temp_dir() / "ray_current_cluster").exists():
+        return True
+    return bool(raylets_here())
+
+
+def ray_temp_dir() -> Path:
+    """Ray's default temporary directory, by Ray's rule: ``$RAY_TMPDIR``, else ``$TMPDIR``,
+    else ``/tmp``; then ``ray``."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(base) / "ray"
+
+
+def raylets_here() -> list[int]:
+    """The pids of the raylets of started clusters running on this machine (a node each):
+    a process whose executable is named ``raylet`` and that was given a ``--gcs-address``
+    (as Ray's ``auto`` finds them), whose own ``--temp_dir`` holds the address file that
+    ``ray start`` writes there.  A program's own local instance (``ray.init()``) writes
+    none: ``auto`` must not join it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdecimal():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        temp_dir = _raylet_temp_dir(argv)
+        if temp_dir is not None and (temp_dir / "ray_current_cluster").exists():
+            found.append(int(entry.name))
+    return found
+
+
+def _raylet_temp_dir(argv: list[bytes]) -> Path | None:
+    """The ``--temp_dir`` of a raylet's command line (None: not a raylet's)."""
+    if b"raylet" not in os.path.basename(argv[0]):
+        return None
+    if not any(b"--gcs-address=" in a or b"--gcs_address=" in a for a in argv):
+        return None
+    for a in argv:
+        if a.startswith(b"--temp_dir="):
+            return Path(os.fsdecode(a.partition(b"=")[2]))
+    return None
 
 
 class _Borrowed(RaySession):

@@ -12,9 +12,12 @@ Per entry: what the sources sent it and what became of it (summed over sources);
 the frames its sources read and the frames its entries handled; per source: its file, its
 node, its counters, the error that stopped it early, if any.
 
-A source task that itself failed (its node died under it) has no books: it is listed with
-its error and ``rx = 0``; the frames it had sent are in no total (the entries' replies
-went to it), so the identity still holds over what the run knows, and ``complete`` is False.
+A source task that itself failed (its node died under it) has lost its books; the driver
+rebuilds what it can from the entries, which count every source's frames apart: the frames
+they accepted or refused from it are its ``rx`` (all redirects), with their outcomes.  What
+it read but had not offered, its offers still on their way and the counts of entry
+incarnations that died are in no total; the identity holds over what the run knows, and
+``complete`` is False.
 """
 
 from __future__ import annotations
@@ -86,10 +89,11 @@ class ClusterResult:
     entries: list[EntryFigures]
     nodes: list[NodeFigures]
     sources: list[SourceFigures]
-    seconds: float
+    seconds: float  # from the first poll of any source to the last outcome (a local run's)
     ray_address: str
-    complete: bool = True  # False when a source task failed (its books are missing)
+    complete: bool = True  # False when a source task failed (its books rebuilt in part)
     results: list[Any] = field(default_factory=list)  # the entries' finish() results
+    wall_seconds: float = 0.0  # the whole run: sources' start (Ray's workers) to the report
 
     def outcomes(self) -> dict[str, int]:
         return self.stats.outcomes()

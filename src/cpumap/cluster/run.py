@@ -41,10 +41,12 @@ from .source import (
     ProgramFactory,
     SourceOptions,
     SourceReport,
+    Start,
+    Target,
     read_capture,
 )
 
-DEFAULT_QSIZE = 8192  # in flight per entry: room for several parcels per source (docs)
+DEFAULT_QSIZE = 8192  # frames an entry queues (its ring), shared by every source
 DEFAULT_TIMEOUT = 3600.0  # seconds the driver waits for all sources
 
 
@@ -96,15 +98,20 @@ def run_map(
     reports: list[SourceReport | None] = []
     errors: list[str | None] = []
     try:
-        targets = cmap.targets(len(files))
+        targets = cmap.targets()
         task = ray.remote(num_cpus=0, max_retries=0)(read_capture)
+        run_id = int.from_bytes(os.urandom(8), "little")
         refs = [
             task.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(placed[f].node_id, soft=False)
-            ).remote(f, targets, program, options or SourceOptions())
-            for f in files
+            ).remote(f, targets, program, options or SourceOptions(), Start(i, run_id, len(files)))
+            for i, f in enumerate(files)
         ]
         reports, errors = _gather(ray, refs, timeout)
+        stall = (options or SourceOptions()).stall_timeout
+        for i, r in enumerate(reports):
+            if r is None:  # its task failed (its node died): what the entries say of it
+                reports[i] = _orphan_report(ray, i, files[i], placed[files[i]], targets, stall)
     finally:
         pids: dict[int, set[int]] = {}
         failures: dict[int, list[str]] = {}
@@ -118,9 +125,47 @@ def run_map(
         cmap.end_run(pids, failures)
     run = _Run(files, placed, reports, errors, nodes)
     result = _result(cmap, entries, run)
-    result.seconds = time.perf_counter() - t0
+    result.wall_seconds = time.perf_counter() - t0
+    result.seconds = _busy_seconds(run.books) or result.wall_seconds
     result.ray_address = ray_address
     return result
+
+
+def _orphan_report(
+    ray: Any, source: int, path: str, node: NodeInfo, targets: list[Target], timeout: float
+) -> SourceReport:
+    """The books of a source whose task failed, rebuilt from what the live entries counted
+    of its frames (``actor.tally``, once they have handled what they took from it): the
+    frames they accepted or refused are its ``rx``, all of them redirects.  Lost with the
+    task: what it read but had not offered (and the verdicts of those frames), its offers
+    still on their way, and the counts of entry incarnations that died since."""
+    rows = [[0] * len(ENTRY_COUNTERS) for _ in targets]
+    pids: dict[int, list[int]] = {}
+    refs = {t.key: t.actor.tally.remote(source, timeout) for t in targets}
+    for key, ref in refs.items():
+        try:
+            report = ray.get(ref, timeout=timeout + 10.0)
+        except Exception:  # that entry is gone too: nothing to say
+            continue
+        accepted, refused, *outcomes = report.counts
+        row = dict.fromkeys(ENTRY_COUNTERS, 0)
+        row.update(zip(ENTRY_COUNTERS[2:6], outcomes, strict=True))
+        row.update(sent=accepted, queue_full=refused, lost=accepted - sum(outcomes))
+        rows[key] = [row[name] for name in ENTRY_COUNTERS]
+        pids[key] = [report.pid]
+    counters = dict.fromkeys(SOURCE_COUNTERS, 0)
+    counters["rx"] = counters["xdp_redirect"] = sum(r[0] + r[-1] for r in rows)
+    return SourceReport(path, node.node_id, 0, counters, rows, pids, [], None, 0.0)
+
+
+def _busy_seconds(books: list[SourceReport]) -> float:
+    """From the first poll of any source to the last source's last outcome: what a local
+    run's elapsed time measures (first poll to drain), without the start of Ray's worker
+    processes (``wall_seconds`` has it).  0.0 when no source read anything."""
+    spans = [(r.started, r.ended) for r in books if r.started and r.ended]
+    if not spans:
+        return 0.0
+    return max(e for _, e in spans) - min(s for s, _ in spans)
 
 
 def _gather(
@@ -183,7 +228,7 @@ def _result(cmap: ClusterMap, entries: list[ClusterEntry], run: _Run) -> Cluster
         sources=sources,
         seconds=0.0,
         ray_address="",
-        complete=all(r is not None for r in run.reports),
+        complete=all(e is None for e in run.errors),
     )
 
 

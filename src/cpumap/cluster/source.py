@@ -8,50 +8,58 @@ producer (``cpumap.engine.rx``) of the local engine, poll by poll::
     run the steering program                        (programs.runner.ProgramRunner)
     count DROP / PASS / TX / ABORTED verdicts; a redirect to no entry: redirect_err
     group the redirected frames by key, in order    (one stable argsort)
-    send each group to its entry's actor            (frames.pack -> actor.deliver)
+    pack each group onto its entry's parcel         (frames.pack: only the columns used)
+    a parcel that is full goes to its entry         (actor.offer, one Ray call)
 
 and keeps the books of every frame it read (:class:`Books`).
 
-Back-pressure: each entry's frames in flight are bounded by its qsize
-------------------------------------------------------------------------
-An entry's ring is shared by every producer; here there is no shared ring, so each source
-gets a fixed *share* of the entry's qsize (``qsize // sources``, at least 1; the map
-computes it, :meth:`cpumap.cluster.map.ClusterMap.targets`).  A source sends a parcel of
-``m`` frames to an entry only while its own unanswered parcels to it hold at most
-``share - m`` frames (a group larger than the share goes as several parcels).  Summed over
-sources, an entry never has more than ``qsize`` frames sent and unanswered -- queued in its
-actor's mailbox or in its handler's hands -- and no coordinator is needed.  A frame is "in
-flight" from the ``deliver.remote`` call until its parcel's reply (or failure) is taken.
+Parcels: sized in frames and bytes, several in flight
+------------------------------------------------------
+A call costs Ray a few hundred microseconds whatever it carries, so frames for an entry
+gather over polls into one parcel -- a list of packed parts, numpy arrays that Ray moves as
+buffers, never pickled frame by frame -- until it holds ``parcel_frames`` frames or
+``parcel_bytes`` bytes; what is left goes at the end of the file.  A lossless parcel may be
+larger than the entry's queue (the rest waits in the entry, piece by piece, as room
+appears); a drop-and-count parcel is at most half the qsize, so that it fits a queue that
+already holds one.  An offer is answered as soon as the entry has *queued* the
+frames (``cpumap.cluster.actor``: the entry's queue is the ring, its worker thread the
+kthread), not when they are handled; the answer carries the entry's running totals for
+this source.  A source sends without waiting while its unanswered frames to that entry
+stay within a window of ``max(qsize, 2 parcels)``; past it, it takes the oldest answer.
 
-* lossless (files, the default): with no room, wait for the oldest unanswered parcel to that
-  entry (``ray.get`` of its reply, at most ``stall_timeout``), then the next oldest, until
-  the parcel fits: the reader simply stops reading, as a lossless producer waits on a full
-  ring.
-* drop-and-count (live sources; ``lossless=False``): take the replies already there without
-  waiting, then send what fits and count the rest ``queue_full``, as the kernel's bulk-queue
-  flush drops what the ring cannot take.
+Back-pressure is the ring's: an entry's queue holds at most its qsize frames, shared by
+every source.
+
+* lossless (files, the default): what does not fit waits *in the entry*, in arrival order,
+  until its worker has taken frames out (a producer waiting on a full ring); the offer's
+  answer comes then, so the source's window fills and the reader stops reading.
+* drop-and-count (live sources; ``lossless=False``): what does not fit is refused at once
+  and counted ``queue_full``, as the kernel's bulk-queue flush drops what the ring cannot
+  take.
 
 Failure accounting: every frame read ends as exactly one outcome
 -----------------------------------------------------------------
-The books live here, in the source, not in the actors: a frame's outcome is known when the
-reply of its parcel is taken.  A reply carries delivered / handler_drop / handler_error /
-build_failed counts that sum to the parcel's size (the actor counts each frame once).  A
-parcel whose call fails -- its actor died (``RayActorError``: ``ActorDiedError``,
-``ActorUnavailableError`` while Ray restarts it), its node died, the object was lost, or
-no answer came in ``stall_timeout`` -- has no reply: its frames are counted ``lost``, never
-re-sent (a retry could deliver part of it twice).  So at the end, with every parcel
-settled, ``rx == verdict drops + redirect_err + queue_full + lost + the replies' outcomes``
-exactly, whatever died (:meth:`Books.in_flight` is 0).
+The books are *derived* from the entries' running totals, per entry incarnation, and the
+source's own count of frames offered: ``lost = offered - queue_full - outcomes``
+(``cpumap.cluster.actor`` argues why no frame is counted twice or never, whatever dies
+when).  An offer whose call fails -- its actor died (``ActorDiedError``;
+``ActorUnavailableError`` while Ray restarts it), its node died, no answer in
+``stall_timeout`` -- is never re-sent (a retry could queue part of it twice); the frames
+of it, and those the dead incarnation had queued but not reported handled, are ``lost``.
+So at the end ``rx == verdict drops + redirect_err + queue_full + lost + the entries'
+outcomes`` exactly, whatever died (:meth:`Books.in_flight` is 0).
 
 After ``ActorDiedError`` (Ray will not restart it: its restarts are spent, or its node is
-gone) or a stall, the entry is *dead* for this source: later frames steered to it are not
-sent but counted ``redirect_err``, as a redirect to an entry that is not there, and its
-other unanswered parcels are taken without waiting (what has no reply yet is ``lost``).
-``ActorUnavailableError`` (the actor is restarting) only loses the parcels it failed: the
-next parcels go to the restarted actor.
+gone) or a stall, the entry is *dead* for this source: later frames steered to it, and those
+gathered for it but not yet sent, are counted ``redirect_err``, as a redirect to an entry
+that is not there, and its other unanswered offers are taken without waiting.
+``ActorUnavailableError`` (the actor is restarting) only loses the offers it failed: the
+next ones go to the restarted actor.
 
-Nothing hangs: every wait has a deadline (``stall_timeout``); a source whose node dies
-fails as a Ray task and the driver reports it (its books die with it).
+Nothing hangs: every wait has a deadline (``stall_timeout``): an offer's answer, and at the
+end the entries' :meth:`~cpumap.cluster.actor.EntryActor.tally` of this source's frames.
+A source whose node dies fails as a Ray task; the entries keep their totals for it, which
+the driver reads (``cpumap.cluster.run``).
 """
 
 from __future__ import annotations
@@ -72,11 +80,14 @@ from ..engine.frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM
 from ..programs.cpu_table import CpuTable
 from ..programs.runner import ProgramRunner
 from ..programs.steering import MODES, make_program
-from .frames import FrameBlock, fill, pack
+from .actor import REPORT_COUNTERS, Report
+from .frames import FrameBlock, Parcel, fill, pack
 from .places import Place
 
-DEFAULT_POLL_SIZE = 4096  # frames per poll: a parcel costs ~0.2-2 ms of Ray, batch it (docs)
-DEFAULT_STALL_TIMEOUT = 60.0  # seconds a parcel may stay unanswered before it is lost
+DEFAULT_POLL_SIZE = 4096  # frames per poll
+DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms of Ray (docs)
+DEFAULT_PARCEL_BYTES = 16 << 20  # ... or bytes: what one parcel may take of the object store
+DEFAULT_STALL_TIMEOUT = 60.0  # seconds an offer may stay unanswered before it is lost
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,10 @@ class SourceOptions:
     poll_size: int = DEFAULT_POLL_SIZE  # frames per poll
     frame_size: int = DEFAULT_FRAME_SIZE  # of the task's frame block
     headroom: int = DEFAULT_HEADROOM
-    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # a parcel unanswered this long is lost
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # an offer unanswered this long is lost
     skip_bad: bool = False  # skip damaged records instead of stopping at the first
+    parcel_frames: int = DEFAULT_PARCEL_FRAMES  # a parcel's frames (lossy: <= qsize / 2)
+    parcel_bytes: int = DEFAULT_PARCEL_BYTES  # ... and bytes, at most
 
 
 # Per-source counters (the producer side of MapStats, plus the per-entry outcomes summed).
@@ -125,12 +138,12 @@ _VERDICT_NAMES = (
 @dataclass(frozen=True)
 class Target:
     """An entry as a source sees it: the program's ``key``, where it lives, its actor,
-    and this source's share of its qsize."""
+    and its qsize (the bound of its queue)."""
 
     key: int
     place: Place
     actor: Any  # a Ray ActorHandle
-    share: int
+    qsize: int
 
 
 class KeySpace:
@@ -171,7 +184,7 @@ def build_program(program: str | ProgramFactory, keys: KeySpace) -> tuple[Any, C
 @dataclass
 class Books:
     """Every frame a source read, by outcome; per entry, what was sent and what became of
-    it.  ``failures`` lists each failed parcel's entry key and error, in order."""
+    it.  ``failures`` lists each failed call's entry key and error, in order."""
 
     keys: int
     counters: dict[str, int] = field(default_factory=dict)
@@ -196,110 +209,178 @@ class Books:
         return self.counters["rx"] - self.outcomes()
 
 
+class Link:
+    """One source's link to one entry: the parcel being gathered, the offers not yet
+    answered, and the latest running totals of each incarnation of the entry heard from
+    (token -> counts, :data:`~cpumap.cluster.actor.REPORT_COUNTERS`)."""
+
+    def __init__(self, target: Target, options: SourceOptions) -> None:
+        self.target = target
+        # Lossless, a parcel larger than the queue waits in the entry for room, piece by
+        # piece; drop-and-count, it must fit a queue with a parcel in it already.
+        cap = options.parcel_frames if options.lossless else target.qsize // 2
+        self.limit = max(1, min(options.parcel_frames, cap))
+        self.max_bytes = max(options.parcel_bytes, 1)
+        self.window = max(target.qsize, 2 * self.limit)
+        self.parts: list[Parcel] = []
+        self.frames = 0  # in self.parts
+        self.nbytes = 0
+        self.pending: deque[tuple[Any, int]] = deque()
+        self.unanswered = 0  # frames in the pending offers
+        self.totals: dict[int, np.ndarray] = {}
+        self.pids: set[int] = set()
+
+    def take(self) -> list[Parcel]:
+        parts, self.parts, self.frames, self.nbytes = self.parts, [], 0, 0
+        return parts
+
+    def record(self, report: Report) -> None:
+        """Keep the latest totals of ``report``'s incarnation (they only grow: the
+        element-wise maximum is the latest)."""
+        counts = np.asarray(report.counts, dtype=np.int64)
+        seen = self.totals.get(report.token)
+        self.totals[report.token] = counts if seen is None else np.maximum(seen, counts)
+        self.pids.add(report.pid)
+
+    def known(self) -> np.ndarray:
+        """The totals summed over incarnations (:data:`REPORT_COUNTERS`)."""
+        return sum(self.totals.values(), np.zeros(len(REPORT_COUNTERS), dtype=np.int64))
+
+
 class Outbox:
-    """The unanswered parcels of one source, per entry, and the rules for sending more
-    (the module docstring: shares, lossless waits, drop-and-count, failures)."""
+    """One source's links to the entries, and the rules for sending (module docstring:
+    parcels, the window, lossless waits, drop-and-count, failures)."""
 
     def __init__(
-        self, targets: list[Target], books: Books, keys: KeySpace, *, lossless: bool, stall: float
+        self,
+        targets: list[Target],
+        books: Books,
+        keys: KeySpace,
+        options: SourceOptions,
+        source: int = 0,
     ) -> None:
-        self.targets = targets
+        self.links = [Link(t, options) for t in targets]
         self.books = books
         self.keys = keys
-        self.lossless = lossless
-        self.stall = stall
-        self.pending: list[deque[tuple[Any, int]]] = [deque() for _ in targets]
-        self.held = [0] * len(targets)  # frames in the pending parcels, per entry
+        self.source = source
+        self.lossless = options.lossless
+        self.stall = options.stall_timeout
 
     def send(self, key: int, block: FrameBlock, idx: np.ndarray) -> None:
-        """Send frames ``idx`` of ``block`` to entry ``key`` (parcels of at most its
-        share), or count them as the rules say."""
-        t = self.targets[key]
-        for lo in range(0, len(idx), t.share):
-            chunk = idx[lo : lo + t.share]
+        """Gather frames ``idx`` of ``block`` onto entry ``key``'s parcel (packed: the
+        block is reused), sending each parcel that fills up."""
+        link = self.links[key]
+        lo = 0
+        while lo < len(idx):
             if not self.keys.has_entry(key):  # died while we were sending
-                self.books.counters["redirect_err"] += len(chunk)
-                self.books.counters["xdp_redirect"] -= len(chunk)
-                continue
-            chunk = self._room_for(key, chunk)
-            if len(chunk):
-                parcel = pack(block, chunk)
-                ref = t.actor.deliver.remote(parcel.rows, parcel.desc)
-                self.pending[key].append((ref, len(chunk)))
-                self.held[key] += len(chunk)
-                self.books.add(key, "sent", len(chunk))
-                self.books.add(key, "parcels", 1)
+                self._unsent(len(idx) - lo)
+                return
+            chunk = idx[lo : lo + link.limit - link.frames]
+            lo += len(chunk)
+            part = pack(block, chunk)
+            link.parts.append(part)
+            link.frames += len(chunk)
+            link.nbytes += part.rows.nbytes + part.desc.nbytes
+            if link.frames >= link.limit or link.nbytes >= link.max_bytes:
+                self.flush(key)
 
-    def _room_for(self, key: int, chunk: np.ndarray) -> np.ndarray:
-        """The part of ``chunk`` that may be sent now: all of it once the oldest parcels
-        are answered (lossless), or what fits now, the rest counted ``queue_full``."""
-        share = self.targets[key].share
-        m = len(chunk)
-        if self.lossless:
-            while self.held[key] + m > share and self.pending[key]:
-                self._settle_oldest(key)
-            return chunk
-        self._settle_ready(key)
-        room = max(share - self.held[key], 0)
-        if room < m:
-            self.books.add(key, "queue_full", m - room)
-            return chunk[:room]
-        return chunk
-
-    def _settle_ready(self, key: int) -> None:
-        """Take every reply already there, without waiting (oldest first)."""
-        q = self.pending[key]
-        if not q:
+    def flush(self, key: int) -> None:
+        """Offer entry ``key`` its gathered parcel, once its window has room for it."""
+        link = self.links[key]
+        if not link.frames:
+            return
+        while link.unanswered + link.frames > link.window and link.pending:
+            self._settle_oldest(key)
+        n = link.frames
+        parts = link.take()
+        if not self.keys.has_entry(key):  # it died while we waited
+            self._unsent(n)
             return
         import ray
 
-        ready, _ = ray.wait([ref for ref, _ in q], num_returns=len(q), timeout=0)
-        done = set(ready)
-        while q and q[0][0] in done:
-            self._settle_oldest(key)
+        # The parts go as a put object behind a reference (actor.py's _fetched says why).
+        ref = link.target.actor.offer.remote(self.source, [ray.put(parts)], self.lossless)
+        link.pending.append((ref, n))
+        link.unanswered += n
+        self.books.add(key, "sent", n)
+        self.books.add(key, "parcels", 1)
+
+    def finish(self) -> None:
+        """At the end of the input: send what is gathered, take every answer, and ask each
+        live entry for its totals once it has handled this source's frames (each wait
+        bounded by ``stall``); then derive the books."""
+        for key in range(len(self.links)):
+            self.flush(key)
+        for key in range(len(self.links)):
+            while self.links[key].pending:
+                self._settle_oldest(key)
+        refs = {
+            key: link.target.actor.tally.remote(self.source, self.stall)
+            for key, link in enumerate(self.links)
+            if key not in self.keys.dead and self.books.per_entry[key, 0]  # it sent some
+        }
+        for key, ref in refs.items():
+            self._take(key, ref, self.stall + 10.0)
+        self._derive()
+
+    def _unsent(self, n: int) -> None:
+        """Frames steered to an entry found dead before they were sent: a redirect to an
+        entry that is not there."""
+        self.books.counters["redirect_err"] += n
+        self.books.counters["xdp_redirect"] -= n
 
     def _settle_oldest(self, key: int) -> None:
-        """Wait (up to ``stall``) for the oldest parcel to ``key`` and book its outcome."""
+        """Wait (up to ``stall``) for the oldest offer to ``key``; keep its report."""
+        link = self.links[key]
+        ref, n = link.pending.popleft()
+        link.unanswered -= n
+        # An entry already found dead or stuck gets no more waiting: what is not there now
+        # is lost (a dead actor's calls fail at once anyway).
+        self._take(key, ref, 0.0 if key in self.keys.dead else self.stall)
+
+    def _take(self, key: int, ref: Any, timeout: float) -> None:
+        """The report behind ``ref``, recorded; a failure noted (and the entry dead for
+        this source when it will not come back)."""
         import ray
         from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
 
-        ref, n = self.pending[key].popleft()
-        self.held[key] -= n
-        books = self.books
-        # An entry already found dead or stuck gets no more waiting: what is not there now
-        # is lost (a dead actor's parcels fail at once anyway).
-        timeout = 0.0 if key in self.keys.dead else self.stall
         try:
-            reply = ray.get(ref, timeout=timeout)
+            report = ray.get(ref, timeout=timeout)
         except GetTimeoutError as e:
             e.__traceback__ = None  # Ray keeps the instance: it must not pin our frames
-            self._lose(key, n, f"no reply in {timeout:g}s: entry treated as dead")
-            self.keys.dead.add(key)
+            if key not in self.keys.dead:
+                self._failed(key, f"no answer in {timeout:g}s: entry treated as dead")
+                self.keys.dead.add(key)
             return
         except RayError as e:
             # Ray caches the exception of a ref; raised, it carries a traceback whose
             # frames (and their callers': the program, its CPU table segment) it would
             # keep alive in this pooled worker after the task.
             e.__traceback__ = None
-            self._lose(key, n, f"{type(e).__name__}: {_first_line(e)}")
+            self._failed(key, f"{type(e).__name__}: {_first_line(e)}")
             if isinstance(e, ActorDiedError):
                 self.keys.dead.add(key)
             return
-        books.add(key, "delivered", reply.delivered)
-        books.add(key, "handler_drop", reply.handler_drop)
-        books.add(key, "handler_error", reply.handler_error)
-        books.add(key, "build_failed", reply.build_failed)
-        books.pids.setdefault(key, set()).add(reply.pid)
+        self.links[key].record(report)
 
-    def _lose(self, key: int, n: int, why: str) -> None:
-        self.books.add(key, "lost", n)
+    def _failed(self, key: int, why: str) -> None:
         self.books.failures.append((key, why))
 
-    def drain(self) -> None:
-        """Settle every parcel still unanswered (each wait bounded by ``stall``)."""
-        for key in range(len(self.targets)):
-            while self.pending[key]:
-                self._settle_oldest(key)
+    def _derive(self) -> None:
+        """The per-entry outcomes from the totals: every frame offered is queue_full, an
+        outcome, or lost (``cpumap.cluster.actor`` argues why exactly once)."""
+        books = self.books
+        for key, link in enumerate(self.links):
+            known = link.known()
+            refused, outcomes = int(known[1]), known[2:]
+            offered = int(books.per_entry[key, ENTRY_COUNTERS.index("sent")])
+            for name, v in zip(REPORT_COUNTERS[2:], outcomes, strict=True):
+                books.add(key, name, int(v))
+            books.add(key, "queue_full", refused)
+            books.add(key, "sent", -refused)  # sent: what the entry took (or lost on the way)
+            books.add(key, "lost", offered - refused - int(outcomes.sum()))
+            if link.pids:
+                books.pids.setdefault(key, set()).update(link.pids)
 
 
 def _first_line(e: BaseException) -> str:
@@ -322,6 +403,20 @@ class SourceReport:
     failures: list[tuple[int, str]]
     error: str | None
     seconds: float
+    started: float = 0.0  # time.time() of its first poll (0: it read nothing)
+    ended: float = 0.0  # time.time() when its last frame had its outcome
+
+
+@dataclass(frozen=True)
+class Start:
+    """Which source this is in its run, and how the run's sources start together: ``run``
+    names the run, ``sources`` is how many there are; they wait for each other (at most
+    ``timeout`` s) at the first entry's :meth:`~cpumap.cluster.actor.EntryActor.gate`."""
+
+    source: int = 0
+    run: int = 0
+    sources: int = 1
+    timeout: float = 30.0
 
 
 def read_capture(
@@ -329,8 +424,10 @@ def read_capture(
     targets: list[Target],
     program: str | ProgramFactory,
     options: SourceOptions | None = None,
+    start: Start | None = None,
 ) -> SourceReport:
-    """Read ``path`` and send its frames to ``targets`` (the body of a source task).
+    """Read ``path`` and send its frames to ``targets`` (the body of a source task);
+    ``start.source`` is its number in the run, under which the entries count its frames.
 
     A capture that cannot be opened or is damaged stops the source with ``error`` set;
     everything read before the damage is accounted as usual."""
@@ -340,12 +437,15 @@ def read_capture(
     options = options or SourceOptions()
     keys = KeySpace(len(targets))
     books = Books(len(targets))
-    out = Outbox(targets, books, keys, lossless=options.lossless, stall=options.stall_timeout)
+    start = start or Start()
+    out = Outbox(targets, books, keys, options, start.source)
     error: str | None = None
     program_obj, table = build_program(program, keys)
     try:
-        error = _pump(path, program_obj, keys, out, books, options)
-        out.drain()
+        _start_line(targets, start)
+        error, started = _pump(path, program_obj, keys, out, books, options)
+        out.finish()
+        ended = time.time()
     finally:
         # The task's worker process outlives the task: the CPU table's shared segment must
         # not stay mapped in it.  The segment unmaps only once no view of it is alive.
@@ -364,7 +464,24 @@ def read_capture(
         failures=books.failures,
         error=error,
         seconds=time.perf_counter() - t0,
+        started=started,
+        ended=ended if started else 0.0,
     )
+
+
+def _start_line(targets: list[Target], start: Start) -> None:
+    """Wait for the run's other sources (module ``Start``); a gate that fails (its entry
+    died) or times out only means this source starts alone."""
+    if start.sources <= 1 or not targets:
+        return
+    import ray
+    from ray.exceptions import RayError
+
+    ref = targets[0].actor.gate.remote(start.run, start.sources, start.timeout)
+    try:
+        ray.get(ref, timeout=start.timeout + 10.0)
+    except RayError as e:
+        e.__traceback__ = None  # as in Outbox._take
 
 
 def _pump(
@@ -374,17 +491,20 @@ def _pump(
     out: Outbox,
     books: Books,
     options: SourceOptions,
-) -> str | None:
-    """Read, steer and send the whole file; the error that stopped it early, if any."""
+) -> tuple[str | None, float]:
+    """Read, steer and send the whole file; the error that stopped it early, if any, and
+    the ``time.time()`` of its first poll (0.0: none)."""
     block = FrameBlock.empty(options.poll_size, options.frame_size, options.headroom)
     runner = ProgramRunner(program, block, target=keys)
+    started = 0.0
     try:
         with open_capture(path, skip_bad=options.skip_bad) as reader:
             for batch in reader.batches(options.poll_size):
+                started = started or time.time()
                 _poll(batch, block, runner, out, books)
     except (CaptureError, OSError) as e:
-        return f"{type(e).__name__}: {e}"
-    return None
+        return f"{type(e).__name__}: {e}", started
+    return None, started
 
 
 def _poll(batch: Any, block: FrameBlock, runner: ProgramRunner, out: Outbox, books: Books) -> None:
