@@ -365,7 +365,7 @@ class XdpBatch:
         if inside and self._uniform_headroom:
             # Scattered frames (placed by AF_XDP, in the order workers released them) that
             # all start at the pool's headroom: one row gather, a copy as the general
-X
+            # path's, ~4.5x cheaper than a position per byte (test_context: both equal).
             h = pool.headroom + offset
             return pool.data[self.index, h : h + width]
         cols = np.arange(offset, offset + width, dtype=np.int64)
