@@ -74,9 +74,14 @@ def _frames(pair) -> list[bytes]:
     return [p.data for b in gen.batches(64) for p in b]
 
 
-def _thread_cpu() -> float:
+def _thread_cpu() -> tuple[float, float]:
+    """This thread's (user, system) CPU seconds."""
     r = resource.getrusage(resource.RUSAGE_THREAD)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime, r.ru_stime
+
+
+def _why(st) -> str:
+    return f"ring_full {st.rx_ring_full:,} no_chunk {st.rx_dropped:,}"
 
 
 def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bool) -> dict:
@@ -124,6 +129,7 @@ def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bo
             c1, t1 = _thread_cpu(), time.perf_counter()
             t.join()
             drops = src.drops
+            why = "" if kind == "tpacket" else _why(src.statistics())
             src.close()
             if kind == "tpacket":
                 link.close()
@@ -140,9 +146,11 @@ def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bo
         "rx_per_s": got / wall,
         "delivered_per_s": (s1.delivered - s0.delivered) / wall,
         "drops": int(drops),
+        "why": why,
         "polls": s1.polls - s0.polls,
-        "cpu_ns_per_frame": (c1 - c0) / max(got, 1) * 1e9,
-        "cpu_share": (c1 - c0) / wall,
+        "cpu_ns_per_frame": (c1[0] + c1[1] - c0[0] - c0[1]) / max(got, 1) * 1e9,
+        "sys_ns_per_frame": (c1[1] - c0[1]) / max(got, 1) * 1e9,
+        "cpu_share": (c1[0] + c1[1] - c0[0] - c0[1]) / wall,
     }
     if prof:
         st = pstats.Stats(prof, stream=sys.stderr)
@@ -160,7 +168,7 @@ def _spawn(kind: str, src: Path, args: argparse.Namespace) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if res.returncode:
-        raise SystemExit(f"{kind} arm failed:\n{res.stderr}")
+        raise SystemExit(f"{kind} arm failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     if args.profile:
         print(res.stderr, file=sys.stderr)
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -195,22 +203,26 @@ def main() -> None:
             print(
                 f"{a:9s} rx {r['rx_per_s'] / 1e6:6.3f} M/s  delivered "
                 f"{r['delivered_per_s'] / 1e6:6.3f} M/s  drops {r['drops']:>9,}  "
-                f"polls {r['polls']:>7,}  rx-thread {r['cpu_ns_per_frame']:6.0f} ns/frame "
-                f"({r['cpu_share']:.0%} of a CPU)"
+                f"polls {r['polls']:>7,}  rx-thread {r['cpu_ns_per_frame']:4.0f} ns/frame "
+                f"(sys {r['sys_ns_per_frame']:3.0f}) "
+                f"{r['cpu_share']:.0%} of a CPU {r['why']}"
             )
     if "tpacket" not in results:
         return
 
-    def median(a: str, key: str) -> float:
-        return float(np.median([r[key] for r in results[a]]))
+    def ratio(a: str, key: str) -> float:
+        """Median of arm ``a`` over the median of the TPACKET_V3 arm, same run."""
+        return float(np.median([r[key] for r in results[a]])) / float(
+            np.median([r[key] for r in results["tpacket"]])
+        )
 
     for a in arms:
         if a == "tpacket":
             continue
         print(
-            f"{a} / tpacket: rx {median(a, 'rx_per_s') / median('tpacket', 'rx_per_s'):.2f}x  "
-            f"delivered {median(a, 'delivered_per_s') / median('tpacket', 'delivered_per_s'):.2f}x"
-            f"  CPU/frame {median(a, 'cpu_ns_per_frame') / median('tpacket', 'cpu_ns_per_frame'):.2f}x"
+            f"{a} / tpacket: rx {ratio(a, 'rx_per_s'):.2f}x  "
+            f"delivered {ratio(a, 'delivered_per_s'):.2f}x  "
+            f"RX-thread CPU/frame {ratio(a, 'cpu_ns_per_frame'):.2f}x"
         )
 
 

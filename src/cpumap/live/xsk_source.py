@@ -61,9 +61,21 @@ where the driver offers it, copy otherwise, the fallback in :attr:`XskSource.not
 has no zero-copy).  Need-wakeup is on: a zero-copy driver that found its fill ring empty
 sleeps until kicked, and the refill kicks it (copy mode never asks).
 
-Waiting: a poll with nothing ready spins a few microseconds on the RX rings' producer
-indices (no syscall), then sleeps in ``poll(2)`` on every socket at once: under load the
-next frame usually arrives within the spin, and each wake-up saved is a few microseconds.
+Waiting: what a poll costs is mostly per call (~100 us here: reading the descriptors,
+the program, the flush, the commits), so the fewer polls the better, as long as no
+frame waits for long.  A poll with nothing ready sleeps in ``poll(2)`` on every socket at
+once -- after watching the RX rings' producer indices for ``_SPIN_S`` (no syscall) when
+the last poll was busy: under load the next frame usually comes within that, and a
+sleep and wake-up saved is ~15 us.  Under load -- the last poll placed a quarter of
+``poll_size`` or more -- a poll first waits, for ``_GATHER_S`` at most, until a whole
+poll's worth is in the rings, as NAPI's budget and a NIC's interrupt coalescing do:
+then one poll's fixed cost is spread over ``poll_size`` frames, not the few hundred that
+came since the last one.  What that adds to a frame's latency is bounded by
+``_GATHER_S`` (200 us), and it is added only when frames already come at least a
+quarter poll per poll: light traffic -- a last poll below that -- is placed at once.
+Both waits watch the rings with ``sched_yield`` between looks, not a pure spin: on a
+machine where the sender (a NIC's interrupt, a generator) shares the RX thread's CPU, a
+spin would keep it from sending the very frames awaited.
 
 Theory of operation: nothing outlives its owner
 -----------------------------------------------
@@ -107,11 +119,14 @@ from ..abi import LINKTYPE_ETHERNET
 from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
+from .if_xdp import XDP_PACKET_HEADROOM
 from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics, queue_counts
 from .xsk_rings import ConsumerRing
 
 MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
-_SPIN_S = 50e-6  # spin this long on the RX rings before sleeping in poll(2)
+_SPIN_S = 50e-6  # after a busy poll, watch the RX rings this long before poll(2)
+_GATHER_S = 200e-6  # under load, wait at most this long for a full poll to gather
+_BUSY_FRACTION = 4  # a poll that placed 1/4 of poll_size or more: under load
 _RETRY_S = 1e-3  # a refill that came up short is tried again after this long
 _BUDGET = 4  # batches a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
@@ -285,16 +300,22 @@ class XskSource(Closing):
         pool, n = self.pool, self.rx.poll_size
         self._shift = pool.frame_size.bit_length() - 1
         self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), 4)
-        self._up = np.arange(n, dtype=np.uint32)  # 0, 1, ...: a run of consecutive frames
         self._mask = pool.frame_size - 1
         _check_layout(pool.desc.dtype)
+        # Where a frame lands in its chunk when the UMEM has no headroom of its own (both
+        # modes), and so every frame's address in a batch of consecutive chunks.
+        self._headroom = XDP_PACKET_HEADROOM
+        self._all = np.arange(len(pool.desc), dtype=np.uint32)
+        self._addrs = (self._all.astype(np.uint64) << self._shift) + np.uint64(self._headroom)
         # Per socket, one poll's pool descriptors as u64 words, the constant words written
-        # once: ifindex | rx_queue << 32 (word 2), linktype, meta_len 0, hops 0 (word 3).
+        # once: ifindex | rx_queue << 32 (word 2); linktype, the default headroom,
+        # meta_len 0, hops 0 (word 3).
         self._records = []
+        word3 = LINKTYPE_ETHERNET | self._headroom << 16
         for s in self.sockets:
             rec = np.zeros((n, 4), dtype=np.uint64)
             rec[:, 2] = self.ifindex | s.queue << 32
-            rec[:, 3] = LINKTYPE_ETHERNET
+            rec[:, 3] = word3
             self._records.append((rec, rec.view(np.uint32), rec.view(np.uint16)))
         self._poller = select.poll()
         for s in self.sockets:
@@ -305,27 +326,36 @@ class XskSource(Closing):
     # -- receiving -----------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> int:
         """Place what the RX rings hold into the producer, waiting up to ``timeout``
-        seconds for a first frame (0: never sleeps); returns the frames placed."""
+        seconds for a first frame (0: never sleeps); returns the frames placed.
+
+        Under load (the last poll placed ``_BUSY_FRACTION`` of a poll or more) it first
+        lets a poll's worth gather, for at most ``_GATHER_S``: see "Waiting" in the
+        module's docstring."""
         self._check_open()
+        if self._busy:
+            self._wait_ready(self.rx.poll_size, _GATHER_S)
         got = self._take_all()
         if not got and timeout > 0:
-            if (self._busy and self._spin()) or self._poller.poll(max(1, round(timeout * 1000))):
+            spun = self._busy and self._wait_ready(1, _SPIN_S)
+            if spun or self._poller.poll(max(1, round(timeout * 1000))):
                 got = self._take_all()
-        self._busy = got > 0
+        self._busy = got * _BUSY_FRACTION >= self.rx.poll_size
         return got
 
-    def _spin(self) -> bool:
-        """Watch the RX rings' producer indices for ``_SPIN_S`` (no syscall).  Only after
-        a poll that found frames: under load the next frame usually comes within the spin
-        and a sleep and wake-up (~15 us) is saved; when traffic has stopped the spin would
-        only burn the CPU the sender may need."""
-        end = time.perf_counter() + _SPIN_S
+    def _wait_ready(self, count: int, seconds: float) -> bool:
+        """Until the RX rings hold ``count`` descriptors or ``seconds`` pass: watch their
+        producer indices (no wait in the kernel), yielding the CPU between looks
+        (``sched_yield``: returns at once when nothing else is runnable here, and lets the
+        sender run when it shares this CPU -- a pure spin would keep it from sending the
+        very frames we wait for).  Whether they hold ``count``."""
+        end = time.perf_counter() + seconds
         rings = self._rings
-        while time.perf_counter() < end:
-            for r in rings:
-                if r.available():
-                    return True
-        return False
+        while True:
+            if sum(r.available() for r in rings) >= count:
+                return True
+            if time.perf_counter() >= end:
+                return False
+            os.sched_yield()
 
     def _take_all(self) -> int:
         """Up to ``_BUDGET`` batches from each socket's RX ring, then its refill: a poll
@@ -365,34 +395,42 @@ class XskSource(Closing):
         this call: one left in a traceback would pin the ring's mapping, and with it the
         socket, after close.
 
-        Cost is per numpy call (~2 us each here, whatever the batch), so the descriptors
+        Cost is per numpy call (2-3 us each here, whatever the batch), so the descriptors
         are read as machine words, never field by field: an ``xdp_desc`` is u32 words
         (addr lo, addr hi, len, options) and a pool descriptor u64 words (length |
         wire_len << 32, ts_ns, ifindex | rx_queue << 32, linktype | headroom << 16 |
-        meta_len << 32 | hops << 48; ``_check_layout``): four ufunc calls fill a poll's
-        records, whose constant words were written once, and one store places them."""
+        meta_len << 32 | hops << 48; ``_check_layout``), whose constant words are written
+        once per socket.  The usual batch -- consecutive chunks, each frame at the default
+        offset -- is recognised by one byte comparison of the addresses with the expected
+        ones; then its indices are a slice of a ready ``arange``, and two column stores
+        (the lengths, the timestamp) and one row store write its descriptors."""
         desc = ring.peek(want)
         n = len(desc)
         if n == 0:
             return _NO_FRAMES, False
-        halves = desc.view(np.uint32).reshape(n, 4)
-        idx = np.empty(n, dtype=np.uint32)
-        np.right_shift(desc.view(np.uint64).reshape(n, 2)[:, 0], self._shift, out=idx)
+        addrs = desc.view(np.uint64).reshape(n, 2)[:, 0]
+        lens = desc.view(np.uint32).reshape(n, 4)[:, 2]
         rec, rec32, rec16 = self._records[i]
-        rec32[:n, 0:2] = halves[:, 2:3]  # length and wire_len: the descriptor's len
+        rec32[:n, 0] = lens  # length
+        rec32[:n, 1] = lens  # wire_len
         rec[:n, 1] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
-        np.bitwise_and(halves[:, 0], self._mask, out=rec16[:n, 13], casting="unsafe")
-        del desc, halves
+        first = int(addrs[0]) >> self._shift
+        run = addrs.tobytes() == self._addrs[first : first + n].tobytes()
+        if run:  # headroom: the default, already in the records
+            idx = self._all[first : first + n].copy()
+        else:  # anywhere, at any offset: scattered
+            idx = np.empty(n, dtype=np.uint32)
+            np.right_shift(addrs, self._shift, out=idx)
+            heads = rec16[:n, 13]
+            np.bitwise_and(addrs, self._mask, out=heads, casting="unsafe")
+        del desc, addrs, lens
         ring.release(n)  # before poll_placed: a descriptor read twice would count twice
         self._lent[i] -= n
-        first = int(idx[0])
-        run = int(idx[-1]) - first == n - 1 and (
-            n < 3 or np.array_equal(idx, self._up[:n] + np.uint32(first))
-        )
         if run:
-            self._desc_words[first : first + n] = rec[:n]  # the usual case: one memcpy
+            self._desc_words[first : first + n] = rec[:n]  # one memcpy
         else:
             self._desc_words[idx] = rec[:n]
+            heads[:] = self._headroom  # the records' default again
         return idx, run
 
     def _refill(self, i: int) -> None:
