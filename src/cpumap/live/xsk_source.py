@@ -316,7 +316,7 @@ class XskSource(Closing):
             rec = np.zeros((n, 4), dtype=np.uint64)
             rec[:, 2] = self.ifindex | s.queue << 32
             rec[:, 3] = word3
-            self._records.append((rec, rec.view(np.uint32), rec.view(np.uint16)))
+            self._records.append((rec, rec.view(np.uint32)))
         self._poller = select.poll()
         for s in self.sockets:
             self._poller.register(s.fileno(), select.POLLIN)
@@ -410,7 +410,7 @@ class XskSource(Closing):
             return _NO_FRAMES, False
         addrs = desc.view(np.uint64).reshape(n, 2)[:, 0]
         lens = desc.view(np.uint32).reshape(n, 4)[:, 2]
-        rec, rec32, rec16 = self._records[i]
+        rec, rec32 = self._records[i]
         rec32[:n, 0] = lens  # length
         rec32[:n, 1] = lens  # wire_len
         rec[:n, 1] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
@@ -418,19 +418,20 @@ class XskSource(Closing):
         run = addrs.tobytes() == self._addrs[first : first + n].tobytes()
         if run:  # headroom: the default, already in the records
             idx = self._all[first : first + n].copy()
-        else:  # anywhere, at any offset: scattered
+            words = rec[:n]
+        else:  # anywhere, at any offset: scattered (a copy: the records keep the default)
             idx = np.empty(n, dtype=np.uint32)
             np.right_shift(addrs, self._shift, out=idx)
-            heads = rec16[:n, 13]
+            words = rec[:n].copy()
+            heads = words.view(np.uint16)[:, 13]
             np.bitwise_and(addrs, self._mask, out=heads, casting="unsafe")
         del desc, addrs, lens
         ring.release(n)  # before poll_placed: a descriptor read twice would count twice
         self._lent[i] -= n
         if run:
-            self._desc_words[first : first + n] = rec[:n]  # one memcpy
+            self._desc_words[first : first + n] = words  # one memcpy
         else:
-            self._desc_words[idx] = rec[:n]
-            heads[:] = self._headroom  # the records' default again
+            self._desc_words[idx] = words
         return idx, run
 
     def _refill(self, i: int) -> None:
