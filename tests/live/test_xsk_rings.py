@@ -116,6 +116,19 @@ def test_release_and_submit_count_what_was_handed_out(ring: Pair) -> None:
     assert ring.prod.free() == ENTRIES
 
 
+def test_cancel_hands_the_newest_peeked_entries_out_again(ring: Pair) -> None:
+    ring.prod.produce(np.array([1, 2, 3, 4, 5], dtype=np.uint64))
+    assert ring.cons.peek(4).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="peeked"):
+        ring.cons.cancel(5)
+    ring.cons.cancel(2)  # 3 and 4: not released, not lost
+    ring.cons.release(2)
+    assert ring.prod.free() == ENTRIES - 3
+    assert ring.cons.peek(8).tolist() == [3, 4, 5]
+    ring.cons.release()
+    assert ring.prod.free() == ENTRIES
+
+
 def test_the_indices_run_free_and_wrap_at_2_32(ring: Pair) -> None:
     start = int(ring.words[WORD["producer"]])
     for _ in range(3):

@@ -306,6 +306,9 @@ class Descriptors:
         self.at += len(view)
         return view
 
+    def cancel(self, n: int) -> None:
+        self.at -= n
+
     def release(self, n: int) -> None:
         pass
 
@@ -331,9 +334,9 @@ def test_descriptors_written_as_words_are_the_fields_the_kernel_gave(veth: VethP
                 desc["addr"] = frames.astype(np.uint64) * fs + heads.astype(np.uint64)
                 desc["len"] = 60 + np.arange(len(frames)) * 3
                 pool.desc[frames] = np.zeros(1, dtype=pool.desc.dtype)  # nothing left over
-                idx, consecutive = src._read(0, Descriptors(desc), 64)
+                idx, consecutive, cut = src._read(0, Descriptors(desc), 64)
                 assert idx.dtype == np.uint32 and idx.tolist() == frames.tolist()
-                assert consecutive == fast
+                assert consecutive == fast and not cut
                 d = pool.desc[frames]
                 assert (d["length"] == desc["len"]).all() and (d["wire_len"] == desc["len"]).all()
                 assert (d["headroom"] == heads).all()
@@ -341,6 +344,41 @@ def test_descriptors_written_as_words_are_the_fields_the_kernel_gave(veth: VethP
                 assert (d["linktype"] == LINKTYPE_ETHERNET).all()
                 assert (d["meta_len"] == 0).all() and (d["hops"] == 0).all()
                 assert (d["ts_ns"] > 0).all()
+        finally:
+            src.close()
+    assert m.pool.audit().whole
+
+
+def test_a_batch_across_two_runs_is_cut_where_the_first_ends(veth: VethPair) -> None:
+    """Consecutive chunks, then another block's: the first run is one batch (the rest
+    stays in the ring), the second the next; a short first run makes the batch
+    scattered, whole; a wrapped ring's second part is taken only as the run's sequel."""
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu, poll_size=64) as rx:
+        fs = m.pool.frame_size
+        src = open_source(veth, rx)
+        try:
+
+            def ring(*frames: np.ndarray) -> Descriptors:
+                f = np.concatenate(frames)
+                desc = np.zeros(len(f), dtype=XDP_DESC)
+                desc["addr"] = f.astype(np.uint64) * fs + XDP_PACKET_HEADROOM
+                desc["len"] = 60
+                return Descriptors(desc)
+
+            two = ring(np.arange(100, 140), np.arange(500, 520))
+            idx, run, cut = src._read(0, two, 64)
+            assert idx.tolist() == list(range(100, 140)) and run and cut
+            idx, run, cut = src._read(0, two, 64)
+            assert idx.tolist() == list(range(500, 520)) and run and not cut
+            short = ring(np.arange(100, 110), np.arange(500, 520))
+            idx, run, cut = src._read(0, short, 64)
+            assert len(idx) == 30 and not run and not cut
+            assert m.pool.desc["length"][idx].tolist() == [60] * 30
+            sequel = ring(np.arange(200, 210))
+            idx, run, cut = src._read(0, sequel, 64, after=300)  # not the sequel: left
+            assert len(idx) == 0 and sequel.at == 0
+            idx, run, cut = src._read(0, sequel, 64, after=200)
+            assert idx.tolist() == list(range(200, 210)) and run
         finally:
             src.close()
     assert m.pool.audit().whole

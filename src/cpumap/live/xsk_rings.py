@@ -262,6 +262,16 @@ class ConsumerRing(Ring):
         self._peeked += count
         return self._readonly[start : start + count]
 
+    def cancel(self, n: int) -> None:
+        """Un-peek the newest ``n`` peeked entries: the next :meth:`peek` hands them out
+        again (libxdp's ``xsk_ring_cons__cancel``).  Nothing is stored -- the consumer
+        index is not moved, so the kernel cannot have reused those slots, and what they
+        hold is still there to be read."""
+        self._check_open()
+        if not 0 <= n <= self._peeked:
+            raise ValueError(f"cannot cancel {n} entries: {self._peeked} are peeked")
+        self._peeked -= n
+
     def release(self, n: int | None = None) -> None:
         """Give the oldest ``n`` peeked slots (all when ``None``) back to the kernel (D)."""
         self._check_open()

@@ -127,6 +127,7 @@ MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
 _SPIN_S = 50e-6  # after a busy poll, watch the RX rings this long before poll(2)
 _GATHER_S = 200e-6  # under load, wait at most this long for a full poll to gather
 _BUSY_FRACTION = 4  # a poll that placed 1/4 of poll_size or more: under load
+_MIN_RUN = 32  # a run shorter than this at a batch's start: the whole batch, scattered
 _RETRY_S = 1e-3  # a refill that came up short is tried again after this long
 _BUDGET = 4  # batches a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
@@ -364,36 +365,42 @@ class XskSource(Closing):
         got = 0
         for i, ring in enumerate(self._rings):
             for _ in range(_BUDGET):
-                n = self._take(i, ring)
+                n, cut = self._take(i, ring)
                 got += n
-                if n < self.rx.poll_size:
+                if n < self.rx.poll_size and not cut:
                     break
             if self._target[i] - self._lent[i] >= self._step:
                 self._refill(i)
         return got
 
-    def _take(self, i: int, ring: ConsumerRing) -> int:
-        """One batch of socket ``i``'s RX ring into the producer; its size."""
+    def _take(self, i: int, ring: ConsumerRing) -> tuple[int, bool]:
+        """One batch of socket ``i``'s RX ring into the producer; its size, and whether
+        it was cut short at the end of a run of consecutive frames (more are ready)."""
         want = self.rx.poll_size
-        idx, run = self._read(i, ring, want)
-        if 0 < len(idx) < want and ring.available():  # the ring wrapped: the rest too
-            more, more_run = self._read(i, ring, want - len(idx))
+        idx, run, cut = self._read(i, ring, want)
+        if 0 < len(idx) < want and not cut and ring.available():  # the ring wrapped
+            after = int(idx[-1]) + 1 if run else None  # a run goes on only as one
+            more, _, cut = self._read(i, ring, want - len(idx), after=after)
             if len(more):
-                run = run and more_run and int(more[0]) == int(idx[-1]) + 1
                 idx = np.concatenate([idx, more])
         n = len(idx)
         if n:
             self._received += n
             self._polls += 1
             self.rx.poll_placed(idx, consecutive=run)
-        return n
+        return n, cut
 
-    def _read(self, i: int, ring: ConsumerRing, want: int) -> tuple[np.ndarray, bool]:
+    def _read(
+        self, i: int, ring: ConsumerRing, want: int, after: int | None = None
+    ) -> tuple[np.ndarray, bool, bool]:
         """Up to ``want`` of socket ``i``'s RX descriptors (one contiguous view of the
         ring): their frames' pool descriptors written, the descriptors released; the
-        frames' indices, and whether they are consecutive.  The ring's views live only in
-        this call: one left in a traceback would pin the ring's mapping, and with it the
-        socket, after close.
+        frames' indices, whether they are consecutive, and whether the batch was cut
+        short to keep it so.  ``after``: the batch continues one that ended at frame
+        ``after - 1`` (the ring wrapped), and is taken only if it goes on from there as a
+        run (else left for the next poll).  The ring's views live only in this call: one
+        left in a traceback would pin the ring's mapping, and with it the socket, after
+        close.
 
         Cost is per numpy call (2-3 us each here, whatever the batch), so the descriptors
         are read as machine words, never field by field: an ``xdp_desc`` is u32 words
@@ -403,19 +410,41 @@ class XskSource(Closing):
         once per socket.  The usual batch -- consecutive chunks, each frame at the default
         offset -- is recognised by one byte comparison of the addresses with the expected
         ones; then its indices are a slice of a ready ``arange``, and two column stores
-        (the lengths, the timestamp) and one row store write its descriptors."""
+        (the lengths, the timestamp) and one row store write its descriptors; and the
+        producer runs the batch over views, not copies (``poll_placed(consecutive=)``).
+
+        Runs end where the fill ring's lending moved to another block of the partition
+        (the kernel takes chunks in fill order): a batch across such a break is cut
+        there (:meth:`ConsumerRing.cancel` leaves the rest in the ring for the next
+        batch), which keeps batches on block boundaries from then on.  A batch whose run
+        is shorter than ``_MIN_RUN`` (chunks reordered: the kernel reuses a chunk it could
+        not deliver) is taken whole, scattered."""
         desc = ring.peek(want)
         n = len(desc)
         if n == 0:
-            return _NO_FRAMES, False
+            return _NO_FRAMES, False, False
         addrs = desc.view(np.uint64).reshape(n, 2)[:, 0]
+        first = int(addrs[0]) >> self._shift
+        expect = self._addrs[first : first + n]
+        run = addrs.tobytes() == expect.tobytes()
+        cut = False
+        if not run:
+            k = _run_length(addrs, expect)
+            if after is not None and (first != after or k == 0):
+                ring.cancel(n)
+                return _NO_FRAMES, False, False
+            if k >= _MIN_RUN or after is not None:
+                ring.cancel(n - k)
+                n, run, cut = k, True, True
+                desc, addrs = desc[:n], addrs[:n]
+        elif after is not None and first != after:
+            ring.cancel(n)
+            return _NO_FRAMES, False, False
         lens = desc.view(np.uint32).reshape(n, 4)[:, 2]
         rec, rec32 = self._records[i]
         rec32[:n, 0] = lens  # length
         rec32[:n, 1] = lens  # wire_len
         rec[:n, 1] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
-        first = int(addrs[0]) >> self._shift
-        run = addrs.tobytes() == self._addrs[first : first + n].tobytes()
         if run:  # headroom: the default, already in the records
             idx = self._all[first : first + n].copy()
             words = rec[:n]
@@ -432,7 +461,7 @@ class XskSource(Closing):
             self._desc_words[first : first + n] = words  # one memcpy
         else:
             self._desc_words[idx] = words
-        return idx, run
+        return idx, run, cut
 
     def _refill(self, i: int) -> None:
         """Lend socket ``i`` what it is owed and submit it to its fill ring.
@@ -505,7 +534,7 @@ class XskSource(Closing):
             self.rx.return_lent()
 
     def _take_all_final(self) -> int:
-        return sum(self._take(i, ring) for i, ring in enumerate(self._rings))
+        return sum(self._take(i, ring)[0] for i, ring in enumerate(self._rings))
 
     def close(self) -> None:
         """:meth:`stop` if not done yet.  Idempotent."""
@@ -551,6 +580,17 @@ class XskSource(Closing):
         state = "closed" if self._stopped else "open"
         how = "zero-copy" if getattr(self, "zero_copy", False) else "copy"
         return f"<XskSource {getattr(self, 'ifname', '?')} queues={self.queues} {how} {state}>"
+
+
+def _run_length(addrs: np.ndarray, expect: np.ndarray) -> int:
+    """How many of ``addrs`` match ``expect`` from the start (``expect`` may be shorter:
+    the end of the pool)."""
+    m = len(expect)
+    if m == 0:
+        return 0
+    differ = addrs[:m] != expect
+    k = int(differ.argmax())
+    return k if differ[k] else m
 
 
 def _check_layout(dtype: np.dtype) -> None:
