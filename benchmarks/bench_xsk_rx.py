@@ -84,7 +84,9 @@ def _why(st) -> str:
     return f"ring_full {st.rx_ring_full:,} no_chunk {st.rx_dropped:,}"
 
 
-def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bool) -> dict:
+def run_arm(
+    kind: str, seconds: float, rate: float | None, cpu: int, per_call: int, profile: bool
+) -> dict:
     """One arm, in this process: the figures as a dict."""
     from cpumap import CpuMap
     from cpumap.kernel.trafficgen import GenOptions, TrafficGen
@@ -108,7 +110,7 @@ def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bo
                     src = LiveSource(pair.local.ifname)
                 else:
                     src = XskSource(rx, pair.local.ifname)
-            opts = GenOptions(duration_s=seconds, rate=rate, cpu=cpu)
+            opts = GenOptions(duration_s=seconds, rate=rate, cpu=cpu, frames_per_call=per_call)
             t = threading.Thread(target=lambda: box.append(gen.run(opts, stop)))
             prof = cProfile.Profile() if profile else None
             s0 = m.stats()
@@ -160,7 +162,7 @@ def run_arm(kind: str, seconds: float, rate: float | None, cpu: int, profile: bo
 
 def _spawn(kind: str, src: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--arm", kind, "--seconds", str(args.seconds)]
-    cmd += ["--cpu", str(args.cpu)]
+    cmd += ["--cpu", str(args.cpu), "--per-call", str(args.per_call)]
     if args.rate:
         cmd += ["--rate", str(args.rate)]
     if args.profile:
@@ -179,6 +181,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rate", type=float, default=None, help="frames/s offered (default: flat out)")
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument(
+        "--per-call",
+        type=int,
+        default=1 << 20,
+        help="frames per live test run (each call also costs ~24 ms: small calls offer "
+        "a lighter load, in bursts of this many)",
+    )
     p.add_argument("--cpu", type=int, default=0, help="the generator's and RX thread's CPU")
     p.add_argument("--base-src", type=Path, default=None, help="src of the code before")
     p.add_argument("--arms", default="tpacket,xsk-base,xsk")
@@ -187,11 +196,12 @@ def main() -> None:
     args = p.parse_args()
     if args.arm:
         kind = "xsk" if args.arm.startswith("xsk") else args.arm
-        out = run_arm(kind, args.seconds, args.rate, args.cpu, args.profile)
+        out = run_arm(kind, args.seconds, args.rate, args.cpu, args.per_call, args.profile)
         print(json.dumps(out))
         return
     arms = [a for a in args.arms.split(",") if a != "xsk-base" or args.base_src]
     load = f"{args.rate:,.0f} frames/s" if args.rate else "flat out"
+    load += f", {args.per_call:,} frames per generator call"
     print(f"offered: {load}, {args.seconds:g} s per arm; load average {os.getloadavg()[0]:.1f}")
     results: dict[str, list[dict]] = {a: [] for a in arms}
     for _ in range(args.repeat):
