@@ -211,7 +211,8 @@ def main() -> None:
     for a in arms:
         for r in results[a]:
             print(
-                f"{a:9s} rx {r['rx_per_s'] / 1e6:6.3f} M/s  delivered "
+                f"{a:9s} sent {r['sent'] / r['wall_s'] / 1e6:6.3f} M/s  "
+                f"rx {r['rx_per_s'] / 1e6:6.3f} M/s  delivered "
                 f"{r['delivered_per_s'] / 1e6:6.3f} M/s  drops {r['drops']:>9,}  "
                 f"polls {r['polls']:>7,}  rx-thread {r['cpu_ns_per_frame']:4.0f} ns/frame "
                 f"(sys {r['sys_ns_per_frame']:3.0f}) "

@@ -43,11 +43,13 @@ the source closes and returns it -- never a frame in two places.
 Then the fill rings are refilled: each socket is owed the frames it received; once a
 block's worth is owed, ``rx.lend`` reclaims released frames and they go back into the
 fill ring -- the kernel's ``xdp_return_frame`` (a refill that comes up short, every
-frame still in flight in the engine, waits a millisecond before the next try: a try
-scans the partition's tags).  The kernel's own counters say what it could not deliver:
-``rx_ring_full`` (we fell behind), ``rx_dropped`` (no chunk: every frame in flight in the
-engine, or the fill ring empty); their sum is :attr:`XskSource.drops`, the source's drops
-(as ``tp_drops`` is the TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
+frame still in flight in the engine, is tried again by the next poll: one scan of the
+partition's tags per poll at most, and no wait while the fill ring runs dry -- a 1 ms
+wait here cost 3-9 % of a flood as ``rx_dropped``, bench_xsk_rx).  The kernel's own
+counters say what it could not deliver: ``rx_ring_full`` (we fell behind),
+``rx_dropped`` (no chunk: every frame in flight in the engine, or the fill ring empty);
+their sum is :attr:`XskSource.drops`, the source's drops (as ``tp_drops`` is the
+TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
 too, but not added: in copy mode each such frame is already in ``rx_dropped``.
 
 So, over a source's life: frames the program redirected to the sockets == frames placed
@@ -73,6 +75,8 @@ then one poll's fixed cost is spread over ``poll_size`` frames, not the few hund
 came since the last one.  What that adds to a frame's latency is bounded by
 ``_GATHER_S`` (200 us), and it is added only when frames already come at least a
 quarter poll per poll: light traffic -- a last poll below that -- is placed at once.
+Nor does it wait when a fill ring holds less than two polls' worth of chunks: frames
+would be dropped for want of one (``rx_dropped``) while it waits.
 Both waits watch the rings with ``sched_yield`` between looks, not a pure spin: on a
 machine where the sender (a NIC's interrupt, a generator) shares the RX thread's CPU, a
 spin would keep it from sending the very frames awaited.
@@ -127,8 +131,8 @@ MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
 _SPIN_S = 50e-6  # after a busy poll, watch the RX rings this long before poll(2)
 _GATHER_S = 200e-6  # under load, wait at most this long for a full poll to gather
 _BUSY_FRACTION = 4  # a poll that placed 1/4 of poll_size or more: under load
+_GATHER_FILL = 2  # gather only while every fill ring holds 2 polls' worth of chunks
 _MIN_RUN = 32  # a run shorter than this at a batch's start: the whole batch, scattered
-_RETRY_S = 1e-3  # a refill that came up short is tried again after this long
 _BUDGET = 4  # batches a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
 _MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
@@ -293,7 +297,6 @@ class XskSource(Closing):
         self._lent = [0] * n
         # Refill once this many are owed: a block may be back by then (a reclaim scan).
         self._step = max(1, min(rx.lend_block, share // 4))
-        self._retry_at = [0.0] * n  # after a refill that came up short: not before this
         for i in range(n):
             self._refill(i)
 
@@ -333,7 +336,7 @@ class XskSource(Closing):
         lets a poll's worth gather, for at most ``_GATHER_S``: see "Waiting" in the
         module's docstring."""
         self._check_open()
-        if self._busy:
+        if self._busy and self._fill_lowest() >= _GATHER_FILL * self.rx.poll_size:
             self._wait_ready(self.rx.poll_size, _GATHER_S)
         got = self._take_all()
         if not got and timeout > 0:
@@ -342,6 +345,11 @@ class XskSource(Closing):
                 got = self._take_all()
         self._busy = got * _BUSY_FRACTION >= self.rx.poll_size
         return got
+
+    def _fill_lowest(self) -> int:
+        """Chunks in the fill ring that has fewest (one acquire load each): what the
+        kernel can still fill while we wait."""
+        return min(s.fill.entries - s.fill.free() for s in self.sockets)
 
     def _wait_ready(self, count: int, seconds: float) -> bool:
         """Until the RX rings hold ``count`` descriptors or ``seconds`` pass: watch their
@@ -466,17 +474,15 @@ class XskSource(Closing):
     def _refill(self, i: int) -> None:
         """Lend socket ``i`` what it is owed and submit it to its fill ring.
 
-        A refill that comes up short (the frames are still in flight in the engine) is
-        not tried again for ``_RETRY_S``: each try is a scan of the partition's tags, and
-        under load a poll comes every ~100 us while a block comes back every few.  The
-        fill ring keeps the rest of the partition meanwhile."""
+        One call per poll at most (``_take_all``): a refill that comes up short (the
+        frames are still in flight in the engine) is tried again by the next poll, and a
+        try costs one scan of the partition's tags -- a cost per poll, like the rest.
+        The addresses are computed in one call, straight from the indices, and go in with
+        one ``produce`` (one release store)."""
         want = self._target[i] - self._lent[i]
-        now = time.monotonic()
-        if want <= 0 or now < self._retry_at[i]:
+        if want <= 0:
             return
         idx = self.rx.lend(want)
-        if len(idx) < want:
-            self._retry_at[i] = now + _RETRY_S
         if not len(idx):
             return
         s = self.sockets[i]
