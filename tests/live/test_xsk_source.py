@@ -294,17 +294,17 @@ def test_close_detaches_the_program_and_closes_the_sockets(veth: VethPair) -> No
 
 class Descriptors:
     """An RX ring stand-in (what :meth:`XskSource._read` uses of a ``ConsumerRing``)
-    holding the descriptors given: read-only views, as the ring's are."""
+    holding the descriptors given: read-only word views, as the ring's are."""
 
     def __init__(self, desc: np.ndarray) -> None:
         self.desc = desc
         self.desc.flags.writeable = False
         self.at = 0
 
-    def peek(self, n: int) -> np.ndarray:
+    def peek_words(self, n: int) -> np.ndarray:
         view = self.desc[self.at : self.at + n]
         self.at += len(view)
-        return view
+        return view.view(np.uint32).reshape(len(view), 4)
 
     def cancel(self, n: int) -> None:
         self.at -= n

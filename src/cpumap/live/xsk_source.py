@@ -427,11 +427,11 @@ class XskSource(Closing):
         batch), which keeps batches on block boundaries from then on.  A batch whose run
         is shorter than ``_MIN_RUN`` (chunks reordered: the kernel reuses a chunk it could
         not deliver) is taken whole, scattered."""
-        desc = ring.peek(want)
+        desc = ring.peek_words(want)
         n = len(desc)
         if n == 0:
             return _NO_FRAMES, False, False
-        addrs = desc.view(np.uint64).reshape(n, 2)[:, 0]
+        addrs = desc.view(np.uint64)[:, 0]  # a plain array's view: no field checks
         first = int(addrs[0]) >> self._shift
         expect = self._addrs[first : first + n]
         run = addrs.tobytes() == expect.tobytes()
@@ -448,7 +448,7 @@ class XskSource(Closing):
         elif after is not None and first != after:
             ring.cancel(n)
             return _NO_FRAMES, False, False
-        lens = desc.view(np.uint32).reshape(n, 4)[:, 2]
+        lens = desc[:, 2]
         rec, rec32 = self._records[i]
         rec32[:n, 0] = lens  # length
         rec32[:n, 1] = lens  # wire_len
