@@ -28,11 +28,13 @@ state table and the argument)::
     rx.lend -> KERNEL -> fill ring -> the kernel -> RX ring -> rx.poll_placed -> RX -> ...
                                                      workers release -> RETURNED -> rx.lend
 
-Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors,
-their chunk addresses turned into frame indices (``addr // frame_size``) and headrooms
-(``addr % frame_size``), the descriptors written (length, wire_len, ts_ns, ifindex,
-rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
-``poll_placed``.  The release comes *before* ``poll_placed``: once ``poll_placed`` has
+Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors
+(as u32 words), their chunk addresses turned into frame indices (``addr // frame_size``)
+and headrooms (``addr % frame_size``) -- for the usual run of consecutive chunks by one
+comparison with the expected addresses (a batch across two runs is cut where the first
+ends, the rest left in the ring) -- the descriptors written (length, wire_len, ts_ns,
+ifindex, rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
+``poll_placed`` (told whether the frames are consecutive).  The release comes *before* ``poll_placed``: once ``poll_placed`` has
 begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
 descriptor still in the ring at that point would be read again by the next poll -- the
 same frame placed twice.  The price of that order: an exception raised in the few
