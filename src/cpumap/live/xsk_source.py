@@ -34,8 +34,8 @@ and headrooms (``addr % frame_size``) -- for the usual run of consecutive chunks
 comparison with the expected addresses (a batch across two runs is cut where the first
 ends, the rest left in the ring) -- the descriptors written (length, wire_len, ts_ns,
 ifindex, rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
-``poll_placed`` (told whether the frames are consecutive).  The release comes *before* ``poll_placed``: once ``poll_placed`` has
-begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
+``poll_placed`` (told whether the frames are consecutive).  The release comes *before*
+``poll_placed``: once ``poll_placed`` has begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
 descriptor still in the ring at that point would be read again by the next poll -- the
 same frame placed twice.  The price of that order: an exception raised in the few
 bytecodes between the release and ``poll_placed``'s first store (a second Ctrl-C: the
