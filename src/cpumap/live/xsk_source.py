@@ -35,12 +35,13 @@ comparison with the expected addresses (a batch across two runs is cut where the
 ends, the rest left in the ring) -- the descriptors written (length, wire_len, ts_ns,
 ifindex, rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
 ``poll_placed`` (told whether the frames are consecutive).  The release comes *before*
-``poll_placed``: once ``poll_placed`` has begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
-descriptor still in the ring at that point would be read again by the next poll -- the
-same frame placed twice.  The price of that order: an exception raised in the few
-bytecodes between the release and ``poll_placed``'s first store (a second Ctrl-C: the
-CLI's first one only sets an event) leaves that batch lent and counted by nobody until
-the source closes and returns it -- never a frame in two places.
+``poll_placed``: once ``poll_placed`` has begun the frames are counted in ``rx`` (or
+``xdp_aborted`` if it is interrupted); a descriptor still in the ring at that point
+would be read again by the next poll -- the same frame placed twice.  The price of that
+order: an exception raised in the few bytecodes between the release and
+``poll_placed``'s first store (a second Ctrl-C: the CLI's first one only sets an event)
+leaves that batch lent and counted by nobody until the source closes and returns it --
+never a frame in two places.
 
 Then the fill rings are refilled: each socket is owed the frames it received; once a
 block's worth is owed, ``rx.lend`` reclaims released frames and they go back into the
