@@ -85,7 +85,13 @@ def _why(st) -> str:
 
 
 def run_arm(
-    kind: str, seconds: float, rate: float | None, cpu: int, per_call: int, profile: bool
+    kind: str,
+    seconds: float,
+    rate: float | None,
+    cpu: int,
+    per_call: int,
+    qsize: int,
+    profile: bool,
 ) -> dict:
     """One arm, in this process: the figures as a dict."""
     from cpumap import CpuMap
@@ -98,8 +104,9 @@ def run_arm(
     os.sched_setaffinity(0, {cpu})
     stop = threading.Event()
     box: list = []
-    with VethPair() as pair, CpuMap(worker + 1, frames=16384) as m:
-        m.update(worker, 2048)
+    # Room for a full fill ring (16384) besides what the worker ring holds.
+    with VethPair() as pair, CpuMap(worker + 1, frames=16384 + 2 * qsize) as m:
+        m.update(worker, qsize)
         with m.producer(_program(worker)) as rx:
             with pair.in_peer():
                 gen = TrafficGen(pair.peer.ifname, _frames(pair))
@@ -149,6 +156,7 @@ def run_arm(
         "delivered_per_s": (s1.delivered - s0.delivered) / wall,
         "drops": int(drops),
         "why": why,
+        "outcomes": {k: v for k, v in s1.outcomes().items() if v},
         "polls": s1.polls - s0.polls,
         "cpu_ns_per_frame": (c1[0] + c1[1] - c0[0] - c0[1]) / max(got, 1) * 1e9,
         "sys_ns_per_frame": (c1[1] - c0[1]) / max(got, 1) * 1e9,
@@ -162,7 +170,7 @@ def run_arm(
 
 def _spawn(kind: str, src: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--arm", kind, "--seconds", str(args.seconds)]
-    cmd += ["--cpu", str(args.cpu), "--per-call", str(args.per_call)]
+    cmd += ["--cpu", str(args.cpu), "--per-call", str(args.per_call), "--qsize", str(args.qsize)]
     if args.rate:
         cmd += ["--rate", str(args.rate)]
     if args.profile:
@@ -188,6 +196,7 @@ def main() -> None:
         help="frames per live test run (each call also costs ~24 ms: small calls offer "
         "a lighter load, in bursts of this many)",
     )
+    p.add_argument("--qsize", type=int, default=2048, help="the worker's ring")
     p.add_argument("--cpu", type=int, default=0, help="the generator's and RX thread's CPU")
     p.add_argument("--base-src", type=Path, default=None, help="src of the code before")
     p.add_argument("--arms", default="tpacket,xsk-base,xsk")
@@ -196,12 +205,14 @@ def main() -> None:
     args = p.parse_args()
     if args.arm:
         kind = "xsk" if args.arm.startswith("xsk") else args.arm
-        out = run_arm(kind, args.seconds, args.rate, args.cpu, args.per_call, args.profile)
+        out = run_arm(
+            kind, args.seconds, args.rate, args.cpu, args.per_call, args.qsize, args.profile
+        )
         print(json.dumps(out))
         return
     arms = [a for a in args.arms.split(",") if a != "xsk-base" or args.base_src]
     load = f"{args.rate:,.0f} frames/s" if args.rate else "flat out"
-    load += f", {args.per_call:,} frames per generator call"
+    load += f", {args.per_call:,} frames per generator call, worker ring {args.qsize}"
     print(f"offered: {load}, {args.seconds:g} s per arm; load average {os.getloadavg()[0]:.1f}")
     results: dict[str, list[dict]] = {a: [] for a in arms}
     for _ in range(args.repeat):
