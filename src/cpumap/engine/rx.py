@@ -77,6 +77,8 @@ _VERDICT_COUNTER = (
 )
 # Committed at the OPEN commit of a poll; the rest of the poll's words at its CLOSED one.
 _OPEN_WORDS = (_P.RX, _P.POLLS, _P.NO_FRAME)
+# The rest, committed at the CLOSED commit (one list: it runs every poll).
+_CLOSED_WORDS = tuple(w for w in range(PRODUCER_WORDS) if w not in _OPEN_WORDS)
 # A poll's outcomes: an aborted poll replaces them by counting what it still holds.
 _OUTCOME_WORDS = (
     _P.XDP_ABORTED,
@@ -379,8 +381,8 @@ class RxProducer(Closing):
         """Every outcome of the poll, with one store (phase CLOSED); then the frames that
         have one are released."""
         local, c = self._local, self._counts
-        for w in range(PRODUCER_WORDS):
-            if local[w] and w not in _OPEN_WORDS:
+        for w in _CLOSED_WORDS:
+            if local[w]:
                 c[w] += local[w]
         c[_P.PHASE] = PHASE_CLOSED
         self._record.publish(c)
