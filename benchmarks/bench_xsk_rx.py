@@ -23,6 +23,10 @@ received.  Ratios are against the ``tpacket`` arm of the same run.
     .venv/bin/python benchmarks/bench_xsk_rx.py [--seconds S] [--rate R] [--repeat N]
         [--base-src DIR] [--profile]
 
+``--base-src``: a checkout of the code before, e.g. ``git worktree add --detach /tmp/base
+COMMIT`` with the built extensions copied in (``cp src/cpumap/*.so /tmp/base/src/cpumap/``),
+then ``--base-src /tmp/base/src``; remove it after (``git worktree remove /tmp/base``).
+
 Needs root.  The machine is shared and noisy: arms alternate per repeat; trust the ratios
 more than the figures.
 """
