@@ -160,3 +160,45 @@ def test_a_producer_process_killed_with_frames_lent_gives_them_all_back() -> Non
         s = balanced(m)
         assert s.rx == 32 and s.xdp_drop == 32 and s.lost == 0
     assert m.pool.audit().whole
+
+
+class Lengths:
+    """A handler that reports each frame's first byte and length, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def __call__(self, skb) -> bool:
+        data = bytes(skb.data)
+        self.seen.append((data[0], len(data)))
+        return True
+
+    def finish(self) -> list[tuple[int, int]]:
+        return self.seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("consecutive", [None, True, False])
+def test_a_lender_that_says_whether_frames_are_consecutive_gets_the_same_delivery(
+    consecutive: bool | None,
+) -> None:
+    """``consecutive`` only saves the check: a run said to be one (or not, or unknown)
+    and a reversed run (said not to be, or unknown) reach the handler the same."""
+    with CpuMap(CPU + 1, handler=Lengths(), frames=256) as m:
+        m.update(CPU, 256)
+        with m.producer(to_cpu, poll_size=32) as rx:
+            lent = rx.lend(64)
+            rows = np.zeros((64, 128), dtype=np.uint8)
+            rows[:, 0] = np.arange(64)
+            for i in range(64):
+                place(m.pool, lent[i : i + 1], rows[i : i + 1, : 40 + i])
+            rx.poll_placed(lent[:32], consecutive=consecutive)
+            back = lent[32:][::-1].copy()
+            rx.poll_placed(back, consecutive=None if consecutive is None else False)
+            s = balanced(m)
+            assert s.rx == 64 and s.delivered == 64
+            rx.return_lent()
+    got = [x for r in m.results for x in (r.result or [])]
+    want = [(i, 40 + i) for i in range(32)] + [(i, 40 + i) for i in range(63, 31, -1)]
+    assert got == want
+    assert m.pool.audit().whole

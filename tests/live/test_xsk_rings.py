@@ -116,6 +116,36 @@ def test_release_and_submit_count_what_was_handed_out(ring: Pair) -> None:
     assert ring.prod.free() == ENTRIES
 
 
+def test_cancel_hands_the_newest_peeked_entries_out_again(ring: Pair) -> None:
+    ring.prod.produce(np.array([1, 2, 3, 4, 5], dtype=np.uint64))
+    assert ring.cons.peek(4).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="peeked"):
+        ring.cons.cancel(5)
+    ring.cons.cancel(2)  # 3 and 4: not released, not lost
+    ring.cons.release(2)
+    assert ring.prod.free() == ENTRIES - 3
+    assert ring.cons.peek(8).tolist() == [3, 4, 5]
+    ring.cons.release()
+    assert ring.prod.free() == ENTRIES
+
+
+def test_descriptor_words_are_the_records_as_u32s() -> None:
+    pair = Pair(XDP_DESC)
+    try:
+        rec = np.zeros(3, dtype=XDP_DESC)
+        rec["addr"] = [1 << 33 | 5, 2048, 4096]
+        rec["len"] = [60, 61, 62]
+        pair.prod.produce(rec)
+        words = pair.cons.peek_words(8)
+        assert not words.flags.writeable
+        assert words.tolist() == [[5, 2, 60, 0], [2048, 0, 61, 0], [4096, 0, 62, 0]]
+        del words
+        pair.cons.cancel(3)
+        assert pair.cons.peek(8).tolist() == rec.tolist()  # the same entries
+    finally:
+        pair.close()
+
+
 def test_the_indices_run_free_and_wrap_at_2_32(ring: Pair) -> None:
     start = int(ring.words[WORD["producer"]])
     for _ in range(3):

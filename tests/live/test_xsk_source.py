@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from cpumap import CpuMap
-from cpumap.abi import XDP_REDIRECT
+from cpumap.abi import LINKTYPE_ETHERNET, XDP_REDIRECT
 from cpumap.cpus import usable_cpus
 from cpumap.engine.frame_pool import TAG_HAND
 from cpumap.engine.rx import RxProducer
@@ -41,7 +41,9 @@ from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
 from cpumap.kernel.xdp import XdpError, XdpMode, link_state
 from cpumap.live import Umem, XskError, XskMode, XskSource
+from cpumap.live.if_xdp import XDP_PACKET_HEADROOM
 from cpumap.live.netns import VethPair, entered, ip, unique_netns_name
+from cpumap.live.xsk_rings import XDP_DESC
 from cpumap.programs import vectorized
 from tests.helpers import pid_gone, veth_unavailable, wait_for
 
@@ -287,6 +289,98 @@ def test_close_detaches_the_program_and_closes_the_sockets(veth: VethPair) -> No
         assert not xdp_attached(veth) and xdp_sockets(veth) == 0
         src.close()  # idempotent
         assert m.pool.audit().kernel == 0
+    assert m.pool.audit().whole
+
+
+class Descriptors:
+    """An RX ring stand-in (what :meth:`XskSource._read` uses of a ``ConsumerRing``)
+    holding the descriptors given: read-only word views, as the ring's are."""
+
+    def __init__(self, desc: np.ndarray) -> None:
+        self.desc = desc
+        self.desc.flags.writeable = False
+        self.at = 0
+
+    def peek_words(self, n: int) -> np.ndarray:
+        view = self.desc[self.at : self.at + n]
+        self.at += len(view)
+        return view.view(np.uint32).reshape(len(view), 4)
+
+    def cancel(self, n: int) -> None:
+        self.at -= n
+
+    def release(self, n: int) -> None:
+        pass
+
+
+def test_descriptors_written_as_words_are_the_fields_the_kernel_gave(veth: VethPair) -> None:
+    """The source writes pool descriptors as machine words: each field must be what a
+    field-by-field write gives -- consecutive chunks at the default offset (the fast
+    path), scattered chunks, other offsets, and the default again after them."""
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu, poll_size=64) as rx:
+        pool, fs = m.pool, m.pool.frame_size
+        src = open_source(veth, rx)
+        try:
+            run = np.arange(100, 164)
+            scattered = np.array([7, 3, 900, 9, 10, 11, 500])
+            cases = [
+                (run, np.full(64, XDP_PACKET_HEADROOM), True),
+                (scattered, np.full(7, XDP_PACKET_HEADROOM), False),
+                (run, XDP_PACKET_HEADROOM + 8 * np.arange(64), False),
+                (run + 1, np.full(64, XDP_PACKET_HEADROOM), True),
+            ]
+            for frames, heads, fast in cases:
+                desc = np.zeros(len(frames), dtype=XDP_DESC)
+                desc["addr"] = frames.astype(np.uint64) * fs + heads.astype(np.uint64)
+                desc["len"] = 60 + np.arange(len(frames)) * 3
+                pool.desc[frames] = np.zeros(1, dtype=pool.desc.dtype)  # nothing left over
+                idx, consecutive, cut = src._read(0, Descriptors(desc), 64)
+                assert idx.dtype == np.uint32 and idx.tolist() == frames.tolist()
+                assert consecutive == fast and not cut
+                d = pool.desc[frames]
+                assert (d["length"] == desc["len"]).all() and (d["wire_len"] == desc["len"]).all()
+                assert (d["headroom"] == heads).all()
+                assert (d["ifindex"] == src.ifindex).all() and (d["rx_queue"] == 0).all()
+                assert (d["linktype"] == LINKTYPE_ETHERNET).all()
+                assert (d["meta_len"] == 0).all() and (d["hops"] == 0).all()
+                assert (d["ts_ns"] > 0).all()
+        finally:
+            src.close()
+    assert m.pool.audit().whole
+
+
+def test_a_batch_across_two_runs_is_cut_where_the_first_ends(veth: VethPair) -> None:
+    """Consecutive chunks, then another block's: the first run is one batch (the rest
+    stays in the ring), the second the next; a short first run makes the batch
+    scattered, whole; a wrapped ring's second part is taken only as the run's sequel."""
+    with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu, poll_size=64) as rx:
+        fs = m.pool.frame_size
+        src = open_source(veth, rx)
+        try:
+
+            def ring(*frames: np.ndarray) -> Descriptors:
+                f = np.concatenate(frames)
+                desc = np.zeros(len(f), dtype=XDP_DESC)
+                desc["addr"] = f.astype(np.uint64) * fs + XDP_PACKET_HEADROOM
+                desc["len"] = 60
+                return Descriptors(desc)
+
+            two = ring(np.arange(100, 140), np.arange(500, 520))
+            idx, run, cut = src._read(0, two, 64)
+            assert idx.tolist() == list(range(100, 140)) and run and cut
+            idx, run, cut = src._read(0, two, 64)
+            assert idx.tolist() == list(range(500, 520)) and run and not cut
+            short = ring(np.arange(100, 110), np.arange(500, 520))
+            idx, run, cut = src._read(0, short, 64)
+            assert len(idx) == 30 and not run and not cut
+            assert m.pool.desc["length"][idx].tolist() == [60] * 30
+            sequel = ring(np.arange(200, 210))
+            idx, run, cut = src._read(0, sequel, 64, after=300)  # not the sequel: left
+            assert len(idx) == 0 and sequel.at == 0
+            idx, run, cut = src._read(0, sequel, 64, after=200)
+            assert idx.tolist() == list(range(200, 210)) and run
+        finally:
+            src.close()
     assert m.pool.audit().whole
 
 

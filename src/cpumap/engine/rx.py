@@ -78,6 +78,8 @@ _VERDICT_COUNTER = (
 )
 # Committed at the OPEN commit of a poll; the rest of the poll's words at its CLOSED one.
 _OPEN_WORDS = (_P.RX, _P.POLLS, _P.NO_FRAME)
+# The rest, committed at the CLOSED commit (one list: it runs every poll).
+_CLOSED_WORDS = tuple(w for w in range(PRODUCER_WORDS) if w not in _OPEN_WORDS)
 # A poll's outcomes: an aborted poll replaces them by counting what it still holds.
 _OUTCOME_WORDS = (
     _P.XDP_ABORTED,
@@ -330,22 +332,32 @@ class RxProducer(Closing):
             return np.zeros(0, dtype=np.uint32)
         return self.allocator.alloc_some(n, TAG_KERNEL, reclaim=reclaim)
 
-    def poll_placed(self, idx: np.ndarray) -> None:
+    def poll_placed(self, idx: np.ndarray, *, consecutive: bool | None = None) -> None:
         """One NAPI poll over frames ``idx`` that a source placed itself: lent frames
         (:meth:`lend`) whose bytes and descriptors are written.  Nothing is copied: the
         frames move KERNEL -> RX and then follow the poll's commit protocol exactly as
         :meth:`poll`'s (``rx`` counted at the OPEN commit, outcomes at the CLOSED one,
-        an interruption counted ``xdp_aborted`` by :meth:`_abort_poll`)."""
+        an interruption counted ``xdp_aborted`` by :meth:`_abort_poll`).
+
+        ``consecutive``: whether ``idx`` is ``idx[0], idx[0] + 1, ...``, when the caller
+        has already checked (an AF_XDP source does, to write the descriptors in one
+        store); None: checked here.  A wrong True would run the program over the wrong
+        frames: pass what you computed, never a guess."""
         self._check_usable()
         n = len(idx)
         if n == 0:
             return
         idx = np.asarray(idx, dtype=np.uint32)
+        if consecutive is None:
+            start = _consecutive_start(idx)
+        else:
+            start = int(idx[0]) if consecutive else None
         self._local = [0] * PRODUCER_WORDS
         try:
-            self.pool.tag[idx] = TAG_RX  # ours now: the lender read them off its RX ring
+            # Ours now: the lender read them off its RX ring (a slice store when it can).
+            self.pool.tag[idx if start is None else slice(start, start + n)] = TAG_RX
             self._commit_open(n, n)
-            self._steer(idx, _consecutive_start(idx))
+            self._steer(idx, start)
             self._commit_closed()
         except BaseException:
             self._abort_poll()
@@ -387,8 +399,8 @@ class RxProducer(Closing):
         """Every outcome of the poll, with one store (phase CLOSED); then the frames that
         have one are released."""
         local, c = self._local, self._counts
-        for w in range(PRODUCER_WORDS):
-            if local[w] and w not in _OPEN_WORDS:
+        for w in _CLOSED_WORDS:
+            if local[w]:
                 c[w] += local[w]
         c[_P.PHASE] = PHASE_CLOSED
         self._record.publish(c)

@@ -120,6 +120,12 @@ class Ring:
         """The descriptor array itself, for reading only (use the batch calls to move)."""
         self._readonly = self.desc.view()  # peeked slices inherit it: made once, not per call
         self._readonly.flags.writeable = False
+        # The same entries as u32 words, one row an entry (peek_words): made once, as a
+        # structured array's view() runs a Python-level safety check on every call.
+        self._words = np.frombuffer(
+            self._map, dtype=np.uint32, count=entries * dtype.itemsize // 4, offset=offsets.desc
+        ).reshape(entries, dtype.itemsize // 4)
+        self._words.flags.writeable = False
         self._closed = False
 
     def _check_open(self) -> None:
@@ -132,6 +138,7 @@ class Ring:
             return
         self._closed = True
         self.desc = self._readonly = np.empty(0, dtype=self.desc.dtype)
+        self._words = np.empty((0, self._words.shape[1]), dtype=np.uint32)
         with contextlib.suppress(BufferError):  # a caller's view pins it: unmapped with that
             self._map.close()
 
@@ -253,6 +260,16 @@ class ConsumerRing(Ring):
         Shorter than ``n`` when fewer are ready or they wrap past the end of the array
         (peek again for the rest).  Valid until :meth:`release` gives them back.
         """
+        start, count = self._peek_slots(n)
+        return self._readonly[start : start + count]
+
+    def peek_words(self, n: int) -> np.ndarray:
+        """:meth:`peek` as u32 words, one row an entry (an ``xdp_desc`` is addr lo, addr
+        hi, len, options): a read-only view, valid until :meth:`release`."""
+        start, count = self._peek_slots(n)
+        return self._words[start : start + count]
+
+    def _peek_slots(self, n: int) -> tuple[int, int]:
         self._check_open()
         ready = (self._cached_producer - self._tail - self._peeked) & _U32
         if ready < n:
@@ -260,7 +277,17 @@ class ConsumerRing(Ring):
         start = (self._tail + self._peeked) & self._mask
         count = max(0, min(n, ready, self.entries - start))
         self._peeked += count
-        return self._readonly[start : start + count]
+        return start, count
+
+    def cancel(self, n: int) -> None:
+        """Un-peek the newest ``n`` peeked entries: the next :meth:`peek` hands them out
+        again (libxdp's ``xsk_ring_cons__cancel``).  Nothing is stored -- the consumer
+        index is not moved, so the kernel cannot have reused those slots, and what they
+        hold is still there to be read."""
+        self._check_open()
+        if not 0 <= n <= self._peeked:
+            raise ValueError(f"cannot cancel {n} entries: {self._peeked} are peeked")
+        self._peeked -= n
 
     def release(self, n: int | None = None) -> None:
         """Give the oldest ``n`` peeked slots (all when ``None``) back to the kernel (D)."""

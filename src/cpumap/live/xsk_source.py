@@ -28,26 +28,31 @@ state table and the argument)::
     rx.lend -> KERNEL -> fill ring -> the kernel -> RX ring -> rx.poll_placed -> RX -> ...
                                                      workers release -> RETURNED -> rx.lend
 
-Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors,
-their chunk addresses turned into frame indices (``addr // frame_size``) and headrooms
-(``addr % frame_size``), the descriptors written (length, wire_len, ts_ns, ifindex,
-rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
-``poll_placed``.  The release comes *before* ``poll_placed``: once ``poll_placed`` has
-begun the frames are counted in ``rx`` (or ``xdp_aborted`` if it is interrupted); a
-descriptor still in the ring at that point would be read again by the next poll -- the
-same frame placed twice.  The price of that order: an exception raised in the few
-bytecodes between the release and ``poll_placed``'s first store (a second Ctrl-C: the
-CLI's first one only sets an event) leaves that batch lent and counted by nobody until
-the source closes and returns it -- never a frame in two places.
+Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors
+(as u32 words), their chunk addresses turned into frame indices (``addr // frame_size``)
+and headrooms (``addr % frame_size``) -- for the usual run of consecutive chunks by one
+comparison with the expected addresses (a batch across two runs is cut where the first
+ends, the rest left in the ring) -- the descriptors written (length, wire_len, ts_ns,
+ifindex, rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
+``poll_placed`` (told whether the frames are consecutive).  The release comes *before*
+``poll_placed``: once ``poll_placed`` has begun the frames are counted in ``rx`` (or
+``xdp_aborted`` if it is interrupted); a descriptor still in the ring at that point
+would be read again by the next poll -- the same frame placed twice.  The price of that
+order: an exception raised in the few bytecodes between the release and
+``poll_placed``'s first store (a second Ctrl-C: the CLI's first one only sets an event)
+leaves that batch lent and counted by nobody until the source closes and returns it --
+never a frame in two places.
 
 Then the fill rings are refilled: each socket is owed the frames it received; once a
 block's worth is owed, ``rx.lend`` reclaims released frames and they go back into the
 fill ring -- the kernel's ``xdp_return_frame`` (a refill that comes up short, every
-frame still in flight in the engine, waits a millisecond before the next try: a try
-scans the partition's tags).  The kernel's own counters say what it could not deliver:
-``rx_ring_full`` (we fell behind), ``rx_dropped`` (no chunk: every frame in flight in the
-engine, or the fill ring empty); their sum is :attr:`XskSource.drops`, the source's drops
-(as ``tp_drops`` is the TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
+frame still in flight in the engine, is tried again by the next poll: one scan of the
+partition's tags per poll at most, and no wait while the fill ring runs dry -- a 1 ms
+wait here cost 3-9 % of a flood as ``rx_dropped``, bench_xsk_rx).  The kernel's own
+counters say what it could not deliver: ``rx_ring_full`` (we fell behind),
+``rx_dropped`` (no chunk: every frame in flight in the engine, or the fill ring empty);
+their sum is :attr:`XskSource.drops`, the source's drops (as ``tp_drops`` is the
+TPACKET_V3 source's).  ``rx_fill_ring_empty_descs`` is reported
 too, but not added: in copy mode each such frame is already in ``rx_dropped``.
 
 So, over a source's life: frames the program redirected to the sockets == frames placed
@@ -61,9 +66,23 @@ where the driver offers it, copy otherwise, the fallback in :attr:`XskSource.not
 has no zero-copy).  Need-wakeup is on: a zero-copy driver that found its fill ring empty
 sleeps until kicked, and the refill kicks it (copy mode never asks).
 
-Waiting: a poll with nothing ready spins a few microseconds on the RX rings' producer
-indices (no syscall), then sleeps in ``poll(2)`` on every socket at once: under load the
-next frame usually arrives within the spin, and each wake-up saved is a few microseconds.
+Waiting: what a poll costs is mostly per call (~100 us here: reading the descriptors,
+the program, the flush, the commits), so the fewer polls the better, as long as no
+frame waits for long.  A poll with nothing ready sleeps in ``poll(2)`` on every socket at
+once -- after watching the RX rings' producer indices for ``_SPIN_S`` (no syscall) when
+the last poll was busy: under load the next frame usually comes within that, and a
+sleep and wake-up saved is ~15 us.  Under load -- the last poll placed a quarter of
+``poll_size`` or more -- a poll first waits, for ``_GATHER_S`` at most, until a whole
+poll's worth is in the rings, as NAPI's budget and a NIC's interrupt coalescing do:
+then one poll's fixed cost is spread over ``poll_size`` frames, not the few hundred that
+came since the last one.  What that adds to a frame's latency is bounded by
+``_GATHER_S`` (200 us), and it is added only when frames already come at least a
+quarter poll per poll: light traffic -- a last poll below that -- is placed at once.
+Nor does it wait when a fill ring holds less than two polls' worth of chunks: frames
+would be dropped for want of one (``rx_dropped``) while it waits.
+Both waits watch the rings with ``sched_yield`` between looks, not a pure spin: on a
+machine where the sender (a NIC's interrupt, a generator) shares the RX thread's CPU, a
+spin would keep it from sending the very frames awaited.
 
 Theory of operation: nothing outlives its owner
 -----------------------------------------------
@@ -107,16 +126,21 @@ from ..abi import LINKTYPE_ETHERNET
 from ..closing import Closing
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
+from .if_xdp import XDP_PACKET_HEADROOM
 from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics, queue_counts
 from .xsk_rings import ConsumerRing
 
 MAX_RING_SIZE = 16384  # RX ring entries per socket, at most, by default
-_SPIN_S = 50e-6  # spin this long on the RX rings before sleeping in poll(2)
-_RETRY_S = 1e-3  # a refill that came up short is tried again after this long
+_SPIN_S = 50e-6  # after a busy poll, watch the RX rings this long before poll(2)
+_GATHER_S = 200e-6  # under load, wait at most this long for a full poll to gather
+_BUSY_FRACTION = 4  # a poll that placed 1/4 of poll_size or more: under load
+_GATHER_FILL = 2  # gather only while every fill ring holds 2 polls' worth of chunks
+_MIN_RUN = 32  # a run shorter than this at a batch's start: the whole batch, scattered
 _BUDGET = 4  # batches a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
 _MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
 
+_NO_FRAMES = np.zeros(0, dtype=np.uint32)
 _libc = ctypes.CDLL(None, use_errno=True)
 _open: weakref.WeakSet[XskSource] = weakref.WeakSet()
 
@@ -276,7 +300,6 @@ class XskSource(Closing):
         self._lent = [0] * n
         # Refill once this many are owed: a block may be back by then (a reclaim scan).
         self._step = max(1, min(rx.lend_block, share // 4))
-        self._retry_at = [0.0] * n  # after a refill that came up short: not before this
         for i in range(n):
             self._refill(i)
 
@@ -284,40 +307,67 @@ class XskSource(Closing):
         pool, n = self.pool, self.rx.poll_size
         self._shift = pool.frame_size.bit_length() - 1
         self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), 4)
-        self._up = np.arange(n, dtype=np.uint32)  # 0, 1, ...: a run of consecutive frames
-        self._mask = np.uint64(pool.frame_size - 1)
-        self._templates = []
+        self._mask = pool.frame_size - 1
+        _check_layout(pool.desc.dtype)
+        # Where a frame lands in its chunk when the UMEM has no headroom of its own (both
+        # modes), and so every frame's address in a batch of consecutive chunks.
+        self._headroom = XDP_PACKET_HEADROOM
+        self._all = np.arange(len(pool.desc), dtype=np.uint32)
+        self._addrs = (self._all.astype(np.uint64) << self._shift) + np.uint64(self._headroom)
+        # Per socket, one poll's pool descriptors as u64 words, the constant words written
+        # once: ifindex | rx_queue << 32 (word 2); linktype, the default headroom,
+        # meta_len 0, hops 0 (word 3).
+        self._records = []
+        word3 = LINKTYPE_ETHERNET | self._headroom << 16
         for s in self.sockets:
-            t = np.zeros(n, dtype=pool.desc.dtype)
-            t["ifindex"] = self.ifindex
-            t["rx_queue"] = s.queue
-            t["linktype"] = LINKTYPE_ETHERNET
-            self._templates.append(t)
+            rec = np.zeros((n, 4), dtype=np.uint64)
+            rec[:, 2] = self.ifindex | s.queue << 32
+            rec[:, 3] = word3
+            self._records.append((rec, rec.view(np.uint32)))
         self._poller = select.poll()
         for s in self.sockets:
             self._poller.register(s.fileno(), select.POLLIN)
         self._rings: list[ConsumerRing] = [s.rx for s in self.sockets if s.rx is not None]
+        self._busy = False  # the last poll placed frames: the next one spins before sleeping
 
     # -- receiving -----------------------------------------------------------------------------
     def poll(self, timeout: float = 0.0) -> int:
         """Place what the RX rings hold into the producer, waiting up to ``timeout``
-        seconds for a first frame (0: never sleeps); returns the frames placed."""
+        seconds for a first frame (0: never sleeps); returns the frames placed.
+
+        Under load (the last poll placed ``_BUSY_FRACTION`` of a poll or more) it first
+        lets a poll's worth gather, for at most ``_GATHER_S``: see "Waiting" in the
+        module's docstring."""
         self._check_open()
+        if self._busy and self._fill_lowest() >= _GATHER_FILL * self.rx.poll_size:
+            self._wait_ready(self.rx.poll_size, _GATHER_S)
         got = self._take_all()
-        if got or timeout <= 0:
-            return got
-        if self._spin() or self._poller.poll(max(1, round(timeout * 1000))):
-            got = self._take_all()
+        if not got and timeout > 0:
+            spun = self._busy and self._wait_ready(1, _SPIN_S)
+            if spun or self._poller.poll(max(1, round(timeout * 1000))):
+                got = self._take_all()
+        self._busy = got * _BUSY_FRACTION >= self.rx.poll_size
         return got
 
-    def _spin(self) -> bool:
-        end = time.perf_counter() + _SPIN_S
+    def _fill_lowest(self) -> int:
+        """Chunks in the fill ring that has fewest (one acquire load each): what the
+        kernel can still fill while we wait."""
+        return min(s.fill.entries - s.fill.free() for s in self.sockets)
+
+    def _wait_ready(self, count: int, seconds: float) -> bool:
+        """Until the RX rings hold ``count`` descriptors or ``seconds`` pass: watch their
+        producer indices (no wait in the kernel), yielding the CPU between looks
+        (``sched_yield``: returns at once when nothing else is runnable here, and lets the
+        sender run when it shares this CPU -- a pure spin would keep it from sending the
+        very frames we wait for).  Whether they hold ``count``."""
+        end = time.perf_counter() + seconds
         rings = self._rings
-        while time.perf_counter() < end:
-            for r in rings:
-                if r.available():
-                    return True
-        return False
+        while True:
+            if sum(r.available() for r in rings) >= count:
+                return True
+            if time.perf_counter() >= end:
+                return False
+            os.sched_yield()
 
     def _take_all(self) -> int:
         """Up to ``_BUDGET`` batches from each socket's RX ring, then its refill: a poll
@@ -326,73 +376,120 @@ class XskSource(Closing):
         got = 0
         for i, ring in enumerate(self._rings):
             for _ in range(_BUDGET):
-                n = self._take(i, ring)
+                n, cut = self._take(i, ring)
                 got += n
-                if n < self.rx.poll_size:
+                if n < self.rx.poll_size and not cut:
                     break
             if self._target[i] - self._lent[i] >= self._step:
                 self._refill(i)
         return got
 
-    def _take(self, i: int, ring: ConsumerRing) -> int:
-        """One batch of socket ``i``'s RX ring into the producer; its size."""
+    def _take(self, i: int, ring: ConsumerRing) -> tuple[int, bool]:
+        """One batch of socket ``i``'s RX ring into the producer; its size, and whether
+        it was cut short at the end of a run of consecutive frames (more are ready)."""
         want = self.rx.poll_size
-        idx = self._read(i, ring, want)
-        if 0 < len(idx) < want and ring.available():  # the ring wrapped: the rest too
-            idx = np.concatenate([idx, self._read(i, ring, want - len(idx))])
+        idx, run, cut = self._read(i, ring, want)
+        if 0 < len(idx) < want and not cut and ring.available():  # the ring wrapped
+            after = int(idx[-1]) + 1 if run else None  # a run goes on only as one
+            more, _, cut = self._read(i, ring, want - len(idx), after=after)
+            if len(more):
+                idx = np.concatenate([idx, more])
         n = len(idx)
         if n:
             self._received += n
             self._polls += 1
-            self.rx.poll_placed(idx)
-        return n
+            self.rx.poll_placed(idx, consecutive=run)
+        return n, cut
 
-    def _read(self, i: int, ring: ConsumerRing, want: int) -> np.ndarray:
+    def _read(
+        self, i: int, ring: ConsumerRing, want: int, after: int | None = None
+    ) -> tuple[np.ndarray, bool, bool]:
         """Up to ``want`` of socket ``i``'s RX descriptors (one contiguous view of the
         ring): their frames' pool descriptors written, the descriptors released; the
-        frames' indices.  The ring's views live only in this call: one left in a
-        traceback would pin the ring's mapping, and with it the socket, after close."""
-        desc = ring.peek(want)
+        frames' indices, whether they are consecutive, and whether the batch was cut
+        short to keep it so.  ``after``: the batch continues one that ended at frame
+        ``after - 1`` (the ring wrapped), and is taken only if it goes on from there as a
+        run (else left for the next poll).  The ring's views live only in this call: one
+        left in a traceback would pin the ring's mapping, and with it the socket, after
+        close.
+
+        Cost is per numpy call (2-3 us each here, whatever the batch), so the descriptors
+        are read as machine words, never field by field: an ``xdp_desc`` is u32 words
+        (addr lo, addr hi, len, options) and a pool descriptor u64 words (length |
+        wire_len << 32, ts_ns, ifindex | rx_queue << 32, linktype | headroom << 16 |
+        meta_len << 32 | hops << 48; ``_check_layout``), whose constant words are written
+        once per socket.  The usual batch -- consecutive chunks, each frame at the default
+        offset -- is recognised by one byte comparison of the addresses with the expected
+        ones; then its indices are a slice of a ready ``arange``, and two column stores
+        (the lengths, the timestamp) and one row store write its descriptors; and the
+        producer runs the batch over views, not copies (``poll_placed(consecutive=)``).
+
+        Runs end where the fill ring's lending moved to another block of the partition
+        (the kernel takes chunks in fill order): a batch across such a break is cut
+        there (:meth:`ConsumerRing.cancel` leaves the rest in the ring for the next
+        batch), which keeps batches on block boundaries from then on.  A batch whose run
+        is shorter than ``_MIN_RUN`` (chunks reordered: the kernel reuses a chunk it could
+        not deliver) is taken whole, scattered."""
+        desc = ring.peek_words(want)
         n = len(desc)
         if n == 0:
-            return np.zeros(0, dtype=np.uint32)
-        addr = desc["addr"]
-        idx = (addr >> np.uint64(self._shift)).astype(np.uint32)
-        rec = self._templates[i][:n]
-        rec["length"] = desc["len"]
-        rec["wire_len"] = desc["len"]
-        rec["headroom"] = addr & self._mask
-        rec["ts_ns"] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
+            return _NO_FRAMES, False, False
+        addrs = desc.view(np.uint64)[:, 0]  # a plain array's view: no field checks
+        first = int(addrs[0]) >> self._shift
+        expect = self._addrs[first : first + n]
+        run = addrs.tobytes() == expect.tobytes()
+        cut = False
+        if not run:
+            k = _run_length(addrs, expect)
+            if after is not None and (first != after or k == 0):
+                ring.cancel(n)
+                return _NO_FRAMES, False, False
+            if k >= _MIN_RUN or after is not None:
+                ring.cancel(n - k)
+                n, run, cut = k, True, True
+                desc, addrs = desc[:n], addrs[:n]
+        elif after is not None and first != after:
+            ring.cancel(n)
+            return _NO_FRAMES, False, False
+        lens = desc[:, 2]
+        rec, rec32 = self._records[i]
+        rec32[:n, 0] = lens  # length
+        rec32[:n, 1] = lens  # wire_len
+        rec[:n, 1] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
+        if run:  # headroom: the default, already in the records
+            idx = self._all[first : first + n].copy()
+            words = rec[:n]
+        else:  # anywhere, at any offset: scattered (a copy: the records keep the default)
+            idx = np.empty(n, dtype=np.uint32)
+            np.right_shift(addrs, self._shift, out=idx)
+            words = rec[:n].copy()
+            heads = words.view(np.uint16)[:, 13]
+            np.bitwise_and(addrs, self._mask, out=heads, casting="unsafe")
+        del desc, addrs, lens
         ring.release(n)  # before poll_placed: a descriptor read twice would count twice
         self._lent[i] -= n
-        # As u64 words: numpy copies structured records field by field (~9x slower).
-        words = rec.view(np.uint64).reshape(n, 4)
-        first = int(idx[0])
-        if int(idx[-1]) - first == n - 1 and np.array_equal(idx - np.uint32(first), self._up[:n]):
-            self._desc_words[first : first + n] = words  # the usual case: one memcpy
+        if run:
+            self._desc_words[first : first + n] = words  # one memcpy
         else:
             self._desc_words[idx] = words
-        return idx
+        return idx, run, cut
 
     def _refill(self, i: int) -> None:
         """Lend socket ``i`` what it is owed and submit it to its fill ring.
 
-        A refill that comes up short (the frames are still in flight in the engine) is
-        not tried again for ``_RETRY_S``: each try is a scan of the partition's tags, and
-        under load a poll comes every ~100 us while a block comes back every few.  The
-        fill ring keeps the rest of the partition meanwhile."""
+        One call per poll at most (``_take_all``): a refill that comes up short (the
+        frames are still in flight in the engine) is tried again by the next poll, and a
+        try costs one scan of the partition's tags -- a cost per poll, like the rest.
+        The addresses are computed in one call, straight from the indices, and go in with
+        one ``produce`` (one release store)."""
         want = self._target[i] - self._lent[i]
-        now = time.monotonic()
-        if want <= 0 or now < self._retry_at[i]:
+        if want <= 0:
             return
         idx = self.rx.lend(want)
-        if len(idx) < want:
-            self._retry_at[i] = now + _RETRY_S
         if not len(idx):
             return
         s = self.sockets[i]
-        addrs = idx.astype(np.uint64) << np.uint64(self._shift)
-        put = s.fill.produce(addrs)
+        put = s.fill.produce(np.left_shift(idx, self._shift, dtype=np.uint64))
         self._lent[i] += put
         if put < len(idx):  # cannot happen with the default fill size (xsk.py's argument)
             raise XskError(errno.ENOBUFS, f"fill ring of {s!r} took {put} of {len(idx)}")
@@ -446,7 +543,7 @@ class XskSource(Closing):
             self.rx.return_lent()
 
     def _take_all_final(self) -> int:
-        return sum(self._take(i, ring) for i, ring in enumerate(self._rings))
+        return sum(self._take(i, ring)[0] for i, ring in enumerate(self._rings))
 
     def close(self) -> None:
         """:meth:`stop` if not done yet.  Idempotent."""
@@ -492,6 +589,26 @@ class XskSource(Closing):
         state = "closed" if self._stopped else "open"
         how = "zero-copy" if getattr(self, "zero_copy", False) else "copy"
         return f"<XskSource {getattr(self, 'ifname', '?')} queues={self.queues} {how} {state}>"
+
+
+def _run_length(addrs: np.ndarray, expect: np.ndarray) -> int:
+    """How many of ``addrs`` match ``expect`` from the start (``expect`` may be shorter:
+    the end of the pool)."""
+    m = len(expect)
+    if m == 0:
+        return 0
+    differ = addrs[:m] != expect
+    k = int(differ.argmax())
+    return k if differ[k] else m
+
+
+def _check_layout(dtype: np.dtype) -> None:
+    """The pool descriptor's fields where :meth:`XskSource._read` writes them as words."""
+    want = {"length": 0, "wire_len": 4, "ts_ns": 8, "ifindex": 16, "rx_queue": 20}
+    want |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
+    got = {name: off for name, (_, off) in dtype.fields.items()}
+    if dtype.itemsize != 32 or got != want:
+        raise ValueError(f"pool descriptor layout {got} is not the one XskSource writes")
 
 
 def _ring_size(lendable: int) -> int:

@@ -202,6 +202,11 @@ def as_verdict(value: object) -> int:
     return v if 0 <= v < N_VERDICTS else XDP_ABORTED
 
 
+def _all_aborted(n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A whole batch ``XDP_ABORTED`` (built only when needed: two arrays a poll)."""
+    return np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32), [n, 0, 0, 0, 0]
+
+
 def normalize_verdicts(out: Any, n: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Turn a vectorized program's return value into (verdicts uint8[n], keys uint32[n],
     count of each verdict).  Invalid verdicts become ABORTED; a malformed return value
@@ -209,7 +214,6 @@ def normalize_verdicts(out: Any, n: int) -> tuple[np.ndarray, np.ndarray, list[i
 
     The fast path -- a uint8 verdict array and a uint32 key array -- costs one numpy call.
     """
-    aborted = (np.zeros(n, np.uint8), np.full(n, NO_KEY, np.uint32), [n, 0, 0, 0, 0])
     keys: Any = None
     if type(out) is tuple and len(out) == 2:
         out, keys = out
@@ -218,7 +222,7 @@ def normalize_verdicts(out: Any, n: int) -> tuple[np.ndarray, np.ndarray, list[i
         if v.shape == ():
             v = np.full(n, int(v), dtype=np.int64)
         if v.shape != (n,) or v.dtype.kind not in "iub":
-            return aborted
+            return _all_aborted(n)
         if v.dtype != np.uint8:
             ok = (v >= 0) & (v < N_VERDICTS)
             v = np.where(ok, v, XDP_ABORTED).astype(np.uint8)
@@ -236,8 +240,8 @@ def normalize_verdicts(out: Any, n: int) -> tuple[np.ndarray, np.ndarray, list[i
             if k.shape == ():
                 k = np.full(n, int(k), dtype=np.int64)
             if k.shape != (n,) or k.dtype.kind not in "iu":
-                return aborted
+                return _all_aborted(n)
             k = np.where(k < 0, NO_KEY, k).astype(np.uint32)
     except (TypeError, ValueError, OverflowError):
-        return aborted
+        return _all_aborted(n)
     return v, k, counts
