@@ -4,7 +4,8 @@ Every row gets 64-byte UDP frames from the kernel traffic generator
 (:class:`cpumap.kernel.TrafficGen`, live test runs of XDP_TX out of one end of a veth pair
 in fresh namespaces) at the same rate, and takes them end to end into a handler:
 ``cpumap run --iface B`` (TPACKET_V3), ``cpumap run --iface B --af-xdp`` (AF_XDP, where
-this checkout has it) and the kernel's own cpumap with a remote XDP_DROP (the anchor).
+this checkout has it) and ``cpumap run --iface B --kernel`` (our steering program in B's
+XDP hook, the kernel's own cpumap, a remote XDP_DROP on the worker's CPU).
 The measurement is the suite's (``suite.live``: the ``live`` rows of ``cpumap bench``);
 this script prints every figure of every round -- drops where they happen, CPU per frame
 by part -- and each row's ratio to the TPACKET_V3 row of the same round.
@@ -31,7 +32,7 @@ from suite import live
 ROWS: dict[str, Callable[[live.LiveOptions], dict[str, Any]]] = {
     "tpacket": live.tpacket_row,
     "af_xdp": live.af_xdp_row,
-    "kernel": live.kernel_row,
+    "kernel": live.kernel_row,  # cpumap run --kernel
 }
 COLUMNS = (
     ("fps", "delivered/s", 1e-6, "{:.3f} M"),

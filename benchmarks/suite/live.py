@@ -22,13 +22,15 @@ Rows:
 * ``live.af_xdp``: ``cpumap run --iface B --af-xdp -m native`` (the AF_XDP socket over the frame
   pool, the RX producer moving indices) -> worker -> ``count``.  Its own redirect
   program is B's XDP program.
-* ``live.kernel``: the kernel's own cpumap, the anchor: B's XDP program redirects each
-  frame into a ``BPF_MAP_TYPE_CPUMAP`` entry for the worker's CPU whose program counts it
-  and returns XDP_DROP (the remote drop of ``xdp-bench redirect-cpu -r drop``).
+* ``live.kernel``: ``cpumap run --iface B --kernel -p l4-hash -c WORKER --remote-action
+  drop -m native``: our steering program (the engine rows' default, compiled to eBPF) on
+  B's XDP hook redirects each frame into the kernel's own cpumap, one entry on the
+  worker's CPU whose second stage counts it and drops it (``xdp-bench redirect-cpu -r
+  drop``).  No frame comes to user space; the run reports the kernel's counters.
 
 Where things run (2 CPUs), cpumap's own layout: CPU 1 receives -- B's NAPI, made a
 kthread of its own (``/sys/class/net/B/threaded``) and pinned there, as a NIC queue's
-interrupt CPU, and our RX producer (``--rx-cpu 1``); for the anchor, B's XDP program
+interrupt CPU, and our RX producer (``--rx-cpu 1``); for ``--kernel``, our program in B's hook
 enqueueing into the cpumap -- and hands the frames to CPU 0: our worker (``--cpus 0``),
 or the kernel cpumap's entry kthread.  CPU 0 is also the wire: the generator's thread
 (a worker's ~0.25 µs a frame leaves it room for the 3 M/s asked; where it falls short
@@ -42,13 +44,15 @@ What each row reports (``extra``):
   ``tx_drops``: frames A could not put into B's ring (B's NAPI fell behind);
   ``source_drops``: frames B's hook passed on that the source's ring had no room for
   (``tp_drops`` for TPACKET_V3; the XSK's ``rx_dropped`` + ``rx_ring_full`` for AF_XDP,
-  as ``XskSource.drops`` counts them; for the kernel's cpumap its enqueue drops, by
-  difference: no counter of ours sees them); ``map_drops``: frames our RX producer found
-  no room for in the map's ring (``queue_full``); ``unaccounted``: ``sent - tx_drops -
-  rx - source_drops``, 0 when the books balance (for the kernel's row 0 by
-  construction); ``hook`` (TPACKET_V3): the frames B's XDP program passed, counted by it.
-* frames/s (the row's figure): frames delivered to the handler (kernel: counted by the
-  entry's program) per second of the generator's run.  ``cpu_fps``: 1 s over the CPU
+  as ``XskSource.drops`` counts them; none for ``--kernel``: the hook is its source);
+  ``map_drops``: frames our RX producer found no room for in the map's ring
+  (``queue_full``; ``--kernel``: the cpumap's enqueue drops, from its tracepoint);
+  ``unaccounted``: ``sent - tx_drops - rx - source_drops``, 0 when the books balance
+  (``--kernel``: ``rx`` is what the hook ran on); ``accounted``: the run's own identities
+  (``rx == sum(outcomes)``; ``--kernel`` also, per CPU, delivered + enqueue drops ==
+  redirected); ``hook`` (TPACKET_V3): the frames B's XDP program passed, counted by it.
+* frames/s (the row's figure): frames delivered to the handler (``--kernel``: counted by
+  the entry's second stage) per second of the generator's run.  ``cpu_fps``: 1 s over the CPU
   per frame below (RX kernel + RX user + worker), what one CPU would deliver doing
   nothing else -- less at the mercy of the scheduler and of the machine's other work.
   ``cpu_share``: the CPU-seconds the row's threads used per second of the window (with
@@ -59,9 +63,11 @@ What each row reports (``extra``):
   socket's ring, or the skb, the packet socket and the stack) per frame it handled
   (``rx + source_drops``: a frame the source had no room for cost it too, if less) + the
   kernel time of our RX thread (``poll``, wake-ups) per frame it read (``rx``);
-  ``rx_user_ns`` = our RX thread's user time per frame it read.  ``worker_ns``: every
-  process the run forked (the worker), per frame delivered; the kernel's row: the cpumap
-  kthread.  ``other_ns``: the run's other threads.  The generator's own CPU (the test
+  ``rx_user_ns`` = our RX thread's user time per frame it read (``--kernel``: none, the
+  hook steers in NAPI).  ``worker_ns``: every process the run forked (the worker), per
+  frame delivered; ``--kernel``: the cpumap kthread of the worker CPU's entry.
+  ``other_ns``: the run's other threads (``--kernel``: all of them; they only read
+  counters).  The generator's own CPU (the test
   runs, the transmit into B's ring) is the wire's and is not counted; NAPI being
   threaded, no receive work hides in the generator's softirq or in ksoftirqd.
 
@@ -86,23 +92,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
-from cpumap.abi import XDP_DROP
 from cpumap.closing import Closing
 from cpumap.generator import Generator
 from cpumap.kernel import (
     GenOptions,
     KernelArrayMap,
-    KernelCpuMap,
     TrafficGen,
     XdpMode,
     attach,
     bpf_unavailable_reason,
     counting_program,
     live_frames_unavailable_reason,
-    load_xdp,
-    redirect_program,
 )
-from cpumap.kernel.asm import count_program
+from cpumap.kernel.bpf import MapType
 from cpumap.live.netns import VethPair, sweep_stale
 
 WIRE_CPU: Final = 0  # the generator (the wire), and the worker or the kernel's entry
@@ -132,7 +134,7 @@ class LiveOptions:
     window_s: float = 3.0
     """Seconds it offers them for."""
     worker_cpu: int = WIRE_CPU
-    """The worker's CPU (the kernel's row: its entry's).  :data:`WIRE_CPU`, the default, is
+    """The worker's CPU (``--kernel``: the one CPU it steers to).  :data:`WIRE_CPU`, the default, is
     cpumap's layout -- the receiving CPU hands its frames to another -- with the wire on
     that other CPU.  :data:`RX_CPU` puts all the receiving on one CPU and leaves the wire
     alone on the other; our RX producer and worker then take turns on one CPU, and with
@@ -354,12 +356,12 @@ class CpumapRun(Closing):
     :meth:`close` always leaves no process behind.  Its stderr goes to a file, which no
     amount of it can fill (a pipe nobody reads would stop the run)."""
 
-    def __init__(self, pair: VethPair, worker_cpu: int, extra: list[str]) -> None:
+    def __init__(self, pair: VethPair, argv: list[str]) -> None:
+        self.kernel = "--kernel" in argv
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         cmd = ["ip", "netns", "exec", str(pair.local.netns)]  # exec: the same pid
         cmd += [sys.executable, "-m", "cpumap.cli", "run", "--iface", pair.local.ifname]
-        cmd += ["--cpus", str(worker_cpu), "--rx-cpu", str(RX_CPU), "--handler", "count"]
-        cmd += ["-q", str(QSIZE), "--json", "--interval", str(TICK_S), *extra]
+        cmd += ["-q", str(QSIZE), "--json", "--interval", str(TICK_S), *argv]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed by close()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         assert self.proc.stdout is not None  # Invariant: stdout=PIPE
@@ -391,16 +393,24 @@ class CpumapRun(Closing):
             if rec is None:
                 raise RuntimeError(f"cpumap run ended early: {self.stderr_tail()}")
             now = time.monotonic()
-            if rec["rx"] != rx or rec["in_flight"]:
+            # --kernel records have no in_flight: its ring drains in microseconds once the
+            # hook sees no new frame, and stop() settles the books before the summary.
+            if rec["rx"] != rx or rec.get("in_flight"):
                 rx, since = rec["rx"], now
             elif now - since >= QUIET_S:
                 return
         raise TimeoutError("cpumap run did not drain")
 
-    def watched(self) -> Watched:
+    def watched(self, worker_cpu: int) -> Watched:
         """Its threads by part: the main thread reads and steers (the RX side, pinned by
-        ``--rx-cpu``), every process it forked is a worker, its other threads the rest."""
+        ``--rx-cpu``), every process it forked is a worker, its other threads the rest.
+        With ``--kernel`` the hook steers (in B's NAPI thread) and the worker is the
+        kernel's cpumap kthread on ``worker_cpu``; the run's own threads only read
+        counters (``other``)."""
         pid = self.proc.pid
+        if self.kernel:
+            kthread = _cpumap_kthread(pid, worker_cpu)
+            return {"worker": [(kthread, kthread)], "other": threads_of(pid)}
         workers = [pt for child in process_tree(pid) for pt in threads_of(child)]
         others = [pt for pt in threads_of(pid) if pt[1] != pid]
         return {"rx": [(pid, pid)], "worker": workers, "other": others}
@@ -432,18 +442,33 @@ class CpumapRun(Closing):
         self._stderr.close()
 
 
-def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str, Any]:
+def engine_argv(worker_cpu: int, extra: list[str]) -> list[str]:
+    """``cpumap run``'s arguments for our engine: the worker on ``worker_cpu``, the RX
+    producer on :data:`RX_CPU`, the ``count`` handler."""
+    return ["--cpus", str(worker_cpu), "--rx-cpu", str(RX_CPU), "--handler", "count", *extra]
+
+
+def kernel_argv(worker_cpu: int) -> list[str]:
+    """``cpumap run --kernel``'s: the same CPU to steer to, the kernel's remote drop."""
+    return ["--kernel", "-p", "l4-hash", "-c", str(worker_cpu), "--remote-action", "drop",
+            "-m", "native"]  # fmt: skip
+
+
+def _engine_row(pair: VethPair, opts: LiveOptions, argv: list[str]) -> dict[str, Any]:
     """Offer the load to a running ``cpumap run``; its figures.  B's NAPI thread is made
-    once the run is ready: with ``--af-xdp`` it is the run's program that gives B NAPI."""
-    with CpumapRun(pair, opts.worker_cpu, extra) as run:
+    once the run is ready: with ``--af-xdp`` or ``--kernel`` it is the run's program that
+    gives B NAPI."""
+    with CpumapRun(pair, argv) as run:
         run.wait_ready()
         napi = napi_thread(pair, RX_CPU)
-        watched = run.watched() | {"napi": [(napi, napi)]}
+        watched = run.watched(opts.worker_cpu) | {"napi": [(napi, napi)]}
         window = CpuWindow(watched)
         offered = offer(pair, opts)
         run.wait_drained()
         cpu, wall_s = window.end()
         summary = run.stop()
+    if summary.get("kernel"):
+        return _kernel_figures(summary, offered, cpu, wall_s)
     out = summary["outcomes"]
     figures = _figures(
         offered,
@@ -461,6 +486,35 @@ def _engine_row(pair: VethPair, opts: LiveOptions, extra: list[str]) -> dict[str
         # a flush, a wake-up), so smaller ones cost more a frame.
         "per_poll": summary["rx"] / max(counters["polls"], 1),
         "per_batch": counters["kthread_processed"] / max(counters["kthread_batches"], 1),
+    }
+
+
+def _kernel_figures(
+    summary: dict[str, Any], offered: dict[str, Any], cpu: dict[str, CpuSpent], wall_s: float
+) -> dict[str, Any]:
+    """A ``--kernel`` run's figures.  ``rx``: the frames the hook ran on (it sees every
+    frame B received: no source ring between); ``map_drops``: the cpumap's enqueue drops
+    at a full ring; ``delivered``: the frames the entries' second stage counted."""
+    entries = summary["entries"]
+    redirected = sum(e["redirected"] for e in entries)
+    enqueue_drops = sum(e["enqueue_drops"] or 0 for e in entries)
+    figures = _figures(
+        offered,
+        rx=summary["rx"],
+        delivered=sum(e["delivered"] for e in entries),
+        source_drops=0,
+        map_drops=enqueue_drops,
+        cpu=cpu,
+        wall_s=wall_s,
+    )
+    batches = sum(e["kthread_batches"] or 0 for e in entries)
+    return figures | {
+        # cpumap run's identities: the hook's count == the sum of its outcomes, and per CPU
+        # delivered + enqueue drops == redirected (tracepoints counted: we are root).
+        "accounted": int(summary["accounted"] and summary["tracepoints"]),
+        "redirected": redirected,
+        "not_redirected": sum(summary["outcomes"].values()) - redirected,
+        "per_batch": sum(e["kthread_processed"] or 0 for e in entries) / max(batches, 1),
     }
 
 
@@ -529,7 +583,7 @@ def tpacket_row(opts: LiveOptions) -> dict[str, Any]:
         with pair.in_local():
             link = attach(pair.local.ifname, prog, XdpMode.NATIVE)  # B's NAPI
         with link:
-            row = _engine_row(pair, opts, [])
+            row = _engine_row(pair, opts, engine_argv(opts.worker_cpu, []))
             row["hook"] = counter.lookup(0)
     return row
 
@@ -537,59 +591,36 @@ def tpacket_row(opts: LiveOptions) -> dict[str, Any]:
 def af_xdp_row(opts: LiveOptions) -> dict[str, Any]:
     """``cpumap run --iface B --af-xdp -m native``: the AF_XDP socket into the map."""
     with _pair() as pair:
-        return _engine_row(pair, opts, ["--af-xdp", "-m", "native"])
+        argv = engine_argv(opts.worker_cpu, ["--af-xdp", "-m", "native"])
+        return _engine_row(pair, opts, argv)
 
 
 def kernel_row(opts: LiveOptions) -> dict[str, Any]:
-    """The kernel's cpumap: B's XDP program redirects to the entry for the worker's CPU,
-    whose program counts and drops."""
-    delivered = KernelArrayMap(1, percpu=True)
-    with contextlib.ExitStack() as stack:
-        pair = stack.enter_context(_pair())
-        stack.enter_context(delivered)
-        entry = opts.worker_cpu
-        cpumap = stack.enter_context(KernelCpuMap(max(entry, RX_CPU) + 1, name="cpumap_live"))
-        stage = stack.enter_context(
-            load_xdp(count_program(delivered.fd, XDP_DROP), cpumap_stage=True, name="live_stage")
-        )
-        cpumap.update(entry, QSIZE, prog_fd=stage.fd)
-        hook = stack.enter_context(load_xdp(redirect_program(cpumap, entry), name="live_rx"))
-        with pair.in_local():
-            stack.enter_context(attach(pair.local.ifname, hook, XdpMode.NATIVE))
-        napi = napi_thread(pair, RX_CPU)
-        kthread = _cpumap_kthread(cpumap.map_id, entry)
-        watched = {"napi": [(napi, napi)], "worker": [(kthread, kthread)]}
-        window = CpuWindow(watched)
-        offered = offer(pair, opts)
-        n = _wait_count(delivered, offered["sent"] - offered["tx_drops"])
-        cpu, wall_s = window.end()
-    seen = offered["sent"] - offered["tx_drops"]  # every frame B's hook ran on
-    return _figures(
-        offered, rx=n, delivered=n, source_drops=seen - n, map_drops=0, cpu=cpu, wall_s=wall_s
-    )
+    """``cpumap run --iface B --kernel``: our steering program (``-p l4-hash``, the engine
+    rows' default) on B's XDP hook redirecting into the kernel's cpumap, one entry on the
+    worker's CPU whose second stage counts and drops (``--remote-action drop``)."""
+    with _pair() as pair:
+        return _engine_row(pair, opts, kernel_argv(opts.worker_cpu))
 
 
-def _cpumap_kthread(map_id: int, cpu: int) -> int:
-    name = f"cpumap/{cpu}/map:{map_id}"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def _cpumap_kthread(pid: int, cpu: int) -> int:
+    """The kthread of CPU ``cpu``'s entry in the cpumap process ``pid`` holds: the map's id
+    from the fd's ``fdinfo`` (other cpumaps on the machine have kthreads of the same
+    form), then the kthread by name."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        if info.get("map_type", "").strip() == str(int(MapType.CPUMAP)):
+            ids.add(int(info["map_id"]))
+    if len(ids) != 1:
+        raise RuntimeError(f"expected one cpumap held by cpumap run, found {sorted(ids)}")
+    name = f"cpumap/{cpu}/map:{ids.pop()}"
+    for kt in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/comm") as f:
+            with open(f"/proc/{kt}/comm") as f:
                 if f.read().strip() == name:
-                    return int(pid)
+                    return int(kt)
         except OSError:
             continue
     raise RuntimeError(f"no kthread {name}")
-
-
-def _wait_count(counter: KernelArrayMap, most: int) -> int:
-    """The counter once it stops moving (the kthread has drained its ring)."""
-    n, since = -1, time.monotonic()
-    deadline = since + DRAIN_S
-    while time.monotonic() < deadline:
-        now_n = counter.lookup(0)
-        if now_n != n:
-            n, since = now_n, time.monotonic()
-        elif n >= most or time.monotonic() - since >= QUIET_S:
-            return n
-        time.sleep(0.01)
-    return n

@@ -96,8 +96,19 @@ def test_the_tpacket_row_accounts_for_every_frame_sent() -> None:
 @pytest.mark.root
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_the_kernel_row_delivers_what_its_hook_enqueued() -> None:
+def test_the_kernel_row_runs_cpumap_run_kernel_and_its_books_balance() -> None:
     fig = live.kernel_row(TINY)
     assert fig["sent"] > 0 and fig["delivered"] > 0
-    assert fig["delivered"] + fig["source_drops"] + fig["tx_drops"] == fig["sent"]
-    assert fig["worker_ns"] > 0  # the entry's kthread ran
+    assert fig["accounted"] == 1  # cpumap run --kernel's own identities held
+    assert fig["unaccounted"] == 0  # sent == B's ring drops + what the hook saw
+    assert fig["rx"] == fig["redirected"] + fig["not_redirected"]
+    assert fig["not_redirected"] == 0  # UDP/IPv4 to one CPU: l4-hash redirects every frame
+    assert fig["delivered"] + fig["map_drops"] == fig["redirected"]
+    assert fig["worker_ns"] > 0 and fig["rx_kernel_ns"] > 0  # the kthread and NAPI ran
+
+
+def test_the_kernel_row_steers_to_the_engine_rows_worker_cpu() -> None:
+    engine, kernel = live.engine_argv(0, []), live.kernel_argv(0)
+    assert engine[engine.index("--cpus") + 1] == kernel[kernel.index("-c") + 1] == "0"
+    assert "--rx-cpu" not in kernel and "--handler" not in kernel  # refused by --kernel
+    assert kernel[kernel.index("--remote-action") + 1] == "drop"
