@@ -409,7 +409,7 @@ class Bench:
                     "live.kernel",
                     "live",
                     "live",
-                    "live: kernel cpumap, remote XDP_DROP (the anchor)",
+                    "live: cpumap run --kernel, the kernel's cpumap, remote XDP_DROP",
                     lambda: live.kernel_row(opts),
                     baseline="live.tpacket",
                     skip=why,
