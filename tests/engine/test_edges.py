@@ -200,6 +200,9 @@ def test_7_a_killed_workers_children_die_with_it(tmp_path) -> None:
         with m.producer(lambda ctx: redirect_map(m, CPU)) as rx:
             rx.poll(flow_batch(1, 4))
             kids = _children(tmp_path / "pids")
+            # The pids are written at the first frame, before the batch is committed: kill
+            # only once it is, or its 4 frames are (rightly) counted lost, not delivered.
+            wait_until(lambda: m.stats().delivered == 4, 30, "the first batch delivered")
             old = worker_pid(m, CPU)
             os.kill(old, signal.SIGKILL)
             wait_replaced(m, CPU, old)

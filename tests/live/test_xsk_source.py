@@ -414,13 +414,20 @@ def test_a_child_forked_while_the_source_is_open_keeps_nothing_attached(veth: Ve
     with CpuMap(CPU + 1, frames=1024) as m, m.producer(to_cpu) as rx:
         src = open_source(veth, rx)
         r, w = os.pipe()
+        up_r, up_w = os.pipe()
         child = os.fork()
         if child == 0:  # holds whatever it inherited until the parent writes
             os.close(w)
+            os.write(up_w, b"u")  # past the fork: its at-fork hooks have run
             os.read(r, 1)
             os._exit(0)
         os.close(r)
+        os.close(up_w)
         try:
+            # Until the child runs, it holds every descriptor the fork copied: check the
+            # sockets once it is up, as a worker forked during a run would be.
+            assert os.read(up_r, 1) == b"u"
+            os.close(up_r)
             src.close()
             assert not xdp_attached(veth) and xdp_sockets(veth) == 0  # the child lives on
             assert not pid_gone(child)
