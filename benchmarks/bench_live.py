@@ -145,15 +145,24 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the worker's CPU, the kernel's entry's (default {live.WIRE_CPU}, beside the "
         f"generator; {live.RX_CPU}: all the receiving on one CPU; see suite/live.py)",
     )
+    ap.add_argument(
+        "--qsize",
+        type=int,
+        default=live.LiveOptions.qsize,
+        help=f"the map's ring per CPU, every row (default {live.LiveOptions.qsize})",
+    )
     ap.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = ap.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown or args.rate < 0 or args.window <= 0 or args.rounds < 1:
         ap.error(f"--rows takes {', '.join(ROWS)}; --rate >= 0, --window > 0, --rounds >= 1")
+    if not 1 <= args.qsize <= 16384:
+        ap.error("--qsize must be in 1..16384")
     opts = live.LiveOptions(
-        rate=args.rate or None, window_s=args.window, worker_cpu=args.worker_cpu
-    )
+        rate=args.rate or None, window_s=args.window, worker_cpu=args.worker_cpu,
+        qsize=args.qsize,
+    )  # fmt: skip
     skipped = skip_reasons(rows)
     load = [os.getloadavg()[0]]
     results = run_rounds([r for r in rows if r not in skipped], opts, args.rounds)

@@ -112,7 +112,8 @@ RX_CPU: Final = 1  # B's NAPI and our RX producer: the receiving CPU, as a NIC q
 FLOWS: Final = 64  # distinct frames the generator sends in turn (each rewrite ~30 ns)
 FRAME_SIZE: Final = 64
 OTHER_HOST_MAC: Final = "02:00:00:00:00:02"  # frames for another host, as a tap sees them
-QSIZE: Final = 2048  # the map's ring per CPU: cpumap run's default and xdp-bench's
+QSIZE: Final = 2048  # the map's ring per CPU by default: xdp-bench's, and cpumap run's
+# without --af-xdp.  Every row runs at the same one (LiveOptions.qsize), for a fair row.
 READY_S: Final = 30.0  # for `cpumap run` to start (imports, workers) and say so
 QUIET_S: Final = 0.6  # no new frame this long after the generator stopped: drained
 DRAIN_S: Final = 10.0
@@ -133,6 +134,11 @@ class LiveOptions:
     3 M/s keeps the gaps short while every row still gets the same load."""
     window_s: float = 3.0
     """Seconds it offers them for."""
+    qsize: int = QSIZE
+    """The map's ring per CPU, every row (``-q``).  An AF_XDP poll hands the map a burst
+    of up to a poll's worth of frames at a time; at 2048 a burst that comes while the
+    worker is busy overflows the ring (``queue_full``) with the worker's CPU half idle --
+    ``cpumap run --af-xdp`` defaults to 8192 for that reason (docs/live.md)."""
     worker_cpu: int = WIRE_CPU
     """The worker's CPU (``--kernel``: the one CPU it steers to).  :data:`WIRE_CPU`, the default, is
     cpumap's layout -- the receiving CPU hands its frames to another -- with the wire on
@@ -356,12 +362,12 @@ class CpumapRun(Closing):
     :meth:`close` always leaves no process behind.  Its stderr goes to a file, which no
     amount of it can fill (a pipe nobody reads would stop the run)."""
 
-    def __init__(self, pair: VethPair, argv: list[str]) -> None:
+    def __init__(self, pair: VethPair, argv: list[str], qsize: int = QSIZE) -> None:
         self.kernel = "--kernel" in argv
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         cmd = ["ip", "netns", "exec", str(pair.local.netns)]  # exec: the same pid
         cmd += [sys.executable, "-m", "cpumap.cli", "run", "--iface", pair.local.ifname]
-        cmd += ["-q", str(QSIZE), "--json", "--interval", str(TICK_S), *argv]
+        cmd += ["-q", str(qsize), "--json", "--interval", str(TICK_S), *argv]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 -- closed by close()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         assert self.proc.stdout is not None  # Invariant: stdout=PIPE
@@ -458,7 +464,7 @@ def _engine_row(pair: VethPair, opts: LiveOptions, argv: list[str]) -> dict[str,
     """Offer the load to a running ``cpumap run``; its figures.  B's NAPI thread is made
     once the run is ready: with ``--af-xdp`` or ``--kernel`` it is the run's program that
     gives B NAPI."""
-    with CpumapRun(pair, argv) as run:
+    with CpumapRun(pair, argv, opts.qsize) as run:
         run.wait_ready()
         napi = napi_thread(pair, RX_CPU)
         watched = run.watched(opts.worker_cpu) | {"napi": [(napi, napi)]}

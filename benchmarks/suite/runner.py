@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="live: frames/s the generator offers every row (0: as fast as it goes; "
         f"default {live.LiveOptions.rate:g})",
     )
+    ap.add_argument(
+        "--live-qsize",
+        type=int,
+        default=live.LiveOptions.qsize,
+        metavar="N",
+        help=f"live: the map's ring per CPU, every row (default {live.LiveOptions.qsize})",
+    )
     return ap
 
 
@@ -372,16 +379,17 @@ class Bench:
         growth = ", ".join(f"{k} {100 * g:+.1f}%" for k, g in out["growth"].items())
         self.say(f"  RSS growth after warm-up: {growth} ({out['fps'] / 1e6:.2f} M frames/s)")
 
-    def live(self, rate: float) -> None:
+    def live(self, rate: float, qsize: int = live.LiveOptions.qsize) -> None:
         """The live path: the same offered load through TPACKET_V3, AF_XDP and the kernel's
         cpumap, in rounds (``suite.live``)."""
         if "live" not in self.sections:
             return
-        opts = live.LiveOptions(rate=rate or None, window_s=self.sizes.live_window_s)
+        opts = live.LiveOptions(rate=rate or None, window_s=self.sizes.live_window_s, qsize=qsize)
         offered = f"{rate / 1e6:.1f} M/s" if rate else "as fast as the generator goes"
         self.say(
             f"[b]live[/b]: veth, 64 B frames offered at {offered} for {opts.window_s:g} s a "
-            f"row (CPU {live.RX_CPU}: NAPI and the RX side; CPU {live.WIRE_CPU}: the worker, "
+            f"row, rings of {qsize} (CPU {live.RX_CPU}: NAPI and the RX side; "
+            f"CPU {live.WIRE_CPU}: the worker, "
             "and the generator)"
         )
         why = live.unavailable_reason()
@@ -466,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--scale must be > 0")
     if args.live_rate < 0:
         build_parser().error("--live-rate must be >= 0 frames/s (0: as fast as it goes)")
+    if not 1 <= args.live_qsize <= 16384:
+        build_parser().error("--live-qsize must be in 1..16384 (the map's ring per CPU)")
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.repeat:
         sizes = replace(sizes, repeat=max(args.repeat, 1), live_rounds=max(args.repeat, 1))
@@ -486,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.batch_paths()
     bench.main_job(args.capture, args.keep_capture)
     bench.rss()
-    bench.live(args.live_rate)
+    bench.live(args.live_rate, args.live_qsize)
     m["load_after"] = round(os.getloadavg()[0], 2)
     bench.finish_rows()
     result = {

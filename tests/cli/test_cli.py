@@ -232,7 +232,7 @@ def test_help_shows_every_default_and_the_exit_statuses(capsys, monkeypatch) -> 
         main(["run", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for default in (
-        "(default: 2048)",
+        "(default 2048; 8192 with --af-xdp",
         "(default: l4-hash)",
         "(default: 2.0)",
         "(default: flow-table)",
@@ -445,3 +445,19 @@ def test_a_handler_that_never_returns_is_killed_and_its_frames_counted(
     assert rc == 3, text
     assert "a handler does not return; its worker is killed" in text
     assert "every frame accounted for" in text and re.search(r"lost\s+│", text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "qsize"),
+    [
+        (["--generate", "10"], 2048),
+        (["--iface", "lo"], 2048),
+        (["--iface", "lo", "--af-xdp"], 8192),  # its polls hand the map bursts
+        (["--iface", "lo", "--af-xdp", "-q", "512"], 512),
+        (["--generate", "10", "-q", "4096"], 4096),
+    ],
+)
+def test_the_default_ring_size_follows_the_source(argv: list[str], qsize: int) -> None:
+    from cpumap.cli.args import build_parser, run_config
+
+    assert run_config(build_parser().parse_args(["run", *argv])).qsize == qsize

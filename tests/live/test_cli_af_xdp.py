@@ -132,6 +132,8 @@ def test_a_run_end_to_end_in_json(mode: str) -> None:
     assert summary["source"] == f"interface {pair.local.ifname} (AF_XDP, {mode} XDP, copy mode)"
     assert summary["rx"] > 0 and summary["rx"] == sum(summary["outcomes"].values())
     assert isinstance(summary["source_drops"], int)
+    # --af-xdp's own default ring (args.AF_XDP_QSIZE): its polls hand the map bursts
+    assert {e["qsize"] for e in summary["entries"]} == {8192}
     assert summary["rx"] + summary["source_drops"] <= box[0].sent
 
 
