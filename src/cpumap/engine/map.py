@@ -577,6 +577,8 @@ class CpuMap(Closing):
             self._replace(key, None)
         while self._retiring and time.monotonic() < deadline and not self._hurry:
             self._advance()
+            if all(_unattended(e) for e in self._retiring):
+                break  # no worker will drain these rings: waiting cannot help
             if self._retiring:
                 self._wait_workers(min(0.05, max(0.0, deadline - time.monotonic())))
         if self._hurry:
@@ -737,6 +739,13 @@ class CpuMap(Closing):
         if any(e.state in waiting for e in self._retiring):
             timeout = min(timeout, 0.001)  # grace periods end with RX batches: poll fast
         self.supervisor.wait(self._live_entries(), timeout)
+
+
+def _unattended(e: Entry) -> bool:
+    """A draining entry with no worker (``supervise=False`` after its worker was taken
+    away, or a replacement that could not start): nothing will ever drain its ring, so a
+    close abandons it at once -- its ring counted ``lost`` -- rather than at its deadline."""
+    return e.state == EntryState.DRAINING and e.life.worker is None
 
 
 def _check_int_in(value: object, what: str, lo: int, hi: int) -> None:
