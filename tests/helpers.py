@@ -9,6 +9,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from cpumap.engine.ring import RING_HEADER_BYTES, Ring
 from cpumap.kernel import bpf_unavailable_reason
 from cpumap.live.netns import NetnsError, VethPair, sweep_stale
 from cpumap.shm import Layout
+
+T = TypeVar("T")
 
 MEMFD_MARK = "memfd:cpumap-"  # how the project's segments appear in /proc/<pid>/maps
 
@@ -117,12 +120,14 @@ def veth_unavailable(
     return None
 
 
-def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll ``cond`` until it holds; fail the test after ``timeout`` seconds."""
+def wait_for(cond: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+    """Poll ``cond`` until it gives a true value, and return that value; fail the test
+    after ``timeout`` seconds (saying ``what`` was awaited)."""
     deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
+    while not (got := cond()):
+        assert time.monotonic() < deadline, f"not in {timeout:g} s: {what or 'condition'}"
         time.sleep(0.001)
+    return got
 
 
 def assert_balanced(m: CpuMap) -> MapStats:

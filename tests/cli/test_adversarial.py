@@ -43,7 +43,7 @@ from cpumap.capture import open_capture
 from cpumap.cpus import usable_cpus
 from cpumap.demo import demo_capture_path
 from cpumap.live.netns import VethPair
-from tests.helpers import veth_unavailable
+from tests.helpers import veth_unavailable, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -152,14 +152,16 @@ class Writer:
         self.fd: int | None = None
 
     def open(self) -> None:
-        deadline = time.monotonic() + BOUND
-        while self.fd is None:
-            try:
-                self.fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as e:
-                assert e.errno == errno.ENXIO and time.monotonic() < deadline, e
-                time.sleep(0.01)
+        self.fd = wait_for(self._try_open, BOUND, "the run opened the FIFO for reading")
         fcntl.fcntl(self.fd, fcntl.F_SETFL, 0)  # blocking writes again
+
+    def _try_open(self) -> int | None:
+        """The FIFO opened for writing, or None while no reader has it open (ENXIO)."""
+        try:
+            return os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            assert e.errno == errno.ENXIO, e
+            return None
 
     def write(self, data: bytes) -> None:
         assert self.fd is not None
@@ -486,10 +488,8 @@ def test_a_second_signal_cuts_a_close_waiting_for_finish(tmp_path: Path, signals
         cwd=tmp_path,
     )  # fmt: skip
     marker = tmp_path / "finishing"
-    deadline = time.monotonic() + BOUND
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "finish() never ran"
-        time.sleep(0.01)
+    wait_for(lambda: marker.exists() or proc.poll() is not None, BOUND, "finish() to run")
+    assert proc.poll() is None, "the run ended before finish() hung"
     first, second = signals
     proc.send_signal(first)
     # Two signals sent back to back may arrive as one (a pending signal is one bit): the

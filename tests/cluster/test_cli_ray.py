@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cpumap.demo import demo_capture_path
-from tests.helpers import all_pids, descendants, pid_gone
+from tests.helpers import all_pids, descendants, pid_gone, wait_for
 
 CPUMAP = str(Path(sys.executable).with_name("cpumap"))
 
@@ -83,21 +83,19 @@ def _end_what_we_started(before: set[int]) -> None:
     daemons and their workers, orphans that this test process (their subreaper) adopted --
     and reap them; again until none is left (a worker is adopted when its raylet goes)."""
     import signal
-    import time
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def none_left() -> bool:
         now = all_pids()
         ours = sorted(descendants(os.getpid(), now) & (now - before))
-        if not ours:
-            return
         for pid in ours:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for pid in ours:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
+        return not ours
+
+    wait_for(none_left, 30, "the processes `ray start` left to end")
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from tests.cluster.helpers import (
     nothing_left_running,
     packets_in,
 )
+from tests.helpers import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -272,10 +273,8 @@ def _wait_for_frames_of(source: int, cmap: ClusterMap, timeout: float = 60.0) ->
     """Until some entry of ``cmap`` has accepted frames from ``source``."""
     import ray
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def accepted() -> bool:
         reports = ray.get([e.actor.tally.remote(source, 0.0) for e in cmap.entries()])
-        if any(r.counts[0] for r in reports):
-            return
-        assert time.monotonic() < deadline, f"source {source} sent nothing in {timeout}s"
-        time.sleep(0.01)
+        return any(r.counts[0] for r in reports)
+
+    wait_for(accepted, timeout, f"frames of source {source} accepted by an entry")

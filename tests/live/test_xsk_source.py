@@ -90,7 +90,11 @@ class Keep:
 
 
 class HoldWhile:
-    """A handler that holds its batch while ``flag`` exists (a worker with frames in hand)."""
+    """A handler that holds its batch while ``flag`` exists (a worker with frames in hand).
+
+    A file, polled, rather than a ``multiprocessing.Event``: the test SIGKILLs the worker
+    while it waits, and a process killed inside ``Event.wait`` can die holding the event's
+    lock -- the test's ``set()`` then blocks forever (seen here)."""
 
     def __init__(self, flag: Path) -> None:
         self.flag = flag
@@ -123,14 +127,16 @@ def open_source(pair: VethPair, rx: RxProducer, **kw) -> XskSource:
 def reopened(pair: VethPair, rx: RxProducer, **kw) -> XskSource:
     """A source on a queue whose last socket has just closed: the kernel lets the queue go
     a little after the close (deferred work), and refuses it (EBUSY) until then."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+
+    def attempt() -> XskSource | None:
         try:
             return open_source(pair, rx, **kw)
         except XskError as e:
-            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+            if e.errno != errno.EBUSY:
                 raise
-        time.sleep(0.005)
+            return None
+
+    return wait_for(attempt, DEADLINE_S, "the kernel to let the queue go (EBUSY)")
 
 
 def xdp_attached(pair: VethPair) -> int:
