@@ -30,13 +30,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 
 from rich.console import Console
-from rich.live import Live
 
 from ..capture import Stop
-from ..closing import Closing
 from ..kernel.redirect_cpu import KernelSteering
 from ..kernel.xdp import XdpError, XdpMode
 from .config import KernelConfig, RunConfig, ViewConfig
@@ -49,7 +46,7 @@ from .kernel_view import (
     render_kernel_summary,
 )
 from .report import SIGNAL_STATUS
-from .run import SignalStop, emit_json
+from .run import SignalStop, View, emit_json
 
 SETTLE_S = 2.0  # seconds the kthreads get to empty their rings after the detach
 TICK_S = 0.25  # the longest this loop waits before looking at the clock again
@@ -71,7 +68,15 @@ def run_steering(config: RunConfig, console: Console, signals: SignalStop) -> Ke
             console.print(banner(config), highlight=False)
         t0 = time.monotonic()
         watch = Watch(steering, config.cpus, t0)
-        with KernelView(config.view, console, watch.sample, config.cpus) as view:
+        extended = config.view.extended
+        with View(
+            config.view,
+            console,
+            watch.sample,
+            lambda prev, cur: kernel_interval_record(prev, cur, config.cpus),
+            lambda rec: render_kernel_live(rec, extended=extended, title="cpumap --kernel"),
+            last=t0,  # the first record after an interval: kernel counts need two reads
+        ) as view:
             deadline = t0 + config.duration if config.duration else None
             wait_for_end(signals.stop, view, deadline)
         elapsed = time.monotonic() - t0
@@ -199,7 +204,7 @@ def settle(watch: Watch, timeout: float = SETTLE_S) -> bool:
     return False
 
 
-def wait_for_end(stop: Stop, view: KernelView, deadline: float | None) -> None:
+def wait_for_end(stop: Stop, view: View[KernelSample], deadline: float | None) -> None:
     """Until ``stop`` (a signal) or ``deadline``, showing the view every interval."""
     while not stop.is_set():
         now = time.monotonic()
@@ -207,47 +212,6 @@ def wait_for_end(stop: Stop, view: KernelView, deadline: float | None) -> None:
         if deadline is not None and now >= deadline:
             return
         stop.wait(TICK_S if deadline is None else min(TICK_S, max(deadline - now, 0.0)))
-
-
-class KernelView(Closing):
-    """Where the live view goes: a rich Live on a terminal, JSON lines, or nowhere."""
-
-    def __init__(
-        self,
-        config: ViewConfig,
-        console: Console,
-        sample: Callable[[float], KernelSample],
-        cpus: tuple[int, ...],
-    ) -> None:
-        self.config = config
-        self.sample = sample
-        self.cpus = cpus
-        self.prev: KernelSample | None = None
-        self.last = time.monotonic()
-        self.live: Live | None = None
-        if config.mode == "text" and console.is_terminal:
-            self.live = Live(console=console, auto_refresh=False, transient=True)
-            self.live.start()
-
-    def tick(self, now: float) -> None:
-        """Show a new sample if one is due (every ``--interval`` seconds)."""
-        wanted = self.live is not None or self.config.mode == "json"
-        if not wanted or now - self.last < self.config.interval:
-            return
-        cur = self.sample(now)
-        rec = kernel_interval_record(self.prev, cur, self.cpus)
-        self.prev, self.last = cur, now
-        if self.config.mode == "json":
-            emit_json(rec)
-        elif self.live is not None:
-            title = "cpumap --kernel"
-            live = render_kernel_live(rec, extended=self.config.extended, title=title)
-            self.live.update(live, refresh=True)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
 
 
 def show_kernel(report: KernelReport, view: ViewConfig, console: Console) -> None:

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 from rich.live import Live
@@ -210,7 +210,15 @@ def feed_and_drain(
     backpressure = 10.0 if source.lossless else 0.0
     console, out = shown
     sample = lambda now: take_sample(cmap, source, now - t0)  # noqa: E731
-    with View(config.view, console, out, sample) as view:
+    extended = config.view.extended
+    with View(
+        config.view,
+        console,
+        sample,
+        lambda prev, cur: interval_record(prev, cur, extended=extended),
+        lambda rec: render_live(rec, extended=extended, title="cpumap"),
+        out=out,
+    ) as view:
         # Only this thread is pinned (the supervisor and the view keep their masks): the
         # RX side gets the CPU the targets leave it, as the NIC queue's CPU.
         with (
@@ -375,21 +383,35 @@ def _this_cpu() -> int:
         return -1
 
 
-class View(Closing):
-    """Where the live view goes: a rich Live on a terminal, JSON lines, or nowhere."""
+S = TypeVar("S")  # what a View samples: the engine's Sample, the kernel mode's
+
+
+class View(Closing, Generic[S]):
+    """Where the live view goes: a rich Live on a terminal, JSON lines, or nowhere.
+
+    What it shows is the caller's: ``sample`` reads the counters, ``record`` makes an
+    interval record of two samples (the JSON line), ``render`` the rich view of one --
+    the engine's run and the kernel mode (kernel_run.py) each bring their own.  ``last``:
+    when the last record was shown (0: the first tick shows one at once)."""
 
     def __init__(
         self,
         config: ViewConfig,
         console: Console,
-        out: Output,
-        sample: Callable[[float], Sample],
+        sample: Callable[[float], S],
+        record: Callable[[S | None, S], dict[str, Any]],
+        render: Callable[[dict[str, Any]], Any],
+        *,
+        out: Output | None = None,
+        last: float = 0.0,
     ) -> None:
         self.config = config
         self.out = out
         self.sample = sample
-        self.prev: Sample | None = None
-        self.last = 0.0
+        self.record = record
+        self.render = render
+        self.prev: S | None = None
+        self.last = last
         self.live: Live | None = None
         if config.mode == "text" and console.is_terminal:
             self.live = Live(console=console, auto_refresh=False, transient=True)
@@ -401,13 +423,12 @@ class View(Closing):
         if not wanted or now - self.last < self.config.interval:
             return
         cur = self.sample(now)
-        rec = interval_record(self.prev, cur, extended=self.config.extended)
+        rec = self.record(self.prev, cur)
         self.prev, self.last = cur, now
         if self.config.mode == "json":
             emit_json(rec, self.out)
         elif self.live is not None:
-            live = render_live(rec, extended=self.config.extended, title="cpumap")
-            self.live.update(live, refresh=True)
+            self.live.update(self.render(rec), refresh=True)
 
     def close(self) -> None:
         if self.live is not None:
