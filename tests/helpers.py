@@ -6,9 +6,12 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -273,3 +276,25 @@ class LeakCheck:
             if not found or time.monotonic() > deadline:
                 return found
             time.sleep(0.01)
+
+
+CPUMAP_SCRIPT = str(Path(sys.executable).with_name("cpumap"))  # the venv's console script
+
+
+def cpumap(
+    *argv: str, netns: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``cpumap ARGV`` as a user runs it (in network namespace ``netns``), its output."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run(
+        [*prefix, CPUMAP_SCRIPT, *argv], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_usage_error(r: subprocess.CompletedProcess[str], words: str) -> None:
+    """A usage error as the CLI promises it: status 2, one line on stderr holding
+    ``words``, no traceback."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,14 +30,14 @@ from cpumap.kernel import GenOptions, SteeringSpec, TrafficGen, possible_cpus
 from cpumap.kernel.tracepoint_counts import CpuTracepointCounts
 from cpumap.kernel.xdp import attach, link_state, pass_program
 from cpumap.live.netns import VethPair
-from tests.helpers import veth_unavailable, wait_for
+from tests.helpers import CPUMAP_SCRIPT, assert_usage_error, veth_unavailable, wait_for
+from tests.helpers import cpumap as run_cpumap
 from tests.kernel.python_forms import PythonForm
 from tests.kernel.test_steering_bpf import eth, ipv4, udp
 from tests.live.test_cli_af_xdp import gro_on
 
 pytestmark = pytest.mark.slow
 
-CPUMAP = str(Path(sys.executable).with_name("cpumap"))
 TIMEOUT = 60
 DEADLINE_S = 20.0
 CPUS = sorted(possible_cpus())
@@ -49,15 +47,7 @@ needs_root = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
 def cpumap(*argv: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, CPUMAP, *argv], capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def assert_usage_error(r: subprocess.CompletedProcess[str], words: str) -> None:
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
+    return run_cpumap(*argv, netns=netns, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +110,7 @@ def test_an_interface_with_a_program_already_is_one_line_and_left_as_it_was(
 def start(pair: VethPair, *argv: str) -> subprocess.Popen[str]:
     """``cpumap run --iface PEER --kernel ARGV`` in the peer's namespace, returned once its
     program is on the peer's XDP hook."""
-    cmd = ["ip", "netns", "exec", str(pair.peer.netns), CPUMAP, "run"]
+    cmd = ["ip", "netns", "exec", str(pair.peer.netns), CPUMAP_SCRIPT, "run"]
     cmd += ["--iface", pair.peer.ifname, "--kernel", *argv]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

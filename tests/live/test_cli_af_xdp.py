@@ -12,9 +12,7 @@ import json
 import socket
 import struct
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -22,11 +20,11 @@ from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
 from cpumap.kernel.xdp import link_state
 from cpumap.live.netns import VethPair
-from tests.helpers import veth_unavailable
+from tests.helpers import assert_usage_error, veth_unavailable
+from tests.helpers import cpumap as run_cpumap
 
 pytestmark = pytest.mark.slow
 
-CPUMAP = str(Path(sys.executable).with_name("cpumap"))
 TIMEOUT = 120
 
 _REASON = veth_unavailable("network namespaces, AF_XDP sockets and XDP programs", bpf=True)
@@ -34,15 +32,7 @@ needs_root = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 
 
 def cpumap(*argv: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, CPUMAP, *argv], capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def assert_usage_error(r: subprocess.CompletedProcess[str], words: str) -> None:
-    assert r.returncode == 2, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
+    return run_cpumap(*argv, netns=netns, timeout=TIMEOUT)
 
 
 @pytest.mark.parametrize(
