@@ -10,15 +10,19 @@ Layout of a frame (``frame_size`` bytes)::
     0             headroom-meta_len  headroom
                   [metadata area ]
 
-Descriptors, one 32-byte record per frame (:data:`DESCRIPTOR`): ``length`` (captured
+Descriptors, one 40-byte record per frame (:data:`DESCRIPTOR`): ``length`` (captured
 bytes), ``wire_len``, ``ts_ns``, ``ifindex``, ``rx_queue``, ``linktype``, ``headroom``
 (where the packet starts in the row), ``meta_len`` (metadata bytes just before the
-packet, as bpf_xdp_adjust_meta leaves them) and ``hops`` (redirects between entries so
-far, bounded by the second stage).  Records rather than one array per field
-because a worker gathers the descriptors of a scattered batch with one numpy call instead
-of eight; the RX side writes consecutive frames, where a field of a record slice is as
-cheap to write as a column.  ``pool.length`` etc. are views of the fields.  The ``tag``
-(below) is a separate array: it has other writers.
+packet, as bpf_xdp_adjust_meta leaves them), ``hops`` (redirects between entries so
+far, bounded by the second stage), and ``rx_hash`` with its ``hash_type``: the flow hash
+the RX side already computed, which rides with the frame as the driver's RX hash does
+into the kernel's skb (``HASH_NONE``: none; the worker computes it).
+
+Records rather than one array per field because a worker gathers the descriptors of a
+scattered batch with one numpy call instead of eleven; the RX side writes consecutive
+frames, where a field of a record slice is as cheap to write as a column.  ``pool.length``
+etc. are views of the fields.  The ``tag`` (below) is a separate array: it has other
+writers.
 
 Ownership: who holds a frame is always written down
 -----------------------------------------------------
@@ -71,9 +75,21 @@ DESCRIPTOR = np.dtype(
         ("headroom", np.uint16),
         ("meta_len", np.uint16),
         ("hops", np.uint16),  # second-stage redirects so far (second_stage.py bounds them)
+        ("rx_hash", np.uint32),  # the flow hash the RX side computed (skb.hash), if hash_type
+        ("hash_type", np.uint16),  # HASH_NONE: no hash rides with the frame; HASH_L4 ...
+        ("reserved", np.uint16),
     ]
 )
-assert DESCRIPTOR.itemsize == 32
+DESC_WORDS = 5  # a descriptor as uint64 words (gathered as words: see FramePool)
+assert DESCRIPTOR.itemsize == 8 * DESC_WORDS
+
+# What ``rx_hash`` holds, as the kernel's PKT_HASH_TYPE_* (skb_set_hash's ``type``): the RX
+# side (a capture's record walk, a steering program) sets it where it computed skb.hash,
+# as a NIC hands the driver its RSS hash; a reader of skb.hash takes it instead of hashing
+# again, and computes the hash itself where the type is HASH_NONE.
+HASH_NONE = 0
+HASH_L3 = 2  # addresses only (no ports: not TCP/UDP, or a fragment)
+HASH_L4 = 3  # addresses and ports
 
 DEFAULT_FRAME_SIZE = 2048
 DEFAULT_HEADROOM = 256  # XDP_PACKET_HEADROOM
@@ -141,10 +157,12 @@ class FramePool:
         self.rx_queue = self.desc["rx_queue"]
         self.ts_ns = self.desc["ts_ns"]
         self.linktype = self.desc["linktype"]
+        self.rx_hash = self.desc["rx_hash"]
+        self.hash_type = self.desc["hash_type"]
         self.tag = seg.view("tag")
-        # The records as four u64 words each: gathering plain words is ~10x faster than
+        # The records as u64 words (DESC_WORDS each): gathering plain words is ~10x faster than
         # gathering structured records (numpy copies those field by field).
-        self._desc_words = self.desc.view(np.uint64).reshape(count, 4)
+        self._desc_words = self.desc.view(np.uint64).reshape(count, DESC_WORDS)
         self.headroom_col[:] = headroom
         self.linktype[:] = 1
         # The whole pool as one writable memoryview: zero-copy views of frames' bytes.

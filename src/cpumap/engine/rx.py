@@ -59,7 +59,15 @@ from ..skb import frame_skbs
 from .bulkq import DEFAULT_BULK_SIZE, BulkQueues
 from .control import MapShared
 from .counters import PHASE_CLOSED, PHASE_OPEN, PRODUCER_WORDS, EnqueueCounter, ProducerCounter
-from .frame_pool import TAG_DONE, TAG_KERNEL, TAG_RETURNED, TAG_RX, FrameAllocator, FramePool
+from .frame_pool import (
+    HASH_NONE,
+    TAG_DONE,
+    TAG_KERNEL,
+    TAG_RETURNED,
+    TAG_RX,
+    FrameAllocator,
+    FramePool,
+)
 from .ownership import queued_tag, recover_partition, return_lent
 
 DEFAULT_POLL_SIZE = 1024  # packets per poll (NAPI's weight is 64; ours: per-call costs)
@@ -488,6 +496,7 @@ class RxProducer(Closing):
         pool.linktype[where] = batch.linktype
         pool.meta_len[where] = 0
         pool.hops[where] = 0
+        pool.hash_type[where] = HASH_NONE  # a reused frame's hash must not ride again
 
     def _copy_ragged(
         self, where: slice | np.ndarray, batch: PacketBatch, caplen: np.ndarray, width: int

@@ -124,6 +124,7 @@ import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET
 from ..closing import Closing
+from ..engine.frame_pool import DESC_WORDS
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
 from .if_xdp import XDP_PACKET_HEADROOM
@@ -306,7 +307,7 @@ class XskSource(Closing):
     def _prepare_poll(self) -> None:
         pool, n = self.pool, self.rx.poll_size
         self._shift = pool.frame_size.bit_length() - 1
-        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), 4)
+        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), DESC_WORDS)
         self._mask = pool.frame_size - 1
         _check_layout(pool.desc.dtype)
         # Where a frame lands in its chunk when the UMEM has no headroom of its own (both
@@ -320,7 +321,7 @@ class XskSource(Closing):
         self._records = []
         word3 = LINKTYPE_ETHERNET | self._headroom << 16
         for s in self.sockets:
-            rec = np.zeros((n, 4), dtype=np.uint64)
+            rec = np.zeros((n, DESC_WORDS), dtype=np.uint64)
             rec[:, 2] = self.ifindex | s.queue << 32
             rec[:, 3] = word3
             self._records.append((rec, rec.view(np.uint32)))
@@ -606,8 +607,9 @@ def _check_layout(dtype: np.dtype) -> None:
     """The pool descriptor's fields where :meth:`XskSource._read` writes them as words."""
     want = {"length": 0, "wire_len": 4, "ts_ns": 8, "ifindex": 16, "rx_queue": 20}
     want |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
+    want |= {"rx_hash": 32, "hash_type": 36, "reserved": 38}  # zero: AF_XDP gives no hash
     got = {name: off for name, (_, off) in dtype.fields.items()}
-    if dtype.itemsize != 32 or got != want:
+    if dtype.itemsize != 8 * DESC_WORDS or got != want:
         raise ValueError(f"pool descriptor layout {got} is not the one XskSource writes")
 
 

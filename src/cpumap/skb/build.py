@@ -171,7 +171,7 @@ def parsed_skbs(frames: Frames, index: np.ndarray) -> Iterator[Skb | None]:
     fs = frames.frame_size
     mv = frames.mv
     descs = frames.descriptors(index).tolist()
-    for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, _) in zip(
+    for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, *_) in zip(
         index.tolist(), descs, strict=True
     ):
         start = i * fs + head
