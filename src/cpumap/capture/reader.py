@@ -488,6 +488,25 @@ class CaptureReader(Closing, abc.ABC):
         ready = getattr(self._closers[-1], "ready", None)  # the WaitingReader
         return ready is not None and not ready()
 
+    def seek_record(self, offset: int) -> None:
+        """Read on from byte ``offset`` of the file, a record boundary the caller found --
+        where the placing source's walk stopped (``mapped.py``) -- as if every record
+        before it had been read: what was read ahead is dropped, and damage found from
+        there is reported at its own offset, as a reading from the start would.  Only for
+        an uncompressed regular file, with no packet handed out or put back, and a format
+        whose parse state at ``offset`` is the one its file header left (pcap's)."""
+        if self._closed:
+            raise ClosedResourceError("I/O operation on a closed capture reader")
+        if self.compressed or self._partial or self._pending or not self._stream.seekable():
+            raise ValueError(f"{self.path}: only an uncompressed file's reading can move")
+        if offset < self._base:
+            raise ValueError(f"offset {offset} is before the header's end ({self._base})")
+        self._stream.seek(offset)
+        self._leftover = b""
+        self._base = offset
+        self._need = 0
+        self._eof = self._done = self._unparsed = False
+
     @property
     def progress(self) -> tuple[int, int | None]:
         """(bytes of the file on disk read so far, its size): for a progress bar.  For a

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET, XDP_DROP, XDP_PASS, XDP_REDIRECT
 from ..capture import CaptureError, CaptureErrorKind, ReadInterrupted, Stop, open_capture
+from ..capture.mapped import MappedCapture, open_placing
 from ..closing import Closing
 from ..demo import demo_capture_path
 from ..engine import CpuMap, OutputMap
@@ -111,6 +112,7 @@ class Source(Closing):
         unopened: str | None = None,
         also: Any = None,
         af_xdp: SourceConfig | None = None,
+        mapped: MappedCapture | None = None,
     ) -> None:
         self.what = what
         self.lossless = lossless
@@ -122,6 +124,9 @@ class Source(Closing):
         self._also = also  # closed with the reader: standard input's duplicate
         self._af_xdp = af_xdp  # an AF_XDP source to open on the producer (placing)
         self._xsk: XskSource | None = None
+        # A regular pcap file read in place: it places frames into the producer itself
+        # once placing() attaches it, and hands out the general reader's batches before.
+        self._mapped = mapped
 
     def next_batch(self) -> PacketBatch | None:
         """The next batch; None at the end of a file -- or, live, when none came within
@@ -131,6 +136,8 @@ class Source(Closing):
         if self._xsk is not None:  # frames go straight into the producer (placing)
             self._xsk.poll(0.1)
             return None
+        if self._mapped is not None:  # an empty batch: it placed its frames itself
+            return self._mapped.next_batch()
         assert self._batches is not None  # Invariant: a source that is not live has batches
         return next(self._batches, None)
 
@@ -143,8 +150,12 @@ class Source(Closing):
     def placing(self, rx: Any) -> Iterator[None]:
         """While the block runs, a source that places frames itself (``--af-xdp``) feeds
         ``rx`` from :meth:`next_batch`; on the way out it stops -- the program detached,
-        the RX rings read dry, the sockets closed -- before ``rx`` closes.  Nothing for
-        the other sources."""
+        the RX rings read dry, the sockets closed -- before ``rx`` closes.  A capture read
+        in place (capture/mapped.py) places its records into ``rx`` from then on, lending
+        frames poll by poll (none stays lent between them).  Nothing for the other
+        sources."""
+        if self._mapped is not None:
+            self._mapped.attach(rx)
         if self._af_xdp is None:
             yield
             return
@@ -224,8 +235,11 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
     stdin = _stdin() if path == STDIN else None
     what = "standard input" if stdin is not None else what
     try:
-        reader = open_capture(
-            stdin or path, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop
+        # A regular pcap file is read in place (capture/mapped.py); the rest as before.
+        reader = (
+            open_capture(stdin, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop)
+            if stdin is not None
+            else open_placing(path, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop)
         )
     except BaseException as e:
         if stdin is not None:
@@ -237,6 +251,8 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
         if isinstance(e, OSError):  # the limit too, if one explains it (EMFILE: ulimit -n)
             raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
         raise
+    if isinstance(reader, MappedCapture):
+        return Source(None, what, config.lossless, reader=reader, mapped=reader)
     return Source(reader.batches(config.poll), what, config.lossless, reader=reader, also=stdin)
 
 

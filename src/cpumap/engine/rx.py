@@ -340,7 +340,9 @@ class RxProducer(Closing):
             return np.zeros(0, dtype=np.uint32)
         return self.allocator.alloc_some(n, TAG_KERNEL, reclaim=reclaim)
 
-    def poll_placed(self, idx: np.ndarray, *, consecutive: bool | None = None) -> None:
+    def poll_placed(
+        self, idx: np.ndarray, *, consecutive: bool | None = None, truncated: int = 0
+    ) -> None:
         """One NAPI poll over frames ``idx`` that a source placed itself: lent frames
         (:meth:`lend`) whose bytes and descriptors are written.  Nothing is copied: the
         frames move KERNEL -> RX and then follow the poll's commit protocol exactly as
@@ -350,7 +352,9 @@ class RxProducer(Closing):
         ``consecutive``: whether ``idx`` is ``idx[0], idx[0] + 1, ...``, when the caller
         has already checked (an AF_XDP source does, to write the descriptors in one
         store); None: checked here.  A wrong True would run the program over the wrong
-        frames: pass what you computed, never a guess."""
+        frames: pass what you computed, never a guess.  ``truncated``: how many of them
+        the source cut at the frame's room, counted ``truncated`` as :meth:`_fill` counts
+        its own (a mapped capture's copy cuts them: capture/mapped.py)."""
         self._check_usable()
         n = len(idx)
         if n == 0:
@@ -361,6 +365,7 @@ class RxProducer(Closing):
         else:
             start = int(idx[0]) if consecutive else None
         self._local = [0] * PRODUCER_WORDS
+        self._local[_P.TRUNCATED] = truncated
         try:
             # Ours now: the lender read them off its RX ring (a slice store when it can).
             self.pool.tag[idx if start is None else slice(start, start + n)] = TAG_RX
