@@ -233,9 +233,9 @@ class MappedCapture(Closing):
             self._ended = True
             raise CaptureError(
                 self.path,
-                fault,
-                f"the file lost its bytes under the run (truncated? SIGBUS reading the record "
-                f"at offset {pos})",
+                pos,
+                f"the file lost its bytes under the run: SIGBUS at byte {fault} of this "
+                f"record (the file was truncated while it was read?)",
                 Kind.CUT_SHORT,
             )
         if why == _place.STOP_END:
