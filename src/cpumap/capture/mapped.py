@@ -45,8 +45,8 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from .damage import CaptureError, max_caplen
 from .damage import CaptureErrorKind as Kind
 from .files import open_capture
 from .pcap import FILE_HEADER_LEN, PcapReader
+from .pcapng import EpbWalk, PcapngReader
 from .reader import CaptureReader, empty_chunk
 from .stop import Stop
 
@@ -96,16 +97,58 @@ def open_placing(
     except BaseException:
         f.close()
         raise
-    if not isinstance(reader, PcapReader) or reader.compressed:
+    walk = _walk_of(reader)
+    if walk is None:
         reader.close()
         f.close()
         return open_capture(name, skip_bad=skip_bad, batch_size=batch_size, stop=stop)
     try:
-        return MappedCapture(reader, f, stop=stop)
+        return MappedCapture(reader, f, walk, stop=stop)
     except BaseException:
         reader.close()
         f.close()
         raise
+
+
+class _Walk(NamedTuple):
+    """How to walk a file's records from ``start``: ``place(map, pos, pool, frame_size,
+    headroom, desc, frames)`` with the format's own arguments bound; and, for pcapng, how
+    to go on after a block the walk does not take (``PcapngReader.walk_on``)."""
+
+    start: int
+    place: Callable[..., tuple[int, int, int, int, int]]
+    resume: Callable[[int], _Walk | None] | None = None
+
+
+def _walk_of(reader: CaptureReader) -> _Walk | None:
+    """The compiled walk for ``reader``'s file, from where it stands; None when it has
+    none (gzip; pcapng not at a clean packet block: ``PcapngReader.epb_walk``)."""
+    if reader.compressed:
+        return None
+    if isinstance(reader, PcapReader):
+        tail = (
+            reader.byteorder == ">",
+            1 if reader.nanosecond else 1000,
+            max_caplen(reader.linktype),
+            reader.linktype,
+        )
+        return _Walk(FILE_HEADER_LEN, lambda *a: _place.place(*a, *tail))
+    if isinstance(reader, PcapngReader):
+        epb = reader.epb_walk()
+        if epb is None:
+            return None
+        return _epb_walk(reader, epb)
+    return None
+
+
+def _epb_walk(reader: PcapngReader, epb: EpbWalk) -> _Walk:
+    tail = (epb.big_endian, epb.interfaces, epb.max_block)
+
+    def resume(offset: int) -> _Walk | None:
+        on = reader.walk_on(offset)
+        return None if on is None else _epb_walk(reader, on)
+
+    return _Walk(epb.offset, lambda *a: _place.place_epb(*a, *tail), resume)
 
 
 class MappedCapture(Closing):
@@ -124,32 +167,31 @@ class MappedCapture(Closing):
     over at, or None).
     """
 
-    format = "pcap"
     compressed = False
 
-    def __init__(self, reader: PcapReader, file: Any, *, stop: Stop | None = None) -> None:
+    def __init__(
+        self, reader: CaptureReader, file: Any, walk: _Walk, *, stop: Stop | None = None
+    ) -> None:
         self._reader = reader
         self._stop = stop
         self._file = file
         self._closed = False
         self._map: mmap.mmap | None = None
         self.path = reader.path
+        self.format = reader.format
         self.batch_size = reader.batch_size
         self.placed = 0
         self.handed_over: int | None = None
         self._general: Iterator[PacketBatch] | None = None
         self._rx: Any = None
-        self._pos = FILE_HEADER_LEN
+        self._walk = walk
+        self._pos = walk.start
         self._size = os.fstat(file.fileno()).st_size
-        self._ended = self._size <= FILE_HEADER_LEN
+        self._ended = self._size <= walk.start
         if not self._ended:
             # mmap keeps its own duplicate of the descriptor until it is closed.
             self._map = mmap.mmap(file.fileno(), self._size, prot=mmap.PROT_READ)
             self._map.madvise(mmap.MADV_SEQUENTIAL)
-        self._big = reader.byteorder == ">"
-        self._unit = 1 if reader.nanosecond else 1000
-        self._maxcap = max_caplen(reader.linktype)
-        self._linktype = reader.linktype
 
     # -- as a reader ---------------------------------------------------------------------------
     @property
@@ -163,6 +205,12 @@ class MappedCapture(Closing):
     @property
     def linktypes(self) -> tuple[int, ...]:
         return self._reader.linktypes
+
+    @property
+    def wide_times(self) -> list[Any]:
+        """pcapng: the exact times of packets whose ``ts_ns`` is saturated (the general
+        reader's: the fast walk leaves such packets to it)."""
+        return list(getattr(self._reader, "wide_times", ()))
 
     @property
     def progress(self) -> tuple[int, int | None]:
@@ -209,7 +257,7 @@ class MappedCapture(Closing):
         placed = 0
         assert self._map is not None  # Invariant: not ended, so mapped
         try:
-            placed, pos, why, truncated, fault = _place.place(
+            placed, pos, why, truncated, fault = self._walk.place(
                 self._map,
                 self._pos,
                 self._frames_flat,
@@ -217,10 +265,6 @@ class MappedCapture(Closing):
                 rx.pool.headroom,
                 self._desc_bytes,
                 idx,
-                self._big,
-                self._unit,
-                self._maxcap,
-                self._linktype,
             )
             self._pos = pos
             self.placed += placed
@@ -242,11 +286,28 @@ class MappedCapture(Closing):
             self._ended = True
             return _NO_PACKETS if placed else None
         if why == _place.STOP_JUDGE:
+            if self._walk.resume is not None:  # pcapng: the blocks between, then walk on
+                self._walk_on(pos)
+                return _NO_PACKETS
             if placed:  # this poll's frames first; the general reader from the next call
                 self._general = self._general_from(pos)
                 return _NO_PACKETS
             return self._hand_over()
         return _NO_PACKETS
+
+    def _walk_on(self, pos: int) -> None:
+        """pcapng: the general reader reads the blocks from ``pos`` up to the next packet
+        block (sections, interfaces: its state), and the walk goes on from there -- or,
+        where it cannot (a packet block it will not judge, a section being skipped), the
+        general reader reads on from where it stands."""
+        assert self._walk.resume is not None
+        walk = self._walk.resume(pos)
+        if walk is None or walk.start == pos:
+            self.handed_over = pos
+            self._general = self._reader.batches(self.batch_size)
+            return
+        self._walk = walk
+        self._pos = walk.start
 
     def _wait_for_frames(self) -> np.ndarray | None:
         """Frames lent once workers give some back -- a capture is lossless: the reading

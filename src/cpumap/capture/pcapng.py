@@ -80,6 +80,7 @@ __all__ = [
     "MAX_INTERFACE_ID",
     "SHB_MAGIC",
     "CaptureError",
+    "EpbWalk",
     "Interface",
     "PcapngReader",
 ]
@@ -240,6 +241,16 @@ class _Framing(Exception):  # an internal signal, never escapes the reader
         self.kind = kind
 
 
+class EpbWalk(NamedTuple):
+    """What a placing source needs to walk a section's EPBs itself (``mapped.py``,
+    ``cpumap._place.place_epb``), from where the reader stands."""
+
+    offset: int  # the next block's (a packet block's) offset in the file
+    big_endian: bool
+    interfaces: np.ndarray  # int64 [ids, 5]: valid, link type, max caplen, units/s, tsoffset
+    max_block: int  # the section's largest block
+
+
 class PcapngReader(CaptureReader):
     """Read a pcapng file (any number of sections, either byte order, gzip or not).
 
@@ -271,6 +282,52 @@ class PcapngReader(CaptureReader):
     @property
     def linktypes(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(i.linktype for i in self.interfaces))
+
+    def epb_walk(self) -> EpbWalk | None:
+        """Where and how a placing source may walk Enhanced Packet Blocks itself, from the
+        packet block this reader stopped at on opening; None where it may not (no packet
+        block ahead, a section skipped or being scanned, gzip, packets already read).  An
+        interface whose times the walk cannot convert exactly (units above 2**63 a second)
+        is marked not valid: the walk stops at its packets, and the general reader reads
+        on from there (:meth:`seek_record`: walking EPBs changes no parse state of the
+        reader's but ``wide_times``, whose packets the walk leaves to it)."""
+        sec = self._sec
+        if (
+            sec is None
+            or sec.skipping
+            or self._scan is not None
+            or not self._at_packet
+            or self._done
+            or self._pending
+            or self.compressed
+            or self._partial
+        ):
+            return None
+        rows = [
+            (1, i.linktype, max_caplen(i.linktype), i.units_per_second, i.tsoffset)
+            if i is not None and i.units_per_second < INT64_MAX
+            else (0, 0, 0, 1, 0)
+            for i in sec.ifaces
+        ]
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        return EpbWalk(self._base, sec.order == ">", table, sec.max_block)
+
+    def walk_on(self, offset: int) -> EpbWalk | None:
+        """The blocks from ``offset`` -- where a placing source's EPB walk stopped, a block
+        it does not take -- read as on opening, up to the next packet block (interfaces,
+        sections, statistics; damage reported or skipped as always), and :meth:`epb_walk`
+        from there.  The reader then stands at that packet block: if the walk cannot go
+        on (None, or a walk from ``offset`` itself: a packet block the walk will not
+        judge), its batches read on from there."""
+        self.seek_record(offset)
+        self._header_only = self._holding = True
+        self._at_packet = False
+        try:
+            while not (self._at_packet or self._done):
+                self._step()  # reads blocks up to the next packet block; yields no packets
+        finally:
+            self._header_only = self._holding = False
+        return self.epb_walk()
 
     def _snapshot(self) -> object:
         sec = self._sec

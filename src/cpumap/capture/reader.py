@@ -493,8 +493,9 @@ class CaptureReader(Closing, abc.ABC):
         where the placing source's walk stopped (``mapped.py``) -- as if every record
         before it had been read: what was read ahead is dropped, and damage found from
         there is reported at its own offset, as a reading from the start would.  Only for
-        an uncompressed regular file, with no packet handed out or put back, and a format
-        whose parse state at ``offset`` is the one its file header left (pcap's)."""
+        an uncompressed regular file, with no packet handed out or put back, where the
+        format's parse state at ``offset`` is the one the reader has now: pcap's (its file
+        header's), pcapng's when only EPBs lie between (``PcapngReader.epb_walk``)."""
         if self._closed:
             raise ClosedResourceError("I/O operation on a closed capture reader")
         if self.compressed or self._partial or self._pending or not self._stream.seekable():
