@@ -189,7 +189,7 @@ def test_the_corpus_files_are_read_in_place() -> None:
     assert kinds["pcap"] >= 40 and kinds["pcapng"] >= 30, kinds
     # What is not walked: the pcapng test generator's files mix interface, simple packet
     # and statistics blocks among their few packets on purpose (the general reader's).
-    assert walked > 0.8 * total, (walked, total)
+    assert walked > 0.85 * total, (walked, total)
 
 
 _PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
