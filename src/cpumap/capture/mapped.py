@@ -66,6 +66,7 @@ _LAYOUT = {"length": 0, "wire_len": 4, "ts_ns": 8, "ifindex": 16, "rx_queue": 20
 _LAYOUT |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
 _LAYOUT |= {"rx_hash": 32, "hash_type": 36, "reserved": 38}
 
+_RELEASE_EVERY = 32 << 20  # bytes walked between two releases of the pages behind
 _NO_PACKETS = empty_chunk().batch  # what a poll that placed its frames itself returns
 
 
@@ -186,6 +187,7 @@ class MappedCapture(Closing):
         self._rx: Any = None
         self._walk = walk
         self._pos = walk.start
+        self._released = 0  # pages before this offset are unmapped (_release_behind)
         self._size = os.fstat(file.fileno()).st_size
         self._ended = self._size <= walk.start
         if not self._ended:
@@ -268,6 +270,8 @@ class MappedCapture(Closing):
             )
             self._pos = pos
             self.placed += placed
+            if pos - self._released >= _RELEASE_EVERY:
+                self._release_behind(pos)
             if placed:
                 rx.poll_placed(idx[:placed], truncated=truncated)
         finally:
@@ -308,6 +312,16 @@ class MappedCapture(Closing):
             return
         self._walk = walk
         self._pos = walk.start
+
+    def _release_behind(self, pos: int) -> None:
+        """Unmap the pages before ``pos`` from this process (MADV_DONTNEED: the page
+        cache keeps them; only the mapping's hold goes), so that its RSS stays flat in the
+        file's size as a reader's does -- the pages read stay in RssFile otherwise."""
+        assert self._map is not None
+        upto = pos & ~(mmap.PAGESIZE - 1)
+        if upto > self._released:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+            self._released = upto
 
     def _wait_for_frames(self) -> np.ndarray | None:
         """Frames lent once workers give some back -- a capture is lossless: the reading
