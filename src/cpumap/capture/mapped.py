@@ -232,6 +232,15 @@ class MappedCapture(Closing):
         self._frames_flat = rx.pool.flat
         self._desc_bytes = rx.pool.desc.view(np.uint8)
 
+    def detach(self) -> None:
+        """Stop placing into the producer (idempotent): frames still lent -- an
+        interruption between a lend and its hand-over -- go back to its partition
+        (``return_lent``: nothing writes them once this source is not placing).  Call it
+        before the producer closes."""
+        rx, self._rx = self._rx, None
+        if rx is not None and not rx.closed:
+            rx.return_lent()
+
     def next_batch(self) -> PacketBatch | None:
         """The next batch for the producer to receive: the general reader's, once it has
         taken over (or before a producer is attached); an empty one when this call placed

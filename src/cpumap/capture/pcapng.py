@@ -242,8 +242,7 @@ class _Framing(Exception):  # an internal signal, never escapes the reader
 
 
 class EpbWalk(NamedTuple):
-    """What a placing source needs to walk a section's EPBs itself (``mapped.py``,
-    ``cpumap._place.place_epb``), from where the reader stands."""
+    """How a placing source walks a section's EPBs itself (``mapped.py``, ``_place``)."""
 
     offset: int  # the next block's (a packet block's) offset in the file
     big_endian: bool
@@ -284,24 +283,15 @@ class PcapngReader(CaptureReader):
         return tuple(dict.fromkeys(i.linktype for i in self.interfaces))
 
     def epb_walk(self) -> EpbWalk | None:
-        """Where and how a placing source may walk Enhanced Packet Blocks itself, from the
-        packet block this reader stopped at on opening; None where it may not (no packet
-        block ahead, a section skipped or being scanned, gzip, packets already read).  An
-        interface whose times the walk cannot convert exactly (units above 2**63 a second)
-        is marked not valid: the walk stops at its packets, and the general reader reads
-        on from there (:meth:`seek_record`: walking EPBs changes no parse state of the
-        reader's but ``wide_times``, whose packets the walk leaves to it)."""
+        """How a placing source may walk EPBs itself from the packet block this reader
+        stands at (on opening, or after :meth:`walk_on`); None where it may not (no packet
+        block ahead, a section skipped or scanned, gzip, packets read).  An interface
+        whose times the walk cannot convert (over 2**63 units a second) is marked not
+        valid: the walk stops at its packets.  Walking EPBs changes none of the reader's
+        parse state but ``wide_times``, whose packets the walk leaves to it."""
         sec = self._sec
-        if (
-            sec is None
-            or sec.skipping
-            or self._scan is not None
-            or not self._at_packet
-            or self._done
-            or self._pending
-            or self.compressed
-            or self._partial
-        ):
+        busy = self._scan is not None or self._done or self._pending or not self._at_packet
+        if sec is None or sec.skipping or busy or self.compressed or self._partial:
             return None
         rows = [
             (1, i.linktype, max_caplen(i.linktype), i.units_per_second, i.tsoffset)
@@ -320,14 +310,17 @@ class PcapngReader(CaptureReader):
         on (None, or a walk from ``offset`` itself: a packet block the walk will not
         judge), its batches read on from there."""
         self.seek_record(offset)
-        self._header_only = self._holding = True
         self._at_packet = False
+        self._read_to_packet()
+        return self.epb_walk()
+
+    def _read_to_packet(self) -> None:
+        self._header_only = self._holding = True
         try:
             while not (self._at_packet or self._done):
                 self._step()  # reads blocks up to the next packet block; yields no packets
         finally:
             self._header_only = self._holding = False
-        return self.epb_walk()
 
     def _snapshot(self) -> object:
         sec = self._sec
@@ -351,12 +344,7 @@ class PcapngReader(CaptureReader):
                     0, f"file too short for a pcapng header ({len(head)} bytes)", Kind.TOO_SHORT
                 )
             raise self._error(0, f"not a pcapng file: magic {head[:4].hex()}", Kind.NOT_A_CAPTURE)
-        self._header_only = self._holding = True
-        try:
-            while not (self._at_packet or self._done):
-                self._step()  # reads blocks up to the first packet block; yields no packets
-        finally:
-            self._header_only = self._holding = False
+        self._read_to_packet()
 
     # -- parsing ------------------------------------------------------------------------------
 

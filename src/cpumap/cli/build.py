@@ -112,7 +112,6 @@ class Source(Closing):
         unopened: str | None = None,
         also: Any = None,
         af_xdp: SourceConfig | None = None,
-        mapped: MappedCapture | None = None,
     ) -> None:
         self.what = what
         self.lossless = lossless
@@ -124,9 +123,9 @@ class Source(Closing):
         self._also = also  # closed with the reader: standard input's duplicate
         self._af_xdp = af_xdp  # an AF_XDP source to open on the producer (placing)
         self._xsk: XskSource | None = None
-        # A regular pcap file read in place: it places frames into the producer itself
-        # once placing() attaches it, and hands out the general reader's batches before.
-        self._mapped = mapped
+        # A capture file read in place: it places frames into the producer itself once
+        # placing() attaches it (and hands out the general reader's batches before).
+        self._mapped = reader if isinstance(reader, MappedCapture) else None
 
     def next_batch(self) -> PacketBatch | None:
         """The next batch; None at the end of a file -- or, live, when none came within
@@ -156,6 +155,11 @@ class Source(Closing):
         sources."""
         if self._mapped is not None:
             self._mapped.attach(rx)
+            try:
+                yield
+            finally:
+                self._mapped.detach()  # what an interruption left lent goes back
+            return
         if self._af_xdp is None:
             yield
             return
@@ -252,7 +256,7 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
             raise UsageError(f"{path}: {e.strerror or e}{limit_text(e.errno)}") from None
         raise
     if isinstance(reader, MappedCapture):
-        return Source(None, what, config.lossless, reader=reader, mapped=reader)
+        return Source(None, what, config.lossless, reader=reader)
     return Source(reader.batches(config.poll), what, config.lossless, reader=reader, also=stdin)
 
 
