@@ -515,3 +515,112 @@ def test_pipes_gzip_and_pcapng_keep_the_general_reader(tmp_path) -> None:
     with open_placing(fifo) as r:
         assert not isinstance(r, MappedCapture) and len(r.read_all()) == 10
     writer.join()
+
+
+# -- what an interruption, a stalled worker and a big file leave ---------------------------------
+
+
+def test_an_interrupted_poll_leaves_the_pool_whole_and_the_books_exact(tmp_path) -> None:
+    """A program that raises on the third poll: the exception comes out of next_batch,
+    the poll's frames are counted xdp_aborted, the rest of the lent frames go back."""
+    path = tmp_path / "gen.pcap"
+    path.write_bytes(_pcap_header(False, True) + b"".join(_record(False, f) for f in _frames(2000)))
+    polls = []
+
+    @vectorized
+    def third_raises(batch) -> np.ndarray:
+        polls.append(len(batch))
+        if len(polls) == 3:
+            raise KeyboardInterrupt
+        return np.full(len(batch), XDP_DROP, dtype=np.uint8)
+
+    with CpuMap(1, frames=FRAMES) as m:
+        with m.producer(third_raises, poll_size=POLL) as rx:
+            src = open_placing(path, batch_size=POLL)
+            assert isinstance(src, MappedCapture)
+            with src, pytest.raises(KeyboardInterrupt):
+                src.attach(rx)
+                while (b := src.next_batch()) is not None:
+                    rx.receive(b)
+            src.detach()
+        s = m.stats()
+        assert s.rx == 3 * POLL == sum(s.outcomes().values())
+        assert s.outcomes()["xdp_aborted"] == POLL and s.outcomes()["xdp_drop"] == 2 * POLL
+        assert m.pool.audit().whole, m.pool.audit()
+
+
+class _StallOnce:
+    """A handler whose first frame takes half a second: every frame stays in flight."""
+
+    def __init__(self) -> None:
+        self.stalled = False
+
+    def __call__(self, skb) -> None:
+        if not self.stalled:
+            self.stalled = True
+            threading.Event().wait(0.5)
+
+
+@pytest.mark.slow
+def test_workers_that_keep_every_frame_hand_the_file_to_the_general_path(tmp_path) -> None:
+    """The producer's frame_wait passes with no frame back: the rest of the file is the
+    general path's, which waits and counts no_frame as it does -- nothing lost."""
+    path = tmp_path / "gen.pcap"
+    path.write_bytes(_pcap_header(False, True) + b"".join(_record(False, f) for f in _frames(3000)))
+    with CpuMap(1, handler=_StallOnce(), frames=256) as m:
+        m.update(0, 256)
+        with m.producer(_to_cpu0, poll_size=64, frame_wait=0.1, backpressure=10.0) as rx:
+            src = open_placing(path, batch_size=64)
+            assert isinstance(src, MappedCapture)
+            with src:
+                src.attach(rx)
+                while (b := src.next_batch()) is not None:
+                    rx.receive(b)
+                src.detach()
+            assert src.handed_over is not None and 0 < src.placed < 3000
+        m.wait_idle(30)
+        s = m.stats()
+        assert s.rx == 3000 == sum(s.outcomes().values()), s.outcomes()
+        assert s.outcomes()["delivered"] + s.outcomes()["no_frame"] == 3000
+    assert m.pool.audit().whole
+
+
+def _mapped_rss(path: Path) -> int:
+    """KiB of ``path``'s mapping resident in this process (/proc/self/smaps)."""
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0] and " " in line:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return rss
+
+
+def test_the_mapping_does_not_stay_resident_behind_the_walk(tmp_path) -> None:
+    """RSS flat in the file's size: the pages behind the walk are unmapped as it goes
+    (an 80 MB file; the mapping never holds much more than the 32 MiB between releases)."""
+    path = tmp_path / "big.pcap"
+    rec = _record(False, udp_frame(1, 2, 1400))
+    path.write_bytes(_pcap_header(False, True) + rec * 60_000)
+    peak = []
+
+    @vectorized
+    def watch(batch) -> np.ndarray:
+        if len(peak) % 8 == 0:
+            peak.append(_mapped_rss(path))
+        else:
+            peak.append(0)
+        return np.full(len(batch), XDP_DROP, dtype=np.uint8)
+
+    with CpuMap(1, frames=FRAMES) as m, m.producer(watch, poll_size=POLL) as rx:
+        src = open_placing(path, batch_size=POLL)
+        assert isinstance(src, MappedCapture)
+        with src:
+            src.attach(rx)
+            while (b := src.next_batch()) is not None:
+                rx.receive(b)
+            src.detach()
+        assert src.placed == 60_000
+    assert max(peak) > 8 << 10  # it was watched: the mapping does go resident
+    assert max(peak) < 40 << 10, max(peak)  # KiB
