@@ -1,5 +1,6 @@
 /*
- * cpumap._place: a pcap file's records copied from its mapping straight into lent frames.
+ * cpumap._place: a capture file's records (pcap; pcapng EPBs) copied from its mapping
+ * straight into lent frames.
  *
  * Why this is compiled (the package is Python first):
  *  - The walk is a chain: where record i + 1 starts depends on the caplen in record i's
@@ -21,16 +22,18 @@
  *    disposition back and faults again into it.
  *
  * What it must equal: the general path, record for record.  Frame bytes and descriptors
- * as RxProducer._fill writes them from capture/pcap.py's PcapReader batches (length
+ * as RxProducer._fill writes them from capture/pcap.py's and pcapng.py's batches (length
  * truncated at the frame's room and counted TRUNCATED; wire_len; ts_ns = sec * 1e9 +
- * sub * unit; ifindex 0; rx_queue 0; the file's canonical link type; headroom, meta_len 0,
- * hops 0), and the flow hash (rx_hash, hash_type) as Skb(bytes).hash computes it
+ * sub * unit, or pcapng's floor(ts / units * 1e9) + if_tsoffset; ifindex 0, or pcapng's
+ * interface id; rx_queue 0; the link type, canonical; headroom, meta_len 0, hops 0), and
+ * the flow hash (rx_hash, hash_type) as Skb(bytes).hash computes it
  * (skb/frame.py's parser and skb/flow_hash.py), for every frame whose link type the
  * parser reads and that is IP; HASH_NONE otherwise (the worker computes it: 0).  It
  * refuses to judge anything the general reader would call damage: it stops before such
  * a record (caplen above the link type's maximum, caplen above the wire length, a record
- * cut by the end of the mapping) and says so, and the caller hands the rest of the file
- * to the general reader from that byte (capture/mapped.py).  Held equal by
+ * cut by the end of the mapping; pcapng: any block but a sound EPB of a declared
+ * interface whose time fits) and says so, and the caller hands the file to the general
+ * reader from that byte (capture/mapped.py).  Held equal by
  * tests/capture/test_mapped.py (every capture of the shared corpus, generated ones, and
  * hypothesis frames for the hash).
  */

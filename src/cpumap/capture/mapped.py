@@ -1,6 +1,6 @@
-"""A capture read where it lies: a regular pcap file mapped once, each record copied from
-the mapping straight into a frame its RX producer lends -- no read into chunks, no second
-copy, no Python per record.
+"""A capture read where it lies: a regular pcap or pcapng file mapped once, each record
+copied from the mapping straight into a frame its RX producer lends -- no read into
+chunks, no second copy, no Python per record.
 
 The general path (``reader.py`` + ``engine/rx.py``) reads the file into 4 MiB chunks,
 walks and gathers each chunk's records with numpy, and the producer copies every packet
@@ -21,21 +21,24 @@ truncated file is a :class:`CaptureError` naming the file and the byte offset, n
 crash.  (docs/performance.md, "A capture read in place", has the price of the copy.)
 
 Where the fast walk will not judge a record -- caplen above the link type's maximum,
-caplen above its wire length, a record cut by the end of the file -- it stops before it,
-and the rest of the file goes to the general reader from that exact byte
+caplen above its wire length, a record cut by the end of the file, a pcapng EPB with a
+bad trailer, interface or time -- it stops before it, and the rest of the file goes to
+the general reader from that exact byte
 (:meth:`~cpumap.capture.reader.CaptureReader.seek_record`): its batches come out of
 :meth:`MappedCapture.next_batch` to be received as any reader's, so damage messages and
 offsets, ``skip_bad`` and the books are the general path's own.  So does the rest of a
 file whose workers hold every frame for the producer's ``frame_wait`` (the general path
 then waits again and counts ``no_frame``, as it does).  Held equal to the general path by
-tests/capture/test_mapped.py.
+tests/capture/test_mapped.py.  A pcapng block other than an EPB (an interface, a
+section, statistics) is read by the general reader up to the next packet block
+(``PcapngReader.walk_on``: its state is the reader's), and the walk goes on from there.
 
 Frames lent and not placed (the end of the file, a hand-over, an exception) go back with
 ``RxProducer.return_lent``: this source is the partition's only lender, and it writes
 nothing once its call returned, so the frames are simply the partition's again.
 
-pcapng, gzip, pipes, FIFOs and standard input keep the general reader
-(:func:`open_placing` returns it).
+gzip, pipes, FIFOs and standard input keep the general reader (:func:`open_placing`
+returns it).
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def open_placing(
     stop: Stop | None = None,
 ) -> MappedCapture | CaptureReader:
     """``path`` opened as :func:`~cpumap.capture.open_capture` opens it -- and, when it is a
-    regular, uncompressed pcap file, read in place: a :class:`MappedCapture` over that
-    reader.  Anything else (pcapng, gzip, a FIFO, a device) is the general reader."""
+    regular, uncompressed pcap or pcapng file (with a packet block ahead), read in place:
+    a :class:`MappedCapture` over that reader.  Anything else (gzip, a FIFO, a device) is
+    the general reader."""
     name = os.fspath(path)
     try:
         # Not blocking on a FIFO without a writer (capture/stop.py reads those).
@@ -153,7 +157,7 @@ def _epb_walk(reader: PcapngReader, epb: EpbWalk) -> _Walk:
 
 
 class MappedCapture(Closing):
-    """A regular pcap file read in place into an RX producer's frames.
+    """A regular pcap or pcapng file read in place into an RX producer's frames.
 
     Made by :func:`open_placing` from the general reader that checked the file header
     (``reader``, on the open file ``file``; both are this object's from then on).  A wait
@@ -291,7 +295,7 @@ class MappedCapture(Closing):
             raise CaptureError(
                 self.path,
                 pos,
-                f"the file lost its bytes under the run: SIGBUS at byte {fault} of this "
+                f"the file lost its bytes under the run: SIGBUS at byte {fault}, in this "
                 f"record (the file was truncated while it was read?)",
                 Kind.CUT_SHORT,
             )

@@ -239,7 +239,7 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
     stdin = _stdin() if path == STDIN else None
     what = "standard input" if stdin is not None else what
     try:
-        # A regular pcap file is read in place (capture/mapped.py); the rest as before.
+        # A regular pcap/pcapng file is read in place (capture/mapped.py); the rest as before.
         reader = (
             open_capture(stdin, skip_bad=config.skip_bad, batch_size=config.poll, stop=stop)
             if stdin is not None
