@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import mmap
 import os
 import signal
@@ -42,7 +41,7 @@ from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
 from cpumap.kernel.xdp import XdpError, XdpMode, link_state
 from cpumap.live import Umem, XskError, XskMode, XskSource
 from cpumap.live.if_xdp import XDP_PACKET_HEADROOM
-from cpumap.live.netns import VethPair, entered, ip, unique_netns_name
+from cpumap.live.netns import VethPair, entered, ip
 from cpumap.live.xsk_rings import XDP_DESC
 from cpumap.programs import vectorized
 from tests.helpers import pid_gone, veth_unavailable, wait_for
@@ -534,37 +533,6 @@ class Queues:
 
     def finish(self) -> dict[int, int]:
         return self.by_queue
-
-
-def mac_of(netns: str, ifname: str) -> bytes:
-    (info,) = json.loads(ip("-n", netns, "-j", "link", "show", "dev", ifname))
-    return bytes.fromhex(info["address"].replace(":", ""))
-
-
-@pytest.fixture
-def two_queue_pair() -> Iterator[tuple[str, str, bytes, bytes]]:
-    """A veth pair with two RX queues a side: (local ns, peer ns, local MAC, peer MAC);
-    the ends are called ``mqa`` (local) and ``mqb``."""
-    local, peer = unique_netns_name(), unique_netns_name()
-    made = []
-    try:
-        for ns in (local, peer):
-            ip("netns", "add", ns)
-            made.append(ns)
-            with entered(ns):  # no IPv6: the kernel sends nothing of its own on the links
-                for conf in ("all", "default"):
-                    with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
-                        f.write("1")
-        queues = ("numtxqueues", "2", "numrxqueues", "2")
-        ip("-n", local, "link", "add", "mqa", *queues, "type", "veth",
-           "peer", "name", "mqb", *queues, "netns", peer)  # fmt: skip
-        ip("-n", local, "link", "set", "mqa", "up")
-        ip("-n", peer, "link", "set", "mqb", "up")
-        macs = [mac_of(ns, dev) for ns, dev in ((local, "mqa"), (peer, "mqb"))]
-        yield local, peer, macs[0], macs[1]
-    finally:
-        for ns in made:
-            ip("netns", "delete", ns)
 
 
 def test_every_queue_has_its_socket_and_frames_carry_their_queue(two_queue_pair) -> None:

@@ -223,7 +223,10 @@ class XskSource(Closing):
     ``mode``: where the redirect program runs (:class:`XdpMode`: native or skb).
     ``bind``: how the sockets bind (:class:`XskMode`; ``AUTO`` falls back to copy mode
     with a note in :attr:`notes`).  ``ring_size``: RX ring entries per socket (a power of
-    two; default: the frames the producer can lend, up to 16384).
+    two; default: the frames the producer can lend, up to 16384).  ``xskmap``: an XSKMAP
+    whose program another owns (:class:`~cpumap.live.xsk_queues.XskQueues`: one
+    attachment, a source per queue): the sockets go into it, and this source attaches
+    and detaches nothing -- detach first, then :meth:`stop` reads the rings dry.
     Build it in the interface's network namespace.  Errors: ``XdpError`` / ``XskError``
     with the kernel's errno and what to change; ``ValueError`` for a pool whose frames
     cannot be UMEM chunks.
@@ -238,6 +241,7 @@ class XskSource(Closing):
         mode: XdpMode = XdpMode.NATIVE,
         bind: XskMode = XskMode.AUTO,
         ring_size: int | None = None,
+        xskmap: XskMap | None = None,
     ) -> None:
         pool = rx.pool
         fs = pool.frame_size
@@ -254,7 +258,7 @@ class XskSource(Closing):
         self._received = self._polls = 0
         self._final: list[XskStatistics] | None = None
         try:
-            self._open(interface, queues, bind, ring_size)
+            self._open(interface, queues, bind, ring_size, xskmap)
         except BaseException:
             self._teardown()
             rx.return_lent()  # what _stock lent: its fill ring is closed
@@ -269,6 +273,7 @@ class XskSource(Closing):
         queues: Sequence[int] | None,
         bind: XskMode,
         ring_size: int | None,
+        shared_map: XskMap | None,
     ) -> None:
         pool, stack = self.pool, self._stack
         if ring_size is None:
@@ -276,18 +281,23 @@ class XskSource(Closing):
         self.umem = stack.enter_context(Umem(pool.data, chunk_size=pool.frame_size))
         first = XskSocket(self.umem, interface, _first(queues), rx_size=ring_size, mode=bind)
         self.ifname, self.ifindex = first.ifname, first.ifindex
-        self.queues = tuple(queues) if queues is not None else _all_queues(self.ifname)
+        self.queues = tuple(queues) if queues is not None else all_queues(self.ifname)
         self.sockets = [first] + [
             XskSocket(self.umem, self.ifindex, q, rx_size=ring_size) for q in self.queues[1:]
         ]
         self.notes = tuple(dict.fromkeys(s.note for s in self.sockets if s.note))
         """Why a socket is not zero-copy (``AUTO`` fell back to copy mode)."""
         self.zero_copy = first.zero_copy
-        xskmap = stack.enter_context(XskMap(max(self.queues) + 1, name="cpumap_xsks"))
+        if shared_map is None:
+            xskmap = stack.enter_context(XskMap(max(self.queues) + 1, name="cpumap_xsks"))
+        else:
+            xskmap = shared_map
         for s in self.sockets:
             xskmap.set(s.queue, s.fileno())
         self._prepare_poll()
         self._stock()
+        if shared_map is not None:
+            return  # the map's owner attaches the program (XskQueues), and detaches it
         program = stack.enter_context(xsk_redirect_program(xskmap))
         self._link = attach(self.ifindex, program, self.mode)
 
@@ -632,7 +642,7 @@ def _first(queues: Sequence[int] | None) -> int:
     return queues[0]
 
 
-def _all_queues(ifname: str) -> tuple[int, ...]:
+def all_queues(ifname: str) -> tuple[int, ...]:
     """Every RX queue the device has (ethtool's channel counts; one where it does not say)."""
     counts = queue_counts(ifname)
     return tuple(range(counts[0] if counts and counts[0] else 1))

@@ -1,0 +1,186 @@
+"""AF_XDP, one RX producer per queue, for real: an :class:`XskQueues` on a veth with two
+RX queues, the second queue served by a forked process with a producer of its own.
+
+veth picks the RX queue of an XDP frame sent into it (``veth_xdp_xmit``'s
+``veth_select_rxq``) as the sending CPU modulo the receiver's RX queues: the generator
+sends once from each CPU, so both queues receive.
+
+Checked: each queue's frames go through its own producer (partition), and the books are
+exact over both (sent == rx + the sockets' drops; rx == the sum of the outcomes); a queue
+process SIGKILLed costs only what it held (recovered by the supervisor) and the program
+is detached at close; a queue the device lacks is refused by name with nothing left.
+The pool is whole after every close.  Needs root and two CPUs; skips otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from cpumap import CpuMap
+from cpumap.abi import XDP_REDIRECT
+from cpumap.cpus import usable_cpus
+from cpumap.generator import Generator
+from cpumap.kernel.trafficgen import GenOptions, TrafficGen
+from cpumap.kernel.xdp import link_state
+from cpumap.live import XskError
+from cpumap.live.netns import entered
+from cpumap.live.xsk_queues import XskQueues
+from cpumap.programs import vectorized
+from tests.helpers import pid_gone, veth_unavailable, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+CPUS = sorted(usable_cpus())[:2]
+CPU = CPUS[0]
+DEADLINE_S = 30.0
+
+_REASON = veth_unavailable("network namespaces, AF_XDP sockets and XDP programs", bpf=True)
+if _REASON is not None:
+    pytest.skip(_REASON, allow_module_level=True)
+if len(CPUS) < 2:
+    pytest.skip("two CPUs are needed to send into both RX queues", allow_module_level=True)
+
+
+@vectorized
+def to_cpu(batch) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame to entry ``CPU``."""
+    n = len(batch)
+    return np.full(n, XDP_REDIRECT, dtype=np.uint8), np.full(n, CPU, dtype=np.uint32)
+
+
+class Queues:
+    """A handler that counts frames by the RX queue they came in on."""
+
+    def __init__(self) -> None:
+        self.by_queue: dict[int, int] = {}
+
+    def __call__(self, skb) -> bool:
+        self.by_queue[skb.rx_queue] = self.by_queue.get(skb.rx_queue, 0) + 1
+        return True
+
+    def finish(self) -> dict[int, int]:
+        return self.by_queue
+
+
+def frames(local_mac: bytes, peer_mac: bytes) -> list[bytes]:
+    gen = Generator(
+        flows=4, sizes=(64, 300), seed=1, protocols=("udp",), ip_versions=(4,), count=4,
+        dst_mac=local_mac, src_mac=peer_mac,
+    )  # fmt: skip
+    return [p.data for b in gen.batches(64) for p in b]
+
+
+def send_from_each_cpu(peer: str, data: list[bytes], count: int) -> int:
+    """``count`` frames from each CPU (so into each RX queue); frames the veth dropped
+    subtracted: what reached the receiver's hook."""
+    reached = 0
+    with entered(peer), TrafficGen("mqb", data) as tg:
+        for cpu in CPUS:
+            res = tg.run(GenOptions(count=count, cpu=cpu))
+            reached += res.sent - res.drops
+    return reached
+
+
+def receive_until(qs: XskQueues, done: Callable[[], bool]) -> None:
+    """Poll the first queue until ``done()``, or fail at the deadline (the others poll
+    themselves)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        assert time.monotonic() < deadline, f"not done in time: {qs.statistics()}"
+        qs.poll(0.01)
+
+
+def attached(local: str) -> int:
+    with entered(local):
+        return link_state("mqa").xdp_attached
+
+
+def xdp_sockets(local: str) -> int:
+    with entered(local), open("/proc/thread-self/net/protocols") as f:
+        for line in f:
+            if line.split()[0] == "XDP":
+                return int(line.split()[2])
+    raise AssertionError("no XDP line in /proc/net/protocols")
+
+
+def open_queues(local: str, m: CpuMap, rx, **kw) -> XskQueues:
+    with entered(local):
+        return XskQueues(rx, "mqa", twin=lambda: m.producer(to_cpu, backpressure=10.0), **kw)
+
+
+def test_each_queue_has_its_producer_and_the_books_are_exact(two_queue_pair) -> None:
+    local, peer, local_mac, peer_mac = two_queue_pair
+    data = frames(local_mac, peer_mac)
+    with CpuMap(CPU + 1, handler=Queues(), frames=8192, producers=2) as m:
+        m.update(CPU, 4096)
+        with m.producer(to_cpu, backpressure=10.0) as rx:
+            qs = open_queues(local, m, rx)
+            with qs:
+                assert qs.queues == (0, 1) and len(qs.pids) == 1 and not qs.zero_copy
+                assert attached(local) and xdp_sockets(local) == 2
+                reached = send_from_each_cpu(peer, data, 1000)
+                receive_until(qs, lambda: qs.statistics().received + qs.drops >= reached)
+                qs.stop()
+                stats = qs.statistics()
+            (pid,) = qs.pids
+            assert pid_gone(pid) and qs.deaths == 0
+            assert not attached(local) and xdp_sockets(local) == 0
+            m.wait_idle(DEADLINE_S)
+            s = m.stats()
+    by_queue = {q: n for r in m.results for q, n in (r.result or {}).items()}
+    per_producer = {p.producer: p.rx for p in s.producers}
+    assert reached == 2000 and stats.drops == 0
+    assert stats.received + stats.drops == reached == s.rx  # every frame the hook saw
+    assert s.rx == sum(s.outcomes().values()) and s.in_flight == 0
+    assert by_queue == {0: 1000, 1: 1000}
+    # Each queue through its own producer: one partition each.
+    assert sorted(per_producer.values()) == [1000, 1000]
+    assert m.pool.audit().whole, m.pool.audit()
+
+
+def test_a_queue_process_killed_costs_what_it_held_and_close_detaches(two_queue_pair) -> None:
+    local, peer, local_mac, peer_mac = two_queue_pair
+    data = frames(local_mac, peer_mac)
+    with CpuMap(CPU + 1, frames=8192, producers=2) as m:
+        m.update(CPU, 4096)
+        with m.producer(to_cpu, backpressure=10.0) as rx:
+            qs = open_queues(local, m, rx)
+            with qs:
+                (pid,) = qs.pids
+                send_from_each_cpu(peer, data, 500)
+                receive_until(qs, lambda: qs.statistics().received >= 1000)
+                lent = m.pool.audit().kernel
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: pid_gone(pid), DEADLINE_S, "the queue process to die")
+                # The supervisor recovers the dead producer's partition: its lent frames
+                # are the pool's again.
+                wait_for(
+                    lambda: m.stats().producer_deaths == 1 and m.pool.audit().kernel < lent,
+                    DEADLINE_S,
+                    "the dead producer's partition recovered",
+                )
+                assert attached(local)  # the first queue still receives
+            assert qs.deaths == 1
+            assert not attached(local) and xdp_sockets(local) == 0
+            m.wait_idle(DEADLINE_S)
+            s = m.stats()
+    assert s.rx == sum(s.outcomes().values()) and s.in_flight == 0
+    assert m.pool.audit().whole, m.pool.audit()
+
+
+def test_a_queue_the_device_lacks_is_refused_and_nothing_is_left(two_queue_pair) -> None:
+    local = two_queue_pair[0]
+    with CpuMap(CPU + 1, frames=8192, producers=3) as m, m.producer(to_cpu) as rx:
+        with pytest.raises(XskError) as e:
+            open_queues(local, m, rx, queues=(0, 1, 5))
+        assert not attached(local) and xdp_sockets(local) == 0
+        assert m.pool.audit().kernel == 0
+    assert e.value.errno == errno.EINVAL and "queue" in e.value.strerror
+    assert m.pool.audit().whole, m.pool.audit()
