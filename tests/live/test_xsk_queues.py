@@ -15,8 +15,10 @@ The pool is whole after every close.  Needs root and two CPUs; skips otherwise.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -33,7 +35,8 @@ from cpumap.live import XskError
 from cpumap.live.netns import entered
 from cpumap.live.xsk_queues import XskQueues
 from cpumap.programs import vectorized
-from tests.helpers import pid_gone, veth_unavailable, wait_for
+from tests.helpers import CPUMAP_SCRIPT, assert_usage_error, pid_gone, veth_unavailable, wait_for
+from tests.helpers import cpumap as run_cpumap
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -184,3 +187,46 @@ def test_a_queue_the_device_lacks_is_refused_and_nothing_is_left(two_queue_pair)
         assert m.pool.audit().kernel == 0
     assert e.value.errno == errno.EINVAL and "queue" in e.value.strerror
     assert m.pool.audit().whole, m.pool.audit()
+
+
+# --- cpumap run --af-xdp --queues ----------------------------------------------------------------
+
+
+def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pair) -> None:
+    local, peer, local_mac, peer_mac = two_queue_pair
+    data = frames(local_mac, peer_mac)
+    run = subprocess.Popen(
+        ["ip", "netns", "exec", local, CPUMAP_SCRIPT, "run", "--iface", "mqa", "--af-xdp",
+         "--queues", "0,1", "--duration", "4", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: attached(local) or run.poll() is not None, DEADLINE_S, "the attach")
+        reached = send_from_each_cpu(peer, data, 5000)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, out + err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert not attached(local) and xdp_sockets(local) == 0
+    rx = summary["rx"]
+    assert summary["accounted"] is True and rx == sum(summary["outcomes"].values())
+    assert rx + summary["source_drops"] == reached == 10_000
+    assert sorted(p["rx"] for p in summary["counters"]["producers"]) == [5000, 5000]
+
+
+def test_a_queue_the_device_lacks_is_one_line_and_status_2(two_queue_pair) -> None:
+    local = two_queue_pair[0]
+    r = run_cpumap(
+        "run", "--iface", "mqa", "--af-xdp", "--queues", "0,5", "--duration", "1",
+        netns=local, timeout=120,
+    )  # fmt: skip
+    assert_usage_error(r, "queue")
+    assert not attached(local) and xdp_sockets(local) == 0
+
+
+def test_a_queue_that_is_not_a_number_is_refused_by_the_parser() -> None:
+    r = run_cpumap("run", "--iface", "lo", "--af-xdp", "--queues", "0,x", timeout=120)
+    assert r.returncode == 2 and "argument --queues: 'x' is not an integer" in r.stderr

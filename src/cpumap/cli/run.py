@@ -93,7 +93,7 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
         with open_source(config.source, signals.stop) as source:
             if config.view.mode != "json":
                 console.print(banner(config, source), highlight=False)
-            cmap = new_map(config)
+            cmap = new_map(config, source.producers)
             signals.on_hurry(cmap.hurry_close)  # a second signal cuts a close's wait too
             with cmap:
                 ending = start_and_feed(cmap, source, config, console, signals, out)
@@ -107,11 +107,13 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
             os.close(claim)
 
 
-def new_map(config: RunConfig) -> CpuMap:
-    """The map, or one line naming the limit that keeps it from starting."""
+def new_map(config: RunConfig, producers: int = 1) -> CpuMap:
+    """The map (``producers``: RX producer slots, one per AF_XDP queue), or one line
+    naming the limit that keeps it from starting."""
     try:
         return CpuMap(
             max(config.cpus) + 1,
+            producers=producers,
             handler=config.handler.handler,
             batch_size=config.batch,
             options=MapOptions(setup_timeout=config.handler.setup_timeout),
@@ -224,7 +226,9 @@ def feed_and_drain(
         with (
             cmap.producer(program, poll_size=config.source.poll, backpressure=backpressure) as rx,
             pinned(config.rx_cpu),
-            source.placing(rx),  # --af-xdp: frames placed into rx; stopped before it closes
+            # --af-xdp: frames placed into rx (and, a queue each, into twins of it in
+            # processes of their own); stopped before rx closes.
+            source.placing(rx, lambda: cmap.producer(program, poll_size=config.source.poll)),
         ):
             # From now, --duration counts reading time, as before the wait for a source.
             signals.stop.deadline = t0 + config.duration if config.duration else None

@@ -124,7 +124,6 @@ import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET
 from ..closing import Closing
-from ..engine.frame_pool import DESC_WORDS
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
 from .if_xdp import XDP_PACKET_HEADROOM
@@ -317,7 +316,8 @@ class XskSource(Closing):
     def _prepare_poll(self) -> None:
         pool, n = self.pool, self.rx.poll_size
         self._shift = pool.frame_size.bit_length() - 1
-        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), DESC_WORDS)
+        words = pool.desc.dtype.itemsize // 8  # a descriptor in u64 words
+        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), words)
         self._mask = pool.frame_size - 1
         _check_layout(pool.desc.dtype)
         # Where a frame lands in its chunk when the UMEM has no headroom of its own (both
@@ -331,7 +331,7 @@ class XskSource(Closing):
         self._records = []
         word3 = LINKTYPE_ETHERNET | self._headroom << 16
         for s in self.sockets:
-            rec = np.zeros((n, DESC_WORDS), dtype=np.uint64)
+            rec = np.zeros((n, self._desc_words.shape[1]), dtype=np.uint64)
             rec[:, 2] = self.ifindex | s.queue << 32
             rec[:, 3] = word3
             self._records.append((rec, rec.view(np.uint32)))
@@ -619,7 +619,7 @@ def _check_layout(dtype: np.dtype) -> None:
     want |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
     want |= {"rx_hash": 32, "hash_type": 36, "reserved": 38}  # zero: AF_XDP gives no hash
     got = {name: off for name, (_, off) in dtype.fields.items()}
-    if dtype.itemsize != 8 * DESC_WORDS or got != want:
+    if dtype.itemsize != 40 or got != want:
         raise ValueError(f"pool descriptor layout {got} is not the one XskSource writes")
 
 
