@@ -230,3 +230,30 @@ def test_a_queue_the_device_lacks_is_one_line_and_status_2(two_queue_pair) -> No
 def test_a_queue_that_is_not_a_number_is_refused_by_the_parser() -> None:
     r = run_cpumap("run", "--iface", "lo", "--af-xdp", "--queues", "0,x", timeout=120)
     assert r.returncode == 2 and "argument --queues: 'x' is not an integer" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signalled_controller_leaves_nothing_on_the_interface(two_queue_pair, sig) -> None:
+    """SIGINT: the run stops in order (exit status 130, every frame accounted for).
+    SIGKILL: the link dies with the controller, the queue processes with it (PDEATHSIG),
+    and their sockets with them."""
+    local = two_queue_pair[0]
+    run = subprocess.Popen(
+        ["ip", "netns", "exec", local, CPUMAP_SCRIPT, "run", "--iface", "mqa", "--af-xdp",
+         "--queues", "all", "--duration", "60", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: attached(local) or run.poll() is not None, DEADLINE_S, "the attach")
+        wait_for(lambda: xdp_sockets(local) == 2, DEADLINE_S, "a socket per queue")
+        os.kill(run.pid, sig)  # `ip netns exec` execs cpumap: the same pid
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    wait_for(lambda: not attached(local) and xdp_sockets(local) == 0, DEADLINE_S, "nothing left")
+    if sig == signal.SIGINT:
+        assert run.returncode == 130, out + err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["accounted"] is True and len(summary["counters"]["producers"]) == 2
