@@ -32,7 +32,7 @@ from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, TrafficGen
 from cpumap.kernel.xdp import link_state
 from cpumap.live import XskError
-from cpumap.live.netns import entered
+from cpumap.live.netns import VethPair
 from cpumap.live.xsk_queues import XskQueues
 from cpumap.programs import vectorized
 from tests.helpers import CPUMAP_SCRIPT, assert_usage_error, pid_gone, veth_unavailable, wait_for
@@ -72,19 +72,19 @@ class Queues:
         return self.by_queue
 
 
-def frames(local_mac: bytes, peer_mac: bytes) -> list[bytes]:
+def frames(pair: VethPair) -> list[bytes]:
     gen = Generator(
         flows=4, sizes=(64, 300), seed=1, protocols=("udp",), ip_versions=(4,), count=4,
-        dst_mac=local_mac, src_mac=peer_mac,
+        dst_mac=pair.local.mac_bytes, src_mac=pair.peer.mac_bytes,
     )  # fmt: skip
     return [p.data for b in gen.batches(64) for p in b]
 
 
-def send_from_each_cpu(peer: str, data: list[bytes], count: int) -> int:
+def send_from_each_cpu(pair: VethPair, data: list[bytes], count: int) -> int:
     """``count`` frames from each CPU (so into each RX queue); frames the veth dropped
     subtracted: what reached the receiver's hook."""
     reached = 0
-    with entered(peer), TrafficGen("mqb", data) as tg:
+    with pair.in_peer(), TrafficGen(pair.peer.ifname, data) as tg:
         for cpu in CPUS:
             res = tg.run(GenOptions(count=count, cpu=cpu))
             reached += res.sent - res.drops
@@ -100,41 +100,43 @@ def receive_until(qs: XskQueues, done: Callable[[], bool]) -> None:
         qs.poll(0.01)
 
 
-def attached(local: str) -> int:
-    with entered(local):
-        return link_state("mqa").xdp_attached
+def attached(pair: VethPair) -> int:
+    with pair.in_local():
+        return link_state(pair.local.ifname).xdp_attached
 
 
-def xdp_sockets(local: str) -> int:
-    with entered(local), open("/proc/thread-self/net/protocols") as f:
+def xdp_sockets(pair: VethPair) -> int:
+    with pair.in_local(), open("/proc/thread-self/net/protocols") as f:
         for line in f:
             if line.split()[0] == "XDP":
                 return int(line.split()[2])
     raise AssertionError("no XDP line in /proc/net/protocols")
 
 
-def open_queues(local: str, m: CpuMap, rx, **kw) -> XskQueues:
-    with entered(local):
-        return XskQueues(rx, "mqa", twin=lambda: m.producer(to_cpu, backpressure=10.0), **kw)
+def open_queues(pair: VethPair, m: CpuMap, rx, **kw) -> XskQueues:
+    with pair.in_local():
+        return XskQueues(
+            rx, pair.local.ifname, twin=lambda: m.producer(to_cpu, backpressure=10.0), **kw
+        )
 
 
 def test_each_queue_has_its_producer_and_the_books_are_exact(two_queue_pair) -> None:
-    local, peer, local_mac, peer_mac = two_queue_pair
-    data = frames(local_mac, peer_mac)
+    pair = two_queue_pair
+    data = frames(pair)
     with CpuMap(CPU + 1, handler=Queues(), frames=8192, producers=2) as m:
         m.update(CPU, 4096)
         with m.producer(to_cpu, backpressure=10.0) as rx:
-            qs = open_queues(local, m, rx)
+            qs = open_queues(pair, m, rx)
             with qs:
                 assert qs.queues == (0, 1) and len(qs.pids) == 1 and not qs.zero_copy
-                assert attached(local) and xdp_sockets(local) == 2
-                reached = send_from_each_cpu(peer, data, 1000)
+                assert attached(pair) and xdp_sockets(pair) == 2
+                reached = send_from_each_cpu(pair, data, 1000)
                 receive_until(qs, lambda: qs.statistics().received + qs.drops >= reached)
                 qs.stop()
                 stats = qs.statistics()
             (pid,) = qs.pids
             assert pid_gone(pid) and qs.deaths == 0
-            assert not attached(local) and xdp_sockets(local) == 0
+            assert not attached(pair) and xdp_sockets(pair) == 0
             m.wait_idle(DEADLINE_S)
             s = m.stats()
     by_queue = {q: n for r in m.results for q, n in (r.result or {}).items()}
@@ -149,15 +151,15 @@ def test_each_queue_has_its_producer_and_the_books_are_exact(two_queue_pair) -> 
 
 
 def test_a_queue_process_killed_costs_what_it_held_and_close_detaches(two_queue_pair) -> None:
-    local, peer, local_mac, peer_mac = two_queue_pair
-    data = frames(local_mac, peer_mac)
+    pair = two_queue_pair
+    data = frames(pair)
     with CpuMap(CPU + 1, frames=8192, producers=2) as m:
         m.update(CPU, 4096)
         with m.producer(to_cpu, backpressure=10.0) as rx:
-            qs = open_queues(local, m, rx)
+            qs = open_queues(pair, m, rx)
             with qs:
                 (pid,) = qs.pids
-                send_from_each_cpu(peer, data, 500)
+                send_from_each_cpu(pair, data, 500)
                 receive_until(qs, lambda: qs.statistics().received >= 1000)
                 lent = m.pool.audit().kernel
                 os.kill(pid, signal.SIGKILL)
@@ -169,9 +171,9 @@ def test_a_queue_process_killed_costs_what_it_held_and_close_detaches(two_queue_
                     DEADLINE_S,
                     "the dead producer's partition recovered",
                 )
-                assert attached(local)  # the first queue still receives
+                assert attached(pair)  # the first queue still receives
             assert qs.deaths == 1
-            assert not attached(local) and xdp_sockets(local) == 0
+            assert not attached(pair) and xdp_sockets(pair) == 0
             m.wait_idle(DEADLINE_S)
             s = m.stats()
     assert s.rx == sum(s.outcomes().values()) and s.in_flight == 0
@@ -179,11 +181,11 @@ def test_a_queue_process_killed_costs_what_it_held_and_close_detaches(two_queue_
 
 
 def test_a_queue_the_device_lacks_is_refused_and_nothing_is_left(two_queue_pair) -> None:
-    local = two_queue_pair[0]
+    pair = two_queue_pair
     with CpuMap(CPU + 1, frames=8192, producers=3) as m, m.producer(to_cpu) as rx:
         with pytest.raises(XskError) as e:
-            open_queues(local, m, rx, queues=(0, 1, 5))
-        assert not attached(local) and xdp_sockets(local) == 0
+            open_queues(pair, m, rx, queues=(0, 1, 5))
+        assert not attached(pair) and xdp_sockets(pair) == 0
         assert m.pool.audit().kernel == 0
     assert e.value.errno == errno.EINVAL and "queue" in e.value.strerror
     assert m.pool.audit().whole, m.pool.audit()
@@ -193,16 +195,17 @@ def test_a_queue_the_device_lacks_is_refused_and_nothing_is_left(two_queue_pair)
 
 
 def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pair) -> None:
-    local, peer, local_mac, peer_mac = two_queue_pair
-    data = frames(local_mac, peer_mac)
+    pair = two_queue_pair
+    data = frames(pair)
     run = subprocess.Popen(
-        ["ip", "netns", "exec", local, CPUMAP_SCRIPT, "run", "--iface", "mqa", "--af-xdp",
+        ["ip", "netns", "exec", pair.local.netns, CPUMAP_SCRIPT, "run", "--iface",
+         pair.local.ifname, "--af-xdp",
          "--queues", "0,1", "--duration", "4", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: attached(local) or run.poll() is not None, DEADLINE_S, "the attach")
-        reached = send_from_each_cpu(peer, data, 5000)
+        wait_for(lambda: attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
+        reached = send_from_each_cpu(pair, data, 5000)
         out, err = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
@@ -210,7 +213,7 @@ def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pai
             run.communicate()
     assert run.returncode == 0, out + err
     summary = json.loads(out.strip().splitlines()[-1])
-    assert not attached(local) and xdp_sockets(local) == 0
+    assert not attached(pair) and xdp_sockets(pair) == 0
     rx = summary["rx"]
     assert summary["accounted"] is True and rx == sum(summary["outcomes"].values())
     assert rx + summary["source_drops"] == reached == 10_000
@@ -218,13 +221,13 @@ def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pai
 
 
 def test_a_queue_the_device_lacks_is_one_line_and_status_2(two_queue_pair) -> None:
-    local = two_queue_pair[0]
+    pair = two_queue_pair
     r = run_cpumap(
-        "run", "--iface", "mqa", "--af-xdp", "--queues", "0,5", "--duration", "1",
-        netns=local, timeout=120,
+        "run", "--iface", pair.local.ifname, "--af-xdp", "--queues", "0,5", "--duration",
+        "1", netns=pair.local.netns, timeout=120,
     )  # fmt: skip
     assert_usage_error(r, "queue")
-    assert not attached(local) and xdp_sockets(local) == 0
+    assert not attached(pair) and xdp_sockets(pair) == 0
 
 
 def test_a_queue_that_is_not_a_number_is_refused_by_the_parser() -> None:
@@ -237,22 +240,23 @@ def test_a_signalled_controller_leaves_nothing_on_the_interface(two_queue_pair, 
     """SIGINT: the run stops in order (exit status 130, every frame accounted for).
     SIGKILL: the link dies with the controller, the queue processes with it (PDEATHSIG),
     and their sockets with them."""
-    local = two_queue_pair[0]
+    pair = two_queue_pair
     run = subprocess.Popen(
-        ["ip", "netns", "exec", local, CPUMAP_SCRIPT, "run", "--iface", "mqa", "--af-xdp",
+        ["ip", "netns", "exec", pair.local.netns, CPUMAP_SCRIPT, "run", "--iface",
+         pair.local.ifname, "--af-xdp",
          "--queues", "all", "--duration", "60", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: attached(local) or run.poll() is not None, DEADLINE_S, "the attach")
-        wait_for(lambda: xdp_sockets(local) == 2, DEADLINE_S, "a socket per queue")
+        wait_for(lambda: attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
+        wait_for(lambda: xdp_sockets(pair) == 2, DEADLINE_S, "a socket per queue")
         os.kill(run.pid, sig)  # `ip netns exec` execs cpumap: the same pid
         out, err = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             run.kill()
             run.communicate()
-    wait_for(lambda: not attached(local) and xdp_sockets(local) == 0, DEADLINE_S, "nothing left")
+    wait_for(lambda: not attached(pair) and xdp_sockets(pair) == 0, DEADLINE_S, "nothing left")
     if sig == signal.SIGINT:
         assert run.returncode == 130, out + err
         summary = json.loads(out.strip().splitlines()[-1])

@@ -41,7 +41,7 @@ from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
 from cpumap.kernel.xdp import XdpError, XdpMode, link_state
 from cpumap.live import Umem, XskError, XskMode, XskSource
 from cpumap.live.if_xdp import XDP_PACKET_HEADROOM
-from cpumap.live.netns import VethPair, entered, ip
+from cpumap.live.netns import VethPair, ip
 from cpumap.live.xsk_rings import XDP_DESC
 from cpumap.programs import vectorized
 from tests.helpers import pid_gone, veth_unavailable, wait_for
@@ -524,21 +524,20 @@ class Queues:
 
 
 def test_every_queue_has_its_socket_and_frames_carry_their_queue(two_queue_pair) -> None:
-    local, peer, local_mac, peer_mac = two_queue_pair
+    pair = two_queue_pair
     gen = Generator(
         flows=4, sizes=(64,), seed=1, protocols=("udp",), ip_versions=(4,), count=4,
-        dst_mac=local_mac, src_mac=peer_mac,
+        dst_mac=pair.local.mac_bytes, src_mac=pair.peer.mac_bytes,
     )  # fmt: skip
     frames = [p.data for b in gen.batches(64) for p in b]
     cpus = sorted(usable_cpus())[:2]
     with CpuMap(CPU + 1, handler=Queues(), frames=4096) as m:
         m.update(CPU, 4096)
         with m.producer(to_cpu, backpressure=10.0) as rx:
-            with entered(local):
-                src = XskSource(rx, "mqa")
+            src = open_source(pair, rx)
             with src:
                 assert src.queues == (0, 1) and len(src.sockets) == 2
-                with entered(peer), TrafficGen("mqb", frames) as tg:
+                with pair.in_peer(), TrafficGen(pair.peer.ifname, frames) as tg:
                     for cpu in cpus:  # a veth frame lands on queue (sending CPU % queues)
                         tg.run(GenOptions(count=500, cpu=cpu))
                 want = 500 * len(cpus)
