@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results),
                "cpu_ratios": ratios(results, "cpu_fps"), "machine": machine()}  # fmt: skip
+        if "af_xdp_q1" in results:  # each queue count against one queue, same round
+            doc["queue_ratios"] = ratios(results, baseline="af_xdp_q1")
+            doc["queue_cpu_ratios"] = ratios(results, "cpu_fps", "af_xdp_q1")
         print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
         print_table(results, skipped, opts)
