@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="--af-xdp: the RX queues to receive from, Q,Q,... or all (default: all); each "
         "queue has its own RX producer, the first in this process, each other one in a "
-        "process pinned to CPU Q (as a NIC queue's NAPI)",
+        "process pinned to CPU Q modulo the CPUs (as a NIC queue's NAPI)",
     )
     run.add_argument(
         "--kernel",
