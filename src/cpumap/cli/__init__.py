@@ -37,7 +37,6 @@ from rich.console import Console
 from .args import build_parser, normalize_argv, parse_cpus, run_config
 from .errors import EXIT_TABLE, ExitStatus, SetupError, UsageError, os_error_text
 from .output import claimed_by_another, reopen_closed_std_fds, taken
-from .run import run as run_command
 
 __all__ = [
     "EXIT_TABLE",
@@ -94,6 +93,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             from .kernel_run import run_kernel
 
             return run_kernel(config, console)
+        # Imported here: what a run needs (the engine, the source) is not what `--help`,
+        # a usage error or the other subcommands need (tests/test_imports.py).
+        from .run import run as run_command
+
         return run_command(config, console)
     except UsageError as e:
         ap.exit(ExitStatus.USAGE, f"cpumap: error: {e}\n")
