@@ -27,6 +27,11 @@ same clock (``CLOCK_MONOTONIC`` is system-wide).  The phases:
     summary       the text (or JSON) summary rendered and written
     exit          main() returned -> the process is gone (atexit, finalization)
 
+Bytecode: each tree's modules are compiled first (``compileall``), as ``pip install``
+leaves a package; with ``PYTHONDONTWRITEBYTECODE=1`` in the environment (as on our test
+VM) an editable checkout is otherwise compiled from source at every start, which costs
+more than the imports themselves.  ``--as-is`` measures it that way.
+
 A/B against another checkout (``--baseline DIR``): its ``src`` goes first on PYTHONPATH,
 with this tree's compiled helpers copied in when it has none (they are built in place).
 Ratios are baseline / this tree, in the same run, interleaved (A B A B ...).
@@ -89,10 +94,12 @@ def feed_marked(receive, *a, **k):
     finally:
         mark("feed>")
 R.feed = feed_marked
-rc = cli.main(sys.argv[2:])
+marks_path = sys.argv[1]
+sys.argv = ["cpumap", *sys.argv[2:]]
+rc = cli.main()  # as the command calls it
 mark("main>")
 sys.stdout.flush()
-with open(sys.argv[1], "w") as f:
+with open(marks_path, "w") as f:
     f.writelines(f"{name}\t{t!r}\n" for name, t in T.items())
 sys.exit(rc)
 """
@@ -169,6 +176,15 @@ def baseline_src(checkout: Path, scratch: Path) -> Path:
     return dest / "src"
 
 
+def compile_tree(src: Path) -> None:
+    """Write ``src``'s bytecode caches (``__pycache__``: ignored by git)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(src / "cpumap")],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+
+
 def measure(trees: dict[str, dict[str, str]], argv: list[str], n: int) -> dict[str, dict]:
     """``n`` runs of each tree, interleaved; the median of each phase."""
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
@@ -219,14 +235,24 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5, help="runs of each (median)")
     ap.add_argument("--baseline", type=Path, help="another checkout: its HEAD's src as A")
     ap.add_argument("--importtime", type=int, nargs="?", const=20, metavar="TOP")
+    ap.add_argument("--as-is", action="store_true", help="no compileall first (see above)")
     ap.add_argument("extra", nargs="*", help="more `cpumap run` arguments (after --)")
     a = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+    dont_write = os.environ.get("PYTHONDONTWRITEBYTECODE")
+    print(
+        f"PYTHONDONTWRITEBYTECODE={dont_write!r}; bytecode "
+        + ("as is" if a.as_is else "compiled first")
+    )
     with tempfile.TemporaryDirectory(prefix="bench_startup.") as scratch:
-        trees = {}
+        srcs: dict[str, Path | None] = {}
         if a.baseline is not None:
-            trees["baseline"] = tree_env(baseline_src(a.baseline, Path(scratch)))
-        trees["this tree"] = tree_env(None)
+            srcs["baseline"] = baseline_src(a.baseline, Path(scratch))
+        srcs["this tree"] = None
+        if not a.as_is:
+            for src in srcs.values():
+                compile_tree(src or HERE / "src")
+        trees = {name: tree_env(src) for name, src in srcs.items()}
         if a.importtime:
             for name, env in trees.items():
                 print(f"\n[{name}]", end="")
