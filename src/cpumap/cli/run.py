@@ -439,7 +439,7 @@ class View(Closing, Generic[S]):
 def show(report: RunReport, view: ViewConfig, console: Console, out: Output | None = None) -> None:
     """The summary (text, or one JSON object), the error on stderr, the exit status."""
     if view.mode == "json":
-        emit_json(report.as_json(), out)
+        emit_json(report.as_json(top=view.top), out)
     else:
         for part in render_summary(report, view.top):
             console.print(part, highlight=False)
