@@ -329,6 +329,7 @@ class Bench:
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))
             self.costs["job_packets"] = n
+            self.costs["job_bytecode_compiled"] = main_job.compile_package()
             dpkt_table: dict = {}  # the dpkt row's flow table, for the check after
             size = os.path.getsize(path)
             self.say(f"[b]the main job[/b] ({n:,} packets, {size / 1e9:.2f} GB, mixed sizes)")
