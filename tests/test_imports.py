@@ -91,6 +91,18 @@ def test_a_whole_capture_run_imports_no_live_kernel_cluster_or_generator() -> No
     assert offenders(modules) == []
 
 
+def test_a_runs_output_loads_no_emoji_table() -> None:
+    """The command's console has emoji codes off: its first print loaded rich's table of
+    them (and an IPv6 endpoint could read as a code)."""
+    modules = imported_after(
+        "import cpumap.cli, sys\n"
+        f"sys.argv = ['cpumap', 'run', {str(DEMO)!r}, '--quiet']\n"
+        "assert cpumap.cli.main() == 0\n"
+    )
+    assert "rich.console" in modules and "cpumap.engine.map" in modules
+    assert "rich._emoji_codes" not in modules
+
+
 def test_import_cpumap_alone_imports_none_of_its_subpackages() -> None:
     modules = imported_after("import cpumap")
     ours = {m for m in modules if m.startswith("cpumap.")}
