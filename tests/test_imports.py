@@ -117,6 +117,16 @@ def test_every_exported_name_resolves(package: str) -> None:
     assert set(mod.__all__) <= set(dir(mod))
 
 
+def test_a_lazy_name_is_looked_up_once_then_is_a_plain_global() -> None:
+    modules = imported_after(
+        "import cpumap, sys\n"
+        "assert 'CpuMap' not in vars(cpumap) and 'cpumap.engine.map' not in sys.modules\n"
+        "from cpumap import CpuMap\n"
+        "assert vars(cpumap)['CpuMap'] is CpuMap is sys.modules['cpumap.engine.map'].CpuMap\n"
+    )
+    assert "cpumap.engine.map" in modules
+
+
 @pytest.mark.parametrize("package", LAZY_PACKAGES)
 def test_an_unknown_name_is_an_attribute_error(package: str) -> None:
     mod = importlib.import_module(package)
