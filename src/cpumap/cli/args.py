@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..abi import CPUMAP_QSIZE_MAX as QSIZE_MAX  # the engine's limit (engine.map), as cheap
 from ..cpus import format_cpu_list, parse_cpu_list, usable_cpus
-from ..engine import QSIZE_MAX
 from ..programs import BUILTIN_PROGRAMS, LoadError, load_handler, load_object
 from ..programs.contract import is_batch_handler
 from ..sinks import CaptureSink, Chain, Count, FlowTable

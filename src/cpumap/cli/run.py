@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -41,10 +40,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rich.console import Console
-from rich.live import Live
 
 from ..capture import CaptureError, ReadInterrupted, Stop
 from ..closing import Closing
@@ -59,6 +57,9 @@ from .errors import SetupError, UsageError, os_error_text, start_failure
 from .output import Output, claim_write_dir, merge_into
 from .report import SIGNAL_STATUS, Ending, RunReport, Written, local_report, written_by
 from .view import Sample, interval_record, render_live, render_summary
+
+if TYPE_CHECKING:  # imported where used: a terminal's live view, a --json run
+    from rich.live import Live
 
 DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at the end
 DRAIN_SLICE = 0.05  # the drain looks for a second signal this often
@@ -418,6 +419,8 @@ class View(Closing, Generic[S]):
         self.last = last
         self.live: Live | None = None
         if config.mode == "text" and console.is_terminal:
+            from rich.live import Live
+
             self.live = Live(console=console, auto_refresh=False, transient=True)
             self.live.start()
 
@@ -443,7 +446,7 @@ class View(Closing, Generic[S]):
 def show(report: RunReport, view: ViewConfig, console: Console, out: Output | None = None) -> None:
     """The summary (text, or one JSON object), the error on stderr, the exit status."""
     if view.mode == "json":
-        emit_json(report.as_json(), out)
+        emit_json(report.as_json(top=view.top), out)
     else:
         for part in render_summary(report, view.top):
             console.print(part, highlight=False)
@@ -455,6 +458,8 @@ def show(report: RunReport, view: ViewConfig, console: Console, out: Output | No
 
 
 def emit_json(rec: dict[str, Any], out: Output | None = None) -> None:
+    import json  # here: a text run has no use for it
+
     stream: Any = out.json if out is not None else sys.stdout
     stream.write(json.dumps(rec, default=str) + "\n")
     stream.flush()
