@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .capture import write_capture
-from .generator import Generator
 
 DEMO_PACKETS = 2000
 DEMO_START_NS = 1_764_000_000_000_000_000  # 2025-11-24T16:00:00Z: fixed, for determinism
@@ -30,6 +29,8 @@ def demo_capture_path() -> Path:
 
 def make_demo_capture(path: str | os.PathLike[str]) -> int:
     """Write the demo capture to ``path``; returns the number of packets."""
+    from .generator import Generator  # only here: a run of the shipped capture needs none
+
     gen = Generator(
         flows=48,
         sizes=(64, 128, 256, 600),

@@ -8,10 +8,11 @@ the map (a built-in program steers into it) or opens a file or socket (the sourc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -21,14 +22,17 @@ from ..capture.mapped import MappedCapture, open_placing
 from ..closing import Closing
 from ..demo import demo_capture_path
 from ..engine import CpuMap, OutputMap
-from ..generator import Generator
-from ..kernel.xdp import XdpError, XdpMode
-from ..live import LiveSource, XskError, XskSource
-from ..live.interface import NoSuchInterface, resolve_interface
 from ..packets import PacketBatch
 from ..programs import MODES, LoadError, load_program, make_program, vectorized
 from .config import ProgramConfig, SourceConfig
 from .errors import UsageError, limit_text
+
+# The live sources, the kernel's XDP layer and the generator are imported by the source
+# that needs them, when it is opened: a capture run imports none of them (start-up;
+# tests/test_imports.py).
+if TYPE_CHECKING:
+    from ..live import LiveSource, XskSource
+    from ..live.xsk_queues import XskQueues
 
 # Link types by name, for the note on non-Ethernet captures under a built-in mode.
 LINKTYPE_NAMES = {0: "BSD loopback", 1: "Ethernet", 101: "raw IP", 108: "OpenBSD loopback",
@@ -122,7 +126,9 @@ class Source(Closing):
         self._live = live
         self._also = also  # closed with the reader: standard input's duplicate
         self._af_xdp = af_xdp  # an AF_XDP source to open on the producer (placing)
-        self._xsk: XskSource | None = None
+        self._xsk: XskSource | XskQueues | None = None
+        # --af-xdp: the RX queues (resolved: _af_xdp), one producer each.
+        self._queues = af_xdp.queues or () if af_xdp is not None else ()
         # A capture file read in place: it places frames into the producer itself once
         # placing() attaches it (and hands out the general reader's batches before).
         self._mapped = reader if isinstance(reader, MappedCapture) else None
@@ -145,14 +151,22 @@ class Source(Closing):
         """A live interface: only a stop, a deadline or a failure ends it."""
         return self._live is not None or self._af_xdp is not None
 
+    @property
+    def producers(self) -> int:
+        """RX producers the source needs (producer slots of the map): one per RX queue
+        with ``--af-xdp``, one otherwise."""
+        return max(1, len(self._queues))
+
     @contextlib.contextmanager
-    def placing(self, rx: Any) -> Iterator[None]:
+    def placing(self, rx: Any, twin: Callable[[], Any] | None = None) -> Iterator[None]:
         """While the block runs, a source that places frames itself (``--af-xdp``) feeds
         ``rx`` from :meth:`next_batch`; on the way out it stops -- the program detached,
-        the RX rings read dry, the sockets closed -- before ``rx`` closes.  A capture read
-        in place (capture/mapped.py) places its records into ``rx`` from then on, lending
-        frames poll by poll (none stays lent between them).  Nothing for the other
-        sources."""
+        the RX rings read dry, the sockets closed -- before ``rx`` closes.  ``twin``: makes
+        another producer like ``rx`` (on the same map, in a forked process): with several
+        RX queues, the first queue feeds ``rx`` and each other one its own producer, in a
+        process of its own (``XskQueues``).  A capture read in place (capture/mapped.py)
+        places its records into ``rx`` from then on, lending frames poll by poll (none
+        stays lent between them).  Nothing for the other sources."""
         if self._mapped is not None:
             self._mapped.attach(rx)
             try:
@@ -163,7 +177,7 @@ class Source(Closing):
         if self._af_xdp is None:
             yield
             return
-        self._xsk = _open_xsk(self._af_xdp, rx)
+        self._xsk = _open_xsk(self._af_xdp, rx, twin)
         self.what = _xsk_what(self._af_xdp, self._xsk.zero_copy)  # the summary says which
         try:
             yield
@@ -229,6 +243,8 @@ def open_source(config: SourceConfig, stop: Stop | None = None) -> Source:
     if config.iface is not None:
         return _live(config)
     if config.generate is not None:
+        from ..generator import Generator
+
         gen = Generator(
             flows=256, sizes=(64, 512, 1400), count=config.generate, seed=1, undersize="clamp"
         )
@@ -280,6 +296,8 @@ def describe_capture_error(e: CaptureError, skip_bad: bool) -> str:
 
 
 def _live(config: SourceConfig) -> Source:
+    from ..live import LiveSource
+
     iface = config.iface
     try:
         src = LiveSource(iface, promiscuous=config.promiscuous)
@@ -295,14 +313,19 @@ def _live(config: SourceConfig) -> Source:
 def _af_xdp(config: SourceConfig) -> Source:
     """``--iface IF --af-xdp``: checked now (root, the interface), opened on the producer
     (:meth:`Source.placing`: the pool it lends from is the map's)."""
+    from ..live.interface import NoSuchInterface, resolve_interface
+    from ..live.xsk_source import all_queues
+
     iface = config.iface
     assert iface is not None  # Invariant: args.py refuses --af-xdp without --iface
     if os.geteuid() != 0:
         raise UsageError(f"--iface {iface} --af-xdp: AF_XDP and XDP need root: run as root")
     try:
-        resolve_interface(iface)
+        ifname, _ = resolve_interface(iface)
     except NoSuchInterface as e:
         raise UsageError(f"--iface {iface}: {e.strerror}") from None  # it names `ip link`
+    if config.queues is None:  # every queue the device has, named now
+        config = dataclasses.replace(config, queues=all_queues(ifname))
     return Source(None, _xsk_what(config), False, af_xdp=config)
 
 
@@ -312,12 +335,22 @@ def _xsk_what(config: SourceConfig, zero_copy: bool | None = None) -> str:
     return f"interface {config.iface} (AF_XDP, {config.xdp_mode} XDP{how})"
 
 
-def _open_xsk(config: SourceConfig, rx: Any) -> XskSource:
-    """The AF_XDP source on ``rx``; what the kernel refuses is a usage error."""
+def _open_xsk(
+    config: SourceConfig, rx: Any, twin: Callable[[], Any] | None
+) -> XskSource | XskQueues:
+    """The AF_XDP source on ``rx`` -- with several queues (and ``twin``), a producer per
+    queue; what the kernel refuses is a usage error."""
+    from ..kernel.xdp import XdpError, XdpMode
+    from ..live import XskError, XskSource
+    from ..live.xsk_queues import XskQueues
+
     iface = config.iface
     assert iface is not None  # Invariant: only _af_xdp makes such a source
+    mode, queues = XdpMode(config.xdp_mode), config.queues
     try:
-        return XskSource(rx, iface, queues=config.queues, mode=XdpMode(config.xdp_mode))
+        if queues is not None and len(queues) > 1 and twin is not None:
+            return XskQueues(rx, iface, twin=twin, queues=queues, mode=mode)
+        return XskSource(rx, iface, queues=queues, mode=mode)
     except (XdpError, XskError) as e:
         raise UsageError(f"--iface {iface} --af-xdp: {e.strerror}") from None
     except ValueError as e:
