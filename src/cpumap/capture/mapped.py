@@ -19,6 +19,10 @@ Python or numpy code can catch it.  The copy is the one place the mapping is rea
 is guarded (sigsetjmp around the access, a handler installed for the call only): a
 truncated file is a :class:`CaptureError` naming the file and the byte offset, never a
 crash.  (docs/performance.md, "A capture read in place", has the price of the copy.)
+Two limits of reading a mapping: a file cut inside a page reads as zeros from its new
+end to the page's (the kernel's), which the walk may take for empty records before the
+next page faults -- the run still ends in the error; and the file is read as long as it
+was when opened (bytes appended under the run are not read, where a reader would).
 
 Where the fast walk will not judge a record -- caplen above the link type's maximum,
 caplen above its wire length, a record cut by the end of the file, a pcapng EPB with a
