@@ -30,6 +30,17 @@ not pay: its cost is its number of calls, nearly the same for 10 frames as for 2
 
 Either way every column equals the per-frame field for every frame, malformed and truncated
 ones included; the tests check it on random batches built around the fast path's edges.
+
+*The hash that rides* (``rx_hash`` / ``hash_type``): the RX side may have computed a frame's
+``hash`` already (a capture's record walk, a steering program), as a NIC hands the driver
+its RSS hash; the frame's descriptor then carries it.  The ``hash`` column takes it where
+``hash_type`` is not ``HASH_NONE`` and computes only the other frames: a batch whose every
+hash rides reads no packet byte for it (and, with :class:`PoolRows`, gathers no row), a
+mixed one parses only the frames without one (a batch of those rows) unless they are most
+of it.  The riding hash equals the computed one by contract (every writer computes
+``flow_hash.py``'s definition; tests/skb/test_riding_hash.py holds them equal over every
+frame of the shared captures and generated ones); the general path it replaces is the
+computation of the column with no hash riding (``rx_hash=None``).
 """
 
 from __future__ import annotations
@@ -59,7 +70,7 @@ from ..abi import (
     LINKTYPE_RAW,
 )
 from . import fast_path, interop
-from .flow_hash import flow_hash_np
+from .flow_hash import HASH_L3, HASH_L4, HASH_NONE, flow_hash_np
 from .frame import Skb
 from .headers import IPV6_EXT_UNIT, L4_HEADERS, VLAN_TPIDS, ParseDepth
 
@@ -68,6 +79,8 @@ _NONE, _L2, _L3, _L4 = ParseDepth.NONE, ParseDepth.L2, ParseDepth.L3, ParseDepth
 # How much of the tag stack / extension chain numpy walks; frames needing more go per frame.
 _BATCH_VLAN_TAGS: Final = 2
 _BATCH_IPV6_EXT_HEADERS: Final = 4
+# At most this many frames of a batch without a riding hash are hashed one by one.
+_FEW_WITHOUT_HASH: Final = fast_path.PATCH_LIMIT
 
 # Link types as small "kinds", so per-kind facts are tables indexed by kind.
 _KIND_OTHER, _KIND_ETH, _KIND_SLL, _KIND_SLL2, _KIND_NULL, _KIND_LOOP = 0, 1, 2, 3, 4, 5
@@ -239,6 +252,49 @@ def _column(values: np.ndarray | int, n: int, dtype: Any) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
+class PoolRows:
+    """The rows of frames ``index`` of a frame pool's ``data``, columns ``lo .. hi``: what
+    :class:`SkbBatch` parses, gathered only when a column needs packet bytes.
+
+    A batch of scattered frames needs a gather (``data[index, lo:hi]``: a copy, about a
+    megabyte for 1024 full-size frames) before any column can be parsed -- but a batch
+    whose hashes ride with the frames, read by a flow table that knows its flows, reads no
+    packet byte at all.  So the gather waits for the first read of ``SkbBatch.rows``;
+    one frame's bytes (``SkbBatch.data(i)``, a new flow's description) are a view of its
+    row in the pool, no gather.
+    """
+
+    __slots__ = ("data", "hi", "index", "lo", "shape")
+
+    def __init__(self, data: np.ndarray, index: np.ndarray, lo: int, hi: int) -> None:
+        self.data = data
+        self.index = index
+        self.lo = lo
+        self.hi = hi
+        self.shape = (len(index), hi - lo)
+
+    def gather(self) -> np.ndarray:
+        """``[n, hi - lo]`` uint8: every frame's row (one gather, a copy)."""
+        return self.data[self.index, self.lo : self.hi]
+
+    def row(self, i: int) -> np.ndarray:
+        """Frame ``i``'s row, a view into the pool."""
+        return self.data[int(self.index[i]), self.lo : self.hi]
+
+
+class _Rows:
+    """``SkbBatch.rows`` of a batch made from :class:`PoolRows`: gathered on first read and
+    then stored in the instance (a batch given an array has it stored from the start)."""
+
+    def __get__(self, batch: SkbBatch | None, owner: type | None = None) -> Any:
+        if batch is None:
+            return self
+        source = batch._row_source
+        assert source is not None  # Invariant: an array given is stored in the instance
+        rows = batch.__dict__["rows"] = source.gather()
+        return rows
+
+
 class _Column:
     """A column computed by a stage of :class:`SkbBatch`, with its siblings, on first read."""
 
@@ -299,6 +355,12 @@ class SkbBatch:
     The given arguments are attributes too (``offset``, ``length``, ``wire_len``,
     ``linktype``, ``ifindex``, ``rx_queue``, ``ts_ns``, ``index``), as int64 ``[n]``
     columns made on first read.
+
+    ``rows`` may also be a :class:`PoolRows`, gathered on the first read of ``rows`` (a
+    column that needs packet bytes).  ``rx_hash`` and ``hash_type`` (``[n]`` each, or
+    neither): the hash that rides with each frame where ``hash_type != HASH_NONE``; the
+    ``hash`` column takes it there (see the module docstring).  :meth:`hash_types` says
+    which kind of hash each frame's is, for a writer that lets it ride.
     """
 
     COLUMNS: Final = (
@@ -318,7 +380,7 @@ class SkbBatch:
 
     def __init__(
         self,
-        rows: np.ndarray,
+        rows: np.ndarray | PoolRows,
         offset: np.ndarray,
         length: np.ndarray,
         *,
@@ -328,12 +390,27 @@ class SkbBatch:
         rx_queue: np.ndarray | int = 0,
         ts_ns: np.ndarray | int = 0,
         index: np.ndarray | int = -1,
+        rx_hash: np.ndarray | None = None,
+        hash_type: np.ndarray | None = None,
     ) -> None:
-        if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.dtype != np.uint8:
+        self._row_source: PoolRows | None = None
+        if isinstance(rows, PoolRows):
+            self._row_source = rows
+            if rows.data.ndim != 2 or rows.data.dtype != np.uint8:
+                raise ValueError("rows must be a 2-D uint8 array")
+        elif not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.dtype != np.uint8:
             raise ValueError("rows must be a 2-D uint8 array")
+        else:
+            self.rows = rows
         n, frame_size = rows.shape
-        self.rows = rows
         self._n = n
+        # The hash that rides with the frames (module docstring): both or neither.
+        if (rx_hash is None) != (hash_type is None):
+            raise ValueError("rx_hash and hash_type go together")
+        if hash_type is not None and (np.shape(hash_type) != (n,) or np.shape(rx_hash) != (n,)):
+            raise ValueError(f"rx_hash and hash_type must have shape ({n},)")
+        self._rx_hash = rx_hash
+        self._hash_type = hash_type
         # What the caller gave, as given; only the shapes are checked now.
         given: dict[str, Any] = {
             "offset": np.asarray(offset),
@@ -404,7 +481,11 @@ class SkbBatch:
     def data(self, i: int) -> memoryview:
         """The captured bytes of frame ``i`` (a view into ``rows``)."""
         start = self._given_at("offset", i)
-        return self.rows[i, start : start + self._given_at("length", i)].data
+        end = start + self._given_at("length", i)
+        source = self._row_source
+        if source is not None and "rows" not in self.__dict__:  # no gather for one frame
+            return source.row(i)[start:end].data
+        return self.rows[i, start:end].data
 
     def skb(self, i: int) -> Skb:
         """Frame ``i`` as an :class:`Skb` (its ``data`` is a view into ``rows``)."""
@@ -437,12 +518,18 @@ class SkbBatch:
         """Overwrite columns ``names`` of ``frames`` with the per-frame parser's fields."""
         columns = self.__dict__
         for i in frames:
-            skb = self._skbs.get(i)
-            if skb is None:  # the parsed fields depend on the bytes and link type only
-                linktype = self._given_at("linktype", i)
-                skb = self._skbs[i] = Skb(self.data(i), linktype=linktype)
+            skb = self._parsed(i)
             for name in names:
                 columns[name][i] = getattr(skb, name)
+
+    def _parsed(self, i: int) -> Skb:
+        """Frame ``i`` parsed by the per-frame parser (kept: the parsed fields depend on the
+        bytes and link type only)."""
+        skb = self._skbs.get(i)
+        if skb is None:
+            linktype = self._given_at("linktype", i)
+            skb = self._skbs[i] = Skb(self.data(i), linktype=linktype)
+        return skb
 
     # --- the fast path (fast_path.py) -------------------------------------------------------
 
@@ -662,7 +749,63 @@ class SkbBatch:
         )
 
     def _hash_stage(self) -> None:
-        """hash; see the module docstring for its definition."""
+        """hash: the riding hash where a frame has one, computed for the others."""
+        ht = self._hash_type
+        if ht is not None:
+            riding = ht != HASH_NONE
+            count = int(np.count_nonzero(riding))
+            if count == self._n:  # every hash rides: no packet byte is read
+                self._set({"hash": np.array(self._rx_hash, dtype=np.uint32)})
+                return
+            # Some frames without one: parse just those -- each on its own when they are a
+            # few (a per-frame parse costs ~5 µs, a batch's some 100 µs whatever its size),
+            # else as a batch of their rows.  Most of the batch without one: a batch of the
+            # rest costs about what all of it does, so compute every frame's (equal where
+            # one rides).
+            if count and 2 * count >= self._n:
+                missing = np.flatnonzero(~riding)
+                hashes = np.array(self._rx_hash, dtype=np.uint32)
+                if len(missing) <= _FEW_WITHOUT_HASH:
+                    for i in missing.tolist():
+                        hashes[i] = self._parsed(i).hash
+                else:
+                    hashes[missing] = self._subset(missing).hash
+                self._set({"hash": hashes})
+                return
+        self._computed_hash()
+
+    def _subset(self, frames: np.ndarray) -> SkbBatch:
+        """A batch of frames ``frames`` of this one (their rows gathered), no hash riding."""
+        given = self._given
+        rows = self.rows[frames] if "rows" in self.__dict__ else None
+        if rows is None:
+            source = self._row_source
+            assert source is not None  # Invariant: no rows stored means a PoolRows
+            rows = PoolRows(source.data, source.index[frames], source.lo, source.hi).gather()
+
+        def pick(value: Any) -> Any:
+            return value[frames] if isinstance(value, np.ndarray) and value.ndim else value
+
+        return SkbBatch(
+            rows,
+            pick(given["offset"]),
+            pick(given["length"]),
+            linktype=pick(given["linktype"]),
+        )
+
+    def hash_types(self) -> np.ndarray:
+        """uint16 ``[n]``: the kind of each frame's ``hash`` as the kernel's PKT_HASH_TYPE_*
+        (what a writer that lets the hash ride stores beside it): ``HASH_L4`` where ports
+        went into it, ``HASH_L3`` for other IP frames, ``HASH_NONE`` for frames that are not
+        IP (their hash, 0, is not worth a ride)."""
+        ip = self.ip_version > 0
+        ported = ~self.is_fragment & (self.depth == _L4)
+        ported &= _L4_HAS_PORTS[self.ip_proto.astype(np.int64) + 1]
+        kinds = np.where(ported, HASH_L4, HASH_L3)
+        return np.where(ip, kinds, HASH_NONE).astype(np.uint16)
+
+    def _computed_hash(self) -> None:
+        """hash, computed from the bytes; see flow_hash.py for its definition."""
         layout = self._fast_layout()
         if layout is not None:
             self._set({"hash": fast_path.hash_column(self.rows, self._fast_offset(), layout)})
@@ -704,6 +847,7 @@ class SkbBatch:
     dport = _Column(_transport_stage, "uint16: Skb.dport")
     depth = _Column(_transport_stage, "uint8: Skb.depth, a ParseDepth value")
     hash = _Column(_hash_stage, "uint32: Skb.hash")
+    rows = _Rows()
 
     offset = _Given(_given_column)
     length = _Given(_given_column)

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .batch import SkbBatch
+from .batch import PoolRows, SkbBatch
 from .frame import Skb
 from .view import SkbColumns, views
 
@@ -42,8 +42,10 @@ class Frames(Protocol):
     ``headroom .. headroom + length`` of that row, described by record ``desc[i]``.
 
     ``desc``'s records have the fields ``length``, ``wire_len``, ``ts_ns``, ``ifindex``,
-    ``rx_queue``, ``linktype``, ``headroom``, ``meta_len``, ``hops``, in that order (the
-    engine's ``DESCRIPTOR``); the metadata area is the ``meta_len`` bytes before the packet.
+    ``rx_queue``, ``linktype``, ``headroom``, ``meta_len``, ``hops``, ``rx_hash``,
+    ``hash_type``, in that order (the engine's ``DESCRIPTOR``); the metadata area is the
+    ``meta_len`` bytes before the packet, and ``rx_hash`` is the frame's ``hash`` where
+    ``hash_type`` is not ``HASH_NONE`` (the hash that rides with the frame).
     """
 
     frame_size: int  #: bytes a frame: row ``i`` starts at ``i * frame_size`` of ``mv``
@@ -102,7 +104,10 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
     lo = int(head.min())
     hi = max(int((head + length).max()), lo + 1)
     data = frames.data
-    rows = data[start : start + n, lo:hi] if start is not None else data[index, lo:hi]
+    # Consecutive frames: a view.  Scattered ones: a gather, made when a column first needs
+    # packet bytes (PoolRows) -- never, for a batch whose hashes ride and whose reader
+    # wants nothing else of the bytes (a flow table whose flows are known).
+    rows = data[start : start + n, lo:hi] if start is not None else PoolRows(data, index, lo, hi)
     return SkbBatch(
         rows,
         head - lo,
@@ -113,6 +118,8 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
         rx_queue=d["rx_queue"],
         ts_ns=d["ts_ns"],
         index=index,
+        rx_hash=d["rx_hash"],
+        hash_type=d["hash_type"],
     )
 
 
