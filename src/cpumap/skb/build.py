@@ -58,9 +58,12 @@ class Frames(Protocol):
         ...
 
 
-def skb_batch(frames: Frames, index: np.ndarray, start: int | None = None) -> SkbBatch:
+def skb_batch(
+    frames: Frames, index: np.ndarray, start: int | None = None, *, readonly: bool = False
+) -> SkbBatch:
     """The :class:`SkbBatch` of frames ``index`` of ``frames`` (``start``: they are
-    ``start, start + 1, ...``; found out here when not given).
+    ``start, start + 1, ...``; found out here when not given).  ``readonly``: its rows
+    (and ``data(i)``) cannot write the pool (an XDP program's skb).
 
     The rows are the columns the packets occupy (from the smallest headroom to the end of
     the longest packet), not whole frames: with the default headroom a batch of 64-byte
@@ -71,7 +74,7 @@ def skb_batch(frames: Frames, index: np.ndarray, start: int | None = None) -> Sk
     """
     if start is None:
         start = consecutive_start(index)
-    return _skb_batch(frames, index, start, _descriptors(frames, index, start))
+    return _skb_batch(frames, index, start, _descriptors(frames, index, start), readonly)
 
 
 def consecutive_start(index: np.ndarray) -> int | None:
@@ -95,7 +98,9 @@ def _descriptors(frames: Frames, index: np.ndarray, start: int | None) -> np.nda
     return frames.desc[start : start + len(index)]
 
 
-def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarray) -> SkbBatch:
+def _skb_batch(
+    frames: Frames, index: np.ndarray, start: int | None, d: np.ndarray, readonly: bool = False
+) -> SkbBatch:
     n = len(index)
     if n == 0:
         return SkbBatch(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -104,6 +109,9 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
     lo = int(head.min())
     hi = max(int((head + length).max()), lo + 1)
     data = frames.data
+    if readonly:
+        data = data.view()
+        data.flags.writeable = False
     # Consecutive frames: a view.  Scattered ones: a gather, made when a column first needs
     # packet bytes (PoolRows) -- never, for a batch whose hashes ride and whose reader
     # wants nothing else of the bytes (a flow table whose flows are known).
@@ -123,14 +131,17 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
     )
 
 
-def skb_columns(frames: Frames, index: np.ndarray, start: int | None = None) -> SkbColumns:
+def skb_columns(
+    frames: Frames, index: np.ndarray, start: int | None = None, *, readonly: bool = False
+) -> SkbColumns:
     """The :class:`~cpumap.skb.view.SkbColumns` of frames ``index`` of ``frames``: the batch
     parsed once, each field a Python list made on its first read, ``data`` views into the
-    pool (as :func:`frame_skbs` gives them) and ``metadata`` copies of the metadata areas."""
+    pool (as :func:`frame_skbs` gives them; read-only views with ``readonly``) and
+    ``metadata`` copies of the metadata areas."""
     if start is None:
         start = consecutive_start(index)
     d = _descriptors(frames, index, start)
-    batch = _skb_batch(frames, index, start, d)
+    batch = _skb_batch(frames, index, start, d, readonly)
 
     def begin() -> np.ndarray:
         return index.astype(np.int64) * frames.frame_size + d["headroom"]
@@ -138,7 +149,8 @@ def skb_columns(frames: Frames, index: np.ndarray, start: int | None = None) -> 
     def data() -> list[memoryview]:
         first = begin()
         ends = (first + d["length"]).tolist()
-        return list(map(frames.mv.__getitem__, map(slice, first.tolist(), ends)))
+        mv = frames.mv.toreadonly() if readonly else frames.mv
+        return list(map(mv.__getitem__, map(slice, first.tolist(), ends)))
 
     def metadata() -> list[bytes]:
         meta = d["meta_len"]
@@ -171,12 +183,15 @@ def frame_skbs(frames: Frames, index: np.ndarray) -> Iterator[Skb | None]:
     return views(columns)
 
 
-def parsed_skbs(frames: Frames, index: np.ndarray) -> Iterator[Skb | None]:
+def parsed_skbs(
+    frames: Frames, index: np.ndarray, *, readonly: bool = False
+) -> Iterator[Skb | None]:
     """One plain :class:`Skb` per frame of ``index``, each parsed on its own (None where one
     cannot be built): :func:`frame_skbs`'s fallback, and the cheaper way for a lone frame
-    (a batch's columns cost a few dozen numpy calls whatever its size)."""
+    (a batch's columns cost a few dozen numpy calls whatever its size).  ``readonly``:
+    their ``data`` cannot write the pool."""
     fs = frames.frame_size
-    mv = frames.mv
+    mv = frames.mv.toreadonly() if readonly else frames.mv
     descs = frames.descriptors(index).tolist()
     for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, *_) in zip(
         index.tolist(), descs, strict=True
