@@ -140,6 +140,26 @@ def ride(pool: FramePool, idx: np.ndarray, idx_all: np.ndarray) -> None:
     pool.hash_type[idx] = np.maximum(pool.hash_type[idx], HASH_L3)  # non-IP too: all ride
 
 
+def worker_batch_sizes(batch_frames: list[bytes], repeat: int) -> None:
+    print("main job, worker: the flow table's cost per frame by worker batch size:")
+    for n in (1024, 2048, 4096):
+        pool = FramePool(2 * n)
+        frames = (batch_frames * (2 * n // len(batch_frames) + 1))[: 2 * n]
+        idx_all = fill(pool, frames)
+        idx = idx_all[::2].copy()
+        table = FlowTable()
+        table.setup(WorkerInfo(0, 0, 0, 0, 0, 0, True))
+
+        def step(table: FlowTable = table, pool: FramePool = pool, idx: np.ndarray = idx) -> None:
+            table(skb_batch(pool, idx))
+
+        step()
+        line(f"{n} frames, hash computed", median_us(step, repeat), n)
+        ride(pool, idx, idx_all)
+        line(f"{n} frames, hash riding", median_us(step, repeat), n)
+        pool.close()
+
+
 def main_job_rx(path: str, repeat: int) -> None:
     print(f"main job, RX side: per poll of {N} mixed packets:")
     reader = open_capture(path, batch_size=N)
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, c in zip(first.start.tolist(), first.caplen.tolist(), strict=True)
         ]
         main_job_worker(frames, args.repeat)
+        worker_batch_sizes(frames, args.repeat)
         main_job_rx(path, args.repeat)
     return 0
 
