@@ -171,3 +171,32 @@ def test_rx_hash_and_hash_type_go_together() -> None:
         SkbBatch(rows, 0, 60, rx_hash=np.zeros(3, np.uint32), hash_type=np.zeros(3, np.uint16))
     data = np.zeros((4, 64), np.uint8)
     assert SkbBatch(PoolRows(data, np.array([3, 1]), 0, 64), 0, 60).rows.shape == (2, 64)
+
+
+def test_the_hash_of_scattered_frames_reads_their_first_bytes_only() -> None:
+    """Computed, the hash of a scattered batch gathers the first bytes of each frame, not
+    the rows (full-size frames: 20x the bytes), and equals the per-frame hash -- for
+    batches of one layout, of two, and of frames off both (a VLAN tag, an ARP frame)."""
+    v4 = bytes.fromhex("0200000000020200000000010800450005dc00004000400600000a0000010a000002")
+    v4 += bytes.fromhex("04d2005000000001000000005010ffff00000000") + bytes(1446)
+    v6 = bytes.fromhex("02000000000202000000000186dd6000000005a41140") + bytes(range(32))
+    v6 += bytes.fromhex("303900350000000000") + bytes(1443)
+    tagged = v4[:12] + bytes.fromhex("81000005") + v4[12:]
+    arp = v4[:12] + b"\x08\x06" + bytes(46)
+    pool = FramePool(64, frame_size=2048, headroom=128)
+    try:
+        for batch, gathered in (
+            ([v4] * 12, False),
+            ([v4, v6] * 6, False),
+            ([v4, v6, tagged, arp] * 3, False),  # 6 frames off both layouts: patched
+            ([tagged] * 12, True),  # the general path: the whole rows
+        ):
+            where = list(range(60, 60 - 2 * len(batch), -2))  # scattered: a gather
+            for i, f in zip(where, batch, strict=True):
+                pool.data[i, 128 : 128 + len(f)] = np.frombuffer(f, np.uint8)
+                pool.length[i] = len(f)
+            got = skb_batch(pool, np.array(where, dtype=np.uint32))
+            assert got.hash.tolist() == [Skb(f).hash for f in batch]
+            assert ("rows" in vars(got)) == gathered
+    finally:
+        pool.close()
