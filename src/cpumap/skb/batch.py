@@ -796,13 +796,15 @@ class SkbBatch:
         return PoolRows(source.data, source.index, source.lo, hi).gather()
 
     def _subset(self, frames: np.ndarray) -> SkbBatch:
-        """A batch of frames ``frames`` of this one (their rows gathered), no hash riding."""
+        """A batch of frames ``frames`` of this one (their rows, gathered or to gather), no
+        hash riding."""
         given = self._given
-        rows = self.rows[frames] if "rows" in self.__dict__ else None
-        if rows is None:
-            source = self._row_source
-            assert source is not None  # Invariant: no rows stored means a PoolRows
-            rows = PoolRows(source.data, source.index[frames], source.lo, source.hi).gather()
+        rows: np.ndarray | PoolRows
+        source = self._row_source
+        if source is not None and "rows" not in self.__dict__:  # still lazy: its hash gathers
+            rows = PoolRows(source.data, source.index[frames], source.lo, source.hi)
+        else:
+            rows = self.rows[frames]
 
         def pick(value: Any) -> Any:
             return value[frames] if isinstance(value, np.ndarray) and value.ndim else value
