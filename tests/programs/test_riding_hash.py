@@ -54,10 +54,15 @@ def run(pool: FramePool, program: Any, *, consecutive: bool = True) -> None:
     ProgramRunner(program, pool).run(idx, 0 if consecutive else None)
 
 
+@pytest.mark.parametrize("consecutive", [True, False], ids=["consecutive", "scattered"])
+@pytest.mark.parametrize("riding", [0, 1], ids=["none-riding", "one-riding"])
 @pytest.mark.parametrize("form", [True, False], ids=["vectorized", "per-frame"])
-def test_a_hash_steering_computed_rides_on_with_the_frames(pool: FramePool, form: bool) -> None:
-    pool.rx_hash[0], pool.hash_type[0] = computed(pool, 0), HASH_L4  # already riding: kept
-    run(pool, FlowHash(Map(), [0, 1], vectorized=form))
+def test_a_hash_steering_computed_rides_on_with_the_frames(
+    pool: FramePool, form: bool, riding: int, consecutive: bool
+) -> None:
+    pool.rx_hash[:riding] = computed(pool, 0)  # already riding: kept
+    pool.hash_type[:riding] = HASH_L4
+    run(pool, FlowHash(Map(), [0, 1], vectorized=form), consecutive=consecutive)
     assert pool.hash_type[:N].tolist() == [HASH_L4] * N
     assert pool.rx_hash[:N].tolist() == [computed(pool, i) for i in range(N)]
     assert pool.hash_type[N:].tolist() == [HASH_NONE] * (64 - N)  # frames not run: untouched

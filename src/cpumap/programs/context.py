@@ -192,12 +192,19 @@ class XdpContext:
         columns, written = self._columns, self._written
         if columns is None and not written:
             return
-        hash_type = self._pool.desc["hash_type"]
-        frames = self._idx if self._idx is not None else np.array(self._indices, np.int64)
+        where: slice | np.ndarray
+        if self._idx is not None:  # a poll
+            assert self._where is not None  # Invariant: set with _idx
+            where, frames = self._where, self._idx
+        else:  # a frame loaded on its own (index -1: none loaded yet)
+            assert self._indices is not None  # Invariant: a loaded frame's list is made
+            if self._indices[0] < 0:
+                return
+            where = frames = np.array(self._indices, np.int64)
         if columns is not None and "hash" in vars(columns.batch):
-            _let_ride(self._pool, frames, columns.batch)
+            _let_ride(self._pool, where, columns.batch)
         if written:
-            hash_type[frames[written]] = HASH_NONE
+            self._pool.desc["hash_type"][frames[written]] = HASH_NONE
 
     def each(self, idx: np.ndarray, start: int | None = None) -> Iterator[int]:
         """Point the context at each frame of ``idx`` in turn (``start``: they are
@@ -487,17 +494,23 @@ class XdpBatch:
             return
         skb = self.__dict__.get("skb")
         if skb is not None and "hash" in vars(skb):
-            _let_ride(self._pool, self.index, skb)
+            _let_ride(self._pool, self._where, skb)
 
 
-def _let_ride(pool: FramePool, index: np.ndarray, batch: SkbBatch) -> None:
-    """Write ``batch``'s hash (of frames ``index``) into the descriptors of the frames that
-    carry none, with its kind: the hash a program computed rides on with the frame."""
+def _let_ride(pool: FramePool, where: slice | np.ndarray, batch: SkbBatch) -> None:
+    """Write ``batch``'s hash (of frames ``where``: a slice of consecutive frames, or their
+    indices) into the descriptors of the frames that carry none, with its kind: the hash a
+    program computed rides on with the frame.  Frames fresh from the RX copy carry none:
+    then it is two stores."""
     desc = pool.desc
-    none = np.flatnonzero(desc["hash_type"][index] == HASH_NONE)
-    if not len(none):
-        return
-    frames = index[none]
-    kinds = batch.hash_types()[none]
-    desc["rx_hash"][frames] = batch.hash[none]
-    desc["hash_type"][frames] = kinds
+    types = desc["hash_type"]
+    none = types[where] == HASH_NONE
+    count = int(np.count_nonzero(none))
+    if count == len(none):
+        desc["rx_hash"][where] = batch.hash
+        types[where] = batch.hash_types()
+    elif count:
+        rows = np.flatnonzero(none)
+        frames = rows + where.start if isinstance(where, slice) else where[rows]
+        desc["rx_hash"][frames] = batch.hash[rows]
+        types[frames] = batch.hash_types()[rows]

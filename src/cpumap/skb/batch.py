@@ -247,6 +247,14 @@ def _unaligned_view(flat: np.ndarray, dtype: str) -> np.ndarray:
     return np.ndarray((flat.size - width + 1,), dtype=dtype, buffer=flat, strides=(1,))
 
 
+def _hash_kind(skb: Skb) -> int:
+    """The kind of ``skb.hash`` (``SkbBatch.hash_types``), from the per-frame fields."""
+    if not skb.ip_version:
+        return HASH_NONE
+    ported = not skb.is_fragment and skb.depth == _L4 and _L4_HAS_PORTS[skb.ip_proto + 1]
+    return HASH_L4 if ported else HASH_L3
+
+
 def _column(values: np.ndarray | int, n: int, dtype: Any) -> np.ndarray:
     """``values`` (shape ``[n]``, or a scalar, which broadcasts) as an ``[n]`` ``dtype`` array."""
     array = np.asarray(values)
@@ -756,13 +764,19 @@ class SkbBatch:
         )
 
     def _hash_stage(self) -> None:
-        """hash: the riding hash where a frame has one, computed for the others."""
+        """hash (and _hash_kinds): the riding hash where a frame has one, computed for the
+        others."""
         ht = self._hash_type
         if ht is not None:
             riding = ht != HASH_NONE
             count = int(np.count_nonzero(riding))
             if count == self._n:  # every hash rides: no packet byte is read
-                self._set({"hash": np.array(self._rx_hash, dtype=np.uint32)})
+                self._set(
+                    {
+                        "hash": np.array(self._rx_hash, dtype=np.uint32),
+                        "_hash_kinds": np.array(ht, dtype=np.uint16),
+                    }
+                )
                 return
             # Some frames without one: parse just those -- each on its own when they are a
             # few (a per-frame parse costs ~5 µs, a batch's some 100 µs whatever its size),
@@ -772,14 +786,33 @@ class SkbBatch:
             if count and 2 * count >= self._n:
                 missing = np.flatnonzero(~riding)
                 hashes = np.array(self._rx_hash, dtype=np.uint32)
+                kinds = np.array(ht, dtype=np.uint16)
+                self._set({"hash": hashes, "_hash_kinds": kinds})
                 if len(missing) <= _FEW_WITHOUT_HASH:
-                    for i in missing.tolist():
-                        hashes[i] = self._parsed(i).hash
+                    self._patch_hash(missing.tolist())
                 else:
-                    hashes[missing] = self._subset(missing).hash
-                self._set({"hash": hashes})
+                    rest = self._subset(missing)
+                    hashes[missing] = rest.hash
+                    kinds[missing] = rest.hash_types()
                 return
         self._computed_hash()
+
+    def hash_types(self) -> np.ndarray:
+        """uint16 ``[n]``: the kind of each frame's ``hash`` as the kernel's PKT_HASH_TYPE_*
+        (what a writer that lets the hash ride stores beside it): ``HASH_L4`` where ports
+        went into it, ``HASH_L3`` for other IP frames, ``HASH_NONE`` for frames that are not
+        IP (their hash, 0, is not worth a ride); a riding hash's as it rides.  Made with
+        the hash, at the cost of a call or two."""
+        kinds: np.ndarray = self._hash_kinds
+        return kinds
+
+    def _patch_hash(self, frames: list[int]) -> None:
+        """Overwrite the hash and its kind of ``frames`` with the per-frame parser's."""
+        hashes, kinds = self.__dict__["hash"], self.__dict__["_hash_kinds"]
+        for i in frames:
+            skb = self._parsed(i)
+            hashes[i] = skb.hash
+            kinds[i] = _hash_kind(skb)
 
     def _hash_rows(self) -> np.ndarray:
         """The rows the hash's fast paths read: the batch's, or -- when they are not gathered
@@ -816,30 +849,21 @@ class SkbBatch:
             linktype=pick(given["linktype"]),
         )
 
-    def hash_types(self) -> np.ndarray:
-        """uint16 ``[n]``: the kind of each frame's ``hash`` as the kernel's PKT_HASH_TYPE_*
-        (what a writer that lets the hash ride stores beside it): ``HASH_L4`` where ports
-        went into it, ``HASH_L3`` for other IP frames, ``HASH_NONE`` for frames that are not
-        IP (their hash, 0, is not worth a ride)."""
-        ip = self.ip_version > 0
-        ported = ~self.is_fragment & (self.depth == _L4)
-        ported &= _L4_HAS_PORTS[self.ip_proto.astype(np.int64) + 1]
-        kinds = np.where(ported, HASH_L4, HASH_L3)
-        return np.where(ip, kinds, HASH_NONE).astype(np.uint16)
-
     def _computed_hash(self) -> None:
-        """hash, computed from the bytes; see flow_hash.py for its definition."""
+        """hash and _hash_kinds, computed from the bytes; see flow_hash.py for the hash."""
         rows = self._hash_rows()
         layout = self._fast_layout(rows)
-        if layout is not None:
-            self._set({"hash": fast_path.hash_column(rows, self._fast_offset(), layout)})
-            self._patch(self._odd, ("hash",))
+        if layout is not None:  # every frame on the layout has its ports
+            hashes = fast_path.hash_column(rows, self._fast_offset(), layout)
+            self._set({"hash": hashes, "_hash_kinds": np.full(self._n, HASH_L4, np.uint16)})
+            self._patch_hash(self._odd)
             return
         given = self._given
         mixed = fast_path.mixed_hash(rows, self._uniform_offset, given["length"], given["linktype"])
         if mixed is not None:  # IPv4 and IPv6 frames: two fixed layouts
-            self._set({"hash": mixed[0]})
-            self._patch(mixed[1], ("hash",))
+            kinds = np.where(mixed.ported, HASH_L4, HASH_L3).astype(np.uint16)
+            self._set({"hash": mixed.hash, "_hash_kinds": kinds})
+            self._patch_hash(mixed.odd)
             return
         rd = self._read()
         version = self.ip_version
@@ -853,7 +877,15 @@ class SkbBatch:
         if fragment.any():
             ports[:, fragment] = 0
         hashes = flow_hash_np(addresses, ports, self.ip_proto)
-        self._set({"hash": np.where(version > 0, hashes, 0).astype(np.uint32)})
+        ported = ~fragment & (self.depth == _L4)
+        ported &= _L4_HAS_PORTS[self.ip_proto.astype(np.int64) + 1]
+        kinds = np.where(version > 0, np.where(ported, HASH_L4, HASH_L3), HASH_NONE)
+        self._set(
+            {
+                "hash": np.where(version > 0, hashes, 0).astype(np.uint32),
+                "_hash_kinds": kinds.astype(np.uint16),
+            }
+        )
 
     # --- the columns: which stage makes each (see the module docstring) ----------------------
     protocol = _Column(_link_stage, "uint16: Skb.protocol")
@@ -869,6 +901,7 @@ class SkbBatch:
     dport = _Column(_transport_stage, "uint16: Skb.dport")
     depth = _Column(_transport_stage, "uint8: Skb.depth, a ParseDepth value")
     hash = _Column(_hash_stage, "uint32: Skb.hash")
+    _hash_kinds = _Column(_hash_stage, "uint16: the kind of each hash (hash_types)")
     rows = _Rows()
 
     offset = _Given(_given_column)
