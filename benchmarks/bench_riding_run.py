@@ -3,6 +3,8 @@ frames' descriptors: paired runs, each in its own process, medians and their rat
 
     .venv/bin/python benchmarks/bench_riding_run.py FILE.pcap [--pairs N] [-- RUN-ARGS...]
 
+(for instance ``-- --cpus 0,1``: two workers, sharing the CPUs with the RX side).
+
 Until the RX side computes the hash itself (a capture's compiled record walk, as a NIC's RSS
 hash), this harness stands in for it: the hashes of every packet of the file are computed
 first (not timed), and the RX producer's copy into the pool writes each frame's hash and
@@ -81,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("capture")
     ap.add_argument("--pairs", type=int, default=5)
-    ap.add_argument("run_args", nargs="*", help="more arguments for `cpumap run`")
-    a = ap.parse_args(argv)
-    args = ["run", a.capture, "--quiet", *a.run_args]
+    a, more = ap.parse_known_args(argv)  # the rest (after --): more for `cpumap run`
+    args = ["run", a.capture, "--quiet", *[m for m in more if m != "--"]]
     times: dict[str, list[float]] = {"plain": [], "riding": []}
     tables: dict[str, str] = {}
     for k in range(a.pairs):
