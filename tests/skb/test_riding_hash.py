@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from cpumap.capture import CaptureError, open_capture
 from cpumap.engine.frame_pool import HASH_L3, HASH_L4, HASH_NONE, FramePool
 from cpumap.skb import Skb, SkbBatch, frame_skbs, skb_batch
-from cpumap.skb.batch import PoolRows
 from cpumap.skb.headers import L4_HEADERS, ParseDepth
+from cpumap.skb.rows import PoolRows
 from tests.skb.helpers import PROPERTY_SETTINGS, fill_pool, frames, placed
 
 CAPTURES = Path(

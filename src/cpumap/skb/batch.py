@@ -46,7 +46,6 @@ computation of the column with no hash riding (``rx_hash=None``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cached_property
 from typing import Any, Final
 
 import numpy as np
@@ -73,6 +72,7 @@ from . import fast_path, interop
 from .flow_hash import HASH_L3, HASH_L4, HASH_NONE, flow_hash_np
 from .frame import Skb
 from .headers import IPV6_EXT_UNIT, L4_HEADERS, VLAN_TPIDS, ParseDepth
+from .rows import FrameReader, PoolRows
 
 _NONE, _L2, _L3, _L4 = ParseDepth.NONE, ParseDepth.L2, ParseDepth.L3, ParseDepth.L4
 
@@ -129,122 +129,8 @@ _L4_HAS_PORTS = np.zeros(257, dtype=bool)
 for _proto, (_, _size, _ports) in L4_HEADERS.items():
     _L4_SIZE[_proto + 1], _L4_HAS_PORTS[_proto + 1] = _size, _ports
 
-# Prebuilt: a dtype given as a string is parsed again on every .view() (a few tenths of a µs).
-_BE16: Final = np.dtype(">u2")
-_BE32: Final = np.dtype(">u4")
-_LE32: Final = np.dtype("<u4")
-
 # The u32 words of an IPv6 header's addresses: src at 8..20, dst at 24..36.
 _ADDRESS_WORDS = np.arange(8, 40, 4, dtype=np.int64)
-
-
-class _FrameReader:
-    """Big-endian loads at a per-frame offset, for every frame of a batch at once.
-
-    ``u16(pos)`` gives, for each frame i, the u16 at byte ``pos[i]`` of frame i, in one gather
-    over a byte-strided view of the rows.  Where the read would go past the frame's captured
-    length the value is garbage: callers mask it with :meth:`has`.  A read that :meth:`has`
-    allows never leaves its row, since ``offset + length <= frame size``.
-
-    Gathers index the views (``view[idx]``) rather than ``view.take(idx)``: take copies a
-    strided source whole first, which for a pool-sized batch is megabytes per load.
-    """
-
-    def __init__(
-        self, rows: np.ndarray, offset: np.ndarray, length: np.ndarray, uniform: int | None
-    ) -> None:
-        n, frame_size = rows.shape
-        # With one offset for every frame, a load at a fixed position is a strided view of
-        # the rows (one numpy call) rather than a gather (five).
-        self._rows = rows if uniform is not None and rows.strides[1] == 1 else None
-        self._uniform = uniform or 0
-        self._width = frame_size
-        flat, stride = _flat_view(rows)
-        if flat.size < 4:  # too small for the u32 view; pad a copy (only degenerate pools)
-            flat = np.concatenate([flat, np.zeros(4, dtype=np.uint8)])
-        self.base = np.arange(n, dtype=np.int64) * stride + offset
-        self.length = length
-        self._u8 = flat
-
-    # The unaligned views cost a microsecond each, and most batches need one or two.
-    @cached_property
-    def _be16(self) -> np.ndarray:
-        return _unaligned_view(self._u8, ">u2")
-
-    @cached_property
-    def _be32(self) -> np.ndarray:
-        return _unaligned_view(self._u8, ">u4")
-
-    @cached_property
-    def _le32(self) -> np.ndarray:
-        return _unaligned_view(self._u8, "<u4")
-
-    def has(self, pos: np.ndarray | int, size: np.ndarray | int) -> np.ndarray:
-        """Whether bytes ``pos .. pos+size`` of each frame were captured."""
-        return pos + size <= self.length
-
-    def u8(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 1):
-            return self._fixed_load(pos, 1, np.uint8)
-        return self._load(self._u8, pos)
-
-    def u16(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 2):
-            return self._fixed_load(pos, 2, _BE16)
-        return self._load(self._be16, pos)
-
-    def u32(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 4):
-            return self._fixed_load(pos, 4, _BE32)
-        return self._load(self._be32, pos)
-
-    def u32le(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 4):
-            return self._fixed_load(pos, 4, _LE32)
-        return self._load(self._le32, pos)
-
-    def _fixed(self, pos: int, size: int) -> bool:
-        return self._rows is not None and pos >= 0 and self._uniform + pos + size <= self._width
-
-    def _fixed_load(self, pos: int, size: int, dtype: Any) -> np.ndarray:
-        assert self._rows is not None
-        start = self._uniform + pos
-        return self._rows[:, start : start + size].view(dtype)[:, 0].astype(np.int64)
-
-    def u32_words(self, pos: np.ndarray, words: np.ndarray) -> np.ndarray:
-        """``[n, len(words)]`` uint32: the u32 at ``pos[i] + words[j]`` of each frame i."""
-        index = (self.base + pos)[:, None] + words
-        return self._be32[self._clamp(index, self._be32)].astype(np.uint32)
-
-    def _load(self, view: np.ndarray, pos: np.ndarray | int) -> np.ndarray:
-        return view[self._clamp(self.base + pos, view)].astype(np.int64)
-
-    @staticmethod
-    def _clamp(index: np.ndarray, view: np.ndarray) -> np.ndarray:
-        # Only reads that has() rejects can fall outside the pool; keep them inside it.
-        return np.minimum(np.maximum(index, 0), view.size - 1)
-
-
-def _flat_view(rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """``rows`` as one 1-D uint8 array and the distance between two rows' starts in it.
-
-    Rows sliced out of a wider pool (``pool[a:b, lo:hi]``: a row stride larger than the
-    row, bytes contiguous within a row) are viewed in place, gaps included -- copying them
-    contiguous costs a memcpy of the whole batch (300 µs for 1024 frames of 1300 bytes).
-    The gaps are other frames' bytes; no read that ``has()`` allows lands in one, since a
-    frame lies inside its row.  Any other layout is copied."""
-    n, width = rows.shape
-    stride = rows.strides[0]
-    if n > 1 and rows.strides[1] == 1 and stride >= width and not rows.flags.c_contiguous:
-        span = (n - 1) * stride + width
-        return np.lib.stride_tricks.as_strided(rows, shape=(span,), strides=(1,)), stride
-    return np.ascontiguousarray(rows).reshape(-1), width
-
-
-def _unaligned_view(flat: np.ndarray, dtype: str) -> np.ndarray:
-    """A view of ``flat`` with one ``dtype`` item starting at every byte (stride 1)."""
-    width = np.dtype(dtype).itemsize
-    return np.ndarray((flat.size - width + 1,), dtype=dtype, buffer=flat, strides=(1,))
 
 
 def _hash_kind(skb: Skb) -> int:
@@ -261,49 +147,6 @@ def _column(values: np.ndarray | int, n: int, dtype: Any) -> np.ndarray:
     if array.ndim == 0:
         return np.full(n, array, dtype=dtype)
     return array.astype(dtype, copy=False)
-
-
-class PoolRows:
-    """The rows of frames ``index`` of a frame pool's ``data``, columns ``lo .. hi``: what
-    :class:`SkbBatch` parses, gathered only when a column needs packet bytes.
-
-    A batch of scattered frames needs a gather (``data[index, lo:hi]``: a copy, about a
-    megabyte for 1024 full-size frames) before any column can be parsed -- but a batch
-    whose hashes ride with the frames, read by a flow table that knows its flows, reads no
-    packet byte at all.  So the gather waits for the first read of ``SkbBatch.rows``;
-    one frame's bytes (``SkbBatch.data(i)``, a new flow's description) are a view of its
-    row in the pool, no gather.
-    """
-
-    __slots__ = ("data", "hi", "index", "lo", "shape")
-
-    def __init__(self, data: np.ndarray, index: np.ndarray, lo: int, hi: int) -> None:
-        self.data = data
-        self.index = index
-        self.lo = lo
-        self.hi = hi
-        self.shape = (len(index), hi - lo)
-
-    def gather(self) -> np.ndarray:
-        """``[n, hi - lo]`` uint8: every frame's row (one gather, a copy)."""
-        return self.data[self.index, self.lo : self.hi]
-
-    def row(self, i: int) -> np.ndarray:
-        """Frame ``i``'s row, a view into the pool."""
-        return self.data[int(self.index[i]), self.lo : self.hi]
-
-
-class _Rows:
-    """``SkbBatch.rows`` of a batch made from :class:`PoolRows`: gathered on first read and
-    then stored in the instance (a batch given an array has it stored from the start)."""
-
-    def __get__(self, batch: SkbBatch | None, owner: type | None = None) -> Any:
-        if batch is None:
-            return self
-        source = batch._row_source
-        assert source is not None  # Invariant: an array given is stored in the instance
-        rows = batch.__dict__["rows"] = source.gather()
-        return rows
 
 
 class _Column:
@@ -442,7 +285,7 @@ class SkbBatch:
                 raise ValueError(f"{name} must have shape ({n},), not {value.shape}")
         self._given = given
         self._skbs: dict[int, Skb] = {}
-        self._reader: _FrameReader | None = None
+        self._reader: FrameReader | None = None
         self._classified = False  # whether _layout is decided
         self._layout: fast_path.Layout | None = None
         self._odd: list[int] = []  # with a fast layout: the frames off it, patched per frame
@@ -520,9 +363,9 @@ class SkbBatch:
             return int(given)
         return int(given[i])
 
-    def _read(self) -> _FrameReader:
+    def _read(self) -> FrameReader:
         if self._reader is None:
-            self._reader = _FrameReader(self.rows, self.offset, self.length, self._uniform_offset)
+            self._reader = FrameReader(self.rows, self.offset, self.length, self._uniform_offset)
         return self._reader
 
     def _patch(self, frames: list[int], names: tuple[str, ...]) -> None:
@@ -814,6 +657,13 @@ class SkbBatch:
             hashes[i] = skb.hash
             kinds[i] = _hash_kind(skb)
 
+    def _gather_rows(self) -> None:
+        """rows, of a batch made from a :class:`PoolRows`: gathered on their first read (a
+        batch given an array stores it at once, and never comes here)."""
+        source = self._row_source
+        assert source is not None  # Invariant: an array given is stored in the instance
+        self.__dict__["rows"] = source.gather()
+
     def _hash_rows(self) -> np.ndarray:
         """The rows the hash's fast paths read: the batch's, or -- when they are not gathered
         yet (:class:`PoolRows`) and every frame starts at one offset -- only the first
@@ -902,7 +752,7 @@ class SkbBatch:
     depth = _Column(_transport_stage, "uint8: Skb.depth, a ParseDepth value")
     hash = _Column(_hash_stage, "uint32: Skb.hash")
     _hash_kinds = _Column(_hash_stage, "uint16: the kind of each hash (hash_types)")
-    rows = _Rows()
+    rows = _Column(_gather_rows, "uint8 [n, width]: the frames' rows (a PoolRows gathered)")
 
     offset = _Given(_given_column)
     length = _Given(_given_column)
