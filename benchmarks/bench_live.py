@@ -11,7 +11,13 @@ this script prints every figure of every round -- drops where they happen, CPU p
 by part -- and each row's ratio to the TPACKET_V3 row of the same round.
 
     .venv/bin/python benchmarks/bench_live.py [--rate FPS] [--window S] [--rounds N]
-        [--rows tpacket,af_xdp,kernel] [--worker-cpu 0|1] [--json]
+        [--rows tpacket,af_xdp,kernel] [--worker-cpu 0|1] [--queues 1,2,4] [--json]
+
+``--queues 1,2,4``: AF_XDP with one RX producer per queue -- a row per count
+(``af_xdp_q1``, ...: ``suite.live.af_xdp_queues_row``, a veth of that many RX queues, the
+load offered from as many CPUs), with each row's ratio to the one-queue row of the same
+round; a count this machine has too few CPUs for is skipped with the reason.  Alone, it
+runs only those rows (add ``--rows`` for the others).
 
 Needs root.  The machines are shared and noisy: trust the same-round ratios more than
 the figures.
@@ -51,10 +57,20 @@ COLUMNS = (
 )
 
 
+def queue_row(n: int) -> Callable[[live.LiveOptions], dict[str, Any]]:
+    """The AF_XDP row with ``n`` RX queues, one producer each."""
+    return lambda opts: live.af_xdp_queues_row(opts, n)
+
+
 def skip_reasons(rows: list[str]) -> dict[str, str]:
     """Rows that cannot run here, and why."""
     why = live.unavailable_reason()
     out = {r: why for r in rows} if why else {}
+    for r in rows:
+        if r.startswith("af_xdp_q") and r not in out:
+            where = live.queue_cpus(int(r.removeprefix("af_xdp_q")))
+            if isinstance(where, str):
+                out[r] = where
     if "af_xdp" in rows and "af_xdp" not in out:
         xsk = live.af_xdp_unavailable_reason()
         if xsk:
@@ -73,9 +89,11 @@ def run_rounds(rows: list[str], opts: live.LiveOptions, rounds: int) -> dict[str
     return results
 
 
-def ratios(results: dict[str, list[dict]], key: str = "fps") -> dict[str, float | None]:
-    """Each row's median over rounds of its ``key`` over TPACKET_V3's in that round."""
-    base = results.get("tpacket")
+def ratios(
+    results: dict[str, list[dict]], key: str = "fps", baseline: str = "tpacket"
+) -> dict[str, float | None]:
+    """Each row's median over rounds of its ``key`` over ``baseline``'s in that round."""
+    base = results.get(baseline)
     out: dict[str, float | None] = {}
     for r, figs in results.items():
         pairs = [(f.get(key), b.get(key)) for f, b in zip(figs, base or [], strict=False)]
@@ -113,8 +131,27 @@ def print_table(results: dict[str, list[dict]], skipped: dict[str, str], opts: A
         ]
         shown = [f"{x:.2f}x" if x else "-" for x in (rx.get(r), per_cpu.get(r))]
         print(" | ".join([r, *cells, *shown]))
+    if "af_xdp_q1" in results:
+        print_scaling(results)
     for r, why in skipped.items():
         print(f"{r}: skipped ({why})")
+
+
+def print_scaling(results: dict[str, list[dict]]) -> None:
+    """The queue rows against the one-queue row of the same round."""
+    fps, cpu = ratios(results, baseline="af_xdp_q1"), ratios(results, "cpu_fps", "af_xdp_q1")
+    print("AF_XDP, one RX producer per queue | delivered/s | x 1 queue | 1 CPU's worth x 1 "
+          "queue | rx per producer | workers share an RX CPU")  # fmt: skip
+    for r, figs in results.items():
+        if not r.startswith("af_xdp_q"):
+            continue
+        med = median_row(figs)
+        split = "/".join(f"{x:,}" for x in figs[-1]["rx_per_producer"])
+        print(
+            f"{r.removeprefix('af_xdp_q')} queue(s) | {med['fps'] / 1e6:.3f} M | "
+            f"{fps[r]:.2f}x | {cpu[r]:.2f}x | {split} (last round) | "
+            f"{'yes' if med.get('shared') else 'no'}"
+        )
 
 
 def machine() -> dict[str, Any]:
@@ -151,9 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         default=live.LiveOptions.qsize,
         help=f"the map's ring per CPU, every row (default {live.LiveOptions.qsize})",
     )
+    ap.add_argument(
+        "--queues",
+        default="",
+        metavar="LIST",
+        help="AF_XDP with one RX producer per queue: a row per count, e.g. 1,2,4",
+    )
     ap.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = ap.parse_args(argv)
-    rows = [r for r in args.rows.split(",") if r]
+    try:
+        counts = [int(q) for q in args.queues.split(",") if q]
+    except ValueError:
+        ap.error("--queues takes counts of RX queues, e.g. 1,2,4")
+    for n in counts:
+        ROWS[f"af_xdp_q{n}"] = queue_row(n)
+    given = any(a == "--rows" or a.startswith("--rows=") for a in (argv or sys.argv[1:]))
+    rows = [r for r in args.rows.split(",") if r] if given or not counts else []
+    rows += [f"af_xdp_q{n}" for n in counts]
     unknown = [r for r in rows if r not in ROWS]
     if unknown or args.rate < 0 or args.window <= 0 or args.rounds < 1:
         ap.error(f"--rows takes {', '.join(ROWS)}; --rate >= 0, --window > 0, --rounds >= 1")
@@ -170,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"options": vars(opts), "rounds": results, "ratios": ratios(results),
                "cpu_ratios": ratios(results, "cpu_fps"), "machine": machine()}  # fmt: skip
+        if "af_xdp_q1" in results:  # each queue count against one queue, same round
+            doc["queue_ratios"] = ratios(results, baseline="af_xdp_q1")
+            doc["queue_cpu_ratios"] = ratios(results, "cpu_fps", "af_xdp_q1")
         print(json.dumps(doc | {"skipped": skipped, "load": load}, indent=2))
     else:
         print_table(results, skipped, opts)

@@ -96,8 +96,10 @@ def run_arm(
     per_call: int,
     qsize: int,
     profile: bool,
+    spy: str | None = None,
 ) -> dict:
-    """One arm, in this process: the figures as a dict."""
+    """One arm, in this process: the figures as a dict.  ``spy``: a py-spy raw profile of
+    this process (the RX thread and the generator's) is written there."""
     from cpumap import CpuMap
     from cpumap.kernel.trafficgen import GenOptions, TrafficGen
     from cpumap.kernel.xdp import attach, pass_program
@@ -127,6 +129,7 @@ def run_arm(
             s0 = m.stats()
             c0, t0 = _thread_cpu(), time.perf_counter()
             t.start()
+            spying = _py_spy(spy, seconds) if spy else None
             if prof:
                 prof.enable()
             if kind == "tpacket":
@@ -141,6 +144,8 @@ def run_arm(
                 prof.disable()
             c1, t1 = _thread_cpu(), time.perf_counter()
             t.join()
+            if spying is not None:
+                spying.wait(30)
             drops = src.drops
             why = "" if kind == "tpacket" else _why(src.statistics())
             src.close()
@@ -172,6 +177,16 @@ def run_arm(
     return out
 
 
+def _py_spy(raw: str, seconds: float) -> subprocess.Popen:
+    """py-spy sampling this process at 500 Hz for ``seconds`` into ``raw``.
+    ``--nonblocking``: py-spy must not stop the process to sample it -- a stop interrupts
+    the generator's live test run (EINTR) and ends the offered load."""
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "--nonblocking", "-r", "500", "-f", "raw", "-o", raw]
+    cmd += ["-d", str(max(1, int(seconds))), "--pid", str(os.getpid())]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _spawn(kind: str, src: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--arm", kind, "--seconds", str(args.seconds)]
     cmd += ["--cpu", str(args.cpu), "--per-call", str(args.per_call), "--qsize", str(args.qsize)]
@@ -179,6 +194,8 @@ def _spawn(kind: str, src: Path, args: argparse.Namespace) -> dict:
         cmd += ["--rate", str(args.rate)]
     if args.profile:
         cmd += ["--profile"]
+    if args.spy:
+        cmd += ["--spy", f"{args.spy}.{kind}"]
     env = dict(os.environ, PYTHONPATH=str(src))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if res.returncode:
@@ -205,13 +222,20 @@ def main() -> None:
     p.add_argument("--base-src", type=Path, default=None, help="src of the code before")
     p.add_argument("--arms", default="tpacket,xsk-base,xsk")
     p.add_argument("--profile", action="store_true", help="cProfile the RX loop (stderr)")
+    p.add_argument(
+        "--spy",
+        metavar="PREFIX",
+        help="py-spy each arm at 500 Hz (raw stacks in PREFIX.ARM; summarize them with "
+        "profile_run.summarize)",
+    )
     p.add_argument("--arm", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.arm:
         kind = "xsk" if args.arm.startswith("xsk") else args.arm
         out = run_arm(
-            kind, args.seconds, args.rate, args.cpu, args.per_call, args.qsize, args.profile
-        )
+            kind, args.seconds, args.rate, args.cpu, args.per_call, args.qsize, args.profile,
+            args.spy,
+        )  # fmt: skip
         print(json.dumps(out))
         return
     arms = [a for a in args.arms.split(",") if a != "xsk-base" or args.base_src]

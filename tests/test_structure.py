@@ -77,6 +77,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cpumap.errors",
         "cpumap.closing",
         "cpumap.map_errors",
+        "cpumap.lazy",
         "cpumap.shm",
         "cpumap._atomics",
         "cpumap._records",

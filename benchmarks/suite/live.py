@@ -105,6 +105,7 @@ from cpumap.kernel import (
     live_frames_unavailable_reason,
 )
 from cpumap.kernel.bpf import MapType
+from cpumap.kernel.xdp import link_state
 from cpumap.live.netns import VethPair, sweep_stale
 
 WIRE_CPU: Final = 0  # the generator (the wire), and the worker or the kernel's entry
@@ -384,11 +385,12 @@ class CpumapRun(Closing):
         """The next JSON object (None: the run ended)."""
         return self.lines.get(timeout=timeout)
 
-    def wait_ready(self) -> None:
-        """Until its feed loop runs (its first interval record)."""
+    def wait_ready(self) -> dict[str, Any]:
+        """Until its feed loop runs; its first interval record."""
         rec = self.next_record(READY_S)
         if rec is None or rec.get("type") != "interval":
             raise RuntimeError(f"cpumap run did not start: {self.stderr_tail()}")
+        return rec
 
     def wait_drained(self) -> None:
         """Until it has read nothing new for :data:`QUIET_S` and has nothing in flight."""
@@ -630,3 +632,107 @@ def _cpumap_kthread(pid: int, cpu: int) -> int:
         except OSError:
             continue
     raise RuntimeError(f"no kthread {name}")
+
+
+# --- AF_XDP, one RX producer per queue: frames/s with 1, 2, 4 queues ---------------------------
+
+
+def queue_cpus(queues: int) -> tuple[list[int], list[int]] | str:
+    """The CPUs of ``queues`` RX queues and of their workers, or why this machine cannot
+    run them.  RX queue ``q`` lives on CPU ``q``: its sender (veth puts a frame on the RX
+    queue of the CPU that sent it, modulo the queues), its NAPI (run in that sender's
+    softirq: veth schedules it where the frame was sent) and its RX producer (``cpumap run
+    --queues all`` pins queue ``q``'s process to CPU ``q``; queue 0 is the run's own RX
+    thread, ``--rx-cpu 0``), as a NIC queue's interrupt, NAPI and RX work share a CPU.  The
+    workers, one per queue, take the next CPUs; where there are too few, they share the
+    last RX CPU (the row says so: ``shared``)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if cpus[:queues] != list(range(queues)):
+        return f"{queues} RX queues need CPUs 0..{queues - 1}"
+    rest = cpus[queues:]
+    return cpus[:queues], rest[:queues] or [queues - 1]
+
+
+def offer_on(pair: VethPair, opts: LiveOptions, cpus: list[int]) -> dict[str, Any]:
+    """Offer the load out of A from each of ``cpus`` at once (a generator each, a share
+    of the rate each): one sender per RX queue of B.  A's ``tx_drops`` are read here, over
+    all of them (each generator's own figure is the interface's, over its own run)."""
+    rate = opts.rate / len(cpus) if opts.rate else None
+    results: list[Any] = [None] * len(cpus)
+
+    def send(k: int, cpu: int) -> None:
+        with wire_generator(pair) as gen:
+            results[k] = gen.run(GenOptions(duration_s=opts.window_s, rate=rate, cpu=cpu))
+
+    with pair.in_peer():
+        dropped0 = link_state(pair.peer.ifname).tx_dropped
+    senders = [threading.Thread(target=send, args=kc) for kc in enumerate(cpus)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    if any(r is None for r in results):
+        raise RuntimeError("a sender failed (see its traceback above)")
+    with pair.in_peer():
+        drops = link_state(pair.peer.ifname).tx_dropped - dropped0
+    return {
+        "sent": sum(r.sent for r in results),
+        "seconds": max(r.seconds for r in results),
+        "tx_drops": drops,
+        "rate": opts.rate,
+    }
+
+
+def _queue_watched(run: CpumapRun, first: dict[str, Any]) -> Watched:
+    """The run's threads by part: the RX threads -- its own main thread (queue 0) and each
+    queue process's -- and the workers (the pids its records name)."""
+    pid = run.proc.pid
+    workers = {e["pid"] for e in first["entries"] if e.get("pid")}
+    queue_procs = [k for k in process_tree(pid) if k not in workers]
+    rx = [(pid, pid), *((q, q) for q in queue_procs)]
+    others = [pt for p in (pid, *queue_procs) for pt in threads_of(p) if pt[1] != p]
+    return {
+        "rx": rx,
+        "worker": [pt for w in workers for pt in threads_of(w)],
+        "other": others,
+    }
+
+
+def af_xdp_queues_row(opts: LiveOptions, queues: int) -> dict[str, Any]:
+    """``cpumap run --iface B --af-xdp --queues all`` on a B of ``queues`` RX queues: one RX
+    producer per queue (:func:`queue_cpus`), the load offered from as many CPUs.  B's NAPI
+    is not a thread of its own here (there is one per queue, and which serves which queue
+    is not named): it runs in the senders' softirq, so ``rx_kernel_ns`` is our RX threads'
+    own kernel time only, and NAPI's copy into the sockets is the wire's."""
+    where = queue_cpus(queues)
+    if isinstance(where, str):
+        raise RuntimeError(where)
+    rx_cpus, workers = where
+    argv = ["--cpus", ",".join(map(str, workers)), "--rx-cpu", str(rx_cpus[0])]
+    argv += ["--handler", "count", "--af-xdp", "-m", "native", "--queues", "all"]
+    with VethPair(queues=queues) as pair, CpumapRun(pair, argv, opts.qsize) as run:
+        first = run.wait_ready()
+        window = CpuWindow(_queue_watched(run, first))
+        offered = offer_on(pair, opts, rx_cpus)
+        run.wait_drained()
+        cpu, wall_s = window.end()
+        summary = run.stop()
+    out = summary["outcomes"]
+    figures = _figures(
+        offered,
+        rx=summary["rx"],
+        delivered=out["delivered"],
+        source_drops=summary.get("source_drops") or 0,
+        map_drops=out["queue_full"],
+        cpu=cpu | {"napi": CpuSpent()},
+        wall_s=wall_s,
+    )
+    producers = summary["counters"]["producers"]
+    return figures | {
+        "accounted": int(summary["accounted"]),
+        "queues": queues,
+        "producers": len(producers),
+        "rx_per_producer": [p["rx"] for p in producers],
+        "shared": int(bool(set(workers) & set(rx_cpus))),
+        "per_poll": summary["rx"] / max(sum(p["polls"] for p in producers), 1),
+    }

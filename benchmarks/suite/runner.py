@@ -329,6 +329,8 @@ class Bench:
             with open_capture(path) as r:
                 n = sum(len(b) for b in r.batches(65536))
             self.costs["job_packets"] = n
+            self.costs["job_bytecode_compiled"] = main_job.compile_package()
+            dpkt_table: dict = {}  # the dpkt row's flow table, for the check after
             size = os.path.getsize(path)
             self.say(f"[b]the main job[/b] ({n:,} packets, {size / 1e9:.2f} GB, mixed sizes)")
             self.rounds(
@@ -351,16 +353,45 @@ class Bench:
                         skip=main_job.tshark_missing(),
                     ),
                     Spec(
+                        "job.nfpcapd",
+                        "main-job",
+                        "main job",
+                        "nfpcapd -r FILE -w DIR (nfdump's C flow meter)",
+                        lambda: per_second(n, main_job.nfpcapd_flows(path)),
+                        baseline="job.tshark",
+                        skip=main_job.nfpcapd_missing(),
+                    ),
+                    Spec(
                         "job.dpkt",
                         "main-job",
                         "main job",
                         "dpkt flow-count script",
-                        lambda: per_second(n, main_job.dpkt_flows(path)),
+                        lambda: per_second(n, main_job.dpkt_flows(path, table=dpkt_table)),
                         baseline="job.tshark",
                         skip=python_side.dpkt_missing(),
                     ),
                 ],
                 repeat=self.sizes.job_rounds,
+            )
+            self.check_flow_table(path, dpkt_table)
+
+    def check_flow_table(self, path: str, dpkt_table: dict) -> None:
+        """cpumap's flow table against the dpkt script's (its last timed run's)."""
+        if not dpkt_table:
+            self.costs["flow_table"] = {"equal": None, "skipped": python_side.dpkt_missing()}
+            return
+        check = main_job.flow_table_check(main_job.cpumap_table(path), dpkt_table)
+        self.costs["flow_table"] = check
+        if check["equal"]:
+            self.say(
+                f"  flow table: cpumap's {check['flows']:,} flows equal the dpkt script's "
+                f"(packets and bytes per flow; {check['packets']:,} packets)"
+            )
+        else:
+            self.say(
+                f"  flow table: [red]{check['mismatches']} flows differ[/red] from the dpkt "
+                f"script's: only ours {check['only_ours']}, only dpkt's "
+                f"{check['only_dpkt']}, differ {check['differ']}"
             )
 
     def rss(self) -> None:

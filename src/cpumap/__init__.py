@@ -30,62 +30,69 @@ subpackages.  ``cpumap.kernel`` (root, bpf(2)) and ``cpumap.live.netns`` (a test
 are imported by name.
 """
 
-from .abi import (
-    BPF_ANY,
-    BPF_EXIST,
-    BPF_NOEXIST,
-    LINKTYPE_ETHERNET,
-    XDP_ABORTED,
-    XDP_DROP,
-    XDP_PASS,
-    XDP_REDIRECT,
-    XDP_TX,
-    Verdict,
-)
-from .capture import CaptureError, CaptureErrorKind, open_capture, open_writer, write_capture
-from .cpus import nr_cpus, parse_cpu_list, possible_cpus
-from .engine import (
-    QSIZE_MAX,
-    CpuMap,
-    EnqueueEvent,
-    EnqueueRow,
-    EntryState,
-    EntryStats,
-    KthreadEvent,
-    MapOptions,
-    MapReport,
-    MapStats,
-    OutputMap,
-    ProducerStats,
-    RestartPolicy,
-    RxProducer,
-    WorkerEvent,
-    WorkerResult,
-)
-from .errors import ClosedResourceError, Error, HandlerSetupError
-from .generator import Generator
-from .live import Fanout, FanoutMode, LiveSource
-from .map_errors import MapError
-from .packets import Packet, PacketBatch
-from .programs import (
-    BUILTIN_PROGRAMS,
-    MODES,
-    BrokenTableError,
-    CpuTable,
-    FlowHash,
-    LoadError,
-    WorkerInfo,
-    XdpBatch,
-    XdpContext,
-    batch_handler,
-    load_handler,
-    load_program,
-    make_program,
-    redirect_map,
-    vectorized,
-)
-from .sinks import CaptureSink, Chain, FlowTable
-from .skb import ParseDepth, Skb, SkbBatch
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from .abi import (
+        BPF_ANY,
+        BPF_EXIST,
+        BPF_NOEXIST,
+        LINKTYPE_ETHERNET,
+        XDP_ABORTED,
+        XDP_DROP,
+        XDP_PASS,
+        XDP_REDIRECT,
+        XDP_TX,
+        Verdict,
+    )
+    from .capture import CaptureError, CaptureErrorKind, open_capture, open_writer, write_capture
+    from .cpus import nr_cpus, parse_cpu_list, possible_cpus
+    from .engine import (
+        QSIZE_MAX,
+        CpuMap,
+        EnqueueEvent,
+        EnqueueRow,
+        EntryState,
+        EntryStats,
+        KthreadEvent,
+        MapOptions,
+        MapReport,
+        MapStats,
+        OutputMap,
+        ProducerStats,
+        RestartPolicy,
+        RxProducer,
+        WorkerEvent,
+        WorkerResult,
+    )
+    from .errors import ClosedResourceError, Error, HandlerSetupError
+    from .generator import Generator
+    from .live import Fanout, FanoutMode, LiveSource
+    from .map_errors import MapError
+    from .packets import Packet, PacketBatch
+    from .programs import (
+        BUILTIN_PROGRAMS,
+        MODES,
+        BrokenTableError,
+        CpuTable,
+        FlowHash,
+        LoadError,
+        WorkerInfo,
+        XdpBatch,
+        XdpContext,
+        batch_handler,
+        load_handler,
+        load_program,
+        make_program,
+        redirect_map,
+        vectorized,
+    )
+    from .sinks import CaptureSink, Chain, FlowTable
+    from .skb import ParseDepth, Skb, SkbBatch
 
 __all__ = [
     "BPF_ANY",
@@ -154,5 +161,77 @@ __all__ = [
     "vectorized",
     "write_capture",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "BPF_ANY": ".abi",
+        "BPF_EXIST": ".abi",
+        "BPF_NOEXIST": ".abi",
+        "LINKTYPE_ETHERNET": ".abi",
+        "XDP_ABORTED": ".abi",
+        "XDP_DROP": ".abi",
+        "XDP_PASS": ".abi",
+        "XDP_REDIRECT": ".abi",
+        "XDP_TX": ".abi",
+        "Verdict": ".abi",
+        "CaptureError": ".capture",
+        "CaptureErrorKind": ".capture",
+        "open_capture": ".capture",
+        "open_writer": ".capture",
+        "write_capture": ".capture",
+        "nr_cpus": ".cpus",
+        "parse_cpu_list": ".cpus",
+        "possible_cpus": ".cpus",
+        "QSIZE_MAX": ".engine",
+        "CpuMap": ".engine",
+        "EnqueueEvent": ".engine",
+        "EnqueueRow": ".engine",
+        "EntryState": ".engine",
+        "EntryStats": ".engine",
+        "KthreadEvent": ".engine",
+        "MapOptions": ".engine",
+        "MapReport": ".engine",
+        "MapStats": ".engine",
+        "OutputMap": ".engine",
+        "ProducerStats": ".engine",
+        "RestartPolicy": ".engine",
+        "RxProducer": ".engine",
+        "WorkerEvent": ".engine",
+        "WorkerResult": ".engine",
+        "ClosedResourceError": ".errors",
+        "Error": ".errors",
+        "HandlerSetupError": ".errors",
+        "Generator": ".generator",
+        "Fanout": ".live",
+        "FanoutMode": ".live",
+        "LiveSource": ".live",
+        "MapError": ".map_errors",
+        "Packet": ".packets",
+        "PacketBatch": ".packets",
+        "BUILTIN_PROGRAMS": ".programs",
+        "MODES": ".programs",
+        "BrokenTableError": ".programs",
+        "CpuTable": ".programs",
+        "FlowHash": ".programs",
+        "LoadError": ".programs",
+        "WorkerInfo": ".programs",
+        "XdpBatch": ".programs",
+        "XdpContext": ".programs",
+        "batch_handler": ".programs",
+        "load_handler": ".programs",
+        "load_program": ".programs",
+        "make_program": ".programs",
+        "redirect_map": ".programs",
+        "vectorized": ".programs",
+        "CaptureSink": ".sinks",
+        "Chain": ".sinks",
+        "FlowTable": ".sinks",
+        "ParseDepth": ".skb",
+        "Skb": ".skb",
+        "SkbBatch": ".skb",
+    },
+)
 
 __version__ = "0.1.0"

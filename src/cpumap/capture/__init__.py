@@ -18,13 +18,20 @@ the fast path, one :class:`~cpumap.packets.Packet` at a time for the rest.
             ...
 """
 
-from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, CaptureErrorKind, max_caplen
-from .files import CaptureWriter, open_capture, open_writer, write_capture
-from .pcap import PcapReader, PcapWriter
-from .pcapng import TS_TOO_EARLY, TS_TOO_LATE, Interface, PcapngReader, WideTime
-from .pcapng_writer import PcapngWriter
-from .reader import CHUNK_SIZE, CaptureReader
-from .stop import ReadInterrupted, Stop
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from .damage import MAX_PROBLEMS, MAXIMUM_SNAPLEN, CaptureError, CaptureErrorKind, max_caplen
+    from .files import CaptureWriter, open_capture, open_writer, write_capture
+    from .pcap import PcapReader, PcapWriter
+    from .pcapng import TS_TOO_EARLY, TS_TOO_LATE, Interface, PcapngReader, WideTime
+    from .pcapng_writer import PcapngWriter
+    from .reader import CHUNK_SIZE, CaptureReader
+    from .stop import ReadInterrupted, Stop
 
 __all__ = [
     "CHUNK_SIZE",
@@ -49,3 +56,31 @@ __all__ = [
     "open_writer",
     "write_capture",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "MAX_PROBLEMS": ".damage",
+        "MAXIMUM_SNAPLEN": ".damage",
+        "CaptureError": ".damage",
+        "CaptureErrorKind": ".damage",
+        "max_caplen": ".damage",
+        "CaptureWriter": ".files",
+        "open_capture": ".files",
+        "open_writer": ".files",
+        "write_capture": ".files",
+        "PcapReader": ".pcap",
+        "PcapWriter": ".pcap",
+        "TS_TOO_EARLY": ".pcapng",
+        "TS_TOO_LATE": ".pcapng",
+        "Interface": ".pcapng",
+        "PcapngReader": ".pcapng",
+        "WideTime": ".pcapng",
+        "PcapngWriter": ".pcapng_writer",
+        "CHUNK_SIZE": ".reader",
+        "CaptureReader": ".reader",
+        "ReadInterrupted": ".stop",
+        "Stop": ".stop",
+    },
+)

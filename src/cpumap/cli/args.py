@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..abi import CPUMAP_QSIZE_MAX as QSIZE_MAX  # the engine's limit (engine.map), as cheap
 from ..cpus import format_cpu_list, parse_cpu_list, usable_cpus
-from ..engine import QSIZE_MAX
 from ..programs import BUILTIN_PROGRAMS, LoadError, load_handler, load_object
 from ..programs.contract import is_batch_handler
 from ..sinks import CaptureSink, Chain, Count, FlowTable
@@ -57,6 +57,14 @@ def parse_cpus(text: str) -> list[int]:
             f"use some of {format_cpu_list(allowed)} (see `nproc`, `taskset -p $$`)"
         )
     return cpus
+
+
+def _queue_list(text: str) -> tuple[int, ...] | str:
+    """``--queues``: ``all``, or RX queues separated by commas."""
+    if text.strip() == "all":
+        return "all"
+    check = _ranged(0, 0xFFFF)
+    return tuple(check(part.strip()) for part in text.split(","))
 
 
 def _ranged(lo: float, hi: float | None, kind: Callable[[str], Any] = int) -> Callable[[str], Any]:
@@ -273,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--af-xdp: an RX queue to receive from (repeat; default: every queue)",
     )
     run.add_argument(
+        "--queues",
+        type=_queue_list,
+        metavar="LIST",
+        help="--af-xdp: the RX queues to receive from, Q,Q,... or all (default: all); each "
+        "queue has its own RX producer, the first in this process, each other one in a "
+        "process pinned to CPU Q modulo the CPUs (as a NIC queue's NAPI)",
+    )
+    run.add_argument(
         "--kernel",
         action="store_true",
         help="with --iface: steer with the kernel's own cpumap, as xdp-bench redirect-cpu: "
@@ -396,6 +412,7 @@ _USERSPACE_ONLY = {
     "per_frame": "--per-frame is not for --kernel: the eBPF program runs per frame anyway",
     "lossy": "--lossy is not needed with --kernel: the kernel's cpumap drops at a full ring",
     "queue": "--queue goes with --af-xdp, not --kernel (the program is on every RX queue)",
+    "queues": "--queues goes with --af-xdp, not --kernel (the program is on every RX queue)",
     "promisc": "--promisc is not for --kernel: set it with `ip link set IFACE promisc on`",
     "metrics_port": "--metrics-port is not supported with --kernel yet",
     "skip_bad": "--skip-bad is for capture files, not --kernel",
@@ -480,8 +497,9 @@ def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(
                 "-m/--xdp-mode goes with --af-xdp or --kernel: add one of them and --iface IFACE"
             )
-        if args.queue is not None:
-            raise UsageError("--queue goes with --af-xdp: add --af-xdp --iface IFACE")
+        for given, name in ((args.queue, "--queue"), (args.queues, "--queues")):
+            if given is not None:
+                raise UsageError(f"{name} goes with --af-xdp: add --af-xdp --iface IFACE")
         return {}
     if not args.iface:
         raise UsageError("--af-xdp receives from an interface: add --iface IFACE")
@@ -490,7 +508,10 @@ def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:
             "--promisc is the TPACKET_V3 path's; with --af-xdp set the interface "
             "promiscuous itself: `ip link set IFACE promisc on`"
         )
-    queues = tuple(dict.fromkeys(args.queue)) if args.queue else None
+    if args.queues == "all" and args.queue:
+        raise UsageError("--queues all and --queue Q: choose one")
+    named = [*(args.queue or ()), *(args.queues if isinstance(args.queues, tuple) else ())]
+    queues = tuple(dict.fromkeys(named)) if named else None
     return {"af_xdp": True, "xdp_mode": args.xdp_mode or "native", "queues": queues}
 
 

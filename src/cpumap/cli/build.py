@@ -8,8 +8,9 @@ the map (a built-in program steers into it) or opens a file or socket (the sourc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -24,6 +25,8 @@ from ..generator import Generator
 from ..kernel.xdp import XdpError, XdpMode
 from ..live import LiveSource, XskError, XskSource
 from ..live.interface import NoSuchInterface, resolve_interface
+from ..live.xsk_queues import XskQueues
+from ..live.xsk_source import all_queues
 from ..packets import PacketBatch
 from ..programs import MODES, LoadError, load_program, make_program, vectorized
 from .config import ProgramConfig, SourceConfig
@@ -121,7 +124,9 @@ class Source(Closing):
         self._live = live
         self._also = also  # closed with the reader: standard input's duplicate
         self._af_xdp = af_xdp  # an AF_XDP source to open on the producer (placing)
-        self._xsk: XskSource | None = None
+        self._xsk: XskSource | XskQueues | None = None
+        # --af-xdp: the RX queues (resolved: _af_xdp), one producer each.
+        self._queues = af_xdp.queues or () if af_xdp is not None else ()
 
     def next_batch(self) -> PacketBatch | None:
         """The next batch; None at the end of a file -- or, live, when none came within
@@ -139,16 +144,24 @@ class Source(Closing):
         """A live interface: only a stop, a deadline or a failure ends it."""
         return self._live is not None or self._af_xdp is not None
 
+    @property
+    def producers(self) -> int:
+        """RX producers the source needs (producer slots of the map): one per RX queue
+        with ``--af-xdp``, one otherwise."""
+        return max(1, len(self._queues))
+
     @contextlib.contextmanager
-    def placing(self, rx: Any) -> Iterator[None]:
+    def placing(self, rx: Any, twin: Callable[[], Any] | None = None) -> Iterator[None]:
         """While the block runs, a source that places frames itself (``--af-xdp``) feeds
         ``rx`` from :meth:`next_batch`; on the way out it stops -- the program detached,
         the RX rings read dry, the sockets closed -- before ``rx`` closes.  Nothing for
-        the other sources."""
+        the other sources.  ``twin``: makes another producer like ``rx`` (on the same
+        map, in a forked process): with several RX queues, the first queue feeds ``rx``
+        and each other one its own producer, in a process of its own (``XskQueues``)."""
         if self._af_xdp is None:
             yield
             return
-        self._xsk = _open_xsk(self._af_xdp, rx)
+        self._xsk = _open_xsk(self._af_xdp, rx, twin)
         self.what = _xsk_what(self._af_xdp, self._xsk.zero_copy)  # the summary says which
         try:
             yield
@@ -280,9 +293,11 @@ def _af_xdp(config: SourceConfig) -> Source:
     if os.geteuid() != 0:
         raise UsageError(f"--iface {iface} --af-xdp: AF_XDP and XDP need root: run as root")
     try:
-        resolve_interface(iface)
+        ifname, _ = resolve_interface(iface)
     except NoSuchInterface as e:
         raise UsageError(f"--iface {iface}: {e.strerror}") from None  # it names `ip link`
+    if config.queues is None:  # every queue the device has, named now
+        config = dataclasses.replace(config, queues=all_queues(ifname))
     return Source(None, _xsk_what(config), False, af_xdp=config)
 
 
@@ -292,12 +307,18 @@ def _xsk_what(config: SourceConfig, zero_copy: bool | None = None) -> str:
     return f"interface {config.iface} (AF_XDP, {config.xdp_mode} XDP{how})"
 
 
-def _open_xsk(config: SourceConfig, rx: Any) -> XskSource:
-    """The AF_XDP source on ``rx``; what the kernel refuses is a usage error."""
+def _open_xsk(
+    config: SourceConfig, rx: Any, twin: Callable[[], Any] | None
+) -> XskSource | XskQueues:
+    """The AF_XDP source on ``rx`` -- with several queues (and ``twin``), a producer per
+    queue; what the kernel refuses is a usage error."""
     iface = config.iface
     assert iface is not None  # Invariant: only _af_xdp makes such a source
+    mode, queues = XdpMode(config.xdp_mode), config.queues
     try:
-        return XskSource(rx, iface, queues=config.queues, mode=XdpMode(config.xdp_mode))
+        if queues is not None and len(queues) > 1 and twin is not None:
+            return XskQueues(rx, iface, twin=twin, queues=queues, mode=mode)
+        return XskSource(rx, iface, queues=queues, mode=mode)
     except (XdpError, XskError) as e:
         raise UsageError(f"--iface {iface} --af-xdp: {e.strerror}") from None
     except ValueError as e:

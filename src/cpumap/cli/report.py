@@ -107,8 +107,9 @@ class RunReport:
         """The identity: every frame received has exactly one outcome."""
         return self.stats.rx == sum(self.stats.outcomes().values())
 
-    def as_json(self) -> dict[str, Any]:
-        """The ``--json`` summary object (docs/cli.md has the schema)."""
+    def as_json(self, top: int | None = None) -> dict[str, Any]:
+        """The ``--json`` summary object (docs/cli.md has the schema); ``top``: the flows
+        listed (the biggest first; None: every one), as the text summary's ``--top``."""
         counters = self.stats.as_dict()
         entries = counters.pop("entries")
         assert isinstance(entries, list)  # Invariant: as_dict renders entries as a list
@@ -141,10 +142,24 @@ class RunReport:
             "stopped_at_once": self.stopped_at_once,
             "error": self.error,
             "exit_status": int(self.exit_status),
+            "flows_total": len(self.flows),
+            "flows": [flow_json(f) for f in self.flows[:top]],
         }
         if self.cluster is not None:
             add_cluster_fields(out, self.cluster)
         return out
+
+
+def flow_json(f: FlowStats) -> dict[str, Any]:
+    """One flow of the merged flow table, as the JSON summary lists it."""
+    return {
+        "protocol": f.protocol,
+        "a": f.a,
+        "b": f.b,
+        "packets": f.packets,
+        "bytes": f.bytes,
+        "cpus": sorted(f.cpus),
+    }
 
 
 def add_cluster_fields(out: dict[str, Any], cluster: ClusterFacts) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -41,10 +40,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rich.console import Console
-from rich.live import Live
 
 from ..capture import CaptureError, ReadInterrupted, Stop
 from ..closing import Closing
@@ -59,6 +57,9 @@ from .errors import SetupError, UsageError, os_error_text, start_failure
 from .output import Output, claim_write_dir, merge_into
 from .report import SIGNAL_STATUS, Ending, RunReport, Written, local_report, written_by
 from .view import Sample, interval_record, render_live, render_summary
+
+if TYPE_CHECKING:  # imported where used: a terminal's live view, a --json run
+    from rich.live import Live
 
 DRAIN_TIMEOUT = 60.0  # seconds for the frames read to reach their outcomes at the end
 DRAIN_SLICE = 0.05  # the drain looks for a second signal this often
@@ -93,7 +94,7 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
         with open_source(config.source, signals.stop) as source:
             if config.view.mode != "json":
                 console.print(banner(config, source), highlight=False)
-            cmap = new_map(config)
+            cmap = new_map(config, source.producers)
             signals.on_hurry(cmap.hurry_close)  # a second signal cuts a close's wait too
             with cmap:
                 ending = start_and_feed(cmap, source, config, console, signals, out)
@@ -107,11 +108,13 @@ def run_here(config: RunConfig, console: Console, signals: SignalStop, out: Outp
             os.close(claim)
 
 
-def new_map(config: RunConfig) -> CpuMap:
-    """The map, or one line naming the limit that keeps it from starting."""
+def new_map(config: RunConfig, producers: int = 1) -> CpuMap:
+    """The map (``producers``: RX producer slots, one per AF_XDP queue), or one line
+    naming the limit that keeps it from starting."""
     try:
         return CpuMap(
             max(config.cpus) + 1,
+            producers=producers,
             handler=config.handler.handler,
             batch_size=config.batch,
             options=MapOptions(setup_timeout=config.handler.setup_timeout),
@@ -224,7 +227,9 @@ def feed_and_drain(
         with (
             cmap.producer(program, poll_size=config.source.poll, backpressure=backpressure) as rx,
             pinned(config.rx_cpu),
-            source.placing(rx),  # --af-xdp: frames placed into rx; stopped before it closes
+            # --af-xdp: frames placed into rx (and, a queue each, into twins of it in
+            # processes of their own); stopped before rx closes.
+            source.placing(rx, lambda: cmap.producer(program, poll_size=config.source.poll)),
         ):
             # From now, --duration counts reading time, as before the wait for a source.
             signals.stop.deadline = t0 + config.duration if config.duration else None
@@ -414,6 +419,8 @@ class View(Closing, Generic[S]):
         self.last = last
         self.live: Live | None = None
         if config.mode == "text" and console.is_terminal:
+            from rich.live import Live
+
             self.live = Live(console=console, auto_refresh=False, transient=True)
             self.live.start()
 
@@ -439,7 +446,7 @@ class View(Closing, Generic[S]):
 def show(report: RunReport, view: ViewConfig, console: Console, out: Output | None = None) -> None:
     """The summary (text, or one JSON object), the error on stderr, the exit status."""
     if view.mode == "json":
-        emit_json(report.as_json(), out)
+        emit_json(report.as_json(top=view.top), out)
     else:
         for part in render_summary(report, view.top):
             console.print(part, highlight=False)
@@ -451,6 +458,8 @@ def show(report: RunReport, view: ViewConfig, console: Console, out: Output | No
 
 
 def emit_json(rec: dict[str, Any], out: Output | None = None) -> None:
+    import json  # here: a text run has no use for it
+
     stream: Any = out.json if out is not None else sys.stdout
     stream.write(json.dumps(rec, default=str) + "\n")
     stream.flush()

@@ -22,14 +22,21 @@ package.
 ``docs/cluster.md`` says when to use it, how to deploy it and what it costs.
 """
 
-from .actor import EntryActor, Report
-from .frames import FrameBlock, Parcel
-from .map import ActorState, ClusterEntry, ClusterMap, EntryResult
-from .places import LOCAL_NODE, Place, as_place, parse_entries
-from .ray_setup import NodeInfo, RaySession, cluster_nodes, connect, resolve_node, use_loopback
-from .result import ClusterResult, EntryFigures, NodeFigures, SourceFigures
-from .run import LocalRay, RunOptions, default_places, run_captures, run_map
-from .source import KeySpace, SourceOptions, SourceReport
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from .actor import EntryActor, Report
+    from .frames import FrameBlock, Parcel
+    from .map import ActorState, ClusterEntry, ClusterMap, EntryResult
+    from .places import LOCAL_NODE, Place, as_place, parse_entries
+    from .ray_setup import NodeInfo, RaySession, cluster_nodes, connect, resolve_node, use_loopback
+    from .result import ClusterResult, EntryFigures, NodeFigures, SourceFigures
+    from .run import LocalRay, RunOptions, default_places, run_captures, run_map
+    from .source import KeySpace, SourceOptions, SourceReport
 
 __all__ = [
     "LOCAL_NODE",
@@ -63,3 +70,40 @@ __all__ = [
     "run_map",
     "use_loopback",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "EntryActor": ".actor",
+        "Report": ".actor",
+        "FrameBlock": ".frames",
+        "Parcel": ".frames",
+        "ActorState": ".map",
+        "ClusterEntry": ".map",
+        "ClusterMap": ".map",
+        "EntryResult": ".map",
+        "LOCAL_NODE": ".places",
+        "Place": ".places",
+        "as_place": ".places",
+        "parse_entries": ".places",
+        "NodeInfo": ".ray_setup",
+        "RaySession": ".ray_setup",
+        "cluster_nodes": ".ray_setup",
+        "connect": ".ray_setup",
+        "resolve_node": ".ray_setup",
+        "use_loopback": ".ray_setup",
+        "ClusterResult": ".result",
+        "EntryFigures": ".result",
+        "NodeFigures": ".result",
+        "SourceFigures": ".result",
+        "LocalRay": ".run",
+        "RunOptions": ".run",
+        "default_places": ".run",
+        "run_captures": ".run",
+        "run_map": ".run",
+        "KeySpace": ".source",
+        "SourceOptions": ".source",
+        "SourceReport": ".source",
+    },
+)

@@ -25,21 +25,28 @@ Rule 3: a producer, a worker or a second stage is given the map's ``MapShared`` 
 pool; nothing reaches into ``CpuMap`` itself.
 """
 
-from ..errors import HandlerSetupError
-from .entry import Entry, EntryEvent, EntryState, EntryStateError
-from .map import QSIZE_MAX, CpuMap, MapOptions
-from .report import MapReport
-from .rx import RxProducer
-from .second_stage import OutputMap
-from .stats import (
-    EnqueueEvent,
-    EnqueueRow,
-    EntryStats,
-    KthreadEvent,
-    MapStats,
-    ProducerStats,
-)
-from .supervisor import RestartPolicy, WorkerEvent, WorkerResult
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from ..errors import HandlerSetupError
+    from .entry import Entry, EntryEvent, EntryState, EntryStateError
+    from .map import QSIZE_MAX, CpuMap, MapOptions
+    from .report import MapReport
+    from .rx import RxProducer
+    from .second_stage import OutputMap
+    from .stats import (
+        EnqueueEvent,
+        EnqueueRow,
+        EntryStats,
+        KthreadEvent,
+        MapStats,
+        ProducerStats,
+    )
+    from .supervisor import RestartPolicy, WorkerEvent, WorkerResult
 
 __all__ = [
     "QSIZE_MAX",
@@ -63,3 +70,30 @@ __all__ = [
     "WorkerEvent",
     "WorkerResult",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "HandlerSetupError": "..errors",
+        "Entry": ".entry",
+        "EntryEvent": ".entry",
+        "EntryState": ".entry",
+        "EntryStateError": ".entry",
+        "QSIZE_MAX": ".map",
+        "CpuMap": ".map",
+        "MapOptions": ".map",
+        "MapReport": ".report",
+        "RxProducer": ".rx",
+        "OutputMap": ".second_stage",
+        "EnqueueEvent": ".stats",
+        "EnqueueRow": ".stats",
+        "EntryStats": ".stats",
+        "KthreadEvent": ".stats",
+        "MapStats": ".stats",
+        "ProducerStats": ".stats",
+        "RestartPolicy": ".supervisor",
+        "WorkerEvent": ".supervisor",
+        "WorkerResult": ".supervisor",
+    },
+)

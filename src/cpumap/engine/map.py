@@ -108,6 +108,9 @@ if TYPE_CHECKING:
     from ..programs.contract import Handler
 
 QSIZE_MAX = CPUMAP_QSIZE_MAX  # the kernel's sanity limit
+# wait_idle's longest sleep between looks: what the end of a run may overshoot its last
+# outcome by (each look is one stats() snapshot).
+IDLE_POLL_MAX = 0.005
 # Frames per producer partition: a poll takes a block of 1024, and blocks come back whole,
 # so a partition needs room for its rings' contents plus a few blocks in flight.
 DEFAULT_FRAMES_PER_PRODUCER = 16384
@@ -426,7 +429,7 @@ class CpuMap(Closing):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{s.in_flight} frames still in flight after {timeout}s")
             self._wait_workers(pause)
-            pause = min(pause * 2, 0.02)
+            pause = min(pause * 2, IDLE_POLL_MAX)
 
     def poll(self) -> None:
         """Advance retirements and supervise workers (also done by every map operation)."""

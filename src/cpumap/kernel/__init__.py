@@ -78,79 +78,84 @@ where our engine must differ from the kernel, is written down in
 
 from __future__ import annotations
 
-from ..abi import (
-    BPF_ANY,
-    BPF_EXIST,
-    BPF_NOEXIST,
-    CPUMAP_QSIZE_MAX,
-    XDP_ABORTED,
-    XDP_DROP,
-    XDP_PASS,
-    XDP_REDIRECT,
-    XDP_TX,
-)
-from ..cpus import nr_cpus, possible_cpus
-from .asm import (
-    Asm,
-    load_xdp,
-    redirect_by_byte_program,
-    redirect_program,
-    redirect_round_robin_program,
-    verdict_program,
-)
-from .bpf import (
-    BPF_F_NUMA_NODE,
-    BPF_F_TEST_XDP_LIVE_FRAMES,
-    AttachType,
-    CpuMapValue,
-    KernelArrayMap,
-    KernelCpuMap,
-    KernelProgram,
-    TestRunResult,
-    bpf_unavailable_reason,
-)
-from .frames import UdpSink, local_ipv4, udp_frame
-from .redirect_cpu import REMOTE_ACTIONS, KernelSteering, RemoteAction, remote_program
-from .runner import (
-    CpumapRunResult,
-    CpumapRunSample,
-    KernelCpumapRun,
-    live_frames_unavailable_reason,
-    run_kernel_cpumap,
-    run_pinned,
-    rx_drop_ceiling,
-)
-from .steering import (
-    STEERING_MODES,
-    SteeringCounters,
-    SteeringCounts,
-    SteeringSpec,
-    load_steering,
-    percpu_values,
-    steering_program,
-)
-from .tracefs import (
-    EnqueueTotals,
-    KthreadTotals,
-    TraceEvent,
-    TraceInstance,
-    sum_enqueue,
-    sum_kthread,
-    tracefs_root,
-    tracing_unavailable_reason,
-)
-from .trafficgen import GenOptions, GenOptionsError, GenResult, TrafficGen
-from .xdp import (
-    XdpError,
-    XdpLink,
-    XdpMode,
-    XskMap,
-    attach,
-    attach_netlink,
-    counting_program,
-    pass_program,
-    xsk_redirect_program,
-)
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from ..abi import (
+        BPF_ANY,
+        BPF_EXIST,
+        BPF_NOEXIST,
+        CPUMAP_QSIZE_MAX,
+        XDP_ABORTED,
+        XDP_DROP,
+        XDP_PASS,
+        XDP_REDIRECT,
+        XDP_TX,
+    )
+    from ..cpus import nr_cpus, possible_cpus
+    from .asm import (
+        Asm,
+        load_xdp,
+        redirect_by_byte_program,
+        redirect_program,
+        redirect_round_robin_program,
+        verdict_program,
+    )
+    from .bpf import (
+        BPF_F_NUMA_NODE,
+        BPF_F_TEST_XDP_LIVE_FRAMES,
+        AttachType,
+        CpuMapValue,
+        KernelArrayMap,
+        KernelCpuMap,
+        KernelProgram,
+        TestRunResult,
+        bpf_unavailable_reason,
+    )
+    from .frames import UdpSink, local_ipv4, udp_frame
+    from .redirect_cpu import REMOTE_ACTIONS, KernelSteering, RemoteAction, remote_program
+    from .runner import (
+        CpumapRunResult,
+        CpumapRunSample,
+        KernelCpumapRun,
+        live_frames_unavailable_reason,
+        run_kernel_cpumap,
+        run_pinned,
+        rx_drop_ceiling,
+    )
+    from .steering import (
+        STEERING_MODES,
+        SteeringCounters,
+        SteeringCounts,
+        SteeringSpec,
+        load_steering,
+        percpu_values,
+        steering_program,
+    )
+    from .tracefs import (
+        EnqueueTotals,
+        KthreadTotals,
+        TraceEvent,
+        TraceInstance,
+        sum_enqueue,
+        sum_kthread,
+        tracefs_root,
+        tracing_unavailable_reason,
+    )
+    from .trafficgen import GenOptions, GenOptionsError, GenResult, TrafficGen
+    from .xdp import (
+        XdpError,
+        XdpLink,
+        XdpMode,
+        XskMap,
+        attach,
+        attach_netlink,
+        counting_program,
+        pass_program,
+        xsk_redirect_program,
+    )
 
 __all__ = [
     "BPF_ANY",
@@ -222,3 +227,78 @@ __all__ = [
     "verdict_program",
     "xsk_redirect_program",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "BPF_ANY": "..abi",
+        "BPF_EXIST": "..abi",
+        "BPF_NOEXIST": "..abi",
+        "CPUMAP_QSIZE_MAX": "..abi",
+        "XDP_ABORTED": "..abi",
+        "XDP_DROP": "..abi",
+        "XDP_PASS": "..abi",
+        "XDP_REDIRECT": "..abi",
+        "XDP_TX": "..abi",
+        "nr_cpus": "..cpus",
+        "possible_cpus": "..cpus",
+        "Asm": ".asm",
+        "load_xdp": ".asm",
+        "redirect_by_byte_program": ".asm",
+        "redirect_program": ".asm",
+        "redirect_round_robin_program": ".asm",
+        "verdict_program": ".asm",
+        "BPF_F_NUMA_NODE": ".bpf",
+        "BPF_F_TEST_XDP_LIVE_FRAMES": ".bpf",
+        "AttachType": ".bpf",
+        "CpuMapValue": ".bpf",
+        "KernelArrayMap": ".bpf",
+        "KernelCpuMap": ".bpf",
+        "KernelProgram": ".bpf",
+        "TestRunResult": ".bpf",
+        "bpf_unavailable_reason": ".bpf",
+        "UdpSink": ".frames",
+        "local_ipv4": ".frames",
+        "udp_frame": ".frames",
+        "REMOTE_ACTIONS": ".redirect_cpu",
+        "KernelSteering": ".redirect_cpu",
+        "RemoteAction": ".redirect_cpu",
+        "remote_program": ".redirect_cpu",
+        "CpumapRunResult": ".runner",
+        "CpumapRunSample": ".runner",
+        "KernelCpumapRun": ".runner",
+        "live_frames_unavailable_reason": ".runner",
+        "run_kernel_cpumap": ".runner",
+        "run_pinned": ".runner",
+        "rx_drop_ceiling": ".runner",
+        "STEERING_MODES": ".steering",
+        "SteeringCounters": ".steering",
+        "SteeringCounts": ".steering",
+        "SteeringSpec": ".steering",
+        "load_steering": ".steering",
+        "percpu_values": ".steering",
+        "steering_program": ".steering",
+        "EnqueueTotals": ".tracefs",
+        "KthreadTotals": ".tracefs",
+        "TraceEvent": ".tracefs",
+        "TraceInstance": ".tracefs",
+        "sum_enqueue": ".tracefs",
+        "sum_kthread": ".tracefs",
+        "tracefs_root": ".tracefs",
+        "tracing_unavailable_reason": ".tracefs",
+        "GenOptions": ".trafficgen",
+        "GenOptionsError": ".trafficgen",
+        "GenResult": ".trafficgen",
+        "TrafficGen": ".trafficgen",
+        "XdpError": ".xdp",
+        "XdpLink": ".xdp",
+        "XdpMode": ".xdp",
+        "XskMap": ".xdp",
+        "attach": ".xdp",
+        "attach_netlink": ".xdp",
+        "counting_program": ".xdp",
+        "pass_program": ".xdp",
+        "xsk_redirect_program": ".xdp",
+    },
+)

@@ -15,10 +15,17 @@ is a test bench, imported by name (``cpumap.live.netns``), not re-exported here.
 All need root (CAP_NET_RAW, CAP_NET_ADMIN); nothing here is imported by the engine.
 """
 
-from .source import Fanout, FanoutMode, LiveSource, LiveStatistics
-from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics
-from .xsk_rings import ConsumerRing, ProducerRing
-from .xsk_source import XskSource, XskSourceStatistics
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from .source import Fanout, FanoutMode, LiveSource, LiveStatistics
+    from .xsk import Umem, XskError, XskMode, XskSocket, XskStatistics
+    from .xsk_rings import ConsumerRing, ProducerRing
+    from .xsk_source import XskSource, XskSourceStatistics
 
 __all__ = [
     "ConsumerRing",
@@ -35,3 +42,23 @@ __all__ = [
     "XskSourceStatistics",
     "XskStatistics",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "Fanout": ".source",
+        "FanoutMode": ".source",
+        "LiveSource": ".source",
+        "LiveStatistics": ".source",
+        "Umem": ".xsk",
+        "XskError": ".xsk",
+        "XskMode": ".xsk",
+        "XskSocket": ".xsk",
+        "XskStatistics": ".xsk",
+        "ConsumerRing": ".xsk_rings",
+        "ProducerRing": ".xsk_rings",
+        "XskSource": ".xsk_source",
+        "XskSourceStatistics": ".xsk_source",
+    },
+)

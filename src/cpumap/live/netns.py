@@ -200,12 +200,15 @@ class VethPair:
     After entry, :attr:`local` and :attr:`peer` describe the two ends.
 
     ``mtu`` sets both ends' MTU; ``addresses`` assigns 10.<a>.<b>.1/30 (local) and .2/30
-    (peer) from a random /30.
+    (peer) from a random /30; ``queues``: RX and TX queues of each end (veth puts a frame
+    sent into it by XDP on the RX queue of the sending CPU modulo the receiver's RX
+    queues: ``veth_xdp_xmit``'s ``veth_select_rxq``).
     """
 
     local_netns: bool = True
     addresses: bool = True
     mtu: int | None = None
+    queues: int = 1
     # Filled by create():
     local: LinkInfo = field(init=False)
     peer: LinkInfo = field(init=False)
@@ -241,8 +244,10 @@ class VethPair:
             for ns in self._namespaces:
                 with entered(ns):
                     _disable_ipv6_here("all", "default")
-            veth = ("type", "veth", "peer", "name", peer_if, "netns", peer_ns)
-            ip(*_ns_args(local_ns), "link", "add", local_if, *veth)
+            many = ("numrxqueues", str(self.queues), "numtxqueues", str(self.queues))
+            many = many if self.queues > 1 else ()
+            veth = ("type", "veth", "peer", "name", peer_if, *many, "netns", peer_ns)
+            ip(*_ns_args(local_ns), "link", "add", local_if, *many, *veth)
             if local_ns is None:
                 self._root_link = local_if
                 _disable_ipv6_here(local_if)  # this end only: the caller's namespace is theirs

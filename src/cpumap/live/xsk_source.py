@@ -28,12 +28,13 @@ state table and the argument)::
     rx.lend -> KERNEL -> fill ring -> the kernel -> RX ring -> rx.poll_placed -> RX -> ...
                                                      workers release -> RETURNED -> rx.lend
 
-Per poll, per socket with descriptors: one ``peek`` of up to ``poll_size`` descriptors
+Per batch, per socket with descriptors: one ``peek`` of up to 4 polls' worth of descriptors
 (as u32 words), their chunk addresses turned into frame indices (``addr // frame_size``)
-and headrooms (``addr % frame_size``) -- for the usual run of consecutive chunks by one
-comparison with the expected addresses (a batch across two runs is cut where the first
-ends, the rest left in the ring) -- the descriptors written (length, wire_len, ts_ns,
-ifindex, rx_queue, headroom, linktype Ethernet) in one store, the RX ring released, then
+and headrooms (``addr % frame_size``) -- for a run of consecutive chunks by one
+comparison with the expected addresses (a batch across several runs is taken whole,
+scattered: one call's fixed cost instead of one per run) -- the descriptors written
+(length, wire_len, ts_ns, ifindex, rx_queue, headroom, linktype Ethernet) in a store per
+run, the RX ring released, then
 ``poll_placed`` (told whether the frames are consecutive).  The release comes *before*
 ``poll_placed``: once ``poll_placed`` has begun the frames are counted in ``rx`` (or
 ``xdp_aborted`` if it is interrupted); a descriptor still in the ring at that point
@@ -124,7 +125,6 @@ import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET
 from ..closing import Closing
-from ..engine.frame_pool import DESC_WORDS
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
 from .if_xdp import XDP_PACKET_HEADROOM
@@ -136,8 +136,8 @@ _SPIN_S = 50e-6  # after a busy poll, watch the RX rings this long before poll(2
 _GATHER_S = 200e-6  # under load, wait at most this long for a full poll to gather
 _BUSY_FRACTION = 4  # a poll that placed 1/4 of poll_size or more: under load
 _GATHER_FILL = 2  # gather only while every fill ring holds 2 polls' worth of chunks
-_MIN_RUN = 32  # a run shorter than this at a batch's start: the whole batch, scattered
-_BUDGET = 4  # batches a poll takes from one socket before it refills and returns
+_MAX_RUNS = 16  # a scattered batch of more runs is written by one row scatter
+_BUDGET = 4  # polls' worth a poll takes from one socket before it refills and returns
 _MEMBARRIER_CMD_GLOBAL = 1  # runs synchronize_rcu() (kernel/sched/membarrier.c)
 _MEMBARRIER_BY_MACHINE = {"x86_64": 324, "aarch64": 283}  # syscall numbers
 
@@ -223,7 +223,10 @@ class XskSource(Closing):
     ``mode``: where the redirect program runs (:class:`XdpMode`: native or skb).
     ``bind``: how the sockets bind (:class:`XskMode`; ``AUTO`` falls back to copy mode
     with a note in :attr:`notes`).  ``ring_size``: RX ring entries per socket (a power of
-    two; default: the frames the producer can lend, up to 16384).
+    two; default: the frames the producer can lend, up to 16384).  ``xskmap``: an XSKMAP
+    whose program another owns (:class:`~cpumap.live.xsk_queues.XskQueues`: one
+    attachment, a source per queue): the sockets go into it, and this source attaches
+    and detaches nothing -- detach first, then :meth:`stop` reads the rings dry.
     Build it in the interface's network namespace.  Errors: ``XdpError`` / ``XskError``
     with the kernel's errno and what to change; ``ValueError`` for a pool whose frames
     cannot be UMEM chunks.
@@ -238,6 +241,7 @@ class XskSource(Closing):
         mode: XdpMode = XdpMode.NATIVE,
         bind: XskMode = XskMode.AUTO,
         ring_size: int | None = None,
+        xskmap: XskMap | None = None,
     ) -> None:
         pool = rx.pool
         fs = pool.frame_size
@@ -254,7 +258,7 @@ class XskSource(Closing):
         self._received = self._polls = 0
         self._final: list[XskStatistics] | None = None
         try:
-            self._open(interface, queues, bind, ring_size)
+            self._open(interface, queues, bind, ring_size, xskmap)
         except BaseException:
             self._teardown()
             rx.return_lent()  # what _stock lent: its fill ring is closed
@@ -269,6 +273,7 @@ class XskSource(Closing):
         queues: Sequence[int] | None,
         bind: XskMode,
         ring_size: int | None,
+        shared_map: XskMap | None,
     ) -> None:
         pool, stack = self.pool, self._stack
         if ring_size is None:
@@ -276,18 +281,23 @@ class XskSource(Closing):
         self.umem = stack.enter_context(Umem(pool.data, chunk_size=pool.frame_size))
         first = XskSocket(self.umem, interface, _first(queues), rx_size=ring_size, mode=bind)
         self.ifname, self.ifindex = first.ifname, first.ifindex
-        self.queues = tuple(queues) if queues is not None else _all_queues(self.ifname)
+        self.queues = tuple(queues) if queues is not None else all_queues(self.ifname)
         self.sockets = [first] + [
             XskSocket(self.umem, self.ifindex, q, rx_size=ring_size) for q in self.queues[1:]
         ]
         self.notes = tuple(dict.fromkeys(s.note for s in self.sockets if s.note))
         """Why a socket is not zero-copy (``AUTO`` fell back to copy mode)."""
         self.zero_copy = first.zero_copy
-        xskmap = stack.enter_context(XskMap(max(self.queues) + 1, name="cpumap_xsks"))
+        if shared_map is None:
+            xskmap = stack.enter_context(XskMap(max(self.queues) + 1, name="cpumap_xsks"))
+        else:
+            xskmap = shared_map
         for s in self.sockets:
             xskmap.set(s.queue, s.fileno())
         self._prepare_poll()
         self._stock()
+        if shared_map is not None:
+            return  # the map's owner attaches the program (XskQueues), and detaches it
         program = stack.enter_context(xsk_redirect_program(xskmap))
         self._link = attach(self.ifindex, program, self.mode)
 
@@ -305,9 +315,11 @@ class XskSource(Closing):
             self._refill(i)
 
     def _prepare_poll(self) -> None:
-        pool, n = self.pool, self.rx.poll_size
+        pool = self.pool
+        n = self._budget = _BUDGET * self.rx.poll_size  # the most one batch takes
         self._shift = pool.frame_size.bit_length() - 1
-        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), DESC_WORDS)
+        words = pool.desc.dtype.itemsize // 8  # a descriptor in u64 words
+        self._desc_words = pool.desc.view(np.uint64).reshape(len(pool.desc), words)
         self._mask = pool.frame_size - 1
         _check_layout(pool.desc.dtype)
         # Where a frame lands in its chunk when the UMEM has no headroom of its own (both
@@ -321,7 +333,7 @@ class XskSource(Closing):
         self._records = []
         word3 = LINKTYPE_ETHERNET | self._headroom << 16
         for s in self.sockets:
-            rec = np.zeros((n, DESC_WORDS), dtype=np.uint64)
+            rec = np.zeros((n, self._desc_words.shape[1]), dtype=np.uint64)
             rec[:, 2] = self.ifindex | s.queue << 32
             rec[:, 3] = word3
             self._records.append((rec, rec.view(np.uint32)))
@@ -371,87 +383,69 @@ class XskSource(Closing):
             os.sched_yield()
 
     def _take_all(self) -> int:
-        """Up to ``_BUDGET`` batches from each socket's RX ring, then its refill: a poll
-        returns to its caller (a stop, a deadline) however fast frames come, as NAPI's
-        budget returns the CPU to the kernel."""
+        """Up to ``_BUDGET`` polls' worth of each socket's RX ring, in one batch, then its
+        refill: a poll returns to its caller (a stop, a deadline) however fast frames
+        come, as NAPI's budget returns the CPU to the kernel.
+
+        One batch, not ``poll_size`` at a time, and not cut where a run of consecutive
+        chunks ends: a batch's cost is mostly per call (``poll_placed`` ~50 us here
+        whatever its size, then ~18 ns a frame consecutive, ~25 scattered), so when the
+        RX thread comes back to a ring that filled while it waited for its CPU -- a
+        median of 4,300 descriptors under a flood (``bench_xsk_rx``), in runs of a block
+        (1,024) -- one scattered batch of 4,096 costs ~40 ns a frame where four runs of
+        1,024 cost ~56-89 (paired, ``poll_placed`` alone)."""
         got = 0
         for i, ring in enumerate(self._rings):
-            for _ in range(_BUDGET):
-                n, cut = self._take(i, ring)
-                got += n
-                if n < self.rx.poll_size and not cut:
-                    break
+            got += self._take(i, ring)
             if self._target[i] - self._lent[i] >= self._step:
                 self._refill(i)
         return got
 
-    def _take(self, i: int, ring: ConsumerRing) -> tuple[int, bool]:
-        """One batch of socket ``i``'s RX ring into the producer; its size, and whether
-        it was cut short at the end of a run of consecutive frames (more are ready)."""
-        want = self.rx.poll_size
-        idx, run, cut = self._read(i, ring, want)
-        if 0 < len(idx) < want and not cut and ring.available():  # the ring wrapped
-            after = int(idx[-1]) + 1 if run else None  # a run goes on only as one
-            more, _, cut = self._read(i, ring, want - len(idx), after=after)
+    def _take(self, i: int, ring: ConsumerRing) -> int:
+        """One batch of socket ``i``'s RX ring, up to the budget, into the producer (its
+        two parts when the ring wraps); its size."""
+        want = self._budget
+        idx, run = self._read(i, ring, want)
+        if 0 < len(idx) < want and ring.available():  # the ring wrapped
+            more, more_run = self._read(i, ring, want - len(idx))
             if len(more):
+                run = run and more_run and int(more[0]) == int(idx[-1]) + 1
                 idx = np.concatenate([idx, more])
         n = len(idx)
         if n:
             self._received += n
             self._polls += 1
             self.rx.poll_placed(idx, consecutive=run)
-        return n, cut
+        return n
 
-    def _read(
-        self, i: int, ring: ConsumerRing, want: int, after: int | None = None
-    ) -> tuple[np.ndarray, bool, bool]:
+    def _read(self, i: int, ring: ConsumerRing, want: int) -> tuple[np.ndarray, bool]:
         """Up to ``want`` of socket ``i``'s RX descriptors (one contiguous view of the
         ring): their frames' pool descriptors written, the descriptors released; the
-        frames' indices, whether they are consecutive, and whether the batch was cut
-        short to keep it so.  ``after``: the batch continues one that ended at frame
-        ``after - 1`` (the ring wrapped), and is taken only if it goes on from there as a
-        run (else left for the next poll).  The ring's views live only in this call: one
-        left in a traceback would pin the ring's mapping, and with it the socket, after
-        close.
+        frames' indices, and whether they are consecutive.  The ring's views live only
+        in this call: one left in a traceback would pin the ring's mapping, and with it
+        the socket, after close.
 
         Cost is per numpy call (2-3 us each here, whatever the batch), so the descriptors
         are read as machine words, never field by field: an ``xdp_desc`` is u32 words
         (addr lo, addr hi, len, options) and a pool descriptor u64 words (length |
         wire_len << 32, ts_ns, ifindex | rx_queue << 32, linktype | headroom << 16 |
         meta_len << 32 | hops << 48; ``_check_layout``), whose constant words are written
-        once per socket.  The usual batch -- consecutive chunks, each frame at the default
-        offset -- is recognised by one byte comparison of the addresses with the expected
+        once per socket.  A batch of consecutive chunks, each frame at the default
+        offset, is recognised by one byte comparison of the addresses with the expected
         ones; then its indices are a slice of a ready ``arange``, and two column stores
         (the lengths, the timestamp) and one row store write its descriptors; and the
         producer runs the batch over views, not copies (``poll_placed(consecutive=)``).
-
-        Runs end where the fill ring's lending moved to another block of the partition
-        (the kernel takes chunks in fill order): a batch across such a break is cut
-        there (:meth:`ConsumerRing.cancel` leaves the rest in the ring for the next
-        batch), which keeps batches on block boundaries from then on.  A batch whose run
-        is shorter than ``_MIN_RUN`` (chunks reordered: the kernel reuses a chunk it could
-        not deliver) is taken whole, scattered."""
+        Any other batch -- runs of chunks from several blocks (the kernel takes chunks in
+        fill order, and the fill ring is lent a block at a time, in the order blocks come
+        back), a chunk the kernel reused, a frame at another offset -- is taken whole,
+        scattered: its indices and headrooms from the addresses, one row scatter."""
         desc = ring.peek_words(want)
         n = len(desc)
         if n == 0:
-            return _NO_FRAMES, False, False
+            return _NO_FRAMES, False
         addrs = desc.view(np.uint64)[:, 0]  # a plain array's view: no field checks
         first = int(addrs[0]) >> self._shift
-        expect = self._addrs[first : first + n]
-        run = addrs.tobytes() == expect.tobytes()
-        cut = False
-        if not run:
-            k = _run_length(addrs, expect)
-            if after is not None and (first != after or k == 0):
-                ring.cancel(n)
-                return _NO_FRAMES, False, False
-            if k >= _MIN_RUN or after is not None:
-                ring.cancel(n - k)
-                n, run, cut = k, True, True
-                desc, addrs = desc[:n], addrs[:n]
-        elif after is not None and first != after:
-            ring.cancel(n)
-            return _NO_FRAMES, False, False
+        run = addrs.tobytes() == self._addrs[first : first + n].tobytes()
         lens = desc[:, 2]
         rec, rec32 = self._records[i]
         rec32[:n, 0] = lens  # length
@@ -459,21 +453,43 @@ class XskSource(Closing):
         rec[:n, 1] = time.time_ns()  # AF_XDP gives no timestamp: the batch's read time
         if run:  # headroom: the default, already in the records
             idx = self._all[first : first + n].copy()
-            words = rec[:n]
-        else:  # anywhere, at any offset: scattered (a copy: the records keep the default)
+            spans: list[tuple[int, int, int]] | None = [(first, 0, n)]
+        else:
             idx = np.empty(n, dtype=np.uint32)
             np.right_shift(addrs, self._shift, out=idx)
-            words = rec[:n].copy()
+            spans = self._runs(idx, addrs)
+        words = rec[:n]
+        if spans is None:  # anywhere, at any offset (a copy: the records keep the default)
+            words = words.copy()
             heads = words.view(np.uint16)[:, 13]
             np.bitwise_and(addrs, self._mask, out=heads, casting="unsafe")
         del desc, addrs, lens
         ring.release(n)  # before poll_placed: a descriptor read twice would count twice
         self._lent[i] -= n
-        if run:
-            self._desc_words[first : first + n] = words  # one memcpy
+        if spans is None:
+            self._desc_words[idx] = words  # a row scatter: ~13 ns a row
         else:
-            self._desc_words[idx] = words
-        return idx, run, cut
+            for start, lo, hi in spans:  # a memcpy per run: ~2 us each
+                self._desc_words[start : start + hi - lo] = words[lo:hi]
+        return idx, run
+
+    def _runs(self, idx: np.ndarray, addrs: np.ndarray) -> list[tuple[int, int, int]] | None:
+        """A scattered batch as its runs of consecutive chunks at the default offset
+        (first frame, batch start, batch end), the usual case: blocks lent one after
+        another; None when there are more than ``_MAX_RUNS`` or a frame sits elsewhere
+        (the kernel reused a chunk) -- then one row scatter writes the batch."""
+        ends = np.flatnonzero(np.diff(idx.view(np.int32)) != 1)
+        if len(ends) >= _MAX_RUNS:
+            return None
+        spans = []
+        lo = 0
+        for hi in [*(ends + 1).tolist(), len(idx)]:
+            start = int(idx[lo])
+            if addrs[lo:hi].tobytes() != self._addrs[start : start + hi - lo].tobytes():
+                return None
+            spans.append((start, lo, hi))
+            lo = hi
+        return spans
 
     def _refill(self, i: int) -> None:
         """Lend socket ``i`` what it is owed and submit it to its fill ring.
@@ -544,7 +560,7 @@ class XskSource(Closing):
             self.rx.return_lent()
 
     def _take_all_final(self) -> int:
-        return sum(self._take(i, ring)[0] for i, ring in enumerate(self._rings))
+        return sum(self._take(i, ring) for i, ring in enumerate(self._rings))
 
     def close(self) -> None:
         """:meth:`stop` if not done yet.  Idempotent."""
@@ -592,24 +608,13 @@ class XskSource(Closing):
         return f"<XskSource {getattr(self, 'ifname', '?')} queues={self.queues} {how} {state}>"
 
 
-def _run_length(addrs: np.ndarray, expect: np.ndarray) -> int:
-    """How many of ``addrs`` match ``expect`` from the start (``expect`` may be shorter:
-    the end of the pool)."""
-    m = len(expect)
-    if m == 0:
-        return 0
-    differ = addrs[:m] != expect
-    k = int(differ.argmax())
-    return k if differ[k] else m
-
-
 def _check_layout(dtype: np.dtype) -> None:
     """The pool descriptor's fields where :meth:`XskSource._read` writes them as words."""
     want = {"length": 0, "wire_len": 4, "ts_ns": 8, "ifindex": 16, "rx_queue": 20}
     want |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
     want |= {"rx_hash": 32, "hash_type": 36, "reserved": 38}  # zero: AF_XDP gives no hash
     got = {name: off for name, (_, off) in dtype.fields.items()}
-    if dtype.itemsize != 8 * DESC_WORDS or got != want:
+    if dtype.itemsize != 40 or got != want:
         raise ValueError(f"pool descriptor layout {got} is not the one XskSource writes")
 
 
@@ -632,7 +637,7 @@ def _first(queues: Sequence[int] | None) -> int:
     return queues[0]
 
 
-def _all_queues(ifname: str) -> tuple[int, ...]:
+def all_queues(ifname: str) -> tuple[int, ...]:
     """Every RX queue the device has (ethtool's channel counts; one where it does not say)."""
     counts = queue_counts(ifname)
     return tuple(range(counts[0] if counts and counts[0] else 1))

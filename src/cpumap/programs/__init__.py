@@ -14,12 +14,19 @@ flows (``cpu_table``), parsing frames with xdp-tools' helpers (``xdp_parse``) in
 that agree frame for frame.
 """
 
-from .context import NO_KEY, RedirectTarget, XdpBatch, XdpContext, redirect_map
-from .contract import WorkerInfo, batch_handler, is_batch_handler, is_vectorized, vectorized
-from .cpu_table import BrokenTableError, CpuTable
-from .loader import LoadError, load_handler, load_object, load_program
-from .runner import ProgramRunner, Verdicts
-from .steering import BUILTIN_PROGRAMS, MODES, FlowHash, Steering, make_program
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from .context import NO_KEY, RedirectTarget, XdpBatch, XdpContext, redirect_map
+    from .contract import WorkerInfo, batch_handler, is_batch_handler, is_vectorized, vectorized
+    from .cpu_table import BrokenTableError, CpuTable
+    from .loader import LoadError, load_handler, load_object, load_program
+    from .runner import ProgramRunner, Verdicts
+    from .steering import BUILTIN_PROGRAMS, MODES, FlowHash, Steering, make_program
 
 __all__ = [
     "BUILTIN_PROGRAMS",
@@ -46,3 +53,33 @@ __all__ = [
     "redirect_map",
     "vectorized",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "NO_KEY": ".context",
+        "RedirectTarget": ".context",
+        "XdpBatch": ".context",
+        "XdpContext": ".context",
+        "redirect_map": ".context",
+        "WorkerInfo": ".contract",
+        "batch_handler": ".contract",
+        "is_batch_handler": ".contract",
+        "is_vectorized": ".contract",
+        "vectorized": ".contract",
+        "BrokenTableError": ".cpu_table",
+        "CpuTable": ".cpu_table",
+        "LoadError": ".loader",
+        "load_handler": ".loader",
+        "load_object": ".loader",
+        "load_program": ".loader",
+        "ProgramRunner": ".runner",
+        "Verdicts": ".runner",
+        "BUILTIN_PROGRAMS": ".steering",
+        "MODES": ".steering",
+        "FlowHash": ".steering",
+        "Steering": ".steering",
+        "make_program": ".steering",
+    },
+)

@@ -22,13 +22,20 @@ worker hands a per-frame handler), ``build`` (the skbs of frames in a frame pool
 :func:`skb_batch`, :func:`frame_skbs`), ``headers``, ``flow_hash``, ``interop``.
 """
 
-from ..abi import PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST
-from .batch import SkbBatch
-from .build import Frames, consecutive_start, frame_skbs, parsed_skbs, skb_batch, skb_columns
-from .flow_hash import flow_hash, flow_hash_np
-from .frame import Skb
-from .headers import IPV6_MAX_EXT_HEADERS, VLAN_MAX_DEPTH, ParseDepth
-from .view import SkbColumns, SkbView
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names as the table below (tests/test_imports.py)
+    from ..abi import PACKET_BROADCAST, PACKET_HOST, PACKET_MULTICAST
+    from .batch import SkbBatch
+    from .build import Frames, consecutive_start, frame_skbs, parsed_skbs, skb_batch, skb_columns
+    from .flow_hash import flow_hash, flow_hash_np
+    from .frame import Skb
+    from .headers import IPV6_MAX_EXT_HEADERS, VLAN_MAX_DEPTH, ParseDepth
+    from .view import SkbColumns, SkbView
 
 __all__ = [
     "IPV6_MAX_EXT_HEADERS",
@@ -50,3 +57,28 @@ __all__ = [
     "skb_batch",
     "skb_columns",
 ]
+
+# Each name is imported from its module when first asked for (cpumap/lazy.py).
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "PACKET_BROADCAST": "..abi",
+        "PACKET_HOST": "..abi",
+        "PACKET_MULTICAST": "..abi",
+        "SkbBatch": ".batch",
+        "Frames": ".build",
+        "consecutive_start": ".build",
+        "frame_skbs": ".build",
+        "parsed_skbs": ".build",
+        "skb_batch": ".build",
+        "skb_columns": ".build",
+        "flow_hash": ".flow_hash",
+        "flow_hash_np": ".flow_hash",
+        "Skb": ".frame",
+        "IPV6_MAX_EXT_HEADERS": ".headers",
+        "VLAN_MAX_DEPTH": ".headers",
+        "ParseDepth": ".headers",
+        "SkbColumns": ".view",
+        "SkbView": ".view",
+    },
+)
