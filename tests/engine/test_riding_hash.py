@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpumap import CpuMap, FlowHash, PacketBatch, possible_cpus
+from cpumap import CpuMap, FlowHash, PacketBatch, possible_cpus, redirect_map
 from cpumap.engine.frame_pool import HASH_L3, HASH_L4, HASH_NONE, FramePool
 from cpumap.programs.context import XdpContext
 from cpumap.programs.contract import WorkerInfo
 from cpumap.sinks import FlowStats, FlowTable, merge_flow_tables
 from cpumap.skb import Skb, skb_batch
-from tests.helpers import assert_balanced, udp_frame
+from tests.helpers import assert_balanced, payload_ids, udp_frame
 from tests.skb.helpers import PROPERTY_SETTINGS, fill_pool, frames
 
 CPUS = sorted(possible_cpus())
@@ -74,8 +74,18 @@ def test_a_stale_hash_in_a_reused_frame_never_rides() -> None:
         m.pool.hash_type[:] = HASH_L4
         m.run(PacketBatch.from_packets(frames_), FlowHash(m, [CPU]))
         assert_balanced(m)
-    flows = merge_flow_tables(m.results)
-    assert Counter({_hash(f): f.packets for f in flows}) == expected
+    assert keyed_by_hash(m) == expected
+
+
+def keyed_by_hash(m: CpuMap) -> Counter:
+    """Packets per flow-table key (the hash the worker used), over every worker's table;
+    each key must be the hash of the flow its row describes (parsed from the bytes)."""
+    packets: Counter = Counter()
+    for r in m.results:
+        for h, flow in r.result["flows"].items():
+            assert h == _hash(flow), flow  # the key is the bytes' hash, not a stale one
+            packets[h] += flow.packets
+    return packets
 
 
 def _hash(flow: FlowStats) -> int:
@@ -110,8 +120,8 @@ def test_a_program_that_rewrites_bytes_makes_the_worker_hash_again() -> None:
 
         m.run(PacketBatch.from_packets(frames_), rewrite_after_hashing)
         assert_balanced(m)
+    assert keyed_by_hash(m) == Counter(rewritten)
     flows = merge_flow_tables(m.results)
-    assert sorted(_hash(f) for f in flows) == sorted(rewritten)
     assert all(f.a.startswith("192.0.2.1:") or f.b.startswith("192.0.2.1:") for f in flows)
 
 
@@ -123,5 +133,33 @@ def test_flowhash_lets_its_hash_ride_into_the_worker() -> None:
         frames_ = [udp_frame(f, 0) for f in range(30)]
         m.run(PacketBatch.from_packets(frames_), FlowHash(m, keys))
         assert_balanced(m)
-    flows = merge_flow_tables(m.results)
-    assert sorted(_hash(f) for f in flows) == sorted(Skb(f).hash for f in frames_)
+    assert keyed_by_hash(m) == Counter(Skb(f).hash for f in frames_)
+
+
+@pytest.mark.slow
+def test_a_second_stage_redirect_keeps_the_hash_only_if_the_bytes_are_unchanged() -> None:
+    a, b = CPUS[0], CPUS[-1]
+    if a == b:
+        pytest.skip("needs two CPUs")
+    frames_ = [udp_frame(f, s) for s in range(3) for f in range(20)]
+    expected = Counter()
+    for f in frames_:
+        flow = payload_ids(f)[0]
+        moved = bytearray(f)
+        if flow % 2:  # the second stage rewrites odd flows' source address
+            moved[26:30] = b"\xc0\x00\x02\x01"
+        expected[Skb(bytes(moved)).hash] += 1
+    with CpuMap(max(CPUS) + 1, handler=FlowTable()) as m:
+
+        def stage(ctx: XdpContext) -> int:
+            """Reads through the read-only view; rewrites (writable view) odd flows only."""
+            if payload_ids(bytes(ctx.packet))[0] % 2:
+                ctx.data[26:30] = b"\xc0\x00\x02\x01"
+            return redirect_map(m, b)
+
+        m.update(b, 256)
+        m.update(a, 256, program=stage)
+        # Two keys (both a): the RX program computes the hash, so it rides into a's stage.
+        m.run(PacketBatch.from_packets(frames_), FlowHash(m, [a, a]))
+        assert_balanced(m)
+    assert keyed_by_hash(m) == expected
