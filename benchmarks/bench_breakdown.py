@@ -23,7 +23,7 @@ import numpy as np
 
 from cpumap import XDP_DROP, CpuMap, vectorized
 from cpumap.capture import open_capture
-from cpumap.engine.frame_pool import FramePool
+from cpumap.engine.frame_pool import HASH_L3, HASH_NONE, FramePool
 from cpumap.programs.context import XdpBatch
 from cpumap.programs.contract import WorkerInfo
 from cpumap.programs.steering import make_program
@@ -115,7 +115,49 @@ def main_job_worker(batch_frames: list[bytes], repeat: int) -> None:
         "+ FlowTable (searchsorted, add.at), flows known",
         median_us(lambda: table(skb_batch(pool, idx)), repeat),
     )
+    # The hash rides with the frames (as the RX side's record walk or a steering program
+    # leaves it in the descriptors): the same steps, no hash computed, no row gathered.
+    ride(pool, idx, idx_all)
+    line("skb_batch, hash riding", median_us(lambda: skb_batch(pool, idx), repeat))
+    line("+ hash column, hash riding", median_us(lambda: skb_batch(pool, idx).hash, repeat))
+    line(
+        "+ FlowTable, flows known, hash riding",
+        median_us(lambda: table(skb_batch(pool, idx)), repeat),
+    )
+    pool.hash_type[idx[::8]] = HASH_NONE  # one frame in 8 without: computed as a subset
+    line(
+        "+ FlowTable, flows known, 7 in 8 hashes riding",
+        median_us(lambda: table(skb_batch(pool, idx)), repeat),
+    )
     pool.close()
+
+
+def ride(pool: FramePool, idx: np.ndarray, idx_all: np.ndarray) -> None:
+    """Set the frames' riding hash as the RX side would: their computed skb hash."""
+    batch = skb_batch(pool, idx_all)
+    pool.rx_hash[idx_all] = batch.hash
+    pool.hash_type[idx_all] = batch.hash_types()
+    pool.hash_type[idx] = np.maximum(pool.hash_type[idx], HASH_L3)  # non-IP too: all ride
+
+
+def worker_batch_sizes(batch_frames: list[bytes], repeat: int) -> None:
+    print("main job, worker: the flow table's cost per frame by worker batch size:")
+    for n in (1024, 2048, 4096):
+        pool = FramePool(2 * n)
+        frames = (batch_frames * (2 * n // len(batch_frames) + 1))[: 2 * n]
+        idx_all = fill(pool, frames)
+        idx = idx_all[::2].copy()
+        table = FlowTable()
+        table.setup(WorkerInfo(0, 0, 0, 0, 0, 0, True))
+
+        def step(table: FlowTable = table, pool: FramePool = pool, idx: np.ndarray = idx) -> None:
+            table(skb_batch(pool, idx))
+
+        step()
+        line(f"{n} frames, hash computed", median_us(step, repeat), n)
+        ride(pool, idx, idx_all)
+        line(f"{n} frames, hash riding", median_us(step, repeat), n)
+        pool.close()
 
 
 def main_job_rx(path: str, repeat: int) -> None:
@@ -169,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             for s, c in zip(first.start.tolist(), first.caplen.tolist(), strict=True)
         ]
         main_job_worker(frames, args.repeat)
+        worker_batch_sizes(frames, args.repeat)
         main_job_rx(path, args.repeat)
     return 0
 

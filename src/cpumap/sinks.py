@@ -87,6 +87,13 @@ class FlowTable:
     description is parsed then (``describe_flow``), once.  New flows of a batch are
     admitted in hash order while there is room, as a per-flow loop over the batch's sorted
     hashes would.
+
+    Why ``np.add.at`` (measured, numpy 2.4, 1024 and 4096 frames a batch over 100 to
+    100,000 flows): 5-21 µs a batch for both columns, against ``np.bincount`` 6-1080 µs
+    (it allocates a column the table's size per batch: ruinous for big tables) and
+    sort-based reductions (``np.unique``, ``argsort`` + ``reduceat``) 38-260 µs.  All are
+    exact on int64.  A batch whose hashes ride with the frames reads nothing else of them:
+    ``hash`` and ``wire_len`` come from the descriptors, no packet byte is read.
     """
 
     batch = True

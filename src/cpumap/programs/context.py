@@ -16,6 +16,31 @@ Rule: these are views, not copies.  Nothing here owns a frame or outlives the ca
 handed to: the engine gives the frames back to the pool right after.  The pool is the
 engine's (``cpumap.engine.frame_pool``); :class:`FramePool` here says what is read of it.
 
+The hash that rides with the frame
+----------------------------------
+A frame's descriptor may carry its skb ``hash`` (``rx_hash``, ``hash_type``: a hash the RX
+side computed, as a NIC's RX hash).  It stays true only while the packet's bytes are those
+it was computed from, so every way a program here can change them drops it (``hash_type``
+back to ``HASH_NONE``: the worker computes the hash again from the bytes as they are):
+
+* per frame, ``ctx.data`` (a writable view): the frame's hash is dropped for each frame
+  whose ``data`` was handed out, when the poll ends -- a program that only reads reads
+  :attr:`XdpContext.packet`, the same bytes read-only;
+* vectorized, ``batch.bytes_at`` when it returns a view of the pool (consecutive frames:
+  a copy's writes change nothing) and ``batch.pool`` (the pool itself): every frame of
+  the batch -- a program that only reads uses :meth:`XdpBatch.window`, read-only.
+
+``ctx.skb.data``, ``batch.skb.rows`` and the skb's ``data`` are read-only here (the
+program's skb is a view of the bytes, not a way to write them); ``data_meta`` and
+``adjust_meta`` change the metadata area, not the packet.  There is no ``adjust_head`` or
+``adjust_tail`` here: writing the bytes is the only way to change a packet.
+
+And where the program had the skb hash computed (``ctx.skb.hash``, ``batch.skb.hash``:
+e.g. ``flow-hash`` steering over two or more keys) for frames that carried none, it rides
+on with them, kind and all (``SkbBatch.hash_types``), so the worker does not compute it
+again -- unless, as above, the frame's bytes may have changed.  (The runner calls
+:meth:`XdpBatch.settle_hashes`; a per-frame poll settles them when it ends.)
+
 A missing entry is discovered when the frame is enqueued, as in the seed kernel's
 ``xdp_do_redirect`` (-EINVAL, the ``xdp_redirect_err`` tracepoint): the frame is dropped
 and counted as ``redirect_err``.  Newer kernels let ``flags`` carry a fallback action
@@ -34,6 +59,7 @@ import numpy as np
 
 from ..abi import XDP_ABORTED, XDP_REDIRECT
 from ..skb import Frames, Skb, SkbBatch, parsed_skbs, skb_batch, skb_columns
+from ..skb.flow_hash import HASH_NONE
 from ..skb.view import SkbColumns, SkbView
 
 NO_KEY = 0xFFFFFFFF  # "not redirected" in a keys array
@@ -96,12 +122,14 @@ class XdpContext:
         "_ifindexes",
         "_indices",
         "_linktypes",
+        "_packets",
         "_pool",
         "_rx_queues",
         "_skb",
         "_skb_row",
         "_start",
         "_where",
+        "_written",
         "redirect_key",
         "redirect_target",
         "row",
@@ -122,6 +150,8 @@ class XdpContext:
         self._ifindexes: list[int] | None = [ifindex]
         self._rx_queues: list[int] | None = [rx_queue]
         self._linktypes: list[int] | None = [lt]
+        self._packets: list[memoryview] | None = [data.toreadonly()]
+        self._written: list[int] = []  # rows whose writable data was handed out
         self._columns: SkbColumns | None = None  # the poll's skb columns, once one is read
         self.row = 0
         self._skb: Skb | None = None
@@ -129,6 +159,7 @@ class XdpContext:
 
     def load(self, index: int, ifindex: int, rx_queue: int, linktype: int) -> None:
         """Point the context at frame ``index`` on its own (outside :meth:`each`)."""
+        self._settle()
         self._one(index, self._pool.packet(index), ifindex, rx_queue, linktype)
         self.redirect_key = NO_KEY
         self.redirect_target = None
@@ -140,7 +171,8 @@ class XdpContext:
         self._start = start
         self._where = idx if start is None else slice(start, start + len(idx))
         self._indices = self._datas = self._ifindexes = self._rx_queues = None
-        self._linktypes = None
+        self._linktypes = self._packets = None
+        self._written = []
         self._columns = self._skb = None
         self.row = 0
         self._skb_row = -1
@@ -148,8 +180,31 @@ class XdpContext:
         self.redirect_target = None
 
     def end(self) -> None:
-        """Leave the poll: drop every reference to its frames and columns."""
+        """Leave the poll: settle the frames' riding hashes (the module docstring), and drop
+        every reference to its frames and columns."""
+        self._settle()
         self._one(-1, memoryview(b""), 0, 0, 1)
+
+    def _settle(self) -> None:
+        """The poll's hashes (see the module docstring): a hash the poll's skb computed rides
+        on with frames that had none, and every frame whose writable ``data`` was handed
+        out loses its hash."""
+        columns, written = self._columns, self._written
+        if columns is None and not written:
+            return
+        where: slice | np.ndarray
+        if self._idx is not None:  # a poll
+            assert self._where is not None  # Invariant: set with _idx
+            where, frames = self._where, self._idx
+        else:  # a frame loaded on its own (index -1: none loaded yet)
+            assert self._indices is not None  # Invariant: a loaded frame's list is made
+            if self._indices[0] < 0:
+                return
+            where = frames = np.array(self._indices, np.int64)
+        if columns is not None and "hash" in vars(columns.batch):
+            _let_ride(self._pool, where, columns.batch)
+        if written:
+            self._pool.desc["hash_type"][frames[written]] = HASH_NONE
 
     def each(self, idx: np.ndarray, start: int | None = None) -> Iterator[int]:
         """Point the context at each frame of ``idx`` in turn (``start``: they are
@@ -184,15 +239,32 @@ class XdpContext:
 
     @property
     def data(self) -> memoryview:
-        """The packet's bytes, a writable view into the pool (``data .. data_end``)."""
+        """The packet's bytes, a writable view into the pool (``data .. data_end``).  The
+        frame's riding hash is dropped when the poll ends (the bytes may have changed): a
+        program that only reads reads :attr:`packet`."""
         datas = self._datas
         if datas is None:
-            pool, idx = self._pool, self._idx
-            assert idx is not None and self._where is not None
-            first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[self._where]
-            ends = (first + pool.length[self._where]).tolist()
-            datas = self._datas = list(map(pool.mv.__getitem__, map(slice, first.tolist(), ends)))
-        return datas[self.row]
+            datas = self._datas = self._views(self._pool.mv)
+        row = self.row
+        self._written.append(row)
+        return datas[row]
+
+    @property
+    def packet(self) -> memoryview:
+        """The packet's bytes, read-only: :attr:`data` for a program that does not write
+        them (the frame's riding hash stays; the module docstring)."""
+        packets = self._packets
+        if packets is None:
+            packets = self._packets = self._views(self._pool.mv.toreadonly())
+        return packets[self.row]
+
+    def _views(self, mv: memoryview) -> list[memoryview]:
+        """Every packet of the poll, as a slice of ``mv`` (the pool, flat)."""
+        pool, idx = self._pool, self._idx
+        assert idx is not None and self._where is not None  # Invariant: None only in a poll
+        first = idx.astype(np.int64) * pool.frame_size + pool.headroom_col[self._where]
+        ends = (first + pool.length[self._where]).tolist()
+        return list(map(mv.__getitem__, map(slice, first.tolist(), ends)))
 
     @property
     def ingress_ifindex(self) -> int:
@@ -229,11 +301,12 @@ class XdpContext:
         columns = self._columns
         if columns is None:
             if self._idx is None:  # a frame loaded on its own: parse just this one
-                one = next(parsed_skbs(self._pool, np.array([self.index])))
+                one = next(parsed_skbs(self._pool, np.array([self.index]), readonly=True))
                 assert one is not None  # Invariant: building a plain Skb never raises
                 self._skb, self._skb_row = one, row
                 return one
-            columns = self._columns = skb_columns(self._pool, self._idx, self._start)
+            columns = skb_columns(self._pool, self._idx, self._start, readonly=True)
+            self._columns = columns
         # Fast path: equals frame_skbs(pool, idx)'s row-th skb (test_ctx_skb_is_frame_skbs)
         view = object.__new__(SkbView)  # SkbView.of, inlined: once per frame
         view.columns = columns
@@ -318,7 +391,8 @@ class XdpBatch:
     """
 
     def __init__(self, pool: FramePool, index: np.ndarray, start: int | None = None) -> None:
-        self.pool = pool
+        self._pool = pool
+        self.exposed = False  # writable packet bytes were handed out: hashes may be stale
         self.index = index
         self.start = start
         self._where: slice | np.ndarray = (
@@ -328,40 +402,73 @@ class XdpBatch:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def pool(self) -> FramePool:
+        """The frame pool itself: anything in it may be written, so every frame of the
+        batch loses its riding hash (the module docstring)."""
+        self.exposed = True
+        return self._pool
+
     @cached_property
     def length(self) -> np.ndarray:
-        return self.pool.length[self._where]
+        return self._pool.length[self._where]
 
     @cached_property
     def ingress_ifindex(self) -> np.ndarray:
-        return self.pool.ifindex[self._where]
+        return self._pool.ifindex[self._where]
 
     @cached_property
     def rx_queue_index(self) -> np.ndarray:
-        return self.pool.rx_queue[self._where]
+        return self._pool.rx_queue[self._where]
 
     @cached_property
     def linktype(self) -> np.ndarray:
-        return self.pool.linktype[self._where]
+        return self._pool.linktype[self._where]
 
     @cached_property
     def _uniform_headroom(self) -> bool:
         """Every frame's packet starts at the pool's headroom (the usual case)."""
-        return bool((self.pool.headroom_col[self.index] == self.pool.headroom).all())
+        return bool((self._pool.headroom_col[self.index] == self._pool.headroom).all())
 
     @cached_property
     def _base(self) -> np.ndarray:
-        pool = self.pool
+        pool = self._pool
         return self.index.astype(np.int64) * pool.frame_size + pool.headroom_col[self.index]
 
     def bytes_at(self, offset: int, width: int) -> np.ndarray:
         """``[n, width]`` uint8: bytes ``offset..offset+width`` of each packet.  Bytes
-        past a packet's end read as whatever the frame holds: mask with ``length``."""
-        pool = self.pool
+        past a packet's end read as whatever the frame holds: mask with ``length``.
+
+        Consecutive frames get a writable view of the pool (writing it writes the
+        packets, and every frame of the batch loses its riding hash); others a copy.  A
+        program that only reads uses :meth:`window`."""
+        view = self._view(offset, width)
+        if view is None:
+            return self._copy(offset, width)
+        self.exposed = True
+        return view
+
+    def window(self, offset: int, width: int) -> np.ndarray:
+        """:meth:`bytes_at`, read-only: the frames' riding hashes stay."""
+        view = self._view(offset, width)
+        if view is None:
+            return self._copy(offset, width)
+        view.flags.writeable = False
+        return view
+
+    def _view(self, offset: int, width: int) -> np.ndarray | None:
+        """The window as a view of the pool (consecutive frames), or None."""
+        pool = self._pool
+        if self.start is None or offset < 0 or offset + width > pool.max_packet:
+            return None
+        h = pool.headroom + offset
+        view: np.ndarray = pool.data[self._where, h : h + width]
+        return view
+
+    def _copy(self, offset: int, width: int) -> np.ndarray:
+        """The window as a copy (frames not consecutive, or a window past a frame)."""
+        pool = self._pool
         inside = offset >= 0 and offset + width <= pool.max_packet
-        if self.start is not None and inside:
-            h = pool.headroom + offset
-            return pool.data[self._where, h : h + width]
         if inside and self._uniform_headroom:
             # Scattered frames (placed by AF_XDP, in the order workers released them) that
             # all start at the pool's headroom: one row gather, a copy as the general
@@ -370,10 +477,40 @@ class XdpBatch:
             return pool.data[self.index, h : h + width]
         cols = np.arange(offset, offset + width, dtype=np.int64)
         pos = self._base[:, None] + cols
-        np.minimum(pos, len(self.pool.flat) - 1, out=pos)
-        return self.pool.flat[pos]
+        np.minimum(pos, len(self._pool.flat) - 1, out=pos)
+        return self._pool.flat[pos]
 
     @cached_property
     def skb(self) -> SkbBatch:
         """Parsed headers of every frame (lazy, vectorized)."""
-        return skb_batch(self.pool, self.index, self.start)
+        return skb_batch(self._pool, self.index, self.start, readonly=True)
+
+    def settle_hashes(self) -> None:
+        """After the program: where it had the skb hash computed for frames that carried
+        none, it rides on with them; if writable bytes were handed out, no frame of the
+        batch keeps a hash (the module docstring).  The runner calls it."""
+        if self.exposed:
+            self._pool.desc["hash_type"][self._where] = HASH_NONE
+            return
+        skb = self.__dict__.get("skb")
+        if skb is not None and "hash" in vars(skb):
+            _let_ride(self._pool, self._where, skb)
+
+
+def _let_ride(pool: FramePool, where: slice | np.ndarray, batch: SkbBatch) -> None:
+    """Write ``batch``'s hash (of frames ``where``: a slice of consecutive frames, or their
+    indices) into the descriptors of the frames that carry none, with its kind: the hash a
+    program computed rides on with the frame.  Frames fresh from the RX copy carry none:
+    then it is two stores."""
+    desc = pool.desc
+    types = desc["hash_type"]
+    none = types[where] == HASH_NONE
+    count = int(np.count_nonzero(none))
+    if count == len(none):
+        desc["rx_hash"][where] = batch.hash
+        types[where] = batch.hash_types()
+    elif count:
+        rows = np.flatnonzero(none)
+        frames = rows + where.start if isinstance(where, slice) else where[rows]
+        desc["rx_hash"][frames] = batch.hash[rows]
+        types[frames] = batch.hash_types()[rows]

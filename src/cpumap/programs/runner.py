@@ -93,11 +93,15 @@ class ProgramRunner:
         n = len(idx)
         target = self._default
         raised = False
+        batch = XdpBatch(self.pool, idx, start)
         try:
-            out = self.program(XdpBatch(self.pool, idx, start))
+            out = self.program(batch)
         except self._contain as e:
             record("program", e, count=n, scope=self._scope)
             out, raised = None, True
+        # The frames' riding hashes: kept, computed ones let ride, dropped where the program
+        # was handed writable bytes (context.py).  Even when it raised: it may have written.
+        batch.settle_hashes()
         returned = out
         if type(out) is tuple and len(out) == 3:
             out, target = out[:2], out[2]

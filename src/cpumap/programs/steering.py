@@ -45,7 +45,7 @@ the object runs the form chosen by ``vectorized``, the attribute the engine read
 forms give the same verdict and target for every frame, malformed and truncated ones
 included (tests/programs/test_steering.py proves it with hypothesis).
 
-The vectorized form reads a fixed window of every frame (``bytes_at(0, 102)``: a view
+The vectorized form reads a fixed window of every frame (``window(0, 102)``: a view
 when the frames are consecutive in the pool) and works on whole columns: a batch costs a
 few dozen numpy calls whatever its size, and no Python per frame.  Bytes past a frame's
 end are in the window but every use is masked by the frame's length.
@@ -242,7 +242,7 @@ class Touch(Steering):
 
     def frame(self, ctx: XdpContext) -> int:
         snap = self._read()
-        data = ctx.data
+        data = ctx.packet
         if ctx.linktype != LINKTYPE_ETHERNET:
             return XDP_PASS
         if len(data) < ETH_HLEN:
@@ -264,7 +264,7 @@ class Touch(Steering):
         if n == 0:
             return verdicts, keys
         length = batch.length
-        et = batch.bytes_at(12, 2).view(BE16)[:, 0]
+        et = batch.window(12, 2).view(BE16)[:, 0]
         verdicts[et < ETH_P_802_3_MIN] = XDP_DROP
         if int(length.min()) < ETH_HLEN:
             verdicts[length < ETH_HLEN] = XDP_ABORTED
@@ -386,7 +386,7 @@ class L4Proto(Steering):
 
     def frame(self, ctx: XdpContext) -> int:
         snap = self._read()
-        data = ctx.data
+        data = ctx.packet
         if ctx.linktype != LINKTYPE_ETHERNET:
             return XDP_PASS
         index = self._index(data, len(data))
@@ -464,7 +464,7 @@ class L4Filter(L4Proto):
 
     def frame(self, ctx: XdpContext) -> int:
         snap = self._read()
-        data = ctx.data
+        data = ctx.packet
         if ctx.linktype != LINKTYPE_ETHERNET:
             return XDP_PASS
         n = len(data)
@@ -512,7 +512,7 @@ class _ByValue(Steering):
 
     def frame(self, ctx: XdpContext) -> int:
         snap = self._read()
-        data = ctx.data
+        data = ctx.packet
         if ctx.linktype != LINKTYPE_ETHERNET:
             return XDP_PASS
         n = len(data)

@@ -20,9 +20,9 @@ and per batch (numpy columns), with one meaning:
 Theory of operation (vectorized)
 --------------------------------
 Python costs per call, not per byte: a batch of 256 frames costs about as much as one of
-8, so the batch form reads a fixed window of every frame -- ``bytes_at(0, 102)``, a view
-of the pool when the frames are consecutive -- and computes each field as a column with
-masks instead of branches.  Bytes past a frame's end are in the window; every use of
+8, so the batch form reads a fixed window of every frame -- ``window(0, 102)``, a
+read-only view of the pool when the frames are consecutive -- and computes each field as a
+column with masks instead of branches.  Bytes past a frame's end are in the window; every use of
 them is masked by the frame's length, exactly where the per-frame form tests it.
 
 The common batches take shortcuts that change no answer: a batch that is all IPv4 (or
@@ -294,7 +294,7 @@ def parse_eth_np(batch: XdpBatch) -> Link:
     """:func:`parse_eth` over a batch (``len(batch) > 0``)."""
     length = batch.length.astype(np.int64)
     lmin = int(length.min())
-    rows = batch.bytes_at(0, _WINDOW)
+    rows = batch.window(0, _WINDOW)
     et0 = _ethertype(rows, 12)
     ethernet = _all(batch.linktype, LINKTYPE_ETHERNET)
     if ethernet and lmin >= ETH_HLEN:  # the usual batch: L3 at 14, rows are a view

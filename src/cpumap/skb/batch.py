@@ -30,12 +30,22 @@ not pay: its cost is its number of calls, nearly the same for 10 frames as for 2
 
 Either way every column equals the per-frame field for every frame, malformed and truncated
 ones included; the tests check it on random batches built around the fast path's edges.
+
+*The hash that rides* (``rx_hash`` / ``hash_type``): the RX side may have computed a frame's
+``hash`` already (a capture's record walk, a steering program), as a NIC hands the driver
+its RSS hash; the frame's descriptor then carries it.  The ``hash`` column takes it where
+``hash_type`` is not ``HASH_NONE`` and computes only the other frames: a batch whose every
+hash rides reads no packet byte for it (and, with :class:`PoolRows`, gathers no row), a
+mixed one parses only the frames without one (a batch of those rows) unless they are most
+of it.  The riding hash equals the computed one by contract (every writer computes
+``flow_hash.py``'s definition; tests/skb/test_riding_hash.py holds them equal over every
+frame of the shared captures and generated ones); the general path it replaces is the
+computation of the column with no hash riding (``rx_hash=None``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cached_property
 from typing import Any, Final
 
 import numpy as np
@@ -59,15 +69,21 @@ from ..abi import (
     LINKTYPE_RAW,
 )
 from . import fast_path, interop
-from .flow_hash import flow_hash_np
+from .flow_hash import HASH_L3, HASH_L4, HASH_NONE, flow_hash_np
 from .frame import Skb
 from .headers import IPV6_EXT_UNIT, L4_HEADERS, VLAN_TPIDS, ParseDepth
+from .rows import FrameReader, PoolRows
 
 _NONE, _L2, _L3, _L4 = ParseDepth.NONE, ParseDepth.L2, ParseDepth.L3, ParseDepth.L4
 
 # How much of the tag stack / extension chain numpy walks; frames needing more go per frame.
 _BATCH_VLAN_TAGS: Final = 2
 _BATCH_IPV6_EXT_HEADERS: Final = 4
+# The first bytes of a frame that the hash's fast paths read (IPv6's hash window ends at 60).
+_HASH_BYTES: Final = 64
+assert fast_path.MIXED_MIN_WIDTH <= _HASH_BYTES and fast_path.FAST_IPV6.proto_at + 40 <= _HASH_BYTES
+# At most this many frames of a batch without a riding hash are hashed one by one.
+_FEW_WITHOUT_HASH: Final = fast_path.PATCH_LIMIT
 
 # Link types as small "kinds", so per-kind facts are tables indexed by kind.
 _KIND_OTHER, _KIND_ETH, _KIND_SLL, _KIND_SLL2, _KIND_NULL, _KIND_LOOP = 0, 1, 2, 3, 4, 5
@@ -113,122 +129,16 @@ _L4_HAS_PORTS = np.zeros(257, dtype=bool)
 for _proto, (_, _size, _ports) in L4_HEADERS.items():
     _L4_SIZE[_proto + 1], _L4_HAS_PORTS[_proto + 1] = _size, _ports
 
-# Prebuilt: a dtype given as a string is parsed again on every .view() (a few tenths of a µs).
-_BE16: Final = np.dtype(">u2")
-_BE32: Final = np.dtype(">u4")
-_LE32: Final = np.dtype("<u4")
-
 # The u32 words of an IPv6 header's addresses: src at 8..20, dst at 24..36.
 _ADDRESS_WORDS = np.arange(8, 40, 4, dtype=np.int64)
 
 
-class _FrameReader:
-    """Big-endian loads at a per-frame offset, for every frame of a batch at once.
-
-    ``u16(pos)`` gives, for each frame i, the u16 at byte ``pos[i]`` of frame i, in one gather
-    over a byte-strided view of the rows.  Where the read would go past the frame's captured
-    length the value is garbage: callers mask it with :meth:`has`.  A read that :meth:`has`
-    allows never leaves its row, since ``offset + length <= frame size``.
-
-    Gathers index the views (``view[idx]``) rather than ``view.take(idx)``: take copies a
-    strided source whole first, which for a pool-sized batch is megabytes per load.
-    """
-
-    def __init__(
-        self, rows: np.ndarray, offset: np.ndarray, length: np.ndarray, uniform: int | None
-    ) -> None:
-        n, frame_size = rows.shape
-        # With one offset for every frame, a load at a fixed position is a strided view of
-        # the rows (one numpy call) rather than a gather (five).
-        self._rows = rows if uniform is not None and rows.strides[1] == 1 else None
-        self._uniform = uniform or 0
-        self._width = frame_size
-        flat, stride = _flat_view(rows)
-        if flat.size < 4:  # too small for the u32 view; pad a copy (only degenerate pools)
-            flat = np.concatenate([flat, np.zeros(4, dtype=np.uint8)])
-        self.base = np.arange(n, dtype=np.int64) * stride + offset
-        self.length = length
-        self._u8 = flat
-
-    # The unaligned views cost a microsecond each, and most batches need one or two.
-    @cached_property
-    def _be16(self) -> np.ndarray:
-        return _unaligned_view(self._u8, ">u2")
-
-    @cached_property
-    def _be32(self) -> np.ndarray:
-        return _unaligned_view(self._u8, ">u4")
-
-    @cached_property
-    def _le32(self) -> np.ndarray:
-        return _unaligned_view(self._u8, "<u4")
-
-    def has(self, pos: np.ndarray | int, size: np.ndarray | int) -> np.ndarray:
-        """Whether bytes ``pos .. pos+size`` of each frame were captured."""
-        return pos + size <= self.length
-
-    def u8(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 1):
-            return self._fixed_load(pos, 1, np.uint8)
-        return self._load(self._u8, pos)
-
-    def u16(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 2):
-            return self._fixed_load(pos, 2, _BE16)
-        return self._load(self._be16, pos)
-
-    def u32(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 4):
-            return self._fixed_load(pos, 4, _BE32)
-        return self._load(self._be32, pos)
-
-    def u32le(self, pos: np.ndarray | int) -> np.ndarray:
-        if type(pos) is int and self._fixed(pos, 4):
-            return self._fixed_load(pos, 4, _LE32)
-        return self._load(self._le32, pos)
-
-    def _fixed(self, pos: int, size: int) -> bool:
-        return self._rows is not None and pos >= 0 and self._uniform + pos + size <= self._width
-
-    def _fixed_load(self, pos: int, size: int, dtype: Any) -> np.ndarray:
-        assert self._rows is not None
-        start = self._uniform + pos
-        return self._rows[:, start : start + size].view(dtype)[:, 0].astype(np.int64)
-
-    def u32_words(self, pos: np.ndarray, words: np.ndarray) -> np.ndarray:
-        """``[n, len(words)]`` uint32: the u32 at ``pos[i] + words[j]`` of each frame i."""
-        index = (self.base + pos)[:, None] + words
-        return self._be32[self._clamp(index, self._be32)].astype(np.uint32)
-
-    def _load(self, view: np.ndarray, pos: np.ndarray | int) -> np.ndarray:
-        return view[self._clamp(self.base + pos, view)].astype(np.int64)
-
-    @staticmethod
-    def _clamp(index: np.ndarray, view: np.ndarray) -> np.ndarray:
-        # Only reads that has() rejects can fall outside the pool; keep them inside it.
-        return np.minimum(np.maximum(index, 0), view.size - 1)
-
-
-def _flat_view(rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """``rows`` as one 1-D uint8 array and the distance between two rows' starts in it.
-
-    Rows sliced out of a wider pool (``pool[a:b, lo:hi]``: a row stride larger than the
-    row, bytes contiguous within a row) are viewed in place, gaps included -- copying them
-    contiguous costs a memcpy of the whole batch (300 µs for 1024 frames of 1300 bytes).
-    The gaps are other frames' bytes; no read that ``has()`` allows lands in one, since a
-    frame lies inside its row.  Any other layout is copied."""
-    n, width = rows.shape
-    stride = rows.strides[0]
-    if n > 1 and rows.strides[1] == 1 and stride >= width and not rows.flags.c_contiguous:
-        span = (n - 1) * stride + width
-        return np.lib.stride_tricks.as_strided(rows, shape=(span,), strides=(1,)), stride
-    return np.ascontiguousarray(rows).reshape(-1), width
-
-
-def _unaligned_view(flat: np.ndarray, dtype: str) -> np.ndarray:
-    """A view of ``flat`` with one ``dtype`` item starting at every byte (stride 1)."""
-    width = np.dtype(dtype).itemsize
-    return np.ndarray((flat.size - width + 1,), dtype=dtype, buffer=flat, strides=(1,))
+def _hash_kind(skb: Skb) -> int:
+    """The kind of ``skb.hash`` (``SkbBatch.hash_types``), from the per-frame fields."""
+    if not skb.ip_version:
+        return HASH_NONE
+    ported = not skb.is_fragment and skb.depth == _L4 and _L4_HAS_PORTS[skb.ip_proto + 1]
+    return HASH_L4 if ported else HASH_L3
 
 
 def _column(values: np.ndarray | int, n: int, dtype: Any) -> np.ndarray:
@@ -299,6 +209,12 @@ class SkbBatch:
     The given arguments are attributes too (``offset``, ``length``, ``wire_len``,
     ``linktype``, ``ifindex``, ``rx_queue``, ``ts_ns``, ``index``), as int64 ``[n]``
     columns made on first read.
+
+    ``rows`` may also be a :class:`PoolRows`, gathered on the first read of ``rows`` (a
+    column that needs packet bytes).  ``rx_hash`` and ``hash_type`` (``[n]`` each, or
+    neither): the hash that rides with each frame where ``hash_type != HASH_NONE``; the
+    ``hash`` column takes it there (see the module docstring).  :meth:`hash_types` says
+    which kind of hash each frame's is, for a writer that lets it ride.
     """
 
     COLUMNS: Final = (
@@ -318,7 +234,7 @@ class SkbBatch:
 
     def __init__(
         self,
-        rows: np.ndarray,
+        rows: np.ndarray | PoolRows,
         offset: np.ndarray,
         length: np.ndarray,
         *,
@@ -328,12 +244,27 @@ class SkbBatch:
         rx_queue: np.ndarray | int = 0,
         ts_ns: np.ndarray | int = 0,
         index: np.ndarray | int = -1,
+        rx_hash: np.ndarray | None = None,
+        hash_type: np.ndarray | None = None,
     ) -> None:
-        if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.dtype != np.uint8:
+        self._row_source: PoolRows | None = None
+        if isinstance(rows, PoolRows):
+            self._row_source = rows
+            if rows.data.ndim != 2 or rows.data.dtype != np.uint8:
+                raise ValueError("rows must be a 2-D uint8 array")
+        elif not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.dtype != np.uint8:
             raise ValueError("rows must be a 2-D uint8 array")
+        else:
+            self.rows = rows
         n, frame_size = rows.shape
-        self.rows = rows
         self._n = n
+        # The hash that rides with the frames (module docstring): both or neither.
+        if (rx_hash is None) != (hash_type is None):
+            raise ValueError("rx_hash and hash_type go together")
+        if hash_type is not None and (np.shape(hash_type) != (n,) or np.shape(rx_hash) != (n,)):
+            raise ValueError(f"rx_hash and hash_type must have shape ({n},)")
+        self._rx_hash = rx_hash
+        self._hash_type = hash_type
         # What the caller gave, as given; only the shapes are checked now.
         given: dict[str, Any] = {
             "offset": np.asarray(offset),
@@ -354,7 +285,7 @@ class SkbBatch:
                 raise ValueError(f"{name} must have shape ({n},), not {value.shape}")
         self._given = given
         self._skbs: dict[int, Skb] = {}
-        self._reader: _FrameReader | None = None
+        self._reader: FrameReader | None = None
         self._classified = False  # whether _layout is decided
         self._layout: fast_path.Layout | None = None
         self._odd: list[int] = []  # with a fast layout: the frames off it, patched per frame
@@ -404,7 +335,11 @@ class SkbBatch:
     def data(self, i: int) -> memoryview:
         """The captured bytes of frame ``i`` (a view into ``rows``)."""
         start = self._given_at("offset", i)
-        return self.rows[i, start : start + self._given_at("length", i)].data
+        end = start + self._given_at("length", i)
+        source = self._row_source
+        if source is not None and "rows" not in self.__dict__:  # no gather for one frame
+            return source.row(i)[start:end].data
+        return self.rows[i, start:end].data
 
     def skb(self, i: int) -> Skb:
         """Frame ``i`` as an :class:`Skb` (its ``data`` is a view into ``rows``)."""
@@ -428,32 +363,42 @@ class SkbBatch:
             return int(given)
         return int(given[i])
 
-    def _read(self) -> _FrameReader:
+    def _read(self) -> FrameReader:
         if self._reader is None:
-            self._reader = _FrameReader(self.rows, self.offset, self.length, self._uniform_offset)
+            self._reader = FrameReader(self.rows, self.offset, self.length, self._uniform_offset)
         return self._reader
 
     def _patch(self, frames: list[int], names: tuple[str, ...]) -> None:
         """Overwrite columns ``names`` of ``frames`` with the per-frame parser's fields."""
         columns = self.__dict__
         for i in frames:
-            skb = self._skbs.get(i)
-            if skb is None:  # the parsed fields depend on the bytes and link type only
-                linktype = self._given_at("linktype", i)
-                skb = self._skbs[i] = Skb(self.data(i), linktype=linktype)
+            skb = self._parsed(i)
             for name in names:
                 columns[name][i] = getattr(skb, name)
 
+    def _parsed(self, i: int) -> Skb:
+        """Frame ``i`` parsed by the per-frame parser (kept: the parsed fields depend on the
+        bytes and link type only)."""
+        skb = self._skbs.get(i)
+        if skb is None:
+            linktype = self._given_at("linktype", i)
+            skb = self._skbs[i] = Skb(self.data(i), linktype=linktype)
+        return skb
+
     # --- the fast path (fast_path.py) -------------------------------------------------------
 
-    def _fast_layout(self) -> fast_path.Layout | None:
+    def _fast_layout(self, rows: np.ndarray | None = None) -> fast_path.Layout | None:
         """The layout every frame but ``self._odd`` has, or None for the general path.
 
-        The first call decides; later calls return the decision."""
+        The first call decides (from ``rows``: the batch's, or their first bytes, which
+        decide alike -- see :meth:`_hash_rows`); later calls return the decision."""
         if not self._classified:
             self._classified = True
             c = fast_path.classify(
-                self.rows, self._uniform_offset, self._given["length"], self._given["linktype"]
+                self.rows if rows is None else rows,
+                self._uniform_offset,
+                self._given["length"],
+                self._given["linktype"],
             )
             self._layout = c.layout
             self._odd = c.odd
@@ -662,19 +607,113 @@ class SkbBatch:
         )
 
     def _hash_stage(self) -> None:
-        """hash; see the module docstring for its definition."""
-        layout = self._fast_layout()
-        if layout is not None:
-            self._set({"hash": fast_path.hash_column(self.rows, self._fast_offset(), layout)})
-            self._patch(self._odd, ("hash",))
+        """hash (and _hash_kinds): the riding hash where a frame has one, computed for the
+        others."""
+        ht = self._hash_type
+        if ht is not None:
+            riding = ht != HASH_NONE
+            count = int(np.count_nonzero(riding))
+            if count == self._n:  # every hash rides: no packet byte is read
+                self._set(
+                    {
+                        "hash": np.array(self._rx_hash, dtype=np.uint32),
+                        "_hash_kinds": np.array(ht, dtype=np.uint16),
+                    }
+                )
+                return
+            # Some frames without one: parse just those -- each on its own when they are a
+            # few (a per-frame parse costs ~5 µs, a batch's some 100 µs whatever its size),
+            # else as a batch of their rows.  Most of the batch without one: a batch of the
+            # rest costs about what all of it does, so compute every frame's (equal where
+            # one rides).
+            if count and 2 * count >= self._n:
+                missing = np.flatnonzero(~riding)
+                hashes = np.array(self._rx_hash, dtype=np.uint32)
+                kinds = np.array(ht, dtype=np.uint16)
+                self._set({"hash": hashes, "_hash_kinds": kinds})
+                if len(missing) <= _FEW_WITHOUT_HASH:
+                    self._patch_hash(missing.tolist())
+                else:
+                    rest = self._subset(missing)
+                    hashes[missing] = rest.hash
+                    kinds[missing] = rest.hash_types()
+                return
+        self._computed_hash()
+
+    def hash_types(self) -> np.ndarray:
+        """uint16 ``[n]``: the kind of each frame's ``hash`` as the kernel's PKT_HASH_TYPE_*
+        (what a writer that lets the hash ride stores beside it): ``HASH_L4`` where ports
+        went into it, ``HASH_L3`` for other IP frames, ``HASH_NONE`` for frames that are not
+        IP (their hash, 0, is not worth a ride); a riding hash's as it rides.  Made with
+        the hash, at the cost of a call or two."""
+        kinds: np.ndarray = self._hash_kinds
+        return kinds
+
+    def _patch_hash(self, frames: list[int]) -> None:
+        """Overwrite the hash and its kind of ``frames`` with the per-frame parser's."""
+        hashes, kinds = self.__dict__["hash"], self.__dict__["_hash_kinds"]
+        for i in frames:
+            skb = self._parsed(i)
+            hashes[i] = skb.hash
+            kinds[i] = _hash_kind(skb)
+
+    def _gather_rows(self) -> None:
+        """rows, of a batch made from a :class:`PoolRows`: gathered on their first read (a
+        batch given an array stores it at once, and never comes here)."""
+        source = self._row_source
+        assert source is not None  # Invariant: an array given is stored in the instance
+        self.__dict__["rows"] = source.gather()
+
+    def _hash_rows(self) -> np.ndarray:
+        """The rows the hash's fast paths read: the batch's, or -- when they are not gathered
+        yet (:class:`PoolRows`) and every frame starts at one offset -- only the first
+        :data:`_HASH_BYTES` bytes of each frame: a gather some 20 times smaller than the
+        rows' for full-size frames.  Every fast-path read lies in those bytes, and the
+        fast paths decide alike on them (they find a batch too narrow only when the rows
+        themselves are: the window is the rows where those are narrower); the frames they
+        leave to the per-frame parser read the pool, and the general path the whole rows."""
+        source, o = self._row_source, self._uniform_offset
+        if source is None or o is None or "rows" in self.__dict__:
+            return self.rows
+        hi = min(source.hi, source.lo + o + _HASH_BYTES)
+        return PoolRows(source.data, source.index, source.lo, hi).gather()
+
+    def _subset(self, frames: np.ndarray) -> SkbBatch:
+        """A batch of frames ``frames`` of this one (their rows, gathered or to gather), no
+        hash riding."""
+        given = self._given
+        rows: np.ndarray | PoolRows
+        source = self._row_source
+        if source is not None and "rows" not in self.__dict__:  # still lazy: its hash gathers
+            rows = PoolRows(source.data, source.index[frames], source.lo, source.hi)
+        else:
+            rows = self.rows[frames]
+
+        def pick(value: Any) -> Any:
+            return value[frames] if isinstance(value, np.ndarray) and value.ndim else value
+
+        return SkbBatch(
+            rows,
+            pick(given["offset"]),
+            pick(given["length"]),
+            linktype=pick(given["linktype"]),
+        )
+
+    def _computed_hash(self) -> None:
+        """hash and _hash_kinds, computed from the bytes; see flow_hash.py for the hash."""
+        rows = self._hash_rows()
+        layout = self._fast_layout(rows)
+        if layout is not None:  # every frame on the layout has its ports
+            hashes = fast_path.hash_column(rows, self._fast_offset(), layout)
+            self._set({"hash": hashes, "_hash_kinds": np.full(self._n, HASH_L4, np.uint16)})
+            self._patch_hash(self._odd)
             return
         given = self._given
-        mixed = fast_path.mixed_hash(
-            self.rows, self._uniform_offset, given["length"], given["linktype"]
-        )
+        mixed = fast_path.mixed_hash(rows, self._uniform_offset, given["length"], given["linktype"])
         if mixed is not None:  # IPv4 and IPv6 frames: two fixed layouts
-            self._set({"hash": mixed[0]})
-            self._patch(mixed[1], ("hash",))
+            kinds = np.where(mixed.ported, HASH_L4, HASH_L3).astype(np.uint16)
+            self._set({"hash": mixed.hash, "_hash_kinds": kinds})
+            self._patch_hash(mixed.odd)
             return
         rd = self._read()
         version = self.ip_version
@@ -688,7 +727,15 @@ class SkbBatch:
         if fragment.any():
             ports[:, fragment] = 0
         hashes = flow_hash_np(addresses, ports, self.ip_proto)
-        self._set({"hash": np.where(version > 0, hashes, 0).astype(np.uint32)})
+        ported = ~fragment & (self.depth == _L4)
+        ported &= _L4_HAS_PORTS[self.ip_proto.astype(np.int64) + 1]
+        kinds = np.where(version > 0, np.where(ported, HASH_L4, HASH_L3), HASH_NONE)
+        self._set(
+            {
+                "hash": np.where(version > 0, hashes, 0).astype(np.uint32),
+                "_hash_kinds": kinds.astype(np.uint16),
+            }
+        )
 
     # --- the columns: which stage makes each (see the module docstring) ----------------------
     protocol = _Column(_link_stage, "uint16: Skb.protocol")
@@ -704,6 +751,8 @@ class SkbBatch:
     dport = _Column(_transport_stage, "uint16: Skb.dport")
     depth = _Column(_transport_stage, "uint8: Skb.depth, a ParseDepth value")
     hash = _Column(_hash_stage, "uint32: Skb.hash")
+    _hash_kinds = _Column(_hash_stage, "uint16: the kind of each hash (hash_types)")
+    rows = _Column(_gather_rows, "uint8 [n, width]: the frames' rows (a PoolRows gathered)")
 
     offset = _Given(_given_column)
     length = _Given(_given_column)

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .batch import SkbBatch
+from .batch import PoolRows, SkbBatch
 from .frame import Skb
 from .view import SkbColumns, views
 
@@ -42,8 +42,10 @@ class Frames(Protocol):
     ``headroom .. headroom + length`` of that row, described by record ``desc[i]``.
 
     ``desc``'s records have the fields ``length``, ``wire_len``, ``ts_ns``, ``ifindex``,
-    ``rx_queue``, ``linktype``, ``headroom``, ``meta_len``, ``hops``, in that order (the
-    engine's ``DESCRIPTOR``); the metadata area is the ``meta_len`` bytes before the packet.
+    ``rx_queue``, ``linktype``, ``headroom``, ``meta_len``, ``hops``, ``rx_hash``,
+    ``hash_type``, in that order (the engine's ``DESCRIPTOR``); the metadata area is the
+    ``meta_len`` bytes before the packet, and ``rx_hash`` is the frame's ``hash`` where
+    ``hash_type`` is not ``HASH_NONE`` (the hash that rides with the frame).
     """
 
     frame_size: int  #: bytes a frame: row ``i`` starts at ``i * frame_size`` of ``mv``
@@ -56,9 +58,12 @@ class Frames(Protocol):
         ...
 
 
-def skb_batch(frames: Frames, index: np.ndarray, start: int | None = None) -> SkbBatch:
+def skb_batch(
+    frames: Frames, index: np.ndarray, start: int | None = None, *, readonly: bool = False
+) -> SkbBatch:
     """The :class:`SkbBatch` of frames ``index`` of ``frames`` (``start``: they are
-    ``start, start + 1, ...``; found out here when not given).
+    ``start, start + 1, ...``; found out here when not given).  ``readonly``: its rows
+    (and ``data(i)``) cannot write the pool (an XDP program's skb).
 
     The rows are the columns the packets occupy (from the smallest headroom to the end of
     the longest packet), not whole frames: with the default headroom a batch of 64-byte
@@ -69,7 +74,7 @@ def skb_batch(frames: Frames, index: np.ndarray, start: int | None = None) -> Sk
     """
     if start is None:
         start = consecutive_start(index)
-    return _skb_batch(frames, index, start, _descriptors(frames, index, start))
+    return _skb_batch(frames, index, start, _descriptors(frames, index, start), readonly)
 
 
 def consecutive_start(index: np.ndarray) -> int | None:
@@ -93,7 +98,9 @@ def _descriptors(frames: Frames, index: np.ndarray, start: int | None) -> np.nda
     return frames.desc[start : start + len(index)]
 
 
-def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarray) -> SkbBatch:
+def _skb_batch(
+    frames: Frames, index: np.ndarray, start: int | None, d: np.ndarray, readonly: bool = False
+) -> SkbBatch:
     n = len(index)
     if n == 0:
         return SkbBatch(np.zeros((0, 1), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -102,7 +109,13 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
     lo = int(head.min())
     hi = max(int((head + length).max()), lo + 1)
     data = frames.data
-    rows = data[start : start + n, lo:hi] if start is not None else data[index, lo:hi]
+    if readonly:
+        data = data.view()
+        data.flags.writeable = False
+    # Consecutive frames: a view.  Scattered ones: a gather, made when a column first needs
+    # packet bytes (PoolRows) -- never, for a batch whose hashes ride and whose reader
+    # wants nothing else of the bytes (a flow table whose flows are known).
+    rows = data[start : start + n, lo:hi] if start is not None else PoolRows(data, index, lo, hi)
     return SkbBatch(
         rows,
         head - lo,
@@ -113,17 +126,22 @@ def _skb_batch(frames: Frames, index: np.ndarray, start: int | None, d: np.ndarr
         rx_queue=d["rx_queue"],
         ts_ns=d["ts_ns"],
         index=index,
+        rx_hash=d["rx_hash"],
+        hash_type=d["hash_type"],
     )
 
 
-def skb_columns(frames: Frames, index: np.ndarray, start: int | None = None) -> SkbColumns:
+def skb_columns(
+    frames: Frames, index: np.ndarray, start: int | None = None, *, readonly: bool = False
+) -> SkbColumns:
     """The :class:`~cpumap.skb.view.SkbColumns` of frames ``index`` of ``frames``: the batch
     parsed once, each field a Python list made on its first read, ``data`` views into the
-    pool (as :func:`frame_skbs` gives them) and ``metadata`` copies of the metadata areas."""
+    pool (as :func:`frame_skbs` gives them; read-only views with ``readonly``) and
+    ``metadata`` copies of the metadata areas."""
     if start is None:
         start = consecutive_start(index)
     d = _descriptors(frames, index, start)
-    batch = _skb_batch(frames, index, start, d)
+    batch = _skb_batch(frames, index, start, d, readonly)
 
     def begin() -> np.ndarray:
         return index.astype(np.int64) * frames.frame_size + d["headroom"]
@@ -131,7 +149,8 @@ def skb_columns(frames: Frames, index: np.ndarray, start: int | None = None) -> 
     def data() -> list[memoryview]:
         first = begin()
         ends = (first + d["length"]).tolist()
-        return list(map(frames.mv.__getitem__, map(slice, first.tolist(), ends)))
+        mv = frames.mv.toreadonly() if readonly else frames.mv
+        return list(map(mv.__getitem__, map(slice, first.tolist(), ends)))
 
     def metadata() -> list[bytes]:
         meta = d["meta_len"]
@@ -164,12 +183,15 @@ def frame_skbs(frames: Frames, index: np.ndarray) -> Iterator[Skb | None]:
     return views(columns)
 
 
-def parsed_skbs(frames: Frames, index: np.ndarray) -> Iterator[Skb | None]:
+def parsed_skbs(
+    frames: Frames, index: np.ndarray, *, readonly: bool = False
+) -> Iterator[Skb | None]:
     """One plain :class:`Skb` per frame of ``index``, each parsed on its own (None where one
     cannot be built): :func:`frame_skbs`'s fallback, and the cheaper way for a lone frame
-    (a batch's columns cost a few dozen numpy calls whatever its size)."""
+    (a batch's columns cost a few dozen numpy calls whatever its size).  ``readonly``:
+    their ``data`` cannot write the pool."""
     fs = frames.frame_size
-    mv = frames.mv
+    mv = frames.mv.toreadonly() if readonly else frames.mv
     descs = frames.descriptors(index).tolist()
     for i, (length, wire_len, ts, ifindex, rxq, linktype, head, meta, *_) in zip(
         index.tolist(), descs, strict=True

@@ -238,12 +238,18 @@ _V4_L4, _V6_L4 = FAST_IPV4.transport_at, FAST_IPV6.transport_at
 MIXED_MIN_WIDTH: Final = _V6_L4 + 4  # the widest fixed read: IPv6's ports
 
 
-def mixed_hash(
-    rows: np.ndarray, offset: int | None, length: Any, linktype: Any
-) -> tuple[np.ndarray, list[int]] | None:
-    """The hash column of a batch of mixed IPv4/IPv6 frames, and the frames off both
-    layouts (their values are garbage: the caller patches them per frame); None when the
-    batch is not such a batch (more than :data:`PATCH_LIMIT` frames off)."""
+class Mixed(NamedTuple):
+    """What :func:`mixed_hash` found."""
+
+    hash: np.ndarray  #: uint32 [n]: the hash column (garbage for the frames in ``odd``)
+    odd: list[int]  #: the frames off both layouts: the caller patches them per frame
+    ported: np.ndarray  #: bool [n]: the frame's ports went into its hash (else none did)
+
+
+def mixed_hash(rows: np.ndarray, offset: int | None, length: Any, linktype: Any) -> Mixed | None:
+    """The hash column of a batch of mixed IPv4/IPv6 frames, the frames off both layouts
+    and which frames' ports went into the hash; None when the batch is not such a batch
+    (more than :data:`PATCH_LIMIT` frames off)."""
     if offset is None or rows.strides[1] != 1 or rows.shape[1] - offset < MIXED_MIN_WIDTH:
         return None
     o = offset
@@ -274,8 +280,9 @@ def mixed_hash(
     )
     ports = np.where(v4, _view(rows, o + _V4_L4, 4, _BE16).T, _view(rows, o + _V6_L4, 4, _BE16).T)
     l4 = np.where(v4, _V4_L4, _V6_L4)
-    ports *= (l4 + _L4_NEED.take(proto) <= length).astype(np.uint16)  # no ports: 0, 0
-    return flow_hash_np(addresses, ports, proto), odd
+    ported = l4 + _L4_NEED.take(proto) <= length  # a header with ports, whole
+    ports *= ported.astype(np.uint16)  # no ports: 0, 0
+    return Mixed(flow_hash_np(addresses, ports, proto), odd, ported)
 
 
 def _gather(rows: np.ndarray, at: int, size: int) -> np.ndarray:

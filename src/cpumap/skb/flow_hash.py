@@ -40,6 +40,12 @@ _HASH_MIX: Final = 0xBF58476D1CE4E5B9  # splitmix64's first finalizer multiplier
 
 _U32X8 = struct.Struct("!8I")  # two IPv6 addresses as words
 
+# What kind of hash rides with a frame (the frame descriptor's ``hash_type``), as the
+# kernel's PKT_HASH_TYPE_*; the engine's frame pool names the same values.
+HASH_NONE: Final = 0  # no hash rides: a reader computes it
+HASH_L3: Final = 2  # addresses (and protocol) only: not TCP/UDP-like, or a fragment
+HASH_L4: Final = 3  # addresses and ports
+
 
 def flow_hash(
     src: bytes | None, dst: bytes | None, sport: int, dport: int, ip_proto: int, fragment: bool
