@@ -17,7 +17,8 @@ What is measured, each beside its baseline in the same run (best of ``--repeat``
   ``ratio_cluster_over_local`` is the price of going through Ray on one machine;
 * ``cli``      -- ``cpumap run FILE --json`` against ``cpumap run --ray auto FILE --json``
   on one file of ``--cli-frames`` frames, each with the CLI's defaults (rates from the
-  summaries' ``rx`` / ``elapsed_s``);
+  summaries' ``rx`` / ``elapsed_s``), and ``--ray auto --cpus`` every CPU beside them,
+  alternated ``--cli-rounds`` times: medians, and the median of the per-round ratios;
 * ``three_nodes`` (``--three-nodes``) -- three Ray nodes on this machine
   (``ray.cluster_utils.Cluster``, loopback), one file read on each, one entry on each,
   beside the local map over the same files.
@@ -30,6 +31,7 @@ default): the measurement behind that choice.
 
     .venv/bin/python benchmarks/bench_cluster.py [--files 3] [--packets 40000]
         [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--cli-frames 600000]
+        [--cli-rounds 5]
         [--three-nodes] [--only-ratios] [--json FILE]
 
 ``--only-ratios`` runs the ratios alone -- and so also against an older ``cpumap`` on
@@ -188,19 +190,30 @@ def cli_rate(path: Path, *ray: str) -> float:
     return s["rx"] / s["elapsed_s"]
 
 
-def cli_rates(directory: Path, frames: int, repeat: int) -> dict[str, float]:
+def cli_rates(directory: Path, frames: int, rounds: int) -> dict[str, float]:
     """``cpumap run FILE`` against ``cpumap run --ray auto FILE`` on the same file, each
-    with the CLI's defaults, alternated ``repeat`` times (best of each)."""
+    with the CLI's defaults, and ``--ray auto --cpus`` every CPU (the cluster's default
+    before it left the reading CPU to the source: the measurement behind that default),
+    alternated ``rounds`` times: the medians, and the median of the rounds' ratios (each
+    ratio from runs a few seconds apart, so the machine's load moves both alike)."""
     (path,) = make_captures(directory, 1, frames)
-    local, cluster = [], []
-    for _ in range(repeat):
+    every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    local, cluster, wide = [], [], []
+    for _ in range(rounds):
         local.append(cli_rate(path))
         cluster.append(cli_rate(path, "--ray", "local"))  # auto, unless a cluster is here
+        wide.append(cli_rate(path, "--ray", "local", "--cpus", every))
+    med = float(np.median(local))
     return {
         "cli_frames": frames,
-        "cli_local_frames_per_s": max(local),
-        "cli_cluster_frames_per_s": max(cluster),
-        "cli_ratio_cluster_over_local": max(cluster) / max(local),
+        "cli_rounds": rounds,
+        "cli_local_frames_per_s": med,
+        "cli_cluster_frames_per_s": float(np.median(cluster)),
+        "cli_cluster_every_cpu_frames_per_s": float(np.median(wide)),
+        "cli_ratio_cluster_over_local": float(np.median(np.divide(cluster, local))),
+        "cli_ratio_cluster_over_local_min": float(np.min(np.divide(cluster, local))),
+        "cli_ratio_cluster_over_local_max": float(np.max(np.divide(cluster, local))),
+        "cli_ratio_every_cpu_over_local": float(np.median(np.divide(wide, local))),
     }
 
 
@@ -390,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cli-frames", type=int, default=600_000, help="frames of the CLI comparison (0: skip)"
     )
+    ap.add_argument(
+        "--cli-rounds", type=int, default=5, help="alternated rounds of the CLI comparison"
+    )
     ap.add_argument("--only-ratios", action="store_true", help="skip the Ray cost figures")
     ap.add_argument(
         "--three-nodes", action="store_true", help="also three Ray nodes on this machine"
@@ -435,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             session.close()
         if args.cli_frames:
-            out.update(cli_rates(Path(tmp), args.cli_frames, args.repeat))
+            out.update(cli_rates(Path(tmp), args.cli_frames, args.cli_rounds))
+            print(f"cli_ratio_cluster_over_local {out['cli_ratio_cluster_over_local']:.3f}")
         if args.three_nodes:
             out.update(three_nodes(paths, args.qsize, args.poll, args.repeat))
     if not args.only_ratios:
