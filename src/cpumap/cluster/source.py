@@ -9,7 +9,8 @@ producer (``cpumap.engine.rx``) of the local engine, poll by poll::
     count DROP / PASS / TX / ABORTED verdicts; a redirect to no entry: redirect_err
     group the redirected frames by key, in order    (one stable argsort)
     pack each group onto its entry's parcel         (frames.pack: only the columns used)
-    a parcel that is full goes to its entry         (actor.offer, one Ray call)
+    a parcel that is full goes to its entry         (ray.put + actor.offer, one Ray call,
+                                                     made by the sender thread: Sender)
 
 and keeps the books of every frame it read (:class:`Books`).
 
