@@ -7,7 +7,7 @@ holds it, one transfer to another node).
 
 A :class:`FrameBlock` is the few frames of one source poll (or of one parcel) laid out as the
 engine's pool lays them out -- rows of ``frame_size`` bytes, a headroom, the engine's
-32-byte descriptor records -- so that everything that reads pool frames works on it
+40-byte descriptor records -- so that everything that reads pool frames works on it
 unchanged: :class:`~cpumap.programs.runner.ProgramRunner` (the steering program, per frame
 or vectorized), :func:`~cpumap.skb.skb_batch` and :func:`~cpumap.skb.frame_skbs` (the
 handler's skbs).  It satisfies the :class:`cpumap.skb.Frames` protocol (and the program
