@@ -409,10 +409,13 @@ class Sender(ThreadPoolExecutor):
     the reader's next polls run meanwhile, as a NIC keeps receiving while the driver
     flushes.
 
-    Why it is safe: the thread touches nothing of the source's books.  The source counts
-    a parcel ``sent`` when it hands it over, and keeps the :class:`Future` where it kept
-    the offer's reference; taking the answer first takes the reference (bounded by the
-    stall deadline).  An offer the thread could not make fails its future with Ray's
+    Why it is safe: the thread touches nothing of the source's books, and the parts it
+    puts are packed copies that the source has handed over (``Link.take``) and no longer
+    touches -- not views of the reused frame block.  One thread makes the offers in the
+    order they were given, so a source's parcels leave in order, as before.  The source
+    counts a parcel ``sent`` when it hands it over, and keeps the :class:`Future` where it
+    kept the offer's reference; taking the answer first takes the reference (bounded by
+    the stall deadline).  An offer the thread could not make fails its future with Ray's
     error, and is counted as an offer whose call failed (its frames ``lost``), exactly
     as before."""
 
