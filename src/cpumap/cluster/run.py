@@ -301,7 +301,7 @@ def leave_rx_cpu(nodes: Sequence[tuple[NodeInfo, list[int]]], readers: set[str])
     Why: a source reads, steers and packs every frame of its file; on a node where an
     entry's worker is pinned to every CPU, the source shares a CPU with a handler and
     the run goes at the speed of that shared CPU.  Measured on 2 CPUs with the CLI's
-    defaults (docs/cluster.md): one entry beside a free source CPU moves about 1.5x the
+    defaults (docs/cluster.md): one entry beside a free source CPU moves 1.3 - 1.5x the
     frames/s of two entries beside it -- the local run's own layout (``--rx-cpu``)."""
     places = []
     for node, cpus in nodes:
