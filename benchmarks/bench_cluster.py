@@ -1,6 +1,7 @@
 """The cluster map against the local map, on the same captures, in one run.
 
-What is measured, each beside its baseline in the same run (best of ``--repeat``):
+What is measured, each beside its baseline in the same run, alternated ``--repeat`` times:
+medians, and the median of the rounds' ratios (``paired_ratio``):
 
 * ``local``    -- ``CpuMap`` with one entry per ``--cpus`` CPU, the l4-hash program, a
   ``FlowTable`` handler, every file read in turn by one RX producer (``CpuMap.run``):
@@ -17,7 +18,8 @@ What is measured, each beside its baseline in the same run (best of ``--repeat``
   ``ratio_cluster_over_local`` is the price of going through Ray on one machine;
 * ``cli``      -- ``cpumap run FILE --json`` against ``cpumap run --ray auto FILE --json``
   on one file of ``--cli-frames`` frames, each with the CLI's defaults (rates from the
-  summaries' ``rx`` / ``elapsed_s``);
+  summaries' ``rx`` / ``elapsed_s``), and ``--ray auto --cpus`` every CPU beside them,
+  alternated ``--cli-rounds`` times: medians, and the median of the per-round ratios;
 * ``three_nodes`` (``--three-nodes``) -- three Ray nodes on this machine
   (``ray.cluster_utils.Cluster``, loopback), one file read on each, one entry on each,
   beside the local map over the same files.
@@ -29,7 +31,8 @@ accept-all entry -- with Ray's task events off, as the entries' offers are, and 
 default): the measurement behind that choice.
 
     .venv/bin/python benchmarks/bench_cluster.py [--files 3] [--packets 40000]
-        [--cpus 0,1] [--repeat 2] [--qsize 8192] [--poll 4096] [--cli-frames 600000]
+        [--cpus 0,1] [--repeat 3] [--qsize 8192] [--poll 4096] [--cli-frames 600000]
+        [--cli-rounds 5]
         [--three-nodes] [--only-ratios] [--json FILE]
 
 ``--only-ratios`` runs the ratios alone -- and so also against an older ``cpumap`` on
@@ -188,19 +191,31 @@ def cli_rate(path: Path, *ray: str) -> float:
     return s["rx"] / s["elapsed_s"]
 
 
-def cli_rates(directory: Path, frames: int, repeat: int) -> dict[str, float]:
+def cli_rates(directory: Path, frames: int, rounds: int) -> dict[str, float]:
     """``cpumap run FILE`` against ``cpumap run --ray auto FILE`` on the same file, each
-    with the CLI's defaults, alternated ``repeat`` times (best of each)."""
+    with the CLI's defaults, and ``--ray auto --cpus`` every CPU (the cluster's default
+    before it left the reading CPU to the source: the measurement behind that default),
+    alternated ``rounds`` times: the medians, and the median of the rounds' ratios (each
+    ratio from runs a few seconds apart, so the machine's load moves both alike)."""
     (path,) = make_captures(directory, 1, frames)
-    local, cluster = [], []
-    for _ in range(repeat):
+    every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    local, cluster, wide = [], [], []
+    for _ in range(rounds):
         local.append(cli_rate(path))
         cluster.append(cli_rate(path, "--ray", "local"))  # auto, unless a cluster is here
+        wide.append(cli_rate(path, "--ray", "local", "--cpus", every))
     return {
         "cli_frames": frames,
-        "cli_local_frames_per_s": max(local),
-        "cli_cluster_frames_per_s": max(cluster),
-        "cli_ratio_cluster_over_local": max(cluster) / max(local),
+        "cli_rounds": rounds,
+        "cli_local_frames_per_s": median(local),
+        "cli_cluster_frames_per_s": median(cluster),
+        "cli_cluster_every_cpu_frames_per_s": median(wide),
+        "cli_ratio_cluster_over_local": paired_ratio(cluster, local),
+        "cli_ratio_every_cpu_over_local": paired_ratio(wide, local),
+        "cli_ratios_cluster_over_local": [
+            round(c / x, 3) for c, x in zip(cluster, local, strict=True)
+        ],
+        "cli_local_rounds_M": [round(x / 1e6, 3) for x in local],
     }
 
 
@@ -255,7 +270,7 @@ def three_nodes(
 ) -> dict[str, float]:
     """The cluster map over three Ray nodes on this machine (``ray.cluster_utils.Cluster``,
     loopback): one file read on each node, one entry on each (CPUs 0, 1, 0), beside the
-    local map over the same files, alternated ``repeat`` times (best of each)."""
+    local map over the same files, alternated ``repeat`` times (medians)."""
     from ray.cluster_utils import Cluster
 
     args = {"num_cpus": 1, "object_store_memory": object_store << 20}
@@ -285,15 +300,25 @@ def three_nodes(
             session.close()
     finally:
         c.shutdown()
-    best = max(cluster, key=lambda r: r["fps"])
-    lbest = max(local)
     return {
-        "three_nodes_local_frames_per_s": lbest[0],
-        "three_nodes_cluster_frames_per_s": best["fps"],
-        "three_nodes_ratio_cluster_over_local": best["fps"] / lbest[0],
-        "three_nodes_local_cpu_us_per_frame": lbest[1] * 1e6,
-        "three_nodes_cluster_cpu_us_per_frame": best["cpu"] * 1e6,
+        "three_nodes_local_frames_per_s": median([r[0] for r in local]),
+        "three_nodes_cluster_frames_per_s": median([r["fps"] for r in cluster]),
+        "three_nodes_ratio_cluster_over_local": paired_ratio(
+            [r["fps"] for r in cluster], [r[0] for r in local]
+        ),
+        "three_nodes_local_cpu_us_per_frame": median([r[1] for r in local]) * 1e6,
+        "three_nodes_cluster_cpu_us_per_frame": median([r["cpu"] for r in cluster]) * 1e6,
     }
+
+
+def median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median of the rounds' ratios ``a[i] / b[i]``: each round's two runs a few
+    seconds apart, so the machine's load moves both alike."""
+    return float(np.median(np.divide(a, b)))
 
 
 def transfer_rate(mib: int = 64, object_store: int = 300) -> dict[str, float]:
@@ -382,13 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=3)
     ap.add_argument("--packets", type=int, default=40_000, help="per file")
     ap.add_argument("--cpus", default="0,1")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--qsize", type=int, default=8192, help="cluster entries' qsize")
     ap.add_argument("--poll", type=int, default=4096, help="cluster sources' poll size")
     ap.add_argument("--object-store", type=int, default=300, help="MB for the local Ray")
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--cli-frames", type=int, default=600_000, help="frames of the CLI comparison (0: skip)"
+    )
+    ap.add_argument(
+        "--cli-rounds", type=int, default=5, help="alternated rounds of the CLI comparison"
     )
     ap.add_argument("--only-ratios", action="store_true", help="skip the Ray cost figures")
     ap.add_argument(
@@ -417,15 +445,16 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 local.append(run_local(paths, cpus))
                 cluster.append(run_cluster(paths, [str(c) for c in cpus], args.qsize, args.poll))
-            best = max(cluster, key=lambda r: r["fps"])
             out.update(
-                local_frames_per_s=max(local)[0],
-                cluster_frames_per_s=best["fps"],
-                ratio_cluster_over_local=best["fps"] / max(local)[0],
-                local_cpu_us_per_frame=max(local)[1] * 1e6,
-                cluster_cpu_us_per_frame=best["cpu"] * 1e6,
-                cluster_map_setup_s=min(r["setup"] for r in cluster),
-                cluster_whole_run_frames_per_s=max(r["whole"] for r in cluster),
+                local_frames_per_s=median([r[0] for r in local]),
+                cluster_frames_per_s=median([r["fps"] for r in cluster]),
+                ratio_cluster_over_local=paired_ratio(
+                    [r["fps"] for r in cluster], [r[0] for r in local]
+                ),
+                local_cpu_us_per_frame=median([r[1] for r in local]) * 1e6,
+                cluster_cpu_us_per_frame=median([r["cpu"] for r in cluster]) * 1e6,
+                cluster_map_setup_s=median([r["setup"] for r in cluster]),
+                cluster_whole_run_frames_per_s=median([r["whole"] for r in cluster]),
             )
             print(f"ratio_cluster_over_local {out['ratio_cluster_over_local']:.3f}", flush=True)
             if not args.only_ratios:
@@ -435,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             session.close()
         if args.cli_frames:
-            out.update(cli_rates(Path(tmp), args.cli_frames, args.repeat))
+            out.update(cli_rates(Path(tmp), args.cli_frames, args.cli_rounds))
+            print(f"cli_ratio_cluster_over_local {out['cli_ratio_cluster_over_local']:.3f}")
         if args.three_nodes:
             out.update(three_nodes(paths, args.qsize, args.poll, args.repeat))
     if not args.only_ratios:

@@ -23,6 +23,7 @@ from cpumap.cluster import (
     ActorState,
     ClusterMap,
     Place,
+    RunOptions,
     SourceOptions,
     connect,
     run_captures,
@@ -138,8 +139,12 @@ def test_map_operations_keep_their_errno(ray_local: None) -> None:
 
 
 # -- runs ----------------------------------------------------------------------------------------
-def test_same_flow_table_as_a_local_map(ray_local: None, captures: list[Path]) -> None:
-    result = run_captures(captures, entries="0,1", handler=FlowTable())
+@pytest.mark.parametrize("pipeline", [True, False], ids=["sender-thread", "inline"])
+def test_same_flow_table_as_a_local_map(
+    ray_local: None, captures: list[Path], pipeline: bool
+) -> None:
+    reading = RunOptions(source=SourceOptions(pipeline=pipeline))
+    result = run_captures(captures, entries="0,1", handler=FlowTable(), options=reading)
     total = packets_in(captures)
     s = result.stats
     assert s.rx == total and s.in_flight == 0
@@ -153,6 +158,18 @@ def test_same_flow_table_as_a_local_map(ray_local: None, captures: list[Path]) -
     assert {e.place for e in result.entries} == {"0", "1"}
     assert sum(n.rx for n in result.nodes) == total
     assert all(src.counters["rx"] > 0 and src.error is None for src in result.sources)
+
+
+def test_default_entries_leave_the_reading_cpu_to_the_source(
+    ray_local: None, captures: list[Path]
+) -> None:
+    """No ``entries``: every CPU of the node but its first, which its source reads on (a
+    local run's RX CPU); the run is whole."""
+    result = run_captures(captures[:1], handler=FlowTable())
+    cpus = sorted(os.sched_getaffinity(0))
+    assert [e.place for e in result.entries] == [f"head:{c}" for c in cpus[1:]]
+    assert result.stats.rx == packets_in(captures[:1]) and result.stats.in_flight == 0
+    assert result.outcomes()["delivered"] == result.stats.rx
 
 
 def test_per_frame_handler_outcomes_match_the_local_map(

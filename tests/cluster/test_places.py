@@ -63,3 +63,31 @@ def test_fill_cuts_what_does_not_fit_as_the_engine_does() -> None:
     block = FrameBlock.empty(4, frame_size=1024, headroom=256)
     assert fill(block, batch) == 4
     assert (block.length[:4] == 768).all() and (block.wire_len[:4] == 1514).all()
+
+
+def test_default_places_leave_the_first_cpu_of_a_reading_node_to_its_sources() -> None:
+    """As a local run leaves its RX CPU to the producer: a node that reads files keeps its
+    first CPU free of entries (when it has another); the other nodes give every CPU."""
+    from cpumap.cluster.ray_setup import NodeInfo
+    from cpumap.cluster.run import leave_rx_cpu
+
+    head = NodeInfo("aa" * 28, 0, "127.0.0.1", True, None, 2.0)
+    w1 = NodeInfo("bb" * 28, 1, "127.0.0.1", False, "w1", 4.0)
+    solo = NodeInfo("cc" * 28, 2, "127.0.0.1", False, "solo", 1.0)
+    nodes = [(head, [0, 1]), (w1, [2, 3, 5]), (solo, [7])]
+    assert leave_rx_cpu(nodes, {head.node_id}) == [
+        Place("head", 1),
+        Place("w1", 2),
+        Place("w1", 3),
+        Place("w1", 5),
+        Place("solo", 7),
+    ]
+    # A node with one CPU keeps its entry: the source shares it, as a 1-CPU local run.
+    assert leave_rx_cpu(nodes, {w1.node_id, solo.node_id}) == [
+        Place("head", 0),
+        Place("head", 1),
+        Place("w1", 3),
+        Place("w1", 5),
+        Place("solo", 7),
+    ]
+    assert len(leave_rx_cpu(nodes, set())) == 6

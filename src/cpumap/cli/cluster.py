@@ -3,11 +3,12 @@
 ``--ray auto`` joins the Ray cluster this machine is part of, or starts a local instance
 (on the loopback address) when there is none; an address joins that cluster.  ``--cpus``
 / ``-c`` then name entries as ``node:cpu`` (``head:0-1,w1:0``; a bare CPU list means the
-driver's node).  Each capture is read on the node ``--source-node FILE=NODE`` names (the
-driver's by default), steered by the same programs and handled by the same handlers as a
-local run, and the run ends in the same report (``report.py``) as a local one;
-``docs/cluster.md`` says what differs and what it costs.  With no capture, the embedded demo
-capture is run, as a local run does.
+driver's node; without them, every CPU of every node but the first CPU of each node that
+reads a file, as a local run leaves its RX CPU to the producer).  Each capture is read on
+the node ``--source-node FILE=NODE`` names (the driver's by default), steered by the same
+programs and handled by the same handlers as a local run, and the run ends in the same
+report (``report.py``) as a local one; ``docs/cluster.md`` says what differs and what it
+costs.  With no capture, the embedded demo capture is run, as a local run does.
 
 Ray is imported only here, and only when ``--ray`` is given (``cpumap[cluster]``).
 """

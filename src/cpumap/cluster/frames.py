@@ -7,7 +7,7 @@ holds it, one transfer to another node).
 
 A :class:`FrameBlock` is the few frames of one source poll (or of one parcel) laid out as the
 engine's pool lays them out -- rows of ``frame_size`` bytes, a headroom, the engine's
-32-byte descriptor records -- so that everything that reads pool frames works on it
+40-byte descriptor records -- so that everything that reads pool frames works on it
 unchanged: :class:`~cpumap.programs.runner.ProgramRunner` (the steering program, per frame
 or vectorized), :func:`~cpumap.skb.skb_batch` and :func:`~cpumap.skb.frame_skbs` (the
 handler's skbs).  It satisfies the :class:`cpumap.skb.Frames` protocol (and the program
@@ -79,7 +79,7 @@ class FrameBlock:
         return self.mv[start : start + int(self.length[i])]
 
     def descriptors(self, idx: np.ndarray) -> np.ndarray:
-        return self.desc[idx]
+        return self.desc.take(idx)  # as pack's: fancy indexing is slow on records
 
 
 def fill(block: FrameBlock, batch: PacketBatch) -> int:
@@ -126,9 +126,13 @@ def _copy_ragged(block: FrameBlock, batch: PacketBatch, caplen: np.ndarray, widt
     loop: list[int] = list(range(n))
     if width <= _GATHER_MAX and len(buf) >= width:
         fits = start + width <= len(buf)
-        rows = sliding_window_view(buf, width)[start[fits]]
-        block.data[np.flatnonzero(fits), h : h + width] = rows
-        loop = np.flatnonzero(~fits).tolist()
+        windows = sliding_window_view(buf, width)
+        if fits.all():  # the usual case: rows 0..n-1 as a slice, not a scatter (~20 % less)
+            block.data[:n, h : h + width] = windows[start]
+            loop = []
+        else:
+            block.data[np.flatnonzero(fits), h : h + width] = windows[start[fits]]
+            loop = np.flatnonzero(~fits).tolist()
     dst, src, fs = block.mv, memoryview(buf), block.frame_size
     sl, cl = start.tolist(), caplen.tolist()
     for j in loop:
@@ -151,7 +155,9 @@ class Parcel:
 
 def pack(block: FrameBlock, idx: np.ndarray) -> Parcel:
     """The parcel of frames ``idx`` of ``block`` (copies: the block is reused)."""
-    d = block.desc[idx]
+    # take, not desc[idx]: numpy's fancy indexing of a structured array goes field by
+    # field, ~50x slower for these 12-field records (250 against 5 us per 1,024 here).
+    d = block.desc.take(idx)
     start = d["headroom"].astype(np.int64) - d["meta_len"]
     lo = int(start.min())
     hi = max(int((d["headroom"].astype(np.int64) + d["length"]).max()), lo + 1)

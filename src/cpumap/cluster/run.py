@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,13 +284,32 @@ def _node_figures(
     return [n for n in nodes.values() if n.sources or n.entries]
 
 
-def default_places() -> list[Place]:
-    """Every CPU the processes of every alive node may use: the cluster's whole width."""
-    return [
-        Place(n.label or ("head" if n.is_head else n.node_id[:12]), cpu)
-        for n in cluster_nodes()
-        for cpu in sorted(node_cpus(n))
-    ]
+def default_places(readers: Collection[str] = ()) -> list[Place]:
+    """The cluster's whole width, as the local run's default is its machine's: every CPU
+    the processes of every alive node may use -- but on a node whose ID is in ``readers``
+    (it reads capture files) and that has more than one CPU, its first CPU is left to
+    the sources, as a local run leaves its RX CPU to the producer (:func:`leave_rx_cpu`
+    says why)."""
+    nodes = cluster_nodes()
+    return leave_rx_cpu([(n, sorted(node_cpus(n))) for n in nodes], set(readers))
+
+
+def leave_rx_cpu(nodes: Sequence[tuple[NodeInfo, list[int]]], readers: set[str]) -> list[Place]:
+    """``nodes``' CPUs as places, less the first CPU of each node in ``readers`` that has
+    more than one.
+
+    Why: a source reads, steers and packs every frame of its file; on a node where an
+    entry's worker is pinned to every CPU, the source shares a CPU with a handler and
+    the run goes at the speed of that shared CPU.  Measured on 2 CPUs with the CLI's
+    defaults (docs/cluster.md): one entry beside a free source CPU moves 1.3 - 1.5x the
+    frames/s of two entries beside it -- the local run's own layout (``--rx-cpu``)."""
+    places = []
+    for node, cpus in nodes:
+        name = node.label or ("head" if node.is_head else node.node_id[:12])
+        if node.node_id in readers and len(cpus) > 1:
+            cpus = cpus[1:]
+        places.extend(Place(name, cpu) for cpu in cpus)
+    return places
 
 
 def run_captures(
@@ -308,7 +327,8 @@ def run_captures(
 
     ``entries``: the places, as ``--cpus`` writes them (``"head:0-1,w1:0"``, see
     :func:`~cpumap.cluster.places.parse_entries`) or a sequence of places; None: every CPU
-    of every alive node.  ``program``: a built-in steering mode (``l4-hash``...), a loader
+    of every alive node but the first CPU of each node that reads files
+    (:func:`default_places`).  ``program``: a built-in steering mode (``l4-hash``...), a loader
     spec or a factory of the key space.  ``handler``: every entry's handler (None: accept
     all).  ``ray_address``: ``auto`` (join the cluster here, else start a local instance),
     ``local``, or a cluster's address.  ``qsize``: each entry's bound on frames in flight.
@@ -328,11 +348,12 @@ def run_captures(
         object_store_memory=local.object_store_memory,
         loopback=local.loopback,
     ) as session:
-        places = (
-            parse_entries(entries)
-            if isinstance(entries, str)
-            else (list(entries) if entries is not None else default_places())
-        )
+        if isinstance(entries, str):
+            places = parse_entries(entries)
+        elif entries is not None:
+            places = list(entries)
+        else:
+            places = default_places(_reader_nodes(paths, source_nodes))
         with ClusterMap(handler, max_restarts=options.max_restarts, pin=options.pin) as cmap:
             for p in places:
                 cmap.update(p, qsize)
@@ -349,4 +370,21 @@ def run_captures(
         return result
 
 
-__all__ = ["LocalRay", "RunOptions", "default_places", "resolve_node", "run_captures", "run_map"]
+def _reader_nodes(
+    paths: Sequence[str | os.PathLike[str]], source_nodes: Mapping[str, str] | None
+) -> set[str]:
+    """The IDs of the nodes that will read ``paths`` (as :func:`run_map` places them)."""
+    nodes = cluster_nodes()
+    named = source_nodes or {}
+    return {resolve_node(named.get(os.fspath(p), ""), nodes).node_id for p in paths}
+
+
+__all__ = [
+    "LocalRay",
+    "RunOptions",
+    "default_places",
+    "leave_rx_cpu",
+    "resolve_node",
+    "run_captures",
+    "run_map",
+]
