@@ -662,7 +662,8 @@ def ray_config(args: argparse.Namespace, captures: tuple[str, ...]) -> RayConfig
 
 
 def ray_entries(text: str) -> tuple[Place, ...] | None:
-    """``-c``/``--cpus`` on a cluster: ``node:cpu`` places (None: every CPU of every node)."""
+    """``-c``/``--cpus`` on a cluster: ``node:cpu`` places (None: the default places --
+    every CPU of every node but the first of each node that reads files: cluster/run.py)."""
     if not text:
         return None
     # Imported here: the cluster package is loaded only for a --ray run.
