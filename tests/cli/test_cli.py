@@ -50,7 +50,8 @@ def test_run_on_the_demo_accounts_for_every_frame() -> None:
     assert "top 10 of 48 flows" in text
     assert "[fd" in text  # IPv6 endpoints printed verbatim, not eaten as markup
     first = DEFAULT_TARGETS[0]
-    assert re.search(rf"│\s+{first} │\s+2048 │\s+retired │", text)  # per-CPU rows after close
+    # The per-CPU rows after close, with a capture's default ring.
+    assert re.search(rf"│\s+{first} │\s+8192 │\s+retired │", text)
     assert f"on CPU {min(usable_cpus())} -> CPUs" in text
 
 
@@ -448,16 +449,22 @@ def test_a_handler_that_never_returns_is_killed_and_its_frames_counted(
 
 
 @pytest.mark.parametrize(
-    ("argv", "qsize"),
+    ("argv", "qsize", "poll"),
     [
-        (["--generate", "10"], 2048),
-        (["--iface", "lo"], 2048),
-        (["--iface", "lo", "--af-xdp"], 8192),  # its polls hand the map bursts
-        (["--iface", "lo", "--af-xdp", "-q", "512"], 512),
-        (["--generate", "10", "-q", "4096"], 4096),
+        (["--generate", "10"], 8192, 4096),  # a lossless bulk source: big polls
+        ([], 8192, 4096),  # the demo capture
+        (["--iface", "lo"], 2048, 1024),  # live: a poll's size is latency
+        (["--iface", "lo", "--af-xdp"], 8192, 1024),  # its polls hand the map bursts
+        (["--iface", "lo", "--af-xdp", "-q", "512"], 512, 1024),
+        (["--generate", "10", "-q", "4096"], 4096, 2048),  # half the ring at most
+        (["--generate", "10", "-q", "256"], 256, 1024),  # ... but never below a live poll
+        (["--generate", "10", "--poll", "64"], 8192, 64),  # as given
     ],
 )
-def test_the_default_ring_size_follows_the_source(argv: list[str], qsize: int) -> None:
+def test_the_default_ring_and_poll_follow_the_source(
+    argv: list[str], qsize: int, poll: int
+) -> None:
     from cpumap.cli.args import build_parser, run_config
 
-    assert run_config(build_parser().parse_args(["run", *argv])).qsize == qsize
+    config = run_config(build_parser().parse_args(["run", *argv]))
+    assert (config.qsize, config.source.poll) == (qsize, poll)

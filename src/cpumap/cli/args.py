@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--qsize",
         type=_ranged(1, QSIZE_MAX),
         help=f"ring size per CPU (default {DEFAULT_QSIZE}; {AF_XDP_QSIZE} with --af-xdp, "
-        "whose polls hand the map bursts a smaller ring drops: docs/live.md)",
+        "whose polls hand the map bursts a smaller ring drops: docs/live.md; "
+        f"{BULK_QSIZE} for a capture file or --generate, read in polls of {BULK_POLL})",
     )
     run.add_argument("-p", "--program", default="l4-hash", help="steering program (see below)")
     run.add_argument(
@@ -245,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--batch", type=_ranged(1, 1 << 20), default=1024, help="frames per worker batch"
     )
-    run.add_argument("--poll", type=_ranged(1, 1 << 20), default=1024, help="frames per RX poll")
+    run.add_argument(
+        "--poll",
+        type=_ranged(1, 1 << 20),
+        help=f"frames per RX poll (default {DEFAULT_POLL}; up to {BULK_POLL} for a capture "
+        "file or --generate: see -q)",
+    )
     run.add_argument(
         "--duration",
         type=_positive_float,
@@ -383,7 +389,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             **af_xdp_options(args),
             skip_bad=args.skip_bad,
             lossless=not args.lossy,
-            poll=args.poll,
+            poll=default_poll(args),
         ),
         program=program,
         handler=handler,
@@ -483,11 +489,42 @@ DEFAULT_QSIZE = 2048  # xdp-bench's, and the kernel mode's
 AF_XDP_QSIZE = 8192
 
 
+# A capture file or the generator is read as fast as the map takes it (a lossless source: the
+# RX side waits for room), so its polls can be bigger than a live source's, where a poll's size
+# is latency: the RX side's cost is per call (lend, the program, the verdicts, the flush), and
+# polls of 4,096 into rings of 8,192 cut the main job's wall clock to 0.75x of 1,024 into 2,048
+# (paired, medians of 7; CPU 0.78x; docs/performance.md).  Worker batches stay 1,024: 4,096
+# measured the same (1.00x).  Not on a Ray cluster, where polls of 4,096 measured 0.90x
+# (docs/cluster.md): a poll is a parcel there.
+DEFAULT_POLL = 1024
+BULK_POLL = 4096
+BULK_QSIZE = 8192
+
+
+def _bulk(args: argparse.Namespace) -> bool:
+    """A local run of a capture file or the generator: no live interface, no cluster."""
+    return args.iface is None and not args.ray
+
+
 def default_qsize(args: argparse.Namespace) -> int:
-    """``-q`` as given, else the default for the source (``AF_XDP_QSIZE`` with --af-xdp)."""
+    """``-q`` as given, else the default for the source (``AF_XDP_QSIZE`` with --af-xdp,
+    ``BULK_QSIZE`` for a capture file or the generator)."""
     if args.qsize is not None:
         return int(args.qsize)
-    return AF_XDP_QSIZE if args.af_xdp else DEFAULT_QSIZE
+    if args.af_xdp:
+        return AF_XDP_QSIZE
+    return BULK_QSIZE if _bulk(args) else DEFAULT_QSIZE
+
+
+def default_poll(args: argparse.Namespace) -> int:
+    """``--poll`` as given, else ``DEFAULT_POLL`` -- and for a capture file or the
+    generator up to ``BULK_POLL``: half the ring at most, so one poll's frames for one CPU
+    never need more than the ring holds."""
+    if args.poll is not None:
+        return int(args.poll)
+    if not _bulk(args):
+        return DEFAULT_POLL
+    return max(DEFAULT_POLL, min(BULK_POLL, default_qsize(args) // 2))
 
 
 def af_xdp_options(args: argparse.Namespace) -> dict[str, Any]:
