@@ -73,7 +73,7 @@ _LAYOUT = {"length": 0, "wire_len": 4, "ts_ns": 8, "ifindex": 16, "rx_queue": 20
 _LAYOUT |= {"linktype": 24, "headroom": 26, "meta_len": 28, "hops": 30}
 _LAYOUT |= {"rx_hash": 32, "hash_type": 36, "reserved": 38}
 
-_RELEASE_EVERY = 32 << 20  # bytes walked between two releases of the pages behind
+_RELEASE_EVERY = 4 << 20  # bytes walked between two releases of the pages behind: a reader's chunk
 _NO_PACKETS = empty_chunk().batch  # what a poll that placed its frames itself returns
 
 
