@@ -599,7 +599,8 @@ def _mapped_rss(path: Path) -> int:
 
 def test_the_mapping_does_not_stay_resident_behind_the_walk(tmp_path) -> None:
     """RSS flat in the file's size: the pages behind the walk are unmapped as it goes
-    (an 80 MB file; the mapping never holds much more than the 32 MiB between releases)."""
+    (an 80 MB file; the mapping never holds much more than the 4 MiB between releases and
+    a poll's records)."""
     path = tmp_path / "big.pcap"
     rec = _record(False, udp_frame(1, 2, 1400))
     path.write_bytes(_pcap_header(False, True) + rec * 60_000)
@@ -622,5 +623,5 @@ def test_the_mapping_does_not_stay_resident_behind_the_walk(tmp_path) -> None:
                 rx.receive(b)
             src.detach()
         assert src.placed == 60_000
-    assert max(peak) > 8 << 10  # it was watched: the mapping does go resident
-    assert max(peak) < 40 << 10, max(peak)  # KiB
+    assert max(peak) > 1 << 10  # it was watched: the mapping does go resident
+    assert max(peak) < 12 << 10, max(peak)  # KiB: not the 80 MB of the file
