@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import cpumap
 import cpumap.programs
 from cpumap import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, CpuMap, possible_cpus
-from cpumap.engine.frame_pool import FramePool
+from cpumap.engine.frame_pool import HASH_L3, HASH_L4, HASH_NONE, FramePool
 from cpumap.generator import Flow, Generator, read_stamp
 from cpumap.packets import PacketBatch
 from cpumap.programs.context import NO_KEY, XdpBatch, XdpContext
@@ -42,8 +42,11 @@ from cpumap.programs.steering import (
 from cpumap.programs.xdp_parse import (
     ETH_HLEN,
     INITVAL,
+    SKIPPED,
     ip_pair_hash,
+    none_skipped,
     parse_eth,
+    parse_eth_np,
     superfasthash4,
     superfasthash4_np,
 )
@@ -133,6 +136,7 @@ class Bench:
             pool.length[i] = len(f)
             pool.linktype[i] = lt
             pool.meta_len[i] = 0
+            pool.hash_type[i] = HASH_NONE  # as RxProducer._fill: no stale hash rides
 
     def per_frame(self, prog: object, where: Sequence[int]) -> list[tuple[int, int]]:
         """(verdict, key or -1) per frame, the engine's per-frame way."""
@@ -594,6 +598,68 @@ def test_by_value_modes_over_one_cpu_skip_the_values(
         assert one == bench.per_frame(
             make_program(mode, bench.cmap, [cpu], vectorized=False), where
         )
+
+
+def _ride(bench: Bench, frames: Sequence[bytes], where: Sequence[int]) -> bool:
+    """Give each frame the hash the RX side's record walk would: the skb's, kind and all,
+    where the skb reaches an IP header (HASH_NONE elsewhere).  Whether every frame rides."""
+    pool = bench.pool
+    every = True
+    for i in where:
+        skb = Skb(
+            bytes(pool.data[i, pool.headroom : pool.headroom + int(pool.length[i])]),
+            linktype=int(pool.linktype[i]),
+        )
+        kind = (HASH_L4 if skb.sport or skb.dport else HASH_L3) if skb.ip_version else HASH_NONE
+        pool.rx_hash[i] = skb.hash
+        pool.hash_type[i] = kind
+        every &= kind != HASH_NONE
+    return every
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(any_frame(), min_size=1, max_size=24),
+    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    cpu=st.integers(0, MAX_ENTRIES + 1),
+    scattered=st.booleans(),
+    data=st.data(),
+)
+def test_none_skipped_is_parse_eth_skipping_nothing(
+    bench: Bench, frames, linktypes, cpu: int, scattered: bool, data: st.DataObject
+) -> None:
+    """Where every frame carries the skb's hash and is Ethernet, parse_eth_np skips none of
+    them -- what the by-value modes' no-parse path over one CPU stands on -- and the modes'
+    verdicts over one CPU are the same with the hash riding as without (the general path)."""
+    where = _where(len(frames), scattered, data)
+    bench.load(frames, where, linktypes[: len(frames)])
+    programs = {m: make_program(m, bench.cmap, [cpu]) for m in ("l4-hash", "l4-sport", "l4-dport")}
+    general = {m: bench.vectorized(p, where) for m, p in programs.items()}
+    _ride(bench, frames, where)
+    batch = XdpBatch(bench.pool, np.asarray(where, dtype=np.uint32))
+    if none_skipped(batch):
+        link = parse_eth_np(batch)
+        assert link.cls is None or not (link.cls == SKIPPED).any()
+    for mode, prog in programs.items():
+        assert bench.vectorized(prog, where) == general[mode], mode
+
+
+def test_none_skipped_reads_no_packet_byte_of_an_ip_batch(bench: Bench) -> None:
+    """A batch of Ethernet IP frames carrying their hash takes the no-parse path; one frame
+    without its hash, or one frame of another link type, sends the batch to the parse."""
+    frames = [v4_udp(1000 + k) for k in range(8)]
+    where = list(range(8))
+    bench.load(frames, where, [1] * 8)
+    prog = make_program("l4-hash", bench.cmap, [2])
+    general = bench.vectorized(prog, where)
+    assert _ride(bench, frames, where)
+    assert none_skipped(XdpBatch(bench.pool, np.arange(8, dtype=np.uint32)))
+    assert bench.vectorized(prog, where) == general == [(XDP_REDIRECT, 2)] * 8
+    bench.pool.hash_type[3] = HASH_NONE  # one frame without: the parse decides
+    assert not none_skipped(XdpBatch(bench.pool, np.arange(8, dtype=np.uint32)))
+    _ride(bench, frames, where)
+    bench.pool.linktype[5] = 101  # raw IP: parse_eth skips it
+    assert not none_skipped(XdpBatch(bench.pool, np.arange(8, dtype=np.uint32)))
 
 
 FLOW_HASH_KEYS = st.one_of(

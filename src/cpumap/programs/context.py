@@ -426,6 +426,11 @@ class XdpBatch:
         return self._pool.linktype[self._where]
 
     @cached_property
+    def hash_type(self) -> np.ndarray:
+        """Each frame's riding hash kind (``HASH_NONE``: none rides), read-only."""
+        return self._pool.hash_type[self._where]
+
+    @cached_property
     def _uniform_headroom(self) -> bool:
         """Every frame's packet starts at the pool's headroom (the usual case)."""
         return bool((self._pool.headroom_col[self.index] == self._pool.headroom).all())

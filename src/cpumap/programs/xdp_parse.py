@@ -286,6 +286,19 @@ def _all(col: np.ndarray, value: int) -> bool:
     return col.tobytes() == pattern
 
 
+def none_skipped(batch: XdpBatch) -> bool:
+    """True when :func:`parse_eth_np` would skip no frame of ``batch``, known from the
+    descriptors alone -- no packet byte read: every frame is Ethernet and carries a riding
+    hash (``hash_type != HASH_NONE``).  A riding hash is the skb's, so its frame's parse
+    reached an IP header; ``parse_eth`` skips only frames that are not Ethernet, shorter
+    than an Ethernet header, cut inside a VLAN tag, or 802.3 length frames -- none of which
+    has an IP header for the skb (skb/frame.py reads an 802.3 frame as LLC).  False says
+    nothing: parse.  Held by tests/programs/test_steering.py
+    (test_none_skipped_is_parse_eth_skipping_nothing)."""
+    types = batch.hash_type
+    return bool(types.all()) and _all(batch.linktype, LINKTYPE_ETHERNET)
+
+
 def _ethertype(rows: np.ndarray, col: int) -> np.ndarray:
     return rows[:, col : col + 2].view(BE16)[:, 0]
 
