@@ -159,3 +159,19 @@ def test_the_merge_reads_as_a_full_sort_whatever_is_read_first(top: int) -> None
     assert merge_flow_tables([legacy(r) for r in reports]) == expected
     assert merge_flow_tables([reports[0], legacy(reports[1]), reports[2]]) == expected
     assert merge_flow_tables([]) == []
+
+
+def test_a_report_reads_as_the_dict_it_was() -> None:
+    from tests.test_sinks import batches
+
+    table = FlowTable(max_flows=20)
+    table.setup(info(4))
+    for b in batches(300, 100, flows=50):
+        table(b)
+    report = table.finish()
+    as_dict = {"cpu": 4, "flows": table.flows}
+    assert report == as_dict and as_dict == report
+    assert dict(report) == as_dict and set(report) == {"cpu", "flows"}
+    assert report.get("flows") == as_dict["flows"] and report.get("nothing") is None
+    assert "flows" in report and (report or {}).get("cpu") == 4
+    assert report.rows() == 21  # 20 flows and "other"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -175,26 +175,27 @@ def _endpoint_of(address: bytes, port: int, version: int) -> str:
 OTHER_HASH: Final = -1  # the "other" entry's hash: flows beyond max_flows
 
 
-@dataclass
-class FlowTableReport:
+@dataclass(eq=False)
+class FlowTableReport(Mapping[str, Any]):
     """What a :class:`FlowTable` reports from its worker: the table as numpy columns, in
     hash order -- one pickle of a few arrays however many flows (not an object per flow).
 
-    ``hashes`` (uint32), ``packets``, ``bytes`` (int64) and ``keys`` (:data:`FLOW_KEY`) are
+    ``hashes`` (uint32), ``packets``, ``bytes`` (int64) and ``flow_keys`` (:data:`FLOW_KEY`) are
     one row per flow; ``other_packets``/``other_bytes`` count the flows beyond max_flows.
     A flow is described (formatted) only when asked: :meth:`describe`, or :attr:`flows`.
-    ``report["cpu"]`` and ``report["flows"]`` read as the dict FlowTable reported before.
+    As a mapping it reads as the dict FlowTable reported before: ``{"cpu": N, "flows":
+    {hash: FlowStats}}`` (``report["flows"]``, ``.get("flows")``, ``==`` a dict).
     """
 
     cpu: int
     hashes: np.ndarray
     packets: np.ndarray
     bytes: np.ndarray
-    keys: np.ndarray
+    flow_keys: np.ndarray  # not "keys": the mapping has a keys()
     other_packets: int = 0
     other_bytes: int = 0
 
-    def __len__(self) -> int:
+    def rows(self) -> int:
         """The rows: the flows, and "other" where it counted any."""
         return len(self.hashes) + (1 if self.other_packets else 0)
 
@@ -202,19 +203,19 @@ class FlowTableReport:
         """(protocol, a, b) of row ``row`` (the last row past the flows: "other")."""
         if row >= len(self.hashes):
             return "other", "-", "-"
-        return describe_key(self.keys[row])
+        return describe_key(self.flow_keys[row])
 
     def cpus_of(self, row: int) -> set[int]:
         """The CPUs of row ``row``: this table's, none for "other" (as before)."""
         return set() if row >= len(self.hashes) else {self.cpu}
 
     def row_hashes(self) -> np.ndarray:
-        """int64 ``[len(self)]``: each row's hash, :data:`OTHER_HASH` for "other"."""
+        """int64 ``[self.rows()]``: each row's hash, :data:`OTHER_HASH` for "other"."""
         hashes = self.hashes.astype(np.int64)
         return np.append(hashes, OTHER_HASH) if self.other_packets else hashes
 
     def row_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """int64 ``[len(self)]`` each: each row's packets and bytes."""
+        """int64 ``[self.rows()]`` each: each row's packets and bytes."""
         if not self.other_packets:
             return self.packets, self.bytes
         return np.append(self.packets, self.other_packets), np.append(self.bytes, self.other_bytes)
@@ -239,6 +240,12 @@ class FlowTableReport:
         if name == "flows":
             return self.flows
         raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("cpu", "flows"))
+
+    def __len__(self) -> int:
+        return 2
 
 
 class FlowTable:
@@ -397,7 +404,7 @@ class _DictReport:
         self._stats = list(flows.values())
         self._hashes = np.fromiter(flows, dtype=np.int64, count=len(flows))
 
-    def __len__(self) -> int:
+    def rows(self) -> int:
         return len(self._stats)
 
     def describe(self, row: int) -> tuple[str, str, str]:
@@ -430,7 +437,7 @@ class MergedFlows(Sequence[FlowStats]):
 
     def __init__(self, reports: Sequence[Any]) -> None:
         self._reports = list(reports)
-        sizes = [len(r) for r in self._reports]
+        sizes = [r.rows() for r in self._reports]
         hashes = np.concatenate([r.row_hashes() for r in self._reports] or [np.zeros(0, int)])
         counts = [r.row_counts() for r in self._reports]
         packets = np.concatenate([c[0] for c in counts] or [np.zeros(0, np.int64)])
