@@ -8,7 +8,9 @@ whatever slice is read first."""
 
 from __future__ import annotations
 
+import ipaddress
 import pickle
+import struct
 from collections import Counter
 
 import numpy as np
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from cpumap.engine.frame_pool import FramePool
 from cpumap.programs.contract import WorkerInfo
 from cpumap.sinks import (
+    FLOW_KEY,
     FlowStats,
     FlowTable,
     FlowTableReport,
@@ -175,3 +178,26 @@ def test_a_report_reads_as_the_dict_it_was() -> None:
     assert report.get("flows") == as_dict["flows"] and report.get("nothing") is None
     assert "flows" in report and (report or {}).get("cpu") == 4
     assert report.rows() == 21  # 20 flows and "other"
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.one_of(
+        st.binary(min_size=16, max_size=16),
+        # Zero runs of every length and place, and the IPv4-mapped/-compatible prefixes.
+        st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0xABC]), min_size=8, max_size=8).map(
+            lambda hs: struct.pack(">8H", *hs)
+        ),
+        st.binary(min_size=4, max_size=4).map(lambda v4: bytes(10) + b"\xff\xff" + v4),
+        st.binary(min_size=4, max_size=4).map(lambda v4: bytes(12) + v4),
+    ),
+    st.sampled_from([0, 53]),
+)
+def test_an_ipv6_endpoint_reads_as_ipaddress_writes_it(address: bytes, port: int) -> None:
+    ip = str(ipaddress.IPv6Address(address))
+    expected = f"[{ip}]:{port}" if port else ip
+    key = np.zeros(1, dtype=FLOW_KEY)
+    key["ip_version"], key["ip_proto"], key["sport"], key["dport"] = 6, 17, port, port
+    key["src"][0] = np.frombuffer(address, dtype=np.uint8)
+    key["dst"][0] = 255
+    assert expected in describe_key(key[0])[1:]
