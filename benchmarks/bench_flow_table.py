@@ -156,18 +156,22 @@ def main() -> None:
     batches = load_batches(a.capture, a.frames)
     frames = sum(len(b) for b in batches)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {frames:,} frames")
-    times: dict[str, list[float]] = {k: [] for k in ("admit A", "admit B", "end A", "end B")}
+    phases = ("first batch", "admit", "end")
+    times: dict[str, list[float]] = {f"{p} {k}": [] for p in phases for k in "AB"}
     for rep in range(a.reps):
         order = [("A", DescribingFlowTable, merge_described), ("B", FlowTable, merge_flow_tables)]
         for name, kind, merge in order if rep % 2 == 0 else order[::-1]:
+            times[f"first batch {name}"].append(admit(kind, batches[:1])[0])
             seconds, table = admit(kind, batches)
             times[f"admit {name}"].append(seconds)
             times[f"end {name}"].append(end(table, merge))
-    flows = len(FlowTable.finish(admit(FlowTable, batches)[1]))
-    print(f"{flows:,} flows; A: describe per new flow (as on main), B: keys, described on read")
-    for phase in ("admit", "end"):
+    flows = len(admit(FlowTable, batches)[1].finish().hashes)
+    first = len(np.unique(batches[0].hash))
+    print(f"{flows:,} flows ({first} new in the first batch of {len(batches[0])});")
+    print("A: describe per new flow (as on main), B: keys, described on read")
+    for phase in phases:
         ma, mb = statistics.median(times[f"{phase} A"]), statistics.median(times[f"{phase} B"])
-        print(f"{phase:6} A {ma * 1e3:8.2f} ms  B {mb * 1e3:8.2f} ms  A/B {ma / mb:5.2f}x")
+        print(f"{phase:11} A {ma * 1e3:8.2f} ms  B {mb * 1e3:8.2f} ms  A/B {ma / mb:5.2f}x")
 
 
 if __name__ == "__main__":
