@@ -110,7 +110,7 @@ def flow_keys(batch: SkbBatch, frames: np.ndarray) -> np.ndarray:
         return keys
     lengths = batch.length[frames]
     rows = np.zeros((k, max(int(lengths.max()), 1)), dtype=np.uint8)
-    # One copy per new flow (~1 µs): the frame's bytes, where they lie (no gather of the
+    # One copy per new flow: the frame's bytes, where they lie (no gather of the
     # batch's rows for a few of them).
     for j, i in enumerate(frames.tolist()):
         data = batch.data(i)
