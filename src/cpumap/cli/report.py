@@ -98,7 +98,8 @@ class RunReport:
     stopped_by: str | None
     error: str | None  # the source's (or the merge's) failure
     exit_status: ExitStatus
-    flows: tuple[FlowStats, ...] = ()  # the flow tables of every entry, merged
+    # The flow tables of every entry, merged (a MergedFlows: each flow described as read).
+    flows: Sequence[FlowStats] = ()
     cluster: ClusterFacts | None = None
     stopped_at_once: str | None = None  # the second signal: workers killed, not drained
 
@@ -232,8 +233,9 @@ def _polls(stats: MapStats, producer: int) -> int:
     return next((p.polls for p in stats.producers if p.producer == producer), 0)
 
 
-def _flows(config: RunConfig, results: Iterable[Any]) -> tuple[FlowStats, ...]:
-    return tuple(merge_flow_tables(results)) if config.handler.name == "flow-table" else ()
+def _flows(config: RunConfig, results: Iterable[Any]) -> Sequence[FlowStats]:
+    # Lazy: the summary formats only the flows it shows (its top N), not every flow.
+    return merge_flow_tables(results) if config.handler.name == "flow-table" else ()
 
 
 def local_exit_status(
