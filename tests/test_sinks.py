@@ -7,6 +7,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cpumap import CpuMap, FlowHash, PacketBatch, possible_cpus
 from cpumap.capture import open_capture, write_capture
@@ -22,6 +24,7 @@ from cpumap.sinks import (
     describe_flow,
     merge_captures,
     merge_flow_tables,
+    sorted_unique,
 )
 from cpumap.skb import Skb, SkbBatch
 from tests.helpers import udp_frame
@@ -198,3 +201,11 @@ def test_merge_joins_cpus_and_sorts_by_packets() -> None:
         ("TCP", 6, 60, {1}),
     ]
     assert a.packets == 5  # the reports are not changed
+
+
+@given(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 9), max_size=300))
+def test_sorted_unique_is_np_unique(values: list[int]) -> None:
+    """The flow table's unique (no numpy.ma import on a worker's first batch) is np.unique."""
+    a = np.asarray(values, dtype=np.uint32)
+    got, want = sorted_unique(a), np.unique(a)
+    assert got.dtype == want.dtype and np.array_equal(got, want)

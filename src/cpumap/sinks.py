@@ -208,6 +208,19 @@ def _ipv6_text(address: bytes) -> str:
 OTHER_HASH: Final = -1  # the "other" entry's hash: flows beyond max_flows
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` of a 1-D array: sorted, each value once.  Not np.unique itself
+    on the worker's first batch: numpy 2's checks whether its input is a masked array, which
+    imports numpy.ma (~40 ms) -- in a worker, while the RX side waits on its full ring."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
+
+
 @dataclass(eq=False)
 class FlowTableReport(Mapping[str, Any]):
     """What a :class:`FlowTable` reports from its worker: the table as numpy columns, in
@@ -355,7 +368,7 @@ class FlowTable:
         room = self.max_flows - len(self._hashes)
         if room <= 0:
             return
-        fresh = np.unique(new)[:room]
+        fresh = sorted_unique(new)[:room]
         hashes = batch.hash
         # The last frame of each hash: the first of the reversed batch.
         seen, first_reversed = np.unique(hashes[::-1], return_index=True)
