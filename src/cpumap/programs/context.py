@@ -428,7 +428,7 @@ class XdpBatch:
     @cached_property
     def hash_type(self) -> np.ndarray:
         """Each frame's riding hash kind (``HASH_NONE``: none rides), read-only."""
-        return self._pool.hash_type[self._where]
+        return self._pool.desc["hash_type"][self._where]  # any pool-like: its records
 
     @cached_property
     def _uniform_headroom(self) -> bool:
