@@ -155,7 +155,9 @@ def test_a_producer_process_killed_with_frames_lent_gives_them_all_back() -> Non
             proc.kill()
             proc.join(30)
         lo, hi = m.pool.partition_range(1)
-        assert (m.pool.tag[lo:hi] == TAG_KERNEL).sum() == (hi - lo) - 32
+        lent = int((m.pool.tag[lo:hi] == TAG_KERNEL).sum())
+        # Still lent -- unless the supervisor has already seen the death and taken them back.
+        assert lent == (hi - lo) - 32 or (lent == 0 and m.stats().producer_deaths == 1), lent
         wait_for(lambda: m.stats().producer_deaths == 1)  # the supervisor recovers it
         s = balanced(m)
         assert s.rx == 32 and s.xdp_drop == 32 and s.lost == 0
