@@ -19,7 +19,8 @@ Modules: ``frame`` (:class:`Skb` and the per-frame parser), ``batch`` (:class:`S
 the general path), ``fast_path`` (the batch parser's fixed-layout path), ``view``
 (:class:`SkbView`: a per-frame skb reading its fields from a batch's columns, what the
 worker hands a per-frame handler), ``build`` (the skbs of frames in a frame pool:
-:func:`skb_batch`, :func:`frame_skbs`), ``headers``, ``flow_hash``, ``interop``.
+:func:`skb_batch`, :func:`frame_skbs`), ``rows`` (the bytes a batch parses, gathered from
+the pool on first need), ``headers``, ``flow_hash``, ``interop``.
 """
 
 from __future__ import annotations
