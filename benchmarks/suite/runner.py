@@ -94,7 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"live: the map's ring per CPU, every row (default {live.LiveOptions.qsize})",
     )
+    ap.add_argument(
+        "--live-queues",
+        default="",
+        metavar="LIST",
+        help="live: AF_XDP with one RX producer per RX queue, a row per count against one "
+        "queue (e.g. 1,2,4; counts this machine lacks CPUs for are skipped with the reason)",
+    )
     return ap
+
+
+def queue_counts(text: str) -> list[int]:
+    """``--live-queues``: counts of RX queues, e.g. ``1,2,4`` (ValueError otherwise)."""
+    counts = [int(q) for q in text.split(",") if q.strip()]
+    if any(n < 1 for n in counts):
+        raise ValueError(text)
+    return counts
 
 
 def machine() -> dict[str, Any]:
@@ -410,9 +425,12 @@ class Bench:
         growth = ", ".join(f"{k} {100 * g:+.1f}%" for k, g in out["growth"].items())
         self.say(f"  RSS growth after warm-up: {growth} ({out['fps'] / 1e6:.2f} M frames/s)")
 
-    def live(self, rate: float, qsize: int = live.LiveOptions.qsize) -> None:
+    def live(
+        self, rate: float, qsize: int = live.LiveOptions.qsize, queues: Sequence[int] = ()
+    ) -> None:
         """The live path: the same offered load through TPACKET_V3, AF_XDP and the kernel's
-        cpumap, in rounds (``suite.live``)."""
+        cpumap, in rounds (``suite.live``); and with ``queues``, AF_XDP with one RX producer
+        per queue, a row per count, each against one queue of the same round."""
         if "live" not in self.sections:
             return
         opts = live.LiveOptions(rate=rate or None, window_s=self.sizes.live_window_s, qsize=qsize)
@@ -453,8 +471,26 @@ class Bench:
                     baseline="live.tpacket",
                     skip=why,
                 ),
+                *(self._queue_spec(opts, n, why, queues[0]) for n in queues),
             ],
             repeat=self.sizes.live_rounds,
+        )
+
+    @staticmethod
+    def _queue_spec(opts: live.LiveOptions, n: int, why: str | None, first: int) -> Spec:
+        """The AF_XDP row with ``n`` RX queues (``suite.live.af_xdp_queues_row``), against
+        the first count's row of the same round."""
+        where = live.queue_cpus(n)
+        return Spec(
+            f"live.af_xdp_q{n}",
+            "live",
+            "live",
+            f"live: AF_XDP, {n} RX queue(s), one RX producer each (--queues all)",
+            lambda: live.af_xdp_queues_row(opts, n),
+            baseline=f"live.af_xdp_q{first}",
+            skip=why
+            or live.af_xdp_unavailable_reason()
+            or (where if isinstance(where, str) else None),
         )
 
     def _two_cpus(self) -> str | None:
@@ -507,6 +543,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--live-rate must be >= 0 frames/s (0: as fast as it goes)")
     if not 1 <= args.live_qsize <= 16384:
         build_parser().error("--live-qsize must be in 1..16384 (the map's ring per CPU)")
+    try:
+        queues = queue_counts(args.live_queues)
+    except ValueError:
+        build_parser().error("--live-queues takes counts of RX queues, e.g. 1,2,4")
     sizes = (QUICK if args.quick else FULL).scaled(args.scale)
     if args.repeat:
         sizes = replace(sizes, repeat=max(args.repeat, 1), live_rounds=max(args.repeat, 1))
@@ -527,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.batch_paths()
     bench.main_job(args.capture, args.keep_capture)
     bench.rss()
-    bench.live(args.live_rate, args.live_qsize)
+    bench.live(args.live_rate, args.live_qsize, queues)
     m["load_after"] = round(os.getloadavg()[0], 2)
     bench.finish_rows()
     result = {

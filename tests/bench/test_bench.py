@@ -125,6 +125,34 @@ def test_bad_scale_is_a_usage_error() -> None:
     assert e.value.code == 2
 
 
+@pytest.mark.parametrize("queues", ["a", "1,x", "0", "2,-1"])
+def test_bad_live_queues_are_a_usage_error(queues: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--only", "live", "--live-queues", queues])
+    assert e.value.code == 2
+
+
+def test_live_queue_rows_are_measured_against_the_first_count_or_skipped_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--live-queues 1,64``: a row per count, against the first count's; a count this
+    machine lacks the CPUs for is skipped with the reason.  The rows are built, not run
+    (a live row needs minutes and a veth pair: ``bench_live.py --queues`` runs them)."""
+    from rich.console import Console
+
+    from suite import live
+    from suite.runner import QUICK, Bench
+
+    specs: list = []
+    monkeypatch.setattr(Bench, "rounds", lambda self, s, repeat: specs.extend(s))
+    Bench(QUICK, Console(quiet=True), True, ["live"]).live(1e6, 2048, [1, 64])
+    rows = {s.key: s for s in specs if s.key.startswith("live.af_xdp_q")}
+    assert set(rows) == {"live.af_xdp_q1", "live.af_xdp_q64"}
+    assert {s.baseline for s in rows.values()} == {"live.af_xdp_q1"}
+    why = live.unavailable_reason() or live.af_xdp_unavailable_reason()
+    assert rows["live.af_xdp_q64"].skip == (why or "64 RX queues need CPUs 0..63")
+
+
 # -- `cpumap bench`: the CLI finds the checkout's suite -----------------------------------------
 
 
