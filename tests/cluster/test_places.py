@@ -65,6 +65,25 @@ def test_fill_cuts_what_does_not_fit_as_the_engine_does() -> None:
     assert (block.length[:4] == 768).all() and (block.wire_len[:4] == 1514).all()
 
 
+def test_a_reused_block_carries_no_stale_hash() -> None:
+    """A source fills the same block poll after poll; a hash that rode on the last poll's
+    frames (a program computed it: programs/context.py lets it ride) must not ride on this
+    poll's: the skb's hash is the new frames' own."""
+    from cpumap.skb import Skb
+
+    gen = Generator(flows=64, sizes=(64, 200), seed=3, count=16, undersize="clamp")
+    first, second = gen.batches(8)
+    block = FrameBlock.empty(8)
+    fill(block, first)
+    block.desc["rx_hash"][:8] = 12345  # as a program would have let it ride
+    block.desc["hash_type"][:8] = 3
+    fill(block, second)
+    idx = np.arange(8, dtype=np.uint32)
+    assert (block.desc["hash_type"][:8] == 0).all()
+    want = [Skb(bytes(block.packet(i))).hash for i in range(8)]
+    assert skb_batch(block, idx).hash.tolist() == want
+
+
 def test_default_places_leave_the_first_cpu_of_a_reading_node_to_its_sources() -> None:
     """As a local run leaves its RX CPU to the producer: a node that reads files keeps its
     first CPU free of entries (when it has another); the other nodes give every CPU."""

@@ -114,6 +114,10 @@ def fill(block: FrameBlock, batch: PacketBatch) -> int:
     d["linktype"][:n] = batch.linktype
     d["headroom"][:n] = h
     d["meta_len"][:n] = 0
+    d["hops"][:n] = 0
+    # A source reuses its block poll after poll, and a program may have let a hash it
+    # computed ride on the last poll's frames: none may ride on this poll's (as _fill).
+    d["hash_type"][:n] = 0  # HASH_NONE
     return cut
 
 
