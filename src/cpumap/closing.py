@@ -8,6 +8,7 @@ the ``__enter__``/``__exit__`` pair again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Self
 
@@ -22,3 +23,21 @@ class Closing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ClosedWhenCollected(Closing):
+    """:class:`Closing` for what must not outlive its object even when nobody closes it --
+    a socket bound to an interface, a mapping the kernel writes into, an XDP attachment,
+    a process: ``__del__`` closes it (errors ignored: the interpreter may be tearing
+    down, and ``__init__`` may have failed half way), and ``closed`` reads ``_closed``,
+    which the subclass's ``close()`` sets."""
+
+    _closed: bool
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -92,7 +92,7 @@ import numpy as np
 
 from .. import _atomics
 from ..abi import ETH_P_8021Q, ETH_P_ALL
-from ..closing import Closing
+from ..closing import ClosedWhenCollected
 from ..errors import ClosedResourceError
 from ..packets import PacketBatch
 from .if_packet import (
@@ -193,7 +193,7 @@ class LiveStatistics:
     """Ring blocks consumed (a block with no frames gives no batch)."""
 
 
-class LiveSource(Closing):
+class LiveSource(ClosedWhenCollected):
     """Packets from one interface, in batches, through a TPACKET_V3 ring.
 
     Parameters (bad values raise ``ValueError`` with the rule they break):
@@ -386,14 +386,6 @@ class LiveSource(Closing):
         with contextlib.suppress(BufferError):
             self._map.close()
         self._sock.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def fileno(self) -> int:
         """The socket's fd, for an external poll loop (readable: a block may be ready)."""

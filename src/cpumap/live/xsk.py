@@ -107,7 +107,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ..closing import Closing
+from ..closing import ClosedWhenCollected, Closing
 from ..errors import ClosedResourceError, Error
 from .if_xdp import (
     AF_XDP,
@@ -527,7 +527,7 @@ def _zero_copy(sock: socket.socket) -> bool:
     return bool(xdp_options.from_buffer_copy(raw).flags & XDP_OPTIONS_ZEROCOPY)
 
 
-class XskSocket(Closing):
+class XskSocket(ClosedWhenCollected):
     """An AF_XDP socket bound to one queue of one interface, over a :class:`Umem`.
 
     ``interface``: name or ifindex, in the calling thread's network namespace; ``queue``:
@@ -665,14 +665,6 @@ class XskSocket(Closing):
         self._closed = True
         self.umem.detach(self)
         self._release()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _check_open(self) -> None:
         if self._closed:

@@ -74,7 +74,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..closing import Closing
+from ..closing import ClosedWhenCollected
 from ..cpus import possible_cpus
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpError, XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
@@ -114,7 +114,7 @@ def _forget_in_children() -> None:
 os.register_at_fork(after_in_child=_forget_in_children)
 
 
-class XskQueues(Closing):
+class XskQueues(ClosedWhenCollected):
     """RX queues ``queues`` (default: every one) of ``interface``, one producer each.
 
     ``rx``: the first queue's producer (this thread polls it).  ``twin``: makes a
@@ -385,14 +385,6 @@ class XskQueues(Closing):
             if self._link is not None:
                 self._link.close()
             self._stack.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _check_open(self) -> None:
         if self._stopped:

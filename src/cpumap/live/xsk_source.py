@@ -124,7 +124,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..abi import LINKTYPE_ETHERNET
-from ..closing import Closing
+from ..closing import ClosedWhenCollected
 from ..errors import ClosedResourceError
 from ..kernel.xdp import XdpLink, XdpMode, XskMap, attach, xsk_redirect_program
 from .if_xdp import XDP_PACKET_HEADROOM
@@ -216,7 +216,7 @@ class XskSourceStatistics:
         return self.rx_dropped + self.rx_ring_full
 
 
-class XskSource(Closing):
+class XskSource(ClosedWhenCollected):
     """Every RX queue of ``interface`` (or ``queues``) through AF_XDP into ``rx``.
 
     ``rx``: the producer whose partition lends the frames (its pool is the UMEM).
@@ -589,14 +589,6 @@ class XskSource(Closing):
         self._stopped = self._closed = True
         with contextlib.suppress(Exception):
             self._teardown()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _check_open(self) -> None:
         if self._stopped:
