@@ -576,14 +576,19 @@ def _where(n: int, scattered: bool, data: st.DataObject) -> list[int]:
     return list(range(first, first + n))
 
 
+# Batches over one CPU: frames of any kind (mostly Ethernet), in consecutive or scattered
+# frames, to a CPU in or out of the table's range.
+ONE_CPU_BATCHES = {
+    "frames": st.lists(any_frame(), min_size=1, max_size=24),
+    "linktypes": st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
+    "cpu": st.integers(0, MAX_ENTRIES + 1),
+    "scattered": st.booleans(),
+    "data": st.data(),
+}
+
+
 @settings(max_examples=100, deadline=None)
-@given(
-    frames=st.lists(any_frame(), min_size=1, max_size=24),
-    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
-    cpu=st.integers(0, MAX_ENTRIES + 1),
-    scattered=st.booleans(),
-    data=st.data(),
-)
+@given(**ONE_CPU_BATCHES)
 def test_by_value_modes_over_one_cpu_skip_the_values(
     bench: Bench, frames, linktypes, cpu: int, scattered: bool, data: st.DataObject
 ) -> None:
@@ -618,13 +623,7 @@ def _ride(bench: Bench, frames: Sequence[bytes], where: Sequence[int]) -> bool:
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    frames=st.lists(any_frame(), min_size=1, max_size=24),
-    linktypes=st.lists(st.sampled_from([1, 1, 1, 101]), min_size=24, max_size=24),
-    cpu=st.integers(0, MAX_ENTRIES + 1),
-    scattered=st.booleans(),
-    data=st.data(),
-)
+@given(**ONE_CPU_BATCHES)
 def test_none_skipped_is_parse_eth_skipping_nothing(
     bench: Bench, frames, linktypes, cpu: int, scattered: bool, data: st.DataObject
 ) -> None:
