@@ -22,26 +22,22 @@ import subprocess
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from cpumap import CpuMap
-from cpumap.abi import XDP_REDIRECT
 from cpumap.cpus import usable_cpus
 from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, TrafficGen
-from cpumap.kernel.xdp import link_state
 from cpumap.live import XskError
 from cpumap.live.netns import VethPair
 from cpumap.live.xsk_queues import XskQueues
-from cpumap.programs import vectorized
 from tests.helpers import CPUMAP_SCRIPT, assert_usage_error, pid_gone, veth_unavailable, wait_for
 from tests.helpers import cpumap as run_cpumap
+from tests.live.xsk_helpers import CPU, Queues, to_cpu, xdp_attached, xdp_sockets
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 CPUS = sorted(usable_cpus())[:2]
-CPU = CPUS[0]
 DEADLINE_S = 30.0
 
 _REASON = veth_unavailable("network namespaces, AF_XDP sockets and XDP programs", bpf=True)
@@ -49,27 +45,6 @@ if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
 if len(CPUS) < 2:
     pytest.skip("two CPUs are needed to send into both RX queues", allow_module_level=True)
-
-
-@vectorized
-def to_cpu(batch) -> tuple[np.ndarray, np.ndarray]:
-    """Every frame to entry ``CPU``."""
-    n = len(batch)
-    return np.full(n, XDP_REDIRECT, dtype=np.uint8), np.full(n, CPU, dtype=np.uint32)
-
-
-class Queues:
-    """A handler that counts frames by the RX queue they came in on."""
-
-    def __init__(self) -> None:
-        self.by_queue: dict[int, int] = {}
-
-    def __call__(self, skb) -> bool:
-        self.by_queue[skb.rx_queue] = self.by_queue.get(skb.rx_queue, 0) + 1
-        return True
-
-    def finish(self) -> dict[int, int]:
-        return self.by_queue
 
 
 def frames(pair: VethPair) -> list[bytes]:
@@ -100,19 +75,6 @@ def receive_until(qs: XskQueues, done: Callable[[], bool]) -> None:
         qs.poll(0.01)
 
 
-def attached(pair: VethPair) -> int:
-    with pair.in_local():
-        return link_state(pair.local.ifname).xdp_attached
-
-
-def xdp_sockets(pair: VethPair) -> int:
-    with pair.in_local(), open("/proc/thread-self/net/protocols") as f:
-        for line in f:
-            if line.split()[0] == "XDP":
-                return int(line.split()[2])
-    raise AssertionError("no XDP line in /proc/net/protocols")
-
-
 def open_queues(pair: VethPair, m: CpuMap, rx, **kw) -> XskQueues:
     with pair.in_local():
         return XskQueues(
@@ -129,14 +91,14 @@ def test_each_queue_has_its_producer_and_the_books_are_exact(two_queue_pair) -> 
             qs = open_queues(pair, m, rx)
             with qs:
                 assert qs.queues == (0, 1) and len(qs.pids) == 1 and not qs.zero_copy
-                assert attached(pair) and xdp_sockets(pair) == 2
+                assert xdp_attached(pair) and xdp_sockets(pair) == 2
                 reached = send_from_each_cpu(pair, data, 1000)
                 receive_until(qs, lambda: qs.statistics().received + qs.drops >= reached)
                 qs.stop()
                 stats = qs.statistics()
             (pid,) = qs.pids
             assert pid_gone(pid) and qs.deaths == 0
-            assert not attached(pair) and xdp_sockets(pair) == 0
+            assert not xdp_attached(pair) and xdp_sockets(pair) == 0
             m.wait_idle(DEADLINE_S)
             s = m.stats()
     by_queue = {q: n for r in m.results for q, n in (r.result or {}).items()}
@@ -171,9 +133,9 @@ def test_a_queue_process_killed_costs_what_it_held_and_close_detaches(two_queue_
                     DEADLINE_S,
                     "the dead producer's partition recovered",
                 )
-                assert attached(pair)  # the first queue still receives
+                assert xdp_attached(pair)  # the first queue still receives
             assert qs.deaths == 1
-            assert not attached(pair) and xdp_sockets(pair) == 0
+            assert not xdp_attached(pair) and xdp_sockets(pair) == 0
             m.wait_idle(DEADLINE_S)
             s = m.stats()
     assert s.rx == sum(s.outcomes().values()) and s.in_flight == 0
@@ -185,7 +147,7 @@ def test_a_queue_the_device_lacks_is_refused_and_nothing_is_left(two_queue_pair)
     with CpuMap(CPU + 1, frames=8192, producers=3) as m, m.producer(to_cpu) as rx:
         with pytest.raises(XskError) as e:
             open_queues(pair, m, rx, queues=(0, 1, 5))
-        assert not attached(pair) and xdp_sockets(pair) == 0
+        assert not xdp_attached(pair) and xdp_sockets(pair) == 0
         assert m.pool.audit().kernel == 0
     assert e.value.errno == errno.EINVAL and "queue" in e.value.strerror
     assert m.pool.audit().whole, m.pool.audit()
@@ -204,7 +166,7 @@ def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pai
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
+        wait_for(lambda: xdp_attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
         reached = send_from_each_cpu(pair, data, 5000)
         out, err = run.communicate(timeout=120)
     finally:
@@ -213,7 +175,7 @@ def test_the_cli_runs_a_producer_per_queue_and_the_books_are_exact(two_queue_pai
             run.communicate()
     assert run.returncode == 0, out + err
     summary = json.loads(out.strip().splitlines()[-1])
-    assert not attached(pair) and xdp_sockets(pair) == 0
+    assert not xdp_attached(pair) and xdp_sockets(pair) == 0
     rx = summary["rx"]
     assert summary["accounted"] is True and rx == sum(summary["outcomes"].values())
     assert rx + summary["source_drops"] == reached == 10_000
@@ -227,7 +189,7 @@ def test_a_queue_the_device_lacks_is_one_line_and_status_2(two_queue_pair) -> No
         "1", netns=pair.local.netns, timeout=120,
     )  # fmt: skip
     assert_usage_error(r, "queue")
-    assert not attached(pair) and xdp_sockets(pair) == 0
+    assert not xdp_attached(pair) and xdp_sockets(pair) == 0
 
 
 def test_a_queue_that_is_not_a_number_is_refused_by_the_parser() -> None:
@@ -248,7 +210,7 @@ def test_a_signalled_controller_leaves_nothing_on_the_interface(two_queue_pair, 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
+        wait_for(lambda: xdp_attached(pair) or run.poll() is not None, DEADLINE_S, "the attach")
         wait_for(lambda: xdp_sockets(pair) == 2, DEADLINE_S, "a socket per queue")
         os.kill(run.pid, sig)  # `ip netns exec` execs cpumap: the same pid
         out, err = run.communicate(timeout=120)
@@ -256,7 +218,7 @@ def test_a_signalled_controller_leaves_nothing_on_the_interface(two_queue_pair, 
         if run.poll() is None:
             run.kill()
             run.communicate()
-    wait_for(lambda: not attached(pair) and xdp_sockets(pair) == 0, DEADLINE_S, "nothing left")
+    wait_for(lambda: not xdp_attached(pair) and xdp_sockets(pair) == 0, DEADLINE_S, "nothing left")
     if sig == signal.SIGINT:
         assert run.returncode == 130, out + err
         summary = json.loads(out.strip().splitlines()[-1])

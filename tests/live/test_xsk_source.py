@@ -32,24 +32,24 @@ import numpy as np
 import pytest
 
 from cpumap import CpuMap
-from cpumap.abi import LINKTYPE_ETHERNET, XDP_REDIRECT
+from cpumap.abi import LINKTYPE_ETHERNET
 from cpumap.cpus import usable_cpus
 from cpumap.engine.frame_pool import TAG_HAND
 from cpumap.engine.rx import RxProducer
 from cpumap.generator import Generator
 from cpumap.kernel.trafficgen import GenOptions, GenResult, TrafficGen
-from cpumap.kernel.xdp import XdpError, XdpMode, link_state
+from cpumap.kernel.xdp import XdpError, XdpMode
 from cpumap.live import Umem, XskError, XskMode, XskSource
 from cpumap.live.if_xdp import XDP_PACKET_HEADROOM
 from cpumap.live.netns import VethPair, ip
 from cpumap.live.xsk_rings import XDP_DESC
 from cpumap.programs import vectorized
 from tests.helpers import pid_gone, veth_unavailable, wait_for
+from tests.live.xsk_helpers import CPU, Queues, to_cpu, xdp_attached, xdp_sockets
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CPU = min(usable_cpus())
 DEADLINE_S = 30.0
 
 
@@ -65,13 +65,6 @@ _REASON = veth_unavailable(
 )
 if _REASON is not None:
     pytest.skip(_REASON, allow_module_level=True)
-
-
-@vectorized
-def to_cpu(batch) -> tuple[np.ndarray, np.ndarray]:
-    """Every frame to entry ``CPU``."""
-    n = len(batch)
-    return np.full(n, XDP_REDIRECT, dtype=np.uint8), np.full(n, CPU, dtype=np.uint32)
 
 
 class Keep:
@@ -136,22 +129,6 @@ def reopened(pair: VethPair, rx: RxProducer, **kw) -> XskSource:
             return None
 
     return wait_for(attempt, DEADLINE_S, "the kernel to let the queue go (EBUSY)")
-
-
-def xdp_attached(pair: VethPair) -> int:
-    """The local end's XDP attach mode (0: nothing attached), read in its namespace."""
-    with pair.in_local():
-        return link_state(pair.local.ifname).xdp_attached
-
-
-def xdp_sockets(pair: VethPair) -> int:
-    """AF_XDP sockets open in the local namespace, by any process: the ``sockets`` column
-    of its ``/proc/net/protocols`` line for XDP (the kernel counts them per namespace)."""
-    with pair.in_local(), open("/proc/thread-self/net/protocols") as f:
-        for line in f:
-            if line.split()[0] == "XDP":
-                return int(line.split()[2])
-    raise AssertionError("no XDP line in /proc/net/protocols")
 
 
 @contextlib.contextmanager
@@ -507,20 +484,6 @@ def test_an_mtu_too_large_for_native_xdp_names_the_fix() -> None:
 
 
 # --- several queues -------------------------------------------------------------------------------
-
-
-class Queues:
-    """A handler that counts frames by the RX queue they came in on."""
-
-    def __init__(self) -> None:
-        self.by_queue: dict[int, int] = {}
-
-    def __call__(self, skb) -> bool:
-        self.by_queue[skb.rx_queue] = self.by_queue.get(skb.rx_queue, 0) + 1
-        return True
-
-    def finish(self) -> dict[int, int]:
-        return self.by_queue
 
 
 def test_every_queue_has_its_socket_and_frames_carry_their_queue(two_queue_pair) -> None:
