@@ -570,19 +570,26 @@ def test_workers_that_keep_every_frame_hand_the_file_to_the_general_path(tmp_pat
     with CpuMap(1, handler=_StallOnce(), frames=256) as m:
         m.update(0, 256)
         with m.producer(_to_cpu0, poll_size=64, frame_wait=0.1, backpressure=10.0) as rx:
-            src = open_placing(path, batch_size=64)
-            assert isinstance(src, MappedCapture)
-            with src:
-                src.attach(rx)
-                while (b := src.next_batch()) is not None:
-                    rx.receive(b)
-                src.detach()
+            src = read_in_place(path, rx, 64)
             assert src.handed_over is not None and 0 < src.placed < 3000
         m.wait_idle(30)
         s = m.stats()
         assert s.rx == 3000 == sum(s.outcomes().values()), s.outcomes()
         assert s.outcomes()["delivered"] + s.outcomes()["no_frame"] == 3000
     assert m.pool.audit().whole
+
+
+def read_in_place(path: Path, rx, batch_size: int) -> MappedCapture:
+    """Read ``path`` in place into ``rx`` to its end, as the CLI's feed loop does; the
+    source, closed."""
+    src = open_placing(path, batch_size=batch_size)
+    assert isinstance(src, MappedCapture)
+    with src:
+        src.attach(rx)
+        while (b := src.next_batch()) is not None:
+            rx.receive(b)
+        src.detach()
+    return src
 
 
 def _mapped_rss(path: Path) -> int:
@@ -615,13 +622,7 @@ def test_the_mapping_does_not_stay_resident_behind_the_walk(tmp_path) -> None:
         return np.full(len(batch), XDP_DROP, dtype=np.uint8)
 
     with CpuMap(1, frames=FRAMES) as m, m.producer(watch, poll_size=POLL) as rx:
-        src = open_placing(path, batch_size=POLL)
-        assert isinstance(src, MappedCapture)
-        with src:
-            src.attach(rx)
-            while (b := src.next_batch()) is not None:
-                rx.receive(b)
-            src.detach()
+        src = read_in_place(path, rx, POLL)
         assert src.placed == 60_000
     assert max(peak) > 1 << 10  # it was watched: the mapping does go resident
     assert max(peak) < 12 << 10, max(peak)  # KiB: not the 80 MB of the file
