@@ -177,3 +177,45 @@ def unpack(parcel: Parcel) -> FrameBlock:
         rows = np.ascontiguousarray(rows)
     head = int(parcel.desc["headroom"].min()) if len(parcel) else 0
     return FrameBlock(rows, parcel.desc, head)
+
+
+class BlockLender:
+    """A frame block lent whole, poll after poll, to a capture read in place
+    (:class:`~cpumap.capture.mapped.MappedCapture`): the part of an RX producer that a
+    mapped capture places into -- ``pool``, ``lend``, ``poll_placed``, ``return_lent``,
+    ``frame_wait``, ``closed``.
+
+    A source task owns its block and reuses it every poll, so the lending is trivial:
+    every frame is free at the start of a poll (the last poll's frames were packed --
+    copied -- before the next poll), ``lend(n)`` lends frames ``0..n-1``, and what the
+    walk placed is frames ``0..placed-1`` (it writes lent frames in the order lent).
+    :meth:`take` hands the poll's placed count to the source and forgets it."""
+
+    frame_wait = 0.0  # every frame is free at each poll: no wait for workers
+    closed = False
+
+    def __init__(self, block: FrameBlock) -> None:
+        self.pool = block
+        self._placed = 0
+        self._truncated = 0
+
+    def lend(self, n: int, *, reclaim: bool = True) -> np.ndarray:
+        """Frames ``0..n-1`` (at most the block's)."""
+        return np.arange(min(n, self.pool.count), dtype=np.uint32)
+
+    def poll_placed(self, idx: np.ndarray, *, truncated: int = 0) -> None:
+        """The walk placed frames ``idx`` (``0..len(idx)-1``), ``truncated`` of them cut."""
+        n = len(idx)
+        if n and (int(idx[0]) != 0 or int(idx[-1]) != n - 1):
+            raise ValueError("a block's placed frames are 0..n-1, in order")
+        self._placed, self._truncated = n, truncated
+
+    def return_lent(self) -> int:
+        """Nothing to take back: the block is the source's alone."""
+        return 0
+
+    def take(self) -> tuple[int, int]:
+        """The frames placed since the last call, and how many of them were cut."""
+        got = self._placed, self._truncated
+        self._placed = self._truncated = 0
+        return got

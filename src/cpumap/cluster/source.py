@@ -3,8 +3,8 @@
 :func:`read_capture` is the body of a Ray task placed on the file's node.  It plays the RX
 producer (``cpumap.engine.rx``) of the local engine, poll by poll::
 
-    read up to poll_size packets                    (cpumap.capture: numpy columns)
-    copy them into a frame block                    (frames.fill: the pool's layout)
+    place up to poll_size records in a frame block  (capture.mapped, read in place:
+                                                     the pool's layout, the skb's hash)
     run the steering program                        (programs.runner.ProgramRunner)
     count DROP / PASS / TX / ABORTED verdicts; a redirect to no entry: redirect_err
     group the redirected frames by key, in order    (one stable argsort)
@@ -69,7 +69,7 @@ import gc
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -78,13 +78,14 @@ from typing import Any
 import numpy as np
 
 from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
-from ..capture import CaptureError, open_capture
+from ..capture import CaptureError
+from ..capture.mapped import MappedCapture, open_placing
 from ..engine.frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM
 from ..programs.cpu_table import CpuTable
 from ..programs.runner import ProgramRunner
 from ..programs.steering import MODES, make_program
 from .actor import REPORT_COUNTERS, Report
-from .frames import FrameBlock, Parcel, fill, pack
+from .frames import BlockLender, FrameBlock, Parcel, fill, pack
 from .places import Place
 
 DEFAULT_POLL_SIZE = 4096  # frames per poll
@@ -542,29 +543,56 @@ def _pump(
     options: SourceOptions,
 ) -> tuple[str | None, float]:
     """Read, steer and send the whole file; the error that stopped it early, if any, and
-    the ``time.time()`` of its first poll (0.0: none)."""
+    the ``time.time()`` of its first poll (0.0: none).
+
+    A regular pcap or pcapng file is read in place, as a local run reads it
+    (``capture/mapped.py``): each poll's records are copied from the file's mapping
+    straight into the source's frame block (:class:`~cpumap.cluster.frames.BlockLender`),
+    with the skb's flow hash riding in their descriptors -- no read into chunks, no
+    second copy, and the entry's flow table reads no packet byte.  Anything else (gzip,
+    a FIFO) and the rest of a file past a record the fast walk will not judge come from
+    the general reader, copied in by :func:`~cpumap.cluster.frames.fill`."""
     block = FrameBlock.empty(options.poll_size, options.frame_size, options.headroom)
     runner = ProgramRunner(program, block, target=keys)
+    lender = BlockLender(block)
     started = 0.0
     try:
-        with open_capture(path, skip_bad=options.skip_bad) as reader:
-            for batch in reader.batches(options.poll_size):
-                started = started or time.time()
-                _poll(batch, block, runner, out, books)
+        with open_placing(path, skip_bad=options.skip_bad, batch_size=options.poll_size) as rd:
+            batches = _batches_in_place(rd, lender) if isinstance(rd, MappedCapture) else None
+            for batch in batches or rd.batches(options.poll_size):
+                if batch is None:  # placed in the block by the walk
+                    n, cut = lender.take()
+                else:
+                    n, cut = len(batch), fill(block, batch)
+                if n:
+                    started = started or time.time()
+                    _poll(n, cut, block, runner, out, books)
     except (CaptureError, OSError) as e:
         return f"{type(e).__name__}: {e}", started
     return None, started
 
 
-def _poll(batch: Any, block: FrameBlock, runner: ProgramRunner, out: Outbox, books: Books) -> None:
-    """One poll: fill, steer, count, group by entry, send."""
-    n = len(batch)
-    if n == 0:
-        return
+def _batches_in_place(reader: MappedCapture, lender: BlockLender) -> Iterator[Any]:
+    """The polls of a file read in place into ``lender``'s block: None for a poll the walk
+    placed itself (:meth:`BlockLender.take` has its frames), else the general reader's
+    batch (after a hand-over)."""
+    reader.attach(lender)
+    try:
+        while (batch := reader.next_batch()) is not None:
+            yield batch if len(batch) else None
+    finally:
+        reader.detach()
+
+
+def _poll(
+    n: int, cut: int, block: FrameBlock, runner: ProgramRunner, out: Outbox, books: Books
+) -> None:
+    """One poll over frames ``0..n-1`` of ``block`` (``cut`` of them truncated): steer,
+    count, group by entry, send."""
     c = books.counters
     c["rx"] += n
     c["polls"] += 1
-    c["truncated"] += fill(block, batch)
+    c["truncated"] += cut
     idx = np.arange(n, dtype=np.uint32)
     v = runner.run(idx, 0)
     for verdict, name in _VERDICT_NAMES:
