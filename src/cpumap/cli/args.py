@@ -502,8 +502,8 @@ BULK_QSIZE = 8192
 
 
 def _bulk(args: argparse.Namespace) -> bool:
-    """A local run of a capture file or the generator: no live interface, no cluster."""
-    return args.iface is None and not args.ray
+    """A capture file or the generator (locally or on a Ray cluster): no live interface."""
+    return args.iface is None
 
 
 def default_qsize(args: argparse.Namespace) -> int:

@@ -94,6 +94,7 @@ from ..programs import contract
 from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
 from .frames import Parcel, unpack
+from .parcel_ring import RingHandle, RingReader, is_ring_part, mark_done
 
 # Per-source counters of an incarnation, in this order (Report.counts).
 REPORT_COUNTERS = (
@@ -125,10 +126,12 @@ class PlacementError(Error, OSError):
 
 @dataclass(slots=True)
 class _Part:
-    """Frames of one source in the queue: the worker's unit of work (one handler call)."""
+    """Frames of one source in the queue: the worker's unit of work (one handler call);
+    ``flag``: the address of its ring region's flag (0: a parcel from the object store)."""
 
     source: int
     parcel: Parcel
+    flag: int = 0
 
 
 class EntryActor:
@@ -191,6 +194,12 @@ class EntryActor:
         self.watchers: list[asyncio.Future[None]] = []
         self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
         self.offering: dict[int, int] = {}  # per source: its offers still taking frames
+        # Parcels in the rings of sources on this node (parcel_ring.py): the rings mapped,
+        # which source's they are, and per region (its flag's address) the frames of it
+        # that have no outcome yet -- the flag says DONE when the count reaches 0.
+        self.rings = RingReader()
+        self.rings_of: dict[int, set[int]] = {}
+        self.region_left: dict[int, int] = {}
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
         self.worker = _start_worker(self, pin, self._progressed)
 
@@ -201,7 +210,7 @@ class EntryActor:
         (drop-and-count), or for a ``lossless`` source taken as room appears, after the
         offers that were waiting before it.  The source's totals."""
         self._bind_loop()
-        rest = [p for p in await _fetched(parts) if len(p)]
+        rest = [p for p in self._parts(source, await _fetched(parts)) if len(p.parcel)]
         if not self._others_waiting():  # nobody before it: what fits goes in now
             rest = self._enqueue(source, rest)
         first_in_line = False
@@ -224,13 +233,23 @@ class EntryActor:
             # (its caller died) after it was woken: the turn must not be lost with it.
             self._wake_next()
         with self.lock:
-            self._counts(source)[1] += sum(len(p) for p in rest)
+            self._counts(source)[1] += sum(len(p.parcel) for p in rest)
             self.calls += 1
+            _regions_done(self.region_left, rest)  # refused: their regions may be DONE
         return self._report(source)
+
+    async def attach_ring(self, source: int, handle: RingHandle) -> bool:
+        """Map ``source``'s parcel ring (``parcel_ring.py``); False when it is not on this
+        node (or not mappable here): the source then sends through the object store."""
+        if not self.rings.attach(handle):
+            return False
+        self.rings_of.setdefault(source, set()).add(handle.token)
+        return True
 
     async def tally(self, source: int, timeout: float) -> Report:
         """``source``'s totals once every frame it got here has been handled, or when
-        ``timeout`` seconds have passed (whatever is handled by then)."""
+        ``timeout`` seconds have passed (whatever is handled by then).  Its rings are let
+        go then (parts still queued keep their views, and so the memory, until handled)."""
         self._bind_loop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -241,6 +260,8 @@ class EntryActor:
                 await asyncio.wait_for(fut, deadline - loop.time())
             except TimeoutError:
                 break
+        for token in self.rings_of.pop(source, ()):
+            self.rings.forget(token)
         return self._report(source)
 
     async def idle(self, timeout: float) -> bool:
@@ -329,7 +350,24 @@ class EntryActor:
             c = self.counts[source] = np.zeros(len(REPORT_COUNTERS), dtype=np.int64)
         return c
 
-    def _enqueue(self, source: int, parts: list[Parcel]) -> list[Parcel]:
+    def _parts(self, source: int, parcels: list[Any]) -> list[_Part]:
+        """The offer's parcels as queue parts: a ring's part becomes views of its region
+        (counted in ``region_left`` until each of its frames has an outcome)."""
+        out = []
+        for p in parcels:
+            if not is_ring_part(p):
+                out.append(_Part(source, p))
+                continue
+            parcel, flag = self.rings.parcel(p)
+            if not len(parcel):  # nothing to wait for
+                mark_done(flag)
+                continue
+            with self.lock:
+                self.region_left[flag] = self.region_left.get(flag, 0) + len(parcel)
+            out.append(_Part(source, parcel, flag))
+        return out
+
+    def _enqueue(self, source: int, parts: list[_Part]) -> list[_Part]:
         """Queue what fits of ``parts`` (splitting one at the room left); the rest."""
         with self.lock:
             counts = self._counts(source)
@@ -339,13 +377,14 @@ class EntryActor:
                 if room <= 0:
                     break
                 p = rest[0]
-                if len(p) > room:
-                    head, rest[0] = _split(p, room)
+                if len(p.parcel) > room:
+                    a, b = _split(p.parcel, room)
+                    head, rest[0] = _Part(source, a, p.flag), _Part(source, b, p.flag)
                 else:
                     head = rest.pop(0)
-                self.queue.append(_Part(source, head))
-                self.queued += len(head)
-                counts[0] += len(head)  # accepted before the worker can see it
+                self.queue.append(head)
+                self.queued += len(head.parcel)
+                counts[0] += len(head.parcel)  # accepted before the worker can see it
             self.max_queued = max(self.max_queued, self.queued)
             self.wanted |= bool(rest)  # the caller will wait for room
             self.lock.notify()
@@ -446,6 +485,7 @@ class _Worker(threading.Thread):
             out = _deliver(e.handler, e.batch, part.parcel)
             with e.lock:
                 e.counts[part.source][_OUTCOMES] += out
+                _regions_done(e.region_left, (part,))
                 e.busy = False
                 wanted, e.wanted = e.wanted, False
             self.parts += 1
@@ -491,6 +531,21 @@ async def _fetched(parts: list[Any]) -> list[Parcel]:
     for got in await asyncio.gather(*parts):
         out.extend(got)
     return out
+
+
+def _regions_done(left: dict[int, int], parts: Any) -> None:
+    """Frames of ``parts`` have their outcome (handled, or refused): a ring region with
+    none left (``left``: frames per region) is DONE -- its source may write it again
+    (parcel_ring.py argues why this store comes after every read of it).  Called under
+    the entry's lock."""
+    for p in parts:
+        if p.flag:
+            n = left[p.flag] - len(p.parcel)
+            if n:
+                left[p.flag] = n
+            else:
+                del left[p.flag]
+                mark_done(p.flag)
 
 
 def _split(p: Parcel, k: int) -> tuple[Parcel, Parcel]:

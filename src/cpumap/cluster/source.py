@@ -86,12 +86,14 @@ from ..programs.runner import ProgramRunner
 from ..programs.steering import MODES, make_program
 from .actor import REPORT_COUNTERS, Report
 from .frames import BlockLender, FrameBlock, Parcel, fill, pack
+from .parcel_ring import ParcelRing, RingPart
 from .places import Place
 
 DEFAULT_POLL_SIZE = 4096  # frames per poll
 DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms of Ray (docs)
 DEFAULT_PARCEL_BYTES = 16 << 20  # ... or bytes: what one parcel may take of the object store
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds an offer may stay unanswered before it is lost
+DEFAULT_RING_BYTES = 3 * DEFAULT_PARCEL_BYTES  # a parcel ring to an entry on this node
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class SourceOptions:
     parcel_frames: int = DEFAULT_PARCEL_FRAMES  # a parcel's frames (lossy: <= qsize / 2)
     parcel_bytes: int = DEFAULT_PARCEL_BYTES  # ... and bytes, at most
     pipeline: bool = True  # put and offer parcels from a sender thread while reading on
+    ring_bytes: int = DEFAULT_RING_BYTES  # to an entry on this node (0: the object store)
 
 
 # Per-source counters (the producer side of MapStats, plus the per-entry outcomes summed).
@@ -234,6 +237,7 @@ class Link:
         self.unanswered = 0  # frames in the pending offers
         self.totals: dict[int, np.ndarray] = {}
         self.pids: set[int] = set()
+        self.ring: ParcelRing | None = None  # to an entry on this node (parcel_ring.py)
 
     def take(self) -> list[Parcel]:
         parts, self.parts, self.frames, self.nbytes = self.parts, [], 0, 0
@@ -271,6 +275,33 @@ class Outbox:
         self.lossless = options.lossless
         self.stall = options.stall_timeout
         self.sender = Sender() if options.pipeline else None
+        self.rings: list[ParcelRing] = []  # every ring made, closed at the end
+
+    def open_rings(self, options: SourceOptions) -> None:
+        """A parcel ring to each entry on this node (``parcel_ring.py``): made for every
+        entry, offered to each at once; an entry that cannot map it (another node) gets
+        its parcels through the object store.  Sized for ``ring_bytes``, and at least
+        two of the largest parts a poll can pack."""
+        if options.ring_bytes <= 0 or not self.links:
+            return
+        import ray
+        from ray.exceptions import RayError
+
+        part = min(options.poll_size, max(link.limit for link in self.links))
+        size = max(options.ring_bytes, 2 * part * (options.frame_size + 64))
+        asked = []
+        for link in self.links:
+            ring = ParcelRing(size)
+            self.rings.append(ring)
+            asked.append(
+                (link, ring, link.target.actor.attach_ring.remote(self.source, ring.handle))
+            )
+        for link, ring, ref in asked:
+            try:
+                if ray.get(ref, timeout=self.stall):
+                    link.ring = ring
+            except RayError as e:  # that entry is gone or stuck: the offers will say so
+                e.__traceback__ = None  # as in _take
 
     def send(self, key: int, block: FrameBlock, idx: np.ndarray) -> None:
         """Gather frames ``idx`` of ``block`` onto entry ``key``'s parcel (packed: the
@@ -283,12 +314,38 @@ class Outbox:
                 return
             chunk = idx[lo : lo + link.limit - link.frames]
             lo += len(chunk)
-            part = pack(block, chunk)
+            part = self._pack(key, block, chunk)
+            if part is None:  # no room freed in its ring in time: the entry is stuck
+                self._unsent(len(idx) - lo + len(chunk))
+                return
             link.parts.append(part)
             link.frames += len(chunk)
-            link.nbytes += part.rows.nbytes + part.desc.nbytes
+            link.nbytes += _nbytes(part)
             if link.frames >= link.limit or link.nbytes >= link.max_bytes:
                 self.flush(key)
+
+    def _pack(self, key: int, block: FrameBlock, idx: np.ndarray) -> Parcel | RingPart | None:
+        """Frames ``idx`` packed for entry ``key``: into its ring when it has one (waiting
+        for room up to the stall deadline -- the entry's back-pressure -- after offering
+        what is gathered, which the entry must see to free any), else a parcel for the
+        object store.  None: the ring had no room in time, and the entry is now dead
+        for this source."""
+        link = self.links[key]
+        ring = link.ring
+        if ring is None:
+            return pack(block, idx)
+        part = ring.pack(block, idx)
+        if part is not None:
+            return part
+        self.flush(key)
+        part = ring.wait_for_room(block, idx, time.monotonic() + self.stall)
+        if part is None:
+            self._failed(
+                key, f"no room freed in its parcel ring in {self.stall:g}s: entry treated as dead"
+            )
+            self.keys.dead.add(key)
+            link.ring = None
+        return part
 
     def flush(self, key: int) -> None:
         """Offer entry ``key`` its gathered parcel, once its window has room for it."""
@@ -304,9 +361,9 @@ class Outbox:
             return
         offer = link.target.actor.offer
         if self.sender is not None:
-            ref: Any = self.sender.submit(_put_and_offer, offer, self.source, parts, self.lossless)
+            ref: Any = self.sender.submit(_offer, offer, self.source, parts, self.lossless)
         else:
-            ref = _put_and_offer(offer, self.source, parts, self.lossless)
+            ref = _offer(offer, self.source, parts, self.lossless)
         link.pending.append((ref, n))
         link.unanswered += n
         self.books.add(key, "sent", n)
@@ -332,10 +389,16 @@ class Outbox:
         self._derive()
 
     def close(self) -> None:
-        """Stop the sender thread (the task's worker process outlives the task)."""
+        """Stop the sender thread (the task's worker process outlives the task), then let
+        the rings go (an entry that mapped one keeps its own mapping until it lets go)."""
         if self.sender is not None:
             self.sender.shutdown(wait=True, cancel_futures=True)
             self.sender = None
+        for link in self.links:
+            link.ring = None
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
 
     def _unsent(self, n: int) -> None:
         """Frames steered to an entry found dead before they were sent: a redirect to an
@@ -364,6 +427,7 @@ class Outbox:
             report = ray.get(ref, timeout=timeout)
         except (GetTimeoutError, FutureTimeout) as e:
             e.__traceback__ = None  # Ray keeps the instance: it must not pin our frames
+            self.links[key].ring = None  # never written again: the entry may still read it
             if key not in self.keys.dead:
                 self._failed(key, f"no answer in {timeout:g}s: entry treated as dead")
                 self.keys.dead.add(key)
@@ -373,11 +437,15 @@ class Outbox:
             # frames (and their callers': the program, its CPU table segment) it would
             # keep alive in this pooled worker after the task.
             e.__traceback__ = None
+            self.links[key].ring = None  # as above: whatever that process held stays as is
             self._failed(key, f"{type(e).__name__}: {_first_line(e)}")
             if isinstance(e, ActorDiedError):
                 self.keys.dead.add(key)
             return
-        self.links[key].record(report)
+        link = self.links[key]
+        link.record(report)
+        if len(link.totals) > 1:  # a new incarnation answered: the old one's regions stay
+            link.ring = None
 
     def _failed(self, key: int, why: str) -> None:
         self.books.failures.append((key, why))
@@ -424,12 +492,21 @@ class Sender(ThreadPoolExecutor):
         super().__init__(max_workers=1, thread_name_prefix="cpumap-source-send")
 
 
-def _put_and_offer(offer: Any, source: int, parts: list[Parcel], lossless: bool) -> Any:
-    """Put ``parts`` into the object store and offer their reference: the call's ref."""
+def _offer(offer: Any, source: int, parts: list[Any], lossless: bool) -> Any:
+    """Offer ``parts``: ring parts in the call itself; parcels put into the object store
+    first, the call carrying their reference.  The call's ref."""
     import ray
 
+    if parts and isinstance(parts[0], RingPart):  # a few integers each: no put
+        return offer.remote(source, parts, lossless)
     # The parts go as a put object behind a reference (actor.py's _fetched says why).
     return offer.remote(source, [ray.put(parts)], lossless)
+
+
+def _nbytes(part: Parcel | RingPart) -> int:
+    if isinstance(part, RingPart):
+        return part.n * (part.width + 40)
+    return int(part.rows.nbytes + part.desc.nbytes)
 
 
 def _first_line(e: BaseException) -> str:
@@ -492,6 +569,7 @@ def read_capture(
     program_obj, table = build_program(program, keys)
     try:
         _start_line(targets, start)
+        out.open_rings(options)
         error, started = _pump(path, program_obj, keys, out, books, options)
         out.finish()
         ended = time.time()
