@@ -83,10 +83,12 @@ def test_the_hash_rides_on_the_frames_placed(tmp_path: Path) -> None:
     assert _same(path) == 1000  # every generated frame is Ethernet: each carries its hash
 
 
-def test_the_lender_lends_the_block_from_its_first_frame() -> None:
-    lender = BlockLender(FrameBlock.empty(8))
+def test_the_lender_lends_a_poll_from_its_base() -> None:
+    lender = BlockLender(FrameBlock.empty(16), span=8)
     assert lender.lend(20).tolist() == list(range(8))
-    lender.poll_placed(np.arange(3, dtype=np.uint32), truncated=1)
+    lender.base = 12  # the last slot: up to the block's end
+    assert lender.lend(20).tolist() == [12, 13, 14, 15]
+    lender.poll_placed(np.arange(12, 15, dtype=np.uint32), truncated=1)
     assert lender.take() == (3, 1) and lender.take() == (0, 0)
-    with pytest.raises(ValueError, match=r"0\.\.n-1"):
-        lender.poll_placed(np.array([1, 2], dtype=np.uint32))
+    with pytest.raises(ValueError, match=r"base\.\.base\+n-1"):
+        lender.poll_placed(np.array([0, 1], dtype=np.uint32))

@@ -93,8 +93,8 @@ from ..errors import Error
 from ..programs import contract
 from ..programs.contract import WorkerInfo
 from ..skb import frame_skbs, skb_batch
-from .frames import Parcel, unpack
-from .parcel_ring import RingHandle, RingReader, is_ring_part, mark_done
+from .frames import FrameBlock, Parcel, unpack
+from .shared_frames import SharedFramesReader, SharedHandle, SharedPart, mark_done
 
 # Per-source counters of an incarnation, in this order (Report.counts).
 REPORT_COUNTERS = (
@@ -126,12 +126,24 @@ class PlacementError(Error, OSError):
 
 @dataclass(slots=True)
 class _Part:
-    """Frames of one source in the queue: the worker's unit of work (one handler call);
-    ``flag``: the address of its ring region's flag (0: a parcel from the object store)."""
+    """Frames ``idx`` of ``block``, of one source, in the queue: the worker's unit of work
+    (one handler call).  ``flag``: the address of their (slot, entry) flag when they lie
+    in the source's shared frames, with ``total`` the slot's frames for this entry (0: a
+    parcel from the object store)."""
 
     source: int
-    parcel: Parcel
+    block: FrameBlock
+    idx: np.ndarray
     flag: int = 0
+    total: int = 0
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def split(self, k: int) -> tuple[_Part, _Part]:
+        """The first ``k`` frames, and the rest (the same frames, the same slot)."""
+        a = _Part(self.source, self.block, self.idx[:k], self.flag, self.total)
+        return a, _Part(self.source, self.block, self.idx[k:], self.flag, self.total)
 
 
 class EntryActor:
@@ -194,12 +206,12 @@ class EntryActor:
         self.watchers: list[asyncio.Future[None]] = []
         self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
         self.offering: dict[int, int] = {}  # per source: its offers still taking frames
-        # Parcels in the rings of sources on this node (parcel_ring.py): the rings mapped,
+        # Frames of sources on this node, where they lie (shared_frames.py): the pools
         # which source's they are, and per region (its flag's address) the frames of it
         # that have no outcome yet -- the flag says DONE when the count reaches 0.
-        self.rings = RingReader()
-        self.rings_of: dict[int, set[int]] = {}
-        self.region_left: dict[int, int] = {}
+        self.shared = SharedFramesReader()
+        self.shared_of: dict[int, set[int]] = {}
+        self.slot_left: dict[int, int] = {}
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
         self.worker = _start_worker(self, pin, self._progressed)
 
@@ -210,7 +222,7 @@ class EntryActor:
         (drop-and-count), or for a ``lossless`` source taken as room appears, after the
         offers that were waiting before it.  The source's totals."""
         self._bind_loop()
-        rest = [p for p in self._parts(source, await _fetched(parts)) if len(p.parcel)]
+        rest = [p for p in self._parts(source, await _fetched(parts)) if len(p)]
         if not self._others_waiting():  # nobody before it: what fits goes in now
             rest = self._enqueue(source, rest)
         first_in_line = False
@@ -233,23 +245,24 @@ class EntryActor:
             # (its caller died) after it was woken: the turn must not be lost with it.
             self._wake_next()
         with self.lock:
-            self._counts(source)[1] += sum(len(p.parcel) for p in rest)
+            self._counts(source)[1] += sum(len(p) for p in rest)
             self.calls += 1
-            _regions_done(self.region_left, rest)  # refused: their regions may be DONE
+            _slots_done(self.slot_left, rest)  # refused: their slots may be DONE
         return self._report(source)
 
-    async def attach_ring(self, source: int, handle: RingHandle) -> bool:
-        """Map ``source``'s parcel ring (``parcel_ring.py``); False when it is not on this
-        node (or not mappable here): the source then sends through the object store."""
-        if not self.rings.attach(handle):
+    async def attach_frames(self, source: int, handle: SharedHandle) -> bool:
+        """Map ``source``'s shared frames (``shared_frames.py``); False when they are not
+        on this node (or not mappable here): the source then sends through the object
+        store."""
+        if not self.shared.attach(handle):
             return False
-        self.rings_of.setdefault(source, set()).add(handle.token)
+        self.shared_of.setdefault(source, set()).add(handle.token)
         return True
 
     async def tally(self, source: int, timeout: float) -> Report:
         """``source``'s totals once every frame it got here has been handled, or when
-        ``timeout`` seconds have passed (whatever is handled by then).  Its rings are let
-        go then (parts still queued keep their views, and so the memory, until handled)."""
+        ``timeout`` seconds have passed (whatever is handled by then).  Its shared frames
+        are let go then (parts still queued keep their views, and so the memory)."""
         self._bind_loop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -260,8 +273,8 @@ class EntryActor:
                 await asyncio.wait_for(fut, deadline - loop.time())
             except TimeoutError:
                 break
-        for token in self.rings_of.pop(source, ()):
-            self.rings.forget(token)
+        for token in self.shared_of.pop(source, ()):
+            self.shared.forget(token)
         return self._report(source)
 
     async def idle(self, timeout: float) -> bool:
@@ -351,20 +364,18 @@ class EntryActor:
         return c
 
     def _parts(self, source: int, parcels: list[Any]) -> list[_Part]:
-        """The offer's parcels as queue parts: a ring's part becomes views of its region
-        (counted in ``region_left`` until each of its frames has an outcome)."""
+        """The offer's parcels as queue parts: a shared part is its frames where they lie
+        (its slot counted in ``slot_left`` until each of them has an outcome)."""
         out = []
         for p in parcels:
-            if not is_ring_part(p):
-                out.append(_Part(source, p))
+            if not isinstance(p, SharedPart):
+                block = unpack(p)
+                out.append(_Part(source, block, np.arange(block.count, dtype=np.uint32)))
                 continue
-            parcel, flag = self.rings.parcel(p)
-            if not len(parcel):  # nothing to wait for
-                mark_done(flag)
-                continue
+            block, idx, flag = self.shared.frames(p)
             with self.lock:
-                self.region_left[flag] = self.region_left.get(flag, 0) + len(parcel)
-            out.append(_Part(source, parcel, flag))
+                self.slot_left.setdefault(flag, p.total)
+            out.append(_Part(source, block, idx, flag, p.total))
         return out
 
     def _enqueue(self, source: int, parts: list[_Part]) -> list[_Part]:
@@ -377,14 +388,13 @@ class EntryActor:
                 if room <= 0:
                     break
                 p = rest[0]
-                if len(p.parcel) > room:
-                    a, b = _split(p.parcel, room)
-                    head, rest[0] = _Part(source, a, p.flag), _Part(source, b, p.flag)
+                if len(p) > room:
+                    head, rest[0] = p.split(room)
                 else:
                     head = rest.pop(0)
                 self.queue.append(head)
-                self.queued += len(head.parcel)
-                counts[0] += len(head.parcel)  # accepted before the worker can see it
+                self.queued += len(head)
+                counts[0] += len(head)  # accepted before the worker can see it
             self.max_queued = max(self.max_queued, self.queued)
             self.wanted |= bool(rest)  # the caller will wait for room
             self.lock.notify()
@@ -477,15 +487,15 @@ class _Worker(threading.Thread):
                 part = e.queue.popleft()
                 if part is None:
                     break
-                e.queued -= len(part.parcel)
+                e.queued -= len(part)
                 e.busy = True
                 wanted, e.wanted = e.wanted, False
             if wanted:
                 self._notify()  # room in the queue
-            out = _deliver(e.handler, e.batch, part.parcel)
+            out = _deliver(e.handler, e.batch, part.block, part.idx)
             with e.lock:
                 e.counts[part.source][_OUTCOMES] += out
-                _regions_done(e.region_left, (part,))
+                _slots_done(e.slot_left, (part,))
                 e.busy = False
                 wanted, e.wanted = e.wanted, False
             self.parts += 1
@@ -533,14 +543,14 @@ async def _fetched(parts: list[Any]) -> list[Parcel]:
     return out
 
 
-def _regions_done(left: dict[int, int], parts: Any) -> None:
-    """Frames of ``parts`` have their outcome (handled, or refused): a ring region with
-    none left (``left``: frames per region) is DONE -- its source may write it again
-    (parcel_ring.py argues why this store comes after every read of it).  Called under
-    the entry's lock."""
+def _slots_done(left: dict[int, int], parts: Any) -> None:
+    """Frames of ``parts`` have their outcome (handled, or refused): a shared slot with
+    none left for this entry (``left``: frames per flag) is DONE -- its source may write
+    it again (shared_frames.py argues why this store comes after every read of it).
+    Called under the entry's lock."""
     for p in parts:
         if p.flag:
-            n = left[p.flag] - len(p.parcel)
+            n = left[p.flag] - len(p)
             if n:
                 left[p.flag] = n
             else:
@@ -548,13 +558,9 @@ def _regions_done(left: dict[int, int], parts: Any) -> None:
                 mark_done(p.flag)
 
 
-def _split(p: Parcel, k: int) -> tuple[Parcel, Parcel]:
-    return Parcel(p.rows[:k], p.desc[:k]), Parcel(p.rows[k:], p.desc[k:])
-
-
-def _deliver(handler: Any, batch: bool, parcel: Parcel) -> tuple[int, int, int, int]:
-    block = unpack(parcel)
-    idx = np.arange(block.count, dtype=np.uint32)
+def _deliver(
+    handler: Any, batch: bool, block: FrameBlock, idx: np.ndarray
+) -> tuple[int, int, int, int]:
     if batch:
         return _deliver_batch(handler, block, idx)
     return _deliver_each(handler, block, idx)
@@ -597,7 +603,7 @@ def _deliver_batch(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int,
     boolean array accepts per frame, anything else (or a raise) is ``handler_error``."""
     n = len(idx)
     try:
-        batch = skb_batch(block, idx, 0)
+        batch = skb_batch(block, idx)  # start: found out (a shared part may be any run)
     except Exception:
         return 0, 0, 0, n
     try:

@@ -185,29 +185,35 @@ class BlockLender:
     mapped capture places into -- ``pool``, ``lend``, ``poll_placed``, ``return_lent``,
     ``frame_wait``, ``closed``.
 
-    A source task owns its block and reuses it every poll, so the lending is trivial:
-    every frame is free at the start of a poll (the last poll's frames were packed --
-    copied -- before the next poll), ``lend(n)`` lends frames ``0..n-1``, and what the
-    walk placed is frames ``0..placed-1`` (it writes lent frames in the order lent).
-    :meth:`take` hands the poll's placed count to the source and forgets it."""
+    A source task owns its block and chooses which of its frames a poll lands in, so the
+    lending is trivial: every frame from :attr:`base` on is free at the start of a poll
+    (a slot of its shared frames that it took, or its own block, whose last poll's frames
+    were packed -- copied -- before), ``lend(n)`` lends frames ``base..base+n-1`` (at most
+    ``span``), and what the walk placed is frames ``base..base+placed-1`` (it writes lent
+    frames in the order lent).  :meth:`take` hands the poll's placed count to the source
+    and forgets it."""
 
     frame_wait = 0.0  # every frame is free at each poll: no wait for workers
     closed = False
 
-    def __init__(self, block: FrameBlock) -> None:
+    def __init__(self, block: FrameBlock, span: int | None = None) -> None:
         self.pool = block
+        self.span = block.count if span is None else span
+        self.base = 0  # the poll's first frame
         self._placed = 0
         self._truncated = 0
 
     def lend(self, n: int, *, reclaim: bool = True) -> np.ndarray:
-        """Frames ``0..n-1`` (at most the block's)."""
-        return np.arange(min(n, self.pool.count), dtype=np.uint32)
+        """Frames ``base..base+n-1`` (at most ``span``, and the block's)."""
+        n = min(n, self.span, self.pool.count - self.base)
+        return np.arange(self.base, self.base + n, dtype=np.uint32)
 
     def poll_placed(self, idx: np.ndarray, *, truncated: int = 0) -> None:
-        """The walk placed frames ``idx`` (``0..len(idx)-1``), ``truncated`` of them cut."""
+        """The walk placed frames ``idx`` (``base..base+len(idx)-1``), ``truncated`` of
+        them cut."""
         n = len(idx)
-        if n and (int(idx[0]) != 0 or int(idx[-1]) != n - 1):
-            raise ValueError("a block's placed frames are 0..n-1, in order")
+        if n and (int(idx[0]) != self.base or int(idx[-1]) != self.base + n - 1):
+            raise ValueError("a poll's placed frames are base..base+n-1, in order")
         self._placed, self._truncated = n, truncated
 
     def return_lent(self) -> int:

@@ -69,7 +69,7 @@ import gc
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -81,19 +81,21 @@ from ..abi import XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from ..capture import CaptureError
 from ..capture.mapped import MappedCapture, open_placing
 from ..engine.frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM
+from ..packets import PacketBatch
 from ..programs.cpu_table import CpuTable
 from ..programs.runner import ProgramRunner
 from ..programs.steering import MODES, make_program
 from .actor import REPORT_COUNTERS, Report
 from .frames import BlockLender, FrameBlock, Parcel, fill, pack
-from .parcel_ring import ParcelRing, RingPart
 from .places import Place
+from .shared_frames import SharedFrames, SharedPart
 
 DEFAULT_POLL_SIZE = 4096  # frames per poll
 DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms of Ray (docs)
 DEFAULT_PARCEL_BYTES = 16 << 20  # ... or bytes: what one parcel may take of the object store
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds an offer may stay unanswered before it is lost
-DEFAULT_RING_BYTES = 3 * DEFAULT_PARCEL_BYTES  # a parcel ring to an entry on this node
+_FIRST_PARCEL = 1024  # frames of a link's first parcel (slow start: Link)
+DEFAULT_SHARED_BYTES = 64 << 20  # a source's frames shared with the entries on its node
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class SourceOptions:
     parcel_frames: int = DEFAULT_PARCEL_FRAMES  # a parcel's frames (lossy: <= qsize / 2)
     parcel_bytes: int = DEFAULT_PARCEL_BYTES  # ... and bytes, at most
     pipeline: bool = True  # put and offer parcels from a sender thread while reading on
-    ring_bytes: int = DEFAULT_RING_BYTES  # to an entry on this node (0: the object store)
+    shared_bytes: int = DEFAULT_SHARED_BYTES  # with entries on this node (0: none shared)
 
 
 # Per-source counters (the producer side of MapStats, plus the per-entry outcomes summed).
@@ -230,6 +232,10 @@ class Link:
         self.limit = max(1, min(options.parcel_frames, cap))
         self.max_bytes = max(options.parcel_bytes, 1)
         self.window = max(target.qsize, 2 * self.limit)
+        # Slow start: the first parcel is small, each next one twice the last, up to the
+        # limit -- so the entry starts handling while the source reads on, rather than
+        # waiting for a whole parcel (and its first batch, the costliest, comes early).
+        self.size = min(self.limit, _FIRST_PARCEL)
         self.parts: list[Parcel] = []
         self.frames = 0  # in self.parts
         self.nbytes = 0
@@ -237,7 +243,7 @@ class Link:
         self.unanswered = 0  # frames in the pending offers
         self.totals: dict[int, np.ndarray] = {}
         self.pids: set[int] = set()
-        self.ring: ParcelRing | None = None  # to an entry on this node (parcel_ring.py)
+        self.shared = False  # it maps the source's shared frames (shared_frames.py)
 
     def take(self) -> list[Parcel]:
         parts, self.parts, self.frames, self.nbytes = self.parts, [], 0, 0
@@ -275,77 +281,95 @@ class Outbox:
         self.lossless = options.lossless
         self.stall = options.stall_timeout
         self.sender = Sender() if options.pipeline else None
-        self.rings: list[ParcelRing] = []  # every ring made, closed at the end
+        self.frames: SharedFrames | None = None  # shared with entries on this node
 
-    def open_rings(self, options: SourceOptions) -> None:
-        """A parcel ring to each entry on this node (``parcel_ring.py``): made for every
-        entry, offered to each at once; an entry that cannot map it (another node) gets
-        its parcels through the object store.  Sized for ``ring_bytes``, and at least
-        two of the largest parts a poll can pack."""
-        if options.ring_bytes <= 0 or not self.links:
-            return
+    def share_frames(self, options: SourceOptions) -> SharedFrames | None:
+        """The source's frames, shared with each entry on this node (``shared_frames.py``):
+        made once, offered to every entry at once; an entry that cannot map them (another
+        node) gets its frames packed into parcels, through the object store.  None when
+        no entry maps them (or ``shared_bytes`` is 0).  Slots: as many polls as
+        ``shared_bytes`` holds, at least 3; a parcel to such an entry gathers half the
+        other slots' frames at most, so that some are always being handled."""
+        if options.shared_bytes <= 0 or not self.links:
+            return None
         import ray
         from ray.exceptions import RayError
 
-        part = min(options.poll_size, max(link.limit for link in self.links))
-        size = max(options.ring_bytes, 2 * part * (options.frame_size + 64))
-        asked = []
-        for link in self.links:
-            ring = ParcelRing(size)
-            self.rings.append(ring)
-            asked.append(
-                (link, ring, link.target.actor.attach_ring.remote(self.source, ring.handle))
-            )
-        for link, ring, ref in asked:
+        poll = options.poll_size
+        slot_bytes = poll * (options.frame_size + 44)
+        slots = max(3, options.shared_bytes // slot_bytes)
+        frames = SharedFrames(slots, poll, options.frame_size, options.headroom, len(self.links))
+        asked = [
+            (link, link.target.actor.attach_frames.remote(self.source, frames.handle))
+            for link in self.links
+        ]
+        for link, ref in asked:
             try:
-                if ray.get(ref, timeout=self.stall):
-                    link.ring = ring
+                link.shared = bool(ray.get(ref, timeout=self.stall))
             except RayError as e:  # that entry is gone or stuck: the offers will say so
                 e.__traceback__ = None  # as in _take
+            if link.shared:
+                link.limit = min(link.limit, max(1, (slots - 1) // 2) * poll)
+                link.size = min(link.size, link.limit)
+        if not any(link.shared for link in self.links):
+            frames.close()
+            return None
+        self.frames = frames
+        return frames
 
-    def send(self, key: int, block: FrameBlock, idx: np.ndarray) -> None:
-        """Gather frames ``idx`` of ``block`` onto entry ``key``'s parcel (packed: the
-        block is reused), sending each parcel that fills up."""
+    def send(
+        self, key: int, block: FrameBlock, idx: np.ndarray, at: tuple[int, int] | None
+    ) -> None:
+        """Gather frames ``idx`` of ``block`` onto entry ``key``'s parcel, sending each
+        parcel that fills up: where they lie, when the entry shares the source's frames
+        (``at``: their slot, and where ``idx`` starts in the index area), else packed (a
+        copy: the block is reused)."""
         link = self.links[key]
         lo = 0
-        while lo < len(idx):
+        total = len(idx)
+        while lo < total:
             if not self.keys.has_entry(key):  # died while we were sending
-                self._unsent(len(idx) - lo)
+                self._unsent(total - lo)
                 return
-            chunk = idx[lo : lo + link.limit - link.frames]
-            lo += len(chunk)
-            part = self._pack(key, block, chunk)
-            if part is None:  # no room freed in its ring in time: the entry is stuck
-                self._unsent(len(idx) - lo + len(chunk))
-                return
+            hi = min(total, lo + link.size - link.frames)
+            part: Parcel | SharedPart
+            if link.shared and at is not None and self.frames is not None:
+                slot, first = at
+                part = self.frames.part(slot, key, first + lo, first + hi, total)
+            else:
+                part = pack(block, idx[lo:hi])
             link.parts.append(part)
-            link.frames += len(chunk)
+            link.frames += hi - lo
             link.nbytes += _nbytes(part)
-            if link.frames >= link.limit or link.nbytes >= link.max_bytes:
+            lo = hi
+            if link.frames >= link.size or link.nbytes >= link.max_bytes:
                 self.flush(key)
 
-    def _pack(self, key: int, block: FrameBlock, idx: np.ndarray) -> Parcel | RingPart | None:
-        """Frames ``idx`` packed for entry ``key``: into its ring when it has one (waiting
-        for room up to the stall deadline -- the entry's back-pressure -- after offering
-        what is gathered, which the entry must see to free any), else a parcel for the
-        object store.  None: the ring had no room in time, and the entry is now dead
-        for this source."""
+    def flush_all(self) -> None:
+        """Offer every entry what is gathered for it."""
+        for key in range(len(self.links)):
+            self.flush(key)
+
+    def unshare(self, key: int) -> None:
+        """Entry ``key`` is not the process it was, or is stuck: share no more frames with
+        it, and never write again the slots it holds (shared_frames.py, faults)."""
         link = self.links[key]
-        ring = link.ring
-        if ring is None:
-            return pack(block, idx)
-        part = ring.pack(block, idx)
-        if part is not None:
-            return part
-        self.flush(key)
-        part = ring.wait_for_room(block, idx, time.monotonic() + self.stall)
-        if part is None:
-            self._failed(
-                key, f"no room freed in its parcel ring in {self.stall:g}s: entry treated as dead"
-            )
+        if link.shared:
+            link.shared = False
+            if self.frames is not None:
+                self.frames.lose(key)
+
+    def stuck(self, key: int, why: str) -> None:
+        """Entry ``key`` is treated as dead for this source (as an offer with no answer)."""
+        self.unshare(key)
+        if key not in self.keys.dead:
+            self._failed(key, why)
             self.keys.dead.add(key)
-            link.ring = None
-        return part
+
+    def stop_sharing(self) -> None:
+        """Every slot is lost: no entry gets shared frames any more."""
+        for key in range(len(self.links)):
+            self.unshare(key)
 
     def flush(self, key: int) -> None:
         """Offer entry ``key`` its gathered parcel, once its window has room for it."""
@@ -356,6 +380,7 @@ class Outbox:
             self._settle_oldest(key)
         n = link.frames
         parts = link.take()
+        link.size = min(link.limit, 2 * link.size)
         if not self.keys.has_entry(key):  # it died while we waited
             self._unsent(n)
             return
@@ -390,15 +415,15 @@ class Outbox:
 
     def close(self) -> None:
         """Stop the sender thread (the task's worker process outlives the task), then let
-        the rings go (an entry that mapped one keeps its own mapping until it lets go)."""
+        the shared frames go (an entry that mapped them keeps its own mapping until it
+        lets go)."""
         if self.sender is not None:
             self.sender.shutdown(wait=True, cancel_futures=True)
             self.sender = None
         for link in self.links:
-            link.ring = None
-        for ring in self.rings:
-            ring.close()
-        self.rings = []
+            link.shared = False
+        if self.frames is not None:
+            self.frames.close()
 
     def _unsent(self, n: int) -> None:
         """Frames steered to an entry found dead before they were sent: a redirect to an
@@ -427,7 +452,7 @@ class Outbox:
             report = ray.get(ref, timeout=timeout)
         except (GetTimeoutError, FutureTimeout) as e:
             e.__traceback__ = None  # Ray keeps the instance: it must not pin our frames
-            self.links[key].ring = None  # never written again: the entry may still read it
+            self.unshare(key)  # its slots never written again: it may still read them
             if key not in self.keys.dead:
                 self._failed(key, f"no answer in {timeout:g}s: entry treated as dead")
                 self.keys.dead.add(key)
@@ -437,15 +462,15 @@ class Outbox:
             # frames (and their callers': the program, its CPU table segment) it would
             # keep alive in this pooled worker after the task.
             e.__traceback__ = None
-            self.links[key].ring = None  # as above: whatever that process held stays as is
+            self.unshare(key)  # as above: whatever that process held stays as is
             self._failed(key, f"{type(e).__name__}: {_first_line(e)}")
             if isinstance(e, ActorDiedError):
                 self.keys.dead.add(key)
             return
         link = self.links[key]
         link.record(report)
-        if len(link.totals) > 1:  # a new incarnation answered: the old one's regions stay
-            link.ring = None
+        if len(link.totals) > 1:  # a new incarnation answered: the old one's slots stay
+            self.unshare(key)
 
     def _failed(self, key: int, why: str) -> None:
         self.books.failures.append((key, why))
@@ -493,19 +518,20 @@ class Sender(ThreadPoolExecutor):
 
 
 def _offer(offer: Any, source: int, parts: list[Any], lossless: bool) -> Any:
-    """Offer ``parts``: ring parts in the call itself; parcels put into the object store
+    """Offer ``parts``: shared parts in the call itself; parcels put into the object store
     first, the call carrying their reference.  The call's ref."""
     import ray
 
-    if parts and isinstance(parts[0], RingPart):  # a few integers each: no put
+    if parts and isinstance(parts[0], SharedPart):  # a few integers each: no put
         return offer.remote(source, parts, lossless)
     # The parts go as a put object behind a reference (actor.py's _fetched says why).
     return offer.remote(source, [ray.put(parts)], lossless)
 
 
-def _nbytes(part: Parcel | RingPart) -> int:
-    if isinstance(part, RingPart):
-        return part.n * (part.width + 40)
+def _nbytes(part: Parcel | SharedPart) -> int:
+    """Bytes a part takes of the object store (a shared part: none)."""
+    if isinstance(part, SharedPart):
+        return 0
     return int(part.rows.nbytes + part.desc.nbytes)
 
 
@@ -569,7 +595,7 @@ def read_capture(
     program_obj, table = build_program(program, keys)
     try:
         _start_line(targets, start)
-        out.open_rings(options)
+        out.share_frames(options)
         error, started = _pump(path, program_obj, keys, out, books, options)
         out.finish()
         ended = time.time()
@@ -625,59 +651,135 @@ def _pump(
 
     A regular pcap or pcapng file is read in place, as a local run reads it
     (``capture/mapped.py``): each poll's records are copied from the file's mapping
-    straight into the source's frame block (:class:`~cpumap.cluster.frames.BlockLender`),
-    with the skb's flow hash riding in their descriptors -- no read into chunks, no
-    second copy, and the entry's flow table reads no packet byte.  Anything else (gzip,
-    a FIFO) and the rest of a file past a record the fast walk will not judge come from
-    the general reader, copied in by :func:`~cpumap.cluster.frames.fill`."""
-    block = FrameBlock.empty(options.poll_size, options.frame_size, options.headroom)
-    runner = ProgramRunner(program, block, target=keys)
-    lender = BlockLender(block)
+    straight into the frames the poll lands in (:class:`Landing`), with the skb's flow
+    hash riding in their descriptors -- no read into chunks, no second copy, and the
+    entry's flow table reads no packet byte.  Anything else (gzip, a FIFO) and the rest of
+    a file past a record the fast walk will not judge come from the general reader,
+    copied in by :func:`~cpumap.cluster.frames.fill`."""
+    land = Landing(program, keys, out, options)
     started = 0.0
     try:
         with open_placing(path, skip_bad=options.skip_bad, batch_size=options.poll_size) as rd:
-            batches = _batches_in_place(rd, lender) if isinstance(rd, MappedCapture) else None
-            for batch in batches or rd.batches(options.poll_size):
-                if batch is None:  # placed in the block by the walk
-                    n, cut = lender.take()
-                else:
-                    n, cut = len(batch), fill(block, batch)
-                if n:
-                    started = started or time.time()
-                    _poll(n, cut, block, runner, out, books)
+            if isinstance(rd, MappedCapture):
+                land.read_in_place(rd)
+            try:
+                batches = None if land.reader else rd.batches(options.poll_size)
+                while True:
+                    base = land.take_frames()
+                    batch = land.reader.next_batch() if land.reader else next(batches, None)
+                    if batch is None:
+                        break
+                    n, cut = land.landed(batch)
+                    if n:
+                        started = started or time.time()
+                        _poll(n, cut, base, land, out, books)
+                    land.poll_done()
+            finally:
+                land.poll_done()
+                land.stop_reading()
     except (CaptureError, OSError) as e:
         return f"{type(e).__name__}: {e}", started
     return None, started
 
 
-def _batches_in_place(reader: MappedCapture, lender: BlockLender) -> Iterator[Any]:
-    """The polls of a file read in place into ``lender``'s block: None for a poll the walk
-    placed itself (:meth:`BlockLender.take` has its frames), else the general reader's
-    batch (after a hand-over)."""
-    reader.attach(lender)
-    try:
-        while (batch := reader.next_batch()) is not None:
-            yield batch if len(batch) else None
-    finally:
-        reader.detach()
+class Landing:
+    """Where a source's polls land: a slot of its frames shared with the entries on its
+    node (``shared_frames.py``), taken afresh each poll -- or, when none is shared or
+    every slot is lost to faults, a block of its own, reused every poll (its frames
+    packed, copied, before the next).  Holds the block, the program's runner over it, and
+    the lender a capture read in place writes through."""
+
+    def __init__(self, program: Any, keys: KeySpace, out: Outbox, options: SourceOptions) -> None:
+        self.program = program
+        self.keys = keys
+        self.out = out
+        self.options = options
+        self.frames = out.frames
+        self.reader: MappedCapture | None = None
+        self.slot: int | None = None
+        self._bind()
+
+    def _bind(self) -> None:
+        o = self.options
+        if self.frames is not None:
+            self.block = self.frames.block
+        else:
+            self.block = FrameBlock.empty(o.poll_size, o.frame_size, o.headroom)
+        self.runner = ProgramRunner(self.program, self.block, target=self.keys)
+        self.lender = BlockLender(self.block, o.poll_size)
+        if self.reader is not None:
+            self.reader.detach()
+            self.reader.attach(self.lender)
+
+    def read_in_place(self, reader: MappedCapture) -> None:
+        self.reader = reader
+        reader.attach(self.lender)
+
+    def stop_reading(self) -> None:
+        if self.reader is not None:
+            self.reader.detach()
+
+    def take_frames(self) -> int:
+        """The first frame of the next poll's: of a free slot (waiting for one, as a
+        producer waits on a full ring: first offering what is gathered, so that the
+        entries can finish theirs; an entry holding a slot past the stall deadline is
+        stuck), or 0 of the source's own block."""
+        f = self.frames
+        if f is None:
+            return 0
+        slot = f.try_acquire()
+        if slot is None:
+            self.out.flush_all()
+            stall = self.options.stall_timeout
+            while (slot := f.acquire(time.monotonic() + stall)) is None and not f.exhausted:
+                held = f.holders()
+                if not held:
+                    break
+                for key in held:
+                    self.out.stuck(
+                        key, f"no shared slot freed in {stall:g}s: entry treated as dead"
+                    )
+        if slot is None:  # every slot lost: read on into a block of its own
+            self.out.stop_sharing()
+            self.frames = None
+            self._bind()
+            return 0
+        self.slot = slot
+        self.lender.base = slot * f.poll
+        return self.lender.base
+
+    def landed(self, batch: PacketBatch) -> tuple[int, int]:
+        """The poll's frames and how many were cut: placed by the walk (an empty batch),
+        or ``batch`` copied in."""
+        if not len(batch):
+            return self.lender.take()
+        if self.frames is not None and self.slot is not None:
+            return len(batch), fill(self.frames.slot_block(self.slot), batch)
+        return len(batch), fill(self.block, batch)
+
+    def poll_done(self) -> None:
+        """The poll is sent: its slot, if no entry got a part of it, is free again."""
+        if self.frames is not None and self.slot is not None:
+            self.frames.poll_done(self.slot)
+        self.slot = None
 
 
-def _poll(
-    n: int, cut: int, block: FrameBlock, runner: ProgramRunner, out: Outbox, books: Books
-) -> None:
-    """One poll over frames ``0..n-1`` of ``block`` (``cut`` of them truncated): steer,
-    count, group by entry, send."""
+def _poll(n: int, cut: int, base: int, land: Landing, out: Outbox, books: Books) -> None:
+    """One poll over frames ``base..base+n-1`` of the landing's block (``cut`` of them
+    truncated): steer, count, group by entry, send -- and, when the frames are shared,
+    write the redirected frames, grouped by entry, into the slot's index area, where each
+    entry's part of them is a range."""
     c = books.counters
     c["rx"] += n
     c["polls"] += 1
     c["truncated"] += cut
-    idx = np.arange(n, dtype=np.uint32)
-    v = runner.run(idx, 0)
+    idx = np.arange(base, base + n, dtype=np.uint32)
+    v = land.runner.run(idx, base)
     for verdict, name in _VERDICT_NAMES:
         c[name] += v.counts[verdict]
     if not v.counts[XDP_REDIRECT]:
         return
-    red = np.flatnonzero(v.verdicts == XDP_REDIRECT).astype(np.uint32)
+    red = np.flatnonzero(v.verdicts == XDP_REDIRECT)
     rkeys = v.keys[red].astype(np.int64)
     ok = rkeys < out.keys.max_entries
     if out.keys.dead:
@@ -687,8 +789,14 @@ def _poll(
     c["xdp_redirect"] += len(red) - n_bad
     red, rkeys = red[ok], rkeys[ok]
     order = np.argsort(rkeys, kind="stable")  # per entry, in arrival order
-    red, rkeys = red[order], rkeys[order]
+    red, rkeys = (red[order] + base).astype(np.uint32), rkeys[order]
+    slot, shared = land.slot, land.frames
+    if shared is not None and slot is not None:
+        shared.index[base : base + len(red)] = red
     bounds = np.flatnonzero(np.diff(rkeys)) + 1
-    for group in np.split(np.arange(len(red)), bounds):
-        if len(group):
-            out.send(int(rkeys[group[0]]), block, red[group])
+    starts = np.concatenate(([0], bounds)).tolist()
+    ends = [*bounds.tolist(), len(red)]
+    for lo, hi in zip(starts, ends, strict=True):
+        if hi > lo:
+            at = None if slot is None else (slot, base + lo)
+            out.send(int(rkeys[lo]), land.block, red[lo:hi], at)
