@@ -125,3 +125,22 @@ def test_ray_auto_joins_a_cluster_started_with_its_own_temp_dir() -> None:
     finally:
         _end_what_we_started(before)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_damaged_capture_on_ray_exits_as_a_local_run_does(tmp_path: Path) -> None:
+    """A capture cut mid-record stops its source with the file and offset, and the run
+    exits with the local run's status for a damaged source (4), its books balanced."""
+    demo = demo_capture_path().read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(demo[: len(demo) - 7])
+    local = _cpumap("run", str(cut), "--cpus", "0", "--json", timeout=120)
+    ray = _cpumap("run", "--ray", "auto", str(cut), "--cpus", "0", "--json")
+    assert local.returncode == ray.returncode == 4, (local.stderr, ray.stderr)
+    s = json.loads(ray.stdout.splitlines()[-1])
+    assert s["exit_status"] == 4 and s["accounted"] and s["in_flight"] == 0
+    # Every record before the cut is read, steered and counted, as locally: the walk
+    # placed them before it handed the damage on (read in place), and they count.
+    assert s["rx"] == json.loads(local.stdout.splitlines()[-1])["rx"] > 0
+    assert s["rx"] == sum(s["outcomes"].values())
+    assert str(cut) in ray.stderr and "offset" in ray.stderr

@@ -424,7 +424,9 @@ def cluster_report(config: RunConfig, result: Any, elapsed: float) -> RunReport:
 def cluster_exit_status(result: Any) -> ExitStatus:
     """The exit statuses of a local run (``docs/cli.md``), from a cluster's result."""
     s: MapStats = result.stats
-    if not result.complete:
+    # A source task that failed, or one that stopped at a damaged capture: as a local run
+    # that stops at one (its books still balance, and the summary says where).
+    if not result.complete or any(src.error for src in result.sources):
         return ExitStatus.SOURCE
     if s.lost or s.in_flight or any(e.restarts for e in result.entries):
         return ExitStatus.LOST

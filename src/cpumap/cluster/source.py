@@ -666,7 +666,16 @@ def _pump(
                 batches = None if land.reader else rd.batches(options.poll_size)
                 while True:
                     base = land.take_frames()
-                    batch = land.reader.next_batch() if land.reader else next(batches, None)
+                    try:
+                        batch = land.reader.next_batch() if land.reader else next(batches, None)
+                    except (CaptureError, OSError):
+                        # The walk may have placed records before the damage it handed
+                        # on (or the fault): they were read, and are steered and counted.
+                        n, cut = land.lender.take()
+                        if n:
+                            started = started or time.time()
+                            _poll(n, cut, base, land, out, books)
+                        raise
                     if batch is None:
                         break
                     n, cut = land.landed(batch)
