@@ -8,7 +8,8 @@ medians, and the median of the rounds' ratios (``paired_ratio``):
   frames/s from its first poll to its drain, and CPU seconds per frame (this process and
   its workers);
 * ``cluster``  -- ``run_map`` over a ``ClusterMap`` with the same entries on a local Ray
-  instance: one source task per file, parcels through the object store, entry actors:
+  instance: one source task per file, reading its file in place into frames it shares
+  with the entries on its machine (``cluster/shared_frames.py``), entry actors:
   frames/s from the first poll of any source to the last outcome (``result.seconds``,
   what a local run's elapsed time measures) and CPU seconds per frame (every process of
   the tree: sources, entries, Ray's daemons), of a second run on the map (its source
@@ -16,13 +17,20 @@ medians, and the median of the rounds' ratios (``paired_ratio``):
   the first, cold run over its whole ``run_map`` (``cluster_whole_run``: Ray starting the
   source tasks' workers included).
   ``ratio_cluster_over_local`` is the price of going through Ray on one machine;
+  ``store``: the same with ``shared_bytes=0`` -- every frame packed into a parcel and put
+  into the object store, as between hosts (``ratio_store_over_local``).  (The local map
+  here reads through the API's general reader, ``reader.batches`` -- what ``CpuMap.run``
+  takes -- where the cluster's sources read in place: the ``cli`` rows compare both
+  reading in place.);
 * ``cli``      -- ``cpumap run FILE --json`` against ``cpumap run --ray auto FILE --json``
   on one file of ``--cli-frames`` frames, each with the CLI's defaults (rates from the
   summaries' ``rx`` / ``elapsed_s``), and ``--ray auto --cpus`` every CPU beside them,
   alternated ``--cli-rounds`` times: medians, and the median of the per-round ratios;
 * ``three_nodes`` (``--three-nodes``) -- three Ray nodes on this machine
   (``ray.cluster_utils.Cluster``, loopback), one file read on each, one entry on each,
-  beside the local map over the same files.
+  beside the local map over the same files -- with shared frames (the nodes share one
+  machine's memory, so its entries map every source's frames) and with the object store
+  (``three_nodes_store``: what nodes on separate hosts pay).
 
 And the figures ``docs/cluster.md`` rests on: actor calls/s (one at a time, and 1,000 in
 flight), the object store (``ray.put``/``ray.get`` of 64 MiB; a get that moves it between
@@ -157,14 +165,16 @@ def run_cluster(
     qsize: int,
     poll: int,
     homes: dict[str, str] | None = None,
+    shared: bool = True,
 ) -> dict[str, float]:
     """Seconds to populate the map; frames/s of a first, cold run over the whole
     ``run_map`` (Ray starting the source tasks' workers included); then, of a second run
     on the same map (its workers started), frames/s from the first poll to the last
     outcome and CPU seconds per frame (the whole process tree: sources, entries, Ray's
-    daemons)."""
+    daemons).  ``shared``: entries on the source's machine read its frames where they
+    lie (the default); False: every frame through the object store, as between hosts."""
     t0 = time.perf_counter()
-    options = SourceOptions(poll_size=poll)
+    options = SourceOptions(poll_size=poll, **({} if shared else {"shared_bytes": 0}))
     with ClusterMap(FlowTable()) as cmap:
         for place in places:
             cmap.update(place, qsize)
@@ -292,10 +302,11 @@ def three_nodes(
             c.wait_for_nodes()
             homes = {str(p): names[i % 3] for i, p in enumerate(paths)}
             places = ["head:0", "w1:1", "w2:0"]
-            local, cluster = [], []
+            local, cluster, store = [], [], []
             for _ in range(repeat):
                 local.append(run_local(paths, [0, 1]))
                 cluster.append(run_cluster(paths, places, qsize, poll, homes))
+                store.append(run_cluster(paths, places, qsize, poll, homes, shared=False))
         finally:
             session.close()
     finally:
@@ -308,6 +319,12 @@ def three_nodes(
         ),
         "three_nodes_local_cpu_us_per_frame": median([r[1] for r in local]) * 1e6,
         "three_nodes_cluster_cpu_us_per_frame": median([r["cpu"] for r in cluster]) * 1e6,
+        # Every frame through the object store (shared_bytes=0): what separate hosts pay.
+        "three_nodes_store_frames_per_s": median([r["fps"] for r in store]),
+        "three_nodes_ratio_store_over_local": paired_ratio(
+            [r["fps"] for r in store], [r[0] for r in local]
+        ),
+        "three_nodes_store_cpu_us_per_frame": median([r["cpu"] for r in store]) * 1e6,
     }
 
 
@@ -441,10 +458,12 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=False,
         )
         try:
-            local, cluster = [], []
+            local, cluster, store = [], [], []
+            places = [str(c) for c in cpus]
             for _ in range(args.repeat):
                 local.append(run_local(paths, cpus))
-                cluster.append(run_cluster(paths, [str(c) for c in cpus], args.qsize, args.poll))
+                cluster.append(run_cluster(paths, places, args.qsize, args.poll))
+                store.append(run_cluster(paths, places, args.qsize, args.poll, shared=False))
             out.update(
                 local_frames_per_s=median([r[0] for r in local]),
                 cluster_frames_per_s=median([r["fps"] for r in cluster]),
@@ -455,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
                 cluster_cpu_us_per_frame=median([r["cpu"] for r in cluster]) * 1e6,
                 cluster_map_setup_s=median([r["setup"] for r in cluster]),
                 cluster_whole_run_frames_per_s=median([r["whole"] for r in cluster]),
+                # Every frame through the object store (shared_bytes=0), as between hosts.
+                store_frames_per_s=median([r["fps"] for r in store]),
+                ratio_store_over_local=paired_ratio(
+                    [r["fps"] for r in store], [r[0] for r in local]
+                ),
+                store_cpu_us_per_frame=median([r["cpu"] for r in store]) * 1e6,
             )
             print(f"ratio_cluster_over_local {out['ratio_cluster_over_local']:.3f}", flush=True)
             if not args.only_ratios:

@@ -594,8 +594,10 @@ def read_capture(
     error: str | None = None
     program_obj, table = build_program(program, keys)
     try:
-        _start_line(targets, start)
+        # Before the start line: a pool's pages are faulted in as it is made (tens of ms),
+        # which must not overlap another source's first polls.
         out.share_frames(options)
+        _start_line(targets, start)
         error, started = _pump(path, program_obj, keys, out, books, options)
         out.finish()
         ended = time.time()
