@@ -790,24 +790,39 @@ def _poll(n: int, cut: int, base: int, land: Landing, out: Outbox, books: Books)
         c[name] += v.counts[verdict]
     if not v.counts[XDP_REDIRECT]:
         return
-    red = np.flatnonzero(v.verdicts == XDP_REDIRECT)
-    rkeys = v.keys[red].astype(np.int64)
-    ok = rkeys < out.keys.max_entries
-    if out.keys.dead:
-        ok &= ~np.isin(rkeys, list(out.keys.dead))
-    n_bad = len(ok) - int(np.count_nonzero(ok))
-    c["redirect_err"] += n_bad
-    c["xdp_redirect"] += len(red) - n_bad
-    red, rkeys = red[ok], rkeys[ok]
-    order = np.argsort(rkeys, kind="stable")  # per entry, in arrival order
-    red, rkeys = (red[order] + base).astype(np.uint32), rkeys[order]
+    red, rkeys = _redirected(v, out.keys, c)
+    if not len(red):
+        return
+    lo_key, hi_key = int(rkeys.min()), int(rkeys.max())
+    if lo_key != hi_key:  # several entries: group by entry, each in arrival order
+        order = np.argsort(rkeys, kind="stable")
+        red, rkeys = red[order], rkeys[order]
+    red = (red + base).astype(np.uint32)
     slot, shared = land.slot, land.frames
     if shared is not None and slot is not None:
         shared.index[base : base + len(red)] = red
-    bounds = np.flatnonzero(np.diff(rkeys)) + 1
-    starts = np.concatenate(([0], bounds)).tolist()
-    ends = [*bounds.tolist(), len(red)]
-    for lo, hi in zip(starts, ends, strict=True):
-        if hi > lo:
-            at = None if slot is None else (slot, base + lo)
-            out.send(int(rkeys[lo]), land.block, red[lo:hi], at)
+    if lo_key == hi_key:  # one entry (one CPU, or a flow-hash poll of one flow): one group
+        bounds: list[int] = []
+    else:
+        bounds = (np.flatnonzero(np.diff(rkeys)) + 1).tolist()
+    for lo, hi in zip([0, *bounds], [*bounds, len(red)], strict=True):
+        at = None if slot is None else (slot, base + lo)
+        out.send(int(rkeys[lo]), land.block, red[lo:hi], at)
+
+
+def _redirected(v: Any, keys: KeySpace, c: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The frames (poll-relative) redirected to a live entry, and their keys; those
+    redirected to no entry (or one found dead) counted ``redirect_err``, the rest
+    ``xdp_redirect``."""
+    red = np.flatnonzero(v.verdicts == XDP_REDIRECT)
+    rkeys = v.keys[red].astype(np.int64)
+    if int(rkeys.max()) < keys.max_entries and not keys.dead:  # the usual case: all good
+        c["xdp_redirect"] += len(red)
+        return red, rkeys
+    ok = rkeys < keys.max_entries
+    if keys.dead:
+        ok &= ~np.isin(rkeys, list(keys.dead))
+    n_bad = len(ok) - int(np.count_nonzero(ok))
+    c["redirect_err"] += n_bad
+    c["xdp_redirect"] += len(red) - n_bad
+    return red[ok], rkeys[ok]
