@@ -3,13 +3,19 @@
 :func:`read_capture` is the body of a Ray task placed on the file's node.  It plays the RX
 producer (``cpumap.engine.rx``) of the local engine, poll by poll::
 
-    place up to poll_size records in a frame block  (capture.mapped, read in place:
+    take the poll's frames                          (Landing: a free slot of the frames
+                                                     it shares with the entries on its
+                                                     machine, or a block of its own)
+    place up to poll_size records in them           (capture.mapped, read in place:
                                                      the pool's layout, the skb's hash)
     run the steering program                        (programs.runner.ProgramRunner)
     count DROP / PASS / TX / ABORTED verdicts; a redirect to no entry: redirect_err
     group the redirected frames by key, in order    (one stable argsort)
-    pack each group onto its entry's parcel         (frames.pack: only the columns used)
-    a parcel that is full goes to its entry         (ray.put + actor.offer, one Ray call,
+    put each group on its entry's parcel: where     (shared_frames.SharedPart: a slot and
+      the frames lie for an entry on this machine,   a range of its index area)
+      packed for another                            (frames.pack: only the columns used)
+    a parcel that is full goes to its entry         (actor.offer, one Ray call -- and a
+                                                     ray.put first for packed frames --
                                                      made by the sender thread: Sender)
 
 and keeps the books of every frame it read (:class:`Books`).
@@ -17,9 +23,12 @@ and keeps the books of every frame it read (:class:`Books`).
 Parcels: sized in frames and bytes, several in flight
 ------------------------------------------------------
 A call costs Ray a few hundred microseconds whatever it carries, so frames for an entry
-gather over polls into one parcel -- a list of packed parts, numpy arrays that Ray moves as
-buffers, never pickled frame by frame -- until it holds ``parcel_frames`` frames or
-``parcel_bytes`` bytes; what is left goes at the end of the file.  A lossless parcel may be
+gather over polls into one parcel -- a list of parts: shared parts (a few integers), or
+packed numpy arrays that Ray moves as buffers, never pickled frame by frame -- until it
+holds ``parcel_frames`` frames or ``parcel_bytes`` bytes (for a shared entry, at most
+half the other slots' frames: ``Outbox.share_frames``); what is left goes at the end of
+the file.  A link's first parcel is small and each next one twice the last, up to that
+size (slow start: the entry starts while the source reads on).  A lossless parcel may be
 larger than the entry's queue (the rest waits in the entry, piece by piece, as room
 appears); a drop-and-count parcel is at most half the qsize, so that it fits a queue that
 already holds one.  An offer is answered as soon as the entry has *queued* the
