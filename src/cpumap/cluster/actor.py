@@ -372,6 +372,8 @@ class EntryActor:
                 block = unpack(p)
                 out.append(_Part(source, block, np.arange(block.count, dtype=np.uint32)))
                 continue
+            if self.shared.attach(p.shared):  # this incarnation's first part: map it
+                self.shared_of.setdefault(source, set()).add(p.shared.token)
             block, idx, flag = self.shared.frames(p)
             with self.lock:
                 self.slot_left.setdefault(flag, p.total)
@@ -498,6 +500,9 @@ class _Worker(threading.Thread):
                 _slots_done(e.slot_left, (part,))
                 e.busy = False
                 wanted, e.wanted = e.wanted, False
+            # Its frames' views would keep a source's shared frames mapped here until the
+            # next part comes (between runs: until the next run).
+            del part
             self.parts += 1
             if wanted:
                 self._notify()  # outcomes to report

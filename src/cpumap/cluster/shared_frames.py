@@ -267,18 +267,23 @@ class SharedFrames:
             self._users[slot] = None
 
     def holders(self) -> set[int]:
-        """The entries holding a slot (not yet DONE with it)."""
+        """The entries holding a slot: not yet DONE with it (an entry DONE with a slot that
+        another holds is not what the source waits for)."""
         held: set[int] = set()
+        m = self._map
         for s, users in enumerate(self._users):
-            if users is not None and s not in self._lost and not self._reclaim(s):
-                held.update(users)
+            if users is None or s in self._lost or self._reclaim(s):
+                continue
+            held.update(k for k in users if _atomics.load_u32(m.flag_addr(s, k)) != DONE)
         return held
 
     def lose(self, key: int) -> None:
-        """Entry ``key`` is not the process it was, or is stuck: the slots it holds are
-        never written again (module docstring, faults)."""
+        """Entry ``key`` is not the process it was, or is stuck: the slots it holds (not
+        yet DONE with) are never written again (module docstring, faults)."""
+        m = self._map
         for s, users in enumerate(self._users):
-            if users and key in users and not self._reclaim(s):
+            held = users and key in users and not self._reclaim(s)
+            if held and _atomics.load_u32(m.flag_addr(s, key)) != DONE:
                 self._lost.add(s)
 
     def _reclaim(self, slot: int) -> bool:

@@ -103,6 +103,7 @@ DEFAULT_POLL_SIZE = 4096  # frames per poll
 DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms of Ray (docs)
 DEFAULT_PARCEL_BYTES = 16 << 20  # ... or bytes: what one parcel may take of the object store
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds an offer may stay unanswered before it is lost
+_LOOK_EVERY = 0.05  # s: a source waiting for a shared slot looks at its answers this often
 _FIRST_PARCEL = 1024  # frames of a link's first parcel (slow start: Link)
 DEFAULT_SHARED_BYTES = 64 << 20  # a source's frames shared with the entries on its node
 
@@ -440,6 +441,27 @@ class Outbox:
         self.books.counters["redirect_err"] += n
         self.books.counters["xdp_redirect"] -= n
 
+    def take_answers(self) -> None:
+        """Take every answer already come (no wait), oldest first per entry: their totals
+        recorded, their failures seen (``_take``)."""
+        import ray
+
+        for key, link in enumerate(self.links):
+            while link.pending:
+                ref, n = link.pending[0]
+                if isinstance(ref, Future):
+                    if not ref.done():
+                        break
+                    if ref.exception() is None:
+                        ready, _ = ray.wait([ref.result()], timeout=0, fetch_local=False)
+                        if not ready:
+                            break
+                elif not ray.wait([ref], timeout=0, fetch_local=False)[0]:
+                    break
+                link.pending.popleft()
+                link.unanswered -= n
+                self._take(key, ref, 0.0)
+
     def _settle_oldest(self, key: int) -> None:
         """Wait (up to ``stall``) for the oldest offer to ``key``; keep its report."""
         link = self.links[key]
@@ -749,16 +771,7 @@ class Landing:
             return 0
         slot = f.try_acquire()
         if slot is None:
-            self.out.flush_all()
-            stall = self.options.stall_timeout
-            while (slot := f.acquire(time.monotonic() + stall)) is None and not f.exhausted:
-                held = f.holders()
-                if not held:
-                    break
-                for key in held:
-                    self.out.stuck(
-                        key, f"no shared slot freed in {stall:g}s: entry treated as dead"
-                    )
+            slot = self._wait_for_slot(f)
         if slot is None:  # every slot lost: read on into a block of its own
             self.out.stop_sharing()
             self.frames = None
@@ -767,6 +780,31 @@ class Landing:
         self.slot = slot
         self.lender.base = slot * f.poll
         return self.lender.base
+
+    def _wait_for_slot(self, f: SharedFrames) -> int | None:
+        """Offer what is gathered (the entries must see it to finish any slot), then wait
+        for a free slot.  Meanwhile, every ``_LOOK_EVERY`` s, take the answers that came:
+        an offer that failed (its entry killed, restarting) makes that entry's slots lost
+        at once, and its later frames go through the object store -- not a wait to the
+        stall deadline.  Past the deadline, the entries still holding slots are stuck.
+        None: every slot is lost."""
+        self.out.flush_all()
+        stall = self.options.stall_timeout
+        deadline = time.monotonic() + stall
+        while not f.exhausted:
+            slot = f.acquire(min(deadline, time.monotonic() + _LOOK_EVERY))
+            if slot is not None:
+                return slot
+            self.out.take_answers()
+            if time.monotonic() < deadline:
+                continue
+            held = f.holders()
+            if not held:
+                break
+            for key in held:
+                self.out.stuck(key, f"no shared slot freed in {stall:g}s: entry treated as dead")
+            deadline = time.monotonic() + stall
+        return f.try_acquire()
 
     def landed(self, batch: PacketBatch) -> tuple[int, int]:
         """The poll's frames and how many were cut: placed by the walk (an empty batch),
