@@ -124,17 +124,27 @@ class PlacementError(Error, OSError):
     """The actor could not be pinned to its CPU on its node (``errno``: ENODEV)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _SlotFlag:
+    """A (slot, entry) flag of a source's shared frames: the pool's ``token`` and the
+    flag's address here.  The token keeps two pools apart that happen to be mapped at the
+    same address one after the other (a count left by one never reaches the other)."""
+
+    token: int
+    addr: int
+
+
 @dataclass(slots=True)
 class _Part:
     """Frames ``idx`` of ``block``, of one source, in the queue: the worker's unit of work
-    (one handler call).  ``flag``: the address of their (slot, entry) flag when they lie
-    in the source's shared frames, with ``total`` the slot's frames for this entry (0: a
-    parcel from the object store)."""
+    (one handler call).  ``flag``: their (slot, entry) flag when they lie in the source's
+    shared frames, with ``total`` the slot's frames for this entry (None: a parcel from
+    the object store)."""
 
     source: int
     block: FrameBlock
     idx: np.ndarray
-    flag: int = 0
+    flag: _SlotFlag | None = None
     total: int = 0
 
     def __len__(self) -> int:
@@ -207,11 +217,11 @@ class EntryActor:
         self.gates: dict[int, tuple[list[int], asyncio.Event]] = {}
         self.offering: dict[int, int] = {}  # per source: its offers still taking frames
         # Frames of sources on this node, where they lie (shared_frames.py): the pools
-        # which source's they are, and per region (its flag's address) the frames of it
-        # that have no outcome yet -- the flag says DONE when the count reaches 0.
+        # mapped, which source's they are, and per (slot, entry) flag the frames of the
+        # slot with no outcome yet -- the flag says DONE when the count reaches 0.
         self.shared = SharedFramesReader()
         self.shared_of: dict[int, set[int]] = {}
-        self.slot_left: dict[int, int] = {}
+        self.slot_left: dict[_SlotFlag, int] = {}
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
         self.worker = _start_worker(self, pin, self._progressed)
 
@@ -275,6 +285,9 @@ class EntryActor:
                 break
         for token in self.shared_of.pop(source, ()):
             self.shared.forget(token)
+            with self.lock:  # a slot whose last frames never came here: never DONE now
+                for flag in [f for f in self.slot_left if f.token == token]:
+                    del self.slot_left[flag]
         return self._report(source)
 
     async def idle(self, timeout: float) -> bool:
@@ -374,7 +387,8 @@ class EntryActor:
                 continue
             if self.shared.attach(p.shared):  # this incarnation's first part: map it
                 self.shared_of.setdefault(source, set()).add(p.shared.token)
-            block, idx, flag = self.shared.frames(p)
+            block, idx, addr = self.shared.frames(p)
+            flag = _SlotFlag(p.shared.token, addr)
             with self.lock:
                 self.slot_left.setdefault(flag, p.total)
             out.append(_Part(source, block, idx, flag, p.total))
@@ -548,19 +562,23 @@ async def _fetched(parts: list[Any]) -> list[Parcel]:
     return out
 
 
-def _slots_done(left: dict[int, int], parts: Any) -> None:
+def _slots_done(left: dict[_SlotFlag, int], parts: Any) -> None:
     """Frames of ``parts`` have their outcome (handled, or refused): a shared slot with
     none left for this entry (``left``: frames per flag) is DONE -- its source may write
     it again (shared_frames.py argues why this store comes after every read of it).
     Called under the entry's lock."""
     for p in parts:
-        if p.flag:
-            n = left[p.flag] - len(p)
-            if n:
-                left[p.flag] = n
-            else:
-                del left[p.flag]
-                mark_done(p.flag)
+        if p.flag is None:
+            continue
+        n = left.get(p.flag)
+        if n is None:  # its pool was let go (tally): nobody waits for this flag
+            continue
+        n -= len(p)
+        if n > 0:
+            left[p.flag] = n
+        else:
+            del left[p.flag]
+            mark_done(p.flag.addr)  # its pool is mapped: this part's views hold it
 
 
 def _deliver(
