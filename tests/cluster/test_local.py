@@ -29,10 +29,11 @@ from cpumap.cluster import (
     run_captures,
     run_map,
 )
+from cpumap.engine.frame_pool import DEFAULT_FRAME_SIZE
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
-from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce
+from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce, WhereFramesLie
 from tests.cluster.helpers import (
     OBJECT_STORE,
     assert_loopback_only,
@@ -44,6 +45,7 @@ from tests.cluster.helpers import (
     packets_in,
     ray_processes,
 )
+from tests.helpers import pid_gone, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,6 +73,26 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_captures(tmp_path_factory.mktemp("captures"), files=3, packets=3000)
+
+
+# How a source sends its frames to the entries on its node (``SourceOptions.shared_bytes``):
+# "shared" -- in its shared frames (``cluster/shared_frames.py``), 3 slots of 512-frame polls,
+# so that each file's 3000 frames take 6 polls and slots are taken again only after DONE
+# (back-pressure on the slots); "shared-default" -- the default pool (one 4096-frame poll
+# per file here); "store" -- none shared, every parcel through the object store.
+SHARINGS = ("shared", "store")
+_POLL = 512
+
+
+def sharing(how: str, **kw: object) -> SourceOptions:
+    if how == "shared":
+        slot = _POLL * (DEFAULT_FRAME_SIZE + 44)  # a slot's bytes, as Outbox.share_frames
+        kw = {"poll_size": _POLL, "shared_bytes": 3 * slot, **kw}
+    elif how == "store":
+        kw = {"shared_bytes": 0, **kw}
+    else:
+        assert how == "shared-default", how
+    return SourceOptions(**kw)  # type: ignore[arg-type]
 
 
 def test_ray_listens_on_loopback_only(ray_local: None) -> None:
@@ -139,11 +161,12 @@ def test_map_operations_keep_their_errno(ray_local: None) -> None:
 
 
 # -- runs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", [*SHARINGS, "shared-default"])
 @pytest.mark.parametrize("pipeline", [True, False], ids=["sender-thread", "inline"])
 def test_same_flow_table_as_a_local_map(
-    ray_local: None, captures: list[Path], pipeline: bool
+    ray_local: None, captures: list[Path], pipeline: bool, how: str
 ) -> None:
-    reading = RunOptions(source=SourceOptions(pipeline=pipeline))
+    reading = RunOptions(source=sharing(how, pipeline=pipeline))
     result = run_captures(captures, entries="0,1", handler=FlowTable(), options=reading)
     total = packets_in(captures)
     s = result.stats
@@ -256,8 +279,9 @@ def test_an_offer_is_answered_when_queued_not_when_handled(ray_local: None, tmp_
     assert cmap.results[0].result["largest"] <= 100
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 def test_drop_and_count_when_not_lossless(
-    ray_local: None, captures: list[Path], tmp_path: Path
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
     """Behind a handler that holds a batch, a queue of 16 fills and what does not fit is
     refused and counted queue_full; the rest is delivered once the handler lets go."""
@@ -265,7 +289,7 @@ def test_drop_and_count_when_not_lossless(
 
     with ClusterMap(HoldUntil(tmp_path, victim=0)) as cmap:
         cmap.update("0", 16)
-        lossy = SourceOptions(lossless=False, stall_timeout=30)
+        lossy = sharing(how, lossless=False, stall_timeout=30)
         t, box = _run_in_thread(cmap, captures[:1], options=lossy)
         _wait_for(tmp_path / "held")
         deadline = time.monotonic() + 30
@@ -305,9 +329,10 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 @pytest.mark.parametrize("restarts", [1, 0], ids=["restarted", "retired"])
 def test_actor_killed_mid_run_is_counted_and_survived(
-    ray_local: None, captures: list[Path], tmp_path: Path, restarts: int
+    ray_local: None, captures: list[Path], tmp_path: Path, restarts: int, how: str
 ) -> None:
     import ray
 
@@ -316,7 +341,9 @@ def test_actor_killed_mid_run_is_counted_and_survived(
         cmap.update("0", 256)
         cmap.update("1", 256)
         victim = cmap.entry("0")
-        t, box = _run_in_thread(cmap, captures)
+        t, box = _run_in_thread(
+            cmap, captures, options=sharing(how, stall_timeout=30, parcel_frames=128)
+        )
         _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: parcels queue behind it
         ray.kill(victim.actor, no_restart=False)
         t.join(90)
@@ -377,23 +404,113 @@ def test_the_command_line_on_ray_prints_the_local_summary_schema(
     assert bad.value.code == 2
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 def test_a_handler_stuck_forever_is_lost_not_hung(
-    ray_local: None, captures: list[Path], tmp_path: Path
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
     """No reply within ``stall_timeout``: the entry's unanswered frames are lost, it is dead
-    for the rest of the run (redirect_err), killed after it, and the run returns."""
+    for the rest of the run (redirect_err), killed after it, and the run returns.  With
+    shared frames the source may find it stuck first by the slots it holds, never DONE."""
     cmap = ClusterMap(StallOnce(tmp_path, victim=0), alive_timeout=2.0)
     try:
         cmap.update("0", 256)
         cmap.update("1", 256)
         t0 = time.monotonic()
-        stalling = SourceOptions(stall_timeout=2.0, parcel_frames=128)
+        stalling = sharing(how, stall_timeout=2.0, parcel_frames=128)
         result = run_map(cmap, captures, "l4-hash", options=stalling)
         assert time.monotonic() - t0 < 60
         s, o = result.stats, result.outcomes()
         assert s.rx == packets_in(captures) and s.in_flight == 0
         e0, e1 = result.entries
-        assert e0.lost == o["lost"] > 0 and any("no answer" in f for f in e0.failures)
+        stuck = ("no answer", "no shared slot freed")
+        assert e0.lost == o["lost"] > 0
+        assert any(why in f for f in e0.failures for why in stuck), e0.failures
         assert e0.state == "dead" and o["redirect_err"] > 0 and e1.lost == 0
     finally:
         cmap.close()
+
+
+# -- shared frames -------------------------------------------------------------------------------
+SHARED_FRAMES = "/memfd:cpumap-shared-frames "  # a link or mapping of a source's frames
+
+
+def holds_shared_frames(pid: int) -> bool:
+    """Whether process ``pid`` maps a source's shared frames or has an fd of them."""
+    try:
+        if SHARED_FRAMES in Path(f"/proc/{pid}/maps").read_text():
+            return True
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(SHARED_FRAMES):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def shared_frames_holders() -> set[int]:
+    """Ray's processes (and this one) that hold a source's shared frames."""
+    return {p for p in ray_processes() | {os.getpid()} if holds_shared_frames(p)}
+
+
+@pytest.mark.parametrize("how", [*SHARINGS, "shared-default"])
+def test_frames_are_handled_where_the_source_put_them_when_shared(
+    ray_local: None, captures: list[Path], how: str
+) -> None:
+    """The handler's frames lie in the source's shared frames (a mapping of its memfd in
+    the entry's process) when they are shared -- every one of them, none packed and put
+    through the object store -- and never when they are not; the run is whole either way,
+    and no process holds the shared frames once it is over."""
+    options = RunOptions(source=sharing(how))
+    result = run_captures(captures, entries="0,1", handler=WhereFramesLie(), options=options)
+    total = packets_in(captures)
+    s = result.stats
+    assert s.rx == total and s.in_flight == 0
+    assert result.outcomes()["delivered"] == total
+    where = [r.result for r in result.results]
+    assert all(w["shared"] + w["elsewhere"] > 0 for w in where), where  # both entries
+    if how == "store":
+        assert sum(w["shared"] for w in where) == 0, where
+    else:
+        assert sum(w["shared"] for w in where) == total and not any(
+            w["elsewhere"] for w in where
+        ), where
+    wait_for(lambda: not shared_frames_holders(), 30, "no process holding shared frames")
+
+
+def test_an_entry_killed_holding_shared_slots_leaves_the_run_whole(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """SIGKILL an entry while its handler holds a batch of shared frames (its slots never
+    DONE): the run returns whole -- the source quarantines those slots and reads on --
+    the entry's frames are counted lost or redirect_err, the other entry's are all
+    delivered, and afterwards no process holds a source's shared frames."""
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), max_restarts=0)
+    try:
+        cmap.update("0", 256)
+        cmap.update("1", 256)
+        victim = cmap.entry("0")
+        t, box = _run_in_thread(
+            cmap, captures, options=sharing("shared", stall_timeout=30, parcel_frames=128)
+        )
+        _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: its slots are not DONE
+        assert holds_shared_frames(victim.pid)  # ... and they are the source's frames
+        os.kill(victim.pid, 9)
+        wait_for(lambda: pid_gone(victim.pid), 30, "the killed entry's process gone")
+        t.join(90)
+        assert not t.is_alive(), "the run hung after the kill"
+        assert "error" not in box, box.get("error")
+        result = box["result"]
+        s, o = result.stats, result.outcomes()  # type: ignore[attr-defined]
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        assert sum(o.values()) == s.rx
+        e0, e1 = result.entries  # type: ignore[attr-defined]
+        assert e0.state == "dead" and e0.failures and o["lost"] == e0.lost > 0
+        assert e1.lost == 0 and e1.delivered == e1.sent > 0
+        assert o["delivered"] + o["lost"] + o["redirect_err"] == s.rx
+    finally:
+        cmap.close()
+    wait_for(lambda: not shared_frames_holders(), 30, "no process holding shared frames")

@@ -308,7 +308,7 @@ def test_a_slot_comes_back_only_when_every_entry_holding_it_is_done() -> None:
         assert sf.try_acquire() is None  # 0 held by the entries, 1 by this poll
         done(reader, p0)
         assert sf.try_acquire() is None  # entry 1 still holds slot 0
-        assert sf.holders() == {0, 1}  # per slot: both hold it until both are done
+        assert 1 in sf.holders()
         done(reader, p1)
         assert sf.holders() == set()
         assert sf.try_acquire() == 0
@@ -320,6 +320,26 @@ def test_a_slot_comes_back_only_when_every_entry_holding_it_is_done() -> None:
         assert sf.try_acquire() is None
         done(reader, q1)
         assert sf.try_acquire() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SharedFrames.holders() names every entry that got a part of a slot not yet free, "
+    "also those whose (slot, entry) flag already says DONE (its docstring: 'not yet DONE "
+    "with it'); Landing.take_frames then calls Outbox.stuck() on a healthy entry when "
+    "another one stalls -- test_local.py::test_a_healthy_entry_is_not_blamed_for_anothers_slots",
+)
+def test_holders_are_only_the_entries_not_yet_done() -> None:
+    """An entry DONE with a slot another entry still holds does not hold it: it is not
+    the one the source waits for (and must not be treated as stuck)."""
+    with pool_and_reader(slots=2) as (sf, reader):
+        s = sf.try_acquire()
+        assert s is not None
+        p0, _p1 = take_part(sf, s, 0), take_part(sf, s, 1)
+        sf.poll_done(s)
+        assert sf.holders() == {0, 1}
+        done(reader, p0)
+        assert sf.holders() == {1}
 
 
 def test_acquire_gives_up_at_its_deadline() -> None:
