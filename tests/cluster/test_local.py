@@ -456,29 +456,12 @@ def shared_frames_holders() -> set[int]:
     return {p for p in ray_processes() | {os.getpid()} if holds_shared_frames(p)}
 
 
-# Faults of the shared path found by the tests below: expected to fail until they are fixed
-# (where there is an object-store variant, it shows the behaviour the shared path must
-# match).  In the first two, the entries' queues (8192) are larger than what a source's 3
-# slots hold, so the source runs out of free slots (Landing.take_frames) before its window
-# to the entry fills.
-_BLAMES_THE_HEALTHY = pytest.mark.xfail(
-    strict=True,
-    reason="SharedFrames.holders() names every entry that got a part of a held slot, also "
-    "those already DONE with it: when entry 0 stalls, Landing.take_frames calls "
-    "Outbox.stuck() on entry 1 too ('no shared slot freed'), and entry 1's later frames "
-    "become redirect_err",
-)
-_WAITS_OUT_A_DEAD_ENTRY = pytest.mark.xfail(
-    strict=True,
-    reason="while Landing.take_frames waits for a free slot (SharedFrames.acquire, up to "
-    "stall_timeout) the source does not look at its offers: the failed calls of a killed "
-    "entry go unseen, the source waits the whole stall_timeout, then treats the entry "
-    "(restarted meanwhile) as dead -- its later frames redirect_err, where the object-store "
-    "path sends them to the restarted actor",
-)
-
-
-@pytest.mark.parametrize("how", [pytest.param("shared", marks=_BLAMES_THE_HEALTHY), "store"])
+# Faults of the shared path these tests found (fixed in c0b41ab, but for the second's
+# remaining case); where there is an object-store variant, it shows the behaviour the
+# shared path must match.  In the first two, the entries' queues (8192) are larger than
+# what a source's 3 slots hold, so the source runs out of free slots before its window to
+# the entry fills.
+@pytest.mark.parametrize("how", SHARINGS)
 def test_a_healthy_entry_is_not_blamed_for_anothers_slots(
     ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
@@ -502,14 +485,25 @@ def test_a_healthy_entry_is_not_blamed_for_anothers_slots(
         cmap.close()
 
 
-@pytest.mark.parametrize("how", [pytest.param("shared", marks=_WAITS_OUT_A_DEAD_ENTRY), "store"])
+# Not strict: it fails when a source had every offer to the killed entry answered (queued)
+# before the kill -- no failed call to see -- which is most runs, not all.
+_DEAD_ONLY_BY_ITS_SLOTS = pytest.mark.xfail(
+    strict=False,
+    reason="a source waiting for slots held by an entry whose offers were all answered "
+    "(answers come when the frames are queued) has no failed call to see when the entry "
+    "is killed: it waits the whole stall_timeout, then treats the restarted entry as dead "
+    "('no shared slot freed'), its later frames redirect_err",
+)
+
+
+@pytest.mark.parametrize("how", [pytest.param("shared", marks=_DEAD_ONLY_BY_ITS_SLOTS), "store"])
 def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
     ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
     """Entry 0 is killed (and restarted) while its handler holds a batch and the source
-    waits for the slots it holds: the source sees the failed calls, goes on with the
-    restarted entry (no redirect_err, its new incarnation reports), and leaves entry 1
-    alone; the identity holds."""
+    waits for the slots it holds: the source sees the failed calls and goes on with the
+    restarted entry (no redirect_err, not treated as dead), and leaves entry 1 alone; the
+    identity holds."""
     import ray
 
     cmap = ClusterMap(StallOnce(tmp_path, victim=0), max_restarts=1)
@@ -528,36 +522,16 @@ def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
         assert s.rx == packets_in(captures) and s.in_flight == 0
         e0, e1 = result.entries  # type: ignore[attr-defined]
         assert o["lost"] == e0.lost > 0 and e1.lost == 0 and not e1.failures
-        assert o["redirect_err"] == 0
-        assert e0.state == "live" and e0.restarts == 1
+        assert o["redirect_err"] == 0, e0.failures
+        # Not dead for the source (whether the new incarnation got frames, and so
+        # reported, depends on when the kill came: its restarts are not asserted).
+        assert e0.state == "live"
         assert not [f for f in e0.failures if "treated as dead" in f], e0.failures
     finally:
         cmap.close()
 
 
-_KEEPS_THE_LAST_PART = pytest.mark.xfail(
-    strict=True,
-    reason="after tally() forgets a source's pool, the entry's worker thread still holds "
-    "the last part it handled (_Worker.run's local 'part', until the next part comes): "
-    "its view keeps the pool mapped in the entry between runs",
-)
-_NEVER_FORGETS_UNATTACHED = pytest.mark.xfail(
-    strict=True,
-    reason="a shared part offered to an incarnation that did not attach_frames (a restarted "
-    "actor) is mapped on demand by SharedFramesReader.frames(), but EntryActor._parts does "
-    "not record the source in shared_of: tally() never forgets that pool, mapped for the "
-    "actor's life (besides the last part, as in the attached case)",
-)
-
-
-@pytest.mark.parametrize(
-    "attached",
-    [
-        pytest.param(True, marks=_KEEPS_THE_LAST_PART),
-        pytest.param(False, marks=_NEVER_FORGETS_UNATTACHED),
-    ],
-    ids=["attached", "restarted"],
-)
+@pytest.mark.parametrize("attached", [True, False], ids=["attached", "restarted"])
 def test_an_entry_lets_go_of_a_sources_frames_at_its_tally(
     ray_local: None, tmp_path: Path, attached: bool
 ) -> None:
