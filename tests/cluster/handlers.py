@@ -100,3 +100,49 @@ class HoldUntil:
 
     def finish(self) -> dict[str, int]:
         return {"largest": self.largest, "frames": self.frames}
+
+
+class WhereFramesLie:
+    """A per-frame handler that accepts every frame and counts where its bytes lie in the
+    entry's process: in a source's shared frames (a mapping of the memfd
+    ``cpumap-shared-frames``) or elsewhere (a parcel out of the object store).  An skb's
+    ``data`` is a view of the frame where it lies (``cpumap.skb.frame_skbs``)."""
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.elsewhere = 0
+        self.ranges: list[tuple[int, int, bool]] = []  # this process's mappings
+
+    def __call__(self, skb: Skb) -> None:
+        import numpy as np
+
+        addr = np.frombuffer(skb.data, dtype=np.uint8).ctypes.data
+        where = self._lies_in(addr)
+        if where is None:  # mapped since the last look
+            self.ranges = _mappings()
+            where = self._lies_in(addr)
+        if where:
+            self.shared += 1
+        else:
+            self.elsewhere += 1
+        return None
+
+    def _lies_in(self, addr: int) -> bool | None:
+        for lo, hi, shared in self.ranges:
+            if lo <= addr < hi:
+                return shared
+        return None
+
+    def finish(self) -> dict[str, int]:
+        return {"shared": self.shared, "elsewhere": self.elsewhere}
+
+
+def _mappings() -> list[tuple[int, int, bool]]:
+    """(start, end, whether it is a source's shared frames) of each mapping of ours."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span = line.split(maxsplit=1)[0]
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            out.append((lo, hi, "/memfd:cpumap-shared-frames " in line))
+    return out

@@ -29,10 +29,11 @@ from cpumap.cluster import (
     run_captures,
     run_map,
 )
+from cpumap.engine.frame_pool import DEFAULT_FRAME_SIZE
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
-from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce
+from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce, WhereFramesLie
 from tests.cluster.helpers import (
     OBJECT_STORE,
     assert_loopback_only,
@@ -44,6 +45,7 @@ from tests.cluster.helpers import (
     packets_in,
     ray_processes,
 )
+from tests.helpers import pid_gone, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -71,6 +73,26 @@ def ray_local() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def captures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_captures(tmp_path_factory.mktemp("captures"), files=3, packets=3000)
+
+
+# How a source sends its frames to the entries on its node (``SourceOptions.shared_bytes``):
+# "shared" -- in its shared frames (``cluster/shared_frames.py``), 3 slots of 512-frame polls,
+# so that each file's 3000 frames take 6 polls and slots are taken again only after DONE
+# (back-pressure on the slots); "shared-default" -- the default pool (one 4096-frame poll
+# per file here); "store" -- none shared, every parcel through the object store.
+SHARINGS = ("shared", "store")
+_POLL = 512
+
+
+def sharing(how: str, **kw: object) -> SourceOptions:
+    if how == "shared":
+        slot = _POLL * (DEFAULT_FRAME_SIZE + 44)  # a slot's bytes, as Outbox.share_frames
+        kw = {"poll_size": _POLL, "shared_bytes": 3 * slot, **kw}
+    elif how == "store":
+        kw = {"shared_bytes": 0, **kw}
+    else:
+        assert how == "shared-default", how
+    return SourceOptions(**kw)  # type: ignore[arg-type]
 
 
 def test_ray_listens_on_loopback_only(ray_local: None) -> None:
@@ -139,11 +161,12 @@ def test_map_operations_keep_their_errno(ray_local: None) -> None:
 
 
 # -- runs ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", [*SHARINGS, "shared-default"])
 @pytest.mark.parametrize("pipeline", [True, False], ids=["sender-thread", "inline"])
 def test_same_flow_table_as_a_local_map(
-    ray_local: None, captures: list[Path], pipeline: bool
+    ray_local: None, captures: list[Path], pipeline: bool, how: str
 ) -> None:
-    reading = RunOptions(source=SourceOptions(pipeline=pipeline))
+    reading = RunOptions(source=sharing(how, pipeline=pipeline))
     result = run_captures(captures, entries="0,1", handler=FlowTable(), options=reading)
     total = packets_in(captures)
     s = result.stats
@@ -256,8 +279,9 @@ def test_an_offer_is_answered_when_queued_not_when_handled(ray_local: None, tmp_
     assert cmap.results[0].result["largest"] <= 100
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 def test_drop_and_count_when_not_lossless(
-    ray_local: None, captures: list[Path], tmp_path: Path
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
     """Behind a handler that holds a batch, a queue of 16 fills and what does not fit is
     refused and counted queue_full; the rest is delivered once the handler lets go."""
@@ -265,7 +289,7 @@ def test_drop_and_count_when_not_lossless(
 
     with ClusterMap(HoldUntil(tmp_path, victim=0)) as cmap:
         cmap.update("0", 16)
-        lossy = SourceOptions(lossless=False, stall_timeout=30)
+        lossy = sharing(how, lossless=False, stall_timeout=30)
         t, box = _run_in_thread(cmap, captures[:1], options=lossy)
         _wait_for(tmp_path / "held")
         deadline = time.monotonic() + 30
@@ -305,9 +329,10 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 @pytest.mark.parametrize("restarts", [1, 0], ids=["restarted", "retired"])
 def test_actor_killed_mid_run_is_counted_and_survived(
-    ray_local: None, captures: list[Path], tmp_path: Path, restarts: int
+    ray_local: None, captures: list[Path], tmp_path: Path, restarts: int, how: str
 ) -> None:
     import ray
 
@@ -316,7 +341,9 @@ def test_actor_killed_mid_run_is_counted_and_survived(
         cmap.update("0", 256)
         cmap.update("1", 256)
         victim = cmap.entry("0")
-        t, box = _run_in_thread(cmap, captures)
+        t, box = _run_in_thread(
+            cmap, captures, options=sharing(how, stall_timeout=30, parcel_frames=128)
+        )
         _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: parcels queue behind it
         ray.kill(victim.actor, no_restart=False)
         t.join(90)
@@ -377,23 +404,235 @@ def test_the_command_line_on_ray_prints_the_local_summary_schema(
     assert bad.value.code == 2
 
 
+@pytest.mark.parametrize("how", SHARINGS)
 def test_a_handler_stuck_forever_is_lost_not_hung(
-    ray_local: None, captures: list[Path], tmp_path: Path
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:
     """No reply within ``stall_timeout``: the entry's unanswered frames are lost, it is dead
-    for the rest of the run (redirect_err), killed after it, and the run returns."""
+    for the rest of the run (redirect_err), killed after it, and the run returns.  With
+    shared frames the source may find it stuck first by the slots it holds, never DONE."""
     cmap = ClusterMap(StallOnce(tmp_path, victim=0), alive_timeout=2.0)
     try:
         cmap.update("0", 256)
         cmap.update("1", 256)
         t0 = time.monotonic()
-        stalling = SourceOptions(stall_timeout=2.0, parcel_frames=128)
+        stalling = sharing(how, stall_timeout=2.0, parcel_frames=128)
         result = run_map(cmap, captures, "l4-hash", options=stalling)
         assert time.monotonic() - t0 < 60
         s, o = result.stats, result.outcomes()
         assert s.rx == packets_in(captures) and s.in_flight == 0
         e0, e1 = result.entries
-        assert e0.lost == o["lost"] > 0 and any("no answer" in f for f in e0.failures)
+        stuck = ("no answer", "no shared slot freed")
+        assert e0.lost == o["lost"] > 0
+        assert any(why in f for f in e0.failures for why in stuck), e0.failures
         assert e0.state == "dead" and o["redirect_err"] > 0 and e1.lost == 0
     finally:
         cmap.close()
+
+
+# -- shared frames -------------------------------------------------------------------------------
+SHARED_FRAMES = "/memfd:cpumap-shared-frames "  # a link or mapping of a source's frames
+
+
+def holds_shared_frames(pid: int) -> bool:
+    """Whether process ``pid`` maps a source's shared frames or has an fd of them."""
+    try:
+        if SHARED_FRAMES in Path(f"/proc/{pid}/maps").read_text():
+            return True
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(SHARED_FRAMES):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def shared_frames_holders() -> set[int]:
+    """Ray's processes (and this one) that hold a source's shared frames."""
+    return {p for p in ray_processes() | {os.getpid()} if holds_shared_frames(p)}
+
+
+# Faults of the shared path these tests found (fixed in c0b41ab, but for the second's
+# remaining case); where there is an object-store variant, it shows the behaviour the
+# shared path must match.  In the first two, the entries' queues (8192) are larger than
+# what a source's 3 slots hold, so the source runs out of free slots before its window to
+# the entry fills.
+@pytest.mark.parametrize("how", SHARINGS)
+def test_a_healthy_entry_is_not_blamed_for_anothers_slots(
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
+) -> None:
+    """Entry 0's handler is stuck forever while entry 1 handles everything it gets: entry
+    0's frames are lost, entry 1 gets every frame steered to it, none treated as dead."""
+    undisturbed = run_captures(captures, entries="0,1", options=RunOptions(source=sharing(how)))
+    want = undisturbed.entries[1].delivered
+    assert want > 0
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), alive_timeout=2.0)
+    try:
+        cmap.update("0", 8192)
+        cmap.update("1", 8192)
+        result = run_map(cmap, captures, "l4-hash", options=sharing(how, stall_timeout=2.0))
+        s, o = result.stats, result.outcomes()
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        e0, e1 = result.entries
+        assert e0.lost == o["lost"] > 0
+        assert not e1.failures and e1.lost == 0
+        assert e1.delivered == e1.sent == want
+    finally:
+        cmap.close()
+
+
+# Not strict: it fails when a source had every offer to the killed entry answered (queued)
+# before the kill -- no failed call to see -- which is most runs, not all.
+_DEAD_ONLY_BY_ITS_SLOTS = pytest.mark.xfail(
+    strict=False,
+    reason="a source waiting for slots held by an entry whose offers were all answered "
+    "(answers come when the frames are queued) has no failed call to see when the entry "
+    "is killed: it waits the whole stall_timeout, then treats the restarted entry as dead "
+    "('no shared slot freed'), its later frames redirect_err",
+)
+
+
+@pytest.mark.parametrize("how", [pytest.param("shared", marks=_DEAD_ONLY_BY_ITS_SLOTS), "store"])
+def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
+    ray_local: None, captures: list[Path], tmp_path: Path, how: str
+) -> None:
+    """Entry 0 is killed (and restarted) while its handler holds a batch and the source
+    waits for the slots it holds: the source sees the failed calls and goes on with the
+    restarted entry (no redirect_err, not treated as dead), and leaves entry 1 alone; the
+    identity holds."""
+    import ray
+
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), max_restarts=1)
+    try:
+        cmap.update("0", 8192)
+        cmap.update("1", 8192)
+        victim = cmap.entry("0")
+        t, box = _run_in_thread(cmap, captures, options=sharing(how, stall_timeout=10))
+        _wait_for(tmp_path / "stalled")
+        ray.kill(victim.actor, no_restart=False)
+        t.join(90)
+        assert not t.is_alive(), "the run hung after the kill"
+        assert "error" not in box, box.get("error")
+        result = box["result"]
+        s, o = result.stats, result.outcomes()  # type: ignore[attr-defined]
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        e0, e1 = result.entries  # type: ignore[attr-defined]
+        assert o["lost"] == e0.lost > 0 and e1.lost == 0 and not e1.failures
+        assert o["redirect_err"] == 0, e0.failures
+        # Not dead for the source (whether the new incarnation got frames, and so
+        # reported, depends on when the kill came: its restarts are not asserted).
+        assert e0.state == "live"
+        assert not [f for f in e0.failures if "treated as dead" in f], e0.failures
+    finally:
+        cmap.close()
+
+
+@pytest.mark.parametrize("attached", [True, False], ids=["attached", "restarted"])
+def test_an_entry_lets_go_of_a_sources_frames_at_its_tally(
+    ray_local: None, tmp_path: Path, attached: bool
+) -> None:
+    """A real entry actor, offered a slot of shared frames made here (attached first, or
+    not: as a restarted incarnation gets them): it handles them, stores DONE (the slot
+    comes back to the source), and once its tally of that source is answered it no
+    longer maps the source's frames."""
+    import ray
+
+    from cpumap.cluster.shared_frames import SharedFrames
+
+    poll = 64
+    sf = SharedFrames(3, poll, DEFAULT_FRAME_SIZE, 256, 1)
+    try:
+        with ClusterMap(HoldUntil(tmp_path, victim=-1)) as cmap:
+            cmap.update("0", 256)
+            entry = cmap.entry("0")
+            slot = sf.try_acquire()
+            assert slot is not None
+            base = slot * poll
+            _fill(sf.slot_block(slot), poll)
+            sf.index[base : base + poll] = range(base, base + poll)
+            parts = [
+                sf.part(slot, 0, base, base + 40, poll),
+                sf.part(slot, 0, base + 40, base + poll, poll),
+            ]
+            sf.poll_done(slot)
+            if attached:
+                assert ray.get(entry.actor.attach_frames.remote(1, sf.handle), timeout=30)
+            ray.get(entry.actor.offer.remote(1, parts, True), timeout=30)
+            tally = ray.get(entry.actor.tally.remote(1, 30.0), timeout=60)
+            assert tally.counts == (poll, 0, poll, 0, 0, 0)
+            assert slot in {sf.try_acquire() for _ in range(3)}  # DONE: it came back
+            assert not holds_shared_frames(entry.pid)
+    finally:
+        sf.close()
+
+
+def _fill(block: object, n: int) -> None:
+    from cpumap.cluster.frames import fill
+    from cpumap.generator import Generator
+
+    gen = Generator(flows=8, sizes=128, protocols=("udp",), seed=5, count=n)
+    fill(block, next(gen.batches(n)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", [*SHARINGS, "shared-default"])
+def test_frames_are_handled_where_the_source_put_them_when_shared(
+    ray_local: None, captures: list[Path], how: str
+) -> None:
+    """The handler's frames lie in the source's shared frames (a mapping of its memfd in
+    the entry's process) when they are shared -- every one of them, none packed and put
+    through the object store -- and never when they are not; the run is whole either way,
+    and no process holds the shared frames once it is over."""
+    options = RunOptions(source=sharing(how))
+    result = run_captures(captures, entries="0,1", handler=WhereFramesLie(), options=options)
+    total = packets_in(captures)
+    s = result.stats
+    assert s.rx == total and s.in_flight == 0
+    assert result.outcomes()["delivered"] == total
+    where = [r.result for r in result.results]
+    assert all(w["shared"] + w["elsewhere"] > 0 for w in where), where  # both entries
+    if how == "store":
+        assert sum(w["shared"] for w in where) == 0, where
+    else:
+        assert sum(w["shared"] for w in where) == total and not any(
+            w["elsewhere"] for w in where
+        ), where
+    wait_for(lambda: not shared_frames_holders(), 30, "no process holding shared frames")
+
+
+def test_an_entry_killed_holding_shared_slots_leaves_the_run_whole(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """SIGKILL an entry while its handler holds a batch of shared frames (its slots never
+    DONE): the run returns whole -- the source quarantines those slots and reads on --
+    the entry's frames are counted lost or redirect_err, the other entry's are all
+    delivered, and afterwards no process holds a source's shared frames."""
+    cmap = ClusterMap(StallOnce(tmp_path, victim=0), max_restarts=0)
+    try:
+        cmap.update("0", 256)
+        cmap.update("1", 256)
+        victim = cmap.entry("0")
+        t, box = _run_in_thread(
+            cmap, captures, options=sharing("shared", stall_timeout=30, parcel_frames=128)
+        )
+        _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: its slots are not DONE
+        assert holds_shared_frames(victim.pid)  # ... and they are the source's frames
+        os.kill(victim.pid, 9)
+        wait_for(lambda: pid_gone(victim.pid), 30, "the killed entry's process gone")
+        t.join(90)
+        assert not t.is_alive(), "the run hung after the kill"
+        assert "error" not in box, box.get("error")
+        result = box["result"]
+        s, o = result.stats, result.outcomes()  # type: ignore[attr-defined]
+        assert s.rx == packets_in(captures) and s.in_flight == 0
+        assert sum(o.values()) == s.rx
+        e0, e1 = result.entries  # type: ignore[attr-defined]
+        assert e0.state == "dead" and e0.failures and o["lost"] == e0.lost > 0
+        assert e1.lost == 0 and e1.delivered == e1.sent > 0
+        assert o["delivered"] + o["lost"] + o["redirect_err"] == s.rx
+    finally:
+        cmap.close()
+    wait_for(lambda: not shared_frames_holders(), 30, "no process holding shared frames")
