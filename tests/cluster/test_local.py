@@ -485,18 +485,7 @@ def test_a_healthy_entry_is_not_blamed_for_anothers_slots(
         cmap.close()
 
 
-# Not strict: it fails when a source had every offer to the killed entry answered (queued)
-# before the kill -- no failed call to see -- which is most runs, not all.
-_DEAD_ONLY_BY_ITS_SLOTS = pytest.mark.xfail(
-    strict=False,
-    reason="a source waiting for slots held by an entry whose offers were all answered "
-    "(answers come when the frames are queued) has no failed call to see when the entry "
-    "is killed: it waits the whole stall_timeout, then treats the restarted entry as dead "
-    "('no shared slot freed'), its later frames redirect_err",
-)
-
-
-@pytest.mark.parametrize("how", [pytest.param("shared", marks=_DEAD_ONLY_BY_ITS_SLOTS), "store"])
+@pytest.mark.parametrize("how", ["shared", "store"])
 def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
     ray_local: None, captures: list[Path], tmp_path: Path, how: str
 ) -> None:

@@ -260,14 +260,15 @@ class EntryActor:
             _slots_done(self.slot_left, rest)  # refused: their slots may be DONE
         return self._report(source)
 
-    async def attach_frames(self, source: int, handle: SharedHandle) -> bool:
-        """Map ``source``'s shared frames (``shared_frames.py``); False when they are not
-        on this node (or not mappable here): the source then sends through the object
-        store."""
+    async def attach_frames(self, source: int, handle: SharedHandle) -> int:
+        """Map ``source``'s shared frames (``shared_frames.py``): this incarnation's token
+        (which the source watches for, as a sign of a restart, while it waits for a
+        slot); 0 when they are not on this node (or not mappable here): the source then
+        sends through the object store."""
         if not self.shared.attach(handle):
-            return False
+            return 0
         self.shared_of.setdefault(source, set()).add(handle.token)
-        return True
+        return self.token
 
     async def tally(self, source: int, timeout: float) -> Report:
         """``source``'s totals once every frame it got here has been handled, or when

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the source's own types (it imports this module)
     from .source import Books, KeySpace, Outbox, SourceOptions
 
 LOOK_EVERY = 0.05  # s: a source waiting for a shared slot looks at its answers this often
+PING_AFTER = 0.25  # s: ... and asks the entries holding slots if they were restarted
 VERDICT_NAMES = (
     (XDP_ABORTED, "xdp_aborted"),
     (XDP_DROP, "xdp_drop"),
@@ -148,19 +149,24 @@ class Landing:
 
     def _wait_for_slot(self, f: SharedFrames) -> int | None:
         """Offer what is gathered (the entries must see it to finish any slot), then wait
-        for a free slot.  Meanwhile, every ``LOOK_EVERY`` s, take the answers that came:
-        an offer that failed (its entry killed, restarting) makes that entry's slots lost
-        at once, and its later frames go through the object store -- not a wait to the
-        stall deadline.  Past the deadline, the entries still holding slots are stuck.
-        None: every slot is lost."""
+        for a free slot.  Meanwhile, every ``LOOK_EVERY`` s, take the answers that came,
+        and ask the entries holding slots which incarnation they are: an offer that
+        failed, or a holder that was restarted (even with every offer of the old one
+        answered), makes that entry's slots lost at once, and its later frames go through
+        the object store -- not a wait to the stall deadline.  Past the deadline, the
+        entries still holding slots are stuck.  None: every slot is lost."""
         self.out.flush_all()
         stall = self.options.stall_timeout
-        deadline = time.monotonic() + stall
+        began = time.monotonic()
+        deadline = began + stall
         while not f.exhausted:
             slot = f.acquire(min(deadline, time.monotonic() + LOOK_EVERY))
             if slot is not None:
                 return slot
             self.out.take_answers()
+            self.out.take_pings()
+            if time.monotonic() - began > PING_AFTER:  # not a handler's usual pace
+                self.out.ping(f.holders())
             if time.monotonic() < deadline:
                 continue
             held = f.holders()

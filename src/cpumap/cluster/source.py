@@ -244,6 +244,8 @@ class Link:
         self.totals: dict[int, np.ndarray] = {}
         self.pids: set[int] = set()
         self.shared = False  # it maps the source's shared frames (shared_frames.py)
+        self.token = 0  # ... the incarnation that mapped them
+        self.ping: Any = None  # a call in flight asking which incarnation it is now
 
     def take(self) -> list[Parcel]:
         parts, self.parts, self.frames, self.nbytes = self.parts, [], 0, 0
@@ -305,7 +307,8 @@ class Outbox:
         ]
         for link, ref in asked:
             try:
-                link.shared = bool(ray.get(ref, timeout=self.stall))
+                link.token = int(ray.get(ref, timeout=self.stall))
+                link.shared = link.token != 0
             except RayError as e:  # that entry is gone or stuck: the offers will say so
                 e.__traceback__ = None  # as in _take
             if link.shared:
@@ -451,6 +454,38 @@ class Outbox:
                 link.pending.popleft()
                 link.unanswered -= n
                 self._take(key, ref, 0.0)
+
+    def ping(self, keys: set[int]) -> None:
+        """Ask each shared entry of ``keys`` which incarnation it is (one small call each,
+        one in flight at a time): a source waiting for slots learns of a restart even
+        when every offer of the old incarnation was answered before it died."""
+        for key in keys:
+            link = self.links[key]
+            if link.shared and link.ping is None:
+                link.ping = link.target.actor.ready.remote()
+
+    def take_pings(self) -> None:
+        """The pings answered (no wait): an entry that answers as another incarnation, or
+        whose call failed, shares no more frames -- the slots the old one held are lost
+        (its failure noted as an offer's would be, ``_take``)."""
+        import ray
+        from ray.exceptions import ActorDiedError, RayError
+
+        for key, link in enumerate(self.links):
+            if link.ping is None or not ray.wait([link.ping], timeout=0, fetch_local=False)[0]:
+                continue
+            ref, link.ping = link.ping, None
+            try:
+                token = int(ray.get(ref, timeout=0)["token"])
+            except RayError as e:
+                e.__traceback__ = None  # as in _take
+                self.unshare(key)
+                self._failed(key, f"{type(e).__name__}: {_first_line(e)}")
+                if isinstance(e, ActorDiedError):
+                    self.keys.dead.add(key)
+                continue
+            if token != link.token:  # restarted: the new process never saw those slots
+                self.unshare(key)
 
     def _settle_oldest(self, key: int) -> None:
         """Wait (up to ``stall``) for the oldest offer to ``key``; keep its report."""
