@@ -284,12 +284,20 @@ class EntryActor:
                 await asyncio.wait_for(fut, deadline - loop.time())
             except TimeoutError:
                 break
-        for token in self.shared_of.pop(source, ()):
+        tokens = self.shared_of.pop(source, ())
+        if tokens:  # unmapping 64 MiB takes ms: not on the way of the answer
+            loop.run_in_executor(None, self._let_go, tokens)
+        return self._report(source)
+
+    def _let_go(self, tokens: Any) -> None:
+        """Unmap these pools (a thread of the loop's executor: after the tally's answer),
+        and forget their counts: a slot whose last frames never came here is never DONE
+        now."""
+        for token in tokens:
             self.shared.forget(token)
-            with self.lock:  # a slot whose last frames never came here: never DONE now
+            with self.lock:
                 for flag in [f for f in self.slot_left if f.token == token]:
                     del self.slot_left[flag]
-        return self._report(source)
 
     async def idle(self, timeout: float) -> bool:
         """Whether the queue is empty and the worker waiting, within ``timeout`` s."""

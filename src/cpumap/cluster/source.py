@@ -406,7 +406,7 @@ class Outbox:
         for key in range(len(self.links)):
             while self.links[key].pending:
                 self._settle_oldest(key)
-        self.close()
+        self._stop_sender()  # (the shared frames go in close(), once the run is timed)
         refs = {
             key: link.target.actor.tally.remote(self.source, self.stall)
             for key, link in enumerate(self.links)
@@ -420,13 +420,16 @@ class Outbox:
         """Stop the sender thread (the task's worker process outlives the task), then let
         the shared frames go (an entry that mapped them keeps its own mapping until it
         lets go)."""
-        if self.sender is not None:
-            self.sender.shutdown(wait=True, cancel_futures=True)
-            self.sender = None
+        self._stop_sender()
         for link in self.links:
             link.shared = False
         if self.frames is not None:
             self.frames.close()
+
+    def _stop_sender(self) -> None:
+        if self.sender is not None:
+            self.sender.shutdown(wait=True, cancel_futures=True)
+            self.sender = None
 
     def _unsent(self, n: int) -> None:
         """Frames steered to an entry found dead before they were sent: a redirect to an
