@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +75,7 @@ from cpumap.generator import Generator  # noqa: E402
 from cpumap.programs.contract import WorkerInfo  # noqa: E402
 from cpumap.programs.steering import make_program  # noqa: E402
 from cpumap.sinks import FlowTable  # noqa: E402
+from suite.cluster import cli_rate  # noqa: E402  (benchmarks/suite: cpumap bench's too)
 
 
 def make_captures(directory: Path, files: int, packets: int) -> list[Path]:
@@ -189,18 +189,6 @@ def run_cluster(
     return {"fps": n / result.seconds, "setup": setup, "whole": n / wall, "cpu": spent / n}
 
 
-def cli_rate(path: Path, *ray: str) -> float:
-    """frames/s of ``cpumap run [--ray ...] FILE --json`` with the CLI's defaults (from
-    the summary's ``rx`` and ``elapsed_s``: the run, not Python's or Ray's start)."""
-    cmd = [sys.executable, "-m", "cpumap.cli", "run", *ray, str(path), "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-400:]}")
-    s = json.loads(done.stdout.splitlines()[-1])
-    assert s["in_flight"] == 0 and s["accounted"], s
-    return s["rx"] / s["elapsed_s"]
-
-
 def cli_rates(directory: Path, frames: int, rounds: int) -> dict[str, float]:
     """``cpumap run FILE`` against ``cpumap run --ray auto FILE`` on the same file, each
     with the CLI's defaults, and ``--ray auto --cpus`` every CPU (the cluster's default
@@ -211,9 +199,9 @@ def cli_rates(directory: Path, frames: int, rounds: int) -> dict[str, float]:
     every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
     local, cluster, wide = [], [], []
     for _ in range(rounds):
-        local.append(cli_rate(path))
-        cluster.append(cli_rate(path, "--ray", "local"))  # auto, unless a cluster is here
-        wide.append(cli_rate(path, "--ray", "local", "--cpus", every))
+        local.append(cli_rate(str(path)))
+        cluster.append(cli_rate(str(path), "--ray", "local"))  # auto, unless a cluster is here
+        wide.append(cli_rate(str(path), "--ray", "local", "--cpus", every))
     return {
         "cli_frames": frames,
         "cli_rounds": rounds,

@@ -97,6 +97,11 @@ def goals(rows: dict[str, Row], costs: dict[str, Any], machine: dict[str, Any]) 
         for name, value, target in job_goals:
             goal(name, value, target)
     out.append(flow_table_goal(costs.get("flow_table")))
+    goal(
+        "cluster map / local map, CLI defaults, one host (issue 22)",
+        _ratio(rows, "cluster.ray", "cluster.local"),
+        0.7,
+    )
     out += live_goals(rows)
     rss = costs.get("rss_max_growth")
     goal("RSS growth over the run (%)", None if rss is None else 100 * rss, 5, at_most=True)

@@ -16,10 +16,10 @@ from typing import Any
 
 from rich.console import Console
 
-from . import kernel, live, main_job, ours, python_side, report, rss
+from . import cluster, kernel, live, main_job, ours, python_side, report, rss
 from .common import Row, make_frames, per_second, usable_cpus
 
-SECTIONS = ("kernel", "ours", "pipelines", "loops", "main-job", "rss", "live")
+SECTIONS = ("kernel", "ours", "pipelines", "loops", "main-job", "cluster", "rss", "live")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Sizes:
     job_rounds: int
     live_window_s: float  # seconds of offered traffic per live row and round
     live_rounds: int
+    cluster_frames: int = 600_000  # the capture of the cluster rows (issue 22's size)
+    cluster_rounds: int = 3
 
     def scaled(self, k: float) -> Sizes:
         def s(n: int, least: int = 2048) -> int:
@@ -54,11 +56,15 @@ class Sizes:
             self.job_rounds,
             max(self.live_window_s * k, 0.5),
             self.live_rounds,
+            s(self.cluster_frames, 50_000),
+            self.cluster_rounds,
         )
 
 
 QUICK = Sizes(400_000, 100_000, 150_000, 40_000, 300_000, 200_000, 1_000_000, 3, 1, 1.5, 2)
-FULL = Sizes(2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5, 1, 4.0, 3)
+FULL = Sizes(
+    2_000_000, 400_000, 600_000, 200_000, 1_000_000, 2_000_000, 10_000_000, 5, 1, 4.0, 3, 600_000, 5
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +396,43 @@ class Bench:
             )
             self.check_flow_table(path, dpkt_table)
 
+    def cluster(self) -> None:
+        """``cpumap run FILE`` against ``cpumap run --ray local FILE`` on one capture (the
+        main job's mix; 600,000 frames by default), each with the CLI's defaults, in
+        alternated rounds: each run's own frames/s (the goal: >= 0.7 of the local's)."""
+        if "cluster" not in self.sections:
+            return
+        n = self.sizes.cluster_frames
+        with tempfile.TemporaryDirectory(prefix="cpumap-bench-") as tmp:
+            path = os.path.join(tmp, "cluster.pcapng")
+            missing = cluster.ray_missing()
+            if missing is None:
+                main_job.make_capture(path, n)
+            self.say(f"[b]the cluster map[/b] (one capture, {n:,} frames, the CLI's defaults)")
+            self.rounds(
+                [
+                    Spec(
+                        "cluster.local",
+                        "cluster",
+                        "cluster",
+                        "cpumap run FILE (its own frames/s)",
+                        lambda: cluster.cli_rate(path),
+                        baseline="cluster.local",
+                        skip=missing,
+                    ),
+                    Spec(
+                        "cluster.ray",
+                        "cluster",
+                        "cluster",
+                        "cpumap run --ray local FILE (a local Ray instance)",
+                        lambda: cluster.cli_rate(path, "--ray", "local"),
+                        baseline="cluster.local",
+                        skip=missing,
+                    ),
+                ],
+                repeat=self.sizes.cluster_rounds,
+            )
+
     def check_flow_table(self, path: str, dpkt_table: dict) -> None:
         """cpumap's flow table against the dpkt script's (its last timed run's)."""
         if not dpkt_table:
@@ -566,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.drop()
     bench.batch_paths()
     bench.main_job(args.capture, args.keep_capture)
+    bench.cluster()
     bench.rss()
     bench.live(args.live_rate, args.live_qsize, queues)
     m["load_after"] = round(os.getloadavg()[0], 2)

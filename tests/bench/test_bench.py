@@ -119,6 +119,22 @@ def test_goals_are_met_or_not_or_not_measured() -> None:
     assert full["main job / tshark -z conv"]["met"] is True  # 30x >= 25x
 
 
+def test_the_cluster_goal_is_the_paired_ratio_of_its_two_rows() -> None:
+    """``cpumap bench --only cluster``: the cluster row against the local row, round by
+    round (the median of the rounds' ratios), against issue 22's 0.7."""
+    local = Row("cluster.local", "cluster", "l", fps=5e6, runs=[5e6, 4e6, 6e6])
+    ray = Row("cluster.ray", "cluster", "r", fps=3e6, runs=[3.9e6, 3e6, 3e6])
+    for row in (local, ray):
+        row.extra["round_group"] = 1  # measured in the same rounds (runner.rounds)
+    found = {g["goal"]: g for g in goals({}, {}, {"cpus": 2})}
+    name = "cluster map / local map, CLI defaults, one host (issue 22)"
+    assert found[name]["met"] is None and found[name]["value"] is None  # not run
+    rows = {"cluster.local": local, "cluster.ray": ray}
+    found = {g["goal"]: g for g in goals(rows, {}, {"cpus": 2})}
+    assert found[name]["value"] == pytest.approx(0.75)  # rounds 0.78, 0.75, 0.5
+    assert found[name]["met"] is True and found[name]["target"] == 0.7
+
+
 def test_bad_scale_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as e:
         main(["--scale", "0"])
