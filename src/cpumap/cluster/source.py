@@ -101,7 +101,7 @@ DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms o
 DEFAULT_PARCEL_BYTES = 16 << 20  # ... or bytes: what one parcel may take of the object store
 DEFAULT_STALL_TIMEOUT = 60.0  # seconds an offer may stay unanswered before it is lost
 _FIRST_PARCEL = 1024  # frames of a link's first parcel (slow start: Link)
-DEFAULT_SHARED_BYTES = 64 << 20  # a source's frames shared with the entries on its node
+DEFAULT_SHARED_BYTES = 128 << 20  # a source's frames shared with the entries on its machine
 
 
 @dataclass(frozen=True)
