@@ -495,8 +495,8 @@ AF_XDP_QSIZE = 8192
 # polls of 4,096 into rings of 8,192 cut the main job's wall clock to 0.75x of 1,024 into 2,048
 # (paired, medians of 7; CPU 0.78x; docs/performance.md).  Worker batches stay 1,024: 4,096
 # measured the same (1.00x).  On a Ray cluster too, since its sources read in place into
-# slots of one poll shared with the entries (docs/cluster.md): 0.155 against 0.28 - 0.35 s
-# for 600,000 frames with polls of 1,024 into queues of 2,048.
+# slots of one poll shared with the entries (docs/cluster.md): 0.154 against 0.217 s for
+# 600,000 frames with polls of 1,024 into queues of 2,048 (medians of 5, alternated).
 DEFAULT_POLL = 1024
 BULK_POLL = 4096
 BULK_QSIZE = 8192
