@@ -285,7 +285,7 @@ class EntryActor:
             except TimeoutError:
                 break
         tokens = self.shared_of.pop(source, ())
-        if tokens:  # unmapping 64 MiB takes ms: not on the way of the answer
+        if tokens:  # unmapping 128 MiB takes ms: not on the way of the answer
             loop.run_in_executor(None, self._let_go, tokens)
         return self._report(source)
 
