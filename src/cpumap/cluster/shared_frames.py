@@ -40,7 +40,8 @@ Why the hand-over is safe (no write lands under a read, no read sees half a poll
   one's).
 * *Faults.*  A flag that never says ``DONE`` keeps its slot: its frames are in flight,
   queued, or were lost with a process.  At the first sign that an entry is not the
-  process it was (a failed call, an answer from a new incarnation, a stall) the source
+  process it was (a failed call, an answer or a ping from a new incarnation -- a source
+  waiting for a slot asks the holders -- or a stall) the source
   stops sharing with it -- its later frames go through the object store -- and the slots
   it held are never written again in the run (a stuck entry still reading one reads
   frames nobody overwrites).  Only space is lost, never a frame; with every slot lost the
