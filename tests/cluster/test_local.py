@@ -322,6 +322,18 @@ def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw):  # type: ignore[n
     return t, box
 
 
+def _joined(t: threading.Thread, box: dict, paths: list[Path]):  # type: ignore[no-untyped-def]
+    """The run of ``_run_in_thread``, once it returned (after a kill: it must not hang),
+    with its stats and outcomes, and its books whole: every frame read has an outcome."""
+    t.join(90)
+    assert not t.is_alive(), "the run hung after the kill"
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    s, o = result.stats, result.outcomes()
+    assert s.rx == packets_in(paths) and s.in_flight == 0  # the identity, exact
+    return result, s, o
+
+
 def _wait_for(path: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -346,14 +358,8 @@ def test_actor_killed_mid_run_is_counted_and_survived(
         )
         _wait_for(tmp_path / "stalled")  # entry 0 holds a batch: parcels queue behind it
         ray.kill(victim.actor, no_restart=False)
-        t.join(90)
-        assert not t.is_alive(), "the run hung after the kill"
-        assert "error" not in box, box.get("error")
-        result = box["result"]
-        total = packets_in(captures)
-        s = result.stats  # type: ignore[attr-defined]
-        o = s.outcomes()
-        assert s.rx == total and s.in_flight == 0  # the identity, exact
+        result, s, o = _joined(t, box, captures)
+        total = s.rx
         assert o["lost"] > 0
         e0, e1 = result.entries  # type: ignore[attr-defined]
         assert e0.lost == o["lost"] and e1.lost == 0 and e0.failures
@@ -503,12 +509,7 @@ def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
         t, box = _run_in_thread(cmap, captures, options=sharing(how, stall_timeout=10))
         _wait_for(tmp_path / "stalled")
         ray.kill(victim.actor, no_restart=False)
-        t.join(90)
-        assert not t.is_alive(), "the run hung after the kill"
-        assert "error" not in box, box.get("error")
-        result = box["result"]
-        s, o = result.stats, result.outcomes()  # type: ignore[attr-defined]
-        assert s.rx == packets_in(captures) and s.in_flight == 0
+        result, _, o = _joined(t, box, captures)
         e0, e1 = result.entries  # type: ignore[attr-defined]
         assert o["lost"] == e0.lost > 0 and e1.lost == 0 and not e1.failures
         assert o["redirect_err"] == 0, e0.failures
@@ -612,12 +613,7 @@ def test_an_entry_killed_holding_shared_slots_leaves_the_run_whole(
         assert holds_shared_frames(victim.pid)  # ... and they are the source's frames
         os.kill(victim.pid, 9)
         wait_for(lambda: pid_gone(victim.pid), 30, "the killed entry's process gone")
-        t.join(90)
-        assert not t.is_alive(), "the run hung after the kill"
-        assert "error" not in box, box.get("error")
-        result = box["result"]
-        s, o = result.stats, result.outcomes()  # type: ignore[attr-defined]
-        assert s.rx == packets_in(captures) and s.in_flight == 0
+        result, s, o = _joined(t, box, captures)
         assert sum(o.values()) == s.rx
         e0, e1 = result.entries  # type: ignore[attr-defined]
         assert e0.state == "dead" and e0.failures and o["lost"] == e0.lost > 0
