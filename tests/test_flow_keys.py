@@ -109,14 +109,19 @@ def test_a_table_keeps_the_last_frame_of_each_new_flow_in_its_batch() -> None:
     assert (flows[5].packets, flows[9].packets) == (2, 1)
 
 
-def test_a_report_pickles_as_columns_and_reads_as_before() -> None:
+def _finished(cpu: int, max_flows: int, packets: int, batch: int, flows: int):  # type: ignore[no-untyped-def]
+    """A flow table on ``cpu`` over generated batches, and its report (``finish()``)."""
     from tests.test_sinks import batches
 
-    table = FlowTable(max_flows=100)
-    table.setup(info(2))
-    for b in batches(2000, 128, flows=300):
+    table = FlowTable(max_flows=max_flows)
+    table.setup(info(cpu))
+    for b in batches(packets, batch, flows=flows):
         table(b)
-    report = table.finish()
+    return table, table.finish()
+
+
+def test_a_report_pickles_as_columns_and_reads_as_before() -> None:
+    table, report = _finished(2, max_flows=100, packets=2000, batch=128, flows=300)
     back = pickle.loads(pickle.dumps(report))
     assert isinstance(back, FlowTableReport) and back["cpu"] == 2
     assert back["flows"] == report["flows"] == table.flows
@@ -165,13 +170,7 @@ def test_the_merge_reads_as_a_full_sort_whatever_is_read_first(top: int) -> None
 
 
 def test_a_report_reads_as_the_dict_it_was() -> None:
-    from tests.test_sinks import batches
-
-    table = FlowTable(max_flows=20)
-    table.setup(info(4))
-    for b in batches(300, 100, flows=50):
-        table(b)
-    report = table.finish()
+    table, report = _finished(4, max_flows=20, packets=300, batch=100, flows=50)
     as_dict = {"cpu": 4, "flows": table.flows}
     assert report == as_dict and as_dict == report
     assert dict(report) == as_dict and set(report) == {"cpu", "flows"}
