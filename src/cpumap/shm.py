@@ -79,6 +79,23 @@ class Layout:
         return Segment(self, populate)
 
 
+def populate_mapping(mm: mmap.mmap, *, write: bool) -> None:
+    """Fault every page of ``mm`` in now (one madvise: ``MADV_POPULATE_WRITE``, or
+    ``_READ`` for a mapping that only reads pages another process wrote), so that the
+    first pass over it does not pay a page fault per 4 KiB on the hot path."""
+    advice = getattr(mmap, "MADV_POPULATE_WRITE" if write else "MADV_POPULATE_READ", None)
+    try:
+        if advice is None:
+            raise OSError("no MADV_POPULATE_*")
+        mm.madvise(advice)
+    except OSError:  # an older kernel: touch one byte per page instead
+        pages = np.frombuffer(mm, dtype=np.uint8)[:: mmap.PAGESIZE]
+        if write:
+            pages[:] = 0
+        else:
+            int(pages.sum())
+
+
 class Segment:
     """One memfd-backed shared mapping, carved into the arrays of its :class:`Layout`."""
 
@@ -95,13 +112,7 @@ class Segment:
             # The mapping keeps the memory alive; the fd would only leak into children.
             os.close(fd)
         if populate:
-            advice = getattr(mmap, "MADV_POPULATE_WRITE", None)
-            try:
-                if advice is None:
-                    raise OSError("no MADV_POPULATE_WRITE")
-                self._mm.madvise(advice)
-            except OSError:  # older kernel: touch one byte per page instead
-                np.frombuffer(self._mm, dtype=np.uint8)[:: mmap.PAGESIZE] = 0
+            populate_mapping(self._mm, write=True)
         self.buf = np.frombuffer(self._mm, dtype=np.uint8)
         self.addr: int = self.buf.ctypes.data
         self._views: dict[str, np.ndarray] = {}

@@ -63,6 +63,7 @@ import numpy as np
 
 from .. import _atomics
 from ..engine.frame_pool import DESCRIPTOR
+from ..shm import populate_mapping
 from .frames import FrameBlock
 
 FREE, IN_USE, DONE = 0, 1, 2  # a (slot, entry) flag
@@ -148,17 +149,7 @@ class _Mapping:
         ~10 us in each process that maps it (the ring's first pass measured 0.25-0.33 s
         against 0.16 s on 600,000 frames, docs/cluster.md); the local map faults its pool
         in up front too."""
-        advice = getattr(mmap, "MADV_POPULATE_WRITE" if write else "MADV_POPULATE_READ", None)
-        try:
-            if advice is None:
-                raise OSError("no MADV_POPULATE_*")
-            self.mm.madvise(advice)
-        except OSError:  # an older kernel: touch one byte per page instead
-            pages = np.frombuffer(self.mm, dtype=np.uint8)[:: mmap.PAGESIZE]
-            if write:
-                pages[:] = 0
-            else:
-                int(pages.sum())
+        populate_mapping(self.mm, write=write)
 
     def close(self) -> None:
         """Drop the mapping once the views handed out are gone (the kernel frees the
