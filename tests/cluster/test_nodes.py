@@ -22,6 +22,7 @@ from cpumap.cluster import (
     resolve_node,
     run_map,
 )
+from cpumap.engine.frame_pool import DEFAULT_FRAME_SIZE
 from cpumap.sinks import FlowTable, merge_flow_tables
 from tests.cluster.handlers import HoldUntil, StallOnce
 from tests.cluster.helpers import (
@@ -130,6 +131,7 @@ def test_entries_on_three_nodes_match_a_local_map(cluster: Any, captures: list[P
 
 def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw: Any) -> tuple[Any, dict[str, Any]]:
     box: dict[str, Any] = {}
+    kw.setdefault("options", SourceOptions(stall_timeout=30, parcel_frames=128))
 
     def go() -> None:
         try:
@@ -137,7 +139,6 @@ def _run_in_thread(cmap: ClusterMap, paths: list[Path], **kw: Any) -> tuple[Any,
                 cmap,
                 paths,
                 "l4-hash",
-                options=SourceOptions(stall_timeout=30, parcel_frames=128),
                 **kw,
             )
         except BaseException as e:
@@ -243,8 +244,13 @@ def test_a_source_whose_node_dies_is_reported_with_what_the_entries_got(
     with ClusterMap(HoldUntil(tmp_path, victim=0, node_id=_node_id("head"))) as cmap:
         for place in ("head:0", "w1:1"):
             cmap.update(place, 256)
-        t, box = _run_in_thread(cmap, captures[:2], source_nodes=homes)
-        _wait_for(tmp_path / "held")  # head:0 holds a batch: both sources fill their windows
+        # Three slots of 256 frames: a source's shared frames run out while head:0 holds
+        # a batch, and it waits, as a producer on a full ring (its file has 3,000).
+        slots = SourceOptions(
+            stall_timeout=30, poll_size=256, shared_bytes=3 * 256 * (DEFAULT_FRAME_SIZE + 44)
+        )
+        t, box = _run_in_thread(cmap, captures[:2], source_nodes=homes, options=slots)
+        _wait_for(tmp_path / "held")  # head:0 holds a batch: both sources run out of room
         _wait_for_frames_of(1, cmap)  # the source on w4 has handed some frames over
         cluster.remove_node(node)
         (tmp_path / "release").touch()
@@ -264,7 +270,7 @@ def test_a_source_whose_node_dies_is_reported_with_what_the_entries_got(
     # steered to that entry redirect_err (dead for that source), all counted.
     by_place = {e.place: e for e in result.entries}
     assert by_place["w1:1"].lost == 0 and o["lost"] == by_place["head:0"].lost
-    assert o["delivered"] + o["lost"] + o["redirect_err"] == s.rx
+    assert o["delivered"] + o["lost"] + o["redirect_err"] == s.rx, {k: v for k, v in o.items() if v}
     assert not (o["lost"] or o["redirect_err"]) or by_place["head:0"].failures
     assert sum(r.result["frames"] for r in cmap.results) >= o["delivered"]
 

@@ -107,6 +107,7 @@ REPORT_COUNTERS = (
 )
 _OUTCOMES = slice(2, 6)
 _SWITCH_INTERVAL = 0.0005  # s: the event loop gets the GIL back this soon from the handler
+_DOORBELL_NAP = 0.05  # s: a doorbell's longest sleep (a safety net: wake-ups are not lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,9 @@ class EntryActor:
         self.shared = SharedFramesReader()
         self.shared_of: dict[int, set[int]] = {}
         self.slot_left: dict[_SlotFlag, int] = {}
+        self.doorbells: dict[int, _Doorbell] = {}  # pool token -> its doorbell thread
+        self.room = threading.Condition(self.lock)  # doorbells waiting for queue room
+        self.room_waiters = 0
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
         self.worker = _start_worker(self, pin, self._progressed)
 
@@ -260,40 +264,55 @@ class EntryActor:
             _slots_done(self.slot_left, rest)  # refused: their slots may be DONE
         return self._report(source)
 
-    async def attach_frames(self, source: int, handle: SharedHandle) -> int:
+    async def attach_frames(
+        self, source: int, handle: SharedHandle, key: int | None = None, lossless: bool = True
+    ) -> int:
         """Map ``source``'s shared frames (``shared_frames.py``): this incarnation's token
         (which the source watches for, as a sign of a restart, while it waits for a
         slot); 0 when they are not on this node (or not mappable here): the source then
-        sends through the object store."""
+        sends through the object store.  With ``key`` (this entry's number among the
+        source's), a doorbell thread takes the parts the source publishes to it
+        (:class:`_Doorbell`), ``lossless`` or not, as offers are taken."""
         if not self.shared.attach(handle):
             return 0
         self.shared_of.setdefault(source, set()).add(handle.token)
+        if key is not None and handle.token not in self.doorbells:
+            bell = _Doorbell(self, source, handle.token, key, lossless)
+            self.doorbells[handle.token] = bell
+            bell.start()
         return self.token
 
     async def tally(self, source: int, timeout: float) -> Report:
         """``source``'s totals once every frame it got here has been handled, or when
-        ``timeout`` seconds have passed (whatever is handled by then).  Its shared frames
-        are let go then (parts still queued keep their views, and so the memory)."""
+        ``timeout`` seconds have passed (whatever is handled by then).  Once they all are,
+        its shared frames are let go (parts still queued keep their views, and so the
+        memory) -- not before: its doorbells may still hold parts, which a later tally
+        (the driver's, for a source that died) or the entry's end will find handled."""
         self._bind_loop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self._settled(source) and loop.time() < deadline:
+        settled = self._settled(source)
+        while not settled and loop.time() < deadline:
             fut = loop.create_future()
             self.watchers.append(fut)
             try:
                 await asyncio.wait_for(fut, deadline - loop.time())
             except TimeoutError:
                 break
-        tokens = self.shared_of.pop(source, ())
+            settled = self._settled(source)
+        tokens = self.shared_of.pop(source, ()) if settled else ()
         if tokens:  # unmapping 128 MiB takes ms: not on the way of the answer
             loop.run_in_executor(None, self._let_go, tokens)
         return self._report(source)
 
     def _let_go(self, tokens: Any) -> None:
-        """Unmap these pools (a thread of the loop's executor: after the tally's answer),
-        and forget their counts: a slot whose last frames never came here is never DONE
-        now."""
+        """Stop their doorbells, unmap these pools (a thread of the loop's executor: after
+        the tally's answer), and forget their counts: a slot whose last frames never came
+        here is never DONE now."""
         for token in tokens:
+            bell = self.doorbells.pop(token, None)
+            if bell is not None:
+                bell.stop()
             self.shared.forget(token)
             with self.lock:
                 for flag in [f for f in self.slot_left if f.token == token]:
@@ -366,6 +385,9 @@ class EntryActor:
     async def finish(self) -> Any:
         """Let the queue drain, stop the worker, and call the handler's ``finish()`` (if it
         has one) in the worker thread: the entry's result."""
+        bells, self.doorbells = list(self.doorbells.values()), {}
+        for bell in bells:  # a source that never asked for its tally (it died)
+            bell.stop()
         with self.lock:
             self.queue.append(None)
             self.lock.notify()
@@ -428,10 +450,15 @@ class EntryActor:
     def _settled(self, source: int) -> bool:
         """Whether every frame ``source`` offered here is handled or refused (none waits
         for room, none is queued or in the handler's hands)."""
+        bells = [b for b in self.doorbells.values() if b.source == source]
         with self.lock:
             c = self.counts.get(source)
-            done = not self.offering.get(source) and (
-                c is None or int(c[_OUTCOMES].sum()) == int(c[0])
+            # A doorbell counts in ``offering`` before it takes from its ring: a part is
+            # always in the ring, the doorbell's hands, the queue, or has its outcome.
+            done = (
+                not self.offering.get(source)
+                and not any(b.ring.available() for b in bells)
+                and (c is None or int(c[_OUTCOMES].sum()) == int(c[0]))
             )
             self.wanted |= not done  # the caller will wait for the worker's progress
             return done
@@ -515,6 +542,8 @@ class _Worker(threading.Thread):
                 e.queued -= len(part)
                 e.busy = True
                 wanted, e.wanted = e.wanted, False
+                if e.room_waiters:  # a doorbell waits for room (lossless)
+                    e.room.notify_all()
             if wanted:
                 self._notify()  # room in the queue
             out = _deliver(e.handler, e.batch, part.block, part.idx)
@@ -552,6 +581,81 @@ def _start_worker(entry: EntryActor, pin: bool, progressed: Callable[[], None]) 
         w.join()
         raise failure
     return w
+
+
+class _Doorbell(threading.Thread):
+    """Takes the parts one source publishes to this entry through its doorbell ring in
+    the source's shared frames (``shared_frames.py``: a slot's number, its range beside
+    it) into the queue, as :meth:`EntryActor.offer` takes an offer's -- what fits; for a
+    ``lossless`` source the rest as room appears, else refused -- with no Ray call on the
+    way: the source publishes and goes on, and wakes this thread only when it sleeps.
+
+    Why the books stay exact: the thread counts itself in ``offering`` for the source
+    *before* it takes from the ring, and out once the parts are queued or refused, so a
+    published part is always in the ring, in the thread's hands, or counted accepted or
+    refused -- :meth:`EntryActor._settled` (the tally) looks at all three under the lock.
+    Why no part is missed: the ring's sleep and wake-up (``engine/ring.py``) lose no
+    wake-up, and a stop is seen by :meth:`~cpumap.engine.ring.Ring.wait` (it does not
+    sleep once asked to stop)."""
+
+    def __init__(self, entry: EntryActor, source: int, token: int, key: int, lossless: bool):
+        super().__init__(name=f"cpumap-doorbell-{source}", daemon=True)
+        self.entry = entry
+        self.source = source
+        self.token = token
+        self.key = key
+        self.lossless = lossless
+        self.ring = entry.shared.doorbell(token, key)
+        self.hand = np.empty(self.ring.capacity, dtype=np.uint32)
+        self.stopping = False
+
+    def run(self) -> None:
+        e = self.entry
+        while not self.stopping:
+            n = self.ring.available()
+            if not n:
+                self.ring.wait(_DOORBELL_NAP)
+                continue
+            with e.lock:
+                e.offering[self.source] = e.offering.get(self.source, 0) + 1
+            try:
+                slots = self.ring.take(n, self.hand).tolist()
+                self.ring.drop_hand()
+                posted = [e.shared.posted(self.token, s, self.key) for s in slots]
+                self._queue(e._parts(self.source, posted))
+            finally:
+                with e.lock:
+                    e.offering[self.source] -= 1
+                    wanted, e.wanted = e.wanted, False
+                if wanted:  # a tally (or an offer) waits for progress
+                    e.worker._notify()
+
+    def _queue(self, parts: list[_Part]) -> None:
+        """Queue ``parts``: what fits; the rest once room appears (lossless), else
+        refused -- their slots DONE with, as for an offer's refused frames."""
+        e = self.entry
+        rest = e._enqueue(self.source, parts)
+        while rest and self.lossless and not self.stopping:
+            with e.lock:
+                e.room_waiters += 1
+                try:
+                    if e.queued >= e.qsize:
+                        e.room.wait(_DOORBELL_NAP)
+                finally:
+                    e.room_waiters -= 1
+            rest = e._enqueue(self.source, rest)
+        if rest:
+            with e.lock:
+                e._counts(self.source)[1] += sum(len(p) for p in rest)
+                _slots_done(e.slot_left, rest)
+
+    def stop(self) -> None:
+        """Stop taking (the source's run is over, or the entry ends) and wait for it."""
+        self.stopping = True
+        self.ring.request_stop()
+        with self.entry.lock:
+            self.entry.room.notify_all()
+        self.join(timeout=5.0)
 
 
 async def _fetched(parts: list[Any]) -> list[Parcel]:

@@ -302,8 +302,13 @@ class Outbox:
         slots = max(3, options.shared_bytes // slot_bytes)
         frames = SharedFrames(slots, poll, options.frame_size, options.headroom, len(self.links))
         asked = [
-            (link, link.target.actor.attach_frames.remote(self.source, frames.handle))
-            for link in self.links
+            (
+                link,
+                link.target.actor.attach_frames.remote(
+                    self.source, frames.handle, key, self.lossless
+                ),
+            )
+            for key, link in enumerate(self.links)
         ]
         for link, ref in asked:
             try:
@@ -328,25 +333,37 @@ class Outbox:
         (``at``: their slot, and where ``idx`` starts in the index area), else packed (a
         copy: the block is reused)."""
         link = self.links[key]
-        lo = 0
         total = len(idx)
+        if link.shared and at is not None and self.frames is not None:
+            self._publish(key, *at, total)
+            return
+        lo = 0
         while lo < total:
             if not self.keys.has_entry(key):  # died while we were sending
                 self._unsent(total - lo)
                 return
             hi = min(total, lo + link.size - link.frames)
-            part: Parcel | SharedPart
-            if link.shared and at is not None and self.frames is not None:
-                slot, first = at
-                part = self.frames.part(slot, key, first + lo, first + hi, total)
-            else:
-                part = pack(block, idx[lo:hi])
+            part = pack(block, idx[lo:hi])
             link.parts.append(part)
             link.frames += hi - lo
             link.nbytes += _nbytes(part)
             lo = hi
             if link.frames >= link.size or link.nbytes >= link.max_bytes:
                 self.flush(key)
+
+    def _publish(self, key: int, slot: int, first: int, n: int) -> None:
+        """Hand entry ``key`` its ``n`` frames of ``slot`` (their indices from ``first``
+        in the index area) through its doorbell ring: no call, no answer to wait for --
+        the slots are the back-pressure, and the books come from the entry's tally at the
+        end (``finish``)."""
+        if not self.keys.has_entry(key):  # died while we were sending
+            self._unsent(n)
+            return
+        assert self.frames is not None
+        published = self.frames.publish(self.frames.part(slot, key, first, first + n, n))
+        assert published  # Invariant: a ring holds a number per slot (publish says why)
+        self.books.add(key, "sent", n)
+        self.books.add(key, "parcels", 1)
 
     def flush_all(self) -> None:
         """Offer every entry what is gathered for it."""
@@ -407,14 +424,40 @@ class Outbox:
             while self.links[key].pending:
                 self._settle_oldest(key)
         self._stop_sender()  # (the shared frames go in close(), once the run is timed)
-        refs = {
-            key: link.target.actor.tally.remote(self.source, self.stall)
-            for key, link in enumerate(self.links)
+        keys = [
+            key
+            for key in range(len(self.links))
             if key not in self.keys.dead and self.books.per_entry[key, 0]  # it sent some
-        }
+        ]
+        refs = {key: self._ask_tally(key) for key in keys}
+        deadline = time.monotonic() + self.stall + 10.0
         for key, ref in refs.items():
-            self._take(key, ref, self.stall + 10.0)
+            self._take(key, self._tallied(key, ref, deadline), max(deadline - time.monotonic(), 0))
         self._derive()
+
+    def _ask_tally(self, key: int) -> Any:
+        return self.links[key].target.actor.tally.remote(self.source, self.stall)
+
+    def _tallied(self, key: int, ref: Any, deadline: float) -> Any:
+        """``ref``, or -- when it failed because its actor was restarting -- a tally asked
+        again (it only reads totals: asking twice counts nothing twice), so that the new
+        incarnation's totals and pid are known; until ``deadline``."""
+        import ray
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+        while time.monotonic() < deadline:
+            try:
+                ray.get(ref, timeout=max(deadline - time.monotonic(), 0))
+            except ActorUnavailableError as e:
+                e.__traceback__ = None  # as in _take
+                self._failed(key, f"{type(e).__name__}: {_first_line(e)}")
+                time.sleep(0.05)  # Ray is restarting it: ask the new process
+                ref = self._ask_tally(key)
+                continue
+            except (GetTimeoutError, Exception):  # _take reads it again and notes it
+                pass
+            break
+        return ref
 
     def close(self) -> None:
         """Stop the sender thread (the task's worker process outlives the task), then let
@@ -479,7 +522,9 @@ class Outbox:
                 continue
             ref, link.ping = link.ping, None
             try:
-                token = int(ray.get(ref, timeout=0)["token"])
+                ready = ray.get(ref, timeout=0)
+                token = int(ready["token"])
+                link.pids.add(int(ready["pid"]))
             except RayError as e:
                 e.__traceback__ = None  # as in _take
                 self.unshare(key)
@@ -488,7 +533,7 @@ class Outbox:
                     self.keys.dead.add(key)
                 continue
             if token != link.token:  # restarted: the new process never saw those slots
-                self.unshare(key)
+                self._restarted(key)
 
     def _settle_oldest(self, key: int) -> None:
         """Wait (up to ``stall``) for the oldest offer to ``key``; keep its report."""
@@ -530,6 +575,17 @@ class Outbox:
         link.record(report)
         if len(link.totals) > 1:  # a new incarnation answered: the old one's slots stay
             self.unshare(key)
+        if link.token and report.token != link.token:  # it mapped our frames, then died
+            self._restarted(key)
+
+    def _restarted(self, key: int) -> None:
+        """Entry ``key`` answers as a new process: what the old one held of our shared
+        frames is lost (noted once), and it gets no more of them."""
+        link = self.links[key]
+        if link.token:
+            self._failed(key, "restarted: what it held of the shared frames is lost")
+            link.token = 0
+        self.unshare(key)
 
     def _failed(self, key: int, why: str) -> None:
         self.books.failures.append((key, why))
