@@ -106,6 +106,16 @@ def serve() -> None:
         elif cmd == "done":
             mark_done(reader.frames(args[0])[2])
             answer = True
+        elif cmd == "bell":  # an entry's doorbell: sleep until parts come, take them
+            token, key, timeout = args
+            ring = reader.doorbell(token, key)
+            rc = ring.wait(timeout) if not ring.available() else None
+            n = ring.available()
+            slots = ring.take(n, np.empty(n, dtype=np.uint32)).tolist()
+            ring.drop_hand()
+            posted = [reader.posted(token, s, key) for s in slots]
+            answer = (rc, [(p.slot, p.lo, p.hi, p.total) for p in posted])
+            answer += ([reader.frames(p)[1].tolist() for p in posted],)
         elif cmd == "forget":
             reader.forget(args[0])
             gc.collect()
@@ -129,11 +139,19 @@ class ReaderProcess:
         )
 
     def ask(self, *cmd: Any) -> Any:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.send(*cmd)
+        return self.answer(cmd[0])
+
+    def send(self, *cmd: Any) -> None:
+        """Send ``cmd`` without waiting for its answer (:meth:`answer`)."""
+        assert self.proc.stdin is not None
         pickle.dump(cmd, self.proc.stdin)
         self.proc.stdin.flush()
+
+    def answer(self, what: str) -> Any:
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        assert ready, f"the reader did not answer {cmd[0]}"
+        assert ready, f"the reader did not answer {what}"
         return pickle.load(self.proc.stdout)
 
     def close(self) -> tuple[int, int]:
@@ -212,6 +230,42 @@ def test_a_reader_in_another_process_sees_the_frames_the_source_wrote() -> None:
             r.ask("done", p)
         assert [sf.try_acquire() for _ in range(4)] == [0, 1, 2, 3]  # the lowest first
         assert r.close() == (1, 1)  # it still maps the pool: nothing told it to forget
+
+
+@pytest.mark.slow  # a reader process
+def test_a_published_part_wakes_the_entrys_doorbell_in_another_process() -> None:
+    """The doorbell (``SharedFrames.publish``): the reader sleeps on entry 1's ring; the
+    source publishes a poll's parts for both entries; the reader is woken -- not by its
+    safety-net timeout -- and takes exactly entry 1's part, its range and frames as
+    written, while entry 0's waits in its own ring.  Their DONE frees the slot."""
+    from cpumap.engine.ring import WAIT_TIMEOUT
+
+    with shared_frames() as sf, reader_process() as r:
+        assert r.ask("attach", sf.handle)[0]
+        token = sf.handle.token
+        r.send("bell", token, 1, 30.0)  # sleeps: nothing published yet (or woken at once)
+        slot = sf.try_acquire()
+        assert slot is not None
+        write_poll(sf, slot, seed=3)
+        lo0, hi0 = place(sf, slot, 0, [5, 2])
+        lo1, hi1 = place(sf, slot, 2, [7, 0, 3])
+        parts = [sf.part(slot, 0, lo0, hi0, 2), sf.part(slot, 1, lo1, hi1, 3)]
+        assert all(sf.publish(p) for p in parts)
+        sf.poll_done(slot)
+        rc, posted, frames = r.answer("bell")
+        assert rc != WAIT_TIMEOUT  # a wake-up reached it (or it saw the part first)
+        assert posted == [(slot, lo1, hi1, 3)]
+        assert frames == [[slot * POLL + f for f in (7, 0, 3)]]
+        rc, posted, frames = r.ask("bell", token, 0, 30.0)
+        assert posted == [(slot, lo0, hi0, 2)] and frames == [[slot * POLL + f for f in (5, 2)]]
+        assert r.ask("bell", token, 0, 0.0)[1] == []  # taken once: the ring is empty
+        # The slot is held until both entries said DONE with it.
+        assert [sf.try_acquire() for _ in range(3)] == [s for s in range(4) if s != slot]
+        assert sf.try_acquire() is None
+        for p in parts:
+            r.ask("done", p)
+        assert sf.try_acquire() == slot
+        r.close()
 
 
 def _refused(sf: SharedFrames, other: SharedFrames, tmp_path: Path) -> Iterator[SharedHandle]:

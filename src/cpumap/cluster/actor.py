@@ -28,6 +28,14 @@ the queue -- the room is freed then, as the kthread's dequeue frees ring slots -
 it to the handler.  So a source keeps several parcels in flight and never waits on a
 handler, only on a full queue.
 
+A source on this entry's machine makes no call at all: its frames lie in its shared frames
+(``shared_frames.py``), which the entry maps at the start of the run
+(:meth:`EntryActor.attach_frames`), and each poll's part comes through the entry's
+doorbell ring there.  A doorbell thread per source (:class:`_Doorbell`) takes the parts
+into the same queue under the same rules -- what fits, the rest as room appears
+(lossless) or refused -- and the source learns the totals from the tally.  The event loop
+and Ray are not on that path.
+
 Outcomes are reported later, *cumulatively*: every answer (:class:`Report`) carries, for the
 source that asked, this incarnation's running totals of the frames it accepted from that
 source, refused, and handled by outcome.  The source keeps the latest totals per
@@ -36,7 +44,8 @@ totals once the source's frames have all been handled (or at a deadline), to set
 
 Why no frame is counted twice, or never (the protocol's safety argument)
 ---------------------------------------------------------------------------
-Per source and entry, the source counts ``offered`` (frames put in offers).  Each
+Per source and entry, the source counts ``offered`` (frames put in offers, or published
+to the entry's doorbell: the argument below reads "offer" as either).  Each
 incarnation ``P`` of the actor (a process; a restart is a new one, with a new ``token``)
 keeps, per source, monotone counters ``accepted_P``, ``refused_P`` and ``outcomes_P`` (one
 per kind), updated under one lock, with ``outcomes_P <= accepted_P`` (a frame is handled
@@ -48,7 +57,10 @@ books are *derived* from the latest report of each incarnation it heard from::
 
 * Never twice: each frame of an offer is accepted or refused at most once, by the one
   incarnation that ran the offer (``max_task_retries=0``: Ray never runs an offer again,
-  not even on the restarted actor), and handled at most once after that.  Counters are
+  not even on the restarted actor) -- a published part is taken from its ring at most
+  once, by the one doorbell that reads the ring (started when the incarnation mapped the
+  pool, at the start of the run: a restarted one never reads it) -- and handled at most
+  once after that.  Counters are
   totals, not increments: a report that is lost (the actor died before its answer left,
   or the call failed in transit) loses no count, the next report of that incarnation
   carries it, and two reports never add up (the source takes the latest, not the sum).

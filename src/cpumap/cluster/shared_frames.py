@@ -11,44 +11,52 @@ the page the driver wrote it into; on one node we can too.
 (no name in ``/dev/shm``: the memory goes when the last process holding it lets go,
 however it ends, as ``cpumap.shm``'s segments) cut into ``slots`` of one poll each --
 rows of ``frame_size`` bytes and the engine's descriptor records, as a
-:class:`~cpumap.cluster.frames.FrameBlock` lays them out -- an index area, and a flag per
-(slot, entry).  Each poll the source takes a free slot, places the capture's records in
-it (``capture/mapped.py``, through :class:`~cpumap.cluster.frames.BlockLender`) and runs
-the program over it; the frames redirected, sorted by entry, go into the slot's index
-area, and an entry that mapped the pool (:meth:`SharedFramesReader.attach`:
-``/proc/<pid>/fd/<fd>`` of the source's memfd, checked by the token in its header) is
-offered :class:`SharedPart` s -- a slot and a range of its index area, a few integers
-carried in the call itself.  It hands the handler the frames where they lie.  When every
-frame the slot holds for that entry has its outcome, the entry stores ``DONE`` into the
-(slot, entry) flag; a slot whose every flag says ``DONE`` is free again.  An entry on
-another node gets its frames packed into parcels, through the object store, as before.
+:class:`~cpumap.cluster.frames.FrameBlock` lays them out -- an index area, a flag and a
+range per (slot, entry), and a **doorbell ring** per entry.  Each poll the source takes a
+free slot (the lowest: the slots in use stay few, and in the CPU's cache), places the
+capture's records in it (``capture/mapped.py``, through
+:class:`~cpumap.cluster.frames.BlockLender`) and runs the program over it; the frames
+redirected, sorted by entry, go into the slot's index area.  An entry that mapped the pool
+(:meth:`SharedFramesReader.attach`: ``/proc/<pid>/fd/<fd>`` of the source's memfd, checked
+by the token in its header) gets its part of the slot -- a :class:`SharedPart`: the slot
+and a range of its index area -- through its doorbell (:meth:`SharedFrames.publish`): the
+range is written beside the slot's flag and the slot's number pushed into the entry's
+ring (``engine/ring.py``, the local map's ring, its sleep and wake-up included), with no
+Ray call.  A thread of the entry takes it and hands the handler the frames where they lie
+(``cluster/actor.py``, ``_Doorbell``).  When every frame the slot holds for that entry has
+its outcome, the entry stores ``DONE`` into the (slot, entry) flag; a slot whose every
+flag says ``DONE`` is free again.  An entry on another node gets its frames packed into
+parcels, through the object store, as before.  (An entry also takes a shared part in an
+offer, a Ray call, as it takes a parcel.)
 
 Why the hand-over is safe (no write lands under a read, no read sees half a poll)
 -----------------------------------------------------------------------------------
-* *Publish.*  The source writes a slot's frames, descriptors and indices, then makes the
-  offers: Ray calls, sent over a socket by a system call (a full barrier) after the
-  stores; the entry reads the slot only after it received such a call.
+* *Publish.*  The source writes a slot's frames, descriptors, indices and the entry's
+  range, then pushes the slot's number into the entry's ring: the ring's tail is stored
+  with release order after those stores, and the entry loads it with acquire order before
+  it reads the range or a frame (``engine/ring.py`` argues the ring's ordering).
 * *Release.*  The entry's worker reads the frames (the handler's call) and only then
   stores ``DONE`` with release order (``_atomics.store_u32``); the source loads every
   flag of the slot with acquire order (``_atomics.load_u32``) before it writes the slot
   again.  So every read of a slot happens before the next write to it, on x86 and arm64.
-* *Every part.*  A slot's frames for one entry may go in several parts (parcels fill up;
-  the entry's queue may split one at its room), in any order.  Each part carries the
-  slot's ``total`` for that entry, and the entry stores ``DONE`` when that many frames of
-  the slot have an outcome -- handled or refused -- not when one part is done.  A slot is
-  taken again only after ``DONE`` (so no part of its next use can be confused with this
-  one's).
-* *Faults.*  A flag that never says ``DONE`` keeps its slot: its frames are in flight,
+* *Every part.*  A slot's frames for one entry are published once, as one range; the
+  entry's queue may split it at its room, and the parts are handled in any order.  Each
+  part carries the slot's ``total`` for that entry, and the entry stores ``DONE`` when
+  that many frames of the slot have an outcome -- handled or refused -- not when one part
+  is done.  A slot is taken again only after ``DONE`` (so no part of its next use can be
+  confused with this one's), and so a ring never holds more numbers than there are
+  slots: it is never full.
+* *Faults.*  A flag that never says ``DONE`` keeps its slot: its frames are in the ring,
   queued, or were lost with a process.  At the first sign that an entry is not the
-  process it was (a failed call, an answer or a ping from a new incarnation -- a source
-  waiting for a slot asks the holders -- or a stall) the source
-  stops sharing with it -- its later frames go through the object store -- and the slots
-  it held are never written again in the run (a stuck entry still reading one reads
-  frames nobody overwrites).  Only space is lost, never a frame; with every slot lost the
-  source reads on into a private block of its own.
-* *Back-pressure.*  No free slot makes the source offer what it has gathered (so that the
-  entries can finish slots) and wait, as a producer waits on a full ring, up to the stall
-  deadline; then the entries that hold slots are treated as stuck.
+  process it was (a failed call, an answer, a tally or a ping from a new incarnation -- a
+  source waiting for a slot asks the holders -- or a stall) the source stops sharing with
+  it -- its later frames go through the object store -- and the slots it held are never
+  written again in the run (a stuck entry still reading one reads frames nobody
+  overwrites).  Only space is lost, never a frame; with every slot lost the source reads
+  on into a private block of its own.
+* *Back-pressure.*  No free slot makes the source offer what it has gathered for entries
+  elsewhere and wait, as a producer waits on a full ring, up to the stall deadline; then
+  the entries that hold slots are treated as stuck.
 """
 
 from __future__ import annotations

@@ -12,31 +12,42 @@ producer (``cpumap.engine.rx``) of the local engine, poll by poll (the loop:
     run the steering program                        (programs.runner.ProgramRunner)
     count DROP / PASS / TX / ABORTED verdicts; a redirect to no entry: redirect_err
     group the redirected frames by key, in order    (one stable argsort)
-    put each group on its entry's parcel: where     (shared_frames.SharedPart: a slot and
-      the frames lie for an entry on this machine,   a range of its index area)
-      packed for another                            (frames.pack: only the columns used)
-    a parcel that is full goes to its entry         (actor.offer, one Ray call -- and a
-                                                     ray.put first for packed frames --
-                                                     made by the sender thread: Sender)
+    hand each group to its entry: an entry on       (shared_frames: its range beside the
+      this machine gets it where it lies, through    slot's flag, the slot's number in
+      its doorbell ring, with no call;               the entry's ring: SharedFrames.publish)
+      another gets it packed onto its parcel        (frames.pack: only the columns used)
+    a parcel that is full goes to its entry         (actor.offer, one Ray call after a
+                                                     ray.put, made by the sender thread)
 
 and keeps the books of every frame it read (:class:`Books`).
 
+The doorbell: what a ring costs, not what a call costs
+-------------------------------------------------------
+Frames for an entry on the source's machine cost no Ray call: the source publishes each
+poll's part and reads on; the entry's doorbell thread takes it into its queue as it
+takes an offer (``cluster/actor.py``).  Nothing answers: the back-pressure is the slots'
+(a slot is written again only once every entry said DONE with it, through its flag, so a
+source ahead of its entries waits for a slot as a producer on a full ring), and the
+books come from each entry's :meth:`~cpumap.cluster.actor.EntryActor.tally` at the end.
+Measured here: Ray offers of shared parts left the source waiting out answers' round
+trips (1 - 3 ms each) and the frames of 5 - 15 slots in flight, out of the CPU's cache
+(docs/cluster.md has the figures).
+
 Parcels: sized in frames and bytes, several in flight
 ------------------------------------------------------
-A call costs Ray a few hundred microseconds whatever it carries, so frames for an entry
-gather over polls into one parcel -- a list of parts: shared parts (a few integers), or
-packed numpy arrays that Ray moves as buffers, never pickled frame by frame -- until it
-holds ``parcel_frames`` frames or ``parcel_bytes`` bytes (for a shared entry, at most
-half the other slots' frames: ``Outbox.share_frames``); what is left goes at the end of
-the file.  A link's first parcel is small and each next one twice the last, up to that
-size (slow start: the entry starts while the source reads on).  A lossless parcel may be
-larger than the entry's queue (the rest waits in the entry, piece by piece, as room
-appears); a drop-and-count parcel is at most half the qsize, so that it fits a queue that
-already holds one.  An offer is answered as soon as the entry has *queued* the
-frames (``cpumap.cluster.actor``: the entry's queue is the ring, its worker thread the
-kthread), not when they are handled; the answer carries the entry's running totals for
-this source.  A source sends without waiting while its unanswered frames to that entry
-stay within a window of ``max(qsize, 2 parcels)``; past it, it takes the oldest answer.
+Between machines a call costs Ray a few hundred microseconds whatever it carries, so
+frames for an entry gather over polls into one parcel -- packed numpy arrays that Ray
+moves as buffers, never pickled frame by frame -- until it holds ``parcel_frames`` frames
+or ``parcel_bytes`` bytes; what is left goes at the end of the file.  A link's first
+parcel is small and each next one twice the last, up to that size (slow start: the entry
+starts while the source reads on).  A lossless parcel may be larger than the entry's
+queue (the rest waits in the entry, piece by piece, as room appears); a drop-and-count
+parcel is at most half the qsize, so that it fits a queue that already holds one.  An
+offer is answered as soon as the entry has *queued* the frames (``cpumap.cluster.actor``:
+the entry's queue is the ring, its worker thread the kthread), not when they are
+handled; the answer carries the entry's running totals for this source.  A source sends
+without waiting while its unanswered frames to that entry stay within a window of
+``max(qsize, 2 parcels)``; past it, it takes the oldest answer.
 
 Back-pressure is the ring's: an entry's queue holds at most its qsize frames, shared by
 every source.
@@ -67,8 +78,9 @@ that is not there, and its other unanswered offers are taken without waiting.
 ``ActorUnavailableError`` (the actor is restarting) only loses the offers it failed: the
 next ones go to the restarted actor.
 
-Nothing hangs: every wait has a deadline (``stall_timeout``): an offer's answer, and at the
-end the entries' :meth:`~cpumap.cluster.actor.EntryActor.tally` of this source's frames.
+Nothing hangs: every wait has a deadline (``stall_timeout``): an offer's answer, a free
+slot, and at the end the entries' :meth:`~cpumap.cluster.actor.EntryActor.tally` of this
+source's frames (asked again of an entry that Ray was restarting: it only reads totals).
 A source whose node dies fails as a Ray task; the entries keep their totals for it, which
 the driver reads (``cpumap.cluster.run``).
 """
@@ -88,13 +100,14 @@ from typing import Any
 import numpy as np
 
 from ..engine.frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM
+from ..engine.ring import MAX_CAPACITY
 from ..programs.cpu_table import CpuTable
 from ..programs.steering import MODES, make_program
 from .actor import REPORT_COUNTERS, Report
 from .frames import FrameBlock, Parcel, pack
 from .landing import VERDICT_NAMES, pump
 from .places import Place
-from .shared_frames import SharedFrames, SharedPart
+from .shared_frames import SharedFrames
 
 DEFAULT_POLL_SIZE = 4096  # frames per poll
 DEFAULT_PARCEL_FRAMES = 16384  # frames a parcel gathers: a call costs ~1-3 ms of Ray (docs)
@@ -287,11 +300,11 @@ class Outbox:
 
     def share_frames(self, options: SourceOptions) -> SharedFrames | None:
         """The source's frames, shared with each entry on this node (``shared_frames.py``):
-        made once, offered to every entry at once; an entry that cannot map them (another
-        node) gets its frames packed into parcels, through the object store.  None when
-        no entry maps them (or ``shared_bytes`` is 0).  Slots: as many polls as
-        ``shared_bytes`` holds, at least 3; a parcel to such an entry gathers half the
-        other slots' frames at most, so that some are always being handled."""
+        made once, offered to every entry at once, each mapping it starting a doorbell
+        thread for it; an entry that cannot map them (another node) gets its frames
+        packed into parcels, through the object store.  None when no entry maps them (or
+        ``shared_bytes`` is 0).  Slots: as many polls as ``shared_bytes`` holds, at
+        least 3 (a ring's capacity bounds them too)."""
         if options.shared_bytes <= 0 or not self.links:
             return None
         import ray
@@ -299,7 +312,7 @@ class Outbox:
 
         poll = options.poll_size
         slot_bytes = poll * (options.frame_size + 44)
-        slots = max(3, options.shared_bytes // slot_bytes)
+        slots = min(max(3, options.shared_bytes // slot_bytes), MAX_CAPACITY)
         frames = SharedFrames(slots, poll, options.frame_size, options.headroom, len(self.links))
         asked = [
             (
@@ -316,9 +329,6 @@ class Outbox:
                 link.shared = link.token != 0
             except RayError as e:  # that entry is gone or stuck: the offers will say so
                 e.__traceback__ = None  # as in _take
-            if link.shared:
-                link.limit = min(link.limit, max(1, (slots - 1) // 2) * poll)
-                link.size = min(link.size, link.limit)
         if not any(link.shared for link in self.links):
             frames.close()
             return None
@@ -328,10 +338,10 @@ class Outbox:
     def send(
         self, key: int, block: FrameBlock, idx: np.ndarray, at: tuple[int, int] | None
     ) -> None:
-        """Gather frames ``idx`` of ``block`` onto entry ``key``'s parcel, sending each
-        parcel that fills up: where they lie, when the entry shares the source's frames
-        (``at``: their slot, and where ``idx`` starts in the index area), else packed (a
-        copy: the block is reused)."""
+        """Hand entry ``key`` frames ``idx`` of ``block``: where they lie, through its
+        doorbell, when the entry shares the source's frames (``at``: their slot, and where
+        ``idx`` starts in the index area); else packed (a copy: the block is reused) onto
+        its parcel, sending each parcel that fills up."""
         link = self.links[key]
         total = len(idx)
         if link.shared and at is not None and self.frames is not None:
@@ -633,20 +643,15 @@ class Sender(ThreadPoolExecutor):
 
 
 def _offer(offer: Any, source: int, parts: list[Any], lossless: bool) -> Any:
-    """Offer ``parts``: shared parts in the call itself; parcels put into the object store
-    first, the call carrying their reference.  The call's ref."""
+    """Offer ``parts``, put into the object store first, the call carrying their
+    reference (``actor.py``'s ``_fetched`` says why).  The call's ref."""
     import ray
 
-    if parts and isinstance(parts[0], SharedPart):  # a few integers each: no put
-        return offer.remote(source, parts, lossless)
-    # The parts go as a put object behind a reference (actor.py's _fetched says why).
     return offer.remote(source, [ray.put(parts)], lossless)
 
 
-def _nbytes(part: Parcel | SharedPart) -> int:
-    """Bytes a part takes of the object store (a shared part: none)."""
-    if isinstance(part, SharedPart):
-        return 0
+def _nbytes(part: Parcel) -> int:
+    """Bytes a part takes of the object store."""
     return int(part.rows.nbytes + part.desc.nbytes)
 
 
