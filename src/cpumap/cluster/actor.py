@@ -314,17 +314,18 @@ class EntryActor:
             settled = self._settled(source)
         tokens = self.shared_of.pop(source, ()) if settled else ()
         if tokens:  # unmapping 128 MiB takes ms: not on the way of the answer
-            loop.run_in_executor(None, self._let_go, tokens)
+            # The doorbells leave the dict here, on the loop: it is changed nowhere else.
+            bells = [self.doorbells.pop(t) for t in tokens if t in self.doorbells]
+            loop.run_in_executor(None, self._let_go, tokens, bells)
         return self._report(source)
 
-    def _let_go(self, tokens: Any) -> None:
+    def _let_go(self, tokens: Any, bells: list[_Doorbell]) -> None:
         """Stop their doorbells, unmap these pools (a thread of the loop's executor: after
         the tally's answer), and forget their counts: a slot whose last frames never came
         here is never DONE now."""
+        for bell in bells:
+            bell.stop()
         for token in tokens:
-            bell = self.doorbells.pop(token, None)
-            if bell is not None:
-                bell.stop()
             self.shared.forget(token)
             with self.lock:
                 for flag in [f for f in self.slot_left if f.token == token]:
@@ -398,8 +399,8 @@ class EntryActor:
         """Let the queue drain, stop the worker, and call the handler's ``finish()`` (if it
         has one) in the worker thread: the entry's result."""
         bells, self.doorbells = list(self.doorbells.values()), {}
-        for bell in bells:  # a source that never asked for its tally (it died)
-            bell.stop()
+        if bells:  # of a source whose tally never settled (it died, or timed out)
+            await asyncio.get_running_loop().run_in_executor(None, _stop_all, bells)
         with self.lock:
             self.queue.append(None)
             self.lock.notify()
@@ -462,7 +463,7 @@ class EntryActor:
     def _settled(self, source: int) -> bool:
         """Whether every frame ``source`` offered here is handled or refused (none waits
         for room, none is queued or in the handler's hands)."""
-        bells = [b for b in self.doorbells.values() if b.source == source]
+        bells = [b for b in list(self.doorbells.values()) if b.source == source]
         with self.lock:
             c = self.counts.get(source)
             # A doorbell counts in ``offering`` before it takes from its ring: a part is
@@ -668,6 +669,11 @@ class _Doorbell(threading.Thread):
         with self.entry.lock:
             self.entry.room.notify_all()
         self.join(timeout=5.0)
+
+
+def _stop_all(bells: list[_Doorbell]) -> None:
+    for bell in bells:
+        bell.stop()
 
 
 async def _fetched(parts: list[Any]) -> list[Parcel]:
