@@ -522,13 +522,13 @@ def test_an_entry_restarted_while_the_source_waits_for_slots_is_not_dead(
 
 
 @pytest.mark.parametrize("attached", [True, False], ids=["attached", "restarted"])
-def test_an_entry_lets_go_of_a_sources_frames_at_its_tally(
+def test_an_entry_lets_go_of_a_sources_frames_at_the_runs_end(
     ray_local: None, tmp_path: Path, attached: bool
 ) -> None:
     """A real entry actor, offered a slot of shared frames made here (attached first, or
     not: as a restarted incarnation gets them): it handles them, stores DONE (the slot
-    comes back to the source), and once its tally of that source is answered it lets
-    go of the source's frames."""
+    comes back to the source), and once its tally of that source has settled, it lets go
+    of the source's frames when the map asks it whether it is idle (the run's end)."""
     import ray
 
     from cpumap.cluster.shared_frames import SharedFrames
@@ -555,7 +555,9 @@ def test_an_entry_lets_go_of_a_sources_frames_at_its_tally(
             tally = ray.get(entry.actor.tally.remote(1, 30.0), timeout=60)
             assert tally.counts == (poll, 0, poll, 0, 0, 0)
             assert slot in {sf.try_acquire() for _ in range(3)}  # DONE: it came back
-            # Unmapped just after the answer (not on its way: it takes milliseconds).
+            # Still mapped: unmapping takes milliseconds, not on the way of any answer.
+            assert holds_shared_frames(entry.pid)
+            assert ray.get(entry.actor.idle.remote(5.0), timeout=30)  # as end_run asks
             wait_for(lambda: not holds_shared_frames(entry.pid), 10, "the entry letting go")
     finally:
         sf.close()
