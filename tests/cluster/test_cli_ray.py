@@ -144,3 +144,33 @@ def test_a_damaged_capture_on_ray_exits_as_a_local_run_does(tmp_path: Path) -> N
     assert s["rx"] == json.loads(local.stdout.splitlines()[-1])["rx"] > 0
     assert s["rx"] == sum(s["outcomes"].values())
     assert str(cut) in ray.stderr and "offset" in ray.stderr
+
+
+@pytest.mark.slow
+def test_a_raising_handler_on_ray_shows_its_first_traceback_as_a_local_run_does(
+    tmp_path: Path,
+) -> None:
+    """A handler that raises on some frames: the cluster run counts them handler_error,
+    exits 1 (user error) and, as the local run, shows the first traceback of the kind
+    with how many frames failed -- in the text and in the JSON summary."""
+    handler = tmp_path / "raising.py"
+    handler.write_text(
+        "def handle(skb):\n"
+        "    if skb.hash % 3 == 0:\n"
+        "        raise ValueError('every third hash')\n"
+        "    return True\n"
+    )
+    demo = str(demo_capture_path())
+    spec = f"{handler}:handle"
+    local = _cpumap("run", demo, "--cpus", "0", "--handler", spec, "--json", timeout=120)
+    ray = _cpumap("run", "--ray", "auto", demo, "--cpus", "0", "--handler", spec, "--json")
+    assert local.returncode == ray.returncode == 1, (local.stderr, ray.stderr)
+    ours, theirs = (json.loads(d.stdout.splitlines()[-1]) for d in (ray, local))
+    failed = ours["outcomes"]["handler_error"]
+    assert failed == theirs["outcomes"]["handler_error"] > 0
+    (e,) = ours["user_errors"]
+    assert (e["where"], e["what"], e["count"], e["cpu"]) == ("handler", "ValueError", failed, 0)
+    assert "every third hash" in e["first"] and str(handler) in e["first"]
+    text = _cpumap("run", "--ray", "auto", demo, "--cpus", "0", "--handler", spec)
+    assert f"handler on CPU 0: ValueError ({failed:,} frames); the first:" in text.stdout
+    assert "raise ValueError('every third hash')" in text.stdout

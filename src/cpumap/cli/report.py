@@ -408,7 +408,7 @@ def cluster_report(config: RunConfig, result: Any, elapsed: float) -> RunReport:
         lossless=facts.lossless,
         elapsed=elapsed,
         stats=stats,
-        user_errors=(),
+        user_errors=tuple(sorted(result.user_errors, key=_user_error_order)),
         worker_errors=(),
         facts=facts,
         written=Written(),

@@ -102,8 +102,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import Error
-from ..programs import contract
+from ..programs import contract, user_errors
 from ..programs.contract import WorkerInfo
+from ..programs.user_errors import UserError
 from ..skb import frame_skbs, skb_batch
 from .frames import FrameBlock, Parcel, unpack
 from .shared_frames import SharedFramesReader, SharedHandle, SharedPart, mark_done
@@ -384,6 +385,14 @@ class EntryActor:
             "affinity": self.worker.affinity,
             "reconstructed": self.reconstructed,
         }
+
+    def take_user_errors(self) -> list[UserError]:
+        """What failed in the handler since the last time asked (the first traceback of
+        each kind, and how many: ``programs/user_errors.py``), as a local worker reports
+        it; asked once a run is over."""
+        errors = user_errors.LOG.report(cpu=self.info.cpu)
+        user_errors.LOG.clear()
+        return errors
 
     def stats(self) -> dict[str, Any]:
         """This incarnation's own counters, summed over sources (a cross-check of the
@@ -754,7 +763,8 @@ def _deliver_each(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int, 
             continue
         try:
             r = handler(skb)
-        except _HANDLER_FAILURES:
+        except _HANDLER_FAILURES as e:
+            user_errors.record("handler", e)
             herr += 1
             continue
         if r is False:
@@ -770,16 +780,19 @@ def _deliver_batch(handler: Any, block: Any, idx: np.ndarray) -> tuple[int, int,
     n = len(idx)
     try:
         batch = skb_batch(block, idx)  # start: found out (a shared part may be any run)
-    except Exception:
+    except Exception as e:
+        user_errors.record("skb build", e, count=n)
         return 0, 0, 0, n
     try:
         r = handler(batch)
-    except _HANDLER_FAILURES:
+    except _HANDLER_FAILURES as e:
+        user_errors.record("handler", e, count=n)
         return 0, 0, n, 0
     if r is None:
         return n, 0, 0, 0
     accepted = np.asarray(r)
     if accepted.shape != (n,) or accepted.dtype != np.bool_:
+        user_errors.note_batch_handler_return(r, n)
         return 0, 0, n, 0
     ok = int(np.count_nonzero(accepted))
     return ok, n - ok, 0, 0

@@ -65,6 +65,7 @@ from ..closing import Closing
 from ..errors import ClosedResourceError, HandlerSetupError
 from ..map_errors import as_uint, map_error, walk_keys
 from ..programs.contract import WorkerInfo
+from ..programs.user_errors import UserError
 from .actor import EntryActor
 from .places import Place, PlaceLike, as_place
 from .ray_setup import NodeInfo, cluster_nodes, node_cpus, resolve_node
@@ -289,11 +290,13 @@ class ClusterMap(Closing):
             self._running = True
             return self.entries()
 
-    def end_run(self, pids: dict[int, set[int]], failures: dict[int, list[str]]) -> None:
+    def end_run(self, pids: dict[int, set[int]], failures: dict[int, list[str]]) -> list[UserError]:
         """Unfreeze; fold what the run saw into the entries (processes, failures) and mark
-        the ones whose actor died for good ``dead``."""
+        the ones whose actor died for good ``dead``.  What failed in the live entries'
+        handlers during the run (asked once each is idle: its handler is not running)."""
         import ray
 
+        errors: list[UserError] = []
         with self._lock:
             self._running = False
             entries = self.entries()
@@ -307,6 +310,10 @@ class ClusterMap(Closing):
                     # that no frame counted lost is handled later (actor.py).
                     ray.kill(e.actor, no_restart=True)
                     e.state = ActorState.DEAD
+            for e in entries:
+                if e.state == ActorState.LIVE:
+                    errors.extend(_user_errors(ray, e.actor, self.alive_timeout))
+        return errors
 
     # -- close ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -403,6 +410,14 @@ class ClusterMap(Closing):
         if e.state != ActorState.DEAD:
             e.state = ActorState.RETIRED
         self.history.append(e)
+
+
+def _user_errors(ray: Any, actor: Any, timeout: float) -> list[UserError]:
+    """What failed in ``actor``'s handler (none when it does not answer: it died)."""
+    try:
+        return list(ray.get(actor.take_user_errors.remote(), timeout=timeout))
+    except Exception:
+        return []
 
 
 def _idle(ray: Any, actor: Any, timeout: float) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.stats import EntryStats, MapStats
+from ..programs.user_errors import UserError
 from .source import ENTRY_COUNTERS, SOURCE_COUNTERS, SourceReport
 
 
@@ -94,6 +95,9 @@ class ClusterResult:
     complete: bool = True  # False when a source task failed (its books rebuilt in part)
     results: list[Any] = field(default_factory=list)  # the entries' finish() results
     wall_seconds: float = 0.0  # the whole run: sources' start (Ray's workers) to the report
+    # What failed in user code: the sources' programs, the entries' handlers (the first
+    # traceback of each kind, and how many: ``programs/user_errors.py``).
+    user_errors: list[UserError] = field(default_factory=list)
 
     def outcomes(self) -> dict[str, int]:
         return self.stats.outcomes()

@@ -122,9 +122,10 @@ def run_map(
                 pids.setdefault(int(key), set()).update(ps)
             for key, why in r.failures:
                 failures.setdefault(int(key), []).append(f"{r.path}: {why}")
-        cmap.end_run(pids, failures)
+        handler_errors = cmap.end_run(pids, failures)
     run = _Run(files, placed, reports, errors, nodes)
     result = _result(cmap, entries, run)
+    result.user_errors = [e for r in run.books for e in r.user_errors] + handler_errors
     result.wall_seconds = time.perf_counter() - t0
     result.seconds = _busy_seconds(run.books) or result.wall_seconds
     result.ray_address = ray_address

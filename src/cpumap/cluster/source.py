@@ -101,8 +101,10 @@ import numpy as np
 
 from ..engine.frame_pool import DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM
 from ..engine.ring import MAX_CAPACITY
+from ..programs import user_errors
 from ..programs.cpu_table import CpuTable
 from ..programs.steering import MODES, make_program
+from ..programs.user_errors import UserError
 from .actor import REPORT_COUNTERS, Report
 from .frames import FrameBlock, Parcel, pack
 from .landing import VERDICT_NAMES, pump
@@ -677,6 +679,7 @@ class SourceReport:
     seconds: float
     started: float = 0.0  # time.time() of its first poll (0: it read nothing)
     ended: float = 0.0  # time.time() when its last frame had its outcome
+    user_errors: list[UserError] = field(default_factory=list)  # its program's failures
 
 
 @dataclass(frozen=True)
@@ -713,6 +716,7 @@ def read_capture(
     out = Outbox(targets, books, keys, options, start.source)
     error: str | None = None
     program_obj, table = build_program(program, keys)
+    user_errors.LOG.clear()  # a pooled worker process: only this run's failures
     try:
         # Before the start line: a pool's pages are faulted in as it is made (tens of ms),
         # which must not overlap another source's first polls.
@@ -742,6 +746,7 @@ def read_capture(
         seconds=time.perf_counter() - t0,
         started=started,
         ended=ended if started else 0.0,
+        user_errors=user_errors.LOG.report(),
     )
 
 
