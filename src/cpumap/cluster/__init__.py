@@ -9,7 +9,8 @@ running on the node that holds each file (``source``).
 Rule 2: one module per concept, and data flows one way: ``run`` (a job end to end) ->
 ``map`` (the map: places, actors, errno) -> ``source`` (read, steer, send, keep the books;
 its polls: ``landing``) -> ``actor`` (the entry: its queue, its worker, running totals)
--> ``shared_frames`` (a source's frames in shared memory, and the DONE flags) ->
+-> ``doorbell`` (the thread taking a same-machine source's parts, with no call) ->
+``shared_frames`` (a source's frames in shared memory, its doorbell rings, the DONE flags) ->
 ``frames`` (blocks and parcels); ``places`` (how entries are named) and ``ray_setup``
 (joining or starting Ray, naming nodes) beside.
 Rule 3: Ray is an optional extra (``cpumap[cluster]``): it is imported inside functions, so

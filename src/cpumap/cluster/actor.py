@@ -31,7 +31,7 @@ handler, only on a full queue.
 A source on this entry's machine makes no call at all: its frames lie in its shared frames
 (``shared_frames.py``), which the entry maps at the start of the run
 (:meth:`EntryActor.attach_frames`), and each poll's part comes through the entry's
-doorbell ring there.  A doorbell thread per source (:class:`_Doorbell`) takes the parts
+doorbell ring there.  A doorbell thread per source (:class:`Doorbell`) takes the parts
 into the same queue under the same rules -- what fits, the rest as room appears
 (lossless) or refused -- and the source learns the totals from the tally.  The event loop
 and Ray are not on that path.
@@ -106,6 +106,7 @@ from ..programs import contract, user_errors
 from ..programs.contract import WorkerInfo
 from ..programs.user_errors import UserError
 from ..skb import frame_skbs, skb_batch
+from .doorbell import DOORBELL_NAP, Doorbell
 from .frames import FrameBlock, Parcel, unpack
 from .shared_frames import SharedFramesReader, SharedHandle, SharedPart, mark_done
 
@@ -120,7 +121,6 @@ REPORT_COUNTERS = (
 )
 _OUTCOMES = slice(2, 6)
 _SWITCH_INTERVAL = 0.0005  # s: the event loop gets the GIL back this soon from the handler
-_DOORBELL_NAP = 0.05  # s: a doorbell's longest sleep (a safety net: wake-ups are not lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +236,8 @@ class EntryActor:
         self.shared = SharedFramesReader()
         self.shared_of: dict[int, set[int]] = {}
         self.slot_left: dict[_SlotFlag, int] = {}
-        self.doorbells: dict[int, _Doorbell] = {}  # pool token -> its doorbell thread
-        self.to_let_go: list[tuple[Any, list[_Doorbell]]] = []  # settled: let go at idle
+        self.doorbells: dict[int, Doorbell] = {}  # pool token -> its doorbell thread
+        self.to_let_go: list[tuple[Any, list[Doorbell]]] = []  # settled: let go at idle
         self.room = threading.Condition(self.lock)  # doorbells waiting for queue room
         self.room_waiters = 0
         sys.setswitchinterval(_SWITCH_INTERVAL)  # offers answer fast beside a busy handler
@@ -286,12 +286,15 @@ class EntryActor:
         slot); 0 when they are not on this node (or not mappable here): the source then
         sends through the object store.  With ``key`` (this entry's number among the
         source's), a doorbell thread takes the parts the source publishes to it
-        (:class:`_Doorbell`), ``lossless`` or not, as offers are taken."""
+        (:class:`Doorbell`), ``lossless`` or not, as offers are taken."""
         if not self.shared.attach(handle):
             return 0
         self.shared_of.setdefault(source, set()).add(handle.token)
         if key is not None and handle.token not in self.doorbells:
-            bell = _Doorbell(self, source, handle.token, key, lossless)
+            ring = self.shared.doorbell(handle.token, key)
+            bell = Doorbell(
+                ring, source, handle.token, key, lossless, self._from_doorbell, self._wake_room
+            )
             self.doorbells[handle.token] = bell
             bell.start()
         return self.token
@@ -321,7 +324,44 @@ class EntryActor:
             self.to_let_go.append((tokens, bells))
         return self._report(source)
 
-    def _let_go(self, tokens: Any, bells: list[_Doorbell]) -> None:
+    def _from_doorbell(self, bell: Doorbell, n: int) -> None:
+        """Take ``n`` parts from ``bell``'s ring into the queue (in ``bell``'s thread;
+        :class:`Doorbell` argues why the books stay exact)."""
+        with self.lock:
+            self.offering[bell.source] = self.offering.get(bell.source, 0) + 1
+        try:
+            posted = [self.shared.posted(bell.token, s, bell.key) for s in bell.take(n)]
+            self._queue_posted(bell, self._parts(bell.source, posted))
+        finally:
+            with self.lock:
+                self.offering[bell.source] -= 1
+                wanted, self.wanted = self.wanted, False
+            if wanted:  # a tally (or an offer) waits for progress
+                self.worker.notify()
+
+    def _queue_posted(self, bell: Doorbell, parts: list[_Part]) -> None:
+        """Queue ``parts``: what fits; the rest once room appears (lossless), else
+        refused -- their slots DONE with, as for an offer's refused frames."""
+        rest = self._enqueue(bell.source, parts)
+        while rest and bell.lossless and not bell.stopping:
+            with self.lock:
+                self.room_waiters += 1
+                try:
+                    if self.queued >= self.qsize:
+                        self.room.wait(DOORBELL_NAP)
+                finally:
+                    self.room_waiters -= 1
+            rest = self._enqueue(bell.source, rest)
+        if rest:
+            with self.lock:
+                self._counts(bell.source)[1] += sum(len(p) for p in rest)
+                _slots_done(self.slot_left, rest)
+
+    def _wake_room(self) -> None:
+        with self.lock:
+            self.room.notify_all()
+
+    def _let_go(self, tokens: Any, bells: list[Doorbell]) -> None:
         """Stop their doorbells, unmap these pools (a thread of the loop's executor: after
         the tally's answer), and forget their counts: a slot whose last frames never came
         here is never DONE now."""
@@ -579,7 +619,7 @@ class _Worker(threading.Thread):
                 if e.room_waiters:  # a doorbell waits for room (lossless)
                     e.room.notify_all()
             if wanted:
-                self._notify()  # room in the queue
+                self.notify()  # room in the queue
             out = _deliver(e.handler, e.batch, part.block, part.idx)
             with e.lock:
                 e.counts[part.source][_OUTCOMES] += out
@@ -591,13 +631,14 @@ class _Worker(threading.Thread):
             del part
             self.parts += 1
             if wanted:
-                self._notify()  # outcomes to report
+                self.notify()  # outcomes to report
         try:
             self.result = contract.finish(e.handler)
         except BaseException as exc:  # reported by finish(), as the local worker's
             self.failure = exc
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Run ``progressed`` on the entry's event loop (it made progress)."""
         loop = self.entry.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: the actor is ending
@@ -617,82 +658,7 @@ def _start_worker(entry: EntryActor, pin: bool, progressed: Callable[[], None]) 
     return w
 
 
-class _Doorbell(threading.Thread):
-    """Takes the parts one source publishes to this entry through its doorbell ring in
-    the source's shared frames (``shared_frames.py``: a slot's number, its range beside
-    it) into the queue, as :meth:`EntryActor.offer` takes an offer's -- what fits; for a
-    ``lossless`` source the rest as room appears, else refused -- with no Ray call on the
-    way: the source publishes and goes on, and wakes this thread only when it sleeps.
-
-    Why the books stay exact: the thread counts itself in ``offering`` for the source
-    *before* it takes from the ring, and out once the parts are queued or refused, so a
-    published part is always in the ring, in the thread's hands, or counted accepted or
-    refused -- :meth:`EntryActor._settled` (the tally) looks at all three under the lock.
-    Why no part is missed: the ring's sleep and wake-up (``engine/ring.py``) lose no
-    wake-up, and a stop is seen by :meth:`~cpumap.engine.ring.Ring.wait` (it does not
-    sleep once asked to stop)."""
-
-    def __init__(self, entry: EntryActor, source: int, token: int, key: int, lossless: bool):
-        super().__init__(name=f"cpumap-doorbell-{source}", daemon=True)
-        self.entry = entry
-        self.source = source
-        self.token = token
-        self.key = key
-        self.lossless = lossless
-        self.ring = entry.shared.doorbell(token, key)
-        self.hand = np.empty(self.ring.capacity, dtype=np.uint32)
-        self.stopping = False
-
-    def run(self) -> None:
-        e = self.entry
-        while not self.stopping:
-            n = self.ring.available()
-            if not n:
-                self.ring.wait(_DOORBELL_NAP)
-                continue
-            with e.lock:
-                e.offering[self.source] = e.offering.get(self.source, 0) + 1
-            try:
-                slots = self.ring.take(n, self.hand).tolist()
-                self.ring.drop_hand()
-                posted = [e.shared.posted(self.token, s, self.key) for s in slots]
-                self._queue(e._parts(self.source, posted))
-            finally:
-                with e.lock:
-                    e.offering[self.source] -= 1
-                    wanted, e.wanted = e.wanted, False
-                if wanted:  # a tally (or an offer) waits for progress
-                    e.worker._notify()
-
-    def _queue(self, parts: list[_Part]) -> None:
-        """Queue ``parts``: what fits; the rest once room appears (lossless), else
-        refused -- their slots DONE with, as for an offer's refused frames."""
-        e = self.entry
-        rest = e._enqueue(self.source, parts)
-        while rest and self.lossless and not self.stopping:
-            with e.lock:
-                e.room_waiters += 1
-                try:
-                    if e.queued >= e.qsize:
-                        e.room.wait(_DOORBELL_NAP)
-                finally:
-                    e.room_waiters -= 1
-            rest = e._enqueue(self.source, rest)
-        if rest:
-            with e.lock:
-                e._counts(self.source)[1] += sum(len(p) for p in rest)
-                _slots_done(e.slot_left, rest)
-
-    def stop(self) -> None:
-        """Stop taking (the source's run is over, or the entry ends) and wait for it."""
-        self.stopping = True
-        self.ring.request_stop()
-        with self.entry.lock:
-            self.entry.room.notify_all()
-        self.join(timeout=5.0)
-
-
-def _stop_all(bells: list[_Doorbell]) -> None:
+def _stop_all(bells: list[Doorbell]) -> None:
     for bell in bells:
         bell.stop()
 
