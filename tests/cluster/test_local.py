@@ -244,6 +244,35 @@ def _parcel(frames: int) -> object:
     return pack(block, np.arange(frames, dtype=np.uint32))
 
 
+def test_abort_ends_the_entries_at_once_without_their_finish(
+    ray_local: None, tmp_path: Path
+) -> None:
+    """``ClusterMap.abort`` (an interrupted run): an entry whose handler holds a batch
+    (and so would not finish) is ended, not waited for -- its result says it was
+    interrupted, its process is gone, and the map is closed (a second abort or a close
+    does nothing)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    cmap = ClusterMap(HoldUntil(tmp_path, victim=0))
+    cmap.update("0", 128)
+    entry = cmap.entry("0")
+    ray.get(entry.actor.offer.remote(1, [_parcel(100)], True), timeout=30)
+    _wait_for(tmp_path / "held")  # never released: a finish() would wait for it
+    cmap.abort()
+    assert [(r.place, r.result, r.error) for r in cmap.results] == [
+        (entry.place, None, "interrupted")
+    ]
+    with pytest.raises(RayActorError):
+        ray.get(entry.actor.ready.remote(), timeout=60)
+    wait_for(lambda: pid_gone(entry.pid), 30, "the entry's process to end")
+    cmap.abort()
+    cmap.close()
+    assert len(cmap.results) == 1
+    with pytest.raises(ClosedResourceError):
+        cmap.update("0", 128)
+
+
 def test_an_offer_is_answered_when_queued_not_when_handled(ray_local: None, tmp_path: Path) -> None:
     """The entry answers an offer once its frames are in the queue, with running totals,
     while its handler still holds an earlier batch; drop-and-count refuses what does not

@@ -315,6 +315,27 @@ class ClusterMap(Closing):
                     errors.extend(_user_errors(ray, e.actor, self.alive_timeout))
         return errors
 
+    def abort(self) -> None:
+        """End every entry's actor now, without its ``finish()``, and close the map: an
+        interrupted run (Ctrl-C) stops at once -- no idle wait, no drain of what the
+        queues hold, no result gathered (each entry's result says so).  Idempotent."""
+        import ray
+
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._running = False
+            for place in self._order():
+                e = self._entries.pop(place)
+                if ray.is_initialized():
+                    ray.kill(e.actor, no_restart=True)
+                e.state = ActorState.DEAD
+                self.results.append(
+                    EntryResult(place, e.node.node_id, e.generation, None, "interrupted")
+                )
+                self.history.append(e)
+
     # -- close ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Retire every entry (gathering ``finish()`` results) and end every actor.

@@ -18,6 +18,7 @@ steers into the same snapshot, which is what makes flow affinity cluster-wide.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -97,6 +98,8 @@ def run_map(
     entries = cmap.begin_run()
     reports: list[SourceReport | None] = []
     errors: list[str | None] = []
+    interrupted = False
+    refs: list[Any] = []
     try:
         targets = cmap.targets()
         task = ray.remote(num_cpus=0, max_retries=0)(read_capture)
@@ -112,6 +115,16 @@ def run_map(
         for i, r in enumerate(reports):
             if r is None:  # its task failed (its node died): what the entries say of it
                 reports[i] = _orphan_report(ray, i, files[i], placed[files[i]], targets, stall)
+    except BaseException as e:
+        # Ctrl-C (KeyboardInterrupt): stop at once -- the entries are ended, not waited
+        # for, and nothing is reported (the CLI says so).  An error still settles below.
+        interrupted = not isinstance(e, Exception)
+        if interrupted:
+            for ref in refs:  # the sources too (on a cluster that outlives this driver)
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            cmap.abort()
+        raise
     finally:
         pids: dict[int, set[int]] = {}
         failures: dict[int, list[str]] = {}
@@ -122,7 +135,7 @@ def run_map(
                 pids.setdefault(int(key), set()).update(ps)
             for key, why in r.failures:
                 failures.setdefault(int(key), []).append(f"{r.path}: {why}")
-        handler_errors = cmap.end_run(pids, failures)
+        handler_errors = [] if interrupted else cmap.end_run(pids, failures)
     run = _Run(files, placed, reports, errors, nodes)
     result = _result(cmap, entries, run)
     result.user_errors = [e for r in run.books for e in r.user_errors] + handler_errors
