@@ -66,6 +66,34 @@ class BadSetup:
         return None
 
 
+class HandleThenStall:
+    """A batch handler that, on CPU ``victim``, handles batches until it has handled at
+    least ``after`` frames, writes how many into ``marks/handled`` (and the mark
+    ``marks/stalled`` after it), then holds its next batch until its process is killed."""
+
+    batch = True
+
+    def __init__(self, marks: Path, victim: int, after: int) -> None:
+        self.marks = marks
+        self.victim = victim
+        self.after = after
+        self.here = False
+        self.frames = 0
+
+    def setup(self, info: Any) -> None:
+        self.here = info.cpu == self.victim
+
+    def __call__(self, batch: SkbBatch) -> None:
+        if self.here and self.frames >= self.after:
+            (self.marks / "handled").write_text(str(self.frames))
+            (self.marks / "stalled").touch()
+            deadline = time.monotonic() + HOLD
+            while time.monotonic() < deadline:  # held: the test kills this process
+                time.sleep(0.05)
+        self.frames += len(batch)
+        return None
+
+
 class HoldUntil:
     """A batch handler that, on CPU ``victim`` (any node when ``node_id`` is None), holds
     its first batch until the file ``marks/release`` exists (``marks/held`` says it is

@@ -33,7 +33,14 @@ from cpumap.engine.frame_pool import DEFAULT_FRAME_SIZE
 from cpumap.engine.supervisor import HandlerSetupError
 from cpumap.errors import ClosedResourceError
 from cpumap.sinks import FlowTable, merge_flow_tables
-from tests.cluster.handlers import BadSetup, HoldUntil, Picky, StallOnce, WhereFramesLie
+from tests.cluster.handlers import (
+    BadSetup,
+    HandleThenStall,
+    HoldUntil,
+    Picky,
+    StallOnce,
+    WhereFramesLie,
+)
 from tests.cluster.helpers import (
     OBJECT_STORE,
     assert_loopback_only,
@@ -368,6 +375,32 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
         time.sleep(0.01)
+
+
+def test_what_a_killed_entry_handled_is_counted_from_its_totals_board(
+    ray_local: None, captures: list[Path], tmp_path: Path
+) -> None:
+    """An entry taking a source's frames through its doorbell never answers an offer; it
+    is killed (not restarted) after handling some of them.  What it handled is counted
+    delivered -- read from its totals board in the source's shared frames, exactly the
+    frames its handler saw -- and only the rest of what it took is lost."""
+    import ray
+
+    cmap = ClusterMap(HandleThenStall(tmp_path, victim=0, after=1000), max_restarts=0)
+    try:
+        cmap.update("0", 256)
+        victim = cmap.entry("0")
+        t, box = _run_in_thread(cmap, captures[:1], options=sharing("shared", stall_timeout=30))
+        _wait_for(tmp_path / "stalled")  # it handled >= 1,000 frames, and holds a batch
+        handled = int((tmp_path / "handled").read_text())
+        ray.kill(victim.actor, no_restart=True)
+        result, s, o = _joined(t, box, captures[:1])
+        (e0,) = result.entries  # type: ignore[attr-defined]
+        assert e0.delivered == o["delivered"] == handled >= 1000
+        assert o["lost"] > 0 and e0.lost == o["lost"] and e0.state == "dead"
+        assert o["delivered"] + o["lost"] + o["redirect_err"] == s.rx
+    finally:
+        cmap.close()
 
 
 @pytest.mark.parametrize("how", SHARINGS)

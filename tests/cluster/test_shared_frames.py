@@ -36,6 +36,8 @@ from cpumap.cluster.shared_frames import (
     SharedHandle,
     SharedPart,
     mark_done,
+    read_totals,
+    write_totals,
 )
 
 NAME = "cpumap-shared-frames"  # the memfd's name (its link: "/memfd:<NAME> (deleted)")
@@ -266,6 +268,36 @@ def test_a_published_part_wakes_the_entrys_doorbell_in_another_process() -> None
             r.ask("done", p)
         assert sf.try_acquire() == slot
         r.close()
+
+
+def test_a_totals_board_is_read_whole_or_not_at_all() -> None:
+    """``write_totals`` / ``read_totals`` (the entry's totals in the source's pool): a
+    reader racing a writer that rewrites every count to the same new value never sees
+    two values in one read (a sequence lock), and sees the writer's last write at the
+    end; an unwritten board reads as None, as one whose writer died mid-write (odd)."""
+    with shared_frames(keys=2) as sf:
+        assert sf.totals(0) is None  # nothing written
+        board = sf.board_of(1)
+        seen: list[tuple[int, ...]] = []
+        done = threading.Event()
+
+        def write() -> None:
+            for i in range(1, 3001):
+                write_totals(board, 77, 5, np.full(6, i, dtype=np.int64))
+            done.set()
+
+        w = threading.Thread(target=write)
+        w.start()
+        while not done.is_set():
+            got = sf.totals(1)
+            if got is not None:
+                seen.append(got[2][:6])
+        w.join()
+        assert all(len(set(c)) == 1 for c in seen), [c for c in seen if len(set(c)) > 1][:3]
+        assert sf.totals(1) == (77, 5, (3000,) * 6 + (0,) * 7)
+        assert sf.totals(0) is None  # another entry's board is untouched
+        _atomics.store_u64(board.ctypes.data, int(board[0]) + 1)  # a writer died mid-write
+        assert read_totals(board, tries=50) is None
 
 
 def _refused(sf: SharedFrames, other: SharedFrames, tmp_path: Path) -> Iterator[SharedHandle]:

@@ -33,8 +33,10 @@ A source on this entry's machine makes no call at all: its frames lie in its sha
 (:meth:`EntryActor.attach_frames`), and each poll's part comes through the entry's
 doorbell ring there.  A doorbell thread per source (:class:`Doorbell`) takes the parts
 into the same queue under the same rules -- what fits, the rest as room appears
-(lossless) or refused -- and the source learns the totals from the tally.  The event loop
-and Ray are not on that path.
+(lossless) or refused -- and the source learns the totals from the tally, or, for an
+incarnation that died first, from the totals board it keeps in the source's pool
+(``shared_frames.write_totals``: the same running totals, one more report).  The event
+loop and Ray are not on that path.
 
 Outcomes are reported later, *cumulatively*: every answer (:class:`Report`) carries, for the
 source that asked, this incarnation's running totals of the frames it accepted from that
@@ -108,7 +110,13 @@ from ..programs.user_errors import UserError
 from ..skb import frame_skbs, skb_batch
 from .doorbell import DOORBELL_NAP, Doorbell
 from .frames import FrameBlock, Parcel, unpack
-from .shared_frames import SharedFramesReader, SharedHandle, SharedPart, mark_done
+from .shared_frames import (
+    SharedFramesReader,
+    SharedHandle,
+    SharedPart,
+    mark_done,
+    write_totals,
+)
 
 # Per-source counters of an incarnation, in this order (Report.counts).
 REPORT_COUNTERS = (
@@ -237,6 +245,8 @@ class EntryActor:
         self.shared_of: dict[int, set[int]] = {}
         self.slot_left: dict[_SlotFlag, int] = {}
         self.doorbells: dict[int, Doorbell] = {}  # pool token -> its doorbell thread
+        # Per source: our totals board in its shared frames (and that pool's token).
+        self.boards: dict[int, tuple[int, np.ndarray]] = {}
         self.to_let_go: list[tuple[Any, list[Doorbell]]] = []  # settled: let go at idle
         self.room = threading.Condition(self.lock)  # doorbells waiting for queue room
         self.room_waiters = 0
@@ -276,6 +286,7 @@ class EntryActor:
             self._counts(source)[1] += sum(len(p) for p in rest)
             self.calls += 1
             _slots_done(self.slot_left, rest)  # refused: their slots may be DONE
+            _post_totals(self, source)
         return self._report(source)
 
     async def attach_frames(
@@ -291,6 +302,9 @@ class EntryActor:
             return 0
         self.shared_of.setdefault(source, set()).add(handle.token)
         if key is not None and handle.token not in self.doorbells:
+            with self.lock:  # from now on, its totals go on its board there too
+                self.boards[source] = (handle.token, self.shared.board(handle.token, key))
+                _post_totals(self, source)
             ring = self.shared.doorbell(handle.token, key)
             bell = Doorbell(
                 ring, source, handle.token, key, lossless, self._from_doorbell, self._wake_room
@@ -356,6 +370,7 @@ class EntryActor:
             with self.lock:
                 self._counts(bell.source)[1] += sum(len(p) for p in rest)
                 _slots_done(self.slot_left, rest)
+                _post_totals(self, bell.source)
 
     def _wake_room(self) -> None:
         with self.lock:
@@ -367,6 +382,9 @@ class EntryActor:
         here is never DONE now."""
         for bell in bells:
             bell.stop()
+            with self.lock:  # its board, unless a later run's pool took its place
+                if self.boards.get(bell.source, (0,))[0] == bell.token:
+                    del self.boards[bell.source]
         for token in tokens:
             self.shared.forget(token)
             with self.lock:
@@ -518,6 +536,7 @@ class EntryActor:
                 counts[0] += len(head)  # accepted before the worker can see it
             self.max_queued = max(self.max_queued, self.queued)
             self.wanted |= bool(rest)  # the caller will wait for room
+            _post_totals(self, source)
             self.lock.notify()
         return rest
 
@@ -623,6 +642,7 @@ class _Worker(threading.Thread):
             out = _deliver(e.handler, e.batch, part.block, part.idx)
             with e.lock:
                 e.counts[part.source][_OUTCOMES] += out
+                _post_totals(e, part.source)  # before DONE: the source may then end
                 _slots_done(e.slot_left, (part,))
                 e.busy = False
                 wanted, e.wanted = e.wanted, False
@@ -678,6 +698,14 @@ async def _fetched(parts: list[Any]) -> list[Parcel]:
     for got in await asyncio.gather(*parts):
         out.extend(got)
     return out
+
+
+def _post_totals(e: EntryActor, source: int) -> None:
+    """Put ``e``'s running totals for ``source`` on its board in that source's shared
+    frames, when it has one (under ``e``'s lock: one writer per board)."""
+    posted = e.boards.get(source)
+    if posted is not None and source in e.counts:
+        write_totals(posted[1], e.token, e.pid, e.counts[source])
 
 
 def _slots_done(left: dict[_SlotFlag, int], parts: Any) -> None:

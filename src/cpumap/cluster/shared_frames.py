@@ -54,6 +54,11 @@ Why the hand-over is safe (no write lands under a read, no read sees half a poll
   written again in the run (a stuck entry still reading one reads frames nobody
   overwrites).  Only space is lost, never a frame; with every slot lost the source reads
   on into a private block of its own.
+* *Totals.*  Nothing answers a published part, so each entry also keeps its running
+  totals for the source on its **totals board** in the pool (:func:`write_totals`: a
+  sequence lock, one writer), updated as it accepts, refuses and handles the source's
+  frames.  The source reads it at the end (:func:`read_totals`) as one more report of
+  that incarnation: what an entry that died had handled is counted, not lost.
 * *Back-pressure.*  No free slot makes the source offer what it has gathered for entries
   elsewhere and wait, as a producer waits on a full ring, up to the stall deadline; then
   the entries that hold slots are treated as stuck.
@@ -76,6 +81,10 @@ from ..shm import populate_mapping
 from .frames import FrameBlock
 
 FREE, IN_USE, DONE = 0, 1, 2  # a (slot, entry) flag
+# An entry's totals board, per entry: a sequence word (odd while written), the token and
+# pid of the incarnation that wrote it, then its running totals for this source.
+TOTALS_WORDS = 16
+_TOTALS_AT = 3  # the first count's word
 _MAGIC = 0x7366_7370_6D63  # "cmpsfs": the header's first word
 _MEMFD_NAME = "cpumap-shared-frames"  # its link in /proc: "/memfd:cpumap-shared-frames (deleted)"
 
@@ -159,6 +168,9 @@ class _Mapping:
             )
             for k in range(h.keys)
         ]
+        self.totals = np.frombuffer(
+            self.mm, dtype=np.uint64, count=TOTALS_WORDS * h.keys, offset=at.totals
+        ).reshape(h.keys, TOTALS_WORDS)
         rows = np.frombuffer(self.mm, dtype=np.uint8, count=frames * h.frame_size, offset=at.rows)
         desc = np.frombuffer(self.mm, dtype=DESCRIPTOR, count=frames, offset=at.desc)
         self.index = np.frombuffer(self.mm, dtype=np.uint32, count=frames, offset=at.index)
@@ -182,7 +194,7 @@ class _Mapping:
         """Drop the mapping once the views handed out are gone (the kernel frees the
         memory when the last process lets go)."""
         empty = np.zeros(0, dtype=np.uint8)
-        self.words = self.flags = self.index = self.ranges = empty
+        self.words = self.flags = self.index = self.ranges = self.totals = empty
         self.rings = []
         self.block = None  # type: ignore[assignment]
         with contextlib.suppress(BufferError):
@@ -192,12 +204,14 @@ class _Mapping:
 @dataclass(frozen=True, slots=True)
 class _Layout:
     """Byte offsets in a pool: the flags and ranges (per slot and entry), the doorbell
-    rings (one per entry, ``ring_stride`` apart), then rows, descriptors and indices."""
+    rings (one per entry, ``ring_stride`` apart), the entries' totals boards, then rows,
+    descriptors and indices."""
 
     flags: int
     ranges: int
     rings: int
     ring_stride: int
+    totals: int
     rows: int
     desc: int
     index: int
@@ -215,11 +229,12 @@ def _layout(slots: int, poll: int, frame_size: int, keys: int) -> _Layout:
     ranges_at = flags_at + 4 * slots * keys
     rings_at = _line(ranges_at + 8 * slots * keys)
     stride = RING_HEADER_BYTES + _line(4 * slots)
-    rows_at = _page(rings_at + stride * keys)
+    totals_at = rings_at + stride * keys
+    rows_at = _page(totals_at + 8 * TOTALS_WORDS * keys)
     desc_at = _page(rows_at + frames * frame_size)
     idx_at = desc_at + _line(frames * DESCRIPTOR.itemsize)
     size = _page(idx_at + 4 * frames)
-    return _Layout(flags_at, ranges_at, rings_at, stride, rows_at, desc_at, idx_at, size)
+    return _Layout(flags_at, ranges_at, rings_at, stride, totals_at, rows_at, desc_at, idx_at, size)
 
 
 def shared_size(slots: int, poll: int, frame_size: int, keys: int) -> int:
@@ -318,6 +333,16 @@ class SharedFrames:
         assert part.hi - part.lo == part.total  # Invariant: the slot's whole range
         self._map.ranges[part.slot, part.key] = (part.lo, part.hi)
         return self._map.rings[part.key].produce(np.array([part.slot], dtype=np.uint32)) == 1
+
+    def board_of(self, key: int) -> np.ndarray:
+        """Entry ``key``'s totals board in this pool (its writer is that entry)."""
+        return self._map.totals[key]
+
+    def totals(self, key: int) -> tuple[int, int, tuple[int, ...]] | None:
+        """What entry ``key`` last wrote on its totals board in this pool: the token and
+        pid of the incarnation, and its running totals for this source (None: nothing
+        written, or no consistent read: :func:`read_totals`)."""
+        return read_totals(self._map.totals[key])
 
     def poll_done(self, slot: int) -> None:
         """The poll over ``slot`` is sent: a slot no entry got a part of is free now."""
@@ -421,6 +446,10 @@ class SharedFramesReader:
         """Entry ``key``'s doorbell ring in the pool ``token`` (mapped: :meth:`attach`)."""
         return self._maps[token].rings[key]
 
+    def board(self, token: int, key: int) -> np.ndarray:
+        """Entry ``key``'s totals board in the pool ``token`` (:func:`write_totals`)."""
+        return self._maps[token].totals[key]
+
     def posted(self, token: int, slot: int, key: int) -> SharedPart:
         """The part of ``slot`` that the source published to entry ``key`` through its
         doorbell ring (read after the ring's take: the range is the source's)."""
@@ -433,6 +462,40 @@ class SharedFramesReader:
         m = self._maps.pop(token, None)
         if m is not None:
             m.close()
+
+
+def write_totals(board: np.ndarray, token: int, pid: int, counts: np.ndarray) -> None:
+    """Write an incarnation's running totals for a source on its board in the source's
+    pool (the entry, under its lock: one writer per board), so that the source knows them
+    even if the incarnation dies before its tally answers.  A sequence lock: the word is
+    odd while the rest is written (each store ordered by a fence, or by the release store
+    of the even value), and a reader retries a read that saw it odd or moved."""
+    addr = board.ctypes.data
+    seq = _atomics.load_u64(addr)
+    _atomics.store_u64(addr, seq + 1)
+    _atomics.fence()  # the odd word before any count (store-store order on arm64 too)
+    board[1:_TOTALS_AT] = (token, pid)
+    board[_TOTALS_AT : _TOTALS_AT + len(counts)] = counts
+    _atomics.store_u64(addr, seq + 2)  # release: every count before the even word
+
+
+def read_totals(board: np.ndarray, tries: int = 1000) -> tuple[int, int, tuple[int, ...]] | None:
+    """A consistent read of a totals board (:func:`write_totals`): (token, pid, counts);
+    None if nothing was written (token 0) or no read was consistent in ``tries`` (its
+    writer stopped mid-write: it died)."""
+    addr = board.ctypes.data
+    for _ in range(tries):
+        seq = _atomics.load_u64(addr)  # acquire: the counts read below are at least this new
+        if seq & 1:
+            os.sched_yield()
+            continue
+        snap = board[1:].copy()
+        _atomics.fence()  # the counts read before the word is read again
+        if _atomics.load_u64(addr) == seq:
+            token, pid = int(snap[0]), int(snap[1])
+            counts = tuple(int(x) for x in snap[_TOTALS_AT - 1 :])
+            return (token, pid, counts) if token else None
+    return None
 
 
 def mark_done(flag_addr: int) -> None:

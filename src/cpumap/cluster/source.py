@@ -259,7 +259,8 @@ class Link:
         self.totals: dict[int, np.ndarray] = {}
         self.pids: set[int] = set()
         self.shared = False  # it maps the source's shared frames (shared_frames.py)
-        self.token = 0  # ... the incarnation that mapped them
+        self.token = 0  # ... the incarnation that mapped them (0 once it is gone)
+        self.attached = 0  # ... and that token, kept (its totals board: Outbox.finish)
         self.ping: Any = None  # a call in flight asking which incarnation it is now
 
     def take(self) -> list[Parcel]:
@@ -327,7 +328,7 @@ class Outbox:
         ]
         for link, ref in asked:
             try:
-                link.token = int(ray.get(ref, timeout=self.stall))
+                link.token = link.attached = int(ray.get(ref, timeout=self.stall))
                 link.shared = link.token != 0
             except RayError as e:  # that entry is gone or stuck: the offers will say so
                 e.__traceback__ = None  # as in _take
@@ -445,7 +446,21 @@ class Outbox:
         deadline = time.monotonic() + self.stall + 10.0
         for key, ref in refs.items():
             self._take(key, self._tallied(key, ref, deadline), max(deadline - time.monotonic(), 0))
+        self._read_boards()
         self._derive()
+
+    def _read_boards(self) -> None:
+        """What each incarnation that mapped our frames last wrote on its totals board
+        there (``shared_frames.write_totals``): a report like any other -- running
+        totals, the latest kept -- which counts what an incarnation that died (or never
+        answered its tally) had accepted and handled, instead of calling it all lost."""
+        if self.frames is None:
+            return
+        for key, link in enumerate(self.links):
+            got = self.frames.totals(key) if link.attached else None
+            if got is not None and got[0] == link.attached:
+                token, pid, counts = got
+                link.record(Report(token, pid, counts[: len(REPORT_COUNTERS)], 0))
 
     def _ask_tally(self, key: int) -> Any:
         return self.links[key].target.actor.tally.remote(self.source, self.stall)
