@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -319,34 +319,34 @@ class ClusterMap(Closing):
         """End every entry's actor now, without its ``finish()``, and close the map: an
         interrupted run (Ctrl-C) stops at once -- no idle wait, no drain of what the
         queues hold, no result gathered (each entry's result says so).  Idempotent."""
-        import ray
-
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._running = False
-            for place in self._order():
-                e = self._entries.pop(place)
-                if ray.is_initialized():
-                    ray.kill(e.actor, no_restart=True)
-                e.state = ActorState.DEAD
-                self.results.append(
-                    EntryResult(place, e.node.node_id, e.generation, None, "interrupted")
-                )
-                self.history.append(e)
+        self._end_all(self._kill)
 
     # -- close ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Retire every entry (gathering ``finish()`` results) and end every actor.
         Idempotent; safe after Ray's shutdown (nothing is left to end then)."""
+        self._end_all(self._retire)
+
+    def _end_all(self, end: Callable[[Place], None]) -> None:
+        """Close the map, ending each entry with ``end`` (once: the first close wins)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._running = False
             for place in self._order():
-                self._retire(place)
+                end(place)
+
+    def _kill(self, place: Place) -> None:
+        """Take ``place`` out of the map and end its actor now, without ``finish()``."""
+        import ray
+
+        e = self._entries.pop(place)
+        if ray.is_initialized():
+            ray.kill(e.actor, no_restart=True)
+        e.state = ActorState.DEAD
+        self.results.append(EntryResult(place, e.node.node_id, e.generation, None, "interrupted"))
+        self.history.append(e)
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self) -> None:
