@@ -108,6 +108,32 @@ def test_ray_listens_on_loopback_only(ray_local: None) -> None:
     assert len(ray_processes()) >= 2  # gcs_server and raylet at least
 
 
+def test_auto_takes_an_address_file_for_a_cluster_only_when_something_answers_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An address file a crashed cluster left behind (nothing listens at its address) is
+    no cluster to join -- Ray's ``auto`` would wait on it for minutes -- while one whose
+    GCS address accepts connections is."""
+    import socket
+
+    from cpumap.cluster.ray_setup import _cluster_here
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    address_file = tmp_path / "ray" / "ray_current_cluster"
+    address_file.parent.mkdir()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        address_file.write_text(f"127.0.0.1:{port}")
+        assert _cluster_here()
+    address_file.write_text(f"127.0.0.1:{port}")  # closed now: nothing answers
+    assert not _cluster_here()
+    address_file.write_text("not an address")
+    assert not _cluster_here()
+
+
 def test_auto_does_not_take_a_programs_own_instance_for_a_cluster(ray_local: None) -> None:
     """This module's Ray is a program's own local instance (``ray.init``), which writes no
     address file: ``auto`` in another program must start its own rather than join it."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,7 @@ def connect(
         local["include_dashboard"] = dashboard
     if loopback:
         local["_node_ip_address"] = "127.0.0.1"
-    ray.init(**local)
+    ray.init(address="local", **local)  # a new instance, whatever an address file says
     return RaySession(True, "local")
 
 
@@ -213,9 +214,21 @@ def _cluster_here() -> bool:
     raylet of ``ray start`` running on this machine -- what Ray's ``auto`` looks for."""
     if os.environ.get("RAY_ADDRESS"):
         return True
-    if (ray_temp_dir() / "ray_current_cluster").exists():
+    if _answers(ray_temp_dir() / "ray_current_cluster"):
         return True
     return bool(raylets_here())
+
+
+def _answers(address_file: Path, timeout: float = 1.0) -> bool:
+    """Whether the cluster an address file names is there: its GCS accepts a connection.
+    A file a crashed cluster left behind names nothing that listens; Ray's ``auto``
+    would wait on it for minutes, where a run should start its own instance."""
+    try:
+        host, _, port = address_file.read_text().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def ray_temp_dir() -> Path:
