@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,7 @@ class HandleThenStall:
         if self.here and self.frames >= self.after:
             (self.marks / "handled").write_text(str(self.frames))
             (self.marks / "stalled").touch()
-            deadline = time.monotonic() + HOLD
-            while time.monotonic() < deadline:  # held: the test kills this process
-                time.sleep(0.05)
+            threading.Event().wait(HOLD)  # held (never set): the test kills this process
         self.frames += len(batch)
         return None
 
