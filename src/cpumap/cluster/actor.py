@@ -376,6 +376,11 @@ class EntryActor:
         with self.lock:
             self.room.notify_all()
 
+    def _letting_go(self) -> list[tuple[Any, list[Doorbell]]]:
+        """The settled sources' pools and doorbells to let go now (taken: once each)."""
+        out, self.to_let_go = self.to_let_go, []
+        return out
+
     def _let_go(self, tokens: Any, bells: list[Doorbell]) -> None:
         """Stop their doorbells, unmap these pools (a thread of the loop's executor: after
         the tally's answer), and forget their counts: a slot whose last frames never came
@@ -400,9 +405,8 @@ class EntryActor:
         ~0.12 s."""
         self._bind_loop()
         loop = asyncio.get_running_loop()
-        for tokens, bells in self.to_let_go:
+        for tokens, bells in self._letting_go():
             loop.run_in_executor(None, self._let_go, tokens, bells)
-        self.to_let_go = []
         deadline = loop.time() + timeout
         while not self._idle():
             if loop.time() >= deadline:
@@ -474,12 +478,11 @@ class EntryActor:
     async def finish(self) -> Any:
         """Let the queue drain, stop the worker, and call the handler's ``finish()`` (if it
         has one) in the worker thread: the entry's result."""
-        bells, self.doorbells = list(self.doorbells.values()), {}
-        if bells:  # of a source whose tally never settled (it died, or timed out)
-            await asyncio.get_running_loop().run_in_executor(None, _stop_all, bells)
-        for tokens, settled in self.to_let_go:  # not asked idle() since (the API's own use)
-            await asyncio.get_running_loop().run_in_executor(None, self._let_go, tokens, settled)
-        self.to_let_go = []
+        # What idle() did not let go yet (the API's own use), and the doorbells of sources
+        # whose tally never settled (they died, or timed out).
+        unsettled, self.doorbells = list(self.doorbells.values()), {}
+        for tokens, bells in [*self._letting_go(), ((), unsettled)]:
+            await asyncio.get_running_loop().run_in_executor(None, self._let_go, tokens, bells)
         with self.lock:
             self.queue.append(None)
             self.lock.notify()
@@ -676,11 +679,6 @@ def _start_worker(entry: EntryActor, pin: bool, progressed: Callable[[], None]) 
         w.join()
         raise failure
     return w
-
-
-def _stop_all(bells: list[Doorbell]) -> None:
-    for bell in bells:
-        bell.stop()
 
 
 async def _fetched(parts: list[Any]) -> list[Parcel]:
